@@ -1,0 +1,537 @@
+//! The certificate authority: the trust anchor and issuer on disk, and turning a checked CSR
+//! into an X.509-SVID.
+//!
+//! Data directory layout (keys are written 0600, the directory 0700):
+//!
+//! | file | what |
+//! |---|---|
+//! | `trust-anchor.pem` | the trust anchor certificate(s): the trust bundle served to workloads |
+//! | `trust-anchor.key` | the anchor's key, only when weft created the anchor (move it offline if you like; it is needed only to create a new issuer) |
+//! | `issuer.pem`, `issuer.key` | the intermediate that signs workload certificates |
+//! | `token-signing.key` | the key that signs bootstrap tokens |
+//!
+//! An operator can hand their own anchor and issuer instead (`--trust-anchor`, `--issuer-cert`,
+//! `--issuer-key`); they are used where they are and never copied.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls::pki_types::CertificateDer;
+use x509_parser::prelude::*;
+
+use crate::csr::CheckedCsr;
+use crate::spiffe::{SpiffeId, TrustDomain};
+use crate::tls::{self, TrustBundle};
+use crate::token::TokenKey;
+
+pub const ANCHOR_CERT_FILE: &str = "trust-anchor.pem";
+pub const ANCHOR_KEY_FILE: &str = "trust-anchor.key";
+pub const ISSUER_CERT_FILE: &str = "issuer.pem";
+pub const ISSUER_KEY_FILE: &str = "issuer.key";
+pub const TOKEN_KEY_FILE: &str = "token-signing.key";
+
+/// Default lifetime of a workload certificate.
+pub const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// How far `NotBefore` is back-dated, so peers with a slightly slow clock accept a fresh
+/// certificate.
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// Lifetime of a trust anchor weft creates.
+pub const ANCHOR_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Lifetime of an issuer weft creates.
+pub const ISSUER_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Where the authority's material comes from.
+#[derive(Debug, Clone)]
+pub struct AuthorityConfig {
+    pub trust_domain: TrustDomain,
+    pub data_dir: PathBuf,
+    /// Operator-supplied anchor/issuer: all three or none.
+    pub anchor_file: Option<PathBuf>,
+    pub issuer_cert_file: Option<PathBuf>,
+    pub issuer_key_file: Option<PathBuf>,
+    pub leaf_lifetime: Duration,
+    pub clock_skew: Duration,
+}
+
+impl AuthorityConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            trust_domain: TrustDomain::default(),
+            data_dir: data_dir.into(),
+            anchor_file: None,
+            issuer_cert_file: None,
+            issuer_key_file: None,
+            leaf_lifetime: DEFAULT_LEAF_LIFETIME,
+            clock_skew: DEFAULT_CLOCK_SKEW,
+        }
+    }
+}
+
+/// Why the authority cannot start. Each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("cannot read {path}: {source}: check that the file exists and that the identity service may read it")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}: check that the data directory is writable")]
+    Unwritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is corrupt: {what}. Restore it from a backup, or hand weft a valid one")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("{path} expired at {at}: issue a new {what} (remove the issuer files to let weft create a new issuer from its trust anchor key)")]
+    Expired {
+        path: PathBuf,
+        at: String,
+        what: &'static str,
+    },
+    #[error("{path} is not valid until {at}: check the system clock")]
+    NotYetValid { path: PathBuf, at: String },
+    #[error("the issuer {issuer} is not signed by any trust anchor in {anchor}: hand weft an issuer certificate signed by one of the anchors")]
+    NotChained { issuer: PathBuf, anchor: PathBuf },
+    #[error("{path} is not a CA certificate (it needs basicConstraints cA=true and keyUsage keyCertSign)")]
+    NotCa { path: PathBuf },
+    #[error("the key {key} does not belong to the certificate {cert}")]
+    KeyMismatch { key: PathBuf, cert: PathBuf },
+    #[error("{0}")]
+    Incomplete(String),
+    #[error("creating certificates failed: {0}")]
+    Generate(String),
+}
+
+/// A loaded, checked authority, ready to issue.
+pub struct Authority {
+    trust_domain: TrustDomain,
+    bundle: TrustBundle,
+    issuer_der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+    issuer_not_after: SystemTime,
+    anchor_not_after: SystemTime,
+    token_key: TokenKey,
+    leaf_lifetime: Duration,
+    clock_skew: Duration,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("trust_domain", &self.trust_domain)
+            .field("bundle", &self.bundle)
+            .field("issuer_not_after", &self.issuer_not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A certificate the authority issued.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub identity: SpiffeId,
+    pub leaf: CertificateDer<'static>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl Authority {
+    /// Loads the authority from its files, creating a new anchor, issuer and token key in the
+    /// data directory on first start. Refuses, with what to fix, anything it cannot trust.
+    pub fn load_or_create(cfg: &AuthorityConfig) -> Result<Self, AuthorityError> {
+        let dir = &cfg.data_dir;
+        let supplied = [&cfg.anchor_file, &cfg.issuer_cert_file, &cfg.issuer_key_file];
+        let (anchor_path, issuer_path, issuer_key_path) = match supplied {
+            [Some(a), Some(c), Some(k)] => (a.clone(), c.clone(), k.clone()),
+            [None, None, None] => {
+                ensure_dir(dir)?;
+                let anchor = dir.join(ANCHOR_CERT_FILE);
+                let issuer = dir.join(ISSUER_CERT_FILE);
+                let issuer_key = dir.join(ISSUER_KEY_FILE);
+                if !anchor.exists() {
+                    if issuer.exists() || issuer_key.exists() {
+                        return Err(AuthorityError::Incomplete(format!(
+                            "{} exists but {} does not: restore the trust anchor, or remove the issuer files to start a new trust domain",
+                            issuer.display(),
+                            anchor.display()
+                        )));
+                    }
+                    tracing::info!(dir = %dir.display(), "creating a new trust anchor and issuer");
+                    create_anchor(cfg)?;
+                }
+                if !issuer.exists() && !issuer_key.exists() {
+                    create_issuer(cfg)?;
+                }
+                (anchor, issuer, issuer_key)
+            }
+            _ => {
+                return Err(AuthorityError::Incomplete(
+                    "an operator-supplied CA needs all three of --trust-anchor, --issuer-cert and --issuer-key".into(),
+                ));
+            }
+        };
+        let token_key = load_or_create_token_key(&dir.join(TOKEN_KEY_FILE), dir)?;
+        Self::load(cfg, &anchor_path, &issuer_path, &issuer_key_path, token_key)
+    }
+
+    fn load(
+        cfg: &AuthorityConfig,
+        anchor_path: &Path,
+        issuer_path: &Path,
+        issuer_key_path: &Path,
+        token_key: TokenKey,
+    ) -> Result<Self, AuthorityError> {
+        let now = SystemTime::now();
+        let anchor_pem = read(anchor_path)?;
+        let anchors = tls::certs_from_pem(&anchor_pem).map_err(|e| corrupt(anchor_path, e))?;
+        if anchors.is_empty() {
+            return Err(corrupt(anchor_path, "it holds no PEM certificate"));
+        }
+        let mut anchor_not_after = None;
+        for a in &anchors {
+            let (_, x) = X509Certificate::from_der(a).map_err(|e| corrupt(anchor_path, e))?;
+            check_ca(&x, anchor_path)?;
+            let na = check_validity(&x, anchor_path, now, "trust anchor")?;
+            anchor_not_after = Some(anchor_not_after.map_or(na, |m: SystemTime| m.min(na)));
+        }
+        let bundle = TrustBundle::from_der(anchors.clone()).map_err(|e| corrupt(anchor_path, e))?;
+
+        let issuer_pem = read(issuer_path)?;
+        let issuer_certs = tls::certs_from_pem(&issuer_pem).map_err(|e| corrupt(issuer_path, e))?;
+        let issuer_der = issuer_certs
+            .into_iter()
+            .next()
+            .ok_or_else(|| corrupt(issuer_path, "it holds no PEM certificate"))?;
+        let (_, issuer_x) =
+            X509Certificate::from_der(&issuer_der).map_err(|e| corrupt(issuer_path, e))?;
+        check_ca(&issuer_x, issuer_path)?;
+        let issuer_not_after = check_validity(&issuer_x, issuer_path, now, "issuer")?;
+        let chained = anchors.iter().any(|a| {
+            X509Certificate::from_der(a)
+                .map(|(_, ax)| issuer_x.verify_signature(Some(ax.public_key())).is_ok())
+                .unwrap_or(false)
+        });
+        if !chained {
+            return Err(AuthorityError::NotChained {
+                issuer: issuer_path.to_path_buf(),
+                anchor: anchor_path.to_path_buf(),
+            });
+        }
+
+        let key_pem = read(issuer_key_path)?;
+        let key_pem = String::from_utf8(key_pem)
+            .map_err(|_| corrupt(issuer_key_path, "it is not a PEM text"))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| corrupt(issuer_key_path, e))?;
+        if key.public_key_raw() != issuer_x.public_key().subject_public_key.as_ref() {
+            return Err(AuthorityError::KeyMismatch {
+                key: issuer_key_path.to_path_buf(),
+                cert: issuer_path.to_path_buf(),
+            });
+        }
+        warn_if_readable_by_others(issuer_key_path);
+        let issuer = Issuer::from_ca_cert_der(&issuer_der, key)
+            .map_err(|e| corrupt(issuer_path, e))?;
+
+        Ok(Self {
+            trust_domain: cfg.trust_domain.clone(),
+            bundle,
+            issuer_der,
+            issuer,
+            issuer_not_after,
+            anchor_not_after: anchor_not_after.unwrap_or(now),
+            token_key,
+            leaf_lifetime: cfg.leaf_lifetime,
+            clock_skew: cfg.clock_skew,
+        })
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    pub fn bundle(&self) -> &TrustBundle {
+        &self.bundle
+    }
+
+    pub fn token_key(&self) -> &TokenKey {
+        &self.token_key
+    }
+
+    pub fn leaf_lifetime(&self) -> Duration {
+        self.leaf_lifetime
+    }
+
+    pub fn issuer_not_after(&self) -> SystemTime {
+        self.issuer_not_after
+    }
+
+    pub fn anchor_not_after(&self) -> SystemTime {
+        self.anchor_not_after
+    }
+
+    /// The fingerprint bootstrap tokens pin: that of the first trust anchor.
+    pub fn anchor_fingerprint(&self) -> String {
+        tls::fingerprint(&self.bundle.certs()[0])
+    }
+
+    /// Issues an X.509-SVID for `identity` to the key of a checked CSR.
+    pub fn issue(&self, csr: &CheckedCsr, identity: &SpiffeId) -> Result<Issued, String> {
+        self.issue_for(&csr.public_key, identity, &[], self.leaf_lifetime)
+    }
+
+    /// Issues a certificate for `identity` to `public_key`, with extra DNS names (only for the
+    /// identity service's own serving certificate; workload SVIDs carry none).
+    pub(crate) fn issue_for(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        identity: &SpiffeId,
+        dns_names: &[String],
+        lifetime: Duration,
+    ) -> Result<Issued, String> {
+        let now = SystemTime::now();
+        let not_before = now - self.clock_skew;
+        // Never outlive the issuer: a leaf must not claim validity its chain lacks.
+        let not_after = (now + lifetime).min(self.issuer_not_after);
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        params.serial_number = Some(random_serial());
+        let uri = rcgen::string::Ia5String::try_from(identity.as_str().to_string())
+            .map_err(|e| e.to_string())?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        for name in dns_names {
+            let dns = rcgen::string::Ia5String::try_from(name.clone()).map_err(|e| e.to_string())?;
+            params.subject_alt_names.push(SanType::DnsName(dns));
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(public_key, &self.issuer)
+            .map_err(|e| e.to_string())?;
+        let leaf = cert.der().clone();
+        Ok(Issued {
+            identity: identity.clone(),
+            chain: vec![leaf.clone(), self.issuer_der.clone()],
+            leaf,
+            // Whole seconds, as encoded in the certificate.
+            not_before: truncate_secs(not_before),
+            not_after: truncate_secs(not_after),
+        })
+    }
+}
+
+fn truncate_secs(t: SystemTime) -> SystemTime {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    SystemTime::UNIX_EPOCH + Duration::from_secs(d.as_secs())
+}
+
+/// A positive random 128-bit serial (RFC 5280 allows up to 20 octets).
+fn random_serial() -> SerialNumber {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01; // no leading zero octet, so the encoded length is always 16
+    SerialNumber::from_slice(&bytes)
+}
+
+fn corrupt(path: &Path, what: impl std::fmt::Display) -> AuthorityError {
+    AuthorityError::Corrupt {
+        path: path.to_path_buf(),
+        what: what.to_string(),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, AuthorityError> {
+    fs::read(path).map_err(|source| AuthorityError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn check_ca(x: &X509Certificate<'_>, path: &Path) -> Result<(), AuthorityError> {
+    let key_cert_sign = matches!(x.key_usage(), Ok(Some(ku)) if ku.value.key_cert_sign());
+    if x.is_ca() && key_cert_sign {
+        Ok(())
+    } else {
+        Err(AuthorityError::NotCa {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn check_validity(
+    x: &X509Certificate<'_>,
+    path: &Path,
+    now: SystemTime,
+    what: &'static str,
+) -> Result<SystemTime, AuthorityError> {
+    let nb = asn1_to_system(x.validity().not_before);
+    let na = asn1_to_system(x.validity().not_after);
+    if now >= na {
+        return Err(AuthorityError::Expired {
+            path: path.to_path_buf(),
+            at: crate::rfc3339(na),
+            what,
+        });
+    }
+    if now < nb {
+        return Err(AuthorityError::NotYetValid {
+            path: path.to_path_buf(),
+            at: crate::rfc3339(nb),
+        });
+    }
+    Ok(na)
+}
+
+pub(crate) fn asn1_to_system(t: ASN1Time) -> SystemTime {
+    let ts = t.timestamp();
+    if ts >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(ts as u64)
+    } else {
+        SystemTime::UNIX_EPOCH
+    }
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), AuthorityError> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(|source| AuthorityError::Unwritable {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+/// Writes a file atomically (temp file + rename) with the given mode.
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), AuthorityError> {
+    let err = |source| AuthorityError::Unwritable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(contents).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(err)?;
+    fs::rename(&tmp, path).map_err(err)
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    if let Ok(meta) = fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "private key is readable by other users: chmod 600 it"
+        );
+    }
+}
+
+fn ca_params(cn: String, lifetime: Duration, path_len: u8) -> CertificateParams {
+    let now = SystemTime::now();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "weft");
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params.not_before = (now - DEFAULT_CLOCK_SKEW).into();
+    params.not_after = (now + lifetime).into();
+    params.serial_number = Some(random_serial());
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params
+}
+
+fn generate_key() -> Result<KeyPair, AuthorityError> {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| AuthorityError::Generate(e.to_string()))
+}
+
+fn create_anchor(cfg: &AuthorityConfig) -> Result<(), AuthorityError> {
+    let key = generate_key()?;
+    let params = ca_params(
+        format!("weft trust anchor ({})", cfg.trust_domain),
+        ANCHOR_LIFETIME,
+        1,
+    );
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| AuthorityError::Generate(e.to_string()))?;
+    write_file(&cfg.data_dir.join(ANCHOR_KEY_FILE), key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(&cfg.data_dir.join(ANCHOR_CERT_FILE), cert.pem().as_bytes(), 0o644)
+}
+
+/// Creates a new issuer signed by the anchor key in the data directory.
+fn create_issuer(cfg: &AuthorityConfig) -> Result<(), AuthorityError> {
+    let dir = &cfg.data_dir;
+    let anchor_key_path = dir.join(ANCHOR_KEY_FILE);
+    if !anchor_key_path.exists() {
+        return Err(AuthorityError::Incomplete(format!(
+            "there is no issuer ({}) and no trust anchor key ({}) to create one: hand weft an issuer signed by the trust anchor",
+            dir.join(ISSUER_CERT_FILE).display(),
+            anchor_key_path.display()
+        )));
+    }
+    let anchor_path = dir.join(ANCHOR_CERT_FILE);
+    let anchor_key_pem = String::from_utf8(read(&anchor_key_path)?)
+        .map_err(|_| corrupt(&anchor_key_path, "it is not a PEM text"))?;
+    let anchor_key =
+        KeyPair::from_pem(&anchor_key_pem).map_err(|e| corrupt(&anchor_key_path, e))?;
+    let anchor_pem = String::from_utf8(read(&anchor_path)?)
+        .map_err(|_| corrupt(&anchor_path, "it is not a PEM text"))?;
+    let anchor = Issuer::from_ca_cert_pem(&anchor_pem, anchor_key)
+        .map_err(|e| corrupt(&anchor_path, e))?;
+    let key = generate_key()?;
+    let params = ca_params(
+        format!("weft issuer ({})", cfg.trust_domain),
+        ISSUER_LIFETIME,
+        0,
+    );
+    let cert = params
+        .signed_by(&key, &anchor)
+        .map_err(|e| AuthorityError::Generate(e.to_string()))?;
+    write_file(&dir.join(ISSUER_KEY_FILE), key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(&dir.join(ISSUER_CERT_FILE), cert.pem().as_bytes(), 0o644)
+}
+
+fn load_or_create_token_key(path: &Path, dir: &Path) -> Result<TokenKey, AuthorityError> {
+    if !path.exists() {
+        ensure_dir(dir)?;
+        let key = generate_key()?;
+        write_file(path, key.serialize_pem().as_bytes(), 0o600)?;
+    }
+    let pem = read(path)?;
+    let der = rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| corrupt(path, format!("not a PEM private key: {e}")))?;
+    warn_if_readable_by_others(path);
+    TokenKey::from_pkcs8(der.secret_der()).map_err(|e| corrupt(path, e))
+}
+
+use rustls::pki_types::pem::PemObject as _;

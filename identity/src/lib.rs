@@ -1,0 +1,43 @@
+//! weft's identity layer: SPIFFE IDs, mesh TLS, the certificate authority (`weft identity`) and
+//! the client every workload uses to get and renew its certificate.
+//!
+//! This crate is the foundation the other weft crates build on: the control plane and the proxy
+//! use its TLS configs, its SPIFFE verification, its metrics registry and its HTTP accept loop.
+//!
+//! # Layout
+//! - [`spiffe`]: the `spiffe://<trust-domain>/ns/<ns>/sa/<name>` identity type.
+//! - [`tls`]: the one crypto provider (ring), TLS 1.3-only configs, SPIFFE peer verification,
+//!   swappable certificates ([`tls::CertStore`]), [`tls::Credentials`].
+//! - [`authority`]: the CA's files (trust anchor, issuer, token key), their checks at start-up,
+//!   and issuing X.509-SVIDs.
+//! - [`csr`]: checking a PKCS#10 request against the identity the caller proved.
+//! - [`token`]: bootstrap tokens (create, verify, decode).
+//! - [`reject`]: the reason codes of refused requests.
+//! - [`server`]: the HTTPS API (`/v1/certify`, `/v1/trust-bundle`) and its metrics.
+//! - [`client`]: bootstrap, certify and the renewal loop, publishing credentials on a watch.
+//! - [`config`]: command-line/environment settings of `weft identity`, `weft token`, `weft cert`.
+//! - [`metrics`]: a per-component Prometheus registry.
+//! - [`admin`]: the `/metrics`, `/live`, `/ready` endpoint every weft process serves.
+//! - [`serve`]: the HTTP(S) accept loop with graceful shutdown.
+
+pub mod admin;
+pub mod authority;
+pub mod client;
+pub mod config;
+pub mod csr;
+pub mod metrics;
+pub mod reject;
+pub mod serve;
+pub mod server;
+pub mod spiffe;
+pub mod tls;
+pub mod token;
+
+pub use spiffe::{SpiffeId, TrustDomain};
+
+/// RFC 3339 (UTC, seconds) rendering of a time, for messages and API answers.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let dt = time::OffsetDateTime::from(t).replace_nanosecond(0).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    dt.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("{t:?}"))
+}

@@ -1,0 +1,145 @@
+//! The accept loop shared by weft's HTTP servers (identity API, admin endpoints, control plane):
+//! plain TCP or TLS, HTTP/1.1 and HTTP/2 on one port, graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// How long a client may take to finish a TLS handshake or send request headers.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests get to finish after shutdown starts.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What a handler knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    /// The client's certificate chain (leaf first), when it presented one over TLS.
+    pub peer_certs: Option<Vec<CertificateDer<'static>>>,
+}
+
+/// A response with a fully buffered body: what weft's control-side servers send.
+pub type FullResponse = Response<Full<Bytes>>;
+
+/// Serves `handler` on `listener` until `shutdown` completes, then lets open requests finish
+/// (up to [`SHUTDOWN_GRACE`]). With `tls`, every connection is TLS; ALPN picks HTTP/2 or 1.1.
+/// Response bodies may stream (`B` is any body of `Bytes`), e.g. for watches.
+pub async fn serve<H, F, B>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let acceptor = tls.map(TlsAcceptor::from);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let handler = handler.clone();
+        let acceptor = acceptor.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT);
+            match acceptor {
+                None => {
+                    let info = Arc::new(ConnInfo {
+                        remote,
+                        peer_certs: None,
+                    });
+                    let svc = service(handler, info);
+                    let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let peer_certs = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
+                    let info = Arc::new(ConnInfo { remote, peer_certs });
+                    let svc = service(handler, info);
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+}
+
+fn service<H, F, B>(
+    handler: H,
+    info: Arc<ConnInfo>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<B>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<B>, Infallible>> + Send,
+> + Clone
+where
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+{
+    hyper::service::service_fn(move |req| {
+        let fut = handler(req, info.clone());
+        async move { Ok::<_, Infallible>(fut.await) }
+    })
+}
+
+/// A response with a body and content type.
+pub fn respond(status: http::StatusCode, content_type: &str, body: impl Into<Bytes>) -> FullResponse {
+    let mut rsp = Response::new(Full::new(body.into()));
+    *rsp.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        rsp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    rsp
+}

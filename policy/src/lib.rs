@@ -1,0 +1,4 @@
+//! The weft control plane (built in the control-plane issue).
+//!
+//! # Layout
+//! Nothing yet.
