@@ -358,15 +358,14 @@ impl Backoff {
     }
 }
 
-/// When to renew `creds`: at [`RENEW_FRACTION`] of its lifetime, jittered by ±5% of the
-/// lifetime so a fleet started together does not renew together.
-pub fn renewal_time(creds: &Credentials) -> SystemTime {
-    let lifetime = creds
-        .not_after
-        .duration_since(creds.not_before)
-        .unwrap_or_default();
+/// When to renew credentials received at `received` and valid until `not_after`: after
+/// [`RENEW_FRACTION`] of the time left at receipt (the back-dated part of the validity, there
+/// for peers' clock skew, does not count), jittered by ±5% so a fleet started together does
+/// not renew together.
+pub fn renewal_time(received: SystemTime, not_after: SystemTime) -> SystemTime {
+    let left = not_after.duration_since(received).unwrap_or_default();
     let fraction = RENEW_FRACTION + (fastrand::f64() - 0.5) * 0.1;
-    creds.not_before + lifetime.mul_f64(fraction)
+    received + left.mul_f64(fraction)
 }
 
 struct ClientMetrics {
@@ -485,7 +484,7 @@ async fn maintain(
                     "certificate {}", if bootstrapped { "obtained" } else { "renewed" }
                 );
                 let creds = Arc::new(creds);
-                due = renewal_time(&creds);
+                due = renewal_time(SystemTime::now(), creds.not_after);
                 current = Some(creds.clone());
                 backoff.reset();
                 tx.send_replace(Some(creds));

@@ -104,20 +104,10 @@ pub fn check(csr: &[u8], proven: &SpiffeId) -> Result<CheckedCsr, Rejection> {
 }
 
 fn check_sans(san: &SubjectAlternativeName<'_>, proven: &SpiffeId) -> Result<(), Rejection> {
-    let mut uris = 0;
+    let mut uris = Vec::new();
     for name in &san.general_names {
         match name {
-            GeneralName::URI(uri) => {
-                uris += 1;
-                if *uri != proven.as_str() {
-                    return Err(Rejection::new(
-                        Reason::CsrWrongIdentity,
-                        format!(
-                            "the CSR asks for {uri}, but the caller proved {proven}: a workload can only be certified as itself"
-                        ),
-                    ));
-                }
-            }
+            GeneralName::URI(uri) => uris.push(*uri),
             other => {
                 return Err(Rejection::new(
                     Reason::CsrExtraSans,
@@ -128,13 +118,23 @@ fn check_sans(san: &SubjectAlternativeName<'_>, proven: &SpiffeId) -> Result<(),
             }
         }
     }
-    if uris > 1 {
-        return Err(Rejection::new(
+    match uris.as_slice() {
+        [] => Ok(()),
+        [uri] if *uri == proven.as_str() => Ok(()),
+        [uri] => Err(Rejection::new(
+            Reason::CsrWrongIdentity,
+            format!(
+                "the CSR asks for {uri}, but the caller proved {proven}: a workload can only be certified as itself"
+            ),
+        )),
+        _ => Err(Rejection::new(
             Reason::CsrExtraSans,
-            "the CSR asks for several URI SANs: workload certificates carry exactly one",
-        ));
+            format!(
+                "the CSR asks for {} URI SANs: workload certificates carry exactly one",
+                uris.len()
+            ),
+        )),
     }
-    Ok(())
 }
 
 fn curve_name(oid: &str) -> &str {

@@ -180,24 +180,6 @@ impl Credentials {
     pub fn leaf(&self) -> &CertificateDer<'static> {
         &self.chain[0]
     }
-
-    /// Fraction of the lifetime elapsed at `now` (0 before `not_before`, 1 at or after expiry).
-    pub fn lifetime_elapsed(&self, now: SystemTime) -> f64 {
-        let total = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default()
-            .as_secs_f64();
-        let spent = now
-            .duration_since(self.not_before)
-            .unwrap_or_default()
-            .as_secs_f64();
-        if total <= 0.0 {
-            1.0
-        } else {
-            (spent / total).clamp(0.0, 1.0)
-        }
-    }
 }
 
 impl fmt::Debug for Credentials {

@@ -1,0 +1,58 @@
+//! `weft`: one binary to run every mesh component and to operate the mesh.
+//!
+//! # Layout
+//! - `main.rs`: the command tree; each subcommand hands off to the crate that owns it.
+//! - [`token`]: `weft token create`.
+//! - [`cert`]: `weft cert issue`.
+
+mod cert;
+mod token;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weft",
+    version,
+    about = "weft: a small, fast service mesh",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the identity service (the mesh CA).
+    Identity(weft_identity::config::IdentityArgs),
+    /// Bootstrap tokens for workloads.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Certificates for workloads without a proxy.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    weft_identity::config::init_tracing();
+    match cli.command {
+        Command::Identity(args) => weft_identity::config::run_main(args),
+        Command::Token(cmd) => report(token::run(cmd)),
+        Command::Cert(cmd) => report(cert::run(cmd)),
+    }
+}
+
+/// Prints a command's error the same way everywhere and turns it into an exit code.
+fn report(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
