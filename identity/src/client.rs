@@ -529,3 +529,33 @@ async fn bootstrap_cached(
     };
     certify(&settings.addr, &b, &claims.sub, Auth::Token(&settings.token)).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays[2] >= Duration::from_millis(200) && delays[2] <= Duration::from_millis(400));
+        for d in &delays[4..] {
+            assert!(*d >= Duration::from_millis(500) && *d <= Duration::from_secs(1), "{d:?}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn renewal_is_due_at_about_seventy_percent_of_what_is_left() {
+        let now = SystemTime::now();
+        let not_after = now + Duration::from_secs(1000);
+        for _ in 0..200 {
+            let due = renewal_time(now, not_after).duration_since(now).unwrap();
+            assert!(due >= Duration::from_secs(650) && due <= Duration::from_secs(750), "{due:?}");
+        }
+        // Already expired: due at once.
+        assert_eq!(renewal_time(not_after, now), not_after);
+    }
+}
