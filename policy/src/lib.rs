@@ -1,4 +1,34 @@
-//! The weft control plane (built in the control-plane issue).
+//! weft's control plane (`weft policy`, `weft-policy`): the resources operators write, the
+//! endpoint registry workloads keep their leases in, and the list+watch API every proxy
+//! follows, plus the client library the proxy uses to follow it.
 //!
 //! # Layout
-//! Nothing yet.
+//! - [`resources`]: the YAML shapes (`Service`, `Server`, `AuthorizationPolicy`, `HTTPRoute`,
+//!   `MeshConfig`), unknown fields rejected.
+//! - [`load`]: reading a directory, validating it (errors name file, document, field) and
+//!   compiling it into a [`load::Config`]; [`load::check_dir`] for `weft policy check`.
+//! - [`authz`]: compiled inbound policies and [`authz::authorize`], the decision the proxy
+//!   makes for every request.
+//! - [`routes`]: a service's routes as the proxy receives them, and rule matching.
+//! - [`split`]: weighted backend choice.
+//! - [`registry`]: endpoint types and the lease registry.
+//! - [`store`]: the versioned state (config + registry) that watches follow.
+//! - [`files`]: polling the resource directory and swapping in valid changes.
+//! - [`api`]: the HTTP/2 API: watches (newline-delimited JSON) and registration.
+//! - [`client`]: the proxy's side: watches as `tokio::sync::watch` receivers, registration
+//!   renewal, reconnection with jittered back-off.
+//! - [`wire`]: value types shared by YAML and JSON (durations, regexes, matches, events).
+//! - [`metrics`]: the control plane's Prometheus series.
+//! - [`config`]: flags and environment of `weft policy` / `weft policy check`, and `run`.
+//!
+//! YAML is parsed with `serde_yaml_ng`: `serde_yaml` is archived and unmaintained, and
+//! `serde_yaml_ng` is its maintained continuation with the same API and the same
+//! `serde_yaml::Value` model (which `serde_path_to_error` walks to name the failing field).
+
+pub mod authz;
+pub mod load;
+pub mod registry;
+pub mod resources;
+pub mod routes;
+pub mod split;
+pub mod wire;

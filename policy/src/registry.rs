@@ -1,0 +1,329 @@
+//! The endpoint registry: workloads register (service, labels, inbound address, identity) with
+//! a lease and renew it; a workload that stops renewing is dropped when its lease lapses.
+//!
+//! The registry is plain data with the time passed in, so its rules are tested without
+//! waiting; [`crate::store`] drives it with the clock and publishes its changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use weft_identity::SpiffeId;
+
+use crate::wire::Dur;
+
+/// The label every workload carries with its service name, and the default selector of a
+/// `Service` (`{app: <name>}`).
+pub const APP_LABEL: &str = "app";
+
+/// Where an endpoint comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointSource {
+    /// A workload registered it (and renews its lease).
+    Registered,
+    /// Listed in a `Service` resource.
+    Static,
+}
+
+/// One endpoint of a service, as the proxy receives it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// The identity the endpoint must prove (`None`: a workload without mesh TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SpiffeId>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub source: EndpointSource,
+}
+
+/// Every endpoint of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEndpoints {
+    pub namespace: String,
+    pub service: String,
+    /// The service's declared ports (empty when it has no `Service` resource).
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// Sorted by address.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// What a workload sends to register (`POST /v1/register`), and again to renew.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub service: String,
+    /// Default: the namespace of the caller's identity (or `default` without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Labels such as `version`; `app: <service>` is added unless given.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The workload's inbound address, as peers reach it.
+    pub address: SocketAddr,
+    /// Must equal the identity the client certificate proves; only used as such without mTLS
+    /// (development mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SpiffeId>,
+    /// Requested lease; the control plane clamps it to its limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Dur>,
+}
+
+/// The answer to a registration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registered {
+    pub namespace: String,
+    pub service: String,
+    pub address: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SpiffeId>,
+    /// The granted lease: renew well before it lapses (at a third of it, say).
+    pub lease: Dur,
+}
+
+/// A registered workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub service: String,
+    /// Including `app: <service>`.
+    pub labels: BTreeMap<String, String>,
+    pub address: SocketAddr,
+    pub identity: Option<SpiffeId>,
+}
+
+impl Workload {
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            address: self.address,
+            identity: self.identity.clone(),
+            labels: self.labels.clone(),
+            source: EndpointSource::Registered,
+        }
+    }
+}
+
+/// Why a registration was refused by the registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{address} in namespace {namespace} is registered by {holder} until its lease lapses; a workload can only renew its own registration"
+)]
+pub struct Conflict {
+    pub namespace: String,
+    pub address: SocketAddr,
+    pub holder: String,
+}
+
+type Key = (String, SocketAddr);
+
+/// The leases.
+#[derive(Debug, Default)]
+pub struct Registry {
+    entries: HashMap<Key, (Workload, Instant)>,
+}
+
+/// What a registration changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    /// A new workload, or one whose service, labels or identity changed.
+    Changed,
+    /// Only the lease was extended.
+    Renewed,
+}
+
+impl Registry {
+    /// Registers or renews `w` until `now + lease`. An address held by another identity (or
+    /// another service) cannot be taken over before its lease lapses.
+    pub fn upsert(
+        &mut self,
+        w: Workload,
+        lease: Duration,
+        now: Instant,
+    ) -> Result<Upsert, Conflict> {
+        let key = (w.namespace.clone(), w.address);
+        let expires = now + lease;
+        match self.entries.get_mut(&key) {
+            Some((old, old_expires)) if *old_expires > now => {
+                if old.identity != w.identity {
+                    return Err(Conflict {
+                        namespace: w.namespace,
+                        address: w.address,
+                        holder: old.identity.as_ref().map_or_else(
+                            || "a workload without identity".into(),
+                            |i| i.to_string(),
+                        ),
+                    });
+                }
+                *old_expires = expires;
+                if *old == w {
+                    return Ok(Upsert::Renewed);
+                }
+                *old = w;
+                Ok(Upsert::Changed)
+            }
+            _ => {
+                self.entries.insert(key, (w, expires));
+                Ok(Upsert::Changed)
+            }
+        }
+    }
+
+    /// Removes the registration of `address` if `identity` holds it.
+    pub fn remove(
+        &mut self,
+        namespace: &str,
+        address: SocketAddr,
+        identity: Option<&SpiffeId>,
+    ) -> bool {
+        let key = (namespace.to_string(), address);
+        match self.entries.get(&key) {
+            Some((w, _)) if w.identity.as_ref() == identity => {
+                self.entries.remove(&key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops every lease that lapsed by `now`; returns the dropped workloads.
+    pub fn expire(&mut self, now: Instant) -> Vec<Workload> {
+        let mut gone = Vec::new();
+        self.entries.retain(|_, (w, expires)| {
+            if *expires <= now {
+                gone.push(w.clone());
+                false
+            } else {
+                true
+            }
+        });
+        gone
+    }
+
+    /// When the next lease lapses.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.entries.values().map(|(_, e)| *e).min()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every live workload, sorted by namespace and address.
+    pub fn workloads(&self) -> Vec<Workload> {
+        let mut all: Vec<Workload> = self.entries.values().map(|(w, _)| w.clone()).collect();
+        all.sort_by(|a, b| (&a.namespace, a.address).cmp(&(&b.namespace, b.address)));
+        all
+    }
+}
+
+/// Whether `labels` carry every label of `selector`.
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(addr: &str, id: &str, version: &str) -> Workload {
+        Workload {
+            namespace: "default".into(),
+            service: "api".into(),
+            labels: [
+                ("app".to_string(), "api".to_string()),
+                ("version".into(), version.into()),
+            ]
+            .into(),
+            address: addr.parse().unwrap(),
+            identity: Some(SpiffeId::parse(id).unwrap()),
+        }
+    }
+
+    const API: &str = "spiffe://weft.local/ns/default/sa/api";
+    const EVIL: &str = "spiffe://weft.local/ns/default/sa/evil";
+
+    #[test]
+    fn leases_renew_change_and_lapse() {
+        let mut r = Registry::default();
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(10);
+        assert_eq!(
+            r.upsert(w("10.0.0.1:80", API, "v1"), lease, t0),
+            Ok(Upsert::Changed)
+        );
+        assert_eq!(
+            r.upsert(
+                w("10.0.0.1:80", API, "v1"),
+                lease,
+                t0 + Duration::from_secs(5)
+            ),
+            Ok(Upsert::Renewed)
+        );
+        assert_eq!(
+            r.upsert(
+                w("10.0.0.1:80", API, "v2"),
+                lease,
+                t0 + Duration::from_secs(6)
+            ),
+            Ok(Upsert::Changed)
+        );
+        // Another identity cannot take the address over while the lease runs...
+        assert!(
+            r.upsert(
+                w("10.0.0.1:80", EVIL, "v1"),
+                lease,
+                t0 + Duration::from_secs(7)
+            )
+            .is_err()
+        );
+        assert!(!r.remove(
+            "default",
+            "10.0.0.1:80".parse().unwrap(),
+            Some(&SpiffeId::parse(EVIL).unwrap())
+        ));
+        // ...and the lease runs from the last renewal.
+        assert!(r.expire(t0 + Duration::from_secs(15)).is_empty());
+        assert_eq!(r.next_expiry(), Some(t0 + Duration::from_secs(16)));
+        let gone = r.expire(t0 + Duration::from_secs(16));
+        assert_eq!(gone.len(), 1);
+        assert!(r.is_empty());
+        // Once lapsed, the address is free.
+        assert_eq!(
+            r.upsert(
+                w("10.0.0.1:80", EVIL, "v1"),
+                lease,
+                t0 + Duration::from_secs(17)
+            ),
+            Ok(Upsert::Changed)
+        );
+    }
+
+    #[test]
+    fn selectors() {
+        let labels: BTreeMap<String, String> = [
+            ("app".into(), "api".into()),
+            ("version".into(), "v1".into()),
+        ]
+        .into();
+        assert!(selects(
+            &[("app".to_string(), "api".to_string())].into(),
+            &labels
+        ));
+        assert!(!selects(
+            &[("version".to_string(), "v2".to_string())].into(),
+            &labels
+        ));
+        assert!(selects(&BTreeMap::new(), &labels));
+    }
+}
