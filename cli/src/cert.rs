@@ -50,16 +50,36 @@ async fn issue(args: &IssueArgs) -> Result<(), String> {
         )
     })?;
     let settings = ClientSettings::new(&args.identity_addr, token);
-    let creds = client::bootstrap(&settings).await.map_err(|e| e.to_string())?;
+    let creds = client::bootstrap(&settings)
+        .await
+        .map_err(|e| e.to_string())?;
     fs::create_dir_all(&args.out_dir)
         .map_err(|e| format!("cannot create {}: {e}", args.out_dir.display()))?;
     let pem = |ders: &[rustls::pki_types::CertificateDer<'static>]| -> String {
-        ders.iter().map(|c| tls::der_to_pem("CERTIFICATE", c)).collect()
+        ders.iter()
+            .map(|c| tls::der_to_pem("CERTIFICATE", c))
+            .collect()
     };
-    write(&args.out_dir.join("key.pem"), &tls::der_to_pem("PRIVATE KEY", creds.key.secret_pkcs8_der()), 0o600)?;
-    write(&args.out_dir.join("cert.pem"), &pem(&creds.chain[..1]), 0o644)?;
-    write(&args.out_dir.join("chain.pem"), &pem(&creds.chain[1..]), 0o644)?;
-    write(&args.out_dir.join("bundle.pem"), &creds.bundle.to_pem(), 0o644)?;
+    write(
+        &args.out_dir.join("key.pem"),
+        &tls::der_to_pem("PRIVATE KEY", creds.key.secret_pkcs8_der()),
+        0o600,
+    )?;
+    write(
+        &args.out_dir.join("cert.pem"),
+        &pem(&creds.chain[..1]),
+        0o644,
+    )?;
+    write(
+        &args.out_dir.join("chain.pem"),
+        &pem(&creds.chain[1..]),
+        0o644,
+    )?;
+    write(
+        &args.out_dir.join("bundle.pem"),
+        &creds.bundle.to_pem(),
+        0o644,
+    )?;
     println!(
         "{} certified until {}: wrote key.pem, cert.pem, chain.pem, bundle.pem to {}",
         creds.identity,

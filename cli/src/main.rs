@@ -2,10 +2,12 @@
 //!
 //! # Layout
 //! - `main.rs`: the command tree; each subcommand hands off to the crate that owns it.
+//! - [`demo`]: `weft demo`, a local mesh.
 //! - [`token`]: `weft token create`.
 //! - [`cert`]: `weft cert issue`.
 
 mod cert;
+mod demo;
 mod token;
 
 use std::process::ExitCode;
@@ -26,6 +28,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a local mesh until Ctrl-C (or --duration).
+    Demo(demo::DemoArgs),
     /// Run the identity service (the mesh CA).
     Identity(weft_identity::config::IdentityArgs),
     /// Bootstrap tokens for workloads.
@@ -38,8 +42,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    weft_identity::config::init_tracing();
+    // The demo prints what happens itself; its components' logs would repeat it.
+    let default_log = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => weft_identity::config::DEFAULT_LOG,
+    };
+    weft_identity::config::init_tracing_with_default(default_log);
     match cli.command {
+        Command::Demo(args) => report(demo::run(args)),
         Command::Identity(args) => weft_identity::config::run_main(args),
         Command::Token(cmd) => report(token::run(cmd)),
         Command::Cert(cmd) => report(cert::run(cmd)),

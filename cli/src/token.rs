@@ -40,12 +40,16 @@ pub fn run(cmd: TokenCommand) -> Result<(), String> {
 }
 
 pub fn create(args: &CreateArgs) -> Result<String, String> {
-    let authority = Authority::load_or_create(&args.ca.authority_config()).map_err(|e| e.to_string())?;
+    let authority =
+        Authority::load_or_create(&args.ca.authority_config()).map_err(|e| e.to_string())?;
     let identity = authority
         .trust_domain()
         .workload(&args.namespace, &args.workload)
         .map_err(|e| format!("invalid identity: {e}"))?;
-    authority
-        .token_key()
-        .create(&identity, &authority.anchor_fingerprint(), SystemTime::now(), args.ttl)
+    authority.token_key().create(
+        &identity,
+        &authority.anchor_fingerprint(),
+        SystemTime::now(),
+        args.ttl,
+    )
 }

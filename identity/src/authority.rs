@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::CertificateDer;
 use x509_parser::prelude::*;
@@ -77,7 +77,9 @@ impl AuthorityConfig {
 /// Why the authority cannot start. Each message says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {
-    #[error("cannot read {path}: {source}: check that the file exists and that the identity service may read it")]
+    #[error(
+        "cannot read {path}: {source}: check that the file exists and that the identity service may read it"
+    )]
     Unreadable {
         path: PathBuf,
         source: std::io::Error,
@@ -89,7 +91,9 @@ pub enum AuthorityError {
     },
     #[error("{path} is corrupt: {what}. Restore it from a backup, or hand weft a valid one")]
     Corrupt { path: PathBuf, what: String },
-    #[error("{path} expired at {at}: issue a new {what} (remove the issuer files to let weft create a new issuer from its trust anchor key)")]
+    #[error(
+        "{path} expired at {at}: issue a new {what} (remove the issuer files to let weft create a new issuer from its trust anchor key)"
+    )]
     Expired {
         path: PathBuf,
         at: String,
@@ -97,9 +101,13 @@ pub enum AuthorityError {
     },
     #[error("{path} is not valid until {at}: check the system clock")]
     NotYetValid { path: PathBuf, at: String },
-    #[error("the issuer {issuer} is not signed by any trust anchor in {anchor}: hand weft an issuer certificate signed by one of the anchors")]
+    #[error(
+        "the issuer {issuer} is not signed by any trust anchor in {anchor}: hand weft an issuer certificate signed by one of the anchors"
+    )]
     NotChained { issuer: PathBuf, anchor: PathBuf },
-    #[error("{path} is not a CA certificate (it needs basicConstraints cA=true and keyUsage keyCertSign)")]
+    #[error(
+        "{path} is not a CA certificate (it needs basicConstraints cA=true and keyUsage keyCertSign)"
+    )]
     NotCa { path: PathBuf },
     #[error("the key {key} does not belong to the certificate {cert}")]
     KeyMismatch { key: PathBuf, cert: PathBuf },
@@ -147,7 +155,11 @@ impl Authority {
     /// data directory on first start. Refuses, with what to fix, anything it cannot trust.
     pub fn load_or_create(cfg: &AuthorityConfig) -> Result<Self, AuthorityError> {
         let dir = &cfg.data_dir;
-        let supplied = [&cfg.anchor_file, &cfg.issuer_cert_file, &cfg.issuer_key_file];
+        let supplied = [
+            &cfg.anchor_file,
+            &cfg.issuer_cert_file,
+            &cfg.issuer_key_file,
+        ];
         let (anchor_path, issuer_path, issuer_key_path) = match supplied {
             [Some(a), Some(c), Some(k)] => (a.clone(), c.clone(), k.clone()),
             [None, None, None] => {
@@ -236,8 +248,8 @@ impl Authority {
             });
         }
         warn_if_readable_by_others(issuer_key_path);
-        let issuer = Issuer::from_ca_cert_der(&issuer_der, key)
-            .map_err(|e| corrupt(issuer_path, e))?;
+        let issuer =
+            Issuer::from_ca_cert_der(&issuer_der, key).map_err(|e| corrupt(issuer_path, e))?;
 
         Ok(Self {
             trust_domain: cfg.trust_domain.clone(),
@@ -308,7 +320,8 @@ impl Authority {
             .map_err(|e| e.to_string())?;
         params.subject_alt_names = vec![SanType::URI(uri)];
         for name in dns_names {
-            let dns = rcgen::string::Ia5String::try_from(name.clone()).map_err(|e| e.to_string())?;
+            let dns =
+                rcgen::string::Ia5String::try_from(name.clone()).map_err(|e| e.to_string())?;
             params.subject_alt_names.push(SanType::DnsName(dns));
         }
         params.is_ca = IsCa::ExplicitNoCa;
@@ -484,8 +497,16 @@ fn create_anchor(cfg: &AuthorityConfig) -> Result<(), AuthorityError> {
     let cert = params
         .self_signed(&key)
         .map_err(|e| AuthorityError::Generate(e.to_string()))?;
-    write_file(&cfg.data_dir.join(ANCHOR_KEY_FILE), key.serialize_pem().as_bytes(), 0o600)?;
-    write_file(&cfg.data_dir.join(ANCHOR_CERT_FILE), cert.pem().as_bytes(), 0o644)
+    write_file(
+        &cfg.data_dir.join(ANCHOR_KEY_FILE),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_file(
+        &cfg.data_dir.join(ANCHOR_CERT_FILE),
+        cert.pem().as_bytes(),
+        0o644,
+    )
 }
 
 /// Creates a new issuer signed by the anchor key in the data directory.
@@ -506,8 +527,8 @@ fn create_issuer(cfg: &AuthorityConfig) -> Result<(), AuthorityError> {
         KeyPair::from_pem(&anchor_key_pem).map_err(|e| corrupt(&anchor_key_path, e))?;
     let anchor_pem = String::from_utf8(read(&anchor_path)?)
         .map_err(|_| corrupt(&anchor_path, "it is not a PEM text"))?;
-    let anchor = Issuer::from_ca_cert_pem(&anchor_pem, anchor_key)
-        .map_err(|e| corrupt(&anchor_path, e))?;
+    let anchor =
+        Issuer::from_ca_cert_pem(&anchor_pem, anchor_key).map_err(|e| corrupt(&anchor_path, e))?;
     let key = generate_key()?;
     let params = ca_params(
         format!("weft issuer ({})", cfg.trust_domain),
@@ -517,7 +538,11 @@ fn create_issuer(cfg: &AuthorityConfig) -> Result<(), AuthorityError> {
     let cert = params
         .signed_by(&key, &anchor)
         .map_err(|e| AuthorityError::Generate(e.to_string()))?;
-    write_file(&dir.join(ISSUER_KEY_FILE), key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(
+        &dir.join(ISSUER_KEY_FILE),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     write_file(&dir.join(ISSUER_CERT_FILE), cert.pem().as_bytes(), 0o644)
 }
 

@@ -44,7 +44,9 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Why a request to the identity service failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("connection to the identity service at {addr} failed: {source}: is `weft identity` running?")]
+    #[error(
+        "connection to the identity service at {addr} failed: {source}: is `weft identity` running?"
+    )]
     Connect {
         addr: String,
         source: std::io::Error,
@@ -59,7 +61,9 @@ pub enum ClientError {
     Rejected { status: StatusCode, body: ErrorBody },
     #[error("the identity service answered something unusable: {0}")]
     BadResponse(String),
-    #[error("the trust bundle at {addr} does not contain the anchor pinned by the token ({pinned}): this is not the identity service that created the token")]
+    #[error(
+        "the trust bundle at {addr} does not contain the anchor pinned by the token ({pinned}): this is not the identity service that created the token"
+    )]
     AnchorMismatch { addr: String, pinned: String },
     #[error("{0}")]
     Token(#[from] TokenError),
@@ -124,13 +128,23 @@ pub async fn fetch_trust_bundle(addr: &str, pinned: &str) -> Result<TrustBundle,
     })?;
     let name = rustls::pki_types::ServerName::try_from("identity.weft.invalid")
         .map_err(|e| ClientError::Key(e.to_string()))?;
-    let (status, body) = request(addr, Arc::new(cfg), name, Method::GET, TRUST_BUNDLE_PATH, None, Bytes::new()).await?;
+    let (status, body) = request(
+        addr,
+        Arc::new(cfg),
+        name,
+        Method::GET,
+        TRUST_BUNDLE_PATH,
+        None,
+        Bytes::new(),
+    )
+    .await?;
     if status != StatusCode::OK {
         return Err(ClientError::BadResponse(format!(
             "GET {TRUST_BUNDLE_PATH} answered {status}"
         )));
     }
-    let bundle = TrustBundle::from_pem(&body).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+    let bundle =
+        TrustBundle::from_pem(&body).map_err(|e| ClientError::BadResponse(e.to_string()))?;
     if !bundle.fingerprints().iter().any(|f| f == pinned) {
         return Err(ClientError::AnchorMismatch {
             addr: addr.to_string(),
@@ -155,12 +169,16 @@ pub async fn certify(
     auth: Auth<'_>,
 ) -> Result<Credentials, ClientError> {
     let (key, csr_pem) = generate_csr(identity)?;
-    let server_id = service_identity(&TrustDomain::new(identity.trust_domain()).map_err(|e| ClientError::Key(e.to_string()))?)
-        .map_err(|e| ClientError::Key(e.to_string()))?;
+    let server_id = service_identity(
+        &TrustDomain::new(identity.trust_domain()).map_err(|e| ClientError::Key(e.to_string()))?,
+    )
+    .map_err(|e| ClientError::Key(e.to_string()))?;
     let client_cert: Option<Arc<dyn rustls::client::ResolvesClientCert>> = match auth {
         Auth::Token(_) => None,
         Auth::Certificate(creds) => Some(CertStore::new(
-            creds.certified_key().map_err(|e| ClientError::Key(e.to_string()))?,
+            creds
+                .certified_key()
+                .map_err(|e| ClientError::Key(e.to_string()))?,
         )),
     };
     let cfg = tls::client_config(bundle, server_id.clone(), client_cert, &[tls::ALPN_HTTP11])
@@ -214,11 +232,14 @@ fn credentials_from(
     let mut chain = tls::certs_from_pem(rsp.certificate.as_bytes()).map_err(|e| bad(&e))?;
     chain.extend(tls::certs_from_pem(rsp.chain.as_bytes()).map_err(|e| bad(&e))?);
     if chain.is_empty() {
-        return Err(ClientError::BadResponse("no certificate in the answer".into()));
+        return Err(ClientError::BadResponse(
+            "no certificate in the answer".into(),
+        ));
     }
     let bundle = TrustBundle::from_pem(rsp.trust_bundle.as_bytes()).map_err(|e| bad(&e))?;
     // Never trust a certificate the bundle does not verify, nor one for another identity.
-    let verified = tls::verify_client_chain(&bundle, &chain, SystemTime::now()).map_err(|e| bad(&e))?;
+    let verified =
+        tls::verify_client_chain(&bundle, &chain, SystemTime::now()).map_err(|e| bad(&e))?;
     if &verified != identity {
         return Err(ClientError::BadResponse(format!(
             "the certificate proves {verified}, not {identity}"
@@ -265,7 +286,13 @@ pub fn generate_csr(identity: &SpiffeId) -> Result<(rcgen::KeyPair, String), Cli
 pub async fn bootstrap(settings: &ClientSettings) -> Result<Credentials, ClientError> {
     let claims = settings.claims()?;
     let bundle = fetch_trust_bundle(&settings.addr, &claims.anchor).await?;
-    certify(&settings.addr, &bundle, &claims.sub, Auth::Token(&settings.token)).await
+    certify(
+        &settings.addr,
+        &bundle,
+        &claims.sub,
+        Auth::Token(&settings.token),
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -456,17 +483,29 @@ async fn maintain(
         let now = SystemTime::now();
         let result = match &current {
             Some(creds) if now < creds.not_after => {
-                let r = certify(&settings.addr, &creds.bundle, &creds.identity, Auth::Certificate(creds)).await;
+                let r = certify(
+                    &settings.addr,
+                    &creds.bundle,
+                    &creds.identity,
+                    Auth::Certificate(creds),
+                )
+                .await;
                 match r {
                     // The service no longer accepts our certificate: fall back to the token.
-                    Err(ClientError::Rejected { ref body, .. }) if body.error.starts_with("client_cert_") => {
+                    Err(ClientError::Rejected { ref body, .. })
+                        if body.error.starts_with("client_cert_") =>
+                    {
                         tracing::warn!(reason = %body.error, "renewal with the current certificate refused; bootstrapping again with the token");
-                        bootstrap_cached(&settings, &mut bundle).await.map(|c| (c, true))
+                        bootstrap_cached(&settings, &mut bundle)
+                            .await
+                            .map(|c| (c, true))
                     }
                     r => r.map(|c| (c, false)),
                 }
             }
-            _ => bootstrap_cached(&settings, &mut bundle).await.map(|c| (c, true)),
+            _ => bootstrap_cached(&settings, &mut bundle)
+                .await
+                .map(|c| (c, true)),
         };
         match result {
             Ok((creds, bootstrapped)) => {
@@ -500,7 +539,9 @@ async fn maintain(
                 {
                     delay = delay.min((left / 4).max(settings.min_backoff));
                 }
-                let expired = current.as_ref().is_none_or(|c| SystemTime::now() >= c.not_after);
+                let expired = current
+                    .as_ref()
+                    .is_none_or(|c| SystemTime::now() >= c.not_after);
                 tracing::warn!(
                     error = %e,
                     failures,
@@ -527,7 +568,13 @@ async fn bootstrap_cached(
             b
         }
     };
-    certify(&settings.addr, &b, &claims.sub, Auth::Token(&settings.token)).await
+    certify(
+        &settings.addr,
+        &b,
+        &claims.sub,
+        Auth::Token(&settings.token),
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -541,7 +588,10 @@ mod tests {
         assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
         assert!(delays[2] >= Duration::from_millis(200) && delays[2] <= Duration::from_millis(400));
         for d in &delays[4..] {
-            assert!(*d >= Duration::from_millis(500) && *d <= Duration::from_secs(1), "{d:?}");
+            assert!(
+                *d >= Duration::from_millis(500) && *d <= Duration::from_secs(1),
+                "{d:?}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
@@ -553,7 +603,10 @@ mod tests {
         let not_after = now + Duration::from_secs(1000);
         for _ in 0..200 {
             let due = renewal_time(now, not_after).duration_since(now).unwrap();
-            assert!(due >= Duration::from_secs(650) && due <= Duration::from_secs(750), "{due:?}");
+            assert!(
+                due >= Duration::from_secs(650) && due <= Duration::from_secs(750),
+                "{due:?}"
+            );
         }
         // Already expired: due at once.
         assert_eq!(renewal_time(not_after, now), not_after);

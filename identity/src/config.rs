@@ -83,7 +83,11 @@ impl CaArgs {
 
 /// `weft identity` / `weft-identity`: run the identity service.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "weft-identity", version, about = "weft's identity service: issues short-lived SPIFFE certificates to workloads")]
+#[command(
+    name = "weft-identity",
+    version,
+    about = "weft's identity service: issues short-lived SPIFFE certificates to workloads"
+)]
 pub struct IdentityArgs {
     /// Address of the HTTPS API.
     #[arg(long, env = ENV_LISTEN, default_value = DEFAULT_LISTEN)]
@@ -129,13 +133,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("`{s}` is missing a unit (ms, s, m, h, d)"))?;
         if digits == 0 {
-            return Err(format!("`{s}` is not a duration such as 500ms, 30s, 5m or 24h"));
+            return Err(format!(
+                "`{s}` is not a duration such as 500ms, 30s, 5m or 24h"
+            ));
         }
         let value: f64 = rest[..digits]
             .parse()
             .map_err(|_| format!("`{s}` is not a duration such as 500ms, 30s, 5m or 24h"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => 0.001,
             "s" => 1.0,
@@ -156,8 +164,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Logs to stderr, filtered by `WEFT_LOG` (default `info`).
 pub fn init_tracing() {
+    init_tracing_with_default(DEFAULT_LOG);
+}
+
+/// Logs to stderr, filtered by `WEFT_LOG`, or by `default` when it is unset.
+pub fn init_tracing_with_default(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env(ENV_LOG)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -191,7 +204,8 @@ pub async fn shutdown_signal() {
 
 /// Binds and runs the identity service until `shutdown`.
 pub async fn run(args: IdentityArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
-    let authority = Authority::load_or_create(&args.authority_config()).map_err(|e| e.to_string())?;
+    let authority =
+        Authority::load_or_create(&args.authority_config()).map_err(|e| e.to_string())?;
     let registry = Registry::new();
     let fingerprint = authority.anchor_fingerprint();
     let svc = IdentityService::new(authority, &registry, args.dns_name.clone())?;
@@ -207,9 +221,10 @@ pub async fn run(args: IdentityArgs, shutdown: impl Future<Output = ()>) -> Resu
             args.admin_listen
         )
     })?;
+    let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
-        api = %args.listen,
-        admin = %args.admin_listen,
+        api = %local(&api),
+        admin = %local(&admin),
         trust_domain = %args.ca.trust_domain,
         trust_anchor = %fingerprint,
         leaf_lifetime = ?args.leaf_lifetime,

@@ -85,7 +85,8 @@ pub fn check(csr: &[u8], proven: &SpiffeId) -> Result<CheckedCsr, Rejection> {
         for ext in exts {
             match ext {
                 ParsedExtension::SubjectAlternativeName(san) => check_sans(san, proven)?,
-                ParsedExtension::UnsupportedExtension { .. } | ParsedExtension::ParseError { .. } => {
+                ParsedExtension::UnsupportedExtension { .. }
+                | ParsedExtension::ParseError { .. } => {
                     return Err(Rejection::new(
                         Reason::CsrMalformed,
                         "the CSR requests an extension weft cannot parse",
@@ -98,7 +99,10 @@ pub fn check(csr: &[u8], proven: &SpiffeId) -> Result<CheckedCsr, Rejection> {
         }
     }
     let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki.raw).map_err(|e| {
-        Rejection::new(Reason::CsrMalformed, format!("the CSR's public key is unusable: {e}"))
+        Rejection::new(
+            Reason::CsrMalformed,
+            format!("the CSR's public key is unusable: {e}"),
+        )
     })?;
     Ok(CheckedCsr { public_key })
 }

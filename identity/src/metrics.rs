@@ -9,7 +9,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 /// Histogram buckets (seconds) for request and operation latencies: fine below a millisecond,
 /// where a proxy's added latency lives, and out to 30 s for timeouts.
@@ -52,25 +54,46 @@ impl Registry {
         }
     }
 
-    pub fn counter(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+    pub fn counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Counter {
         self.inner
             .recorder
             .describe_counter(KeyName::from_const_str(name), None, help.into());
-        self.inner.recorder.register_counter(&key(name, labels), &METADATA)
+        self.inner
+            .recorder
+            .register_counter(&key(name, labels), &METADATA)
     }
 
-    pub fn gauge(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+    pub fn gauge(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Gauge {
         self.inner
             .recorder
             .describe_gauge(KeyName::from_const_str(name), None, help.into());
-        self.inner.recorder.register_gauge(&key(name, labels), &METADATA)
+        self.inner
+            .recorder
+            .register_gauge(&key(name, labels), &METADATA)
     }
 
-    pub fn histogram(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+    pub fn histogram(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Histogram {
         self.inner
             .recorder
             .describe_histogram(KeyName::from_const_str(name), None, help.into());
-        self.inner.recorder.register_histogram(&key(name, labels), &METADATA)
+        self.inner
+            .recorder
+            .register_histogram(&key(name, labels), &METADATA)
     }
 
     /// The Prometheus text exposition of every series.
@@ -120,13 +143,20 @@ mod tests {
     #[test]
     fn renders_histograms_with_buckets_and_help() {
         let r = Registry::new();
-        r.counter("weft_test_total", "A test counter.", &[("reason", "x")]).increment(2);
+        r.counter("weft_test_total", "A test counter.", &[("reason", "x")])
+            .increment(2);
         r.histogram("weft_test_duration_seconds", "A test latency.", &[])
             .record(0.0003);
         let text = r.render();
-        assert!(text.contains("# HELP weft_test_total A test counter."), "{text}");
+        assert!(
+            text.contains("# HELP weft_test_total A test counter."),
+            "{text}"
+        );
         assert!(text.contains("weft_test_total{reason=\"x\"} 2"), "{text}");
-        assert!(text.contains("weft_test_duration_seconds_bucket{le=\"0.0005\"} 1"), "{text}");
+        assert!(
+            text.contains("weft_test_duration_seconds_bucket{le=\"0.0005\"} 1"),
+            "{text}"
+        );
         assert!(!text.contains("quantile="), "{text}");
         // A second registry is independent.
         assert!(!Registry::new().render().contains("weft_test_total"));

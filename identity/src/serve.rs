@@ -84,19 +84,18 @@ pub async fn serve<H, F, B>(
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
                 Some(acceptor) => {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                        .await
-                    {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%remote, "TLS handshake timed out");
-                            return;
-                        }
-                    };
+                    let tls =
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%remote, "TLS handshake timed out");
+                                return;
+                            }
+                        };
                     let peer_certs = tls
                         .get_ref()
                         .1
@@ -135,7 +134,11 @@ where
 }
 
 /// A response with a body and content type.
-pub fn respond(status: http::StatusCode, content_type: &str, body: impl Into<Bytes>) -> FullResponse {
+pub fn respond(
+    status: http::StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> FullResponse {
     let mut rsp = Response::new(Full::new(body.into()));
     *rsp.status_mut() = status;
     if let Ok(v) = http::HeaderValue::from_str(content_type) {

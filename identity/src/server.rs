@@ -278,7 +278,9 @@ impl IdentityService {
             )),
             (_, path) => Err(Rejection::new(
                 Reason::NotFound,
-                format!("no such API: {path} (the identity service serves POST {CERTIFY_PATH} and GET {TRUST_BUNDLE_PATH})"),
+                format!(
+                    "no such API: {path} (the identity service serves POST {CERTIFY_PATH} and GET {TRUST_BUNDLE_PATH})"
+                ),
             )),
         };
         rsp.unwrap_or_else(|rejection| {
@@ -317,7 +319,10 @@ impl IdentityService {
         let body = read_body(req.into_body()).await?;
         let rsp = self.certify(&body, bearer.as_deref(), info.peer_certs.as_deref())?;
         let json = serde_json::to_vec(&rsp).map_err(|e| {
-            Rejection::new(Reason::BodyMalformed, format!("cannot encode the answer: {e}"))
+            Rejection::new(
+                Reason::BodyMalformed,
+                format!("cannot encode the answer: {e}"),
+            )
         })?;
         Ok(serve::respond(StatusCode::OK, "application/json", json))
     }
@@ -362,7 +367,10 @@ impl IdentityService {
         }
         let checked = csr::check(req.csr.as_bytes(), &proven)?;
         let issued = self.authority.issue(&checked, &proven).map_err(|e| {
-            Rejection::new(Reason::CsrMalformed, format!("cannot issue for this CSR: {e}"))
+            Rejection::new(
+                Reason::CsrMalformed,
+                format!("cannot issue for this CSR: {e}"),
+            )
         })?;
         match proof {
             Proof::Token => self.metrics.issued_token.increment(1),
@@ -388,19 +396,15 @@ impl IdentityService {
     }
 
     fn check_token(&self, token: &str, now: SystemTime) -> Result<SpiffeId, Rejection> {
-        let claims = self
-            .authority
-            .token_key()
-            .verify(token, now)
-            .map_err(|e| {
-                let reason = match e {
-                    TokenError::Malformed(_) => Reason::TokenMalformed,
-                    TokenError::Forged(_) => Reason::TokenForged,
-                    TokenError::Tampered => Reason::TokenTampered,
-                    TokenError::Expired(_) => Reason::TokenExpired,
-                };
-                Rejection::new(reason, e.to_string())
-            })?;
+        let claims = self.authority.token_key().verify(token, now).map_err(|e| {
+            let reason = match e {
+                TokenError::Malformed(_) => Reason::TokenMalformed,
+                TokenError::Forged(_) => Reason::TokenForged,
+                TokenError::Tampered => Reason::TokenTampered,
+                TokenError::Expired(_) => Reason::TokenExpired,
+            };
+            Rejection::new(reason, e.to_string())
+        })?;
         if claims.sub.trust_domain() != self.authority.trust_domain().as_str() {
             return Err(Rejection::new(
                 Reason::TokenWrongIdentity,

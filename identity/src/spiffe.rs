@@ -100,7 +100,13 @@ impl SpiffeId {
         let (td, path) = rest.split_once('/').ok_or(SpiffeIdError::Path)?;
         let td = TrustDomain::new(td)?;
         let mut parts = path.split('/');
-        match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
             (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => td.workload(ns, sa),
             _ => Err(SpiffeIdError::Path),
         }
@@ -129,8 +135,7 @@ fn check_segment(s: &str) -> Result<(), SpiffeIdError> {
     let ok = !s.is_empty()
         && s != "."
         && s != ".."
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
     if ok {
         Ok(())

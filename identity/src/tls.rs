@@ -13,8 +13,8 @@ use std::fmt;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::SystemTime;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -95,7 +95,10 @@ impl TrustBundle {
     }
 
     pub fn to_pem(&self) -> String {
-        self.certs.iter().map(|c| der_to_pem("CERTIFICATE", c)).collect()
+        self.certs
+            .iter()
+            .map(|c| der_to_pem("CERTIFICATE", c))
+            .collect()
     }
 
     /// `sha256:<hex>` of each anchor's DER, as carried in bootstrap tokens.
@@ -313,9 +316,14 @@ pub fn client_config(
 /// `<workload>.<namespace>.sa.<trust-domain>`. It is only a hint and a resumption-cache key;
 /// the identity itself is checked by [`SpiffeServerVerifier`].
 pub fn server_name(id: &SpiffeId) -> ServerName<'static> {
-    let name = format!("{}.{}.sa.{}", id.workload(), id.namespace(), id.trust_domain())
-        .to_ascii_lowercase()
-        .replace('_', "-");
+    let name = format!(
+        "{}.{}.sa.{}",
+        id.workload(),
+        id.namespace(),
+        id.trust_domain()
+    )
+    .to_ascii_lowercase()
+    .replace('_', "-");
     // Names that are not DNS-shaped get no SNI at all (an IP server name is never sent).
     ServerName::try_from(name)
         .unwrap_or(ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
@@ -486,7 +494,11 @@ pub fn verify_client_chain(
         .build()
         .map_err(|_| PeerCertError::Untrusted)?;
     verifier
-        .verify_client_cert(end_entity, intermediates, UnixTime::since_unix_epoch(unix(now)))
+        .verify_client_cert(
+            end_entity,
+            intermediates,
+            UnixTime::since_unix_epoch(unix(now)),
+        )
         .map_err(|e| classify_cert_error(&e))?;
     peer_identity(end_entity)
 }

@@ -230,7 +230,10 @@ mod tests {
         assert!(matches!(k.verify(&t, later), Err(TokenError::Expired(_))));
         // Garbage.
         for bad in ["", "x", "weft1.a.b", "jwt.eyJ.sig", &"a".repeat(5000)] {
-            assert!(matches!(k.verify(bad, now), Err(TokenError::Malformed(_))), "{bad}");
+            assert!(
+                matches!(k.verify(bad, now), Err(TokenError::Malformed(_))),
+                "{bad}"
+            );
         }
     }
 }

@@ -55,16 +55,36 @@ async fn every_rejection_is_a_clear_4xx_and_the_service_keeps_serving() {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let sig = web_token.rsplit_once('.').unwrap().1;
-        format!("weft1.{}.{sig}", b64.encode(serde_json::to_vec(&c).unwrap()))
+        format!(
+            "weft1.{}.{sig}",
+            b64.encode(serde_json::to_vec(&c).unwrap())
+        )
     };
     let expired = a
         .token_key()
-        .create(&id("web"), &a.anchor_fingerprint(), now - Duration::from_secs(7200), Duration::from_secs(3600))
+        .create(
+            &id("web"),
+            &a.anchor_fingerprint(),
+            now - Duration::from_secs(7200),
+            Duration::from_secs(3600),
+        )
         .unwrap();
     let (_, good_csr) = weft_identity::client::generate_csr(&id("web")).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let dns_csr = csr_with(&key, vec![uri("spiffe://weft.local/ns/default/sa/web"), rcgen::SanType::DnsName("web.example.com".try_into().unwrap())]);
-    let two_uri_csr = csr_with(&key, vec![uri("spiffe://weft.local/ns/default/sa/web"), uri("spiffe://weft.local/ns/default/sa/web2")]);
+    let dns_csr = csr_with(
+        &key,
+        vec![
+            uri("spiffe://weft.local/ns/default/sa/web"),
+            rcgen::SanType::DnsName("web.example.com".try_into().unwrap()),
+        ],
+    );
+    let two_uri_csr = csr_with(
+        &key,
+        vec![
+            uri("spiffe://weft.local/ns/default/sa/web"),
+            uri("spiffe://weft.local/ns/default/sa/web2"),
+        ],
+    );
     let admin_csr = csr_with(&key, vec![uri("spiffe://weft.local/ns/default/sa/admin")]);
     let bad_sig_csr = {
         let der = CertificateSigningRequestDer::from_pem_slice(good_csr.as_bytes()).unwrap();
@@ -80,7 +100,19 @@ async fn every_rejection_is_a_clear_4xx_and_the_service_keeps_serving() {
     let rsa_csr = {
         let key = dir.path().join("rsa.key");
         let out = dir.path().join("rsa.csr");
-        let o = openssl(&["req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=web", "-keyout", key.to_str().unwrap(), "-out", out.to_str().unwrap()]);
+        let o = openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=web",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            out.to_str().unwrap(),
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         std::fs::read_to_string(out).unwrap()
     };
@@ -91,9 +123,15 @@ async fn every_rejection_is_a_clear_4xx_and_the_service_keeps_serving() {
     short.clock_skew = Duration::ZERO;
     let expired_client = issue_direct(&Authority::load_or_create(&short).unwrap(), &id("web"));
 
-    let running = Running::start(a, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let running = Running::start(a, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let addr = running.addr;
-    assert!(eventually(Duration::from_secs(5), || SystemTime::now() > expired_client.not_after + Duration::from_secs(1)).await);
+    assert!(
+        eventually(Duration::from_secs(5), || SystemTime::now()
+            > expired_client.not_after + Duration::from_secs(1))
+        .await
+    );
 
     let body = |csr: &str| certify_body(csr);
     let t = |s: &str| Some(s.to_string());
@@ -121,28 +159,68 @@ async fn every_rejection_is_a_clear_4xx_and_the_service_keeps_serving() {
     ];
 
     for case in &cases {
-        let answer = call(addr, &bundle, case.method, case.path, case.body.clone(), case.bearer.as_deref(), case.client.as_ref()).await;
+        let answer = call(
+            addr,
+            &bundle,
+            case.method,
+            case.path,
+            case.body.clone(),
+            case.bearer.as_deref(),
+            case.client.as_ref(),
+        )
+        .await;
         assert_eq!(answer.status, case.status, "{}: {answer:?}", case.name);
         assert_eq!(answer.reason(), case.reason, "{}: {answer:?}", case.name);
-        let message = answer.json()["message"].as_str().unwrap_or_default().to_string();
-        assert!(message.len() > 20, "{}: the message should say what is wrong: {answer:?}", case.name);
+        let message = answer.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            message.len() > 20,
+            "{}: the message should say what is wrong: {answer:?}",
+            case.name
+        );
         // After every refusal, a good request is still served.
-        let ok = call(addr, &bundle, "POST", "/v1/certify", body(&good_csr), Some(&web_token), None).await;
+        let ok = call(
+            addr,
+            &bundle,
+            "POST",
+            "/v1/certify",
+            body(&good_csr),
+            Some(&web_token),
+            None,
+        )
+        .await;
         assert_eq!(ok.status, 200, "after {}: {ok:?}", case.name);
     }
 
     // Each refusal is counted by reason.
     let metrics = running.registry.render();
     for case in &cases {
-        let series = format!("weft_identity_rejections_total{{reason=\"{}\"}}", case.reason);
-        assert!(metric(&metrics, &series).unwrap_or(0.0) >= 1.0, "{series} missing in\n{metrics}");
+        let series = format!(
+            "weft_identity_rejections_total{{reason=\"{}\"}}",
+            case.reason
+        );
+        assert!(
+            metric(&metrics, &series).unwrap_or(0.0) >= 1.0,
+            "{series} missing in\n{metrics}"
+        );
     }
     assert_eq!(
-        metric(&metrics, "weft_identity_certificates_issued_total{method=\"token\"}"),
+        metric(
+            &metrics,
+            "weft_identity_certificates_issued_total{method=\"token\"}"
+        ),
         Some(cases.len() as f64)
     );
-    assert!(metrics.contains("weft_identity_issuance_duration_seconds_bucket"), "{metrics}");
-    assert!(metrics.contains("weft_identity_issuer_expiry_timestamp_seconds"), "{metrics}");
+    assert!(
+        metrics.contains("weft_identity_issuance_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weft_identity_issuer_expiry_timestamp_seconds"),
+        "{metrics}"
+    );
     running.stop().await;
 }
 
@@ -152,7 +230,9 @@ async fn token_issuance_then_renewal_with_the_current_certificate() {
     let a = authority(dir.path());
     let bundle = a.bundle().clone();
     let web_token = token(&a, "web", Duration::from_secs(600));
-    let running = Running::start(a, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let running = Running::start(a, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let settings = weft_identity::client::ClientSettings::new(running.addr.to_string(), web_token);
     let first = weft_identity::client::bootstrap(&settings).await.unwrap();
     assert_eq!(first.identity, id("web"));
@@ -165,17 +245,54 @@ async fn token_issuance_then_renewal_with_the_current_certificate() {
     .await
     .unwrap();
     assert_ne!(renewed.leaf(), first.leaf());
-    assert_ne!(renewed.key.secret_pkcs8_der(), first.key.secret_pkcs8_der(), "a renewal uses a fresh key");
+    assert_ne!(
+        renewed.key.secret_pkcs8_der(),
+        first.key.secret_pkcs8_der(),
+        "a renewal uses a fresh key"
+    );
     // A renewal certificate asking for another identity is refused.
     let (_, admin_csr) = weft_identity::client::generate_csr(&id("admin")).unwrap();
-    let answer = call(running.addr, &bundle, "POST", "/v1/certify", certify_body(&admin_csr), None, Some(&renewed)).await;
-    assert_eq!((answer.status, answer.reason().as_str()), (403, "csr_wrong_identity"), "{answer:?}");
+    let answer = call(
+        running.addr,
+        &bundle,
+        "POST",
+        "/v1/certify",
+        certify_body(&admin_csr),
+        None,
+        Some(&renewed),
+    )
+    .await;
+    assert_eq!(
+        (answer.status, answer.reason().as_str()),
+        (403, "csr_wrong_identity"),
+        "{answer:?}"
+    );
     let metrics = running.registry.render();
-    assert_eq!(metric(&metrics, "weft_identity_certificates_issued_total{method=\"renewal\"}"), Some(1.0));
+    assert_eq!(
+        metric(
+            &metrics,
+            "weft_identity_certificates_issued_total{method=\"renewal\"}"
+        ),
+        Some(1.0)
+    );
     // The trust bundle is served as PEM.
-    let b = call(running.addr, &bundle, "GET", "/v1/trust-bundle", "", None, None).await;
+    let b = call(
+        running.addr,
+        &bundle,
+        "GET",
+        "/v1/trust-bundle",
+        "",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(b.status, 200);
-    assert_eq!(tls::TrustBundle::from_pem(b.body.as_bytes()).unwrap().fingerprints(), bundle.fingerprints());
+    assert_eq!(
+        tls::TrustBundle::from_pem(b.body.as_bytes())
+            .unwrap()
+            .fingerprints(),
+        bundle.fingerprints()
+    );
     running.stop().await;
 }
 
@@ -187,10 +304,18 @@ async fn a_client_pinned_to_another_anchor_refuses_the_bundle() {
     let other = authority(other_dir.path());
     // A token minted by another trust domain's CA pins that CA's anchor.
     let foreign = token(&other, "web", Duration::from_secs(60));
-    let running = Running::start(a, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let running = Running::start(a, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let settings = weft_identity::client::ClientSettings::new(running.addr.to_string(), foreign);
-    let err = weft_identity::client::bootstrap(&settings).await.unwrap_err();
-    assert!(err.to_string().contains("does not contain the anchor pinned by the token"), "{err}");
+    let err = weft_identity::client::bootstrap(&settings)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("does not contain the anchor pinned by the token"),
+        "{err}"
+    );
     running.stop().await;
 }
 
@@ -200,18 +325,35 @@ async fn stuck_and_garbage_connections_do_not_affect_other_callers() {
     let a = authority(dir.path());
     let bundle = a.bundle().clone();
     let web_token = token(&a, "web", Duration::from_secs(600));
-    let running = Running::start(a, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let running = Running::start(a, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     // A connection that sends half a ClientHello and stalls, one that speaks plaintext HTTP to
     // the TLS port, and one that sends random bytes.
     let mut stalled = tokio::net::TcpStream::connect(running.addr).await.unwrap();
-    stalled.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
     let mut plain = tokio::net::TcpStream::connect(running.addr).await.unwrap();
-    plain.write_all(b"GET /v1/trust-bundle HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    plain
+        .write_all(b"GET /v1/trust-bundle HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut noise = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     noise.write_all(&[0xffu8; 4096]).await.unwrap();
     let (_, csr) = weft_identity::client::generate_csr(&id("web")).unwrap();
     for _ in 0..5 {
-        let ok = call(running.addr, &bundle, "POST", "/v1/certify", certify_body(&csr), Some(&web_token), None).await;
+        let ok = call(
+            running.addr,
+            &bundle,
+            "POST",
+            "/v1/certify",
+            certify_body(&csr),
+            Some(&web_token),
+            None,
+        )
+        .await;
         assert_eq!(ok.status, 200, "{ok:?}");
     }
     drop((stalled, plain, noise));

@@ -36,7 +36,11 @@ fn first_start_creates_files_and_restart_keeps_the_anchor() {
     // A token made before the restart still verifies after it.
     let t = token(&first, "web", Duration::from_secs(60));
     assert_eq!(
-        second.token_key().verify(&t, SystemTime::now()).unwrap().sub,
+        second
+            .token_key()
+            .verify(&t, SystemTime::now())
+            .unwrap()
+            .sub,
         id("web")
     );
 }
@@ -45,7 +49,11 @@ fn first_start_creates_files_and_restart_keeps_the_anchor() {
 fn corrupt_key_file_is_a_clear_startup_error() {
     let dir = tempfile::tempdir().unwrap();
     authority(dir.path());
-    std::fs::write(dir.path().join(authority::ISSUER_KEY_FILE), "-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        dir.path().join(authority::ISSUER_KEY_FILE),
+        "-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     let err = Authority::load_or_create(&AuthorityConfig::new(dir.path())).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, AuthorityError::Corrupt { .. }), "{msg}");
@@ -73,12 +81,19 @@ fn unreadable_file_is_a_clear_startup_error() {
     let msg = Authority::load_or_create(&AuthorityConfig::new(dir.path()))
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("cannot read") && msg.contains("issuer.key"), "{msg}");
+    assert!(
+        msg.contains("cannot read") && msg.contains("issuer.key"),
+        "{msg}"
+    );
     assert!(msg.contains("check that the file exists"), "{msg}");
 }
 
 /// Writes an operator CA (anchor, issuer cert, issuer key) into `dir` and returns the config.
-fn operator_ca(dir: &Path, issuer_lifetime: (i64, i64), sign_with_other_anchor: bool) -> AuthorityConfig {
+fn operator_ca(
+    dir: &Path,
+    issuer_lifetime: (i64, i64),
+    sign_with_other_anchor: bool,
+) -> AuthorityConfig {
     let now = ::time::OffsetDateTime::now_utc();
     let ca = |cn: &str, path_len: u8| {
         let mut p = CertificateParams::default();
@@ -93,7 +108,11 @@ fn operator_ca(dir: &Path, issuer_lifetime: (i64, i64), sign_with_other_anchor: 
     let anchor_params = ca("operator root", 1);
     let anchor = anchor_params.self_signed(&anchor_key).unwrap();
     let other_key = KeyPair::generate().unwrap();
-    let signer_key = if sign_with_other_anchor { &other_key } else { &anchor_key };
+    let signer_key = if sign_with_other_anchor {
+        &other_key
+    } else {
+        &anchor_key
+    };
     let signer = Issuer::from_params(&anchor_params, signer_key);
     let issuer_key = KeyPair::generate().unwrap();
     let mut issuer_params = ca("operator issuer", 0);
@@ -127,7 +146,12 @@ fn operator_supplied_ca_is_used() {
         id("web")
     );
     // Nothing of the operator's CA was copied into the data directory.
-    assert!(!dir.path().join("data").join(authority::ANCHOR_CERT_FILE).exists());
+    assert!(
+        !dir.path()
+            .join("data")
+            .join(authority::ANCHOR_CERT_FILE)
+            .exists()
+    );
 }
 
 #[test]
@@ -157,7 +181,12 @@ fn issued_leaf_is_a_valid_x509_svid() {
 
     // Exactly one URI SAN, the identity; no DNS SAN.
     let san = leaf.subject_alternative_name().unwrap().unwrap();
-    let names: Vec<String> = san.value.general_names.iter().map(|n| n.to_string()).collect();
+    let names: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
     assert_eq!(names, vec!["URI(spiffe://weft.local/ns/default/sa/web)"]);
     // cA=false, KeyUsage digitalSignature only and critical, EKU serverAuth + clientAuth.
     let bc = leaf.basic_constraints().unwrap().unwrap();
@@ -169,12 +198,21 @@ fn issued_leaf_is_a_valid_x509_svid() {
     let eku = leaf.extended_key_usage().unwrap().unwrap();
     assert!(eku.value.server_auth && eku.value.client_auth);
     // ECDSA P-256 key.
-    assert_eq!(leaf.public_key().algorithm.algorithm.to_id_string(), "1.2.840.10045.2.1");
+    assert_eq!(
+        leaf.public_key().algorithm.algorithm.to_id_string(),
+        "1.2.840.10045.2.1"
+    );
     // Lifetime: 24h by default from now, NotBefore back-dated by the skew allowance.
     let nb = leaf.validity().not_before.timestamp();
     let na = leaf.validity().not_after.timestamp();
-    let now = before.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
-    assert!((na - now - 24 * 3600).abs() <= 2, "not_after {na} now {now}");
+    let now = before
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (na - now - 24 * 3600).abs() <= 2,
+        "not_after {na} now {now}"
+    );
     let backdate = now - nb;
     assert!((55..=62).contains(&backdate), "back-dated {backdate}s");
     // Random serials: the same key certified twice gets two serials.
@@ -208,7 +246,11 @@ fn openssl_verifies_the_leaf_and_shows_one_uri_san() {
         leaf.to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "openssl verify failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl verify failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.trim_end().ends_with(": OK"), "{stdout}");
     // Purpose checks as both TLS server and TLS client.
     for purpose in ["sslserver", "sslclient"] {
@@ -222,21 +264,38 @@ fn openssl_verifies_the_leaf_and_shows_one_uri_san() {
             issuer.to_str().unwrap(),
             leaf.to_str().unwrap(),
         ]);
-        assert!(out.status.success(), "{purpose}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{purpose}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     let out = openssl(&["x509", "-in", leaf.to_str().unwrap(), "-noout", "-text"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert_eq!(text.matches("URI:").count(), 1, "{text}");
-    assert!(text.contains("URI:spiffe://weft.local/ns/default/sa/web"), "{text}");
+    assert!(
+        text.contains("URI:spiffe://weft.local/ns/default/sa/web"),
+        "{text}"
+    );
     assert!(!text.contains("DNS:"), "{text}");
     assert!(text.contains("CA:FALSE"), "{text}");
     assert!(text.contains("X509v3 Key Usage: critical"), "{text}");
-    assert!(text.contains("TLS Web Server Authentication, TLS Web Client Authentication"), "{text}");
+    assert!(
+        text.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
+        "{text}"
+    );
     assert!(text.contains("NIST CURVE: P-256"), "{text}");
     // The lifetime: openssl prints both ends; 24h plus the back-dated minute apart.
-    let dates = openssl(&["x509", "-in", leaf.to_str().unwrap(), "-noout", "-startdate", "-enddate"]);
+    let dates = openssl(&[
+        "x509",
+        "-in",
+        leaf.to_str().unwrap(),
+        "-noout",
+        "-startdate",
+        "-enddate",
+    ]);
     let dates = String::from_utf8_lossy(&dates.stdout);
     let parse = |key: &str| {
         let line = dates.lines().find(|l| l.starts_with(key)).unwrap();
@@ -244,7 +303,9 @@ fn openssl_verifies_the_leaf_and_shows_one_uri_san() {
         let fmt = ::time::macros::format_description!(
             "[month repr:short] [day padding:space] [hour]:[minute]:[second] [year] GMT"
         );
-        ::time::PrimitiveDateTime::parse(v, &fmt).unwrap().assume_utc()
+        ::time::PrimitiveDateTime::parse(v, &fmt)
+            .unwrap()
+            .assume_utc()
     };
     let lifetime = parse("notAfter") - parse("notBefore");
     assert_eq!(lifetime.whole_seconds(), 24 * 3600 + 60, "{dates}");
@@ -320,7 +381,10 @@ async fn rustls_accepts_the_leaf_as_server_and_client_certificate() {
         .connect(tls::server_name(&id("db")), tcp)
         .await
         .unwrap_err();
-    let inner = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()).unwrap();
+    let inner = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .unwrap();
     let mismatch = tls::identity_mismatch(inner).unwrap();
     assert_eq!(mismatch.found, id("api").to_string());
 }

@@ -49,7 +49,9 @@ async fn renews_repeatedly_and_survives_an_identity_outage() {
     let dir = tempfile::tempdir().unwrap();
     let a = short_lived(dir.path());
     let tok = token(&a, "web", Duration::from_secs(3600));
-    let running = Running::start(a, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let running = Running::start(a, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let addr = running.addr;
 
     let registry = Registry::new();
@@ -70,33 +72,69 @@ async fn renews_repeatedly_and_survives_an_identity_outage() {
         seen.push(c);
     }
     let text = registry.render();
-    assert_eq!(metric(&text, "weft_identity_client_certify_total{kind=\"bootstrap\",result=\"ok\"}"), Some(1.0), "{text}");
-    assert!(metric(&text, "weft_identity_client_certify_total{kind=\"renewal\",result=\"ok\"}").unwrap() >= 3.0, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "weft_identity_client_certify_total{kind=\"bootstrap\",result=\"ok\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "weft_identity_client_certify_total{kind=\"renewal\",result=\"ok\"}"
+        )
+        .unwrap()
+            >= 3.0,
+        "{text}"
+    );
 
     // The identity service goes away: the client keeps its certificate and keeps trying.
     running.stop().await;
     let held = rx.borrow().clone().expect("a certificate is held");
     assert!(
         eventually(Duration::from_secs(20), || {
-            metric(&registry.render(), "weft_identity_client_consecutive_failures").unwrap_or(0.0) >= 2.0
+            metric(
+                &registry.render(),
+                "weft_identity_client_consecutive_failures",
+            )
+            .unwrap_or(0.0)
+                >= 2.0
         })
         .await,
         "renewal attempts should fail while the service is down"
     );
-    assert!(rx.borrow().is_some(), "the last certificate stays published during the outage");
+    assert!(
+        rx.borrow().is_some(),
+        "the last certificate stays published during the outage"
+    );
     let text = registry.render();
-    assert!(metric(&text, "weft_identity_client_certify_total{kind=\"any\",result=\"error\"}").unwrap() >= 2.0, "{text}");
+    assert!(
+        metric(
+            &text,
+            "weft_identity_client_certify_total{kind=\"any\",result=\"error\"}"
+        )
+        .unwrap()
+            >= 2.0,
+        "{text}"
+    );
 
     // It comes back (same data directory, same port): renewal resumes.
     let mut cfg = AuthorityConfig::new(dir.path());
     cfg.leaf_lifetime = Duration::from_secs(3);
-    let restarted = Running::start(Authority::load_or_create(&cfg).unwrap(), addr).await.unwrap();
+    let restarted = Running::start(Authority::load_or_create(&cfg).unwrap(), addr)
+        .await
+        .unwrap();
     let after = next_cert(&mut rx, Some(&held), Duration::from_secs(20)).await;
     assert!(after.not_after > held.not_after);
     assert!(after.not_after > SystemTime::now());
     assert!(
         eventually(Duration::from_secs(5), || {
-            metric(&registry.render(), "weft_identity_client_consecutive_failures") == Some(0.0)
+            metric(
+                &registry.render(),
+                "weft_identity_client_consecutive_failures",
+            ) == Some(0.0)
         })
         .await
     );
@@ -109,24 +147,39 @@ async fn client_reports_a_missing_identity_service_and_keeps_trying() {
     let a = short_lived(dir.path());
     let tok = token(&a, "web", Duration::from_secs(3600));
     // A port nothing listens on.
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let registry = Registry::new();
     let mut settings = ClientSettings::new(free.to_string(), tok.clone());
     settings.min_backoff = Duration::from_millis(50);
     settings.max_backoff = Duration::from_millis(200);
-    let err = weft_identity::client::bootstrap(&settings).await.unwrap_err();
-    assert!(err.to_string().contains("is `weft identity` running?"), "{err}");
+    let err = weft_identity::client::bootstrap(&settings)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("is `weft identity` running?"),
+        "{err}"
+    );
     let mut client = IdentityClient::start(settings, &registry);
     assert!(
         eventually(Duration::from_secs(10), || {
-            metric(&registry.render(), "weft_identity_client_consecutive_failures").unwrap_or(0.0) >= 3.0
+            metric(
+                &registry.render(),
+                "weft_identity_client_consecutive_failures",
+            )
+            .unwrap_or(0.0)
+                >= 3.0
         })
         .await
     );
     assert!(client.credentials().borrow().is_none());
     // The service appears on that port: the client gets its certificate.
     let running = Running::start(a, free).await.unwrap();
-    let creds = tokio::time::timeout(Duration::from_secs(10), client.ready()).await.unwrap();
+    let creds = tokio::time::timeout(Duration::from_secs(10), client.ready())
+        .await
+        .unwrap();
     assert_eq!(creds.identity, id("web"));
     running.stop().await;
 }

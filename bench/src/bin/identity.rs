@@ -27,7 +27,10 @@ use weft_identity::server::Running;
 use weft_identity::{SpiffeId, tls};
 
 #[derive(Debug, Parser)]
-#[command(name = "identity-bench", about = "Certificates per second and issuance latency of the weft identity service")]
+#[command(
+    name = "identity-bench",
+    about = "Certificates per second and issuance latency of the weft identity service"
+)]
 struct Args {
     /// Length of each measured run.
     #[arg(long, default_value = "10s", value_parser = weft_identity::config::parse_duration)]
@@ -79,11 +82,18 @@ struct Shared {
 fn main() -> Result<(), String> {
     let args = Args::parse();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let authority = Authority::load_or_create(&AuthorityConfig::new(dir.path())).map_err(|e| e.to_string())?;
-    let identity = authority.trust_domain().workload("bench", "load").map_err(|e| e.to_string())?;
-    let token = authority
-        .token_key()
-        .create(&identity, &authority.anchor_fingerprint(), SystemTime::now(), Duration::from_secs(3600))?;
+    let authority =
+        Authority::load_or_create(&AuthorityConfig::new(dir.path())).map_err(|e| e.to_string())?;
+    let identity = authority
+        .trust_domain()
+        .workload("bench", "load")
+        .map_err(|e| e.to_string())?;
+    let token = authority.token_key().create(
+        &identity,
+        &authority.anchor_fingerprint(),
+        SystemTime::now(),
+        Duration::from_secs(3600),
+    )?;
     let bundle = authority.bundle().clone();
 
     // The service gets its own runtime, as it would in its own process.
@@ -92,7 +102,10 @@ fn main() -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let running = server_rt.block_on(Running::start(authority, "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?))?;
+    let running = server_rt.block_on(Running::start(
+        authority,
+        "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
+    ))?;
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -101,15 +114,18 @@ fn main() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let bodies = (0..256)
         .map(|_| {
-            let (_, csr) = weft_identity::client::generate_csr(&identity).map_err(|e| e.to_string())?;
+            let (_, csr) =
+                weft_identity::client::generate_csr(&identity).map_err(|e| e.to_string())?;
             serde_json::to_vec(&serde_json::json!({ "csr": csr }))
                 .map(Bytes::from)
                 .map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let server_id = weft_identity::server::service_identity(&"weft.local".parse().map_err(|e| format!("{e}"))?)
+    let server_id =
+        weft_identity::server::service_identity(&"weft.local".parse().map_err(|e| format!("{e}"))?)
+            .map_err(|e| e.to_string())?;
+    let cfg = tls::client_config(&bundle, server_id.clone(), None, &[tls::ALPN_HTTP11])
         .map_err(|e| e.to_string())?;
-    let cfg = tls::client_config(&bundle, server_id.clone(), None, &[tls::ALPN_HTTP11]).map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared {
         addr: running.addr,
         cfg: Arc::new(cfg),
@@ -118,12 +134,31 @@ fn main() -> Result<(), String> {
         bearer: format!("Bearer {token}"),
     });
 
-    let mut results = Vec::new();
-    results.push(client_rt.block_on(run(shared.clone(), &args, None))?);
-    results.push(client_rt.block_on(run(shared.clone(), &args, Some(args.rate)))?);
+    let results = vec![
+        client_rt.block_on(run(shared.clone(), &args, None))?,
+        client_rt.block_on(run(shared.clone(), &args, Some(args.rate)))?,
+    ];
 
-    println!("\nweft identity service: certify over keep-alive HTTPS (TLS 1.3), {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("{:<12} {:>5} {:>8} {:>8} {:>7} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8}", "mode", "conns", "rate", "requests", "errors", "certs/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms");
+    println!(
+        "\nweft identity service: certify over keep-alive HTTPS (TLS 1.3), {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!(
+        "{:<12} {:>5} {:>8} {:>8} {:>7} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "mode",
+        "conns",
+        "rate",
+        "requests",
+        "errors",
+        "certs/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms"
+    );
     for r in &results {
         println!(
             "{:<12} {:>5} {:>8} {:>8} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>8.2}",
@@ -140,7 +175,9 @@ fn main() -> Result<(), String> {
             r.max_ms
         );
     }
-    let json = serde_json::to_string_pretty(&serde_json::json!({ "bench": "identity", "runs": results })).map_err(|e| e.to_string())?;
+    let json =
+        serde_json::to_string_pretty(&serde_json::json!({ "bench": "identity", "runs": results }))
+            .map_err(|e| e.to_string())?;
     println!("{json}");
     if let Some(path) = &args.json {
         std::fs::write(path, &json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -162,7 +199,8 @@ async fn run(shared: Arc<Shared>, args: &Args, rate: Option<u64>) -> Result<RunR
         let count = count.clone();
         let max = args.max_requests;
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
             let mut errors = 0u64;
             let mut sender = connect(&shared).await?;
             let mut k: u64 = 0;
@@ -213,7 +251,8 @@ async fn run(shared: Arc<Shared>, args: &Args, rate: Option<u64>) -> Result<RunR
             Ok::<_, String>((hist, errors))
         }));
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
     let mut errors = 0;
     for t in tasks {
         let (h, e) = t.await.map_err(|e| e.to_string())??;
@@ -223,7 +262,12 @@ async fn run(shared: Arc<Shared>, args: &Args, rate: Option<u64>) -> Result<RunR
     let seconds = args.duration.as_secs_f64();
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(RunResult {
-        mode: if rate.is_some() { "open-loop" } else { "closed-loop" }.to_string(),
+        mode: if rate.is_some() {
+            "open-loop"
+        } else {
+            "closed-loop"
+        }
+        .to_string(),
         connections: conns,
         target_rate: rate,
         requests: hist.len() + errors,
@@ -238,8 +282,12 @@ async fn run(shared: Arc<Shared>, args: &Args, rate: Option<u64>) -> Result<RunR
     })
 }
 
-async fn connect(shared: &Shared) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
-    let tcp = tokio::net::TcpStream::connect(shared.addr).await.map_err(|e| e.to_string())?;
+async fn connect(
+    shared: &Shared,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+    let tcp = tokio::net::TcpStream::connect(shared.addr)
+        .await
+        .map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     let tls = tokio_rustls::TlsConnector::from(shared.cfg.clone())
         .connect(tls::server_name(&shared.server_id), tcp)

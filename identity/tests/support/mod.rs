@@ -55,7 +55,10 @@ impl Answer {
         serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
     }
     pub fn reason(&self) -> String {
-        self.json()["error"].as_str().unwrap_or_default().to_string()
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -111,7 +114,9 @@ pub fn openssl(args: &[&str]) -> std::process::Output {
     std::process::Command::new("openssl")
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("openssl is needed for this test (apt-get install openssl): {e}"))
+        .unwrap_or_else(|e| {
+            panic!("openssl is needed for this test (apt-get install openssl): {e}")
+        })
 }
 
 /// Waits until `cond` holds, polling, up to `limit`.

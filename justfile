@@ -1,0 +1,27 @@
+# weft's everyday commands. `just --list` shows them.
+
+# Format the workspace.
+fmt:
+    cargo fmt --all
+
+# Formatting and lints, as CI runs them.
+check:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# The test suite (the README's test command).
+test:
+    cargo test --workspace
+
+# Everything CI runs, system tests included (needs root for some of them).
+ci:
+    bash .ci/run
+
+# Benchmarks (release builds), results under bench/results/.
+bench:
+    mkdir -p bench/results
+    cargo run --release -p weft-bench --bin identity-bench -- --json bench/results/identity-$(date +%F).json
+
+# The main job: a local mesh.
+demo:
+    cargo run --release -p weft -- demo
