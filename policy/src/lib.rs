@@ -25,10 +25,15 @@
 //! `serde_yaml_ng` is its maintained continuation with the same API and the same
 //! `serde_yaml::Value` model (which `serde_path_to_error` walks to name the failing field).
 
+pub mod api;
 pub mod authz;
+pub mod files;
 pub mod load;
+pub mod metrics;
 pub mod registry;
 pub mod resources;
 pub mod routes;
+pub mod server;
 pub mod split;
+pub mod store;
 pub mod wire;

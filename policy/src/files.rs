@@ -1,0 +1,89 @@
+//! Following the resource directory: it is polled (every 200 ms by default) and its content
+//! hashed; when the hash changes, the directory is loaded again, and served if valid. An
+//! invalid change is logged with every error, shown on the admin `/status` page, and
+//! otherwise ignored: the last valid set stays served.
+//!
+//! Polling with a content hash needs no platform file-notification API, sees edits made by any
+//! means (editors that replace files, `git checkout`, volume updates), and costs one read of a
+//! small directory per interval.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::authz::DefaultPolicy;
+use crate::load::{compile, read_sources, sources_hash};
+use crate::store::Store;
+
+/// How often the directory is read by default.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Follows `dir` until `shutdown`. `loaded_hash` is the hash of what the store serves.
+pub async fn follow(
+    store: Arc<Store>,
+    dir: PathBuf,
+    default_policy: DefaultPolicy,
+    interval: Duration,
+    loaded_hash: String,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut last_hash = loaded_hash;
+    let mut last_read_error: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let read_dir = dir.clone();
+        let sources = match tokio::task::spawn_blocking(move || read_sources(&read_dir)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let text = e.to_string();
+                if last_read_error.as_ref() != Some(&text) {
+                    tracing::error!(error = %text, "cannot read the resource directory; the last valid resources stay served");
+                    store.config_rejected(std::slice::from_ref(&e));
+                    store.metrics().reload_error.increment(1);
+                    last_read_error = Some(text);
+                }
+                continue;
+            }
+            Err(_) => continue,
+        };
+        last_read_error = None;
+        let hash = sources_hash(&sources);
+        if hash == last_hash {
+            continue;
+        }
+        last_hash = hash;
+        let started = Instant::now();
+        let result = compile(&sources, default_policy);
+        store
+            .metrics()
+            .load_duration
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(config) => {
+                tracing::info!(
+                    files = config.summary.files,
+                    documents = config.summary.documents,
+                    hash = %config.summary.hash,
+                    "resources changed: new set served"
+                );
+                store.metrics().reload_ok.increment(1);
+                store.set_config(config);
+            }
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("invalid resource: {e}");
+                }
+                tracing::error!(
+                    errors = errors.len(),
+                    "the change to the resource directory is rejected as a whole; the last valid resources stay served"
+                );
+                store.metrics().reload_error.increment(1);
+                store.config_rejected(&errors);
+            }
+        }
+    }
+}

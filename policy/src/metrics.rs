@@ -1,0 +1,84 @@
+//! The control plane's Prometheus series (`weft_policy_*`), registered once at start-up on the
+//! component's own [`Registry`].
+
+use metrics::{Counter, Gauge, Histogram};
+use weft_identity::metrics::Registry;
+
+/// Watch kinds, the `kind` label of the watch series.
+pub const WATCH_KINDS: [&str; 3] = ["endpoints", "inbound", "routes"];
+
+/// Every handle the control plane records on.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub reload_ok: Counter,
+    pub reload_error: Counter,
+    pub config_valid: Gauge,
+    pub config_last_reload: Gauge,
+    pub load_duration: Histogram,
+    pub revision: Gauge,
+    pub registrations_ok: Counter,
+    pub registrations_rejected: Counter,
+    pub leases_expired: Counter,
+    pub endpoints_registered: Gauge,
+    watches_active: [Gauge; 3],
+    watch_events: [Counter; 3],
+}
+
+impl Metrics {
+    pub fn new(r: &Registry) -> Self {
+        const RELOADS: &str = "Resource directory loads, by result (ok: applied; error: rejected, the previous set stays).";
+        const REGISTRATIONS: &str = "Workload registrations and renewals, by result.";
+        const ACTIVE: &str = "Open watch streams, by kind.";
+        const EVENTS: &str = "Snapshots sent on watch streams, by kind.";
+        let active =
+            WATCH_KINDS.map(|k| r.gauge("weft_policy_watches_active", ACTIVE, &[("kind", k)]));
+        let events = WATCH_KINDS
+            .map(|k| r.counter("weft_policy_watch_events_total", EVENTS, &[("kind", k)]));
+        Self {
+            reload_ok: r.counter("weft_policy_config_reloads_total", RELOADS, &[("result", "ok")]),
+            reload_error: r.counter("weft_policy_config_reloads_total", RELOADS, &[("result", "error")]),
+            config_valid: r.gauge(
+                "weft_policy_config_valid",
+                "1 when the resource directory's current content is valid and served, 0 when the last change was rejected.",
+                &[],
+            ),
+            config_last_reload: r.gauge(
+                "weft_policy_config_last_reload_timestamp_seconds",
+                "When the served resources were last loaded, seconds since the Unix epoch.",
+                &[],
+            ),
+            load_duration: r.histogram(
+                "weft_policy_config_load_duration_seconds",
+                "Time to read, validate and compile the resource directory.",
+                &[],
+            ),
+            revision: r.gauge(
+                "weft_policy_state_revision",
+                "Revision of the served state; it grows with every resource or endpoint change.",
+                &[],
+            ),
+            registrations_ok: r.counter("weft_policy_registrations_total", REGISTRATIONS, &[("result", "ok")]),
+            registrations_rejected: r.counter("weft_policy_registrations_total", REGISTRATIONS, &[("result", "rejected")]),
+            leases_expired: r.counter(
+                "weft_policy_leases_expired_total",
+                "Registered endpoints dropped because their lease lapsed without renewal.",
+                &[],
+            ),
+            endpoints_registered: r.gauge(
+                "weft_policy_endpoints_registered",
+                "Workloads currently registered with a live lease.",
+                &[],
+            ),
+            watches_active: active,
+            watch_events: events,
+        }
+    }
+
+    pub fn watch_active(&self, kind: usize) -> &Gauge {
+        &self.watches_active[kind]
+    }
+
+    pub fn watch_event(&self, kind: usize) -> &Counter {
+        &self.watch_events[kind]
+    }
+}

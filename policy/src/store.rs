@@ -1,0 +1,330 @@
+//! The served state and its versions.
+//!
+//! A [`State`] is immutable: the compiled resources, the live registrations and a revision
+//! number. Every change (a valid directory edit, a registration that changes something, a
+//! lease that lapses) publishes a new `State` on a `tokio::sync::watch`, which every API watch
+//! follows; a slow watcher skips straight to the newest state.
+//!
+//! What a client watches (the endpoints, inbound policy or routes of one service) is rendered
+//! from a state once, whatever the number of watchers, and carries a version: the hash of its
+//! content. A client that resumes with the version it holds is told nothing changed, even
+//! across control-plane restarts.
+//!
+//! `Store` is the seam where a replicated backend would go: everything else only calls
+//! `subscribe`, `current`, `set_config` and the registry methods.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+
+use crate::load::{Config, Summary, ValidationError};
+use crate::metrics::Metrics;
+use crate::registry::{Conflict, Registry, ServiceEndpoints, Upsert, Workload, selects};
+use crate::wire::fnv1a;
+
+/// What a client can watch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    Endpoints { namespace: String, service: String },
+    Inbound { namespace: String, service: String },
+    Routes { namespace: String, service: String },
+}
+
+impl Key {
+    /// Index into [`crate::metrics::WATCH_KINDS`].
+    pub fn kind(&self) -> usize {
+        match self {
+            Key::Endpoints { .. } => 0,
+            Key::Inbound { .. } => 1,
+            Key::Routes { .. } => 2,
+        }
+    }
+}
+
+/// An item rendered for the wire.
+#[derive(Debug)]
+pub struct Rendered {
+    /// Hash of the item's JSON, hex.
+    pub version: String,
+    /// The `SNAPSHOT` event line, newline included.
+    pub line: Bytes,
+}
+
+/// One immutable version of everything served.
+#[derive(Debug)]
+pub struct State {
+    pub revision: u64,
+    pub config: Arc<Config>,
+    /// Live registrations, sorted by namespace and address.
+    pub workloads: Arc<Vec<Workload>>,
+    memo: Mutex<HashMap<Key, Arc<Rendered>>>,
+}
+
+impl State {
+    fn new(revision: u64, config: Arc<Config>, workloads: Arc<Vec<Workload>>) -> Self {
+        Self {
+            revision,
+            config,
+            workloads,
+            memo: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The endpoints of a service: its static endpoints and every registered workload of its
+    /// namespace that its selector selects.
+    pub fn endpoints(&self, namespace: &str, service: &str) -> ServiceEndpoints {
+        let selector = self.config.selector(namespace, service);
+        let def = self
+            .config
+            .services
+            .get(&(namespace.to_string(), service.to_string()));
+        let mut endpoints: Vec<_> = def.map(|d| d.endpoints.clone()).unwrap_or_default();
+        endpoints.extend(
+            self.workloads
+                .iter()
+                .filter(|w| w.namespace == namespace && selects(&selector, &w.labels))
+                .map(Workload::endpoint),
+        );
+        endpoints.sort_by_key(|e| e.address);
+        endpoints.dedup_by_key(|e| e.address);
+        ServiceEndpoints {
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+            ports: def.map(|d| d.ports.clone()).unwrap_or_default(),
+            endpoints,
+        }
+    }
+
+    /// The item `key` names, rendered once per state.
+    pub fn render(&self, key: &Key) -> Arc<Rendered> {
+        if let Some(r) = self.memo.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return r.clone();
+        }
+        let rendered = Arc::new(match key {
+            Key::Endpoints { namespace, service } => {
+                self.rendered(&self.endpoints(namespace, service))
+            }
+            Key::Inbound { namespace, service } => {
+                self.rendered(&self.config.workload_policy(namespace, service))
+            }
+            Key::Routes { namespace, service } => {
+                self.rendered(&self.config.service_routes(namespace, service))
+            }
+        });
+        self.memo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_insert(rendered)
+            .clone()
+    }
+
+    fn rendered<T: Serialize>(&self, item: &T) -> Rendered {
+        let json = serde_json::to_vec(item).unwrap_or_else(|_| b"null".to_vec());
+        let version = format!("{:016x}", fnv1a(&json));
+        // The `Event::Snapshot` encoding, written directly so the item is serialized once.
+        let mut line = Vec::with_capacity(json.len() + 80);
+        line.extend_from_slice(
+            format!(
+                "{{\"type\":\"SNAPSHOT\",\"version\":\"{version}\",\"revision\":{},\"item\":",
+                self.revision
+            )
+            .as_bytes(),
+        );
+        line.extend_from_slice(&json);
+        line.extend_from_slice(b"}\n");
+        Rendered {
+            version,
+            line: Bytes::from(line),
+        }
+    }
+}
+
+/// How the last loads of the resource directory went, for `/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConfigStatus {
+    /// The directory served.
+    pub dir: String,
+    /// What is served.
+    pub summary: Summary,
+    /// When it was loaded (RFC 3339).
+    pub loaded_at: String,
+    /// The last rejected change, if it is still the directory's current content.
+    pub last_error: Option<LoadError>,
+}
+
+/// A rejected change.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadError {
+    pub at: String,
+    /// One line per problem, each naming file, document and field.
+    pub errors: Vec<String>,
+}
+
+/// The state and its writers.
+#[derive(Debug)]
+pub struct Store {
+    tx: watch::Sender<Arc<State>>,
+    registry: Mutex<Registry>,
+    status: Mutex<ConfigStatus>,
+    expiry: Notify,
+    metrics: Metrics,
+}
+
+impl Store {
+    pub fn new(config: Config, dir: String, metrics: Metrics) -> Arc<Self> {
+        let status = ConfigStatus {
+            dir,
+            summary: config.summary.clone(),
+            loaded_at: weft_identity::rfc3339(SystemTime::now()),
+            last_error: None,
+        };
+        metrics.config_valid.set(1.0);
+        metrics
+            .config_last_reload
+            .set(weft_identity::metrics::unix_seconds(SystemTime::now()));
+        metrics.revision.set(1.0);
+        let state = State::new(1, Arc::new(config), Arc::new(Vec::new()));
+        Arc::new(Self {
+            tx: watch::Sender::new(Arc::new(state)),
+            registry: Mutex::new(Registry::default()),
+            status: Mutex::new(status),
+            expiry: Notify::new(),
+            metrics,
+        })
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<State>> {
+        self.tx.subscribe()
+    }
+
+    pub fn current(&self) -> Arc<State> {
+        self.tx.borrow().clone()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn status(&self) -> ConfigStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Serves a new valid resource set.
+    pub fn set_config(&self, config: Config) {
+        {
+            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            status.summary = config.summary.clone();
+            status.loaded_at = weft_identity::rfc3339(SystemTime::now());
+            status.last_error = None;
+        }
+        self.metrics.config_valid.set(1.0);
+        self.metrics
+            .config_last_reload
+            .set(weft_identity::metrics::unix_seconds(SystemTime::now()));
+        let config = Arc::new(config);
+        self.publish(|old| (config, old.workloads.clone()));
+    }
+
+    /// Records a rejected change; the served state does not change.
+    pub fn config_rejected(&self, errors: &[ValidationError]) {
+        self.metrics.config_valid.set(0.0);
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.last_error = Some(LoadError {
+            at: weft_identity::rfc3339(SystemTime::now()),
+            errors: errors.iter().map(ToString::to_string).collect(),
+        });
+    }
+
+    /// Registers or renews a workload for `lease`.
+    pub fn register(&self, w: Workload, lease: Duration) -> Result<(), Conflict> {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = reg.upsert(w, lease, Instant::now());
+        match outcome {
+            Ok(Upsert::Changed) => {
+                let workloads = Arc::new(reg.workloads());
+                self.metrics
+                    .endpoints_registered
+                    .set(workloads.len() as f64);
+                self.publish(|old| (old.config.clone(), workloads));
+                self.expiry.notify_one();
+            }
+            Ok(Upsert::Renewed) => self.expiry.notify_one(),
+            Err(_) => {}
+        }
+        outcome.map(|_| ())
+    }
+
+    /// Removes a workload's registration (when it shuts down cleanly).
+    pub fn deregister(
+        &self,
+        namespace: &str,
+        address: std::net::SocketAddr,
+        identity: Option<&weft_identity::SpiffeId>,
+    ) -> bool {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let removed = reg.remove(namespace, address, identity);
+        if removed {
+            let workloads = Arc::new(reg.workloads());
+            self.metrics
+                .endpoints_registered
+                .set(workloads.len() as f64);
+            self.publish(|old| (old.config.clone(), workloads));
+        }
+        removed
+    }
+
+    /// Drops lapsed leases as they lapse, until `shutdown`.
+    pub async fn expire_leases(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let next = {
+                let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+                let gone = reg.expire(Instant::now());
+                if !gone.is_empty() {
+                    for w in &gone {
+                        tracing::info!(
+                            namespace = %w.namespace,
+                            service = %w.service,
+                            address = %w.address,
+                            identity = w.identity.as_ref().map(|i| i.as_str()).unwrap_or("-"),
+                            "lease lapsed: endpoint removed"
+                        );
+                    }
+                    self.metrics.leases_expired.increment(gone.len() as u64);
+                    let workloads = Arc::new(reg.workloads());
+                    self.metrics
+                        .endpoints_registered
+                        .set(workloads.len() as f64);
+                    self.publish(|old| (old.config.clone(), workloads));
+                }
+                reg.next_expiry()
+            };
+            let sleep = match next {
+                Some(at) => tokio::time::sleep_until(at.into()),
+                None => tokio::time::sleep(Duration::from_secs(3600)),
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = sleep => {}
+                _ = self.expiry.notified() => {}
+            }
+        }
+    }
+
+    fn publish(&self, next: impl FnOnce(&State) -> (Arc<Config>, Arc<Vec<Workload>>)) {
+        self.tx.send_modify(|state| {
+            let (config, workloads) = next(state);
+            let revision = state.revision + 1;
+            self.metrics.revision.set(revision as f64);
+            *state = Arc::new(State::new(revision, config, workloads));
+        });
+    }
+}
