@@ -27,6 +27,8 @@
 
 pub mod api;
 pub mod authz;
+pub mod client;
+pub mod config;
 pub mod files;
 pub mod load;
 pub mod metrics;

@@ -1,0 +1,503 @@
+//! The proxy's side of the API: watched items as `tokio::sync::watch` receivers, and
+//! registration kept alive.
+//!
+//! One HTTP/2 connection per [`PolicyClient`] carries every watch as its own stream. When the
+//! control plane is away, each receiver keeps the last state it got, and its watch reconnects
+//! with jittered exponential back-off, resuming from the version it holds: if nothing changed
+//! meanwhile, the control plane says so and nothing is re-sent.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use weft_identity::SpiffeId;
+use weft_identity::client::Backoff;
+use weft_identity::server::ErrorBody;
+use weft_identity::tls::{self, TrustBundle};
+
+use crate::api::{ENDPOINTS_PATH, INBOUND_PATH, REGISTER_PATH, ROUTES_PATH, encode};
+use crate::authz::WorkloadPolicy;
+use crate::registry::{Registered, Registration, ServiceEndpoints};
+use crate::routes::ServiceRoutes;
+use crate::wire::Event;
+
+/// Largest watch event accepted.
+pub const MAX_LINE: usize = 64 * 1024 * 1024;
+
+/// Where the control plane is by default.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8090";
+/// The control plane's identity in the mesh: `spiffe://<td>/ns/weft/sa/policy`.
+pub const SERVICE_NAMESPACE: &str = "weft";
+pub const SERVICE_WORKLOAD: &str = "policy";
+
+/// The identity a client expects the control plane to prove.
+pub fn service_identity(td: &weft_identity::TrustDomain) -> Result<SpiffeId, String> {
+    td.workload(SERVICE_NAMESPACE, SERVICE_WORKLOAD)
+        .map_err(|e| e.to_string())
+}
+
+/// Errors talking to the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "connection to the control plane at {addr} failed: {source}: is `weft policy` running?"
+    )]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS with the control plane at {addr} failed: {detail}")]
+    Tls { addr: String, detail: String },
+    #[error("HTTP/2 with the control plane failed: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("the control plane answered {status}: {} ({})", .body.message, .body.error)]
+    Rejected { status: StatusCode, body: ErrorBody },
+    #[error("the control plane did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the watch stream ended")]
+    Ended,
+    #[error("cannot decode what the control plane sent: {0}")]
+    Decode(String),
+}
+
+/// How the client reaches the control plane over TLS.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: ServerName<'static>,
+}
+
+impl ClientTls {
+    /// Mesh TLS: the control plane must prove `expected`; the client presents the certificate
+    /// `certs` resolves (its workload identity, needed to register).
+    pub fn mesh(
+        bundle: &TrustBundle,
+        expected: SpiffeId,
+        certs: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
+    ) -> Result<Self, String> {
+        let server_name = tls::server_name(&expected);
+        let config = tls::client_config(bundle, expected, certs, &[tls::ALPN_H2])
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            config: Arc::new(config),
+            server_name,
+        })
+    }
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// `host:port` of the control plane.
+    pub addr: String,
+    /// `None`: h2c (the control plane's development mode).
+    pub tls: Option<ClientTls>,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub connect_timeout: Duration,
+    /// A watch that receives nothing (not even a heartbeat) for this long is reconnected.
+    pub idle_timeout: Duration,
+}
+
+impl ClientSettings {
+    pub fn new(addr: impl Into<String>, tls: Option<ClientTls>) -> Self {
+        Self {
+            addr: addr.into(),
+            tls,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(35),
+        }
+    }
+}
+
+/// A client of the control plane. Cloning shares the connection.
+#[derive(Clone, Debug)]
+pub struct PolicyClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: ClientSettings,
+    conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+    connections: AtomicU64,
+}
+
+/// A watched item: `None` until the first snapshot arrives, then always the last one
+/// received, also while the control plane is away.
+pub type Watched<T> = watch::Receiver<Option<Arc<T>>>;
+
+impl PolicyClient {
+    pub fn new(settings: ClientSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                conn: tokio::sync::Mutex::new(None),
+                connections: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Connections established so far (1 + reconnections).
+    pub fn connections(&self) -> u64 {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    /// Follows the endpoints of a service. The watch runs until every receiver is dropped.
+    pub fn watch_endpoints(&self, namespace: &str, service: &str) -> Watched<ServiceEndpoints> {
+        self.watch(ENDPOINTS_PATH, namespace, service)
+    }
+
+    /// Follows the inbound policy of a service's workloads.
+    pub fn watch_inbound(&self, namespace: &str, service: &str) -> Watched<WorkloadPolicy> {
+        self.watch(INBOUND_PATH, namespace, service)
+    }
+
+    /// Follows the routes of a service.
+    pub fn watch_routes(&self, namespace: &str, service: &str) -> Watched<ServiceRoutes> {
+        self.watch(ROUTES_PATH, namespace, service)
+    }
+
+    fn watch<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        path: &'static str,
+        namespace: &str,
+        service: &str,
+    ) -> Watched<T> {
+        let (tx, rx) = watch::channel(None);
+        let query = format!(
+            "namespace={}&service={}",
+            encode(namespace),
+            encode(service)
+        );
+        tokio::spawn(follow(
+            self.inner.clone(),
+            path,
+            query,
+            tx,
+            PhantomData::<T>,
+        ));
+        rx
+    }
+
+    /// Registers (or renews) once.
+    pub async fn register(&self, reg: &Registration) -> Result<Registered, ClientError> {
+        let body = serde_json::to_vec(reg).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let (status, body) = self
+            .inner
+            .request(Method::POST, REGISTER_PATH, Bytes::from(body))
+            .await?;
+        if !status.is_success() {
+            return Err(rejected(status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Removes a registration (on clean shutdown).
+    pub async fn deregister(
+        &self,
+        namespace: &str,
+        address: std::net::SocketAddr,
+    ) -> Result<(), ClientError> {
+        let path = format!(
+            "{REGISTER_PATH}?namespace={}&address={}",
+            encode(namespace),
+            encode(&address.to_string())
+        );
+        let (status, body) = self
+            .inner
+            .request(Method::DELETE, &path, Bytes::new())
+            .await?;
+        if !status.is_success() {
+            return Err(rejected(status, &body));
+        }
+        Ok(())
+    }
+
+    /// Keeps `reg` registered: renews at a third of the granted lease, retries failures with
+    /// jittered back-off. Stops (and the lease then lapses) when the handle is dropped.
+    pub fn keep_registered(&self, reg: Registration) -> RegistrationHandle {
+        let (tx, rx) = watch::channel(None);
+        let client = self.clone();
+        let task = tokio::spawn(async move {
+            let s = &client.inner.settings;
+            let mut backoff = Backoff::new(s.min_backoff, s.max_backoff);
+            let mut failing = false;
+            loop {
+                let delay = match client.register(&reg).await {
+                    Ok(granted) => {
+                        if failing {
+                            tracing::info!(service = %reg.service, "registration renewed again");
+                        }
+                        failing = false;
+                        backoff.reset();
+                        let next = granted.lease.0 / 3;
+                        tx.send_replace(Some(granted));
+                        next.mul_f64(0.9 + fastrand::f64() * 0.1)
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(service = %reg.service, error = %e, "registration failed; retrying");
+                        }
+                        failing = true;
+                        backoff.next_delay()
+                    }
+                };
+                tokio::time::sleep(delay).await;
+            }
+        });
+        RegistrationHandle { granted: rx, task }
+    }
+}
+
+/// A registration kept alive in the background.
+#[derive(Debug)]
+pub struct RegistrationHandle {
+    granted: watch::Receiver<Option<Registered>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RegistrationHandle {
+    /// The last granted registration (`None` before the first success).
+    pub fn granted(&self) -> watch::Receiver<Option<Registered>> {
+        self.granted.clone()
+    }
+}
+
+impl Drop for RegistrationHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn rejected(status: StatusCode, body: &[u8]) -> ClientError {
+    let body = serde_json::from_slice(body).unwrap_or_else(|_| ErrorBody {
+        error: "unknown".into(),
+        message: String::from_utf8_lossy(body).chars().take(200).collect(),
+    });
+    ClientError::Rejected { status, body }
+}
+
+impl Inner {
+    fn uri(&self, path_and_query: &str) -> String {
+        let scheme = if self.settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}{path_and_query}", self.settings.addr)
+    }
+
+    /// The shared connection, (re)established if needed.
+    async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(s) = guard.as_ref()
+            && !s.is_closed()
+        {
+            return Ok(s.clone());
+        }
+        *guard = None;
+        let timeout = self.settings.connect_timeout;
+        let sender = tokio::time::timeout(timeout, self.connect())
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))??;
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        *guard = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let addr = &self.settings.addr;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(20)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        match &self.settings.tls {
+            None => {
+                let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(sender)
+            }
+            Some(t) => {
+                let tls = tokio_rustls::TlsConnector::from(t.config.clone())
+                    .connect(t.server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| ClientError::Tls {
+                        addr: addr.clone(),
+                        detail: e.to_string(),
+                    })?;
+                let (sender, conn) = builder.handshake(TokioIo::new(tls)).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(sender)
+            }
+        }
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let mut sender = self.sender().await?;
+        let req = Request::builder()
+            .method(method)
+            .uri(self.uri(path))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        let timeout = self.settings.connect_timeout;
+        let work = async {
+            let rsp = sender.send_request(req).await?;
+            let status = rsp.status();
+            let body = rsp.into_body().collect().await?.to_bytes();
+            Ok::<_, ClientError>((status, body))
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+    }
+}
+
+/// Runs one watch until its receivers are all dropped.
+async fn follow<T: DeserializeOwned>(
+    inner: Arc<Inner>,
+    path: &'static str,
+    query: String,
+    tx: watch::Sender<Option<Arc<T>>>,
+    _item: PhantomData<T>,
+) {
+    let s = &inner.settings;
+    let mut backoff = Backoff::new(s.min_backoff, s.max_backoff);
+    let mut version: Option<String> = None;
+    let mut failures = 0u32;
+    loop {
+        let result = tokio::select! {
+            r = follow_once(&inner, path, &query, &mut version, &tx, &mut backoff, &mut failures) => r,
+            _ = tx.closed() => return,
+        };
+        let e = match result {
+            Ok(()) => ClientError::Ended,
+            Err(e) => e,
+        };
+        failures += 1;
+        if failures == 1 {
+            tracing::warn!(%path, %query, error = %e, "control plane watch interrupted; keeping the last state and reconnecting");
+        } else {
+            tracing::debug!(%path, %query, error = %e, failures, "control plane watch still down");
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+async fn follow_once<T: DeserializeOwned>(
+    inner: &Inner,
+    path: &str,
+    query: &str,
+    version: &mut Option<String>,
+    tx: &watch::Sender<Option<Arc<T>>>,
+    backoff: &mut Backoff,
+    failures: &mut u32,
+) -> Result<(), ClientError> {
+    let mut sender = inner.sender().await?;
+    let mut pq = format!("{path}?{query}&watch=true");
+    if let Some(v) = version.as_deref() {
+        pq.push_str(&format!("&version={}", encode(v)));
+    }
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(inner.uri(&pq))
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| ClientError::Decode(e.to_string()))?;
+    let timeout = inner.settings.connect_timeout;
+    let rsp = tokio::time::timeout(timeout, sender.send_request(req))
+        .await
+        .map_err(|_| ClientError::Timeout(timeout))??;
+    let status = rsp.status();
+    let mut body = rsp.into_body();
+    if !status.is_success() {
+        let bytes = tokio::time::timeout(timeout, body.collect())
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))??
+            .to_bytes();
+        return Err(rejected(status, &bytes));
+    }
+    let idle = inner.settings.idle_timeout;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(ClientError::Timeout(idle)),
+            Ok(None) => return Err(ClientError::Ended),
+            Ok(Some(f)) => f?,
+        };
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            buf.extend_from_slice(chunk);
+            let n = chunk.len();
+            data.advance(n);
+        }
+        if buf.len() > MAX_LINE {
+            return Err(ClientError::Decode(format!(
+                "{path}: an event is larger than {MAX_LINE} bytes"
+            )));
+        }
+        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let event: Event<T> = serde_json::from_slice(&line[..line.len() - 1])
+                .map_err(|e| ClientError::Decode(format!("{path}: {e}")))?;
+            match event {
+                Event::Snapshot {
+                    version: v, item, ..
+                } => {
+                    *version = Some(v);
+                    tx.send_replace(Some(Arc::new(item)));
+                }
+                Event::Unchanged { .. } | Event::Heartbeat => {}
+            }
+            if *failures > 0 {
+                tracing::info!(%path, %query, "control plane watch resumed");
+                *failures = 0;
+            }
+            backoff.reset();
+        }
+    }
+}
