@@ -201,16 +201,12 @@ impl Api {
                     .map(str::to_string)
                     .or_else(|| peer.as_ref().map(|p| p.namespace().to_string()))
                     .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-                let identity = match (&self.auth, &peer) {
-                    (Auth::Mtls(_), p) => p.clone(),
-                    (Auth::InsecureDev, _) => {
-                        query.get("identity").and_then(|i| SpiffeId::parse(i).ok())
-                    }
+                // Without mTLS nothing is proven, so anyone may remove a registration.
+                let holder = match &self.auth {
+                    Auth::Mtls(_) => Some(peer.as_ref()),
+                    Auth::InsecureDev => None,
                 };
-                if self
-                    .store
-                    .deregister(&namespace, address, identity.as_ref())
-                {
+                if self.store.deregister(&namespace, address, holder) {
                     Ok(full(StatusCode::NO_CONTENT, "text/plain", Bytes::new()))
                 } else {
                     Err(fail(

@@ -65,7 +65,7 @@ pub struct AuthzRoute {
 
 impl AuthzRoute {
     fn matches(&self, method: &http::Method, path: &str) -> bool {
-        (self.methods.is_empty() || self.methods.iter().any(|m| &m.0 == method))
+        (self.methods.is_empty() || self.methods.iter().any(|m| m.0 == *method))
             && self.path.as_ref().is_none_or(|p| p.matches(path))
     }
 }

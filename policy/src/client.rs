@@ -4,7 +4,8 @@
 //! One HTTP/2 connection per [`PolicyClient`] carries every watch as its own stream. When the
 //! control plane is away, each receiver keeps the last state it got, and its watch reconnects
 //! with jittered exponential back-off, resuming from the version it holds: if nothing changed
-//! meanwhile, the control plane says so and nothing is re-sent.
+//! meanwhile, the control plane says so and nothing is re-sent. Events are the
+//! [`crate::wire::Event`] lines of the API.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -29,7 +30,6 @@ use crate::api::{ENDPOINTS_PATH, INBOUND_PATH, REGISTER_PATH, ROUTES_PATH, encod
 use crate::authz::WorkloadPolicy;
 use crate::registry::{Registered, Registration, ServiceEndpoints};
 use crate::routes::ServiceRoutes;
-use crate::wire::Event;
 
 /// Largest watch event accepted.
 pub const MAX_LINE: usize = 64 * 1024 * 1024;
@@ -391,6 +391,23 @@ impl Inner {
     }
 }
 
+/// A watch event as read: the fields of every [`crate::wire::Event`] kind. (Decoded as a plain
+/// struct: serde's internally tagged enums buffer their content, which loses serde_json's
+/// integer map keys, as in `WorkloadPolicy::ports`.)
+#[derive(serde::Deserialize)]
+struct Line<T> {
+    #[serde(rename = "type")]
+    _kind: String,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default = "none")]
+    item: Option<T>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
 /// Runs one watch until its receivers are all dropped.
 async fn follow<T: DeserializeOwned>(
     inner: Arc<Inner>,
@@ -482,16 +499,11 @@ async fn follow_once<T: DeserializeOwned>(
         }
         while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
-            let event: Event<T> = serde_json::from_slice(&line[..line.len() - 1])
+            let event: Line<T> = serde_json::from_slice(&line[..line.len() - 1])
                 .map_err(|e| ClientError::Decode(format!("{path}: {e}")))?;
-            match event {
-                Event::Snapshot {
-                    version: v, item, ..
-                } => {
-                    *version = Some(v);
-                    tx.send_replace(Some(Arc::new(item)));
-                }
-                Event::Unchanged { .. } | Event::Heartbeat => {}
+            if let (Some(v), Some(item)) = (event.version, event.item) {
+                *version = Some(v);
+                tx.send_replace(Some(Arc::new(item)));
             }
             if *failures > 0 {
                 tracing::info!(%path, %query, "control plane watch resumed");

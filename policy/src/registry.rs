@@ -175,16 +175,16 @@ impl Registry {
         }
     }
 
-    /// Removes the registration of `address` if `identity` holds it.
+    /// Removes the registration of `address` if `holder` holds it (`None`: whoever does).
     pub fn remove(
         &mut self,
         namespace: &str,
         address: SocketAddr,
-        identity: Option<&SpiffeId>,
+        holder: Option<Option<&SpiffeId>>,
     ) -> bool {
         let key = (namespace.to_string(), address);
         match self.entries.get(&key) {
-            Some((w, _)) if w.identity.as_ref() == identity => {
+            Some((w, _)) if holder.is_none_or(|h| w.identity.as_ref() == h) => {
                 self.entries.remove(&key);
                 true
             }
@@ -290,7 +290,7 @@ mod tests {
         assert!(!r.remove(
             "default",
             "10.0.0.1:80".parse().unwrap(),
-            Some(&SpiffeId::parse(EVIL).unwrap())
+            Some(Some(&SpiffeId::parse(EVIL).unwrap()))
         ));
         // ...and the lease runs from the last renewal.
         assert!(r.expire(t0 + Duration::from_secs(15)).is_empty());

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::split::WeightedSplit;
 use crate::wire::{Dur, HeaderMatch, Method, PathMatch};
 
+/// Path kind and length, method given, header count: larger is more specific.
+type Specificity = (u8, usize, bool, usize);
+
 /// One way a request can match a rule; every given field must match (none = everything).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -21,14 +24,14 @@ pub struct RequestMatch {
 
 impl RequestMatch {
     pub fn matches(&self, method: &http::Method, path: &str, headers: &http::HeaderMap) -> bool {
-        self.method.as_ref().is_none_or(|m| &m.0 == method)
+        self.method.as_ref().is_none_or(|m| m.0 == *method)
             && self.path.as_ref().is_none_or(|p| p.matches(path))
             && self.headers.iter().all(|h| h.matches(headers))
     }
 
     /// Gateway API precedence: path (exact, then longest prefix, then regex), then method,
     /// then the number of header matches.
-    fn specificity(&self) -> (u8, usize, bool, usize) {
+    fn specificity(&self) -> Specificity {
         let (kind, len) = self.path.as_ref().map_or((2, 1), PathMatch::specificity);
         (kind, len, self.method.is_some(), self.headers.len())
     }
@@ -204,7 +207,7 @@ impl ServiceRoutes {
         path: &str,
         headers: &http::HeaderMap,
     ) -> Option<&RouteRule> {
-        let mut best: Option<(&RouteRule, (u8, usize, bool, usize))> = None;
+        let mut best: Option<(&RouteRule, Specificity)> = None;
         for rule in &self.rules {
             let score = if rule.matches.is_empty() {
                 Some(RequestMatch::default().specificity())

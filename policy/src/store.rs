@@ -262,15 +262,16 @@ impl Store {
         outcome.map(|_| ())
     }
 
-    /// Removes a workload's registration (when it shuts down cleanly).
+    /// Removes a workload's registration (when it shuts down cleanly) if `holder` holds it
+    /// (`None`: whoever does, in development mode).
     pub fn deregister(
         &self,
         namespace: &str,
         address: std::net::SocketAddr,
-        identity: Option<&weft_identity::SpiffeId>,
+        holder: Option<Option<&weft_identity::SpiffeId>>,
     ) -> bool {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        let removed = reg.remove(namespace, address, identity);
+        let removed = reg.remove(namespace, address, holder);
         if removed {
             let workloads = Arc::new(reg.workloads());
             self.metrics

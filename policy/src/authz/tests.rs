@@ -29,6 +29,15 @@ fn get() -> http::Method {
     http::Method::GET
 }
 
+/// (policy, peer, method, path, expected: Ok(allowing policy) or Err(reason)).
+type Case<'a> = (
+    &'a InboundPolicy,
+    Option<&'a SpiffeId>,
+    &'a http::Method,
+    &'a str,
+    Result<&'a str, DenyReason>,
+);
+
 #[test]
 fn decision_table() {
     let exact = policy(vec![AllowRule {
@@ -68,13 +77,7 @@ fn decision_table() {
     let get = get();
     use DenyReason::*;
     // (policy, peer, method, path, expected: Ok(allowing policy) / Err(reason))
-    let cases: Vec<(
-        &InboundPolicy,
-        Option<&SpiffeId>,
-        &http::Method,
-        &str,
-        Result<&str, DenyReason>,
-    )> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (&exact, Some(&web), &get, "/", Ok("default/from-web")),
         (&exact, Some(&other_ns), &get, "/", Err(IdentityNotAllowed)),
         (&exact, None, &get, "/", Err(Unauthenticated)),

@@ -1,0 +1,423 @@
+//! The control plane end to end, in-process: file edits reaching watchers, rejected edits,
+//! registrations and leases, restarts, and resuming by version.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::*;
+use weft_identity::SpiffeId;
+use weft_policy::authz::authorize;
+use weft_policy::registry::Registration;
+use weft_policy::server::Settings;
+use weft_policy::wire::Dur;
+
+fn weights(routes: &weft_policy::routes::ServiceRoutes) -> Vec<u32> {
+    routes
+        .rules
+        .first()
+        .map(|r| r.backends.iter().map(|b| b.weight).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_edit_reaches_a_watcher_within_one_second() {
+    let dir = resource_dir(RESOURCES);
+    let cp = ControlPlane::start(Settings::insecure(dir.path())).await;
+    let client = cp.client();
+    let mut routes = client.watch_routes("default", "api");
+    let mut inbound = client.watch_inbound("default", "api");
+    wait_until(
+        &mut routes,
+        Duration::from_secs(5),
+        "the first snapshot",
+        |r| weights(r) == vec![90, 10],
+    )
+    .await;
+    let policy = wait_until(
+        &mut inbound,
+        Duration::from_secs(5),
+        "the inbound policy",
+        |_| true,
+    )
+    .await;
+    let web = SpiffeId::parse("spiffe://weft.local/ns/default/sa/web").unwrap();
+    let job = SpiffeId::parse("spiffe://weft.local/ns/default/sa/job").unwrap();
+    assert!(authorize(policy.port(8080), Some(&web), &http::Method::GET, "/").is_allowed());
+    assert!(!authorize(policy.port(8080), Some(&job), &http::Method::GET, "/").is_allowed());
+
+    for (v1, v2) in [(50, 50), (0, 100), (75, 25)] {
+        let edited = Instant::now();
+        write(dir.path(), &resources_with_weights(v1, v2));
+        wait_until(
+            &mut routes,
+            Duration::from_secs(1),
+            "the edit to reach the watcher",
+            |r| weights(r) == vec![v1, v2],
+        )
+        .await;
+        let took = edited.elapsed();
+        assert!(took < Duration::from_secs(1), "the edit took {took:?}");
+    }
+    // A policy edit reaches the inbound watch too.
+    write(dir.path(), &RESOURCES.replace("sa/web", "sa/job"));
+    let policy = wait_until(
+        &mut inbound,
+        Duration::from_secs(1),
+        "the policy edit",
+        |p| !authorize(p.port(8080), Some(&web), &http::Method::GET, "/").is_allowed(),
+    )
+    .await;
+    assert!(authorize(policy.port(8080), Some(&job), &http::Method::GET, "/").is_allowed());
+    cp.stop().await;
+}
+
+/// Captures log lines of the current thread's tasks.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+// Single-threaded so the thread-local log subscriber sees every task.
+#[tokio::test]
+async fn invalid_edit_is_logged_and_shown_and_the_watcher_keeps_its_state() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = resource_dir(RESOURCES);
+    let cp = ControlPlane::start(Settings::insecure(dir.path())).await;
+    let client = cp.client();
+    let mut routes = client.watch_routes("default", "api");
+    let before = wait_until(
+        &mut routes,
+        Duration::from_secs(5),
+        "the first snapshot",
+        |_| true,
+    )
+    .await;
+    let (status, body) = cp.admin_get("/status").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"valid\": true"), "{body}");
+
+    // Two edits in one: a valid-looking weight change and a bad duration. Neither applies.
+    let bad = resources_with_weights(10, 90).replace(
+        "weight: 90}]",
+        "weight: 90}]\n      timeouts: {request: 2x}",
+    );
+    write(dir.path(), &bad);
+    let body = eventually(
+        Duration::from_secs(2),
+        "/status to show the error",
+        || async {
+            let (_, body) = cp.admin_get("/status").await;
+            body.contains("\"valid\": false").then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains("resources.yaml: document 5 (HTTPRoute default/api): spec.rules[0].timeouts.request: bad duration"), "{body}");
+    let logged = logs.text();
+    assert!(
+        logged.contains("ERROR") && logged.contains("spec.rules[0].timeouts.request"),
+        "{logged}"
+    );
+    assert!(logged.contains("rejected as a whole"), "{logged}");
+    let (_, metrics) = cp.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("weft_policy_config_reloads_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("weft_policy_config_valid 0"), "{metrics}");
+
+    // The watcher still holds the previous state and was sent nothing new.
+    assert!(!routes.has_changed().unwrap());
+    assert_eq!(routes.borrow().as_deref(), Some(&*before));
+    // A new client is served the last good set too.
+    let mut fresh = cp.client().watch_routes("default", "api");
+    let served = wait_until(
+        &mut fresh,
+        Duration::from_secs(5),
+        "a fresh snapshot",
+        |_| true,
+    )
+    .await;
+    assert_eq!(weights(&served), vec![90, 10]);
+
+    // Fixing the file applies it and clears the error.
+    write(dir.path(), &resources_with_weights(10, 90));
+    wait_until(&mut routes, Duration::from_secs(1), "the fixed edit", |r| {
+        weights(r) == vec![10, 90]
+    })
+    .await;
+    let (_, body) = cp.admin_get("/status").await;
+    assert!(
+        body.contains("\"valid\": true") && body.contains("\"last_error\": null"),
+        "{body}"
+    );
+    cp.stop().await;
+}
+
+fn registration(version: &str, port: u16, lease: Duration) -> Registration {
+    Registration {
+        service: "api".into(),
+        namespace: None,
+        labels: BTreeMap::from([("version".to_string(), version.to_string())]),
+        address: format!("127.0.0.1:{port}").parse().unwrap(),
+        identity: Some(SpiffeId::parse("spiffe://weft.local/ns/default/sa/api").unwrap()),
+        lease: Some(Dur(lease)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_appear_in_watches_and_expire_with_their_lease() {
+    let dir = resource_dir(RESOURCES);
+    let cp = ControlPlane::start(Settings::insecure(dir.path())).await;
+    let client = cp.client();
+    let mut all = client.watch_endpoints("default", "api");
+    let mut v1 = client.watch_endpoints("default", "api-v1");
+    let mut v2 = client.watch_endpoints("default", "api-v2");
+    wait_until(
+        &mut all,
+        Duration::from_secs(5),
+        "an empty endpoint set",
+        |e| e.endpoints.is_empty(),
+    )
+    .await;
+
+    let lease = Duration::from_millis(600);
+    let a = client.keep_registered(registration("v1", 7001, lease));
+    let b = client.keep_registered(registration("v2", 7002, lease));
+    let got = wait_until(
+        &mut all,
+        Duration::from_secs(2),
+        "both registrations",
+        |e| e.endpoints.len() == 2,
+    )
+    .await;
+    assert_eq!(
+        got.endpoints[0].identity.as_ref().unwrap().as_str(),
+        "spiffe://weft.local/ns/default/sa/api"
+    );
+    assert_eq!(got.endpoints[0].labels["version"], "v1");
+    assert_eq!(got.endpoints[0].labels["app"], "api");
+    // The version services select by label.
+    let e1 = wait_until(&mut v1, Duration::from_secs(2), "api-v1's endpoint", |e| {
+        e.endpoints.len() == 1
+    })
+    .await;
+    assert_eq!(e1.endpoints[0].address.port(), 7001);
+    let e2 = wait_until(&mut v2, Duration::from_secs(2), "api-v2's endpoint", |e| {
+        e.endpoints.len() == 1
+    })
+    .await;
+    assert_eq!(e2.endpoints[0].address.port(), 7002);
+
+    // Renewals keep them alive across several lease periods.
+    let mut granted = a.granted();
+    granted.borrow_and_update();
+    let renewals_from = Instant::now();
+    for _ in 0..5 {
+        granted.changed().await.unwrap();
+    }
+    assert!(
+        renewals_from.elapsed() > lease,
+        "several renewals span more than one lease"
+    );
+    assert_eq!(
+        all.borrow().as_ref().unwrap().endpoints.len(),
+        2,
+        "renewed endpoints stay"
+    );
+
+    // A workload that stops renewing disappears within its lease.
+    drop(b);
+    let stopped = Instant::now();
+    wait_until(
+        &mut all,
+        lease + Duration::from_millis(500),
+        "the lapsed lease",
+        |e| e.endpoints.len() == 1,
+    )
+    .await;
+    let took = stopped.elapsed();
+    assert!(
+        took <= lease + Duration::from_millis(300),
+        "expired after {took:?}, lease {lease:?}"
+    );
+    wait_until(&mut v2, Duration::from_secs(1), "api-v2 empty", |e| {
+        e.endpoints.is_empty()
+    })
+    .await;
+    let (_, metrics) = cp.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("weft_policy_leases_expired_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weft_policy_endpoints_registered 1"),
+        "{metrics}"
+    );
+
+    // Clean deregistration removes at once.
+    drop(a);
+    client
+        .deregister("default", "127.0.0.1:7001".parse().unwrap())
+        .await
+        .unwrap();
+    wait_until(
+        &mut all,
+        Duration::from_millis(500),
+        "the deregistration",
+        |e| e.endpoints.is_empty(),
+    )
+    .await;
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_the_last_state_then_reconnects_and_converges() {
+    let dir = resource_dir(RESOURCES);
+    let cp = ControlPlane::start(Settings::insecure(dir.path())).await;
+    let addr = cp.api;
+    let client = cp.client();
+    let mut routes = client.watch_routes("default", "api");
+    let mut endpoints = client.watch_endpoints("default", "api");
+    wait_until(
+        &mut routes,
+        Duration::from_secs(5),
+        "the first snapshot",
+        |r| weights(r) == vec![90, 10],
+    )
+    .await;
+    wait_until(&mut endpoints, Duration::from_secs(5), "endpoints", |_| {
+        true
+    })
+    .await;
+    assert_eq!(client.connections(), 1);
+
+    cp.stop().await;
+    // The control plane is gone: the client still serves what it had.
+    let (status, _) = tokio::time::timeout(Duration::from_secs(2), async {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => (1, ()),
+            Err(_) => (0, ()),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 0, "the control plane is down");
+    assert_eq!(weights(routes.borrow().as_ref().unwrap()), vec![90, 10]);
+
+    // It comes back (same address) with changed resources; the client converges.
+    write(dir.path(), &resources_with_weights(20, 80));
+    let cp = ControlPlane::start_on(addr, Settings::insecure(dir.path())).await;
+    wait_until(
+        &mut routes,
+        Duration::from_secs(5),
+        "convergence after the restart",
+        |r| weights(r) == vec![20, 80],
+    )
+    .await;
+    assert!(client.connections() >= 2, "the client reconnected");
+    // The other watch resumed with its version: the endpoints did not change, so it got no
+    // new snapshot (UNCHANGED), yet it is live again and sees later changes.
+    assert!(!endpoints.has_changed().unwrap());
+    let _reg = client.keep_registered(registration("v1", 7101, Duration::from_secs(5)));
+    wait_until(
+        &mut endpoints,
+        Duration::from_secs(2),
+        "a registration after the restart",
+        |e| e.endpoints.len() == 1,
+    )
+    .await;
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_answers_lists_resumes_and_errors() {
+    let dir = resource_dir(RESOURCES);
+    let cp = ControlPlane::start(Settings::insecure(dir.path())).await;
+    // A list (no watch) is one snapshot.
+    let (status, body) = http_get(cp.api, "/v1/routes?namespace=default&service=api").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["type"], "SNAPSHOT");
+    assert_eq!(v["item"]["rules"][0]["backends"][0]["service"], "api-v1");
+    let version = v["version"].as_str().unwrap().to_string();
+
+    // A watch resumed with the current version starts with UNCHANGED.
+    let first = first_watch_line(
+        cp.api,
+        &format!("/v1/routes?namespace=default&service=api&watch=true&version={version}"),
+    )
+    .await;
+    let e: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(e["type"], "UNCHANGED", "{first}");
+    assert_eq!(e["version"], version.as_str());
+    // With an old version, a fresh snapshot.
+    let first = first_watch_line(
+        cp.api,
+        "/v1/routes?namespace=default&service=api&watch=true&version=0123",
+    )
+    .await;
+    assert!(first.contains("\"type\":\"SNAPSHOT\""), "{first}");
+
+    let (status, body) = http_get(cp.api, "/v1/routes").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("missing_service"), "{body}");
+    let (status, _) = http_get(cp.api, "/v1/nothing").await;
+    assert_eq!(status, 404);
+    // Services without resources get defaults.
+    let (_, body) = http_get(cp.api, "/v1/inbound?service=ghost").await;
+    assert!(body.contains("default:all-authenticated"), "{body}");
+    cp.stop().await;
+}
+
+/// Reads the first line of a watch stream over HTTP/1.1 (chunked).
+async fn first_watch_line(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "stream ended");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some((_, body)) = text.split_once("\r\n\r\n") {
+                // Chunked: size line, then data.
+                if let Some((_, data)) = body.split_once("\r\n")
+                    && let Some((line, _)) = data.split_once('\n')
+                {
+                    return line.to_string();
+                }
+            }
+        }
+    })
+    .await
+    .expect("a first line within 5 s")
+}
