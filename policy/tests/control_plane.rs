@@ -1,5 +1,6 @@
 //! The control plane end to end, in-process: file edits reaching watchers, rejected edits,
 //! registrations and leases, restarts, and resuming by version.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
