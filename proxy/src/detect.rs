@@ -1,0 +1,219 @@
+//! Protocol detection on a fresh connection: TLS (a ClientHello), HTTP/2 (the connection
+//! preface), HTTP/1 (a request line), or anything else (opaque TCP).
+//!
+//! Detection reads the first bytes into a buffer and hands back a [`Prefixed`] stream that
+//! replays them, so it works the same on plain TCP and on a terminated TLS stream. It never
+//! waits longer than its timeout: a client that says nothing (a server-speaks-first protocol)
+//! is treated as opaque.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// The HTTP/2 connection preface.
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How long detection waits for the client's first bytes by default.
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most bytes detection reads before deciding.
+const MAX_PEEK: usize = 64;
+
+/// What a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tls,
+    Http1,
+    Http2,
+    Opaque,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tls => "tls",
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Opaque => "opaque",
+        }
+    }
+}
+
+/// A stream whose first bytes were already read: they are replayed before the rest.
+#[derive(Debug)]
+pub struct Prefixed<T> {
+    prefix: BytesMut,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    pub fn new(prefix: BytesMut, inner: T) -> Self {
+        Self { prefix, inner }
+    }
+
+    pub fn inner(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Classifies what has been read so far: `Some` once the bytes decide, `None` if more are
+/// needed.
+pub fn classify(buf: &[u8], want_tls: bool) -> Option<Protocol> {
+    if buf.is_empty() {
+        return None;
+    }
+    if want_tls && buf[0] == 0x16 {
+        // A TLS handshake record: content type 22, then version major 3.
+        return match buf.get(1) {
+            None => None,
+            Some(3) => Some(Protocol::Tls),
+            Some(_) => Some(Protocol::Opaque),
+        };
+    }
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return if buf.len() >= H2_PREFACE.len() {
+            Some(Protocol::Http2)
+        } else {
+            None
+        };
+    }
+    // An HTTP/1 request line starts with a method token (uppercase letters) and a space.
+    for (i, b) in buf.iter().enumerate() {
+        match b {
+            b'A'..=b'Z' | b'-' | b'_' if i < 20 => continue,
+            b' ' if i > 0 => return Some(Protocol::Http1),
+            _ => return Some(Protocol::Opaque),
+        }
+    }
+    if buf.len() >= 20 {
+        Some(Protocol::Opaque)
+    } else {
+        None
+    }
+}
+
+/// Reads the first bytes of `io` until the protocol is known, the client stops sending, or
+/// `timeout` passes (then: opaque). `want_tls` also recognises a TLS ClientHello.
+pub async fn detect<T: AsyncRead + Unpin>(
+    mut io: T,
+    want_tls: bool,
+    timeout: Duration,
+) -> io::Result<(Protocol, Prefixed<T>)> {
+    let mut buf = BytesMut::with_capacity(MAX_PEEK);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let protocol = loop {
+        if let Some(p) = classify(&buf, want_tls) {
+            break p;
+        }
+        if buf.len() >= MAX_PEEK {
+            break Protocol::Opaque;
+        }
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => {
+                if buf.is_empty() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed before sending anything",
+                    ));
+                }
+                break Protocol::Opaque;
+            }
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => break Protocol::Opaque,
+        }
+    };
+    Ok((protocol, Prefixed::new(buf, io)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn classifies() {
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n", true), Some(Protocol::Http1));
+        assert_eq!(
+            classify(b"CONNECT db:5432 HTTP/1.1", true),
+            Some(Protocol::Http1)
+        );
+        assert_eq!(classify(H2_PREFACE, true), Some(Protocol::Http2));
+        assert_eq!(classify(&H2_PREFACE[..10], true), None);
+        assert_eq!(classify(&[0x16, 0x03, 0x01], true), Some(Protocol::Tls));
+        assert_eq!(classify(&[0x16, 0x03, 0x01], false), Some(Protocol::Opaque));
+        assert_eq!(classify(b"hello world\n", true), Some(Protocol::Opaque));
+        assert_eq!(classify(b"\x00\x01", true), Some(Protocol::Opaque));
+        assert_eq!(classify(b"GE", true), None);
+        assert_eq!(classify(b"", true), None);
+    }
+
+    #[tokio::test]
+    async fn replays_the_prefix() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (p, mut s) = detect(b, false, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(p, Protocol::Http1);
+        let mut out = vec![0u8; 27];
+        s.read_exact(&mut out).await.unwrap();
+        assert_eq!(&out, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_client_is_opaque_after_the_timeout() {
+        let (_a, b) = tokio::io::duplex(1024);
+        let (p, _) = detect(b, true, Duration::from_millis(300)).await.unwrap();
+        assert_eq!(p, Protocol::Opaque);
+    }
+}

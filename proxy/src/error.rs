@@ -1,0 +1,165 @@
+//! Responses the proxy makes itself. Each carries a `weft-error` header with a short reason
+//! code and a body saying what happened and which policy, identity or endpoint was involved,
+//! so an operator never has to guess why a request failed.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::{self, Body};
+
+/// The header naming why the proxy answered itself.
+pub const ERROR_HEADER: &str = "weft-error";
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// Authorization denied the request (403).
+    Forbidden {
+        policy: String,
+        reason: String,
+        peer: String,
+    },
+    /// The destination has no endpoints (503).
+    NoEndpoints { destination: String },
+    /// The destination is not a service the mesh knows (502).
+    UnknownDestination { destination: String },
+    /// Connecting to an endpoint failed (502).
+    ConnectFailed { endpoint: String, detail: String },
+    /// The endpoint proved an identity other than the one discovery gave for it (502).
+    IdentityMismatch {
+        endpoint: String,
+        expected: String,
+        found: String,
+    },
+    /// The request did not complete in time (504).
+    Timeout { destination: String, after_ms: u64 },
+    /// The local application could not be reached (502).
+    AppUnavailable { port: u16, detail: String },
+    /// The request itself is not proxyable (400).
+    BadRequest { detail: String },
+    /// The upstream connection failed mid-request (502).
+    Upstream { endpoint: String, detail: String },
+    /// The proxy has no certificate yet (503).
+    NotReady,
+}
+
+impl ProxyError {
+    /// The reason code: the `weft-error` header and the `reason` label of
+    /// `weft_proxy_errors_total`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::Forbidden { .. } => "forbidden",
+            ProxyError::NoEndpoints { .. } => "no_endpoints",
+            ProxyError::UnknownDestination { .. } => "unknown_destination",
+            ProxyError::ConnectFailed { .. } => "connect_failed",
+            ProxyError::IdentityMismatch { .. } => "identity_mismatch",
+            ProxyError::Timeout { .. } => "timeout",
+            ProxyError::AppUnavailable { .. } => "app_unavailable",
+            ProxyError::BadRequest { .. } => "bad_request",
+            ProxyError::Upstream { .. } => "upstream_failed",
+            ProxyError::NotReady => "not_ready",
+        }
+    }
+
+    /// Every reason code, so metrics can show zeros.
+    pub const CODES: &'static [&'static str] = &[
+        "forbidden",
+        "no_endpoints",
+        "unknown_destination",
+        "connect_failed",
+        "identity_mismatch",
+        "timeout",
+        "app_unavailable",
+        "bad_request",
+        "upstream_failed",
+        "not_ready",
+    ];
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::NoEndpoints { .. } | ProxyError::NotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownDestination { .. }
+            | ProxyError::ConnectFailed { .. }
+            | ProxyError::IdentityMismatch { .. }
+            | ProxyError::AppUnavailable { .. }
+            | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The response the application (or peer) gets.
+    pub fn response(&self) -> Response<Body> {
+        let mut rsp = Response::new(body::full(Bytes::from(format!("{self}\n"))));
+        *rsp.status_mut() = self.status();
+        let h = rsp.headers_mut();
+        h.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        rsp
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::Forbidden {
+                policy,
+                reason,
+                peer,
+            } => write!(
+                f,
+                "weft: request denied by policy {policy}: {reason} (peer: {peer})"
+            ),
+            ProxyError::NoEndpoints { destination } => {
+                write!(f, "weft: {destination} has no available endpoints")
+            }
+            ProxyError::UnknownDestination { destination } => write!(
+                f,
+                "weft: {destination} is not a service known to the mesh (check the Service resources of the control plane)"
+            ),
+            ProxyError::ConnectFailed { endpoint, detail } => {
+                write!(
+                    f,
+                    "weft: connecting to endpoint {endpoint} failed: {detail}"
+                )
+            }
+            ProxyError::IdentityMismatch {
+                endpoint,
+                expected,
+                found,
+            } => write!(
+                f,
+                "weft: endpoint {endpoint} proved the identity {found}, but discovery expects {expected}: connection refused"
+            ),
+            ProxyError::Timeout {
+                destination,
+                after_ms,
+            } => write!(
+                f,
+                "weft: request to {destination} timed out after {after_ms} ms"
+            ),
+            ProxyError::AppUnavailable { port, detail } => write!(
+                f,
+                "weft: the application on 127.0.0.1:{port} is not reachable: {detail}"
+            ),
+            ProxyError::BadRequest { detail } => write!(f, "weft: bad request: {detail}"),
+            ProxyError::Upstream { endpoint, detail } => {
+                write!(f, "weft: the connection to {endpoint} failed: {detail}")
+            }
+            ProxyError::NotReady => write!(
+                f,
+                "weft: the proxy has no certificate yet (is the identity service reachable?)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {}

@@ -1,0 +1,102 @@
+//! HTTP helpers shared by both directions: hop-by-hop headers, authority and port of a
+//! request (HTTP/1 origin-form with `Host`, absolute-form, or HTTP/2 `:authority`), and the
+//! header that carries an HTTP/1 request's original protocol across the HTTP/2 hop between
+//! proxies.
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::uri::Authority;
+use http::{Request, Uri};
+
+/// Set by the client proxy when the application spoke HTTP/1 (the hop between proxies is
+/// always HTTP/2); the server proxy speaks HTTP/1 to its application again and removes it.
+pub const ORIG_PROTO_HEADER: &str = "weft-orig-proto";
+pub const ORIG_PROTO_HTTP1: &str = "HTTP/1.1";
+
+/// Connection-specific headers, which must not be forwarded (RFC 9110 §7.6.1) and are illegal
+/// in HTTP/2.
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those named by `Connection`. `te: trailers` is kept:
+/// gRPC needs it.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    let keep_te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("trailers"));
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if keep_te_trailers {
+        headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The authority a request is for: the URI's (absolute-form, HTTP/2) or the `Host` header.
+pub fn authority<B>(req: &Request<B>) -> Option<Authority> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.clone());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse().ok())
+}
+
+/// The path and query of a request's URI (`/` when empty).
+pub fn path_and_query(uri: &Uri) -> &str {
+    uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_connection_headers_but_keeps_te_trailers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-private".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-private", "1".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(h.contains_key("x-kept"));
+        assert_eq!(h.get("te").unwrap(), "trailers");
+    }
+
+    #[test]
+    fn authority_from_uri_or_host() {
+        let r = Request::get("http://api.default:8080/x").body(()).unwrap();
+        assert_eq!(authority(&r).unwrap().as_str(), "api.default:8080");
+        let r = Request::get("/x")
+            .header("host", "api:9090")
+            .body(())
+            .unwrap();
+        assert_eq!(authority(&r).unwrap().port_u16(), Some(9090));
+        let r = Request::get("/x").body(()).unwrap();
+        assert!(authority(&r).is_none());
+    }
+}

@@ -1,0 +1,276 @@
+//! The proxy's Prometheus series. Labels are bounded: direction, peer identity, destination
+//! service, status class, reason codes; never raw paths or addresses of clients.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use metrics::{Counter, Gauge, Histogram};
+use weft_identity::metrics::Registry;
+
+/// How a family registers one series: registry, name, help, label pairs.
+type Make<M> = fn(&Registry, &'static str, &'static str, &[(&'static str, &str)]) -> M;
+
+/// A labelled family whose series are registered on first use and cached.
+struct Family<M> {
+    registry: Registry,
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    /// Keyed by the label values joined with an ASCII unit separator.
+    series: RwLock<HashMap<String, M>>,
+    make: Make<M>,
+}
+
+impl<M: Clone> Family<M> {
+    fn get(&self, values: &[&str]) -> M {
+        let key = values.join("\u{1f}");
+        if let Some(m) = self
+            .series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return m.clone();
+        }
+        let pairs: Vec<(&'static str, &str)> = self
+            .labels
+            .iter()
+            .copied()
+            .zip(values.iter().copied())
+            .collect();
+        let m = (self.make)(&self.registry, self.name, self.help, &pairs);
+        self.series
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert(m)
+            .clone()
+    }
+}
+
+/// Every series of a proxy.
+pub struct ProxyMetrics {
+    pub registry: Registry,
+    requests: Family<Counter>,
+    responses: Family<Counter>,
+    latency: Family<Histogram>,
+    authz: Family<Counter>,
+    errors: Family<Counter>,
+    tls_handshakes: Family<Counter>,
+    tls_failures: Family<Counter>,
+    tcp_opened: Family<Counter>,
+    tcp_open: Family<Gauge>,
+    tcp_bytes: Family<Counter>,
+    pub cert_expiry: Gauge,
+}
+
+impl std::fmt::Debug for ProxyMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyMetrics").finish_non_exhaustive()
+    }
+}
+
+fn counter(r: &Registry, n: &'static str, h: &'static str, l: &[(&'static str, &str)]) -> Counter {
+    r.counter(n, h, l)
+}
+fn gauge(r: &Registry, n: &'static str, h: &'static str, l: &[(&'static str, &str)]) -> Gauge {
+    r.gauge(n, h, l)
+}
+fn histogram(
+    r: &Registry,
+    n: &'static str,
+    h: &'static str,
+    l: &[(&'static str, &str)],
+) -> Histogram {
+    r.histogram(n, h, l)
+}
+
+impl ProxyMetrics {
+    pub fn new(registry: Registry) -> Arc<Self> {
+        let fam_c = |name, help, labels| Family {
+            registry: registry.clone(),
+            name,
+            help,
+            labels,
+            series: RwLock::new(HashMap::new()),
+            make: counter,
+        };
+        let m = Self {
+            requests: fam_c(
+                "weft_proxy_requests_total",
+                "HTTP requests, by direction, peer identity, destination service and whether the hop was mTLS.",
+                &["direction", "peer", "dst_service", "tls"],
+            ),
+            responses: fam_c(
+                "weft_proxy_responses_total",
+                "HTTP responses, by direction, peer identity, destination service and status class.",
+                &["direction", "peer", "dst_service", "status_class"],
+            ),
+            latency: Family {
+                registry: registry.clone(),
+                name: "weft_proxy_response_latency_seconds",
+                help: "Time from request to response headers, by direction, peer and destination service.",
+                labels: &["direction", "peer", "dst_service"],
+                series: RwLock::new(HashMap::new()),
+                make: histogram,
+            },
+            authz: fam_c(
+                "weft_proxy_authz_total",
+                "Inbound authorization decisions, by decision, policy and peer identity.",
+                &["decision", "policy", "peer"],
+            ),
+            errors: fam_c(
+                "weft_proxy_errors_total",
+                "Responses and connection refusals the proxy made itself, by direction and reason.",
+                &["direction", "reason"],
+            ),
+            tls_handshakes: fam_c(
+                "weft_proxy_tls_handshakes_total",
+                "Completed mTLS handshakes (both certificates verified), by direction, peer identity and negotiated TLS version.",
+                &["direction", "peer", "tls_version"],
+            ),
+            tls_failures: fam_c(
+                "weft_proxy_tls_handshake_failures_total",
+                "Failed TLS handshakes, by direction and reason.",
+                &["direction", "reason"],
+            ),
+            tcp_opened: fam_c(
+                "weft_proxy_tcp_connections_total",
+                "Accepted (inbound) or opened (outbound) TCP connections, by direction and detected protocol.",
+                &["direction", "protocol"],
+            ),
+            tcp_open: Family {
+                registry: registry.clone(),
+                name: "weft_proxy_tcp_open_connections",
+                help: "TCP connections open now, by direction.",
+                labels: &["direction"],
+                series: RwLock::new(HashMap::new()),
+                make: gauge,
+            },
+            tcp_bytes: fam_c(
+                "weft_proxy_tcp_bytes_total",
+                "Bytes forwarded on opaque TCP connections, by direction and flow (from client to server, or back).",
+                &["direction", "flow"],
+            ),
+            cert_expiry: registry.gauge(
+                "weft_proxy_certificate_expiry_timestamp_seconds",
+                "When the proxy's current certificate expires, in Unix seconds.",
+                &[],
+            ),
+            registry,
+        };
+        for dir in ["inbound", "outbound"] {
+            for code in crate::error::ProxyError::CODES {
+                let _ = m.errors.get(&[dir, code]);
+            }
+            let _ = m.tcp_open.get(&[dir]);
+        }
+        Arc::new(m)
+    }
+
+    pub fn request(&self, direction: &str, peer: &str, dst: &str, tls: bool) {
+        self.requests
+            .get(&[direction, peer, dst, if tls { "true" } else { "false" }])
+            .increment(1);
+    }
+
+    pub fn response(&self, direction: &str, peer: &str, dst: &str, status: u16, seconds: f64) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.responses
+            .get(&[direction, peer, dst, class])
+            .increment(1);
+        self.latency.get(&[direction, peer, dst]).record(seconds);
+    }
+
+    pub fn authz(&self, allowed: bool, policy: &str, peer: &str) {
+        self.authz
+            .get(&[if allowed { "allow" } else { "deny" }, policy, peer])
+            .increment(1);
+    }
+
+    pub fn error(&self, direction: &str, reason: &str) {
+        self.errors.get(&[direction, reason]).increment(1);
+    }
+
+    pub fn tls_handshake(
+        &self,
+        direction: &str,
+        peer: &str,
+        version: Option<rustls::ProtocolVersion>,
+    ) {
+        let version = match version {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+            _ => "other",
+        };
+        self.tls_handshakes
+            .get(&[direction, peer, version])
+            .increment(1);
+    }
+
+    pub fn tls_failure(&self, direction: &str, reason: &str) {
+        self.tls_failures.get(&[direction, reason]).increment(1);
+    }
+
+    /// Counts a connection and returns a guard that keeps it in the open gauge.
+    pub fn tcp_open(&self, direction: &str, protocol: &str) -> OpenConn {
+        self.tcp_opened.get(&[direction, protocol]).increment(1);
+        let g = self.tcp_open.get(&[direction]);
+        g.increment(1.0);
+        OpenConn(g)
+    }
+
+    pub fn tcp_bytes(&self, direction: &str, to_server: u64, to_client: u64) {
+        self.tcp_bytes
+            .get(&[direction, "to_server"])
+            .increment(to_server);
+        self.tcp_bytes
+            .get(&[direction, "to_client"])
+            .increment(to_client);
+    }
+}
+
+/// Decrements the open-connections gauge when dropped.
+#[derive(Debug)]
+pub struct OpenConn(Gauge);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Why a TLS handshake failed, as a bounded reason label.
+pub fn tls_failure_reason(e: &std::io::Error) -> &'static str {
+    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "eof",
+            std::io::ErrorKind::TimedOut => "timeout",
+            _ => "io",
+        };
+    };
+    if weft_identity::tls::identity_mismatch(inner).is_some() {
+        return "identity_mismatch";
+    }
+    use weft_identity::tls::PeerCertError as P;
+    match inner {
+        rustls::Error::NoCertificatesPresented => "no_client_certificate",
+        rustls::Error::InvalidCertificate(_) => {
+            match weft_identity::tls::classify_cert_error(inner) {
+                P::Expired | P::NotYetValid => "certificate_expired",
+                P::Untrusted => "untrusted_peer",
+                P::WrongUsage => "wrong_usage",
+                P::Malformed | P::NoIdentity(_) => "invalid_certificate",
+            }
+        }
+        rustls::Error::AlertReceived(_) => "alert_received",
+        rustls::Error::PeerIncompatible(_) => "incompatible",
+        _ => "protocol_error",
+    }
+}

@@ -1,0 +1,477 @@
+//! Requests through real proxies on loopback: app → outbound proxy → mTLS → inbound proxy → app.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_policy::authz::DefaultPolicy;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_through_both_proxies_over_mtls() {
+    let mesh = Mesh::new(Duration::from_secs(3600)).await;
+    let app = http_app("api").await;
+    let api = mesh.proxy("api", app.port(), allow_only(&["web"])).await;
+    let web = mesh
+        .proxy("web", 1, default_policy(DefaultPolicy::AllAuthenticated))
+        .await;
+    mesh.resolver
+        .set("api", vec![(api.inbound, Some(id("api")))]);
+
+    let url = format!("http://api.default:{}/hello", app.port());
+    for _ in 0..3 {
+        let (status, headers, body) = get_via(web.outbound, &url).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers.get("x-app").unwrap(), "api");
+        assert_eq!(
+            body,
+            format!(
+                "hello from api: GET /hello via HTTP/1.1 host=api.default:{}",
+                app.port()
+            )
+        );
+    }
+    // Both sides saw a TLS 1.3 handshake with the other's certificate, and one pooled
+    // connection carried all three requests.
+    let api_m = api.metrics();
+    let web_m = web.metrics();
+    let inbound_hs = metric_sum(
+        &api_m,
+        "weft_proxy_tls_handshakes_total",
+        &[
+            "direction=\"inbound\"",
+            "peer=\"spiffe://weft.local/ns/default/sa/web\"",
+            "tls_version=\"1.3\"",
+        ],
+    );
+    let outbound_hs = metric_sum(
+        &web_m,
+        "weft_proxy_tls_handshakes_total",
+        &[
+            "direction=\"outbound\"",
+            "peer=\"spiffe://weft.local/ns/default/sa/api\"",
+            "tls_version=\"1.3\"",
+        ],
+    );
+    assert_eq!(inbound_hs, 1.0, "{api_m}");
+    assert_eq!(outbound_hs, 1.0, "{web_m}");
+    assert_eq!(
+        metric_sum(
+            &api_m,
+            "weft_proxy_requests_total",
+            &["direction=\"inbound\"", "tls=\"true\""]
+        ),
+        3.0,
+        "{api_m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &web_m,
+            "weft_proxy_responses_total",
+            &[
+                "direction=\"outbound\"",
+                "dst_service=\"default/api\"",
+                "status_class=\"2xx\""
+            ]
+        ),
+        3.0,
+        "{web_m}"
+    );
+    assert_eq!(
+        metric_sum(&api_m, "weft_proxy_authz_total", &["decision=\"allow\""]),
+        3.0
+    );
+
+    // Host-based routing (origin-form with Host) works too, as for HTTP_PROXY-less clients.
+    let tcp = tokio::net::TcpStream::connect(web.outbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/origin-form")
+        .header("host", format!("api:{}", app.port()))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let rsp = sender.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("GET /origin-form"));
+
+    web.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_web_may_call_api() {
+    let mesh = Mesh::new(Duration::from_secs(3600)).await;
+    let app = http_app("api").await;
+    let api = mesh.proxy("api", app.port(), allow_only(&["web"])).await;
+    let web = mesh
+        .proxy("web", 1, default_policy(DefaultPolicy::AllAuthenticated))
+        .await;
+    let other = mesh
+        .proxy("other", 1, default_policy(DefaultPolicy::AllAuthenticated))
+        .await;
+    mesh.resolver
+        .set("api", vec![(api.inbound, Some(id("api")))]);
+    let url = format!("http://api.default:{}/v1/data", app.port());
+
+    let (status, _, _) = get_via(web.outbound, &url).await;
+    assert_eq!(status, 200);
+    let (status, headers, body) = get_via(other.outbound, &url).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(headers.get("weft-error").unwrap(), "forbidden");
+    assert!(
+        body.contains("server:default/api"),
+        "the body names the policy: {body}"
+    );
+    assert!(
+        body.contains("spiffe://weft.local/ns/default/sa/other"),
+        "and the peer: {body}"
+    );
+    let m = api.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weft_proxy_authz_total",
+            &[
+                "decision=\"deny\"",
+                "peer=\"spiffe://weft.local/ns/default/sa/other\""
+            ]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weft_proxy_errors_total",
+            &["direction=\"inbound\"", "reason=\"forbidden\""]
+        ),
+        1.0,
+        "{m}"
+    );
+
+    // A policy change applies at once to the next request.
+    api.policy
+        .send_replace(Arc::new(allow_only(&["web", "other"])));
+    let (status, _, _) = get_via(other.outbound, &url).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_clients_are_refused_at_the_inbound_port_and_good_ones_keep_working() {
+    let mesh = Mesh::new(Duration::from_secs(3600)).await;
+    let app = http_app("api").await;
+    let api = mesh.proxy("api", app.port(), allow_only(&["web"])).await;
+    let web = mesh
+        .proxy("web", 1, default_policy(DefaultPolicy::AllAuthenticated))
+        .await;
+    mesh.resolver
+        .set("api", vec![(api.inbound, Some(id("api")))]);
+    let url = format!("http://api.default:{}/", app.port());
+    let ok = || async { get_via(web.outbound, &url).await.0 };
+    assert_eq!(ok().await, 200);
+
+    // 1. Plaintext from outside the mesh: no identity, so the policy (web only) denies it.
+    let (status, headers, body) = plain_get(api.inbound, app.port()).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(headers.get("weft-error").unwrap(), "forbidden");
+    assert!(body.contains("no mesh identity"), "{body}");
+    assert_eq!(ok().await, 200);
+
+    // 2. A certificate from another CA.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_ca = weft_identity::authority::Authority::load_or_create(
+        &weft_identity::authority::AuthorityConfig::new(other_dir.path()),
+    )
+    .unwrap();
+    let foreign = issue(&other_ca, "web");
+    assert!(tls_get(&mesh, api.inbound, &foreign).await.is_err());
+    assert!(
+        eventually(Duration::from_secs(5), || metric_sum(
+            &api.metrics(),
+            "weft_proxy_tls_handshake_failures_total",
+            &["reason=\"untrusted_peer\""]
+        ) >= 1.0)
+        .await,
+        "{}",
+        api.metrics()
+    );
+    assert_eq!(ok().await, 200);
+
+    // 3. An expired certificate from the right CA.
+    let mut short = mesh.authority_cfg.clone();
+    short.leaf_lifetime = Duration::from_secs(1);
+    short.clock_skew = Duration::ZERO;
+    let expired = issue(
+        &weft_identity::authority::Authority::load_or_create(&short).unwrap(),
+        "web",
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || std::time::SystemTime::now()
+            > expired.not_after + Duration::from_secs(1))
+        .await
+    );
+    assert!(tls_get(&mesh, api.inbound, &expired).await.is_err());
+    assert!(
+        eventually(Duration::from_secs(5), || metric_sum(
+            &api.metrics(),
+            "weft_proxy_tls_handshake_failures_total",
+            &["reason=\"certificate_expired\""]
+        ) >= 1.0)
+        .await,
+        "{}",
+        api.metrics()
+    );
+    assert_eq!(ok().await, 200);
+
+    // 4. The right CA but another SPIFFE ID: authenticated, then denied by policy.
+    let mallory = issue(&mesh.authority(), "mallory");
+    let (status, body) = tls_get(&mesh, api.inbound, &mallory).await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("spiffe://weft.local/ns/default/sa/mallory"),
+        "{body}"
+    );
+    assert_eq!(ok().await, 200);
+}
+
+fn issue(a: &weft_identity::authority::Authority, name: &str) -> weft_identity::tls::Credentials {
+    let identity = id(name);
+    let (key, csr) = weft_identity::client::generate_csr(&identity).unwrap();
+    let checked = weft_identity::csr::check(csr.as_bytes(), &identity).unwrap();
+    let issued = a.issue(&checked, &identity).unwrap();
+    weft_identity::tls::Credentials {
+        identity,
+        key: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+        chain: issued.chain,
+        bundle: a.bundle().clone(),
+        not_before: issued.not_before,
+        not_after: issued.not_after,
+    }
+}
+
+/// A plaintext HTTP/1 GET straight to a proxy's inbound port.
+async fn plain_get(addr: std::net::SocketAddr, port: u16) -> (u16, http::HeaderMap, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/")
+        .header("host", format!("api:{port}"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let rsp = sender.send_request(req).await.unwrap();
+    let status = rsp.status().as_u16();
+    let headers = rsp.headers().clone();
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// An HTTP/2 GET over mTLS with `client` credentials to a proxy's inbound port, verifying the
+/// proxy as `api`. In TLS 1.3 a refused client certificate shows on the first exchange.
+async fn tls_get(
+    mesh: &Mesh,
+    addr: std::net::SocketAddr,
+    client: &weft_identity::tls::Credentials,
+) -> Result<(u16, String), String> {
+    let bundle = mesh.authority().bundle().clone();
+    let certs = weft_identity::tls::CertStore::new(client.certified_key().unwrap());
+    let cfg = weft_identity::tls::client_config(&bundle, id("api"), Some(certs), &[b"h2"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(weft_identity::tls::server_name(&id("api")), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::get("http://api.default/")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let rsp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = rsp.status().as_u16();
+    let body = rsp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_grpc_streaming_with_trailers_and_opaque_tcp_pass_intact() {
+    let mesh = Mesh::new(Duration::from_secs(3600)).await;
+    let app = http_app("api").await;
+    let echo = echo_app().await;
+    let api = mesh
+        .proxy(
+            "api",
+            app.port(),
+            default_policy(DefaultPolicy::AllAuthenticated),
+        )
+        .await;
+    let echo_proxy = mesh
+        .proxy(
+            "echo",
+            echo.port(),
+            default_policy(DefaultPolicy::AllAuthenticated),
+        )
+        .await;
+    let web = mesh
+        .proxy("web", 1, default_policy(DefaultPolicy::AllAuthenticated))
+        .await;
+    mesh.resolver
+        .set("api", vec![(api.inbound, Some(id("api")))]);
+    mesh.resolver
+        .set("echo", vec![(echo_proxy.inbound, Some(id("echo")))]);
+
+    // HTTP/2 with prior knowledge, a streamed body with trailers, like a gRPC call.
+    let tcp = tokio::net::TcpStream::connect(web.outbound).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-client-trailer", "t1".parse().unwrap());
+    let frames: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> = vec![
+        Ok(hyper::body::Frame::data(Bytes::from_static(
+            b"\x00\x00\x00\x00\x05hello",
+        ))),
+        Ok(hyper::body::Frame::data(Bytes::from_static(
+            b"\x00\x00\x00\x00\x05world",
+        ))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let req = http::Request::post(format!("http://api.default:{}/stream", app.port()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let rsp = sender.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(rsp.version(), http::Version::HTTP_2);
+    let collected = rsp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers arrive");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    assert_eq!(trailers.get("x-client-trailer").unwrap(), "t1");
+    assert_eq!(
+        &collected.to_bytes()[..],
+        b"\x00\x00\x00\x00\x05hello\x00\x00\x00\x00\x05world"
+    );
+
+    // Opaque TCP: a CONNECT tunnel through both proxies to a line echo server.
+    let mut tcp = tokio::net::TcpStream::connect(web.outbound).await.unwrap();
+    let target = format!("echo.default:{}", echo.port());
+    tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    for line in ["ping\n", "a longer line with bytes \u{1f600}\n"] {
+        tcp.write_all(line.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; line.len()];
+        tcp.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, line.as_bytes());
+    }
+    drop(tcp);
+    assert!(
+        eventually(Duration::from_secs(5), || metric_sum(
+            &echo_proxy.metrics(),
+            "weft_proxy_tcp_bytes_total",
+            &["direction=\"inbound\"", "flow=\"to_server\""]
+        ) > 0.0)
+        .await,
+        "{}",
+        echo_proxy.metrics()
+    );
+    let m = echo_proxy.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weft_proxy_tls_handshakes_total",
+            &[
+                "peer=\"spiffe://weft.local/ns/default/sa/web\"",
+                "tls_version=\"1.3\""
+            ]
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_the_wrong_identity_is_refused_and_counted() {
+    let mesh = Mesh::new(Duration::from_secs(3600)).await;
+    let app = http_app("api").await;
+    let api = mesh
+        .proxy(
+            "api",
+            app.port(),
+            default_policy(DefaultPolicy::AllAuthenticated),
+        )
+        .await;
+    let web = mesh
+        .proxy("web", 1, default_policy(DefaultPolicy::AllAuthenticated))
+        .await;
+    // Discovery says the endpoint is `db`, but the proxy there proves `api`.
+    mesh.resolver.set("db", vec![(api.inbound, Some(id("db")))]);
+    let (status, headers, body) =
+        get_via(web.outbound, &format!("http://db.default:{}/", app.port())).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(headers.get("weft-error").unwrap(), "identity_mismatch");
+    assert!(
+        body.contains("spiffe://weft.local/ns/default/sa/api")
+            && body.contains("spiffe://weft.local/ns/default/sa/db"),
+        "{body}"
+    );
+    let m = web.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weft_proxy_tls_handshake_failures_total",
+            &["direction=\"outbound\"", "reason=\"identity_mismatch\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weft_proxy_errors_total",
+            &["direction=\"outbound\"", "reason=\"identity_mismatch\""]
+        ),
+        1.0,
+        "{m}"
+    );
+
+    // No endpoints, unknown service: 503 / 502 with their reasons.
+    mesh.resolver.set("empty", vec![]);
+    let (status, headers, _) = get_via(web.outbound, "http://empty.default:80/").await;
+    assert_eq!(
+        (status, headers.get("weft-error").unwrap().to_str().unwrap()),
+        (503, "no_endpoints")
+    );
+}

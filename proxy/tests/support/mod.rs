@@ -1,0 +1,375 @@
+//! In-process mesh for the proxy's integration tests: a real identity service, real proxies
+//! (inbound and outbound listeners on loopback port 0, certificates from the identity client),
+//! a fixed discovery table, and tiny HTTP/TCP apps.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use weft_identity::SpiffeId;
+use weft_identity::authority::{Authority, AuthorityConfig};
+use weft_identity::client::{ClientSettings, IdentityClient};
+use weft_identity::metrics::Registry;
+use weft_identity::server::Running;
+use weft_policy::authz::{
+    AllowRule, DefaultPolicy, InboundPolicy, InboundPolicySpec, WorkloadPolicy,
+};
+use weft_policy::registry::{Endpoint, EndpointSource, ServiceEndpoints};
+use weft_proxy::inbound::{Inbound, InboundConfig};
+use weft_proxy::metrics::ProxyMetrics;
+use weft_proxy::outbound::{Outbound, OutboundConfig, Resolve};
+use weft_proxy::tls::MeshTls;
+
+pub fn id(name: &str) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://weft.local/ns/default/sa/{name}")).unwrap()
+}
+
+type EndpointsTx = watch::Sender<Option<Arc<ServiceEndpoints>>>;
+
+/// A discovery table tests can change while proxies run.
+#[derive(Default)]
+pub struct StaticResolver {
+    services: Mutex<HashMap<(String, String), EndpointsTx>>,
+}
+
+impl StaticResolver {
+    fn sender(&self, ns: &str, svc: &str) -> EndpointsTx {
+        self.services
+            .lock()
+            .unwrap()
+            .entry((ns.to_string(), svc.to_string()))
+            .or_insert_with(|| watch::channel(None).0)
+            .clone()
+    }
+
+    pub fn set(&self, svc: &str, endpoints: Vec<(SocketAddr, Option<SpiffeId>)>) {
+        let eps = ServiceEndpoints {
+            namespace: "default".into(),
+            service: svc.into(),
+            ports: vec![],
+            endpoints: endpoints
+                .into_iter()
+                .map(|(address, identity)| Endpoint {
+                    address,
+                    identity,
+                    labels: Default::default(),
+                    source: EndpointSource::Registered,
+                })
+                .collect(),
+        };
+        self.sender("default", svc)
+            .send_replace(Some(Arc::new(eps)));
+    }
+}
+
+impl Resolve for StaticResolver {
+    fn resolve(&self, ns: &str, svc: &str) -> watch::Receiver<Option<Arc<ServiceEndpoints>>> {
+        self.sender(ns, svc).subscribe()
+    }
+}
+
+/// A policy allowing exactly these identities on every port.
+pub fn allow_only(names: &[&str]) -> WorkloadPolicy {
+    let policy = InboundPolicy::new(InboundPolicySpec {
+        name: "server:default/api".into(),
+        rules: vec![AllowRule {
+            policy: "default/api-from-web".into(),
+            identities: names.iter().map(|n| id(n)).collect(),
+            ..AllowRule::default()
+        }],
+    });
+    WorkloadPolicy {
+        namespace: "default".into(),
+        service: "api".into(),
+        ports: Default::default(),
+        default: policy,
+    }
+}
+
+pub fn default_policy(p: DefaultPolicy) -> WorkloadPolicy {
+    WorkloadPolicy {
+        namespace: "default".into(),
+        service: "svc".into(),
+        ports: Default::default(),
+        default: InboundPolicy::default_policy(p),
+    }
+}
+
+/// The mesh: CA, identity service, discovery.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    pub authority_cfg: AuthorityConfig,
+    pub identity: Running,
+    pub resolver: Arc<StaticResolver>,
+}
+
+impl Mesh {
+    pub async fn new(leaf_lifetime: Duration) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = AuthorityConfig::new(dir.path().join("ca"));
+        cfg.leaf_lifetime = leaf_lifetime;
+        let authority = Authority::load_or_create(&cfg).unwrap();
+        let identity = Running::start(authority, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        Self {
+            dir,
+            authority_cfg: cfg,
+            identity,
+            resolver: Arc::new(StaticResolver::default()),
+        }
+    }
+
+    pub fn authority(&self) -> Authority {
+        Authority::load_or_create(&self.authority_cfg).unwrap()
+    }
+
+    pub fn token(&self, name: &str) -> String {
+        let a = self.authority();
+        a.token_key()
+            .create(
+                &id(name),
+                &a.anchor_fingerprint(),
+                std::time::SystemTime::now(),
+                Duration::from_secs(3600),
+            )
+            .unwrap()
+    }
+
+    /// Starts a proxy for workload `name` whose app listens on `app_port`.
+    pub async fn proxy(&self, name: &str, app_port: u16, policy: WorkloadPolicy) -> TestProxy {
+        let registry = Registry::new();
+        let metrics = ProxyMetrics::new(registry.clone());
+        let tls = MeshTls::new();
+        let mut settings = ClientSettings::new(self.identity.addr.to_string(), self.token(name));
+        settings.min_backoff = Duration::from_millis(50);
+        settings.max_backoff = Duration::from_millis(500);
+        let mut client = IdentityClient::start(settings, &registry);
+        tokio::time::timeout(Duration::from_secs(10), client.ready())
+            .await
+            .unwrap();
+        let follower = tls.clone().follow(client.credentials(), |_| {});
+        // Wait until the first certificate is installed.
+        for _ in 0..200 {
+            if tls.server_config().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
+        let inbound = Inbound::new(
+            InboundConfig {
+                app_ip: "127.0.0.1".parse().unwrap(),
+                default_app_port: app_port,
+                detect_timeout: Duration::from_millis(500),
+                service: format!("default/{name}"),
+            },
+            tls.clone(),
+            policy_rx,
+            metrics.clone(),
+        );
+        let outbound = Outbound::new(
+            OutboundConfig {
+                namespace: "default".into(),
+                detect_timeout: Duration::from_millis(500),
+            },
+            tls.clone(),
+            self.resolver.clone(),
+            metrics.clone(),
+        );
+        let in_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let out_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let inbound_addr = in_l.local_addr().unwrap();
+        let outbound_addr = out_l.local_addr().unwrap();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let grace = Duration::from_secs(5);
+        let tasks = vec![
+            tokio::spawn(inbound.serve(
+                in_l,
+                weft_identity::config::wait_true(stop_rx.clone()),
+                grace,
+            )),
+            tokio::spawn(outbound.serve(out_l, weft_identity::config::wait_true(stop_rx), grace)),
+        ];
+        TestProxy {
+            name: name.to_string(),
+            inbound: inbound_addr,
+            outbound: outbound_addr,
+            registry,
+            policy: policy_tx,
+            _client: client,
+            _follower: follower,
+            stop: stop_tx,
+            tasks,
+        }
+    }
+}
+
+pub struct TestProxy {
+    pub name: String,
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub registry: Registry,
+    pub policy: watch::Sender<Arc<WorkloadPolicy>>,
+    _client: IdentityClient,
+    _follower: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TestProxy {
+    pub fn metrics(&self) -> String {
+        self.registry.render()
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The value of the first series starting with `prefix` (labels in registration order).
+pub fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| must_contain.iter().all(|m| l.contains(m)))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// An HTTP app (HTTP/1 and h2c) answering `hello from <name>` with what it saw, and `/stream`
+/// echoing the request body back with a trailer (gRPC-style).
+pub async fn http_app(name: &'static str) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| async move {
+                        let version = format!("{:?}", req.version());
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let path = req.uri().path().to_string();
+                        let method = req.method().to_string();
+                        if path == "/stream" {
+                            // Echo every frame of the body, then trailers.
+                            let body = req.into_body().collect().await.unwrap();
+                            let trailers_in = body.trailers().cloned();
+                            let data = body.to_bytes();
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", "0".parse().unwrap());
+                            if let Some(t) =
+                                trailers_in.and_then(|t| t.get("x-client-trailer").cloned())
+                            {
+                                trailers.insert("x-client-trailer", t);
+                            }
+                            let frames = vec![
+                                Ok::<_, Infallible>(hyper::body::Frame::data(data)),
+                                Ok(hyper::body::Frame::trailers(trailers)),
+                            ];
+                            let body = http_body_util::StreamBody::new(futures_stream(frames));
+                            let rsp = http::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(http_body_util::Either::Right(body))
+                                .unwrap();
+                            return Ok::<_, Infallible>(rsp);
+                        }
+                        let text =
+                            format!("hello from {name}: {method} {path} via {version} host={host}");
+                        let rsp = http::Response::builder()
+                            .header("x-app", name)
+                            .body(http_body_util::Either::Left(Full::new(Bytes::from(text))))
+                            .unwrap();
+                        Ok::<_, Infallible>(rsp)
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn futures_stream<T: Send + 'static>(items: Vec<T>) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::iter(items)
+}
+
+/// A line-based TCP echo server.
+pub async fn echo_app() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if tcp.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/1 client that uses `proxy` as its HTTP proxy (absolute-form requests).
+pub async fn get_via(proxy: SocketAddr, url: &str) -> (u16, http::HeaderMap, String) {
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let uri: http::Uri = url.parse().unwrap();
+    let req = http::Request::get(uri.clone())
+        .header("host", uri.authority().unwrap().as_str())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let rsp = sender.send_request(req).await.unwrap();
+    let status = rsp.status().as_u16();
+    let headers = rsp.headers().clone();
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Waits until `cond` holds, polling, up to `limit`.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
