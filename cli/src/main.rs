@@ -32,6 +32,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the identity service (the mesh CA).
     Identity(weft_identity::config::IdentityArgs),
+    /// Run the control plane, or `check DIR` to validate resources without serving them.
+    Policy(weft_policy::config::Cli),
+    /// Run the sidecar proxy.
+    Proxy(weft_proxy::config::ProxyArgs),
     /// Bootstrap tokens for workloads.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -51,6 +55,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Demo(args) => report(demo::run(args)),
         Command::Identity(args) => weft_identity::config::run_main(args),
+        Command::Policy(cli) => match cli.command {
+            Some(weft_policy::config::Command::Check(args)) => {
+                weft_policy::config::check_main(args)
+            }
+            None => weft_policy::config::run_main(cli.run),
+        },
+        Command::Proxy(args) => weft_proxy::run::run_main(args),
         Command::Token(cmd) => report(token::run(cmd)),
         Command::Cert(cmd) => report(cert::run(cmd)),
     }

@@ -41,7 +41,7 @@ pub enum ProxyError {
     BadRequest { detail: String },
     /// The upstream connection failed mid-request (502).
     Upstream { endpoint: String, detail: String },
-    /// The proxy has no certificate yet (503).
+    /// The proxy has no certificate or no policy yet (503).
     NotReady,
 }
 
@@ -156,7 +156,7 @@ impl fmt::Display for ProxyError {
             }
             ProxyError::NotReady => write!(
                 f,
-                "weft: the proxy has no certificate yet (is the identity service reachable?)"
+                "weft: the proxy is not ready: it has no certificate or no policy yet (are the identity service and the control plane reachable?)"
             ),
         }
     }

@@ -54,7 +54,7 @@ pub struct InboundConfig {
 pub struct Inbound {
     cfg: InboundConfig,
     tls: Arc<MeshTls>,
-    policy: watch::Receiver<Arc<WorkloadPolicy>>,
+    policy: watch::Receiver<Option<Arc<WorkloadPolicy>>>,
     metrics: Arc<ProxyMetrics>,
     app_http1: Client<HttpConnector, Body>,
     app_http2: Client<HttpConnector, Body>,
@@ -72,7 +72,7 @@ impl Inbound {
     pub fn new(
         cfg: InboundConfig,
         tls: Arc<MeshTls>,
-        policy: watch::Receiver<Arc<WorkloadPolicy>>,
+        policy: watch::Receiver<Option<Arc<WorkloadPolicy>>>,
         metrics: Arc<ProxyMetrics>,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
@@ -231,7 +231,10 @@ impl Inbound {
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let peer_label = peer.map_or("unauthenticated", |p| p.as_str());
-        let policy = self.policy.borrow().clone();
+        let Some(policy) = self.policy.borrow().clone() else {
+            self.metrics.error(DIRECTION, "not_ready");
+            return;
+        };
         match authorize(policy.port(port), peer, &http::Method::CONNECT, "") {
             Decision::Allow { policy } => self.metrics.authz(true, &policy, peer_label),
             Decision::Deny { policy, reason } => {
@@ -282,7 +285,8 @@ impl Inbound {
         port: u16,
     ) -> Result<Response<Body>, ProxyError> {
         let peer_label = peer.map_or("unauthenticated", |p| p.as_str());
-        let policy = self.policy.borrow().clone();
+        // Until the control plane has answered once, nothing is authorized.
+        let policy = self.policy.borrow().clone().ok_or(ProxyError::NotReady)?;
         match authorize(policy.port(port), peer, req.method(), req.uri().path()) {
             Decision::Allow { policy } => self.metrics.authz(true, &policy, peer_label),
             Decision::Deny { policy, reason } => {

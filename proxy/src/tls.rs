@@ -61,6 +61,11 @@ impl MeshTls {
         Ok(())
     }
 
+    /// The certificate the proxy presents, for other clients of the mesh (the control plane).
+    pub fn cert_store(&self) -> Arc<CertStore> {
+        self.certs.clone()
+    }
+
     /// The proxy's own identity, once it has a certificate.
     pub fn identity(&self) -> Option<SpiffeId> {
         self.state

@@ -160,7 +160,7 @@ async fn only_web_may_call_api() {
 
     // A policy change applies at once to the next request.
     api.policy
-        .send_replace(Arc::new(allow_only(&["web", "other"])));
+        .send_replace(Some(Arc::new(allow_only(&["web", "other"]))));
     let (status, _, _) = get_via(other.outbound, &url).await;
     assert_eq!(status, 200);
 }

@@ -164,7 +164,7 @@ impl Mesh {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
+        let (policy_tx, policy_rx) = watch::channel(Some(Arc::new(policy)));
         let inbound = Inbound::new(
             InboundConfig {
                 app_ip: "127.0.0.1".parse().unwrap(),
@@ -218,7 +218,7 @@ pub struct TestProxy {
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
     pub registry: Registry,
-    pub policy: watch::Sender<Arc<WorkloadPolicy>>,
+    pub policy: watch::Sender<Option<Arc<WorkloadPolicy>>>,
     _client: IdentityClient,
     _follower: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,

@@ -1,0 +1,163 @@
+//! Settings of `weft proxy` / `weft-proxy`. Every one has a default that works in the standard
+//! layout, so the proxy starts with no flags; each is a flag and a `WEFT_*` variable, named
+//! here beside its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use weft_identity::config::parse_duration;
+
+pub const ENV_INBOUND: &str = "WEFT_PROXY_INBOUND_LISTEN";
+pub const DEFAULT_INBOUND: &str = "0.0.0.0:4143";
+pub const ENV_OUTBOUND: &str = "WEFT_PROXY_OUTBOUND_LISTEN";
+pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:4140";
+pub const ENV_ADMIN: &str = "WEFT_PROXY_ADMIN_LISTEN";
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:4191";
+pub const ENV_IDENTITY_ADDR: &str = weft_identity::config::ENV_IDENTITY_ADDR;
+pub const DEFAULT_IDENTITY_ADDR: &str = weft_identity::config::DEFAULT_IDENTITY_ADDR;
+pub const ENV_TOKEN_FILE: &str = weft_identity::config::ENV_TOKEN_FILE;
+pub const DEFAULT_TOKEN_FILE: &str = weft_identity::config::DEFAULT_TOKEN_FILE;
+pub const ENV_POLICY_ADDR: &str = "WEFT_POLICY_ADDR";
+pub const DEFAULT_POLICY_ADDR: &str = weft_policy::client::DEFAULT_ADDR;
+pub const ENV_POLICY_INSECURE_DEV: &str = "WEFT_POLICY_INSECURE_DEV";
+pub const ENV_SERVICE: &str = "WEFT_PROXY_SERVICE";
+pub const ENV_LABELS: &str = "WEFT_PROXY_LABELS";
+pub const ENV_APP_PORT: &str = "WEFT_PROXY_APP_PORT";
+pub const DEFAULT_APP_PORT: &str = "8080";
+pub const ENV_ADVERTISE: &str = "WEFT_PROXY_ADVERTISE_ADDR";
+pub const ENV_DETECT_TIMEOUT: &str = "WEFT_PROXY_DETECT_TIMEOUT";
+pub const DEFAULT_DETECT_TIMEOUT: &str = "1s";
+pub const ENV_SHUTDOWN_GRACE: &str = "WEFT_PROXY_SHUTDOWN_GRACE";
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "10s";
+
+/// `weft proxy` / `weft-proxy`: the sidecar.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "weft-proxy",
+    version,
+    about = "weft's sidecar proxy: mTLS between workloads, authorization, metrics"
+)]
+pub struct ProxyArgs {
+    /// Where peers (and the mesh) reach this workload.
+    #[arg(long, env = ENV_INBOUND, default_value = DEFAULT_INBOUND)]
+    pub inbound_listen: SocketAddr,
+    /// Where the local app sends its outgoing requests (HTTP_PROXY=http://<this>).
+    #[arg(long, env = ENV_OUTBOUND, default_value = DEFAULT_OUTBOUND)]
+    pub outbound_listen: SocketAddr,
+    /// Admin endpoint: /metrics, /live, /ready.
+    #[arg(long, env = ENV_ADMIN, default_value = DEFAULT_ADMIN)]
+    pub admin_listen: SocketAddr,
+    /// The identity service.
+    #[arg(long, env = ENV_IDENTITY_ADDR, default_value = DEFAULT_IDENTITY_ADDR)]
+    pub identity_addr: String,
+    /// The bootstrap token file: the proxy's whole identity configuration.
+    #[arg(long, env = ENV_TOKEN_FILE, default_value = DEFAULT_TOKEN_FILE)]
+    pub token_file: PathBuf,
+    /// The control plane.
+    #[arg(long, env = ENV_POLICY_ADDR, default_value = DEFAULT_POLICY_ADDR)]
+    pub policy_addr: String,
+    /// Talk to a control plane running with --insecure-dev (plain HTTP/2, no mTLS).
+    #[arg(long, env = ENV_POLICY_INSECURE_DEV)]
+    pub policy_insecure_dev: bool,
+    /// The service this workload belongs to [default: the workload name in the token].
+    #[arg(long, env = ENV_SERVICE)]
+    pub service: Option<String>,
+    /// Labels registered with the workload, e.g. `version=v2,zone=a`.
+    #[arg(long, env = ENV_LABELS, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// The app's port when a request names none.
+    #[arg(long, env = ENV_APP_PORT, default_value = DEFAULT_APP_PORT)]
+    pub app_port: u16,
+    /// The inbound address registered with the control plane [default: the inbound port on the
+    /// local address that reaches the control plane].
+    #[arg(long, env = ENV_ADVERTISE)]
+    pub advertise_addr: Option<SocketAddr>,
+    /// How long protocol detection waits for a client's first bytes before treating the
+    /// connection as opaque TCP.
+    #[arg(long, env = ENV_DETECT_TIMEOUT, default_value = DEFAULT_DETECT_TIMEOUT, value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+    /// On SIGTERM, how long requests in flight get to finish.
+    #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl ProxyArgs {
+    /// The defaults with the given `WEFT_*` variables applied as flags (tests, embedding).
+    pub fn from_lookup(vars: &[(&str, &str)]) -> Result<Self, String> {
+        let flags: &[(&str, &str)] = &[
+            (ENV_INBOUND, "--inbound-listen"),
+            (ENV_OUTBOUND, "--outbound-listen"),
+            (ENV_ADMIN, "--admin-listen"),
+            (ENV_IDENTITY_ADDR, "--identity-addr"),
+            (ENV_TOKEN_FILE, "--token-file"),
+            (ENV_POLICY_ADDR, "--policy-addr"),
+            (ENV_SERVICE, "--service"),
+            (ENV_LABELS, "--labels"),
+            (ENV_APP_PORT, "--app-port"),
+            (ENV_ADVERTISE, "--advertise-addr"),
+            (ENV_DETECT_TIMEOUT, "--detect-timeout"),
+            (ENV_SHUTDOWN_GRACE, "--shutdown-grace"),
+        ];
+        let mut argv = vec!["weft-proxy".to_string()];
+        for (k, v) in vars {
+            if *k == ENV_POLICY_INSECURE_DEV {
+                if matches!(*v, "1" | "true" | "yes" | "on") {
+                    argv.push("--policy-insecure-dev".into());
+                }
+            } else if let Some((_, flag)) = flags.iter().find(|(env, _)| env == k) {
+                argv.push(format!("{flag}={v}"));
+            } else {
+                return Err(format!("unknown setting {k}"));
+            }
+        }
+        Self::try_parse_from(argv).map_err(|e| e.to_string())
+    }
+
+    /// `key=value` labels as a map.
+    pub fn label_map(&self) -> Result<std::collections::BTreeMap<String, String>, String> {
+        self.labels
+            .iter()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .ok_or_else(|| format!("label `{l}` is not `key=value`"))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_standard_layout() {
+        let a = ProxyArgs::from_lookup(&[]).unwrap();
+        assert_eq!(a.inbound_listen.to_string(), DEFAULT_INBOUND);
+        assert_eq!(a.outbound_listen.to_string(), DEFAULT_OUTBOUND);
+        assert_eq!(a.admin_listen.to_string(), DEFAULT_ADMIN);
+        assert_eq!(a.token_file, PathBuf::from(DEFAULT_TOKEN_FILE));
+        assert_eq!(a.app_port, 8080);
+        assert!(!a.policy_insecure_dev);
+    }
+
+    #[test]
+    fn lookup_overrides_and_labels() {
+        let a = ProxyArgs::from_lookup(&[
+            (ENV_APP_PORT, "9000"),
+            (ENV_LABELS, "version=v2,zone=a"),
+            (ENV_POLICY_INSECURE_DEV, "1"),
+        ])
+        .unwrap();
+        assert_eq!(a.app_port, 9000);
+        assert!(a.policy_insecure_dev);
+        let labels = a.label_map().unwrap();
+        assert_eq!(labels.get("version").unwrap(), "v2");
+        assert!(ProxyArgs::from_lookup(&[("WEFT_NOPE", "1")]).is_err());
+        let bad = ProxyArgs::from_lookup(&[(ENV_LABELS, "novalue")]).unwrap();
+        assert!(bad.label_map().is_err());
+    }
+}

@@ -1,0 +1,250 @@
+//! Start-up and shutdown of a proxy process.
+//!
+//! With nothing but its token file, the proxy: serves `/live` at once; gets its certificate
+//! from the identity service (retrying, and saying so, while it is unreachable); connects to
+//! the control plane over mTLS; follows its workload's inbound policy; registers its inbound
+//! address; and reports `/ready` once it holds a certificate and its first policy. SIGTERM:
+//! not ready, deregister, stop accepting, let requests in flight finish (bounded), exit 0.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use weft_identity::client::{ClientSettings as IdentitySettings, IdentityClient};
+use weft_identity::metrics::{Registry, unix_seconds};
+use weft_policy::client::{ClientSettings as PolicySettings, ClientTls, PolicyClient};
+use weft_policy::registry::Registration;
+
+use crate::config::{ENV_TOKEN_FILE, ProxyArgs};
+use crate::discovery::PolicyResolver;
+use crate::inbound::{Inbound, InboundConfig};
+use crate::metrics::ProxyMetrics;
+use crate::outbound::{Outbound, OutboundConfig};
+use crate::tls::MeshTls;
+
+/// The proxy's listeners, bound before it runs (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    pub inbound: TcpListener,
+    pub outbound: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(args: &ProxyArgs) -> Result<Self, String> {
+        let bind = |addr: SocketAddr, what: &'static str, env: &'static str| async move {
+            TcpListener::bind(addr).await.map_err(|e| {
+                format!("cannot listen on {addr} for the {what} listener: {e} (set {env})")
+            })
+        };
+        Ok(Self {
+            inbound: bind(args.inbound_listen, "inbound", crate::config::ENV_INBOUND).await?,
+            outbound: bind(
+                args.outbound_listen,
+                "outbound",
+                crate::config::ENV_OUTBOUND,
+            )
+            .await?,
+            admin: bind(args.admin_listen, "admin", crate::config::ENV_ADMIN).await?,
+        })
+    }
+}
+
+/// Binds the listeners of `args` and runs until `shutdown`.
+pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let listeners = Listeners::bind(&args).await?;
+    run_on(listeners, args, shutdown).await
+}
+
+/// Runs a proxy on bound listeners until `shutdown`.
+pub async fn run_on(
+    listeners: Listeners,
+    args: ProxyArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    tokio::pin!(shutdown);
+    let token = std::fs::read_to_string(&args.token_file).map_err(|e| {
+        format!(
+            "cannot read the bootstrap token {}: {e}: create one with `weft token create --namespace <ns> --workload <name>` and put it there, or set {ENV_TOKEN_FILE}",
+            args.token_file.display()
+        )
+    })?;
+    let registry = Registry::new();
+    let metrics = ProxyMetrics::new(registry.clone());
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let inbound_addr = listeners.inbound.local_addr().map_err(|e| e.to_string())?;
+    let admin = tokio::spawn(weft_identity::admin::run(
+        listeners.admin,
+        weft_identity::admin::Admin {
+            registry: registry.clone(),
+            ready: ready_rx,
+            extra: None,
+        },
+        weft_identity::config::wait_true(stop_rx.clone()),
+    ));
+
+    // 1. A certificate.
+    let id_settings = IdentitySettings::new(args.identity_addr.clone(), token);
+    let claims = id_settings.claims().map_err(|e| {
+        format!(
+            "the bootstrap token {} is unusable: {e}",
+            args.token_file.display()
+        )
+    })?;
+    tracing::info!(identity = %claims.sub, identity_service = %args.identity_addr, "getting a certificate");
+    let mut identity = IdentityClient::start(id_settings, &registry);
+    let creds = tokio::select! {
+        c = identity.ready() => c,
+        _ = &mut shutdown => return stop(stop_tx, admin).await,
+    };
+    let tls = MeshTls::new();
+    let expiry = metrics.cert_expiry.clone();
+    let _follower = tls.clone().follow(identity.credentials(), move |c| {
+        expiry.set(unix_seconds(c.not_after))
+    });
+    let me = creds.identity.clone();
+    let namespace = me.namespace().to_string();
+    let service = args
+        .service
+        .clone()
+        .unwrap_or_else(|| me.workload().to_string());
+
+    // 2. The control plane.
+    let policy_tls = if args.policy_insecure_dev {
+        tracing::warn!(control_plane = %args.policy_addr, "INSECURE: talking to the control plane without mTLS (--policy-insecure-dev); never do this outside development");
+        None
+    } else {
+        let td = weft_identity::TrustDomain::new(me.trust_domain()).map_err(|e| e.to_string())?;
+        let expected = weft_policy::client::service_identity(&td)?;
+        Some(ClientTls::mesh(
+            &creds.bundle,
+            expected,
+            Some(tls.cert_store()),
+        )?)
+    };
+    let policy_client =
+        PolicyClient::new(PolicySettings::new(args.policy_addr.clone(), policy_tls));
+    let mut policy = policy_client.watch_inbound(&namespace, &service);
+    tracing::info!(control_plane = %args.policy_addr, %namespace, %service, "waiting for the inbound policy");
+    tokio::select! {
+        r = policy.wait_for(|p| p.is_some()) => { r.map_err(|_| "the policy watch ended".to_string())?; }
+        _ = &mut shutdown => return stop(stop_tx, admin).await,
+    }
+
+    // 3. Registration.
+    let advertise = match args.advertise_addr {
+        Some(a) => a,
+        None => advertise_addr(inbound_addr, &args.policy_addr),
+    };
+    let registration = policy_client.keep_registered(Registration {
+        service: service.clone(),
+        namespace: Some(namespace.clone()),
+        labels: args.label_map()?,
+        address: advertise,
+        identity: Some(me.clone()),
+        lease: None,
+    });
+
+    // 4. The data path.
+    let inbound = Inbound::new(
+        InboundConfig {
+            app_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            default_app_port: args.app_port,
+            detect_timeout: args.detect_timeout,
+            service: format!("{namespace}/{service}"),
+        },
+        tls.clone(),
+        policy,
+        metrics.clone(),
+    );
+    let outbound = Outbound::new(
+        OutboundConfig {
+            namespace: namespace.clone(),
+            detect_timeout: args.detect_timeout,
+        },
+        tls.clone(),
+        Arc::new(PolicyResolver::new(policy_client.clone())),
+        metrics.clone(),
+    );
+    let grace = args.shutdown_grace;
+    let inbound_task = tokio::spawn(inbound.serve(
+        listeners.inbound,
+        weft_identity::config::wait_true(stop_rx.clone()),
+        grace,
+    ));
+    let outbound_task = tokio::spawn(outbound.serve(
+        listeners.outbound,
+        weft_identity::config::wait_true(stop_rx.clone()),
+        grace,
+    ));
+    let _ = ready_tx.send(true);
+    tracing::info!(
+        identity = %me,
+        inbound = %inbound_addr,
+        advertised = %advertise,
+        "proxy ready"
+    );
+
+    shutdown.await;
+    tracing::info!(grace = ?grace, "shutting down: draining requests in flight");
+    let _ = ready_tx.send(false);
+    drop(registration);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        policy_client.deregister(&namespace, advertise),
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    let _ = inbound_task.await;
+    let _ = outbound_task.await;
+    let _ = admin.await;
+    drop(identity);
+    Ok(())
+}
+
+async fn stop(
+    stop_tx: watch::Sender<bool>,
+    admin: tokio::task::JoinHandle<()>,
+) -> Result<(), String> {
+    let _ = stop_tx.send(true);
+    let _ = admin.await;
+    Ok(())
+}
+
+/// The address peers should use: the inbound port on the local address that routes to the
+/// control plane (when the inbound listener is on a wildcard address).
+fn advertise_addr(inbound: SocketAddr, policy_addr: &str) -> SocketAddr {
+    if !inbound.ip().is_unspecified() {
+        return inbound;
+    }
+    let ip = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect(policy_addr).map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    SocketAddr::new(ip, inbound.port())
+}
+
+/// Runs a proxy as a process: exits 1 with the error on a start-up failure.
+pub fn run_main(args: ProxyArgs) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args, weft_identity::config::shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("weft proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
