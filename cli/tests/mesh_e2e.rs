@@ -124,6 +124,9 @@ fn app(name: &'static str) -> SocketAddr {
                     }
                     let head = String::from_utf8_lossy(&buf).to_string();
                     let line = head.lines().next().unwrap_or("").to_string();
+                    if line.contains(" /slow") {
+                        std::thread::sleep(Duration::from_millis(1500));
+                    }
                     let body = format!("hello from {name}: {line}");
                     let rsp = format!(
                         "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
@@ -191,112 +194,171 @@ fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
         .sum()
 }
 
-#[test]
-fn two_workloads_through_real_proxies_with_a_policy_on_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let data = d.join("ca");
-    let (id_api, id_admin) = (free_addr(), free_addr());
-    let mut identity = Proc::start(
-        d,
-        "identity",
-        &[
+/// identity service, control plane with a resource directory, and proxies `api` (in front of
+/// a tiny app), `web` and `other`, all as `weft` processes.
+struct Fixture {
+    dir: tempfile::TempDir,
+    /// Kept so the identity service lives as long as the fixture.
+    _identity: Proc,
+    id_api: SocketAddr,
+    policy: Option<Proc>,
+    pol_api: SocketAddr,
+    pol_admin: SocketAddr,
+    resources: PathBuf,
+    proxies: HashMap<&'static str, (Proc, ProxyAddrs)>,
+    port: u16,
+}
+
+impl Fixture {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let data = d.join("ca");
+        let (id_api, id_admin) = (free_addr(), free_addr());
+        let mut identity = Proc::start(
+            &d,
             "identity",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            &id_api.to_string(),
-            "--admin-listen",
-            &id_admin.to_string(),
-        ],
-        &[],
-    );
-    identity.wait_ready(id_admin);
-    for (ns, w) in [
-        ("weft", "policy"),
-        ("default", "api"),
-        ("default", "web"),
-        ("default", "other"),
-    ] {
-        token(&data, ns, w, &d.join(format!("{w}.token")));
+            &[
+                "identity",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                &id_api.to_string(),
+                "--admin-listen",
+                &id_admin.to_string(),
+            ],
+            &[],
+        );
+        identity.wait_ready(id_admin);
+        for (ns, w) in [
+            ("weft", "policy"),
+            ("default", "api"),
+            ("default", "web"),
+            ("default", "other"),
+        ] {
+            token(&data, ns, w, &d.join(format!("{w}.token")));
+        }
+        let port = app("api").port();
+        let resources = d.join("resources");
+        std::fs::create_dir_all(&resources).unwrap();
+        let mut f = Self {
+            dir,
+            _identity: identity,
+            id_api,
+            policy: None,
+            pol_api: free_addr(),
+            pol_admin: free_addr(),
+            resources,
+            proxies: HashMap::new(),
+            port,
+        };
+        f.write_policy(&["web"]);
+        let check = Command::new(WEFT)
+            .args(["policy", "check"])
+            .arg(&f.resources)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        f.start_policy();
+        for (name, app_port) in [("api", port), ("web", 1), ("other", 1)] {
+            let (env, addrs) = proxy_env(f.dir.path(), name, id_api, f.pol_api, app_port);
+            let mut p = Proc::start(f.dir.path(), name, &["proxy"], &env);
+            p.wait_ready(addrs.admin);
+            f.proxies.insert(name, (p, addrs));
+        }
+        f
     }
 
-    let api_app = app("api");
-    let resources = d.join("resources");
-    std::fs::create_dir_all(&resources).unwrap();
-    let port = api_app.port();
-    std::fs::write(
-        resources.join("mesh.yaml"),
-        format!(
+    fn start_policy(&mut self) {
+        let d = self.dir.path();
+        let mut policy = Proc::start(
+            d,
+            "policy",
+            &[
+                "policy",
+                "--dir",
+                self.resources.to_str().unwrap(),
+                "--listen",
+                &self.pol_api.to_string(),
+                "--admin-listen",
+                &self.pol_admin.to_string(),
+            ],
+            &[
+                (
+                    "WEFT_TOKEN_FILE",
+                    d.join("policy.token").display().to_string(),
+                ),
+                ("WEFT_IDENTITY_ADDR", self.id_api.to_string()),
+            ],
+        );
+        policy.wait_ready(self.pol_admin);
+        self.policy = Some(policy);
+    }
+
+    /// Writes the resources: services, and a policy letting only `allowed` call `api`.
+    fn write_policy(&self, allowed: &[&str]) {
+        let port = self.port;
+        let ids: Vec<String> = allowed
+            .iter()
+            .map(|a| format!("\"spiffe://weft.local/ns/default/sa/{a}\""))
+            .collect();
+        let yaml = format!(
             "kind: Service\nmetadata: {{name: api, namespace: default}}\nspec: {{ports: [{{port: {port}}}]}}\n---\n\
              kind: Service\nmetadata: {{name: web, namespace: default}}\nspec: {{ports: [{{port: 8080}}]}}\n---\n\
              kind: Service\nmetadata: {{name: other, namespace: default}}\nspec: {{ports: [{{port: 8080}}]}}\n---\n\
-             kind: AuthorizationPolicy\nmetadata: {{name: api-from-web, namespace: default}}\nspec:\n  target: {{service: api, port: {port}}}\n  allow:\n    - identities: [\"spiffe://weft.local/ns/default/sa/web\"]\n"
-        ),
-    )
-    .unwrap();
-    let check = Command::new(WEFT)
-        .args(["policy", "check"])
-        .arg(&resources)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-
-    let (pol_api, pol_admin) = (free_addr(), free_addr());
-    let mut policy = Proc::start(
-        d,
-        "policy",
-        &[
-            "policy",
-            "--dir",
-            resources.to_str().unwrap(),
-            "--listen",
-            &pol_api.to_string(),
-            "--admin-listen",
-            &pol_admin.to_string(),
-        ],
-        &[
-            (
-                "WEFT_TOKEN_FILE",
-                d.join("policy.token").display().to_string(),
-            ),
-            ("WEFT_IDENTITY_ADDR", id_api.to_string()),
-        ],
-    );
-    policy.wait_ready(pol_admin);
-
-    let mut procs: HashMap<&str, (Proc, ProxyAddrs)> = HashMap::new();
-    for (name, app_port) in [("api", port), ("web", 1), ("other", 1)] {
-        let (env, addrs) = proxy_env(d, name, id_api, pol_api, app_port);
-        let mut p = Proc::start(d, name, &["proxy"], &env);
-        p.wait_ready(addrs.admin);
-        procs.insert(name, (p, addrs));
+             kind: AuthorizationPolicy\nmetadata: {{name: api-from-web, namespace: default}}\nspec:\n  target: {{service: api, port: {port}}}\n  allow:\n    - identities: [{}]\n",
+            ids.join(", ")
+        );
+        // Write then rename, as editors and config management do.
+        let tmp = self.dir.path().join("mesh.yaml.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.resources.join("mesh.yaml")).unwrap();
     }
 
-    // web → api: allowed, over mTLS, once the registration shows up in discovery.
-    let url = format!("http://api.default:{port}/hello");
-    let host = format!("api.default:{port}");
-    let web_out = procs["web"].1.outbound;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (status, body) = loop {
-        let r = http(web_out, "GET", &url, &host).unwrap();
-        if r.0 == 200 || Instant::now() > deadline {
-            break r;
+    fn get(&self, from: &str, path: &str) -> (u16, String) {
+        let url = format!("http://api.default:{}{path}", self.port);
+        let host = format!("api.default:{}", self.port);
+        http(self.proxies[from].1.outbound, "GET", &url, &host).unwrap_or((0, "no answer".into()))
+    }
+
+    /// Waits (bounded) until `from` gets `status` from api.
+    fn wait_status(&self, from: &str, status: u16, limit: Duration) -> (u16, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let r = self.get(from, "/");
+            if r.0 == status || Instant::now() > deadline {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(status, 200, "{body}\n{}", procs["web"].0.logs());
+    }
+
+    fn metrics(&self, proxy: &str) -> String {
+        http(self.proxies[proxy].1.admin, "GET", "/metrics", "x")
+            .map(|r| r.1)
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn two_workloads_through_real_proxies_with_a_policy_on_disk() {
+    let mut f = Fixture::start();
+
+    // web → api: allowed, over mTLS, once the registration shows up in discovery.
+    let (status, body) = f.wait_status("web", 200, Duration::from_secs(30));
+    assert_eq!(status, 200, "{body}\n{}", f.proxies["web"].0.logs());
+    let (_, body) = f.get("web", "/hello");
     assert!(
         body.contains("hello from api: GET /hello HTTP/1.1"),
         "{body}"
     );
 
     // other → api: 403 naming the policy.
-    let (status, body) = http(procs["other"].1.outbound, "GET", &url, &host).unwrap();
+    let (status, body) = f.get("other", "/hello");
     assert_eq!(status, 403, "{body}");
     assert!(
         body.to_lowercase().contains("weft-error: forbidden"),
@@ -308,7 +370,7 @@ fn two_workloads_through_real_proxies_with_a_policy_on_disk() {
     );
 
     // The proxies' own metrics show the TLS 1.3 handshake between them and the deny.
-    let (_, api_metrics) = http(procs["api"].1.admin, "GET", "/metrics", "x").unwrap();
+    let api_metrics = f.metrics("api");
     assert!(
         metric_sum(
             &api_metrics,
@@ -330,18 +392,93 @@ fn two_workloads_through_real_proxies_with_a_policy_on_disk() {
         "{api_metrics}"
     );
     assert!(
-        procs["api"].0.logs().contains("request denied"),
+        f.proxies["api"].0.logs().contains("request denied"),
         "one log line per denied request"
     );
 
+    // The policy is edited on disk while traffic flows: the decision changes within a second.
+    let edited = Instant::now();
+    f.write_policy(&["web", "other"]);
+    let (status, _) = f.wait_status("other", 200, Duration::from_secs(5));
+    let took = edited.elapsed();
+    assert_eq!(status, 200);
+    assert!(
+        took < Duration::from_secs(1),
+        "the policy change took {took:?}"
+    );
+    assert_eq!(f.get("web", "/").0, 200);
+
     // Clean shutdown: every process exits 0 on SIGTERM.
     for name in ["web", "other", "api"] {
-        let (p, _) = procs.remove(name).unwrap();
+        let (p, _) = f.proxies.remove(name).unwrap();
         let status = p.terminate();
         assert!(status.success(), "{name} exited with {status}");
     }
-    assert!(policy.terminate().success());
-    assert!(identity.terminate().success());
+    assert!(f.policy.take().unwrap().terminate().success());
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_complete() {
+    let f = Fixture::start();
+    assert_eq!(f.wait_status("web", 200, Duration::from_secs(30)).0, 200);
+    let web_out = f.proxies["web"].1.outbound;
+    let port = f.port;
+    // Five slow requests (the app takes 1.5 s) in flight through both proxies...
+    let inflight: Vec<_> = (0..5)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let url = format!("http://api.default:{port}/slow");
+                http(web_out, "GET", &url, &format!("api.default:{port}"))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // ...when both proxies are told to stop.
+    let mut f = f;
+    let (api, _) = f.proxies.remove("api").unwrap();
+    let (web, _) = f.proxies.remove("web").unwrap();
+    let api_pid = api.child.id();
+    let web_pid = web.child.id();
+    Command::new("kill")
+        .args(["-TERM", &api_pid.to_string(), &web_pid.to_string()])
+        .status()
+        .unwrap();
+    for t in inflight {
+        let (status, body) = t.join().unwrap().expect("an answer");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("GET /slow"), "{body}");
+    }
+    assert!(api.terminate().success());
+    assert!(web.terminate().success());
+}
+
+#[test]
+fn a_proxy_keeps_retrying_an_unreachable_identity_service_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("ca");
+    token(&data, "default", "web", &d.join("web.token"));
+    // Nothing listens at the identity address.
+    let (env, addrs) = proxy_env(d, "web", free_addr(), free_addr(), 1);
+    let p = Proc::start(d, "web", &["proxy"], &env);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let live = http(addrs.admin, "GET", "/live", "x").map(|r| r.0);
+        let ready = http(addrs.admin, "GET", "/ready", "x").map(|r| r.0);
+        let logs = p.logs();
+        if live == Some(200)
+            && ready == Some(503)
+            && logs.matches("is `weft identity` running?").count() >= 2
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "live={live:?} ready={ready:?}\n{logs}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(p.terminate().success());
 }
 
 #[test]

@@ -475,3 +475,172 @@ async fn a_peer_with_the_wrong_identity_is_refused_and_counted() {
         (503, "no_endpoints")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_load_with_zero_failed_requests() {
+    // Certificates live 3 s: the proxies renew every ~2 s while traffic flows.
+    let mesh = Mesh::new(Duration::from_secs(3)).await;
+    let app = http_app("api").await;
+    let api = mesh.proxy("api", app.port(), allow_only(&["web"])).await;
+    let web = mesh
+        .proxy("web", 1, default_policy(DefaultPolicy::AllAuthenticated))
+        .await;
+    mesh.resolver
+        .set("api", vec![(api.inbound, Some(id("api")))]);
+    let url = format!("http://api.default:{}/load", app.port());
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(9);
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        let outbound = web.outbound;
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            // Bounded in time and count.
+            while tokio::time::Instant::now() < deadline && ok < 20_000 {
+                let (status, _, body) = get_via(outbound, &url).await;
+                if status == 200 {
+                    ok += 1;
+                } else {
+                    failed.push(format!("{status}: {body}"));
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    // Meanwhile, new handshakes to the api proxy see its new certificates.
+    let web_creds = {
+        let a = mesh.authority();
+        let identity = id("web");
+        let (key, csr) = weft_identity::client::generate_csr(&identity).unwrap();
+        let checked = weft_identity::csr::check(csr.as_bytes(), &identity).unwrap();
+        let issued = a.issue(&checked, &identity).unwrap();
+        weft_identity::tls::Credentials {
+            identity,
+            key: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+            chain: issued.chain,
+            bundle: a.bundle().clone(),
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+        }
+    };
+    let mut leaves = std::collections::HashSet::new();
+    while tokio::time::Instant::now() < deadline {
+        if let Some(leaf) = server_leaf(&mesh, api.inbound, &web_creds).await {
+            leaves.insert(leaf);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut total = 0;
+    for t in load {
+        let (ok, failed) = t.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "failed requests during rotation: {failed:?}"
+        );
+        total += ok;
+    }
+    assert!(total > 100, "only {total} requests ran");
+    assert!(
+        leaves.len() >= 3,
+        "new handshakes should see new certificates, saw {}",
+        leaves.len()
+    );
+    let renewals = metric_sum(
+        &api.metrics(),
+        "weft_identity_client_certify_total",
+        &["kind=\"renewal\"", "result=\"ok\""],
+    );
+    assert!(renewals >= 2.0, "api renewed {renewals} times");
+    let renewals = metric_sum(
+        &web.metrics(),
+        "weft_identity_client_certify_total",
+        &["kind=\"renewal\"", "result=\"ok\""],
+    );
+    assert!(renewals >= 2.0, "web renewed {renewals} times");
+}
+
+/// The leaf certificate a proxy's inbound port presents to a new mTLS handshake.
+async fn server_leaf(
+    mesh: &Mesh,
+    addr: std::net::SocketAddr,
+    client: &weft_identity::tls::Credentials,
+) -> Option<Vec<u8>> {
+    let bundle = mesh.authority().bundle().clone();
+    let certs = weft_identity::tls::CertStore::new(client.certified_key().unwrap());
+    let cfg = weft_identity::tls::client_config(&bundle, id("api"), Some(certs), &[b"h2"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(weft_identity::tls::server_name(&id("api")), tcp)
+        .await
+        .ok()?;
+    tls.get_ref()
+        .1
+        .peer_certificates()?
+        .first()
+        .map(|c| c.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_change_live_and_unmeshed_endpoints_get_labelled_plaintext() {
+    let mesh = Mesh::new(Duration::from_secs(3600)).await;
+    let a1 = http_app("api-1").await;
+    let a2 = http_app("api-2").await;
+    let api1 = mesh
+        .proxy(
+            "api",
+            a1.port(),
+            default_policy(DefaultPolicy::AllAuthenticated),
+        )
+        .await;
+    let web = mesh
+        .proxy("web", 1, default_policy(DefaultPolicy::AllAuthenticated))
+        .await;
+    mesh.resolver
+        .set("api", vec![(api1.inbound, Some(id("api")))]);
+    let (status, _, body) = get_via(web.outbound, &format!("http://api:{}/", a1.port())).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("hello from api-1"), "{body}");
+
+    // The endpoint set changes: the next request goes to the new endpoint, no restart.
+    let api2 = mesh
+        .proxy(
+            "api",
+            a2.port(),
+            default_policy(DefaultPolicy::AllAuthenticated),
+        )
+        .await;
+    mesh.resolver
+        .set("api", vec![(api2.inbound, Some(id("api")))]);
+    let (status, _, body) = get_via(web.outbound, &format!("http://api:{}/", a2.port())).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("hello from api-2"), "{body}");
+
+    // A static endpoint without a proxy: plaintext straight to the app, labelled tls="false".
+    let legacy = http_app("legacy").await;
+    mesh.resolver.set("legacy", vec![(legacy, None)]);
+    let (status, _, body) = get_via(
+        web.outbound,
+        &format!("http://legacy:{}/old", legacy.port()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("hello from legacy: GET /old via HTTP/1.1"),
+        "{body}"
+    );
+    let m = web.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weft_proxy_requests_total",
+            &[
+                "dst_service=\"default/legacy\"",
+                "tls=\"false\"",
+                "peer=\"none\""
+            ]
+        ),
+        1.0,
+        "{m}"
+    );
+}
