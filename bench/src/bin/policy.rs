@@ -27,7 +27,10 @@ use weft_policy::server::{Listeners, Settings};
 use weft_policy::wire::{Method, PathMatch, Pattern};
 
 #[derive(Debug, Parser)]
-#[command(name = "policy", about = "Authorization cost and watch fan-out of the weft control plane")]
+#[command(
+    name = "policy",
+    about = "Authorization cost and watch fan-out of the weft control plane"
+)]
 struct Args {
     /// Allow rules in the benchmarked port policy.
     #[arg(long, default_value_t = 100)]
@@ -87,7 +90,8 @@ struct FanoutResult {
 }
 
 fn id(ns: &str, sa: &str) -> SpiffeId {
-    SpiffeId::parse(&format!("spiffe://weft.local/ns/{ns}/sa/{sa}")).unwrap_or_else(|e| panic!("{e}"))
+    SpiffeId::parse(&format!("spiffe://weft.local/ns/{ns}/sa/{sa}"))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A port policy of `n` rules of every kind.
@@ -105,7 +109,10 @@ fn policy(n: usize) -> InboundPolicy {
         match i % 10 {
             // Exact identities, route-narrowed.
             0..=5 => {
-                r.identities = vec![id("default", &format!("client-{i}")), id("prod", &format!("svc-{i}"))];
+                r.identities = vec![
+                    id("default", &format!("client-{i}")),
+                    id("prod", &format!("svc-{i}")),
+                ];
                 r.routes = vec![route(
                     PathMatch::Prefix(format!("/v{}/", i % 3)),
                     vec![http::Method::GET, http::Method::POST],
@@ -120,14 +127,20 @@ fn policy(n: usize) -> InboundPolicy {
             8 => {
                 r.authenticated = true;
                 r.routes = vec![route(
-                    PathMatch::Regex(Pattern::new(&format!("/metrics/{i}/[a-z]+")).unwrap_or_else(|e| panic!("{e}"))),
+                    PathMatch::Regex(
+                        Pattern::new(&format!("/metrics/{i}/[a-z]+"))
+                            .unwrap_or_else(|e| panic!("{e}")),
+                    ),
                     vec![http::Method::GET],
                 )];
             }
             // Unauthenticated health checks.
             _ => {
                 r.unauthenticated = true;
-                r.routes = vec![route(PathMatch::Exact(format!("/health/{i}")), vec![http::Method::GET])];
+                r.routes = vec![route(
+                    PathMatch::Exact(format!("/health/{i}")),
+                    vec![http::Method::GET],
+                )];
             }
         }
         rules.push(r);
@@ -145,14 +158,38 @@ fn mixed_requests() -> Vec<Req> {
     for i in 0..64usize {
         let j = (i * 10) % 60; // an exact-identity rule
         v.push(match i % 8 {
-            0 => (Some(id("default", &format!("client-{j}"))), http::Method::GET, format!("/v{}/users/42", j % 3)),
-            1 => (Some(id("default", &format!("client-{j}"))), http::Method::DELETE, "/v0/users/42".into()),
-            2 => (Some(id("batch", "worker")), http::Method::POST, "/jobs/16".into()),
-            3 => (Some(id("batch", "worker")), http::Method::POST, "/jobs/99".into()),
-            4 => (Some(id("other", "random")), http::Method::GET, "/v1/users".into()),
+            0 => (
+                Some(id("default", &format!("client-{j}"))),
+                http::Method::GET,
+                format!("/v{}/users/42", j % 3),
+            ),
+            1 => (
+                Some(id("default", &format!("client-{j}"))),
+                http::Method::DELETE,
+                "/v0/users/42".into(),
+            ),
+            2 => (
+                Some(id("batch", "worker")),
+                http::Method::POST,
+                "/jobs/16".into(),
+            ),
+            3 => (
+                Some(id("batch", "worker")),
+                http::Method::POST,
+                "/jobs/99".into(),
+            ),
+            4 => (
+                Some(id("other", "random")),
+                http::Method::GET,
+                "/v1/users".into(),
+            ),
             5 => (None, http::Method::GET, "/health/9".into()),
             6 => (None, http::Method::GET, "/v1/users".into()),
-            _ => (Some(id("other", "random")), http::Method::GET, "/metrics/8/cpu".into()),
+            _ => (
+                Some(id("other", "random")),
+                http::Method::GET,
+                "/metrics/8/cpu".into(),
+            ),
         });
     }
     v
@@ -161,7 +198,11 @@ fn mixed_requests() -> Vec<Req> {
 /// A peer in a namespace that 20 rules admit, on a route none of them allows, plus the 10
 /// any-authenticated and 10 unauthenticated rules: every candidate's routes are checked.
 fn worst_requests() -> Vec<Req> {
-    vec![(Some(id("batch", "worker")), http::Method::PUT, "/nothing/here/at/all".into())]
+    vec![(
+        Some(id("batch", "worker")),
+        http::Method::PUT,
+        "/nothing/here/at/all".into(),
+    )]
 }
 
 fn time_authz(p: &InboundPolicy, reqs: &[Req], n: u64) -> f64 {
@@ -169,7 +210,14 @@ fn time_authz(p: &InboundPolicy, reqs: &[Req], n: u64) -> f64 {
     let mut allowed = 0u64;
     for i in 0..n {
         let (peer, m, path) = &reqs[(i as usize) % reqs.len()];
-        if authorize(black_box(p), black_box(peer.as_ref()), black_box(m), black_box(path)).is_allowed() {
+        if authorize(
+            black_box(p),
+            black_box(peer.as_ref()),
+            black_box(m),
+            black_box(path),
+        )
+        .is_allowed()
+        {
             allowed += 1;
         }
     }
@@ -180,9 +228,14 @@ fn time_authz(p: &InboundPolicy, reqs: &[Req], n: u64) -> f64 {
 fn bench_authz(args: &Args) -> Vec<AuthzResult> {
     let p = policy(args.policies);
     let mut out = Vec::new();
-    for (scenario, reqs) in [("mixed allow/deny", mixed_requests()), ("worst-case deny", worst_requests())] {
+    for (scenario, reqs) in [
+        ("mixed allow/deny", mixed_requests()),
+        ("worst-case deny", worst_requests()),
+    ] {
         let _ = time_authz(&p, &reqs, args.decisions / 10); // warm-up
-        let mut runs: Vec<f64> = (0..args.runs).map(|_| time_authz(&p, &reqs, args.decisions)).collect();
+        let mut runs: Vec<f64> = (0..args.runs)
+            .map(|_| time_authz(&p, &reqs, args.decisions))
+            .collect();
         runs.sort_by(f64::total_cmp);
         out.push(AuthzResult {
             scenario,
@@ -232,8 +285,12 @@ fn write(dir: &std::path::Path, content: &str) -> std::io::Result<()> {
 async fn bench_fanout(args: &Args) -> Result<FanoutResult, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     write(dir.path(), &resources(0)).map_err(|e| e.to_string())?;
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let addr = api.local_addr().map_err(|e| e.to_string())?;
     let mut settings = Settings::insecure(dir.path());
     settings.poll_interval = args.poll_interval;
@@ -268,7 +325,8 @@ async fn bench_fanout(args: &Args) -> Result<FanoutResult, String> {
     let connect_s = connect_started.elapsed().as_secs_f64();
     eprintln!("{} watchers connected in {connect_s:.2} s", args.watchers);
 
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
     let mut missed = 0u64;
     let mut spread_sum = 0.0;
     for round in 1..=args.rounds as u32 {
@@ -282,7 +340,11 @@ async fn bench_fanout(args: &Args) -> Result<FanoutResult, String> {
                     let got = rx
                         .wait_for(|r| {
                             r.as_ref().is_some_and(|r| {
-                                r.rules.first().and_then(|rule| rule.backends.get(1)).map(|b| b.weight) == Some(want)
+                                r.rules
+                                    .first()
+                                    .and_then(|rule| rule.backends.get(1))
+                                    .map(|b| b.weight)
+                                    == Some(want)
                             })
                         })
                         .await
@@ -303,9 +365,13 @@ async fn bench_fanout(args: &Args) -> Result<FanoutResult, String> {
         }
         times.sort();
         for t in &times {
-            hist.record(t.as_micros().max(1) as u64).map_err(|e| e.to_string())?;
+            hist.record(t.as_micros().max(1) as u64)
+                .map_err(|e| e.to_string())?;
         }
-        if let (Some(first), Some(p99)) = (times.first(), times.get(times.len().saturating_sub(1) * 99 / 100)) {
+        if let (Some(first), Some(p99)) = (
+            times.first(),
+            times.get(times.len().saturating_sub(1) * 99 / 100),
+        ) {
             spread_sum += (*p99 - *first).as_secs_f64() * 1000.0;
         }
         eprintln!(
@@ -339,14 +405,24 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let authz = bench_authz(&args);
     println!("authorization decision ({} rules)", args.policies);
-    println!("{:<20} {:>10} {:>10} {:>10}", "scenario", "median ns", "min ns", "max ns");
+    println!(
+        "{:<20} {:>10} {:>10} {:>10}",
+        "scenario", "median ns", "min ns", "max ns"
+    );
     for r in &authz {
-        println!("{:<20} {:>10.1} {:>10.1} {:>10.1}", r.scenario, r.median_ns, r.min_ns, r.max_ns);
+        println!(
+            "{:<20} {:>10.1} {:>10.1} {:>10.1}",
+            r.scenario, r.median_ns, r.min_ns, r.max_ns
+        );
     }
     let fanout = if args.authz_only {
         None
     } else {
-        let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("cannot start the runtime: {e}");
@@ -378,7 +454,10 @@ fn main() -> std::process::ExitCode {
     };
     let json = serde_json::json!({ "authz": authz, "fanout": fanout });
     println!();
-    println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json).unwrap_or_default()
+    );
     if let Some(path) = &args.json
         && let Err(e) = std::fs::write(path, serde_json::to_vec_pretty(&json).unwrap_or_default())
     {
