@@ -3,6 +3,9 @@
 //! invalid change is logged with every error, shown on the admin `/status` page, and
 //! otherwise ignored: the last valid set stays served.
 //!
+//! An invalid content is reported only when the next poll reads it unchanged, so a file caught
+//! half-written is not reported as an error (a valid content is applied at once).
+//!
 //! Polling with a content hash needs no platform file-notification API, sees edits made by any
 //! means (editors that replace files, `git checkout`, volume updates), and costs one read of a
 //! small directory per interval.
@@ -30,6 +33,7 @@ pub async fn follow(
     tokio::pin!(shutdown);
     let mut last_hash = loaded_hash;
     let mut last_read_error: Option<String> = None;
+    let mut unsettled: Option<String> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
@@ -55,7 +59,6 @@ pub async fn follow(
         if hash == last_hash {
             continue;
         }
-        last_hash = hash;
         let started = Instant::now();
         let result = compile(&sources, default_policy);
         store
@@ -64,6 +67,8 @@ pub async fn follow(
             .record(started.elapsed().as_secs_f64());
         match result {
             Ok(config) => {
+                last_hash = hash;
+                unsettled = None;
                 tracing::info!(
                     files = config.summary.files,
                     documents = config.summary.documents,
@@ -73,7 +78,15 @@ pub async fn follow(
                 store.metrics().reload_ok.increment(1);
                 store.set_config(config);
             }
+            // A file caught in the middle of being written looks invalid: report an invalid
+            // content only once it is the same on the next poll.
+            Err(_) if unsettled.as_ref() != Some(&hash) => {
+                tracing::debug!(%hash, "invalid content; checking again at the next poll in case a file is still being written");
+                unsettled = Some(hash);
+            }
             Err(errors) => {
+                last_hash = hash;
+                unsettled = None;
                 for e in &errors {
                     tracing::error!("invalid resource: {e}");
                 }

@@ -19,7 +19,12 @@
 //!   renewal, reconnection with jittered back-off.
 //! - [`wire`]: value types shared by YAML and JSON (durations, regexes, matches, events).
 //! - [`metrics`]: the control plane's Prometheus series.
-//! - [`config`]: flags and environment of `weft policy` / `weft policy check`, and `run`.
+//! - [`server`]: the control plane assembled on bound listeners (store, directory follower,
+//!   lease expiry, API, admin endpoint with `/status`).
+//! - [`config`]: flags and environment of `weft policy` / `weft policy check`, `run`,
+//!   `run_main`, `check_main`.
+//!
+//! The resources, the API and the registry are described in `docs/policy.md`.
 //!
 //! YAML is parsed with `serde_yaml_ng`: `serde_yaml` is archived and unmaintained, and
 //! `serde_yaml_ng` is its maintained continuation with the same API and the same
