@@ -386,22 +386,35 @@ async fn stream(
         };
         first = false;
         if let Some(line) = line
-            && tx.send(line).await.is_err()
+            && !send(&tx, line, &mut stop).await
         {
             break;
         }
         tokio::select! {
             changed = states.changed() => if changed.is_err() { break },
             _ = tick.tick() => {
-                if tx.send(event_line(&Event::<()>::Heartbeat)).await.is_err() {
+                if !send(&tx, event_line(&Event::<()>::Heartbeat), &mut stop).await {
                     break;
                 }
             }
             _ = tx.closed() => break,
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            _ = stopped(&mut stop) => break,
         }
     }
     metrics.watch_active(kind).decrement(1.0);
+}
+
+/// Queues a line for the client; `false` when the client is gone or the server stops (a client
+/// that stopped reading must not hold up shutdown).
+async fn send(tx: &mpsc::Sender<Bytes>, line: Bytes, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        sent = tx.send(line) => sent.is_ok(),
+        _ = stopped(stop) => false,
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 fn event_line<T: serde::Serialize>(e: &Event<T>) -> Bytes {
