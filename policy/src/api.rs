@@ -66,6 +66,19 @@ pub struct ApiSettings {
     pub max_lease: Duration,
     /// Interval of `HEARTBEAT` events on idle watches.
     pub heartbeat: Duration,
+    /// After a start, how long the registry is considered incomplete: workloads registered
+    /// with the previous instance have not all renewed yet. Meanwhile a client resuming an
+    /// endpoints watch (it holds a version) keeps what it has instead of being sent a partial
+    /// list; new clients get what there is.
+    pub registry_warmup: Duration,
+}
+
+impl ApiSettings {
+    /// The warm-up that covers one renewal of the default lease (clients renew at a third of
+    /// it, and at once when they reconnect), plus a second of slack.
+    pub fn warmup_for(default_lease: Duration) -> Duration {
+        default_lease / 3 + Duration::from_secs(1)
+    }
 }
 
 /// Shortest lease granted, whatever is asked.
@@ -77,6 +90,7 @@ impl Default for ApiSettings {
             default_lease: Duration::from_secs(30),
             max_lease: Duration::from_secs(300),
             heartbeat: Duration::from_secs(10),
+            registry_warmup: Self::warmup_for(Duration::from_secs(30)),
         }
     }
 }
@@ -89,6 +103,8 @@ pub struct Api {
     pub settings: ApiSettings,
     /// Turns `true` at shutdown: open watch streams end, so shutdown need not wait for them.
     pub stop: watch::Receiver<bool>,
+    /// When this instance started serving (see [`ApiSettings::registry_warmup`]).
+    pub started: tokio::time::Instant,
 }
 
 struct Failure {
@@ -344,7 +360,12 @@ impl Api {
         let store = self.store.clone();
         let stop = self.stop.clone();
         let heartbeat = self.settings.heartbeat;
-        tokio::spawn(stream(store, key, version, tx, stop, heartbeat));
+        let warm = self.started + self.settings.registry_warmup;
+        let hold_until = (matches!(key, Key::Endpoints { .. })
+            && version.is_some()
+            && tokio::time::Instant::now() < warm)
+            .then_some(warm);
+        tokio::spawn(stream(store, key, version, tx, stop, heartbeat, hold_until));
         let mut rsp = Response::new(ChannelBody { rx }.boxed());
         rsp.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -362,6 +383,7 @@ async fn stream(
     tx: mpsc::Sender<Bytes>,
     mut stop: watch::Receiver<bool>,
     heartbeat: Duration,
+    mut hold_until: Option<tokio::time::Instant>,
 ) {
     let kind = key.kind();
     let metrics = store.metrics().clone();
@@ -372,7 +394,13 @@ async fn stream(
     loop {
         let state = states.borrow_and_update().clone();
         let rendered = state.render(&key);
-        let line = if held.as_deref() == Some(rendered.version.as_str()) {
+        if hold_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
+            hold_until = None;
+        }
+        let line = if hold_until.is_some() && held.as_deref() != Some(rendered.version.as_str()) {
+            // The registry is still warming up after a restart: the client keeps its list.
+            None
+        } else if held.as_deref() == Some(rendered.version.as_str()) {
             first.then(|| {
                 event_line(&Event::<()>::Unchanged {
                     version: rendered.version.clone(),
@@ -390,8 +418,15 @@ async fn stream(
         {
             break;
         }
+        let warmed = async {
+            match hold_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             changed = states.changed() => if changed.is_err() { break },
+            _ = warmed => {}
             _ = tick.tick() => {
                 if !send(&tx, event_line(&Event::<()>::Heartbeat), &mut stop).await {
                     break;

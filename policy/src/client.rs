@@ -141,6 +141,9 @@ struct Inner {
     settings: ClientSettings,
     conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
     connections: AtomicU64,
+    /// Signalled on every new connection after the first: the control plane may have
+    /// restarted with an empty registry, so registrations are renewed at once.
+    reconnected: tokio::sync::Notify,
 }
 
 /// A watched item: `None` until the first snapshot arrives, then always the last one
@@ -154,6 +157,7 @@ impl PolicyClient {
                 settings,
                 conn: tokio::sync::Mutex::new(None),
                 connections: AtomicU64::new(0),
+                reconnected: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -234,8 +238,10 @@ impl PolicyClient {
         Ok(())
     }
 
-    /// Keeps `reg` registered: renews at a third of the granted lease, retries failures with
-    /// jittered back-off. Stops (and the lease then lapses) when the handle is dropped.
+    /// Keeps `reg` registered: renews at a third of the granted lease, and at once whenever the
+    /// client reconnects (a restarted control plane starts with an empty registry); retries
+    /// failures with jittered back-off. Stops (and the lease then lapses) when the handle is
+    /// dropped.
     pub fn keep_registered(&self, reg: Registration) -> RegistrationHandle {
         let (tx, rx) = watch::channel(None);
         let client = self.clone();
@@ -263,7 +269,12 @@ impl PolicyClient {
                         backoff.next_delay()
                     }
                 };
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = client.inner.reconnected.notified() => {
+                        tracing::debug!(service = %reg.service, "reconnected to the control plane: renewing the registration now");
+                    }
+                }
             }
         });
         RegistrationHandle { granted: rx, task }
@@ -321,7 +332,9 @@ impl Inner {
         let sender = tokio::time::timeout(timeout, self.connect())
             .await
             .map_err(|_| ClientError::Timeout(timeout))??;
-        self.connections.fetch_add(1, Ordering::Relaxed);
+        if self.connections.fetch_add(1, Ordering::Relaxed) > 0 {
+            self.reconnected.notify_waiters();
+        }
         *guard = Some(sender.clone());
         Ok(sender)
     }

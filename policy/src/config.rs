@@ -121,6 +121,7 @@ impl PolicyArgs {
             default_lease: self.default_lease,
             max_lease: self.max_lease,
             heartbeat: self.heartbeat,
+            registry_warmup: ApiSettings::warmup_for(self.default_lease),
         }
     }
 }

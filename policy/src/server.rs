@@ -149,6 +149,7 @@ pub async fn serve(
         auth,
         settings: settings.api.clone(),
         stop: stop_rx.clone(),
+        started: tokio::time::Instant::now(),
     });
     serve::serve(
         listeners.api,

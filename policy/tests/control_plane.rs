@@ -331,7 +331,9 @@ async fn restart_keeps_the_last_state_then_reconnects_and_converges() {
 
     // It comes back (same address) with changed resources; the client converges.
     write(dir.path(), &resources_with_weights(20, 80));
-    let cp = ControlPlane::start_on(addr, Settings::insecure(dir.path())).await;
+    let mut settings = Settings::insecure(dir.path());
+    settings.api.registry_warmup = Duration::from_millis(1500);
+    let cp = ControlPlane::start_on(addr, settings).await;
     wait_until(
         &mut routes,
         Duration::from_secs(5),
@@ -343,14 +345,21 @@ async fn restart_keeps_the_last_state_then_reconnects_and_converges() {
     // The other watch resumed with its version: the endpoints did not change, so it got no
     // new snapshot (UNCHANGED), yet it is live again and sees later changes.
     assert!(!endpoints.has_changed().unwrap());
+    // While the restarted registry warms up (workloads of the old instance have not all
+    // renewed yet), a resumed endpoints watch keeps its list; then it sees the registration.
+    let registered_at = tokio::time::Instant::now();
     let _reg = client.keep_registered(registration("v1", 7101, Duration::from_secs(5)));
     wait_until(
         &mut endpoints,
-        Duration::from_secs(2),
+        Duration::from_secs(5),
         "a registration after the restart",
         |e| e.endpoints.len() == 1,
     )
     .await;
+    assert!(
+        registered_at.elapsed() >= Duration::from_millis(500),
+        "the registration was delivered during the warm-up"
+    );
     cp.stop().await;
 }
 
