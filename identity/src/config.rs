@@ -256,18 +256,25 @@ pub async fn wait_true(mut rx: tokio::sync::watch::Receiver<bool>) {
 /// Runs the identity service as a process: a multi-threaded runtime, exits 1 with the error on
 /// a start-up failure.
 pub fn run_main(args: IdentityArgs) -> ExitCode {
+    run_process("identity", run(args, shutdown_signal()))
+}
+
+/// Runs a component's `main` future on a multi-threaded runtime until it ends (its shutdown is
+/// Ctrl-C or SIGTERM): exit 0, or exit 1 with its error logged and printed as
+/// `weft <component>: <error>`.
+pub fn run_process(component: &str, main: impl Future<Output = Result<(), String>>) -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("weft identity: cannot start the runtime: {e}");
+            eprintln!("weft {component}: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args, shutdown_signal())) {
+    match rt.block_on(main) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("weft identity: {e}");
+            eprintln!("weft {component}: {e}");
             ExitCode::FAILURE
         }
     }

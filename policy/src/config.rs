@@ -291,21 +291,7 @@ async fn mesh_security(
 /// Runs the control plane as a process: a multi-threaded runtime, exits 1 with the error on a
 /// start-up failure.
 pub fn run_main(args: PolicyArgs) -> ExitCode {
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("weft policy: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("weft policy: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    weft_identity::config::run_process("policy", run(args, shutdown_signal()))
 }
 
 #[cfg(test)]

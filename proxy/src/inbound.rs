@@ -103,27 +103,14 @@ impl Inbound {
         shutdown: impl Future<Output = ()>,
         grace: Duration,
     ) {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        tokio::pin!(shutdown);
-        loop {
-            let (tcp, remote) = tokio::select! {
-                _ = &mut shutdown => break,
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "inbound accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let this = self.clone();
-            let watcher = graceful.watcher();
-            tokio::spawn(async move { this.connection(tcp, remote, watcher).await });
-        }
-        drop(listener);
-        let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+        crate::listen::accept_loop(
+            listener,
+            DIRECTION,
+            shutdown,
+            grace,
+            |tcp, remote, watcher| self.clone().connection(tcp, remote, watcher),
+        )
+        .await;
     }
 
     async fn connection(

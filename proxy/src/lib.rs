@@ -11,6 +11,7 @@
 //! - [`tls`]: the proxy's TLS state following its identity client ([`tls::MeshTls`]).
 //! - [`detect`]: protocol detection (TLS, HTTP/1, HTTP/2, opaque) with a replaying stream.
 //! - [`http`]: hop-by-hop headers, authority, the original-protocol header.
+//! - [`listen`]: the accept loop both listeners share.
 //! - [`tcp`]: opaque byte forwarding.
 //! - [`error`]: responses the proxy makes itself (`weft-error` header, reason codes).
 //! - [`metrics`]: the proxy's Prometheus series.
@@ -23,6 +24,7 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod inbound;
+pub mod listen;
 pub mod metrics;
 pub mod outbound;
 pub mod run;

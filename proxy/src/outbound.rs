@@ -154,54 +154,47 @@ impl Outbound {
         shutdown: impl Future<Output = ()>,
         grace: Duration,
     ) {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        tokio::pin!(shutdown);
-        loop {
-            let (tcp, remote) = tokio::select! {
-                _ = &mut shutdown => break,
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "outbound accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let this = self.clone();
-            let watcher = graceful.watcher();
-            tokio::spawn(async move {
-                let (protocol, io) = match detect::detect(tcp, false, this.cfg.detect_timeout).await
-                {
-                    Ok(d) => d,
-                    Err(_) => return,
-                };
-                let _open = this.metrics.tcp_open(DIRECTION, protocol.as_str());
-                if !matches!(protocol, Protocol::Http1 | Protocol::Http2) {
-                    // Without an original destination (transparent mode) there is nowhere to
-                    // send opaque bytes: refuse rather than guess.
-                    this.metrics.error(DIRECTION, "bad_request");
-                    tracing::info!(client.addr = %remote, "outbound connection is not HTTP; use CONNECT for TCP");
-                    return;
-                }
-                let svc = {
-                    let this = this.clone();
-                    hyper::service::service_fn(move |req| {
-                        let this = this.clone();
-                        async move { Ok::<_, Infallible>(this.request(req).await) }
-                    })
-                };
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder.http1().timer(TokioTimer::new());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(client.addr = %remote, error = %e, "outbound connection ended");
-                }
-            });
+        crate::listen::accept_loop(
+            listener,
+            DIRECTION,
+            shutdown,
+            grace,
+            |tcp, remote, watcher| self.clone().connection(tcp, remote, watcher),
+        )
+        .await;
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        remote: std::net::SocketAddr,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let (protocol, io) = match detect::detect(tcp, false, self.cfg.detect_timeout).await {
+            Ok(d) => d,
+            Err(_) => return,
+        };
+        let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
+        if !matches!(protocol, Protocol::Http1 | Protocol::Http2) {
+            // Without an original destination (transparent mode) there is nowhere to
+            // send opaque bytes: refuse rather than guess.
+            self.metrics.error(DIRECTION, "bad_request");
+            tracing::info!(client.addr = %remote, "outbound connection is not HTTP; use CONNECT for TCP");
+            return;
         }
-        drop(listener);
-        let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+        let svc = {
+            let this = self.clone();
+            hyper::service::service_fn(move |req| {
+                let this = this.clone();
+                async move { Ok::<_, Infallible>(this.request(req).await) }
+            })
+        };
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tracing::debug!(client.addr = %remote, error = %e, "outbound connection ended");
+        }
     }
 
     async fn request(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {

@@ -232,19 +232,5 @@ fn advertise_addr(inbound: SocketAddr, policy_addr: &str) -> SocketAddr {
 
 /// Runs a proxy as a process: exits 1 with the error on a start-up failure.
 pub fn run_main(args: ProxyArgs) -> ExitCode {
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("weft proxy: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args, weft_identity::config::shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("weft proxy: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    weft_identity::config::run_process("proxy", run(args, weft_identity::config::shutdown_signal()))
 }
