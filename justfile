@@ -21,6 +21,7 @@ ci:
 bench:
     mkdir -p bench/results
     cargo run --release -p weft-bench --bin identity-bench -- --json bench/results/identity-$(date +%F).json
+    cargo run --release -p weft-bench --bin policy-bench -- --json bench/results/policy-$(date +%F).json
 
 # The main job: a local mesh.
 demo:

@@ -13,7 +13,7 @@
 //!
 //! Bounded in time and count; loopback only.
 //!
-//! `cargo run --release -p weft-bench --bin policy -- [--watchers 1000] [--json out.json]`
+//! `cargo run --release -p weft-bench --bin policy-bench -- [--watchers 1000] [--json out.json]`
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
