@@ -1,99 +1,18 @@
 //! The identity commands as an operator runs them: real `weft` processes on loopback.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split(' ').nth(1)?.parse().ok()?;
-    Some((status, out))
-}
-
-struct Identity {
-    child: Child,
-    api: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Identity {
-    fn start(data_dir: &std::path::Path) -> Self {
-        let (api, admin) = (free_addr(), free_addr());
-        let child = Command::new(WEFT)
-            .args(["identity", "--data-dir", data_dir.to_str().unwrap()])
-            .args([
-                "--listen",
-                &api.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let me = Self { child, api, admin };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http_get(admin, "/ready").map(|r| r.0) != Some(200) {
-            assert!(
-                Instant::now() < deadline,
-                "weft identity did not become ready"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        me
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "weft identity did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Identity {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::*;
 
 #[test]
 fn token_create_and_cert_issue_against_a_running_identity_service() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("ca");
-    let identity = Identity::start(&data);
+    let (identity, api, admin) = start_identity(dir.path(), &data);
 
     let out = Command::new(WEFT)
         .args([
@@ -131,7 +50,7 @@ fn token_create_and_cert_issue_against_a_running_identity_service() {
             "--out-dir",
             certs.to_str().unwrap(),
             "--identity-addr",
-            &identity.api.to_string(),
+            &api.to_string(),
         ])
         .output()
         .unwrap();
@@ -181,7 +100,7 @@ fn token_create_and_cert_issue_against_a_running_identity_service() {
     );
 
     // The issuance shows in the service's metrics.
-    let (_, metrics) = http_get(identity.admin, "/metrics").unwrap();
+    let (_, metrics) = http(admin, "GET", "/metrics", "x").unwrap();
     assert!(
         metrics.contains("weft_identity_certificates_issued_total{method=\"token\"} 1"),
         "{metrics}"
@@ -196,7 +115,7 @@ fn token_create_and_cert_issue_against_a_running_identity_service() {
             "--out-dir",
             dir.path().join("bad").to_str().unwrap(),
             "--identity-addr",
-            &identity.api.to_string(),
+            &api.to_string(),
         ])
         .output()
         .unwrap();
@@ -214,10 +133,10 @@ fn token_create_and_cert_issue_against_a_running_identity_service() {
 fn restart_keeps_the_anchor_and_a_corrupt_key_stops_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("ca");
-    let first = Identity::start(&data);
+    let (first, _, _) = start_identity(dir.path(), &data);
     let anchor = std::fs::read(data.join("trust-anchor.pem")).unwrap();
     assert!(first.terminate().success());
-    let second = Identity::start(&data);
+    let (second, _, _) = start_identity(dir.path(), &data);
     assert_eq!(
         std::fs::read(data.join("trust-anchor.pem")).unwrap(),
         anchor

@@ -1,0 +1,148 @@
+//! Shared by the CLI's process tests: free loopback ports, raw HTTP/1, and `weft` processes
+//! that log to a file, wait for `/ready`, stop on SIGTERM and are killed when dropped.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A raw HTTP/1 exchange; `target` is the request target (absolute-form for a proxy).
+pub fn http(addr: SocketAddr, method: &str, target: &str, host: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    Some((status, out))
+}
+
+/// A process of the mesh, killed when dropped; its stderr goes to a log file.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn start(dir: &Path, name: &str, args: &[&str], env: &[(&str, String)]) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(WEFT)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("WEFT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_ready(&mut self, admin: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http(admin, "GET", "/ready", "x").map(|r| r.0) != Some(200) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("{} exited with {status}:\n{}", self.name, self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not become ready:\n{}",
+                self.name,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop on SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `weft identity` on free ports with its data in `data`, ready; returns it, its API and
+/// admin addresses.
+pub fn start_identity(dir: &Path, data: &Path) -> (Proc, SocketAddr, SocketAddr) {
+    let (api, admin) = (free_addr(), free_addr());
+    let mut p = Proc::start(
+        dir,
+        "identity",
+        &[
+            "identity",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &api.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ],
+        &[],
+    );
+    p.wait_ready(admin);
+    (p, api, admin)
+}
+
+/// `weft token create` for `ns/workload`, written to `out`; returns the token.
+pub fn token(data: &Path, ns: &str, workload: &str, out: &Path) -> String {
+    let o = Command::new(WEFT)
+        .args(["token", "create", "--namespace", ns, "--workload", workload])
+        .args(["--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(out, &o.stdout).unwrap();
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// The sum of the series of `name` whose line contains every one of `must_contain`.
+pub fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| must_contain.iter().all(|m| l.contains(m)))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
