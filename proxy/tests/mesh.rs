@@ -276,6 +276,25 @@ async fn plain_get(addr: std::net::SocketAddr, port: u16) -> (u16, http::HeaderM
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// An mTLS connection (ALPN h2) to a proxy's inbound port with `client` credentials, verifying
+/// the proxy as `api`.
+async fn connect_as(
+    mesh: &Mesh,
+    addr: std::net::SocketAddr,
+    client: &weft_identity::tls::Credentials,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let bundle = mesh.authority().bundle().clone();
+    let certs = weft_identity::tls::CertStore::new(client.certified_key().unwrap());
+    let cfg = weft_identity::tls::client_config(&bundle, id("api"), Some(certs), &[b"h2"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(weft_identity::tls::server_name(&id("api")), tcp)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// An HTTP/2 GET over mTLS with `client` credentials to a proxy's inbound port, verifying the
 /// proxy as `api`. In TLS 1.3 a refused client certificate shows on the first exchange.
 async fn tls_get(
@@ -283,14 +302,7 @@ async fn tls_get(
     addr: std::net::SocketAddr,
     client: &weft_identity::tls::Credentials,
 ) -> Result<(u16, String), String> {
-    let bundle = mesh.authority().bundle().clone();
-    let certs = weft_identity::tls::CertStore::new(client.certified_key().unwrap());
-    let cfg = weft_identity::tls::client_config(&bundle, id("api"), Some(certs), &[b"h2"]).unwrap();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(weft_identity::tls::server_name(&id("api")), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
+    let tls = connect_as(mesh, addr, client).await?;
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await
@@ -509,21 +521,7 @@ async fn certificates_rotate_under_load_with_zero_failed_requests() {
         }));
     }
     // Meanwhile, new handshakes to the api proxy see its new certificates.
-    let web_creds = {
-        let a = mesh.authority();
-        let identity = id("web");
-        let (key, csr) = weft_identity::client::generate_csr(&identity).unwrap();
-        let checked = weft_identity::csr::check(csr.as_bytes(), &identity).unwrap();
-        let issued = a.issue(&checked, &identity).unwrap();
-        weft_identity::tls::Credentials {
-            identity,
-            key: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
-            chain: issued.chain,
-            bundle: a.bundle().clone(),
-            not_before: issued.not_before,
-            not_after: issued.not_after,
-        }
-    };
+    let web_creds = issue(&mesh.authority(), "web");
     let mut leaves = std::collections::HashSet::new();
     while tokio::time::Instant::now() < deadline {
         if let Some(leaf) = server_leaf(&mesh, api.inbound, &web_creds).await {
@@ -566,14 +564,7 @@ async fn server_leaf(
     addr: std::net::SocketAddr,
     client: &weft_identity::tls::Credentials,
 ) -> Option<Vec<u8>> {
-    let bundle = mesh.authority().bundle().clone();
-    let certs = weft_identity::tls::CertStore::new(client.certified_key().unwrap());
-    let cfg = weft_identity::tls::client_config(&bundle, id("api"), Some(certs), &[b"h2"]).unwrap();
-    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(weft_identity::tls::server_name(&id("api")), tcp)
-        .await
-        .ok()?;
+    let tls = connect_as(mesh, addr, client).await.ok()?;
     tls.get_ref()
         .1
         .peer_certificates()?
