@@ -227,12 +227,7 @@ async fn every_rejection_is_a_clear_4xx_and_the_service_keeps_serving() {
 #[tokio::test]
 async fn token_issuance_then_renewal_with_the_current_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let a = authority(dir.path());
-    let bundle = a.bundle().clone();
-    let web_token = token(&a, "web", Duration::from_secs(600));
-    let running = Running::start(a, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (bundle, web_token, running) = service_with_web_token(dir.path()).await;
     let settings = weft_identity::client::ClientSettings::new(running.addr.to_string(), web_token);
     let first = weft_identity::client::bootstrap(&settings).await.unwrap();
     assert_eq!(first.identity, id("web"));
@@ -322,12 +317,7 @@ async fn a_client_pinned_to_another_anchor_refuses_the_bundle() {
 #[tokio::test]
 async fn stuck_and_garbage_connections_do_not_affect_other_callers() {
     let dir = tempfile::tempdir().unwrap();
-    let a = authority(dir.path());
-    let bundle = a.bundle().clone();
-    let web_token = token(&a, "web", Duration::from_secs(600));
-    let running = Running::start(a, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (bundle, web_token, running) = service_with_web_token(dir.path()).await;
     // A connection that sends half a ClientHello and stalls, one that speaks plaintext HTTP to
     // the TLS port, and one that sends random bytes.
     let mut stalled = tokio::net::TcpStream::connect(running.addr).await.unwrap();
@@ -358,4 +348,17 @@ async fn stuck_and_garbage_connections_do_not_affect_other_callers() {
     }
     drop((stalled, plain, noise));
     running.stop().await;
+}
+
+/// A CA in `dir`, its identity service running on a free port, and a 10-minute token for `web`.
+async fn service_with_web_token(
+    dir: &std::path::Path,
+) -> (weft_identity::tls::TrustBundle, String, Running) {
+    let a = authority(dir);
+    let bundle = a.bundle().clone();
+    let web_token = token(&a, "web", Duration::from_secs(600));
+    let running = Running::start(a, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    (bundle, web_token, running)
 }
