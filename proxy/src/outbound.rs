@@ -214,48 +214,37 @@ impl Outbound {
             return e.response();
         };
         let label = dst.label();
-        let result = match self.pick(&dst).await {
-            Err(e) => Err((e, "none".to_string(), false)),
+        // The peer is the identity the endpoint must prove (`none`: plaintext or no endpoint).
+        let (peer, result) = match self.pick(&dst).await {
+            Err(e) => ("none".to_string(), Err(e)),
             Ok(ep) => {
                 let peer = ep
                     .identity
                     .as_ref()
                     .map_or("none".to_string(), |i| i.to_string());
-                let tls = ep.identity.is_some();
-                self.metrics.request(DIRECTION, &peer, &label, tls);
+                self.metrics
+                    .request(DIRECTION, &peer, &label, ep.identity.is_some());
                 let r = if req.method() == Method::CONNECT {
                     self.connect_tunnel(req, &ep, &dst)
                 } else {
                     self.forward(req, &ep, &authority).await
                 };
-                r.map(|rsp| (rsp, peer.clone())).map_err(|e| (e, peer, tls))
+                (peer, r)
             }
         };
-        match result {
-            Ok((rsp, peer)) => {
-                self.metrics.response(
-                    DIRECTION,
-                    &peer,
-                    &label,
-                    rsp.status().as_u16(),
-                    start.elapsed().as_secs_f64(),
-                );
-                rsp
-            }
-            Err((e, peer, _)) => {
-                self.metrics.error(DIRECTION, e.code());
-                tracing::info!(dst = %label, reason = e.code(), error = %e, "outbound request failed");
-                let rsp = e.response();
-                self.metrics.response(
-                    DIRECTION,
-                    &peer,
-                    &label,
-                    rsp.status().as_u16(),
-                    start.elapsed().as_secs_f64(),
-                );
-                rsp
-            }
-        }
+        let rsp = result.unwrap_or_else(|e| {
+            self.metrics.error(DIRECTION, e.code());
+            tracing::info!(dst = %label, reason = e.code(), error = %e, "outbound request failed");
+            e.response()
+        });
+        self.metrics.response(
+            DIRECTION,
+            &peer,
+            &label,
+            rsp.status().as_u16(),
+            start.elapsed().as_secs_f64(),
+        );
+        rsp
     }
 
     /// Picks an endpoint of `dst`, waiting (bounded) for the first discovery answer.
