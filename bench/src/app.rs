@@ -1,0 +1,80 @@
+//! The app behind the mesh: answers every request, HTTP/1.1 or HTTP/2 with prior knowledge,
+//! with `200 OK` and a fixed body. As cheap as a server can be, so the benchmark measures
+//! the path to it, not the app. It runs on a current-thread runtime (one core's worth, like a
+//! small workload) and exits on its own when its parent (the benchmark) is gone or after
+//! `lifetime`, so an interrupted benchmark leaves nothing running.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::Error;
+
+/// Settings of `weft-bench app`.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub listen: SocketAddr,
+    pub body_size: usize,
+    /// The app exits after this long whatever happens.
+    pub lifetime: Duration,
+}
+
+/// Serves until the parent process is gone or `lifetime` has passed.
+pub fn serve(cfg: &AppConfig) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the app's runtime: {e}"))?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| format!("app cannot listen on {}: {e}", cfg.listen))?;
+        tokio::select! {
+            r = accept_loop(listener, Bytes::from(vec![b'x'; cfg.body_size])) => r,
+            _ = orphaned_or_expired(cfg.lifetime) => Ok(()),
+        }
+    })
+}
+
+pub(crate) async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    body: Bytes,
+) -> Result<(), Error> {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            // Out of file descriptors and the like: keep serving the connections we have.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let body = body.clone();
+        let svc = hyper::service::service_fn(move |_req: hyper::Request<Incoming>| {
+            let rsp = hyper::Response::new(Full::new(body.clone()));
+            async move { Ok::<_, Infallible>(rsp) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+/// Resolves once the process that started the app has exited, or after `lifetime`.
+async fn orphaned_or_expired(lifetime: Duration) {
+    let parent = std::os::unix::process::parent_id();
+    let until = Instant::now() + lifetime;
+    while Instant::now() < until && std::os::unix::process::parent_id() == parent {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

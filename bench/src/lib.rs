@@ -1,0 +1,27 @@
+//! weft's benchmarks. The `weft-bench` binary (`src/main.rs`) has one subcommand per part:
+//! `app` (the app behind the mesh), `load` (the load generator) and `mesh` (direct against
+//! app → weft → weft → app over mTLS, side by side in one run). `identity-bench` and
+//! `policy-bench` (`src/bin/`) measure the identity service and the control plane on their
+//! own. Everything runs on loopback and is bounded in time and count; see
+//! `docs/benchmarks.md` for what each one measures and the numbers.
+//!
+//! # Layout
+//! - `app`: a tiny HTTP/1.1 + h2c server answering every request with a fixed body; run as
+//!   its own process by `mesh`.
+//! - `load`: the load generator: keep-alive client connections, open loop at a fixed rate
+//!   (paced by a thread, latency from each request's intended send time) or closed loop at
+//!   the maximum rate; HDR histograms; errors counted by kind.
+//! - `mesh`: starts the app, `weft identity`, `weft policy` and two `weft proxy` processes in a
+//!   temporary directory, runs the direct and the weft scenario alternately, samples the
+//!   proxies' CPU and memory, checks the path was mTLS.
+//! - `procstat`: a process's CPU time and resident memory from `/proc`.
+//! - `report`: medians and spreads over the repeats, the Markdown tables, targets.
+
+pub mod app;
+pub mod load;
+pub mod mesh;
+pub mod procstat;
+pub mod report;
+
+/// Errors of the benchmark: a message saying what failed and what to do.
+pub type Error = String;

@@ -1,0 +1,106 @@
+use super::*;
+
+#[test]
+fn connections_are_spread_and_each_keeps_a_fixed_interval() {
+    // 4 connections sharing 1,000 req/s: one request every 1 ms in all, every 4 ms on each.
+    let at = |c, k| intended_offset(c, k, 4, 1000);
+    assert_eq!(at(0, 0), Duration::ZERO);
+    assert_eq!(at(1, 0), Duration::from_millis(1));
+    assert_eq!(at(3, 0), Duration::from_millis(3));
+    assert_eq!(at(0, 1), Duration::from_millis(4));
+    for c in 0..4 {
+        for k in 0..100 {
+            assert_eq!(at(c, k + 1) - at(c, k), Duration::from_millis(4));
+        }
+    }
+    // In the pacer's slot order the intended times never go back.
+    let slots: Vec<Duration> = (0..400u64)
+        .map(|slot| at((slot % 4) as usize, slot / 4))
+        .collect();
+    assert!(slots.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn rates_that_do_not_divide_a_second_stay_exact() {
+    // 32 connections at 1,000 req/s: 31.25 req/s each, 32 ms apart; no drift after an hour.
+    assert_eq!(intended_offset(5, 1, 32, 1000), Duration::from_millis(37));
+    let hour = 3_600_000 / 32;
+    assert_eq!(
+        intended_offset(0, hour, 32, 1000),
+        Duration::from_secs(3600)
+    );
+    assert_eq!(
+        intended_offset(1, 0, 3, 7),
+        Duration::from_nanos(142_857_142)
+    );
+}
+
+fn cfg(addr: SocketAddr, rate: Option<u64>) -> LoadConfig {
+    LoadConfig {
+        target: format!("http://{addr}/hello").parse().unwrap(),
+        host: Some("api.default:8080".into()),
+        connections: 4,
+        rate,
+        warmup: Duration::from_millis(100),
+        duration: Duration::from_millis(400),
+        max_requests: 100_000,
+        http2: false,
+    }
+}
+
+async fn app() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(crate::app::accept_loop(l, Bytes::from_static(b"hi")));
+    addr
+}
+
+#[tokio::test]
+async fn open_loop_sends_the_scheduled_requests_and_measures_them() {
+    let addr = app().await;
+    let c = cfg(addr, Some(500));
+    let r = run(&c, Window::after_warmup(c.warmup, c.duration))
+        .await
+        .unwrap();
+    // 500 req/s over a 0.4 s window: 200 requests, all answered.
+    assert_eq!(r.requests, 200, "{r:?}");
+    assert_eq!(r.errors(), 0, "{r:?}");
+    assert!(r.p50_ms > 0.0 && r.p50_ms <= r.p99_ms && r.p99_ms <= r.max_ms);
+    assert!(!r.capped);
+}
+
+#[tokio::test]
+async fn errors_are_counted_by_kind_not_dropped() {
+    // Nothing listens: every request is a transport error with a message saying why.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let c = cfg(free, Some(100));
+    let r = run(&c, Window::after_warmup(c.warmup, c.duration))
+        .await
+        .unwrap();
+    assert_eq!(r.requests, 0);
+    assert_eq!(r.transport_errors, 40, "{r:?}");
+    assert!(r.first_error.unwrap().contains("connect to"));
+}
+
+#[tokio::test]
+async fn closed_loop_stops_at_the_request_cap() {
+    let addr = app().await;
+    let mut c = cfg(addr, None);
+    c.warmup = Duration::ZERO;
+    c.max_requests = 50;
+    let r = run(&c, Window::after_warmup(c.warmup, c.duration))
+        .await
+        .unwrap();
+    assert_eq!(r.requests, 50, "{r:?}");
+    assert!(r.capped);
+}
+
+#[test]
+fn targets_off_loopback_are_refused() {
+    let c = cfg("10.1.2.3:80".parse().unwrap(), None);
+    let err = Target::new(&c).unwrap_err();
+    assert!(err.contains("loopback"), "{err}");
+}

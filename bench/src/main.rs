@@ -1,0 +1,207 @@
+//! `weft-bench`: the mesh benchmark and its parts. See the crate's `lib.rs` for the layout
+//! and `docs/benchmarks.md` for what is measured.
+//!
+//! - `weft-bench mesh [--rate 1000] [--repeat 3] [--json out.json]`: direct against weft,
+//!   side by side;
+//! - `weft-bench load --target http://127.0.0.1:PORT/ [--rate N | --max]`: the load generator
+//!   on its own;
+//! - `weft-bench app --listen 127.0.0.1:PORT`: the app the mesh benchmark runs behind weft.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use weft_bench::Error;
+use weft_bench::app::AppConfig;
+use weft_bench::load::{self, LoadConfig, Window};
+use weft_bench::mesh::{self, MeshConfig};
+use weft_identity::config::parse_duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weft-bench",
+    about = "weft's benchmarks: open-loop load, direct against the mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Direct against app → weft → weft → app over mTLS, side by side.
+    Mesh(MeshArgs),
+    /// The load generator: open loop at a fixed rate, or closed loop (--max).
+    Load(LoadArgs),
+    /// A tiny HTTP/1.1 + h2c server answering every request with a fixed body.
+    App(AppArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MeshArgs {
+    /// Fixed request rate of the open-loop runs (requests per second).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Length of each measured run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Warm-up before each run (not measured).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Repeats of direct then weft; medians and min–max are reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Bytes in each response body.
+    #[arg(long, default_value_t = 64)]
+    body_size: usize,
+    /// Upper bound on requests in one run, whatever the duration.
+    #[arg(long, default_value_t = 5_000_000)]
+    max_requests: u64,
+    /// HTTP/2 with prior knowledge from the load generator instead of HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
+    /// The weft binary [default: `weft` beside this binary, e.g. target/release/weft].
+    #[arg(long)]
+    weft: Option<PathBuf>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// Where to send: http://IP:PORT/path on loopback.
+    #[arg(long)]
+    target: http::Uri,
+    /// The Host header, e.g. `api.default:8080` through a weft outbound proxy.
+    #[arg(long)]
+    host: Option<String>,
+    /// Keep-alive connections, each sending one request at a time.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Requests per second over all connections (open loop).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Closed loop: every connection sends back to back; reports the maximum rate.
+    #[arg(long)]
+    max: bool,
+    /// Length of the measured run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Warm-up before the run (not measured).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Upper bound on requests, whatever the duration.
+    #[arg(long, default_value_t = 5_000_000)]
+    max_requests: u64,
+    /// HTTP/2 with prior knowledge instead of HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct AppArgs {
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Bytes in each response body.
+    #[arg(long, default_value_t = 64)]
+    body_size: usize,
+    /// Exit after this long in any case.
+    #[arg(long, default_value = "2h", value_parser = parse_duration)]
+    lifetime: Duration,
+}
+
+fn main() {
+    let result = match Cli::parse().command {
+        Cmd::Mesh(a) => run_mesh(a),
+        Cmd::Load(a) => run_load(a),
+        Cmd::App(a) => weft_bench::app::serve(&AppConfig {
+            listen: a.listen,
+            body_size: a.body_size,
+            lifetime: a.lifetime,
+        }),
+    };
+    if let Err(e) = result {
+        eprintln!("weft-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run_mesh(a: MeshArgs) -> Result<(), Error> {
+    let report = mesh::run(&MeshConfig {
+        rate: a.rate,
+        connections: a.connections,
+        warmup: a.warmup,
+        duration: a.duration,
+        repeat: a.repeat,
+        body_size: a.body_size,
+        max_requests: a.max_requests,
+        http2: a.http2,
+        weft: a.weft,
+    })?;
+    println!("\n{}", report.markdown());
+    write_json(a.json.as_deref(), &report)?;
+    if !report.mtls.ok {
+        return Err("the weft runs were not shown to go over mTLS (see the mTLS check)".into());
+    }
+    Ok(())
+}
+
+fn run_load(a: LoadArgs) -> Result<(), Error> {
+    let cfg = LoadConfig {
+        target: a.target,
+        host: a.host,
+        connections: a.connections,
+        rate: (!a.max).then_some(a.rate),
+        warmup: a.warmup,
+        duration: a.duration,
+        max_requests: a.max_requests,
+        http2: a.http2,
+    };
+    // One worker thread, as in the mesh benchmark: the generator shares the machine with
+    // what it measures.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let r = rt.block_on(load::run(
+        &cfg,
+        Window::after_warmup(cfg.warmup, cfg.duration),
+    ))?;
+    println!(
+        "| mode | conns | rate | req/s | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n\
+         | {} | {} | {} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+        r.mode,
+        r.connections,
+        r.target_rate.map_or("max".to_string(), |r| r.to_string()),
+        r.requests_per_second,
+        r.errors(),
+        r.p50_ms,
+        r.p90_ms,
+        r.p99_ms,
+        r.p999_ms,
+        r.max_ms
+    );
+    if let Some(e) = &r.first_error {
+        println!(
+            "errors: {} status, {} transport, {} unsent; first: {e}",
+            r.status_errors, r.transport_errors, r.unsent
+        );
+    }
+    write_json(a.json.as_deref(), &r)
+}
+
+fn write_json(path: Option<&Path>, value: &impl serde::Serialize) -> Result<(), Error> {
+    let Some(path) = path else { return Ok(()) };
+    let json = serde_json::to_string_pretty(value).map_err(|e| format!("JSON: {e}"))?;
+    std::fs::write(path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}

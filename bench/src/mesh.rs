@@ -1,0 +1,575 @@
+//! The mesh scenario: the same load, in one invocation, on two paths to the same app:
+//!
+//! - direct: load generator → app;
+//! - weft: load generator → `web` proxy outbound (HTTP/1.1, `Host: api.default:<port>`) →
+//!   pooled HTTP/2 over mTLS → `api` proxy inbound → app.
+//!
+//! Every component is its own process, as an operator runs them: the app (`weft-bench app`,
+//! this binary re-executed), `weft identity`, `weft policy` with a resource directory, and
+//! two `weft proxy`, in a temporary directory, on loopback. Each repeat runs direct then weft
+//! (A B A B …), each an open-loop run at the fixed rate and a closed-loop run at the maximum
+//! rate. The proxies' CPU time is sampled at the edges of each measured window; their memory
+//! at the end. Every process is killed when the benchmark ends, on error too.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Error;
+use crate::load::{self, LoadConfig, Window};
+use crate::procstat;
+use crate::report::{MeshReport, MtlsCheck, ProxyCpu, ProxyFootprint, Run, Scenario, Settings};
+
+/// How long a process may take to become ready, and the mesh to route the first request.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the proxies' CPU use at rest is sampled before the runs.
+const IDLE_WINDOW: Duration = Duration::from_secs(3);
+/// The app lives at most this long, should the benchmark be killed before it can stop it.
+const APP_LIFETIME: &str = "2h";
+
+/// Settings of `weft-bench mesh`.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    pub rate: u64,
+    pub connections: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub repeat: usize,
+    pub body_size: usize,
+    pub max_requests: u64,
+    pub http2: bool,
+    /// The `weft` binary [default: `weft` beside this binary].
+    pub weft: Option<PathBuf>,
+}
+
+/// The `weft` binary: `explicit`, else `weft` in the directory of this binary (both are
+/// built into `target/release/`).
+pub fn find_weft(explicit: Option<&Path>) -> Result<PathBuf, Error> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(format!("--weft {}: no such file", p.display()))
+        };
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let beside = exe.with_file_name("weft");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    Err(format!(
+        "no weft binary at {}: run `cargo build --release -p weft` (with the same \
+         CARGO_TARGET_DIR as this benchmark), or pass --weft PATH",
+        beside.display()
+    ))
+}
+
+/// Starts the mesh, runs both scenarios `repeat` times, and reports.
+pub fn run(cfg: &MeshConfig) -> Result<MeshReport, Error> {
+    let weft = find_weft(cfg.weft.as_deref())?;
+    eprintln!("starting the mesh ({})", weft.display());
+    let mesh = Mesh::start(&weft, cfg.body_size)?;
+    // The load generator gets one worker thread, in the direct and the weft scenario alike:
+    // the 2 cores are shared by it, the app and the two proxies, and the same generator on
+    // both paths keeps the ratio fair.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the load generator's runtime: {e}"))?;
+    let ticks = procstat::clock_ticks();
+    let host = format!("api.default:{}", mesh.app.port());
+    let inbound_before = mesh.inbound_mtls_requests()?;
+    let at_rest = mesh.at_rest(ticks)?;
+
+    let mut runs = Vec::new();
+    for repeat in 0..cfg.repeat.max(1) {
+        for scenario in [Scenario::Direct, Scenario::Weft] {
+            for rate in [Some(cfg.rate), None] {
+                let target = match scenario {
+                    Scenario::Direct => mesh.app,
+                    Scenario::Weft => mesh.web.outbound,
+                };
+                let load = LoadConfig {
+                    target: format!("http://{target}/")
+                        .parse()
+                        .map_err(|e| format!("bad target {target}: {e}"))?,
+                    // The same request on both paths; the app ignores the Host header.
+                    host: Some(host.clone()),
+                    connections: cfg.connections,
+                    rate,
+                    warmup: cfg.warmup,
+                    duration: cfg.duration,
+                    max_requests: cfg.max_requests,
+                    http2: cfg.http2,
+                };
+                let proxies: Vec<(&str, u32)> = match scenario {
+                    Scenario::Direct => vec![],
+                    Scenario::Weft => mesh.proxy_pids(),
+                };
+                let window = Window::after_warmup(cfg.warmup, cfg.duration);
+                let sampler = sample_cpu(window, proxies.clone());
+                let result = rt.block_on(load::run(&load, window))?;
+                let cpu = sampler
+                    .join()
+                    .map_err(|_| "the CPU sampling thread panicked".to_string())??;
+                let proxies = proxies
+                    .iter()
+                    .zip(cpu)
+                    .map(|((name, _), ticks_used)| {
+                        let cpu_seconds = ticks_used as f64 / ticks as f64;
+                        ProxyCpu {
+                            proxy: name.to_string(),
+                            cpu_seconds,
+                            cpu_seconds_per_1000_requests: cpu_seconds * 1000.0
+                                / result.requests.max(1) as f64,
+                        }
+                    })
+                    .collect();
+                eprintln!(
+                    "run {}/{} {:>6?} {:<11} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  errors {}",
+                    repeat + 1,
+                    cfg.repeat.max(1),
+                    scenario,
+                    result.mode,
+                    result.requests_per_second,
+                    result.p50_ms,
+                    result.p99_ms,
+                    result.p999_ms,
+                    result.errors()
+                );
+                runs.push(Run {
+                    repeat,
+                    scenario,
+                    load: result,
+                    proxies,
+                });
+                // Let the finished run's connections close before the next one.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+
+    let footprints = at_rest
+        .into_iter()
+        .zip(mesh.proxy_pids())
+        .map(|((idle_cpu_percent, rss_before_kib), (name, pid))| {
+            Ok(ProxyFootprint {
+                proxy: name.to_string(),
+                idle_cpu_percent,
+                rss_before_kib,
+                memory: procstat::memory(pid)?,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let weft_requests_measured = runs
+        .iter()
+        .filter(|r| r.scenario == Scenario::Weft)
+        .map(|r| r.load.requests)
+        .sum();
+    let inbound_handshakes = mesh.inbound_handshakes_from_web()?;
+    let inbound_mtls_requests = mesh.inbound_mtls_requests()? - inbound_before;
+    let mtls = MtlsCheck {
+        inbound_handshakes,
+        inbound_mtls_requests,
+        weft_requests_measured,
+        ok: inbound_handshakes > 0.0
+            && weft_requests_measured > 0
+            && inbound_mtls_requests >= weft_requests_measured as f64,
+    };
+    let settings = Settings {
+        rate: cfg.rate,
+        connections: cfg.connections,
+        warmup_seconds: cfg.warmup.as_secs_f64(),
+        duration_seconds: cfg.duration.as_secs_f64(),
+        repeat: cfg.repeat.max(1),
+        body_size: cfg.body_size,
+        http2: cfg.http2,
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        clock_ticks: ticks,
+        weft: weft.display().to_string(),
+    };
+    Ok(MeshReport::new(settings, runs, footprints, mtls))
+}
+
+/// CPU ticks each of `pids` used between the window's start and its end, sampled by a
+/// thread of its own so the load generator's runtime is not disturbed.
+fn sample_cpu(
+    window: Window,
+    pids: Vec<(&'static str, u32)>,
+) -> std::thread::JoinHandle<Result<Vec<u64>, Error>> {
+    std::thread::spawn(move || {
+        let sample = |at: Instant| {
+            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            cpu_ticks(&pids)
+        };
+        let before = sample(window.measure_from)?;
+        let after = sample(window.deadline)?;
+        Ok(after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect())
+    })
+}
+
+/// CPU ticks used so far by each of `pids`.
+fn cpu_ticks(pids: &[(&'static str, u32)]) -> Result<Vec<u64>, Error> {
+    pids.iter()
+        .map(|(_, pid)| procstat::cpu_ticks(*pid))
+        .collect()
+}
+
+/// A process of the mesh, killed when dropped; its stderr goes to a log file.
+#[derive(Debug)]
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(
+        dir: &Path,
+        name: &'static str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<Self, Error> {
+        let log = dir.join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("WEFT_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("cannot start {name} ({}): {e}", program.display()))?;
+        Ok(Self { name, child, log })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `GET path` with `Host: host` at `addr` answers 200: bounded, and an error
+    /// with the process's log if it exits or takes too long.
+    fn wait_for_200(&mut self, addr: SocketAddr, path: &str, host: &str) -> Result<(), Error> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last = String::from("no answer");
+        while Instant::now() < deadline {
+            match http_get(addr, path, host) {
+                Some((200, _)) => return Ok(()),
+                Some((status, body)) => last = format!("{status}: {body}"),
+                None => {}
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "{} exited with {status} before it was ready; its log:\n{}",
+                    self.name,
+                    self.logs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "{}: GET http://{addr}{path} (Host: {host}) did not answer 200 within {READY_TIMEOUT:?}, \
+             last: {last}; its log:\n{}",
+            self.name,
+            self.logs()
+        ))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A proxy's process and its listeners.
+#[derive(Debug)]
+struct Proxy {
+    proc: Proc,
+    outbound: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// The running mesh. Dropping it kills every process, then removes the directory.
+#[derive(Debug)]
+struct Mesh {
+    app: SocketAddr,
+    web: Proxy,
+    api: Proxy,
+    _policy: Proc,
+    _identity: Proc,
+    _app: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    fn start(weft: &Path, body_size: usize) -> Result<Self, Error> {
+        let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temp dir: {e}"))?;
+        let d = dir.path();
+        let path = |p: &Path| p.display().to_string();
+
+        let app = free_addr()?;
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let body_size = body_size.to_string();
+        let mut app_proc = Proc::spawn(
+            d,
+            "app",
+            &exe,
+            &[
+                "app",
+                "--listen",
+                &app.to_string(),
+                "--body-size",
+                &body_size,
+                "--lifetime",
+                APP_LIFETIME,
+            ],
+            &[],
+        )?;
+        app_proc.wait_for_200(app, "/", "app")?;
+
+        let data = d.join("ca");
+        let (identity, id_api) = start_server(d, weft, "identity", "--data-dir", &data, &[])?;
+        for (ns, workload) in [("weft", "policy"), ("default", "api"), ("default", "web")] {
+            let out = d.join(format!("{workload}.token"));
+            token(weft, &data, ns, workload, &out)?;
+        }
+
+        let resources = d.join("resources");
+        std::fs::create_dir_all(&resources)
+            .map_err(|e| format!("cannot create {}: {e}", resources.display()))?;
+        let policy_file = resources.join("mesh.yaml");
+        std::fs::write(&policy_file, resources_yaml(app.port()))
+            .map_err(|e| format!("cannot write {}: {e}", policy_file.display()))?;
+        let (policy, pol_api) = start_server(
+            d,
+            weft,
+            "policy",
+            "--dir",
+            &resources,
+            &[
+                ("WEFT_TOKEN_FILE", path(&d.join("policy.token"))),
+                ("WEFT_IDENTITY_ADDR", id_api.to_string()),
+            ],
+        )?;
+
+        let proxy = |name: &'static str, app_port: u16| -> Result<Proxy, Error> {
+            let (inbound, outbound, admin) = (free_addr()?, free_addr()?, free_addr()?);
+            let mut proc = Proc::spawn(
+                d,
+                name,
+                weft,
+                &["proxy"],
+                &[
+                    ("WEFT_TOKEN_FILE", path(&d.join(format!("{name}.token")))),
+                    ("WEFT_IDENTITY_ADDR", id_api.to_string()),
+                    ("WEFT_POLICY_ADDR", pol_api.to_string()),
+                    ("WEFT_PROXY_INBOUND_LISTEN", inbound.to_string()),
+                    ("WEFT_PROXY_OUTBOUND_LISTEN", outbound.to_string()),
+                    ("WEFT_PROXY_ADMIN_LISTEN", admin.to_string()),
+                    ("WEFT_PROXY_APP_PORT", app_port.to_string()),
+                ],
+            )?;
+            proc.wait_for_200(admin, "/ready", "localhost")?;
+            Ok(Proxy {
+                proc,
+                outbound,
+                admin,
+            })
+        };
+        let api = proxy("api", app.port())?;
+        let mut web = proxy("web", 1)?;
+        // Ready proxies route once api's registration reaches web through discovery.
+        let host = format!("api.default:{}", app.port());
+        web.proc
+            .wait_for_200(web.outbound, "/", &host)
+            .map_err(|e| format!("{e}\napi's log:\n{}", api.proc.logs()))?;
+        Ok(Self {
+            app,
+            web,
+            api,
+            _policy: policy,
+            _identity: identity,
+            _app: app_proc,
+            _dir: dir,
+        })
+    }
+
+    fn proxy_pids(&self) -> Vec<(&'static str, u32)> {
+        vec![
+            ("web (outbound)", self.web.proc.pid()),
+            ("api (inbound)", self.api.proc.pid()),
+        ]
+    }
+
+    /// Each proxy's CPU use at rest (percent of a core over `IDLE_WINDOW`) and resident
+    /// memory, before any load.
+    fn at_rest(&self, ticks: u64) -> Result<Vec<(f64, u64)>, Error> {
+        let pids = self.proxy_pids();
+        let before = cpu_ticks(&pids)?;
+        std::thread::sleep(IDLE_WINDOW);
+        let after = cpu_ticks(&pids)?;
+        pids.iter()
+            .zip(before.iter().zip(&after))
+            .map(|((_, pid), (b, a))| {
+                let percent =
+                    a.saturating_sub(*b) as f64 / ticks as f64 / IDLE_WINDOW.as_secs_f64() * 100.0;
+                Ok((percent, procstat::memory(*pid)?.rss_kib))
+            })
+            .collect()
+    }
+
+    fn api_metrics(&self) -> Result<String, Error> {
+        match http_get(self.api.admin, "/metrics", "localhost") {
+            Some((200, text)) => Ok(text),
+            other => Err(format!(
+                "cannot read the api proxy's metrics at http://{}/metrics: {other:?}",
+                self.api.admin
+            )),
+        }
+    }
+
+    /// TLS handshakes the api proxy completed inbound with web's identity.
+    fn inbound_handshakes_from_web(&self) -> Result<f64, Error> {
+        Ok(metric_sum(
+            &self.api_metrics()?,
+            "weft_proxy_tls_handshakes_total",
+            &[
+                "direction=\"inbound\"",
+                "peer=\"spiffe://weft.local/ns/default/sa/web\"",
+            ],
+        ))
+    }
+
+    /// Requests the api proxy took in over mTLS so far.
+    fn inbound_mtls_requests(&self) -> Result<f64, Error> {
+        Ok(metric_sum(
+            &self.api_metrics()?,
+            "weft_proxy_requests_total",
+            &["direction=\"inbound\"", "tls=\"true\""],
+        ))
+    }
+}
+
+/// `weft <name> <dir_flag> <dir> --listen A --admin-listen B` on free ports, ready; returns
+/// it and its API address `A`.
+fn start_server(
+    d: &Path,
+    weft: &Path,
+    name: &'static str,
+    dir_flag: &str,
+    dir: &Path,
+    env: &[(&str, String)],
+) -> Result<(Proc, SocketAddr), Error> {
+    let (api, admin) = (free_addr()?, free_addr()?);
+    let dir = dir.display().to_string();
+    let (api_s, admin_s) = (api.to_string(), admin.to_string());
+    let args = [
+        name,
+        dir_flag,
+        &dir,
+        "--listen",
+        &api_s,
+        "--admin-listen",
+        &admin_s,
+    ];
+    let mut p = Proc::spawn(d, name, weft, &args, env)?;
+    p.wait_for_200(admin, "/ready", "localhost")?;
+    Ok((p, api))
+}
+
+/// The resources: services api (the app's port) and web, and a policy letting web call api.
+fn resources_yaml(port: u16) -> String {
+    format!(
+        "kind: Service\nmetadata: {{name: api, namespace: default}}\nspec: {{ports: [{{port: {port}}}]}}\n---\n\
+         kind: Service\nmetadata: {{name: web, namespace: default}}\nspec: {{ports: [{{port: 8080}}]}}\n---\n\
+         kind: AuthorizationPolicy\nmetadata: {{name: api-from-web, namespace: default}}\nspec:\n  \
+         target: {{service: api, port: {port}}}\n  allow:\n    - identities: [\"spiffe://weft.local/ns/default/sa/web\"]\n"
+    )
+}
+
+/// `weft token create` for `ns/workload`, written to `out`.
+fn token(weft: &Path, data: &Path, ns: &str, workload: &str, out: &Path) -> Result<(), Error> {
+    let o = Command::new(weft)
+        .args(["token", "create", "--namespace", ns, "--workload", workload])
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .map_err(|e| format!("cannot run {} token create: {e}", weft.display()))?;
+    if !o.status.success() {
+        return Err(format!(
+            "weft token create for {ns}/{workload} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    std::fs::write(out, &o.stdout).map_err(|e| format!("cannot write {}: {e}", out.display()))
+}
+
+/// A free loopback port (bound, then released for the process that will listen on it).
+fn free_addr() -> Result<SocketAddr, Error> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free loopback port: {e}"))
+}
+
+/// A plain HTTP/1.1 GET with `Connection: close`: the status and the body. `None` when
+/// nothing answers (within a few seconds).
+fn http_get(addr: SocketAddr, path: &str, host: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = Vec::new();
+    s.take(16 << 20).read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out);
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.to_string()))
+}
+
+/// The sum of the series of `name` whose labels contain every one of `must_contain`.
+fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| must_contain.iter().all(|m| l.contains(m)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sums_match_name_and_labels() {
+        let text = "# HELP weft_proxy_requests_total x\n\
+                    weft_proxy_requests_total{direction=\"inbound\",tls=\"true\"} 12\n\
+                    weft_proxy_requests_total{direction=\"inbound\",tls=\"false\"} 3\n\
+                    weft_proxy_requests_total{direction=\"outbound\",tls=\"true\"} 5\n\
+                    weft_proxy_requests_total_other{direction=\"inbound\",tls=\"true\"} 7\n";
+        let sum = |m: &[&str]| metric_sum(text, "weft_proxy_requests_total", m);
+        assert_eq!(sum(&["direction=\"inbound\"", "tls=\"true\""]), 12.0);
+        assert_eq!(sum(&["direction=\"inbound\""]), 15.0);
+        assert_eq!(sum(&[]), 20.0);
+    }
+}
