@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use weft_policy::client::{PolicyClient, Watched};
 use weft_policy::registry::ServiceEndpoints;
 
-use crate::outbound::Resolve;
+use crate::balance::Resolve;
 
 /// Resolves services with a [`PolicyClient`]; watches stay open for the proxy's life, so
 /// endpoint changes apply live and the last state survives a control-plane outage.

@@ -8,29 +8,23 @@
 //! Plaintext is accepted only where the policy allows unauthenticated peers: a plaintext
 //! connection simply has no peer identity, and authorization decides.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use weft_identity::SpiffeId;
-use weft_policy::authz::{Decision, WorkloadPolicy, authorize};
+use weft_policy::authz::{Decision, authorize};
 
-use crate::body::{self, Body};
+use crate::authz::PolicyWatch;
 use crate::detect::{self, Protocol};
-use crate::error::ProxyError;
-use crate::http::{ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1, path_and_query, strip_hop_by_hop};
+use crate::identity::ClientIdentity;
 use crate::metrics::{ProxyMetrics, tls_failure_reason};
+use crate::stack::InboundStack;
 use crate::tls::{ALPN_OPAQUE, MeshTls};
 
 const DIRECTION: &str = "inbound";
@@ -54,10 +48,9 @@ pub struct InboundConfig {
 pub struct Inbound {
     cfg: InboundConfig,
     tls: Arc<MeshTls>,
-    policy: watch::Receiver<Option<Arc<WorkloadPolicy>>>,
+    policy: PolicyWatch,
     metrics: Arc<ProxyMetrics>,
-    app_http1: Client<HttpConnector, Body>,
-    app_http2: Client<HttpConnector, Body>,
+    stack: InboundStack,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -72,26 +65,16 @@ impl Inbound {
     pub fn new(
         cfg: InboundConfig,
         tls: Arc<MeshTls>,
-        policy: watch::Receiver<Option<Arc<WorkloadPolicy>>>,
+        policy: PolicyWatch,
         metrics: Arc<ProxyMetrics>,
     ) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let app_http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector.clone());
-        let app_http2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .timer(TokioTimer::new())
-            .build(connector);
+        let stack = InboundStack::new(&cfg, policy.clone(), metrics.clone());
         Arc::new(Self {
             cfg,
             tls,
             policy,
             metrics,
-            app_http1,
-            app_http2,
+            stack,
         })
     }
 
@@ -126,7 +109,7 @@ impl Inbound {
         if protocol != Protocol::Tls {
             let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
             return self
-                .plain_or_http(io, protocol, None, false, remote, watcher)
+                .plain_or_http(io, protocol, None, remote, watcher)
                 .await;
         }
         let Some(cfg) = self.tls.server_config() else {
@@ -175,7 +158,7 @@ impl Inbound {
             Err(_) => return,
         };
         let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
-        self.plain_or_http(io, protocol, peer, true, remote, watcher)
+        self.plain_or_http(io, protocol, peer, remote, watcher)
             .await
     }
 
@@ -184,7 +167,6 @@ impl Inbound {
         io: I,
         protocol: Protocol,
         peer: Option<SpiffeId>,
-        tls: bool,
         remote: SocketAddr,
         watcher: hyper_util::server::graceful::Watcher,
     ) where
@@ -192,12 +174,8 @@ impl Inbound {
     {
         match protocol {
             Protocol::Http1 | Protocol::Http2 => {
-                let this = self.clone();
-                let svc = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    let peer = peer.clone();
-                    async move { Ok::<_, Infallible>(this.request(req, peer.as_ref(), tls).await) }
-                });
+                let svc =
+                    crate::svc::to_hyper(self.stack.for_connection(ClientIdentity::new(peer)));
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder.http1().timer(TokioTimer::new());
                 let conn = builder.serve_connection(TokioIo::new(io), svc);
@@ -234,120 +212,4 @@ impl Inbound {
         let app = SocketAddr::new(self.cfg.app_ip, port);
         crate::tcp::forward(io, app, DIRECTION, &self.metrics).await;
     }
-
-    async fn request(
-        &self,
-        req: Request<Incoming>,
-        peer: Option<&SpiffeId>,
-        tls: bool,
-    ) -> Response<Body> {
-        let start = Instant::now();
-        let peer_label = peer.map_or("unauthenticated", |p| p.as_str());
-        let port = crate::http::authority(&req)
-            .and_then(|a| a.port_u16())
-            .unwrap_or(self.cfg.default_app_port);
-        self.metrics
-            .request(DIRECTION, peer_label, &self.cfg.service, tls);
-        let rsp = match self.authorize_and_forward(req, peer, port).await {
-            Ok(rsp) => rsp,
-            Err(e) => {
-                self.metrics.error(DIRECTION, e.code());
-                e.response()
-            }
-        };
-        self.metrics.response(
-            DIRECTION,
-            peer_label,
-            &self.cfg.service,
-            rsp.status().as_u16(),
-            start.elapsed().as_secs_f64(),
-        );
-        rsp
-    }
-
-    async fn authorize_and_forward(
-        &self,
-        req: Request<Incoming>,
-        peer: Option<&SpiffeId>,
-        port: u16,
-    ) -> Result<Response<Body>, ProxyError> {
-        let peer_label = peer.map_or("unauthenticated", |p| p.as_str());
-        // Until the control plane has answered once, nothing is authorized.
-        let policy = self.policy.borrow().clone().ok_or(ProxyError::NotReady)?;
-        match authorize(policy.port(port), peer, req.method(), req.uri().path()) {
-            Decision::Allow { policy } => self.metrics.authz(true, &policy, peer_label),
-            Decision::Deny { policy, reason } => {
-                self.metrics.authz(false, &policy, peer_label);
-                tracing::info!(
-                    client.id = peer_label,
-                    policy = %policy,
-                    reason = %reason,
-                    method = %req.method(),
-                    path = req.uri().path(),
-                    port,
-                    "request denied"
-                );
-                return Err(ProxyError::Forbidden {
-                    policy: policy.to_string(),
-                    reason: reason.to_string(),
-                    peer: peer_label.to_string(),
-                });
-            }
-        }
-        let (mut parts, body) = req.into_parts();
-        let from_http1 = parts
-            .headers
-            .remove(ORIG_PROTO_HEADER)
-            .is_some_and(|v| v == ORIG_PROTO_HTTP1);
-        let http2 = parts.version == Version::HTTP_2 && !from_http1;
-        // Keep the authority the client used as the Host the application sees.
-        if let Some(a) = parts.uri.authority().cloned()
-            && !http2
-            && let Ok(v) = http::HeaderValue::from_str(a.as_str())
-        {
-            parts.headers.insert(http::header::HOST, v);
-        }
-        strip_hop_by_hop(&mut parts.headers);
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(format!("{}:{port}", self.cfg.app_ip).as_str())
-            .path_and_query(path_and_query(&parts.uri))
-            .build()
-            .map_err(|e| ProxyError::BadRequest {
-                detail: e.to_string(),
-            })?;
-        parts.version = if http2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
-        let req = Request::from_parts(parts, body::boxed(body));
-        let client = if http2 {
-            &self.app_http2
-        } else {
-            &self.app_http1
-        };
-        let rsp = client
-            .request(req)
-            .await
-            .map_err(|e| ProxyError::AppUnavailable {
-                port,
-                detail: error_chain(&e),
-            })?;
-        let (mut parts, body) = rsp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body::boxed(body)))
-    }
-}
-
-/// An error and its sources, as one line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -2,12 +2,17 @@
 //! authorization by the receiving proxy, and golden-signal metrics.
 //!
 //! # Layout
+//! - [`stack`]: the request path of both directions, composed in request order. Its layers,
+//!   each in its own module: [`edge`] (errors to responses, request metrics), [`identity`]
+//!   (the peer's mTLS identity), [`authz`] (inbound authorization), [`destination`] (which
+//!   service), [`balance`] (which endpoint), and the leaf services [`endpoint`] (pooled mTLS
+//!   to the peer proxy) and [`app`] (the local application).
 //! - [`inbound`]: peers → local app: TLS detection, mTLS termination, authorization, forwarding.
-//! - [`outbound`]: local app → services: destination resolution, endpoint choice, pooled
-//!   HTTP/2 over mTLS to peer proxies, CONNECT tunnels; the [`outbound::Resolve`] seam.
+//! - [`outbound`]: local app → services: accepts the app's connections and serves them with
+//!   the outbound stack.
 //! - [`run`]: start-up (certificate, policy, registration, readiness) and graceful shutdown.
 //! - [`config`]: flags and `WEFT_*` variables, each with its default.
-//! - [`discovery`]: the control-plane implementation of [`outbound::Resolve`].
+//! - [`discovery`]: the control-plane implementation of [`balance::Resolve`].
 //! - [`tls`]: the proxy's TLS state following its identity client ([`tls::MeshTls`]).
 //! - [`detect`]: protocol detection (TLS, HTTP/1, HTTP/2, opaque) with a replaying stream.
 //! - [`http`]: hop-by-hop headers, authority, the original-protocol header.
@@ -15,18 +20,27 @@
 //! - [`tcp`]: opaque byte forwarding.
 //! - [`error`]: responses the proxy makes itself (`weft-error` header, reason codes).
 //! - [`metrics`]: the proxy's Prometheus series.
-//! - [`body`]: the one body type of the data path.
+//! - [`body`]: the one body type of the data path; [`svc`]: the types all layers share.
 
+pub mod app;
+pub mod authz;
+pub mod balance;
 pub mod body;
 pub mod config;
+pub mod destination;
 pub mod detect;
 pub mod discovery;
+pub mod edge;
+pub mod endpoint;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod listen;
 pub mod metrics;
 pub mod outbound;
 pub mod run;
+pub mod stack;
+pub mod svc;
 pub mod tcp;
 pub mod tls;

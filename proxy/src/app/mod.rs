@@ -1,0 +1,132 @@
+//! The last service of the inbound path: the local application on `127.0.0.1:<port>`.
+//!
+//! A request that came from an HTTP/1 application (marked by the client proxy) goes to the
+//! application as HTTP/1 again, with the authority the client used as its `Host`; an HTTP/2
+//! request stays HTTP/2 (h2c prior knowledge), trailers included.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::authz::AppPort;
+use crate::body::{self, Body};
+use crate::edge::error_chain;
+use crate::error::ProxyError;
+use crate::http::{ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1, path_and_query, strip_hop_by_hop};
+use crate::svc::{BoxError, BoxFuture};
+
+/// How long connecting to the application may take.
+pub const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle connection to the application is kept for reuse.
+pub const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Forwards requests to the application.
+#[derive(Clone)]
+pub struct Forward {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ip: IpAddr,
+    default_port: u16,
+    http1: Client<HttpConnector, Body>,
+    http2: Client<HttpConnector, Body>,
+}
+
+impl std::fmt::Debug for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forward")
+            .field("ip", &self.inner.ip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forward {
+    /// The application at `ip`; requests without an [`AppPort`] go to `default_port`.
+    pub fn new(ip: IpAddr, default_port: u16) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(APP_CONNECT_TIMEOUT));
+        Self {
+            inner: Arc::new(Inner {
+                ip,
+                default_port,
+                http1: Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(APP_IDLE_TIMEOUT)
+                    .build(connector.clone()),
+                http2: Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .timer(TokioTimer::new())
+                    .build(connector),
+            }),
+        }
+    }
+}
+
+impl tower::Service<Request<Body>> for Forward {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(inner.forward(req).await?) })
+    }
+}
+
+impl Inner {
+    async fn forward(&self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let port = req
+            .extensions()
+            .get::<AppPort>()
+            .map_or(self.default_port, |p| p.0);
+        let (mut parts, body) = req.into_parts();
+        let from_http1 = parts
+            .headers
+            .remove(ORIG_PROTO_HEADER)
+            .is_some_and(|v| v == ORIG_PROTO_HTTP1);
+        let http2 = parts.version == Version::HTTP_2 && !from_http1;
+        // Keep the authority the client used as the Host the application sees.
+        if let Some(a) = parts.uri.authority().cloned()
+            && !http2
+            && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+        {
+            parts.headers.insert(http::header::HOST, v);
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(format!("{}:{port}", self.ip).as_str())
+            .path_and_query(path_and_query(&parts.uri))
+            .build()
+            .map_err(|e| ProxyError::BadRequest {
+                detail: e.to_string(),
+            })?;
+        parts.version = if http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let client = if http2 { &self.http2 } else { &self.http1 };
+        let rsp = client
+            .request(Request::from_parts(parts, body))
+            .await
+            .map_err(|e| ProxyError::AppUnavailable {
+                port,
+                detail: error_chain(&e),
+            })?;
+        let (mut parts, body) = rsp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body::boxed(body)))
+    }
+}

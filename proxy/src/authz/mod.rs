@@ -1,0 +1,110 @@
+//! Inbound authorization: the control plane's policy for the application port a request is
+//! for, applied to the peer identity the connection proved. A denied request never reaches the
+//! application: it fails with [`ProxyError::Forbidden`] (a 403 at the edge, naming the policy),
+//! is counted by policy and peer, and is logged once.
+//!
+//! The policy is a watch that the control plane keeps current, so an edit applies to the next
+//! request; while the control plane is away, the last policy stays in force. Until the first
+//! policy arrives, nothing is authorized.
+
+mod layer;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::Request;
+use tokio::sync::watch;
+use weft_policy::authz::{Decision, WorkloadPolicy, authorize};
+
+pub use self::layer::AuthorizeLayer;
+use crate::error::ProxyError;
+use crate::identity::ClientIdentity;
+use crate::metrics::ProxyMetrics;
+use crate::svc::{BoxError, BoxFuture};
+
+/// The local workload's policy, kept current by the control plane (`None` until it answers).
+pub type PolicyWatch = watch::Receiver<Option<Arc<WorkloadPolicy>>>;
+
+/// The application port a request is for (set by [`Authorize`], read by the application
+/// forwarder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppPort(pub u16);
+
+/// Lets a request through only if the policy allows its peer.
+#[derive(Debug, Clone)]
+pub struct Authorize<S> {
+    inner: S,
+    policy: PolicyWatch,
+    default_port: u16,
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl<S, B> tower::Service<Request<B>> for Authorize<S>
+where
+    S: tower::Service<Request<B>, Error = BoxError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<S::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let port = crate::http::authority(&req)
+            .and_then(|a| a.port_u16())
+            .unwrap_or(self.default_port);
+        req.extensions_mut().insert(AppPort(port));
+        match self.check(&req, port) {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(e) => Box::pin(std::future::ready(Err(e.into()))),
+        }
+    }
+}
+
+impl<S> Authorize<S> {
+    fn check<B>(&self, req: &Request<B>, port: u16) -> Result<(), ProxyError> {
+        let unauthenticated;
+        let client = match req.extensions().get::<ClientIdentity>() {
+            Some(c) => c,
+            None => {
+                unauthenticated = ClientIdentity::new(None);
+                &unauthenticated
+            }
+        };
+        let policy = self.policy.borrow().clone().ok_or(ProxyError::NotReady)?;
+        match authorize(
+            policy.port(port),
+            client.id.as_ref(),
+            req.method(),
+            req.uri().path(),
+        ) {
+            Decision::Allow { policy } => {
+                self.metrics.authz(true, &policy, &client.label);
+                Ok(())
+            }
+            Decision::Deny { policy, reason } => {
+                self.metrics.authz(false, &policy, &client.label);
+                tracing::info!(
+                    client.id = %client.label,
+                    policy = %policy,
+                    reason = %reason,
+                    method = %req.method(),
+                    path = req.uri().path(),
+                    port,
+                    "request denied"
+                );
+                Err(ProxyError::Forbidden {
+                    policy: policy.to_string(),
+                    reason: reason.to_string(),
+                    peer: client.label.to_string(),
+                })
+            }
+        }
+    }
+}

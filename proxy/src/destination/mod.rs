@@ -1,0 +1,108 @@
+//! The first layer of the outbound path: which service a request is for.
+//!
+//! The destination comes from the request's authority: the absolute-form URI of a request sent
+//! to the proxy as `HTTP_PROXY`, the `Host` header, or HTTP/2's `:authority`. It names a
+//! service as `<service>[.<namespace>[.svc.cluster.local]][:<port>]`. A request naming no
+//! destination is a bad request (400); an IP literal is not a service of the mesh (502).
+
+mod layer;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::Request;
+use http::uri::Authority;
+
+pub use self::layer::DestinationLayer;
+use crate::error::ProxyError;
+use crate::svc::{BoxError, BoxFuture, Labels};
+
+/// The service a request is for (a request extension from this layer on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub namespace: String,
+    pub service: String,
+    pub port: u16,
+    /// The authority as the application wrote it, which the destination's application sees.
+    pub authority: Authority,
+}
+
+impl Destination {
+    /// `api`, `api.default`, `api.default.svc.cluster.local`, each with an optional port
+    /// (default 80). `None` for IP literals.
+    pub fn parse(authority: &Authority, default_ns: &str) -> Option<Self> {
+        let host = authority.host();
+        if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+            return None;
+        }
+        let mut labels = host.split('.');
+        let service = labels.next().filter(|s| !s.is_empty())?.to_string();
+        let namespace = labels
+            .next()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(default_ns)
+            .to_string();
+        Some(Self {
+            namespace,
+            service,
+            port: authority.port_u16().unwrap_or(80),
+            authority: authority.clone(),
+        })
+    }
+
+    /// `<namespace>/<service>`: the metric label.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.namespace, self.service)
+    }
+
+    /// `<service>.<namespace>:<port>`, for messages.
+    pub fn display(&self) -> String {
+        format!("{}.{}:{}", self.service, self.namespace, self.port)
+    }
+}
+
+/// Finds the destination of each request.
+#[derive(Debug, Clone)]
+pub struct Destinations<S> {
+    inner: S,
+    namespace: Arc<str>,
+}
+
+impl<S, B> tower::Service<Request<B>> for Destinations<S>
+where
+    S: tower::Service<Request<B>, Error = BoxError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<S::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match destination(&req, &self.namespace) {
+            Ok(dst) => {
+                Labels::set_dst(&req, || Arc::from(dst.label()));
+                req.extensions_mut().insert(dst);
+                Box::pin(self.inner.call(req))
+            }
+            Err(e) => Box::pin(std::future::ready(Err(e.into()))),
+        }
+    }
+}
+
+fn destination<B>(req: &Request<B>, namespace: &str) -> Result<Destination, ProxyError> {
+    let Some(authority) = crate::http::authority(req) else {
+        return Err(ProxyError::BadRequest {
+            detail: "the request names no destination (no Host header or absolute URI)".into(),
+        });
+    };
+    Destination::parse(&authority, namespace).ok_or_else(|| ProxyError::UnknownDestination {
+        destination: authority.to_string(),
+    })
+}

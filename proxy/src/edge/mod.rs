@@ -1,0 +1,127 @@
+//! The edge of a stack: the one place where errors become responses, and where every request
+//! is counted.
+//!
+//! Every error below it (a [`ProxyError`] anywhere in the `source()` chain) becomes the
+//! response that error describes, with its `weft-error` header, counted by reason in
+//! `weft_proxy_errors_total`. Every request, answered by the peer or by the proxy itself, is
+//! counted once when its response headers (or its error) come back: requests, responses by
+//! status class and latency, labelled with what the layers below learnt ([`Labels`]).
+
+mod layer;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Request, Response};
+
+pub use self::layer::EdgeLayer;
+use crate::body::Body;
+use crate::error::ProxyError;
+use crate::metrics::ProxyMetrics;
+use crate::svc::{BoxError, BoxFuture, Labels};
+
+/// Maps errors to responses and records the request's metrics.
+#[derive(Debug, Clone)]
+pub struct Edge<S> {
+    inner: S,
+    direction: &'static str,
+    dst: Option<Arc<str>>,
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl<S> tower::Service<Request<Body>> for Edge<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let start = Instant::now();
+        let labels = Arc::new(Labels::default());
+        if let Some(dst) = &self.dst {
+            let _ = labels.dst.set(dst.clone());
+        }
+        req.extensions_mut().insert(labels.clone());
+        Box::pin(respond(
+            self.inner.call(req),
+            start,
+            labels,
+            self.direction,
+            self.metrics.clone(),
+        ))
+    }
+}
+
+/// Waits for the response (or error) of a request and records it.
+async fn respond<F>(
+    fut: F,
+    start: Instant,
+    labels: Arc<Labels>,
+    direction: &'static str,
+    metrics: Arc<ProxyMetrics>,
+) -> Result<Response<Body>, BoxError>
+where
+    F: std::future::Future<Output = Result<Response<Body>, BoxError>>,
+{
+    let rsp = match fut.await {
+        Ok(rsp) => rsp,
+        Err(e) => {
+            let e = proxy_error(e.as_ref());
+            metrics.error(direction, e.code());
+            // A denied request has its own log line, from authorization.
+            if !matches!(e, ProxyError::Forbidden { .. }) {
+                let dst = labels.dst();
+                tracing::info!(direction, dst, reason = e.code(), error = %e, "request failed");
+            }
+            e.response()
+        }
+    };
+    let (peer, tls) = labels.peer();
+    let dst = labels.dst();
+    metrics.request(direction, peer, dst, tls);
+    metrics.response(
+        direction,
+        peer,
+        dst,
+        rsp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    Ok(rsp)
+}
+
+/// The [`ProxyError`] an error is or wraps; any other error is an upstream failure.
+pub fn proxy_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(p) = c.downcast_ref::<ProxyError>() {
+            return p.clone();
+        }
+        cur = c.source();
+    }
+    ProxyError::Upstream {
+        endpoint: "unknown".into(),
+        detail: error_chain(e),
+    }
+}
+
+/// An error and its sources, as one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

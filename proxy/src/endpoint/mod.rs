@@ -1,0 +1,341 @@
+//! The last service of the outbound path: the request to the endpoint [`Picked`] for it.
+//!
+//! A meshed endpoint (discovery gave its identity) is reached through its proxy over mTLS,
+//! requiring exactly that identity: any other is refused ([`ProxyError::IdentityMismatch`])
+//! and counted. Connections between proxies are HTTP/2, pooled per (address, identity) and
+//! multiplexed, whatever the application spoke; an HTTP/1 request is marked so the peer proxy
+//! speaks HTTP/1 to its application again. An endpoint without a proxy gets plaintext in the
+//! protocol the application spoke. `CONNECT` opens an opaque tunnel to the endpoint.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use weft_identity::SpiffeId;
+use weft_policy::registry::Endpoint;
+
+use crate::balance::Picked;
+use crate::body::{self, Body};
+use crate::destination::Destination;
+use crate::edge::error_chain;
+use crate::error::ProxyError;
+use crate::http::{ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1, path_and_query, strip_hop_by_hop};
+use crate::metrics::{ProxyMetrics, tls_failure_reason};
+use crate::svc::{BoxError, BoxFuture};
+use crate::tls::{ALPN_OPAQUE, MeshTls};
+
+const DIRECTION: &str = "outbound";
+/// How long connecting (TCP + TLS + HTTP/2) to a peer proxy may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle connection to a peer proxy is pinged, so a dead peer is noticed.
+pub const PEER_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Sends requests to their picked endpoint.
+#[derive(Clone)]
+pub struct Connect {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tls: Arc<MeshTls>,
+    metrics: Arc<ProxyMetrics>,
+    /// HTTP/2 connections to peer proxies, one per (address, identity).
+    pool: Mutex<HashMap<(SocketAddr, SpiffeId), SendRequest<Body>>>,
+    plain_http1: Client<HttpConnector, Body>,
+    plain_http2: Client<HttpConnector, Body>,
+}
+
+impl std::fmt::Debug for Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connect").finish_non_exhaustive()
+    }
+}
+
+impl Connect {
+    pub fn new(tls: Arc<MeshTls>, metrics: Arc<ProxyMetrics>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        Self {
+            inner: Arc::new(Inner {
+                tls,
+                metrics,
+                pool: Mutex::new(HashMap::new()),
+                plain_http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+                plain_http2: Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .build(connector),
+            }),
+        }
+    }
+}
+
+impl tower::Service<Request<Body>> for Connect {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let (Some(picked), Some(dst)) = (
+                req.extensions().get::<Picked>().cloned(),
+                req.extensions().get::<Destination>().cloned(),
+            ) else {
+                return Err(ProxyError::BadRequest {
+                    detail: "no endpoint chosen".into(),
+                }
+                .into());
+            };
+            let ep = picked.endpoint();
+            let rsp = if req.method() == Method::CONNECT {
+                inner.tunnel(req, ep, &dst)
+            } else {
+                inner.forward(req, ep, &dst).await?
+            };
+            Ok(rsp)
+        })
+    }
+}
+
+impl Inner {
+    async fn forward(
+        &self,
+        req: Request<Body>,
+        ep: &Endpoint,
+        dst: &Destination,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let from_http1 = parts.version != Version::HTTP_2;
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(ORIG_PROTO_HEADER);
+        let Some(identity) = &ep.identity else {
+            // An endpoint without a proxy: plaintext, in the protocol the app spoke.
+            parts.uri = uri(&ep.address.to_string(), &parts.uri)?;
+            if from_http1 && let Ok(v) = http::HeaderValue::from_str(dst.authority.as_str()) {
+                parts.headers.insert(http::header::HOST, v);
+            }
+            let client = if from_http1 {
+                &self.plain_http1
+            } else {
+                &self.plain_http2
+            };
+            let rsp = client
+                .request(Request::from_parts(parts, body))
+                .await
+                .map_err(|e| ProxyError::ConnectFailed {
+                    endpoint: ep.address.to_string(),
+                    detail: error_chain(&e),
+                })?;
+            return Ok(finish(rsp));
+        };
+        parts.uri = uri(dst.authority.as_str(), &parts.uri)?;
+        parts.version = Version::HTTP_2;
+        parts.headers.remove(http::header::HOST);
+        if from_http1 {
+            parts.headers.insert(
+                ORIG_PROTO_HEADER,
+                http::HeaderValue::from_static(ORIG_PROTO_HTTP1),
+            );
+        }
+        let mut sender = self.peer(ep.address, identity).await?;
+        let rsp = match sender.send_request(Request::from_parts(parts, body)).await {
+            Ok(rsp) => rsp,
+            Err(e) => {
+                self.forget(ep.address, identity);
+                return Err(ProxyError::Upstream {
+                    endpoint: ep.address.to_string(),
+                    detail: error_chain(&e),
+                });
+            }
+        };
+        let mut rsp = finish(rsp);
+        if from_http1 {
+            *rsp.version_mut() = Version::HTTP_11;
+        }
+        Ok(rsp)
+    }
+
+    /// A pooled HTTP/2 connection to the peer proxy at `addr` proving `identity`.
+    async fn peer(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+    ) -> Result<SendRequest<Body>, ProxyError> {
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(addr, identity.clone()))
+            .filter(|s| !s.is_closed())
+            .cloned();
+        if let Some(mut s) = pooled
+            && s.ready().await.is_ok()
+        {
+            return Ok(s);
+        }
+        let tls = self
+            .connect_tls(addr, identity, weft_identity::tls::ALPN_H2)
+            .await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(PEER_KEEPALIVE)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| ProxyError::ConnectFailed {
+                endpoint: addr.to_string(),
+                detail: error_chain(&e),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "connection to peer proxy ended");
+            }
+        });
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((addr, identity.clone()), sender.clone());
+        Ok(sender)
+    }
+
+    fn forget(&self, addr: SocketAddr, identity: &SpiffeId) {
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(addr, identity.clone()));
+    }
+
+    /// TCP + mTLS to a peer proxy, requiring `identity`.
+    async fn connect_tls(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+        alpn: &'static [u8],
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+        let Some(cfg) = self.tls.client_config(identity, alpn) else {
+            return Err(ProxyError::NotReady);
+        };
+        let connect = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| ProxyError::ConnectFailed {
+                    endpoint: addr.to_string(),
+                    detail: e.to_string(),
+                })?;
+            let _ = tcp.set_nodelay(true);
+            tokio_rustls::TlsConnector::from(cfg)
+                .connect(weft_identity::tls::server_name(identity), tcp)
+                .await
+                .map_err(|e| self.handshake_failed(addr, &e))
+        };
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| ProxyError::ConnectFailed {
+                endpoint: addr.to_string(),
+                detail: format!("no connection within {CONNECT_TIMEOUT:?}"),
+            })??;
+        self.metrics.tls_handshake(
+            DIRECTION,
+            identity.as_str(),
+            tls.get_ref().1.protocol_version(),
+        );
+        Ok(tls)
+    }
+
+    /// Counts and logs a failed handshake; an identity other than the expected one is named.
+    fn handshake_failed(&self, addr: SocketAddr, e: &std::io::Error) -> ProxyError {
+        let reason = tls_failure_reason(e);
+        self.metrics.tls_failure(DIRECTION, reason);
+        let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+        match inner.and_then(weft_identity::tls::identity_mismatch) {
+            Some(m) => {
+                tracing::warn!(endpoint = %addr, expected = %m.expected, found = %m.found, "peer identity mismatch: connection refused");
+                ProxyError::IdentityMismatch {
+                    endpoint: addr.to_string(),
+                    expected: m.expected.to_string(),
+                    found: m.found.clone(),
+                }
+            }
+            None => {
+                tracing::info!(endpoint = %addr, reason, error = %e, "outbound TLS handshake failed");
+                ProxyError::ConnectFailed {
+                    endpoint: addr.to_string(),
+                    detail: format!("TLS handshake failed: {e}"),
+                }
+            }
+        }
+    }
+
+    /// `CONNECT host:port`: answers 200, then relays the upgraded connection to the endpoint
+    /// (over an mTLS opaque tunnel to its proxy, or plaintext to an unmeshed endpoint).
+    fn tunnel(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        ep: &Endpoint,
+        dst: &Destination,
+    ) -> Response<Body> {
+        let this = self.clone();
+        let (addr, identity) = (ep.address, ep.identity.clone());
+        let port = dst.port;
+        tokio::spawn(async move {
+            let upgraded = match hyper::upgrade::on(req).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "CONNECT upgrade failed");
+                    return;
+                }
+            };
+            let mut client = TokioIo::new(upgraded);
+            match identity {
+                Some(id) => match this.connect_tls(addr, &id, ALPN_OPAQUE).await {
+                    Ok(mut tls) => {
+                        if tls.write_all(&port.to_be_bytes()).await.is_ok() {
+                            crate::tcp::relay(&mut client, &mut tls, DIRECTION, &this.metrics)
+                                .await;
+                        }
+                    }
+                    Err(e) => {
+                        this.metrics.error(DIRECTION, e.code());
+                        tracing::info!(error = %e, "CONNECT tunnel failed");
+                    }
+                },
+                None => crate::tcp::forward(client, addr, DIRECTION, &this.metrics).await,
+            }
+        });
+        let mut rsp = Response::new(body::empty());
+        *rsp.status_mut() = StatusCode::OK;
+        rsp
+    }
+}
+
+/// `http://<authority><path and query of uri>`.
+fn uri(authority: &str, uri: &Uri) -> Result<Uri, ProxyError> {
+    Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path_and_query(uri))
+        .build()
+        .map_err(|e| ProxyError::BadRequest {
+            detail: e.to_string(),
+        })
+}
+
+fn finish(rsp: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = rsp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body::boxed(body))
+}

@@ -1,0 +1,87 @@
+//! The request path of both directions, composed in one place, in request order.
+//!
+//! Each layer is its own module; requests carry what layers learn (destination, peer identity,
+//! chosen endpoint) in their extensions; the stacks are type-erased here ([`HttpService`]).
+
+use std::sync::Arc;
+
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+
+use crate::app::Forward;
+use crate::authz::{AuthorizeLayer, PolicyWatch};
+use crate::balance::{BalanceLayer, Resolve};
+use crate::destination::DestinationLayer;
+use crate::edge::EdgeLayer;
+use crate::endpoint::Connect;
+use crate::identity::{ClientIdentity, IdentityLayer};
+use crate::inbound::InboundConfig;
+use crate::metrics::ProxyMetrics;
+use crate::outbound::OutboundConfig;
+use crate::svc::HttpService;
+use crate::tls::MeshTls;
+
+/// The outbound HTTP stack, shared by every connection from the application.
+pub fn outbound(
+    cfg: &OutboundConfig,
+    tls: Arc<MeshTls>,
+    resolver: Arc<dyn Resolve>,
+    metrics: Arc<ProxyMetrics>,
+) -> HttpService {
+    BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            // First, so that whatever fails below becomes the response the error describes
+            // (`weft-error` header), and every request is counted once, however it ends.
+            .layer(EdgeLayer::new("outbound", None, metrics.clone()))
+            // Which service the request is for: routing and everything after depends on it.
+            .layer(DestinationLayer::new(&cfg.namespace))
+            // One endpoint of that service, from discovery's current view.
+            .layer(BalanceLayer::new(resolver))
+            // The endpoint: pooled mTLS HTTP/2 to its proxy, or plaintext when unmeshed.
+            .service(Connect::new(tls, metrics)),
+    )
+}
+
+/// The inbound HTTP stack: built once, and finished per connection with the identity the peer
+/// proved ([`InboundStack::for_connection`]).
+#[derive(Clone)]
+pub struct InboundStack {
+    edge: EdgeLayer,
+    /// Authorization and the application, shared by every connection.
+    authorized: HttpService,
+}
+
+impl std::fmt::Debug for InboundStack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundStack").finish_non_exhaustive()
+    }
+}
+
+impl InboundStack {
+    pub fn new(cfg: &InboundConfig, policy: PolicyWatch, metrics: Arc<ProxyMetrics>) -> Self {
+        let edge = EdgeLayer::new(
+            "inbound",
+            Some(Arc::from(cfg.service.as_str())),
+            metrics.clone(),
+        );
+        let authorized = BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                // Before anything reaches the application: a denied request costs it nothing.
+                .layer(AuthorizeLayer::new(policy, cfg.default_app_port, metrics))
+                .service(Forward::new(cfg.app_ip, cfg.default_app_port)),
+        );
+        Self { edge, authorized }
+    }
+
+    /// The stack for one connection whose peer proved `client` (or nothing, over plaintext).
+    pub fn for_connection(&self, client: ClientIdentity) -> HttpService {
+        BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                // First: errors become responses (403 naming the policy), every request counted.
+                .layer(self.edge.clone())
+                // The peer identity from the connection's mTLS handshake, for authz and labels.
+                .layer(IdentityLayer::new(client))
+                .service(self.authorized.clone()),
+        )
+    }
+}
