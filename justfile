@@ -22,7 +22,7 @@ bench:
     mkdir -p bench/results
     cargo run --release -p weft-bench --bin identity-bench -- --json bench/results/identity-$(date +%F).json
     cargo run --release -p weft-bench --bin policy-bench -- --json bench/results/policy-$(date +%F).json
-    cargo build --release -p weft -p weft-bench
+    cargo build --release -p weft -p weft-proxy -p weft-bench
     cargo run --release -p weft-bench -- mesh --json bench/results/mesh-$(date +%F).json
 
 # The main job: a local mesh.

@@ -370,13 +370,20 @@ impl Mesh {
             ],
         )?;
 
+        // The sidecar's own binary, as a deployment runs it; `weft proxy` when it is not built.
+        let sidecar = weft.with_file_name("weft-proxy");
+        let (proxy_bin, proxy_args): (&Path, &[&str]) = if sidecar.is_file() {
+            (&sidecar, &[])
+        } else {
+            (weft, &["proxy"])
+        };
         let proxy = |name: &'static str, app_port: u16| -> Result<Proxy, Error> {
             let (inbound, outbound, admin) = (free_addr()?, free_addr()?, free_addr()?);
             let mut proc = Proc::spawn(
                 d,
                 name,
-                weft,
-                &["proxy"],
+                proxy_bin,
+                proxy_args,
                 &[
                     ("WEFT_TOKEN_FILE", path(&d.join(format!("{name}.token")))),
                     ("WEFT_IDENTITY_ADDR", id_api.to_string()),

@@ -263,7 +263,27 @@ pub fn run_main(args: IdentityArgs) -> ExitCode {
 /// Ctrl-C or SIGTERM): exit 0, or exit 1 with its error logged and printed as
 /// `weft <component>: <error>`.
 pub fn run_process(component: &str, main: impl Future<Output = Result<(), String>>) -> ExitCode {
-    let rt = match tokio::runtime::Runtime::new() {
+    run_process_on(component, 0, main)
+}
+
+/// [`run_process`] on a runtime of `workers` threads: 1 is a single-threaded runtime (every
+/// task on the main thread: no cross-thread wake-ups), 0 one worker per CPU.
+pub fn run_process_on(
+    component: &str,
+    workers: usize,
+    main: impl Future<Output = Result<(), String>>,
+) -> ExitCode {
+    let rt = match workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Runtime::new(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weft {component}: cannot start the runtime: {e}");

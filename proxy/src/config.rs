@@ -31,6 +31,10 @@ pub const ENV_DETECT_TIMEOUT: &str = "WEFT_PROXY_DETECT_TIMEOUT";
 pub const DEFAULT_DETECT_TIMEOUT: &str = "1s";
 pub const ENV_SHUTDOWN_GRACE: &str = "WEFT_PROXY_SHUTDOWN_GRACE";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "10s";
+pub const ENV_WORKERS: &str = "WEFT_PROXY_WORKERS";
+/// One thread: a sidecar serves one workload, and on a busy node hopping between threads
+/// (wake-ups, cache misses) costs more CPU per request than a second core gains.
+pub const DEFAULT_WORKERS: &str = "1";
 
 /// `weft proxy` / `weft-proxy`: the sidecar.
 #[derive(Debug, Clone, Parser)]
@@ -81,6 +85,9 @@ pub struct ProxyArgs {
     /// On SIGTERM, how long requests in flight get to finish.
     #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Runtime threads: 1 runs everything on one thread; 0 means one per CPU.
+    #[arg(long, env = ENV_WORKERS, default_value = DEFAULT_WORKERS)]
+    pub workers: usize,
 }
 
 impl ProxyArgs {
@@ -99,6 +106,7 @@ impl ProxyArgs {
             (ENV_ADVERTISE, "--advertise-addr"),
             (ENV_DETECT_TIMEOUT, "--detect-timeout"),
             (ENV_SHUTDOWN_GRACE, "--shutdown-grace"),
+            (ENV_WORKERS, "--workers"),
         ];
         let mut argv = vec!["weft-proxy".to_string()];
         for (k, v) in vars {
@@ -141,6 +149,7 @@ mod tests {
         assert_eq!(a.admin_listen.to_string(), DEFAULT_ADMIN);
         assert_eq!(a.token_file, PathBuf::from(DEFAULT_TOKEN_FILE));
         assert_eq!(a.app_port, 8080);
+        assert_eq!(a.workers, 1);
         assert!(!a.policy_insecure_dev);
     }
 

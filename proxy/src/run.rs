@@ -232,5 +232,10 @@ fn advertise_addr(inbound: SocketAddr, policy_addr: &str) -> SocketAddr {
 
 /// Runs a proxy as a process: exits 1 with the error on a start-up failure.
 pub fn run_main(args: ProxyArgs) -> ExitCode {
-    weft_identity::config::run_process("proxy", run(args, weft_identity::config::shutdown_signal()))
+    let workers = args.workers;
+    weft_identity::config::run_process_on(
+        "proxy",
+        workers,
+        run(args, weft_identity::config::shutdown_signal()),
+    )
 }
