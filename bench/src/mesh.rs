@@ -6,7 +6,7 @@
 //!
 //! Every component is its own process, as an operator runs them: the app (`weft-bench app`,
 //! this binary re-executed), `weft identity`, `weft policy` with a resource directory, and
-//! two `weft proxy`, in a temporary directory, on loopback. Each repeat runs direct then weft
+//! two proxies (`weft-proxy`, else `weft proxy`), in a temporary directory, on loopback. Each repeat runs direct then weft
 //! (A B A B …), each an open-loop run at the fixed rate and a closed-loop run at the maximum
 //! rate. The proxies' CPU time is sampled at the edges of each measured window; their memory
 //! at the end. Every process is killed when the benchmark ends, on error too.

@@ -2,6 +2,7 @@
 //! service, status class, reason codes; never raw paths or addresses of clients.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
 use metrics::{Counter, Gauge, Histogram};
@@ -16,19 +17,34 @@ struct Family<M> {
     name: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
-    /// Keyed by the label values joined with an ASCII unit separator.
-    series: RwLock<HashMap<String, M>>,
+    /// Keyed by a hash of the label values; each bucket holds the values it was made for,
+    /// so a lookup (every request) allocates nothing.
+    series: RwLock<HashMap<u64, Vec<(Box<[Box<str>]>, M)>>>,
     make: Make<M>,
+}
+
+fn key_hash(values: &[&str]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    values.hash(&mut h);
+    h.finish()
+}
+
+fn find<'a, M>(bucket: &'a [(Box<[Box<str>]>, M)], values: &[&str]) -> Option<&'a M> {
+    bucket
+        .iter()
+        .find(|(k, _)| k.iter().map(|s| &**s).eq(values.iter().copied()))
+        .map(|(_, m)| m)
 }
 
 impl<M: Clone> Family<M> {
     fn get(&self, values: &[&str]) -> M {
-        let key = values.join("\u{1f}");
+        let hash = key_hash(values);
         if let Some(m) = self
             .series
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(&hash)
+            .and_then(|b| find(b, values))
         {
             return m.clone();
         }
@@ -38,13 +54,14 @@ impl<M: Clone> Family<M> {
             .copied()
             .zip(values.iter().copied())
             .collect();
+        let mut series = self.series.write().unwrap_or_else(|e| e.into_inner());
+        let bucket = series.entry(hash).or_default();
+        if let Some(m) = find(bucket, values) {
+            return m.clone();
+        }
         let m = (self.make)(&self.registry, self.name, self.help, &pairs);
-        self.series
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_insert(m)
-            .clone()
+        bucket.push((values.iter().map(|v| Box::from(*v)).collect(), m.clone()));
+        m
     }
 }
 
@@ -92,7 +109,7 @@ impl ProxyMetrics {
             name,
             help,
             labels,
-            series: RwLock::new(HashMap::new()),
+            series: RwLock::default(),
             make: counter,
         };
         let m = Self {
@@ -111,7 +128,7 @@ impl ProxyMetrics {
                 name: "weft_proxy_response_latency_seconds",
                 help: "Time from request to response headers, by direction, peer and destination service.",
                 labels: &["direction", "peer", "dst_service"],
-                series: RwLock::new(HashMap::new()),
+                series: RwLock::default(),
                 make: histogram,
             },
             authz: fam_c(
@@ -144,7 +161,7 @@ impl ProxyMetrics {
                 name: "weft_proxy_tcp_open_connections",
                 help: "TCP connections open now, by direction.",
                 labels: &["direction"],
-                series: RwLock::new(HashMap::new()),
+                series: RwLock::default(),
                 make: gauge,
             },
             tcp_bytes: fam_c(
@@ -272,5 +289,38 @@ pub fn tls_failure_reason(e: &std::io::Error) -> &'static str {
         rustls::Error::AlertReceived(_) => "alert_received",
         rustls::Error::PeerIncompatible(_) => "incompatible",
         _ => "protocol_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_series_per_label_values() {
+        let m = ProxyMetrics::new(Registry::new());
+        m.error("outbound", "timeout");
+        m.error("outbound", "timeout");
+        m.request("outbound", "a", "default/api", true);
+        m.request("outbound", "a", "default/web", true);
+        m.request("outbound", "a", "default/api", true);
+        let text = m.registry.render();
+        assert!(
+            text.contains(r#"weft_proxy_errors_total{direction="outbound",reason="timeout"} 2"#),
+            "{text}"
+        );
+        let api = r#"weft_proxy_requests_total{direction="outbound",peer="a",dst_service="default/api",tls="true"} 2"#;
+        let web = r#"weft_proxy_requests_total{direction="outbound",peer="a",dst_service="default/web",tls="true"} 1"#;
+        assert!(text.contains(api) && text.contains(web), "{text}");
+        // Values that join to the same string are still different series.
+        m.tls_failure("x\u{1f}y", "z");
+        m.tls_failure("x", "y\u{1f}z");
+        let text = m.registry.render();
+        assert_eq!(
+            text.matches("weft_proxy_tls_handshake_failures_total{")
+                .count(),
+            2,
+            "{text}"
+        );
     }
 }
