@@ -19,9 +19,12 @@ struct Family<M> {
     labels: &'static [&'static str],
     /// Keyed by a hash of the label values; each bucket holds the values it was made for,
     /// so a lookup (every request) allocates nothing.
-    series: RwLock<HashMap<u64, Vec<(Box<[Box<str>]>, M)>>>,
+    series: RwLock<HashMap<u64, Vec<Series<M>>>>,
     make: Make<M>,
 }
+
+/// One series: its label values and its handle.
+type Series<M> = (Box<[Box<str>]>, M);
 
 fn key_hash(values: &[&str]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -29,7 +32,7 @@ fn key_hash(values: &[&str]) -> u64 {
     h.finish()
 }
 
-fn find<'a, M>(bucket: &'a [(Box<[Box<str>]>, M)], values: &[&str]) -> Option<&'a M> {
+fn find<'a, M>(bucket: &'a [Series<M>], values: &[&str]) -> Option<&'a M> {
     bucket
         .iter()
         .find(|(k, _)| k.iter().map(|s| &**s).eq(values.iter().copied()))
