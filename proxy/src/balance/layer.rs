@@ -1,11 +1,13 @@
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use super::{Balance, Resolve};
+use super::{Balance, Dst, Resolve};
 
 /// Builds [`Balance`] services over one resolver.
 #[derive(Clone)]
 pub struct BalanceLayer {
     resolver: Arc<dyn Resolve>,
+    dsts: Arc<Mutex<HashMap<(String, String), Dst>>>,
 }
 
 impl std::fmt::Debug for BalanceLayer {
@@ -16,7 +18,10 @@ impl std::fmt::Debug for BalanceLayer {
 
 impl BalanceLayer {
     pub fn new(resolver: Arc<dyn Resolve>) -> Self {
-        Self { resolver }
+        Self {
+            resolver,
+            dsts: Arc::default(),
+        }
     }
 }
 
@@ -27,6 +32,7 @@ impl<S> tower::Layer<S> for BalanceLayer {
         Balance {
             inner,
             resolver: self.resolver.clone(),
+            dsts: self.dsts.clone(),
         }
     }
 }
