@@ -1,11 +1,18 @@
-//! HTTP helpers shared by both directions: hop-by-hop headers, authority and port of a
+//! HTTP helpers shared by both directions: the plaintext client, hop-by-hop headers, authority and port of a
 //! request (HTTP/1 origin-form with `Host`, absolute-form, or HTTP/2 `:authority`), and the
 //! header that carries an HTTP/1 request's original protocol across the HTTP/2 hop between
 //! proxies.
 
+use std::time::Duration;
+
 use http::header::{self, HeaderMap, HeaderName};
 use http::uri::Authority;
-use http::{Request, Uri};
+use http::{Request, Uri, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::Body;
 
 /// Set by the client proxy when the application spoke HTTP/1 (the hop between proxies is
 /// always HTTP/2); the server proxy speaks HTTP/1 to its application again and removes it.
@@ -65,6 +72,40 @@ pub fn authority<B>(req: &Request<B>) -> Option<Authority> {
 /// The path and query of a request's URI (`/` when empty).
 pub fn path_and_query(uri: &Uri) -> &str {
     uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+}
+
+/// Pooled plaintext HTTP clients that speak a request's own protocol: HTTP/2 with prior
+/// knowledge for an HTTP/2 request, HTTP/1.1 otherwise. For the local application and for
+/// endpoints without a proxy.
+#[derive(Debug, Clone)]
+pub struct PlainClient {
+    http1: Client<HttpConnector, Body>,
+    http2: Client<HttpConnector, Body>,
+}
+
+impl PlainClient {
+    /// Connections get `TCP_NODELAY` and at most `connect_timeout` to be established.
+    pub fn new(connect_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        Self {
+            http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            http2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .timer(TokioTimer::new())
+                .build(connector),
+        }
+    }
+
+    /// Sends `req` (its URI absolute) in the protocol of its version.
+    pub fn request(&self, req: Request<Body>) -> ResponseFuture {
+        if req.version() == Version::HTTP_2 {
+            self.http2.request(req)
+        } else {
+            self.http1.request(req)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use weft_identity::SpiffeId;
@@ -174,14 +172,8 @@ impl Inbound {
     {
         match protocol {
             Protocol::Http1 | Protocol::Http2 => {
-                let svc =
-                    crate::svc::to_hyper(self.stack.for_connection(ClientIdentity::new(peer)));
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder.http1().timer(TokioTimer::new());
-                let conn = builder.serve_connection(TokioIo::new(io), svc);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(client.addr = %remote, error = %e, "inbound HTTP connection ended");
-                }
+                let stack = self.stack.for_connection(ClientIdentity::new(peer));
+                crate::listen::serve_http(io, stack, false, DIRECTION, remote, watcher).await
             }
             Protocol::Opaque | Protocol::Tls => {
                 self.tcp(io, self.cfg.default_app_port, peer.as_ref(), remote)

@@ -16,7 +16,7 @@
 //! - [`tls`]: the proxy's TLS state following its identity client ([`tls::MeshTls`]).
 //! - [`detect`]: protocol detection (TLS, HTTP/1, HTTP/2, opaque) with a replaying stream.
 //! - [`http`]: hop-by-hop headers, authority, the original-protocol header.
-//! - [`listen`]: the accept loop both listeners share.
+//! - [`listen`]: the accept loop and the HTTP connection serving both listeners share.
 //! - [`tcp`]: opaque byte forwarding.
 //! - [`error`]: responses the proxy makes itself (`weft-error` header, reason codes).
 //! - [`metrics`]: the proxy's Prometheus series.

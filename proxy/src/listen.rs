@@ -6,8 +6,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::svc::HttpService;
 
 /// Accepts on `listener` until `shutdown`; every connection gets `TCP_NODELAY` and its own
 /// task running `handle`. Afterwards, waits up to `grace` for watched connections to finish.
@@ -40,4 +45,34 @@ pub async fn accept_loop<H, F>(
     }
     drop(listener);
     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+}
+
+/// Serves one HTTP/1 or HTTP/2 connection with `stack` until it ends, watched for graceful
+/// shutdown. `upgrades`: let HTTP/1 upgrades through (`CONNECT` tunnels).
+pub async fn serve_http<I>(
+    io: I,
+    stack: HttpService,
+    upgrades: bool,
+    direction: &'static str,
+    remote: SocketAddr,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = crate::svc::to_hyper(stack);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    let io = TokioIo::new(io);
+    let ended = if upgrades {
+        watcher
+            .watch(builder.serve_connection_with_upgrades(io, svc).into_owned())
+            .await
+    } else {
+        watcher
+            .watch(builder.serve_connection(io, svc).into_owned())
+            .await
+    };
+    if let Err(e) = ended {
+        tracing::debug!(direction, client.addr = %remote, error = %e, "HTTP connection ended");
+    }
 }

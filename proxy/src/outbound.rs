@@ -11,8 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 
 pub use crate::balance::{DISCOVERY_TIMEOUT, Resolve};
@@ -100,12 +98,7 @@ impl Outbound {
             tracing::info!(client.addr = %remote, "outbound connection is not HTTP; use CONNECT for TCP");
             return;
         }
-        let svc = crate::svc::to_hyper(self.stack.clone());
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-        if let Err(e) = watcher.watch(conn.into_owned()).await {
-            tracing::debug!(client.addr = %remote, error = %e, "outbound connection ended");
-        }
+        let stack = self.stack.clone();
+        crate::listen::serve_http(io, stack, true, DIRECTION, remote, watcher).await;
     }
 }

@@ -18,6 +18,11 @@ pub type HttpService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxErr
 /// futures unless a profile shows the box matters).
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
+/// A call that fails at once with `e` (the layer refused the request before any await).
+pub fn fail<T: Send + 'static>(e: impl Into<BoxError>) -> BoxFuture<Result<T, BoxError>> {
+    Box::pin(std::future::ready(Err(e.into())))
+}
+
 /// What the edge's metrics are labelled with, learnt by layers further down (the destination
 /// service once parsed, the endpoint's identity once chosen). The edge creates it, puts it in
 /// the request's extensions and reads it when the response (or error) comes back.

@@ -10,21 +10,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::authz::AppPort;
 use crate::body::{self, Body};
 use crate::edge::error_chain;
 use crate::error::ProxyError;
-use crate::http::{ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1, path_and_query, strip_hop_by_hop};
+use crate::http::{
+    ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1, PlainClient, path_and_query, strip_hop_by_hop,
+};
 use crate::svc::{BoxError, BoxFuture};
 
 /// How long connecting to the application may take.
 pub const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an idle connection to the application is kept for reuse.
-pub const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Forwards requests to the application.
 #[derive(Clone)]
@@ -35,8 +32,7 @@ pub struct Forward {
 struct Inner {
     ip: IpAddr,
     default_port: u16,
-    http1: Client<HttpConnector, Body>,
-    http2: Client<HttpConnector, Body>,
+    client: PlainClient,
 }
 
 impl std::fmt::Debug for Forward {
@@ -50,20 +46,11 @@ impl std::fmt::Debug for Forward {
 impl Forward {
     /// The application at `ip`; requests without an [`AppPort`] go to `default_port`.
     pub fn new(ip: IpAddr, default_port: u16) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(APP_CONNECT_TIMEOUT));
         Self {
             inner: Arc::new(Inner {
                 ip,
                 default_port,
-                http1: Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(APP_IDLE_TIMEOUT)
-                    .build(connector.clone()),
-                http2: Client::builder(TokioExecutor::new())
-                    .http2_only(true)
-                    .timer(TokioTimer::new())
-                    .build(connector),
+                client: PlainClient::new(APP_CONNECT_TIMEOUT),
             }),
         }
     }
@@ -117,8 +104,8 @@ impl Inner {
         } else {
             Version::HTTP_11
         };
-        let client = if http2 { &self.http2 } else { &self.http1 };
-        let rsp = client
+        let rsp = self
+            .client
             .request(Request::from_parts(parts, body))
             .await
             .map_err(|e| ProxyError::AppUnavailable {

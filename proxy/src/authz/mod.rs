@@ -62,7 +62,7 @@ where
         req.extensions_mut().insert(AppPort(port));
         match self.check(&req, port) {
             Ok(()) => Box::pin(self.inner.call(req)),
-            Err(e) => Box::pin(std::future::ready(Err(e.into()))),
+            Err(e) => crate::svc::fail(e),
         }
     }
 }

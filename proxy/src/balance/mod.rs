@@ -120,10 +120,9 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let Some(dst) = req.extensions().get::<Destination>().cloned() else {
-            return Box::pin(std::future::ready(Err(ProxyError::BadRequest {
+            return crate::svc::fail(ProxyError::BadRequest {
                 detail: "no destination".into(),
-            }
-            .into())));
+            });
         };
         // The inner service was made ready for this call: take it, leave a clone behind.
         let clone = self.inner.clone();

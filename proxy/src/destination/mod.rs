@@ -91,7 +91,7 @@ where
                 req.extensions_mut().insert(dst);
                 Box::pin(self.inner.call(req))
             }
-            Err(e) => Box::pin(std::future::ready(Err(e.into()))),
+            Err(e) => crate::svc::fail(e),
         }
     }
 }

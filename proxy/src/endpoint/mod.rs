@@ -16,8 +16,6 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -29,7 +27,9 @@ use crate::body::{self, Body};
 use crate::destination::Destination;
 use crate::edge::error_chain;
 use crate::error::ProxyError;
-use crate::http::{ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1, path_and_query, strip_hop_by_hop};
+use crate::http::{
+    ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1, PlainClient, path_and_query, strip_hop_by_hop,
+};
 use crate::metrics::{ProxyMetrics, tls_failure_reason};
 use crate::svc::{BoxError, BoxFuture};
 use crate::tls::{ALPN_OPAQUE, MeshTls};
@@ -51,8 +51,8 @@ struct Inner {
     metrics: Arc<ProxyMetrics>,
     /// HTTP/2 connections to peer proxies, one per (address, identity).
     pool: Mutex<HashMap<(SocketAddr, SpiffeId), SendRequest<Body>>>,
-    plain_http1: Client<HttpConnector, Body>,
-    plain_http2: Client<HttpConnector, Body>,
+    /// Endpoints without a proxy.
+    plain: PlainClient,
 }
 
 impl std::fmt::Debug for Connect {
@@ -63,18 +63,12 @@ impl std::fmt::Debug for Connect {
 
 impl Connect {
     pub fn new(tls: Arc<MeshTls>, metrics: Arc<ProxyMetrics>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         Self {
             inner: Arc::new(Inner {
                 tls,
                 metrics,
                 pool: Mutex::new(HashMap::new()),
-                plain_http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
-                plain_http2: Client::builder(TokioExecutor::new())
-                    .http2_only(true)
-                    .build(connector),
+                plain: PlainClient::new(CONNECT_TIMEOUT),
             }),
         }
     }
@@ -129,12 +123,8 @@ impl Inner {
             if from_http1 && let Ok(v) = http::HeaderValue::from_str(dst.authority.as_str()) {
                 parts.headers.insert(http::header::HOST, v);
             }
-            let client = if from_http1 {
-                &self.plain_http1
-            } else {
-                &self.plain_http2
-            };
-            let rsp = client
+            let rsp = self
+                .plain
                 .request(Request::from_parts(parts, body))
                 .await
                 .map_err(|e| ProxyError::ConnectFailed {
