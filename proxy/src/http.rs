@@ -1,6 +1,6 @@
-//! HTTP helpers shared by both directions: the plaintext client, hop-by-hop headers, authority and port of a
-//! request (HTTP/1 origin-form with `Host`, absolute-form, or HTTP/2 `:authority`), and the
-//! header that carries an HTTP/1 request's original protocol across the HTTP/2 hop between
+//! HTTP helpers shared by both directions: the plaintext client, hop-by-hop headers, authority
+//! and port of a request (HTTP/1 origin-form with `Host`, absolute-form, or HTTP/2
+//! `:authority`), and the header that carries an HTTP/1 request's original protocol across the HTTP/2 hop between
 //! proxies.
 
 use std::time::Duration;

@@ -7,7 +7,7 @@ use super::{Balance, Dst, Resolve};
 #[derive(Clone)]
 pub struct BalanceLayer {
     resolver: Arc<dyn Resolve>,
-    dsts: Arc<Mutex<HashMap<(String, String), Dst>>>,
+    dsts: Arc<Mutex<HashMap<Arc<str>, Dst>>>,
 }
 
 impl std::fmt::Debug for BalanceLayer {

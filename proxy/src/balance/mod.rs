@@ -49,7 +49,7 @@ pub struct Balance<S> {
     inner: S,
     resolver: Arc<dyn Resolve>,
     /// Every destination's endpoints and their loads, shared by all clones.
-    dsts: Arc<Mutex<HashMap<(String, String), Dst>>>,
+    dsts: Arc<Mutex<HashMap<Arc<str>, Dst>>>,
 }
 
 /// What the balancer knows of one destination.
@@ -174,16 +174,16 @@ fn now() -> Instant {
 /// The endpoint of `dst` with the lower load of two random ones, waiting (bounded) for the
 /// first discovery answer.
 async fn pick(
-    dsts: &Mutex<HashMap<(String, String), Dst>>,
+    dsts: &Mutex<HashMap<Arc<str>, Dst>>,
     resolver: &dyn Resolve,
     dst: &Destination,
 ) -> Result<(Picked, Arc<Load>), ProxyError> {
-    let key = (dst.namespace.clone(), dst.service.clone());
     let mut waited = false;
     loop {
         let mut rx = {
             let mut dsts = dsts.lock().unwrap_or_else(|e| e.into_inner());
-            let state = dsts.entry(key.clone()).or_insert_with(|| Dst {
+            // Keyed by the label the destination already holds: no key is built per request.
+            let state = dsts.entry(dst.label().clone()).or_insert_with(|| Dst {
                 rx: resolver.resolve(&dst.namespace, &dst.service),
                 snapshot: None,
                 loads: Vec::new(),

@@ -27,6 +27,8 @@ pub struct Destination {
     pub port: u16,
     /// The authority as the application wrote it, which the destination's application sees.
     pub authority: Authority,
+    /// `<namespace>/<service>`, made once: the metric label and the balancer's key.
+    label: Arc<str>,
 }
 
 impl Destination {
@@ -45,6 +47,7 @@ impl Destination {
             .unwrap_or(default_ns)
             .to_string();
         Some(Self {
+            label: Arc::from(format!("{namespace}/{service}")),
             namespace,
             service,
             port: authority.port_u16().unwrap_or(80),
@@ -52,9 +55,9 @@ impl Destination {
         })
     }
 
-    /// `<namespace>/<service>`: the metric label.
-    pub fn label(&self) -> String {
-        format!("{}/{}", self.namespace, self.service)
+    /// `<namespace>/<service>`: the metric label and the balancer's key.
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
     }
 
     /// `<service>.<namespace>:<port>`, for messages.
@@ -87,7 +90,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         match destination(&req, &self.namespace) {
             Ok(dst) => {
-                Labels::set_dst(&req, || Arc::from(dst.label()));
+                Labels::set_dst(&req, || dst.label().clone());
                 req.extensions_mut().insert(dst);
                 Box::pin(self.inner.call(req))
             }

@@ -38,7 +38,7 @@ async fn requests_carry_their_destination_from_host_or_absolute_uri() {
         let call = svc.ready().await.unwrap().call(req);
         let (seen, send) = handle.next_request().await.unwrap();
         let dst = seen.extensions().get::<Destination>().unwrap();
-        assert_eq!(dst.label(), "prod/api");
+        assert_eq!(&**dst.label(), "prod/api");
         assert_eq!(dst.port, 9000);
         send.send_response(Response::new(body::empty()));
         call.await.unwrap();
