@@ -1,29 +1,24 @@
-//! Discovery through the control plane: one watch per destination service, opened on first
-//! use and shared by every request to it.
+//! Discovery through the control plane: a watch per destination service. The balancer opens
+//! one on a destination's first request and keeps it for the proxy's life, so endpoint changes
+//! apply live and the last state survives a control-plane outage.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::watch;
-use weft_policy::client::{PolicyClient, Watched};
+use weft_policy::client::PolicyClient;
 use weft_policy::registry::ServiceEndpoints;
 
 use crate::balance::Resolve;
 
-/// Resolves services with a [`PolicyClient`]; watches stay open for the proxy's life, so
-/// endpoint changes apply live and the last state survives a control-plane outage.
+/// Resolves services with a [`PolicyClient`].
 #[derive(Debug)]
 pub struct PolicyResolver {
     client: PolicyClient,
-    watches: Mutex<HashMap<(String, String), Watched<ServiceEndpoints>>>,
 }
 
 impl PolicyResolver {
     pub fn new(client: PolicyClient) -> Self {
-        Self {
-            client,
-            watches: Mutex::new(HashMap::new()),
-        }
+        Self { client }
     }
 }
 
@@ -33,10 +28,6 @@ impl Resolve for PolicyResolver {
         namespace: &str,
         service: &str,
     ) -> watch::Receiver<Option<Arc<ServiceEndpoints>>> {
-        let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
-        watches
-            .entry((namespace.to_string(), service.to_string()))
-            .or_insert_with(|| self.client.watch_endpoints(namespace, service))
-            .clone()
+        self.client.watch_endpoints(namespace, service)
     }
 }

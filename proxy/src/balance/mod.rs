@@ -35,7 +35,7 @@ pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(3);
 /// real proxy, a fixed table in tests.
 pub trait Resolve: Send + Sync + 'static {
     /// The endpoints of `namespace/service`, kept current. The value is `None` until the first
-    /// answer arrives.
+    /// answer arrives. Called once per destination: the balancer keeps the watch.
     fn resolve(
         &self,
         namespace: &str,
