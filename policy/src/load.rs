@@ -826,12 +826,6 @@ fn check_rule(
                 ),
             ));
         }
-        if retry.attempts > 0 && retry.codes.is_empty() && retry.conditions.is_empty() {
-            errors.push(o.error(
-                format!("spec.rules[{i}].retry"),
-                "retries are enabled but nothing is retryable: list `codes` or `conditions`",
-            ));
-        }
     }
     if let Some(cb) = &r.circuit_breaker {
         if cb.consecutive_failures == 0 {

@@ -187,8 +187,8 @@ impl RouteRule {
     }
 }
 
-/// Every route of a service. With no rules, requests go to the service itself with default
-/// settings; with rules, a request no rule matches has no route (the proxy answers 404).
+/// Every route of a service. A request no rule matches (or any request, with no rules) takes
+/// the service's default route: to the service itself, with default settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceRoutes {
@@ -207,8 +207,19 @@ impl ServiceRoutes {
         path: &str,
         headers: &http::HeaderMap,
     ) -> Option<&RouteRule> {
-        let mut best: Option<(&RouteRule, Specificity)> = None;
-        for rule in &self.rules {
+        self.find_index(method, path, headers)
+            .map(|i| &self.rules[i])
+    }
+
+    /// The index in `rules` of the rule [`find`](Self::find) picks.
+    pub fn find_index(
+        &self,
+        method: &http::Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<usize> {
+        let mut best: Option<(usize, Specificity)> = None;
+        for (i, rule) in self.rules.iter().enumerate() {
             let score = if rule.matches.is_empty() {
                 Some(RequestMatch::default().specificity())
             } else {
@@ -221,10 +232,10 @@ impl ServiceRoutes {
             if let Some(score) = score
                 && best.is_none_or(|(_, b)| score > b)
             {
-                best = Some((rule, score));
+                best = Some((i, score));
             }
         }
-        best.map(|(r, _)| r)
+        best.map(|(i, _)| i)
     }
 }
 

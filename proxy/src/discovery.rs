@@ -1,14 +1,42 @@
-//! Discovery through the control plane: a watch per destination service. The balancer opens
-//! one on a destination's first request and keeps it for the proxy's life, so endpoint changes
-//! apply live and the last state survives a control-plane outage.
+//! Discovery: what the outbound side learns from the control plane about a destination, its
+//! endpoints and its routes, each as a watch the control plane keeps current. The balancer and
+//! the router open one per destination on its first request and keep it for the proxy's life,
+//! so changes apply live and the last state survives a control-plane outage.
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 use weft_policy::client::PolicyClient;
 use weft_policy::registry::ServiceEndpoints;
+use weft_policy::routes::ServiceRoutes;
 
-use crate::balance::Resolve;
+/// Where the outbound side learns about services: the control plane client in a real proxy,
+/// a fixed table in tests.
+pub trait Resolve: Send + Sync + 'static {
+    /// The endpoints of `namespace/service`, kept current. The value is `None` until the first
+    /// answer arrives. Called once per destination: the balancer keeps the watch.
+    fn resolve(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> watch::Receiver<Option<Arc<ServiceEndpoints>>>;
+
+    /// The routes of `namespace/service`, kept current (`None` until the first answer).
+    /// Called once per destination: the router keeps the watch. A resolver that knows no
+    /// routes answers at once with none, so every request takes the default route.
+    fn routes(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> watch::Receiver<Option<Arc<ServiceRoutes>>> {
+        watch::channel(Some(Arc::new(ServiceRoutes {
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+            rules: Vec::new(),
+        })))
+        .1
+    }
+}
 
 /// Resolves services with a [`PolicyClient`].
 #[derive(Debug)]
@@ -29,5 +57,13 @@ impl Resolve for PolicyResolver {
         service: &str,
     ) -> watch::Receiver<Option<Arc<ServiceEndpoints>>> {
         self.client.watch_endpoints(namespace, service)
+    }
+
+    fn routes(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> watch::Receiver<Option<Arc<ServiceRoutes>>> {
+        self.client.watch_routes(namespace, service)
     }
 }

@@ -23,6 +23,8 @@ pub enum ProxyError {
     },
     /// The destination has no endpoints (503).
     NoEndpoints { destination: String },
+    /// Every endpoint of the destination is ejected by the circuit breaker (503).
+    EndpointsEjected { destination: String },
     /// The destination is not a service the mesh knows (502).
     UnknownDestination { destination: String },
     /// Connecting to an endpoint failed (502).
@@ -52,6 +54,7 @@ impl ProxyError {
         match self {
             ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::NoEndpoints { .. } => "no_endpoints",
+            ProxyError::EndpointsEjected { .. } => "endpoints_ejected",
             ProxyError::UnknownDestination { .. } => "unknown_destination",
             ProxyError::ConnectFailed { .. } => "connect_failed",
             ProxyError::IdentityMismatch { .. } => "identity_mismatch",
@@ -67,6 +70,7 @@ impl ProxyError {
     pub const CODES: &'static [&'static str] = &[
         "forbidden",
         "no_endpoints",
+        "endpoints_ejected",
         "unknown_destination",
         "connect_failed",
         "identity_mismatch",
@@ -80,9 +84,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ProxyError::NoEndpoints { .. } | ProxyError::NotReady => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoEndpoints { .. }
+            | ProxyError::EndpointsEjected { .. }
+            | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ProxyError::UnknownDestination { .. }
@@ -121,6 +125,10 @@ impl fmt::Display for ProxyError {
             ProxyError::NoEndpoints { destination } => {
                 write!(f, "weft: {destination} has no available endpoints")
             }
+            ProxyError::EndpointsEjected { destination } => write!(
+                f,
+                "weft: every endpoint of {destination} is ejected by the circuit breaker after consecutive failures; each is probed again when its ejection ends"
+            ),
             ProxyError::UnknownDestination { destination } => write!(
                 f,
                 "weft: {destination} is not a service known to the mesh (check the Service resources of the control plane)"

@@ -5,14 +5,17 @@
 //! - [`stack`]: the request path of both directions, composed in request order. Its layers,
 //!   each in its own module: [`edge`] (errors to responses, request metrics), [`identity`]
 //!   (the peer's mTLS identity), [`authz`] (inbound authorization), [`destination`] (which
-//!   service), [`balance`] (which endpoint), and the leaf services [`endpoint`] (pooled mTLS
-//!   to the peer proxy) and [`app`] (the local application).
+//!   service), [`route`] (which HTTPRoute rule, and its metrics), [`split`] (which backend),
+//!   [`timeout`], [`fault`] (injected aborts and delays), [`retry`] (with its budget),
+//!   [`balance`] (which endpoint, with the circuit breaker), and the leaf services
+//!   [`endpoint`] (pooled mTLS to the peer proxy) and [`app`] (the local application).
 //! - [`inbound`]: peers → local app: TLS detection, mTLS termination, authorization, forwarding.
 //! - [`outbound`]: local app → services: accepts the app's connections and serves them with
 //!   the outbound stack.
 //! - [`run`]: start-up (certificate, policy, registration, readiness) and graceful shutdown.
 //! - [`config`]: flags and `WEFT_*` variables, each with its default.
-//! - [`discovery`]: the control-plane implementation of [`balance::Resolve`].
+//! - [`discovery`]: what the outbound side learns of services (endpoints, routes) and its
+//!   control-plane implementation.
 //! - [`tls`]: the proxy's TLS state following its identity client ([`tls::MeshTls`]).
 //! - [`detect`]: protocol detection (TLS, HTTP/1, HTTP/2, opaque) with a replaying stream.
 //! - [`http`]: hop-by-hop headers, authority, the original-protocol header.
@@ -33,14 +36,19 @@ pub mod discovery;
 pub mod edge;
 pub mod endpoint;
 pub mod error;
+pub mod fault;
 pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod listen;
 pub mod metrics;
 pub mod outbound;
+pub mod retry;
+pub mod route;
 pub mod run;
+pub mod split;
 pub mod stack;
 pub mod svc;
 pub mod tcp;
+pub mod timeout;
 pub mod tls;

@@ -81,7 +81,53 @@ pub struct ProxyMetrics {
     tcp_opened: Family<Counter>,
     tcp_open: Family<Gauge>,
     tcp_bytes: Family<Counter>,
+    route_requests: Family<Counter>,
+    route_responses: Family<Counter>,
+    route_latency: Family<Histogram>,
+    route_retries: Family<Counter>,
+    route_faults: Family<Counter>,
+    ejections: Family<Counter>,
     pub cert_expiry: Gauge,
+}
+
+/// The labels of a route's series: destination service, route, rule and backend.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabels<'a> {
+    pub dst: &'a str,
+    pub route: &'a str,
+    pub rule: &'a str,
+    pub backend: &'a str,
+}
+
+/// The outcome of a response the retry layer could have retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// Retried.
+    Taken,
+    /// Not retried: the retry budget was spent.
+    SkippedBudget,
+    /// Not retried: the request body was too large (or of unknown length) to replay.
+    SkippedBody,
+}
+
+impl RetryOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            RetryOutcome::Taken => "taken",
+            RetryOutcome::SkippedBudget => "skipped_budget",
+            RetryOutcome::SkippedBody => "skipped_body",
+        }
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 impl std::fmt::Debug for ProxyMetrics {
@@ -172,6 +218,39 @@ impl ProxyMetrics {
                 "Bytes forwarded on opaque TCP connections, by direction and flow (from client to server, or back).",
                 &["direction", "flow"],
             ),
+            route_requests: fam_c(
+                "weft_route_requests_total",
+                "Outbound HTTP requests by route rule and backend (labels are route names, never paths).",
+                &["dst_service", "route", "rule", "backend"],
+            ),
+            route_responses: fam_c(
+                "weft_route_responses_total",
+                "Outbound HTTP responses by route rule, backend and status class (after retries; timeouts and faults included).",
+                &["dst_service", "route", "rule", "backend", "status_class"],
+            ),
+            route_latency: Family {
+                registry: registry.clone(),
+                name: "weft_route_response_latency_seconds",
+                help: "Time from request to response headers by route rule and backend, retries and injected delays included.",
+                labels: &["dst_service", "route", "rule", "backend"],
+                series: RwLock::default(),
+                make: histogram,
+            },
+            route_retries: fam_c(
+                "weft_route_retries_total",
+                "Retryable failures by route rule and backend, and what became of them: taken, skipped_budget (the retry budget was spent), skipped_body (the request body could not be replayed).",
+                &["dst_service", "route", "rule", "backend", "outcome"],
+            ),
+            route_faults: fam_c(
+                "weft_route_faults_total",
+                "Injected faults by route rule and kind (abort or delay).",
+                &["dst_service", "route", "rule", "kind"],
+            ),
+            ejections: fam_c(
+                "weft_balance_ejections_total",
+                "Endpoints ejected by the circuit breaker after consecutive failures, by backend service.",
+                &["backend"],
+            ),
             cert_expiry: registry.gauge(
                 "weft_proxy_certificate_expiry_timestamp_seconds",
                 "When the proxy's current certificate expires, in Unix seconds.",
@@ -195,17 +274,38 @@ impl ProxyMetrics {
     }
 
     pub fn response(&self, direction: &str, peer: &str, dst: &str, status: u16, seconds: f64) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
+        let class = status_class(status);
         self.responses
             .get(&[direction, peer, dst, class])
             .increment(1);
         self.latency.get(&[direction, peer, dst]).record(seconds);
+    }
+
+    /// One request on a route, answered with `status` after `seconds`.
+    pub fn route_response(&self, l: RouteLabels<'_>, status: u16, seconds: f64) {
+        let labels = [l.dst, l.route, l.rule, l.backend];
+        self.route_requests.get(&labels).increment(1);
+        self.route_responses
+            .get(&[l.dst, l.route, l.rule, l.backend, status_class(status)])
+            .increment(1);
+        self.route_latency.get(&labels).record(seconds);
+    }
+
+    pub fn retry(&self, l: RouteLabels<'_>, outcome: RetryOutcome) {
+        self.route_retries
+            .get(&[l.dst, l.route, l.rule, l.backend, outcome.label()])
+            .increment(1);
+    }
+
+    /// An injected fault: `kind` is `abort` or `delay`.
+    pub fn fault(&self, l: RouteLabels<'_>, kind: &'static str) {
+        self.route_faults
+            .get(&[l.dst, l.route, l.rule, kind])
+            .increment(1);
+    }
+
+    pub fn ejection(&self, backend: &str) {
+        self.ejections.get(&[backend]).increment(1);
     }
 
     pub fn authz(&self, allowed: bool, policy: &str, peer: &str) {

@@ -14,11 +14,17 @@ use crate::balance::{BalanceLayer, Resolve};
 use crate::destination::DestinationLayer;
 use crate::edge::EdgeLayer;
 use crate::endpoint::Connect;
+use crate::fault::FaultLayer;
 use crate::identity::{ClientIdentity, IdentityLayer};
 use crate::inbound::InboundConfig;
 use crate::metrics::ProxyMetrics;
 use crate::outbound::OutboundConfig;
+use crate::retry::RetryLayer;
+use crate::route::RouteLayer;
+use crate::route::metrics::RouteMetricsLayer;
+use crate::split::SplitLayer;
 use crate::svc::HttpService;
+use crate::timeout::TimeoutLayer;
 use crate::tls::MeshTls;
 
 /// The outbound HTTP stack, shared by every connection from the application.
@@ -35,8 +41,24 @@ pub fn outbound(
             .layer(EdgeLayer::new("outbound", None, metrics.clone()))
             // Which service the request is for: routing and everything after depends on it.
             .layer(DestinationLayer::new(&cfg.namespace))
-            // One endpoint of that service, from discovery's current view.
-            .layer(BalanceLayer::new(resolver))
+            // Which rule of the service's HTTPRoutes (or its default route): the settings of
+            // every layer below.
+            .layer(RouteLayer::new(resolver.clone()))
+            // Which backend of the rule, by weight.
+            .layer(SplitLayer)
+            // Golden signals per route and backend, once per request, whoever answered.
+            .layer(RouteMetricsLayer::new(metrics.clone()))
+            // The route's whole-request timeout: injected delays and retries count against it.
+            .layer(TimeoutLayer::request())
+            // Injected faults, above retries: the application sees them as configured.
+            .layer(FaultLayer::new(metrics.clone()))
+            // Retries within the route's budget.
+            .layer(RetryLayer::new(metrics.clone()))
+            // One attempt's timeout.
+            .layer(TimeoutLayer::per_try())
+            // One endpoint of the backend, from discovery's current view, skipping endpoints
+            // the circuit breaker ejected.
+            .layer(BalanceLayer::new(resolver).with_metrics(metrics.clone()))
             // The endpoint: pooled mTLS HTTP/2 to its proxy, or plaintext when unmeshed.
             .service(Connect::new(tls, metrics)),
     )

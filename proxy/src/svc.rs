@@ -23,6 +23,17 @@ pub fn fail<T: Send + 'static>(e: impl Into<BoxError>) -> BoxFuture<Result<T, Bo
     Box::pin(std::future::ready(Err(e.into())))
 }
 
+/// Calls `svc` and boxes its future. Awaiting the box instead of `S::Future` inside an async
+/// block avoids rustc's "`Send` is not general enough" on the body's `dyn Error` (the future
+/// type is then concrete).
+pub fn call_boxed<S>(svc: &mut S, req: Request<Body>) -> BoxFuture<Result<Response<Body>, BoxError>>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    Box::pin(svc.call(req))
+}
+
 /// What the edge's metrics are labelled with, learnt by layers further down (the destination
 /// service once parsed, the endpoint's identity once chosen). The edge creates it, puts it in
 /// the request's extensions and reads it when the response (or error) comes back.

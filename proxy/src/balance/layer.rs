@@ -2,12 +2,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::{Balance, Dst, Resolve};
+use crate::metrics::ProxyMetrics;
 
-/// Builds [`Balance`] services over one resolver.
+/// Builds [`Balance`] services over one resolver; every balancer shares what it learnt of
+/// each backend.
 #[derive(Clone)]
 pub struct BalanceLayer {
     resolver: Arc<dyn Resolve>,
     dsts: Arc<Mutex<HashMap<Arc<str>, Dst>>>,
+    metrics: Option<Arc<ProxyMetrics>>,
 }
 
 impl std::fmt::Debug for BalanceLayer {
@@ -21,7 +24,14 @@ impl BalanceLayer {
         Self {
             resolver,
             dsts: Arc::default(),
+            metrics: None,
         }
+    }
+
+    /// Counts ejections in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<ProxyMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -33,6 +43,7 @@ impl<S> tower::Layer<S> for BalanceLayer {
             inner,
             resolver: self.resolver.clone(),
             dsts: self.dsts.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }

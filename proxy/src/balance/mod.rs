@@ -1,12 +1,14 @@
-//! Endpoint choice: the endpoints of the request's destination, as discovery reports them now,
-//! and the least loaded of two picked at random (power of two choices over peak-EWMA latency
-//! times requests in flight, [`ewma`]).
+//! Endpoint choice: the endpoints of the request's backend (the service its route's split
+//! chose, or its destination), as discovery reports them now, and the least loaded of two
+//! picked at random (power of two choices over peak-EWMA latency times requests in flight,
+//! [`ewma`]), skipping endpoints the circuit breaker ejected ([`breaker`]).
 //!
-//! Discovery is a watch per destination that the control plane keeps current, so endpoints
-//! added or removed apply to the next request, and requests in flight keep the endpoint they
-//! have; an endpoint that stays keeps its load. A request waits (bounded by
-//! [`DISCOVERY_TIMEOUT`]) only for the first answer about a destination.
+//! Discovery is a watch per backend that the control plane keeps current, so endpoints added
+//! or removed apply to the next request, and requests in flight keep the endpoint they have;
+//! an endpoint that stays keeps its load and its health. A request waits (bounded by
+//! [`DISCOVERY_TIMEOUT`]) only for the first answer about a backend.
 
+pub mod breaker;
 pub mod ewma;
 mod layer;
 #[cfg(test)]
@@ -14,55 +16,60 @@ mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::Request;
+use http::{Request, Response};
 use tokio::sync::watch;
 use weft_policy::registry::{Endpoint, ServiceEndpoints};
 
+use self::breaker::{Admission, Health, Outcome};
 use self::ewma::Load;
 pub use self::layer::BalanceLayer;
+use crate::body::Body;
 use crate::destination::Destination;
+pub use crate::discovery::Resolve;
 use crate::error::ProxyError;
+use crate::metrics::ProxyMetrics;
+use crate::route::{Backend, Route};
 use crate::svc::{BoxError, BoxFuture, Labels};
 
 /// How long a request waits for the first discovery answer about its destination.
 pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Where the outbound side learns the endpoints of a service: the control plane client in a
-/// real proxy, a fixed table in tests.
-pub trait Resolve: Send + Sync + 'static {
-    /// The endpoints of `namespace/service`, kept current. The value is `None` until the first
-    /// answer arrives. Called once per destination: the balancer keeps the watch.
-    fn resolve(
-        &self,
-        namespace: &str,
-        service: &str,
-    ) -> watch::Receiver<Option<Arc<ServiceEndpoints>>>;
-}
-
-/// Picks an endpoint of the request's [`Destination`] and attaches it to the request.
+/// Picks an endpoint of the request's backend and attaches it to the request.
 #[derive(Clone)]
 pub struct Balance<S> {
     inner: S,
     resolver: Arc<dyn Resolve>,
-    /// Every destination's endpoints and their loads, shared by all clones.
+    /// Every backend's endpoints, loads and health, shared by all clones.
     dsts: Arc<Mutex<HashMap<Arc<str>, Dst>>>,
+    metrics: Option<Arc<ProxyMetrics>>,
 }
 
-/// What the balancer knows of one destination.
+/// What the balancer knows of one endpoint, kept across discovery updates.
+#[derive(Debug)]
+pub struct EndpointState {
+    pub load: Arc<Load>,
+    pub health: Mutex<Health>,
+}
+
+/// What the balancer knows of one backend.
 struct Dst {
     rx: watch::Receiver<Option<Arc<ServiceEndpoints>>>,
-    /// The snapshot the loads belong to (`None` before the first answer).
+    /// The snapshot the states belong to (`None` before the first answer).
     snapshot: Option<Arc<ServiceEndpoints>>,
     /// One per endpoint of the snapshot, in its order.
-    loads: Vec<Arc<Load>>,
+    states: Vec<Arc<EndpointState>>,
+    /// How many of `states` are ejected now.
+    ejected: Arc<AtomicUsize>,
 }
 
 impl Dst {
-    /// Follows discovery: a new snapshot keeps the load of every endpoint still in it.
+    /// Follows discovery: a new snapshot keeps the load and health of every endpoint still
+    /// in it.
     fn refresh(&mut self, now: Instant) {
         if !self.rx.has_changed().unwrap_or(false) && self.snapshot.is_some() {
             return;
@@ -70,31 +77,44 @@ impl Dst {
         let Some(next) = self.rx.borrow_and_update().clone() else {
             return;
         };
-        let old: HashMap<SocketAddr, Arc<Load>> = match &self.snapshot {
+        let old: HashMap<SocketAddr, Arc<EndpointState>> = match &self.snapshot {
             Some(s) => s
                 .endpoints
                 .iter()
                 .map(|e| e.address)
-                .zip(self.loads.drain(..))
+                .zip(self.states.drain(..))
                 .collect(),
             None => HashMap::new(),
         };
         // A new endpoint starts at the mean estimate of the ones that stay measured.
         let mean = (!old.is_empty())
-            .then(|| old.values().map(|l| l.estimate(now)).sum::<f64>() / old.len() as f64);
-        self.loads = next
+            .then(|| old.values().map(|s| s.load.estimate(now)).sum::<f64>() / old.len() as f64);
+        self.states = next
             .endpoints
             .iter()
             .map(|e| match old.get(&e.address) {
-                Some(l) => l.clone(),
-                None => Arc::new(match mean {
-                    Some(m) => Load::with_estimate(m, now),
-                    None => Load::new(now),
+                Some(s) => s.clone(),
+                None => Arc::new(EndpointState {
+                    load: Arc::new(match mean {
+                        Some(m) => Load::with_estimate(m, now),
+                        None => Load::new(now),
+                    }),
+                    health: Mutex::new(Health::default()),
                 }),
             })
             .collect();
+        let ejected = self
+            .states
+            .iter()
+            .filter(|s| lock(&s.health).is_ejected())
+            .count();
+        self.ejected.store(ejected, Ordering::Relaxed);
         self.snapshot = Some(next);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<S> std::fmt::Debug for Balance<S> {
@@ -103,34 +123,45 @@ impl<S> std::fmt::Debug for Balance<S> {
     }
 }
 
-impl<S, B> tower::Service<Request<B>> for Balance<S>
+impl<S> tower::Service<Request<Body>> for Balance<S>
 where
-    S: tower::Service<Request<B>, Error = BoxError> + Clone + Send + 'static,
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
-    S::Response: Send + 'static,
-    B: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = Response<Body>;
     type Error = BoxError;
-    type Future = BoxFuture<Result<S::Response, BoxError>>;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let Some(dst) = req.extensions().get::<Destination>().cloned() else {
-            return crate::svc::fail(ProxyError::BadRequest {
-                detail: "no destination".into(),
-            });
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let ext = req.extensions();
+        let backend = match (ext.get::<Arc<Backend>>(), ext.get::<Destination>()) {
+            (Some(b), _) => b.clone(),
+            (None, Some(dst)) => Arc::new(Backend::of(dst)),
+            (None, None) => {
+                return crate::svc::fail(ProxyError::BadRequest {
+                    detail: "no destination".into(),
+                });
+            }
         };
+        let route = ext.get::<Arc<Route>>().cloned();
         // The inner service was made ready for this call: take it, leave a clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let dsts = self.dsts.clone();
         let resolver = self.resolver.clone();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
-            let (picked, load) = pick(&dsts, &*resolver, &dst).await?;
+            let breaker = route.as_ref().and_then(|r| r.breaker.as_ref());
+            let (picked, state, ejected) =
+                pick(&dsts, &*resolver, &backend, breaker.is_some()).await?;
+            let n = picked.endpoints.endpoints.len();
             let ep = picked.endpoint();
             Labels::set_peer(
                 &req,
@@ -142,12 +173,29 @@ where
                 ep.identity.is_some(),
             );
             req.extensions_mut().insert(picked);
-            let _in_flight = load.start();
+            // With a circuit breaker, the outcome counts towards the endpoint's health, also
+            // if the request is dropped unanswered.
+            let mut outcome = breaker.map(|b| Outcome::new(b, state.clone(), ejected, n));
+            let _in_flight = state.load.start();
             let start = now();
-            let rsp = inner.call(req).await?;
+            let res = crate::svc::call_boxed(&mut inner, req).await;
             let end = now();
-            load.observe(end.saturating_duration_since(start), end);
-            Ok(rsp)
+            let ok = match &res {
+                Ok(rsp) => {
+                    state
+                        .load
+                        .observe(end.saturating_duration_since(start), end);
+                    !rsp.status().is_server_error()
+                }
+                Err(_) => false,
+            };
+            if let Some(o) = outcome.as_mut()
+                && o.record(ok, tokio::time::Instant::now())
+                && let Some(m) = &metrics
+            {
+                m.ejection(backend.label());
+            }
+            res
         })
     }
 }
@@ -171,46 +219,60 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// The endpoint of `dst` with the lower load of two random ones, waiting (bounded) for the
-/// first discovery answer.
+type Choice = (Picked, Arc<EndpointState>, Arc<AtomicUsize>);
+
+/// The endpoint of `backend` with the lower load of two random ones (skipping ejected ones
+/// when `breaker`; an ejected one whose ejection ended goes first, as the probe), waiting
+/// (bounded) for the first discovery answer.
 async fn pick(
     dsts: &Mutex<HashMap<Arc<str>, Dst>>,
     resolver: &dyn Resolve,
-    dst: &Destination,
-) -> Result<(Picked, Arc<Load>), ProxyError> {
+    backend: &Backend,
+    breaker: bool,
+) -> Result<Choice, ProxyError> {
     let mut waited = false;
+    let display = || format!("{}.{}", backend.service, backend.namespace);
     loop {
         let mut rx = {
-            let mut dsts = dsts.lock().unwrap_or_else(|e| e.into_inner());
-            // Keyed by the label the destination already holds: no key is built per request.
-            let state = dsts.entry(dst.label().clone()).or_insert_with(|| Dst {
-                rx: resolver.resolve(&dst.namespace, &dst.service),
+            let mut dsts = lock(dsts);
+            // Keyed by the label the backend already holds: no key is built per request.
+            let state = dsts.entry(backend.label().clone()).or_insert_with(|| Dst {
+                rx: resolver.resolve(&backend.namespace, &backend.service),
                 snapshot: None,
-                loads: Vec::new(),
+                states: Vec::new(),
+                ejected: Arc::default(),
             });
             let now = now();
             state.refresh(now);
             if let Some(snapshot) = &state.snapshot {
                 if snapshot.endpoints.is_empty() {
                     return Err(ProxyError::NoEndpoints {
-                        destination: dst.display(),
+                        destination: display(),
                     });
                 }
-                let loads = &state.loads;
-                let index = ewma::p2c(
-                    loads.len(),
-                    |i| loads[i].cost(now),
-                    |n| fastrand::usize(..n),
-                );
+                let states = &state.states;
+                let index = if breaker && state.ejected.load(Ordering::Relaxed) > 0 {
+                    choose_healthy(states, tokio::time::Instant::now()).ok_or_else(|| {
+                        ProxyError::EndpointsEjected {
+                            destination: display(),
+                        }
+                    })?
+                } else {
+                    ewma::p2c(
+                        states.len(),
+                        |i| states[i].load.cost(now),
+                        |n| fastrand::usize(..n),
+                    )
+                };
                 let picked = Picked {
                     endpoints: snapshot.clone(),
                     index,
                 };
-                return Ok((picked, loads[index].clone()));
+                return Ok((picked, states[index].clone(), state.ejected.clone()));
             }
             state.rx.clone()
         };
-        // No answer yet about this destination: wait for one, once.
+        // No answer yet about this backend: wait for one, once.
         if waited
             || !matches!(
                 tokio::time::timeout(DISCOVERY_TIMEOUT, rx.wait_for(|v| v.is_some())).await,
@@ -218,9 +280,32 @@ async fn pick(
             )
         {
             return Err(ProxyError::UnknownDestination {
-                destination: dst.display(),
+                destination: display(),
             });
         }
         waited = true;
     }
+}
+
+/// With some endpoints ejected: an endpoint whose ejection ended (it becomes the one probe),
+/// else p2c over the endpoints in service; `None` when every endpoint is out.
+fn choose_healthy(states: &[Arc<EndpointState>], at: tokio::time::Instant) -> Option<usize> {
+    let mut in_service = Vec::with_capacity(states.len());
+    for (i, s) in states.iter().enumerate() {
+        match lock(&s.health).admit(at) {
+            Admission::Probe => return Some(i),
+            Admission::In => in_service.push(i),
+            Admission::Out => {}
+        }
+    }
+    if in_service.is_empty() {
+        return None;
+    }
+    let now = now();
+    let i = ewma::p2c(
+        in_service.len(),
+        |i| states[in_service[i]].load.cost(now),
+        |n| fastrand::usize(..n),
+    );
+    Some(in_service[i])
 }

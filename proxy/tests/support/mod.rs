@@ -23,6 +23,7 @@ use weft_policy::authz::{
     AllowRule, DefaultPolicy, InboundPolicy, InboundPolicySpec, WorkloadPolicy,
 };
 use weft_policy::registry::{Endpoint, EndpointSource, ServiceEndpoints};
+use weft_policy::routes::{RouteRule, ServiceRoutes};
 use weft_proxy::inbound::{Inbound, InboundConfig};
 use weft_proxy::metrics::ProxyMetrics;
 use weft_proxy::outbound::{Outbound, OutboundConfig, Resolve};
@@ -33,11 +34,14 @@ pub fn id(name: &str) -> SpiffeId {
 }
 
 type EndpointsTx = watch::Sender<Option<Arc<ServiceEndpoints>>>;
+type RoutesTx = watch::Sender<Option<Arc<ServiceRoutes>>>;
 
-/// A discovery table tests can change while proxies run.
+/// A discovery table (endpoints and routes) tests can change while proxies run. A service
+/// whose routes were never set has none.
 #[derive(Default)]
 pub struct StaticResolver {
     services: Mutex<HashMap<(String, String), EndpointsTx>>,
+    routes: Mutex<HashMap<(String, String), RoutesTx>>,
 }
 
 impl StaticResolver {
@@ -48,6 +52,32 @@ impl StaticResolver {
             .entry((ns.to_string(), svc.to_string()))
             .or_insert_with(|| watch::channel(None).0)
             .clone()
+    }
+
+    fn routes_sender(&self, ns: &str, svc: &str) -> RoutesTx {
+        self.routes
+            .lock()
+            .unwrap()
+            .entry((ns.to_string(), svc.to_string()))
+            .or_insert_with(|| {
+                watch::channel(Some(Arc::new(ServiceRoutes {
+                    namespace: ns.to_string(),
+                    service: svc.to_string(),
+                    rules: vec![],
+                })))
+                .0
+            })
+            .clone()
+    }
+
+    /// Sets the route rules of `svc` (they apply live).
+    pub fn set_routes(&self, svc: &str, rules: Vec<RouteRule>) {
+        self.routes_sender("default", svc)
+            .send_replace(Some(Arc::new(ServiceRoutes {
+                namespace: "default".into(),
+                service: svc.into(),
+                rules,
+            })));
     }
 
     pub fn set(&self, svc: &str, endpoints: Vec<(SocketAddr, Option<SpiffeId>)>) {
@@ -73,6 +103,10 @@ impl StaticResolver {
 impl Resolve for StaticResolver {
     fn resolve(&self, ns: &str, svc: &str) -> watch::Receiver<Option<Arc<ServiceEndpoints>>> {
         self.sender(ns, svc).subscribe()
+    }
+
+    fn routes(&self, ns: &str, svc: &str) -> watch::Receiver<Option<Arc<ServiceRoutes>>> {
+        self.routes_sender(ns, svc).subscribe()
     }
 }
 

@@ -1,0 +1,342 @@
+//! Retries: a failed attempt is tried again, within the route's limits.
+//!
+//! What is retried:
+//! - a connection that could not be made, for every method: the request never reached the
+//!   backend (an endpoint proving the wrong identity is not retried: that is no accident);
+//! - for idempotent methods (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`) only: the
+//!   route's status `codes` and status conditions (`5xx`, `gateway-error`), a reset
+//!   connection (`reset`) and an attempt that ran out of its per-try timeout
+//!   (`per-try-timeout`);
+//! - gRPC calls (`content-type: application/grpc`) answered `UNAVAILABLE` (grpc-status 14),
+//!   which counts as a 503.
+//!
+//! A route that configures retries with no `codes` or `conditions` gets the default
+//! conditions: `5xx` (so gRPC `UNAVAILABLE` too) and `connect-failure`. A route that
+//! configures no retries retries connect failures once.
+//!
+//! Each retry is taken from the route's [`Budget`] (at most `ratio` of the requests plus a
+//! small reserve, over a sliding window): when it is spent the failure goes back as it is and
+//! is counted as `skipped_budget`. A request body is buffered so it can be sent again when its
+//! length is known and at most [`MAX_REPLAY_BYTES`]; a longer body or a stream of unknown
+//! length is sent once, never buffered (counted as `skipped_body` if it then fails in a
+//! retryable way).
+
+pub mod budget;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
+use tower::ServiceExt;
+use weft_policy::routes::{Retry, RetryCondition};
+
+pub use self::budget::Budget;
+use crate::body::{self, Body};
+use crate::destination::Destination;
+use crate::edge::proxy_error;
+use crate::error::ProxyError;
+use crate::metrics::{ProxyMetrics, RetryOutcome};
+use crate::route::{Backend, Route};
+use crate::svc::{BoxError, BoxFuture, call_boxed};
+
+/// The largest request body buffered for replay.
+pub const MAX_REPLAY_BYTES: u64 = 64 * 1024;
+
+/// The budget of routes that set none: retries add at most 20 % to the load, plus 10 per
+/// second, over 10 seconds (Linkerd's defaults).
+pub const DEFAULT_BUDGET: (f64, u32, Duration) = (0.2, 10, Duration::from_secs(10));
+
+/// What a route retries, how often, and its budget.
+#[derive(Debug)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    codes: Vec<u16>,
+    server_error: bool,
+    gateway_error: bool,
+    connect_failure: bool,
+    reset: bool,
+    per_try_timeout: bool,
+    budget: Arc<Budget>,
+    /// What `budget` was made from, so an unchanged budget survives route updates.
+    budget_spec: (f64, u32, Duration),
+}
+
+impl RetryPolicy {
+    /// The policy of a route that configures no retries: connect failures, once.
+    pub fn default_route() -> Self {
+        Self::from_spec(None, None)
+    }
+
+    /// The policy of a rule's `retry` (none: [`default_route`](Self::default_route)), keeping
+    /// `prior`'s budget when its settings are unchanged.
+    pub fn from_spec(spec: Option<&Retry>, prior: Option<&RetryPolicy>) -> Self {
+        let budget_spec = spec
+            .and_then(|r| r.budget.as_ref())
+            .map_or(DEFAULT_BUDGET, |b| (b.ratio, b.min_per_second, b.ttl.0));
+        let budget = match prior {
+            Some(p) if p.budget_spec == budget_spec => p.budget.clone(),
+            _ => Arc::new(Budget::new(budget_spec.0, budget_spec.1, budget_spec.2)),
+        };
+        let mut policy = Self {
+            attempts: 1,
+            codes: Vec::new(),
+            server_error: false,
+            gateway_error: false,
+            connect_failure: true,
+            reset: false,
+            per_try_timeout: false,
+            budget,
+            budget_spec,
+        };
+        let Some(spec) = spec else {
+            return policy;
+        };
+        policy.attempts = spec.attempts;
+        policy.codes = spec.codes.clone();
+        policy.connect_failure = false;
+        if spec.codes.is_empty() && spec.conditions.is_empty() {
+            policy.server_error = true;
+            policy.connect_failure = true;
+        }
+        for c in &spec.conditions {
+            match c {
+                RetryCondition::ServerError => policy.server_error = true,
+                RetryCondition::GatewayError => policy.gateway_error = true,
+                RetryCondition::ConnectFailure => policy.connect_failure = true,
+                RetryCondition::Reset => policy.reset = true,
+                RetryCondition::PerTryTimeout => policy.per_try_timeout = true,
+            }
+        }
+        policy
+    }
+
+    /// The route's retry budget.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    fn retries_status(&self, status: u16) -> bool {
+        self.codes.contains(&status)
+            || (self.server_error && (500..=599).contains(&status))
+            || (self.gateway_error && (502..=504).contains(&status))
+    }
+
+    /// Whether this outcome of an attempt of a request of `kind` may be retried.
+    fn retryable(&self, kind: Kind, res: &Result<Response<Body>, BoxError>) -> bool {
+        match res {
+            Ok(rsp) => match kind {
+                Kind::Grpc => grpc_unavailable(rsp.headers()) && self.retries_status(503),
+                Kind::Idempotent => self.retries_status(rsp.status().as_u16()),
+                Kind::Other => false,
+            },
+            Err(e) => match proxy_error(e.as_ref()) {
+                // Not an identity mismatch: that is no accident that a retry could mend.
+                ProxyError::ConnectFailed { .. } => self.connect_failure,
+                ProxyError::Upstream { .. } => self.reset && kind == Kind::Idempotent,
+                ProxyError::Timeout { .. } => self.per_try_timeout && kind == Kind::Idempotent,
+                _ => false,
+            },
+        }
+    }
+}
+
+/// What a request's method and protocol allow to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Idempotent,
+    Grpc,
+    Other,
+}
+
+fn kind<B>(req: &Request<B>) -> Kind {
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        return Kind::Grpc;
+    }
+    match *req.method() {
+        Method::GET
+        | Method::HEAD
+        | Method::OPTIONS
+        | Method::TRACE
+        | Method::PUT
+        | Method::DELETE => Kind::Idempotent,
+        _ => Kind::Other,
+    }
+}
+
+/// A trailers-only gRPC response with status 14 (`UNAVAILABLE`).
+fn grpc_unavailable(headers: &HeaderMap) -> bool {
+    headers.get("grpc-status").is_some_and(|v| v == "14")
+}
+
+/// Builds [`Retries`] services.
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl RetryLayer {
+    pub fn new(metrics: Arc<ProxyMetrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for RetryLayer {
+    type Service = Retries<S>;
+
+    fn layer(&self, inner: S) -> Retries<S> {
+        Retries {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Retries each request by its route's policy.
+#[derive(Debug, Clone)]
+pub struct Retries<S> {
+    inner: S,
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl<S> tower::Service<Request<Body>> for Retries<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let Some(route) = req.extensions().get::<Arc<Route>>().cloned() else {
+            return Box::pin(self.inner.call(req));
+        };
+        route.retry.budget.deposit();
+        if route.retry.attempts == 0 {
+            return Box::pin(self.inner.call(req));
+        }
+        // Ready for this call: take it, leave a clone behind.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(retry(inner, req, route, self.metrics.clone()))
+    }
+}
+
+/// A request body kept to be sent again.
+struct Replay {
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl Replay {
+    fn body(&self) -> Body {
+        match &self.trailers {
+            None => body::full(self.data.clone()),
+            Some(t) => {
+                let t = t.clone();
+                body::boxed(
+                    Full::new(self.data.clone())
+                        .map_err(|e| match e {})
+                        .with_trailers(async move { Some(Ok::<_, std::convert::Infallible>(t)) }),
+                )
+            }
+        }
+    }
+}
+
+/// Whether a body is buffered for replay: its length is known and small, and the client
+/// does not wait for `100 Continue` before sending it.
+fn replayable(body: &Body, headers: &HeaderMap) -> bool {
+    body.is_end_stream()
+        || (body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= MAX_REPLAY_BYTES)
+            && !headers.contains_key(http::header::EXPECT))
+}
+
+async fn retry<S>(
+    mut inner: S,
+    req: Request<Body>,
+    route: Arc<Route>,
+    metrics: Arc<ProxyMetrics>,
+) -> Result<Response<Body>, BoxError>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    let kind = kind(&req);
+    let policy = &route.retry;
+    let ext = req.extensions();
+    let unknown = || Arc::from("unknown");
+    let dst: Arc<str> = ext
+        .get::<Destination>()
+        .map_or_else(unknown, |d| d.label().clone());
+    let backend: Arc<str> = ext
+        .get::<Arc<Backend>>()
+        .map_or_else(unknown, |b| b.label().clone());
+    let record = |outcome| metrics.retry(route.labels(&dst, &backend), outcome);
+    if !replayable(req.body(), req.headers()) {
+        let res = call_boxed(&mut inner, req).await;
+        if policy.retryable(kind, &res) {
+            record(RetryOutcome::SkippedBody);
+        }
+        return res;
+    }
+    let (parts, body) = req.into_parts();
+    let collected = body.collect().await.map_err(|e| ProxyError::BadRequest {
+        detail: format!(
+            "reading the request body failed: {}",
+            crate::edge::error_chain(e.as_ref())
+        ),
+    })?;
+    let trailers = collected.trailers().cloned();
+    let replay = Replay {
+        data: collected.to_bytes(),
+        trailers,
+    };
+    let template = Request::from_parts(parts, ());
+    let attempt = || {
+        let mut r = Request::new(replay.body());
+        *r.method_mut() = template.method().clone();
+        *r.uri_mut() = template.uri().clone();
+        *r.version_mut() = template.version();
+        *r.headers_mut() = template.headers().clone();
+        *r.extensions_mut() = template.extensions().clone();
+        r
+    };
+    let mut res = call_boxed(&mut inner, attempt()).await;
+    let mut retries = 0;
+    while retries < policy.attempts && policy.retryable(kind, &res) {
+        if !policy.budget.withdraw() {
+            record(RetryOutcome::SkippedBudget);
+            return res;
+        }
+        record(RetryOutcome::Taken);
+        retries += 1;
+        drop(res);
+        res = match inner.ready().await {
+            Ok(svc) => call_boxed(svc, attempt()).await,
+            Err(e) => Err(e),
+        };
+    }
+    res
+}

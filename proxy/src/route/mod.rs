@@ -1,0 +1,320 @@
+//! Routing: which rule of the destination's `HTTPRoute`s a request takes.
+//!
+//! The router follows each destination's routes from discovery (a watch per destination, kept
+//! for the proxy's life) and compiles every rule once per change into a [`Route`]: its
+//! backends as a weighted split, its timeouts, retry policy and budget, circuit breaker and
+//! faults. A request takes the most specific matching rule (Gateway API precedence,
+//! [`ServiceRoutes::find_index`]); a request no rule matches, or any request to a service
+//! without routes, takes the service's default route: to the service itself, with default
+//! settings. The route travels in the request's extensions for the layers below.
+//!
+//! A rule's retry budget survives route updates that leave the rule's budget unchanged, so
+//! editing a route does not hand out a fresh budget.
+
+mod layer;
+pub mod metrics;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Request;
+use tokio::sync::watch;
+use weft_policy::routes::{CircuitBreaker, Fault, RouteRule, ServiceRoutes};
+use weft_policy::split::WeightedSplit;
+
+pub use self::layer::RouteLayer;
+use crate::destination::Destination;
+use crate::discovery::Resolve;
+use crate::error::ProxyError;
+use crate::metrics::RouteLabels;
+use crate::retry::RetryPolicy;
+use crate::svc::{BoxError, BoxFuture};
+
+/// How long a request waits for the first answer about its destination's routes. With none
+/// by then, it takes the default route (the control plane may be away: the service itself is
+/// the safe choice).
+pub const ROUTES_TIMEOUT: Duration = crate::balance::DISCOVERY_TIMEOUT;
+
+/// The name of the default route and its rule in metrics.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// A rule, compiled: everything the layers below need to serve a request on it.
+#[derive(Debug)]
+pub struct Route {
+    /// The `HTTPRoute` (`namespace/name`), or `default`.
+    pub route: Arc<str>,
+    /// The rule's name (or index), or `default`.
+    pub rule: Arc<str>,
+    /// Where the rule sends requests, by weight.
+    pub backends: WeightedSplit<Arc<Backend>>,
+    /// The whole request, retries and injected delays included.
+    pub request_timeout: Option<Duration>,
+    /// One attempt.
+    pub per_try_timeout: Option<Duration>,
+    pub retry: RetryPolicy,
+    pub breaker: Option<CircuitBreaker>,
+    pub fault: Option<Fault>,
+}
+
+impl Route {
+    /// The default route of `namespace/service`: to itself, with default settings.
+    pub fn default_for(namespace: &str, service: &str, retry: RetryPolicy) -> Self {
+        Self {
+            route: Arc::from(DEFAULT_ROUTE),
+            rule: Arc::from(DEFAULT_ROUTE),
+            backends: WeightedSplit::new([(Arc::new(Backend::new(namespace, service)), 1)]),
+            request_timeout: None,
+            per_try_timeout: None,
+            retry,
+            breaker: None,
+            fault: None,
+        }
+    }
+
+    /// Compiles a rule; `prior` finds the retry budget of the rule's previous version.
+    pub fn compile(rule: &RouteRule, prior: Option<&Route>) -> Self {
+        let retry = RetryPolicy::from_spec(rule.retry.as_ref(), prior.map(|p| &p.retry));
+        let timeouts = rule.timeouts.as_ref();
+        Self {
+            route: Arc::from(rule.route.as_str()),
+            rule: Arc::from(rule.name.as_str()),
+            backends: WeightedSplit::new(
+                rule.backends
+                    .iter()
+                    .map(|b| (Arc::new(Backend::new(&b.namespace, &b.service)), b.weight)),
+            ),
+            request_timeout: timeouts.and_then(|t| t.request).map(|d| d.0),
+            // The retry's own per-try timeout, else the route's backend request timeout.
+            per_try_timeout: rule
+                .retry
+                .as_ref()
+                .and_then(|r| r.per_try_timeout)
+                .or_else(|| timeouts.and_then(|t| t.backend_request))
+                .map(|d| d.0),
+            retry,
+            breaker: rule.circuit_breaker.clone(),
+            fault: rule
+                .fault
+                .clone()
+                .filter(|f| f.abort.is_some() || f.delay.is_some()),
+        }
+    }
+
+    /// The labels of this route's series for a request to `dst` sent to `backend`.
+    pub fn labels<'a>(&'a self, dst: &'a str, backend: &'a str) -> RouteLabels<'a> {
+        RouteLabels {
+            dst,
+            route: &self.route,
+            rule: &self.rule,
+            backend,
+        }
+    }
+}
+
+/// A service a rule sends requests to: the balancer's destination from the split on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub namespace: String,
+    pub service: String,
+    /// `<namespace>/<service>`: the metric label and the balancer's key.
+    label: Arc<str>,
+}
+
+impl Backend {
+    pub fn new(namespace: &str, service: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+            label: Arc::from(format!("{namespace}/{service}")),
+        }
+    }
+
+    /// The backend of a request that names only its destination (no route layer above).
+    pub fn of(dst: &Destination) -> Self {
+        Self::new(&dst.namespace, &dst.service)
+    }
+
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+}
+
+/// A destination's routes, compiled.
+#[derive(Debug)]
+struct Compiled {
+    spec: Arc<ServiceRoutes>,
+    /// One per rule of `spec`, in its order.
+    rules: Vec<Arc<Route>>,
+    default: Arc<Route>,
+}
+
+impl Compiled {
+    fn new(spec: Arc<ServiceRoutes>, prior: Option<&Compiled>) -> Self {
+        let find_prior = |rule: &RouteRule| {
+            prior.and_then(|p| {
+                p.rules
+                    .iter()
+                    .find(|r| *r.route == *rule.route && *r.rule == *rule.name)
+                    .map(|r| &**r)
+            })
+        };
+        let rules = spec
+            .rules
+            .iter()
+            .map(|r| Arc::new(Route::compile(r, find_prior(r))))
+            .collect();
+        let default = match prior {
+            Some(p) => p.default.clone(),
+            None => Arc::new(Route::default_for(
+                &spec.namespace,
+                &spec.service,
+                RetryPolicy::default_route(),
+            )),
+        };
+        Self {
+            spec,
+            rules,
+            default,
+        }
+    }
+
+    fn pick<B>(&self, req: &Request<B>) -> Arc<Route> {
+        self.spec
+            .find_index(req.method(), req.uri().path(), req.headers())
+            .and_then(|i| self.rules.get(i))
+            .unwrap_or(&self.default)
+            .clone()
+    }
+}
+
+/// What the router knows of one destination.
+struct DstRoutes {
+    rx: watch::Receiver<Option<Arc<ServiceRoutes>>>,
+    compiled: Option<Compiled>,
+}
+
+impl DstRoutes {
+    fn refresh(&mut self) {
+        if !self.rx.has_changed().unwrap_or(false) && self.compiled.is_some() {
+            return;
+        }
+        let Some(next) = self.rx.borrow_and_update().clone() else {
+            return;
+        };
+        if let Some(c) = &self.compiled
+            && Arc::ptr_eq(&c.spec, &next)
+        {
+            return;
+        }
+        self.compiled = Some(Compiled::new(next, self.compiled.as_ref()));
+    }
+}
+
+/// The routes of every destination seen, shared by all clones of the router.
+type Table = Arc<Mutex<HashMap<Arc<str>, DstRoutes>>>;
+
+/// Picks the route of each request and attaches it ([`Arc<Route>`] extension).
+#[derive(Clone)]
+pub struct Router<S> {
+    inner: S,
+    resolver: Arc<dyn Resolve>,
+    table: Table,
+}
+
+impl<S> std::fmt::Debug for Router<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").finish_non_exhaustive()
+    }
+}
+
+impl<S, B> tower::Service<Request<B>> for Router<S>
+where
+    S: tower::Service<Request<B>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<S::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let Some(dst) = req.extensions().get::<Destination>() else {
+            return crate::svc::fail(ProxyError::BadRequest {
+                detail: "no destination".into(),
+            });
+        };
+        // Known routes: pick now, no await.
+        let rx = match pick(&self.table, &*self.resolver, dst, &req) {
+            Ok(route) => {
+                req.extensions_mut().insert(route);
+                return Box::pin(self.inner.call(req));
+            }
+            Err(rx) => rx,
+        };
+        // The destination's first request: wait (bounded) for its routes.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let table = self.table.clone();
+        let resolver = self.resolver.clone();
+        Box::pin(async move {
+            let mut rx = rx;
+            let answered = matches!(
+                tokio::time::timeout(ROUTES_TIMEOUT, rx.wait_for(|v| v.is_some())).await,
+                Ok(Ok(_))
+            );
+            let route = match req.extensions().get::<Destination>() {
+                Some(dst) if answered => pick(&table, &*resolver, dst, &req).ok(),
+                _ => None,
+            };
+            let route = match (route, req.extensions().get::<Destination>()) {
+                (Some(r), _) => r,
+                (None, Some(dst)) => {
+                    tracing::debug!(dst = %dst.display(), "no routes known yet: default route");
+                    Arc::new(Route::default_for(
+                        &dst.namespace,
+                        &dst.service,
+                        RetryPolicy::default_route(),
+                    ))
+                }
+                (None, None) => {
+                    return Err(ProxyError::BadRequest {
+                        detail: "no destination".into(),
+                    }
+                    .into());
+                }
+            };
+            req.extensions_mut().insert(route);
+            inner.call(req).await
+        })
+    }
+}
+
+/// The route of `req` if its destination's routes are known, else the watch to wait on.
+fn pick<B>(
+    table: &Mutex<HashMap<Arc<str>, DstRoutes>>,
+    resolver: &dyn Resolve,
+    dst: &Destination,
+    req: &Request<B>,
+) -> Result<Arc<Route>, watch::Receiver<Option<Arc<ServiceRoutes>>>> {
+    let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+    let state = table
+        .entry(dst.label().clone())
+        .or_insert_with(|| DstRoutes {
+            rx: resolver.routes(&dst.namespace, &dst.service),
+            compiled: None,
+        });
+    state.refresh();
+    match &state.compiled {
+        Some(c) => Ok(c.pick(req)),
+        None => Err(state.rx.clone()),
+    }
+}
