@@ -180,6 +180,18 @@ impl Mesh {
 
     /// Starts a proxy for workload `name` whose app listens on `app_port`.
     pub async fn proxy(&self, name: &str, app_port: u16, policy: WorkloadPolicy) -> TestProxy {
+        self.proxy_at(name, app_port, policy, "127.0.0.1:0".parse().unwrap())
+            .await
+    }
+
+    /// Starts a proxy whose inbound port listens on `inbound` (to bring back a stopped one).
+    pub async fn proxy_at(
+        &self,
+        name: &str,
+        app_port: u16,
+        policy: WorkloadPolicy,
+        inbound_at: SocketAddr,
+    ) -> TestProxy {
         let registry = Registry::new();
         let metrics = ProxyMetrics::new(registry.clone());
         let tls = MeshTls::new();
@@ -219,7 +231,7 @@ impl Mesh {
             self.resolver.clone(),
             metrics.clone(),
         );
-        let in_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let in_l = tokio::net::TcpListener::bind(inbound_at).await.unwrap();
         let out_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let inbound_addr = in_l.local_addr().unwrap();
         let outbound_addr = out_l.local_addr().unwrap();
@@ -406,4 +418,153 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// An HTTP app that answers `hello from <name>` (header `x-app: <name>`) after `delay`, or
+/// 503 for `fail_percent` % of requests (changeable while it runs), counting what it served.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub served: Arc<std::sync::atomic::AtomicU64>,
+    pub fail_percent: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl TestApp {
+    pub fn served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+pub async fn test_app(name: &'static str, delay: Duration, fail_percent: u32) -> TestApp {
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let served = Arc::new(AtomicU64::new(0));
+    let fail = Arc::new(AtomicU32::new(fail_percent));
+    let (served2, fail2) = (served.clone(), fail.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let (served, fail) = (served2.clone(), fail2.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| {
+                        let (served, fail) = (served.clone(), fail.clone());
+                        async move {
+                            served.fetch_add(1, Ordering::Relaxed);
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            let failing = fastrand::u32(..100) < fail.load(Ordering::Relaxed);
+                            let rsp = http::Response::builder()
+                                .status(if failing { 503 } else { 200 })
+                                .header("x-app", name)
+                                .body(Full::new(Bytes::from(format!("hello from {name}"))))
+                                .unwrap();
+                            Ok::<_, Infallible>(rsp)
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    TestApp {
+        addr,
+        served,
+        fail_percent: fail,
+    }
+}
+
+/// What a client got for one request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    /// `x-app` of the app that answered.
+    pub app: Option<String>,
+    /// `weft-fault` values.
+    pub faults: Vec<String>,
+    /// `weft-error`.
+    pub error: Option<String>,
+    pub elapsed: Duration,
+}
+
+/// Sends `n` GETs of `url` through `proxy` (as its HTTP proxy) over `concurrency` keep-alive
+/// connections, with `headers`; bounded by `limit` overall.
+pub async fn drive(
+    proxy: SocketAddr,
+    url: &str,
+    n: usize,
+    concurrency: usize,
+    headers: &[(&'static str, &'static str)],
+    limit: Duration,
+) -> Vec<Reply> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = Arc::new(AtomicUsize::new(0));
+    let uri: http::Uri = url.parse().unwrap();
+    let headers: Vec<(&'static str, &'static str)> = headers.to_vec();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (next, uri, headers) = (next.clone(), uri.clone(), headers.clone());
+        workers.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                if sender.as_ref().is_none_or(|s| s.is_closed()) {
+                    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+                    let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                        .await
+                        .unwrap();
+                    tokio::spawn(conn);
+                    sender = Some(s);
+                }
+                let s = sender.as_mut().unwrap();
+                s.ready().await.unwrap();
+                let mut req = http::Request::get(uri.clone())
+                    .header("host", uri.authority().unwrap().as_str());
+                for (k, v) in &headers {
+                    req = req.header(*k, *v);
+                }
+                let start = std::time::Instant::now();
+                let rsp = s
+                    .send_request(req.body(Full::new(Bytes::new())).unwrap())
+                    .await
+                    .unwrap();
+                let elapsed = start.elapsed();
+                let h = rsp.headers();
+                let get = |k: &str| h.get(k).map(|v| v.to_str().unwrap().to_string());
+                let reply = Reply {
+                    status: rsp.status().as_u16(),
+                    app: get("x-app"),
+                    faults: h
+                        .get_all("weft-fault")
+                        .iter()
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .collect(),
+                    error: get("weft-error"),
+                    elapsed,
+                };
+                rsp.into_body().collect().await.unwrap();
+                out.push(reply);
+            }
+            out
+        }));
+    }
+    let all = tokio::time::timeout(limit, futures_util::future::join_all(workers))
+        .await
+        .expect("the load did not finish in time");
+    all.into_iter().flat_map(|r| r.unwrap()).collect()
+}
+
+/// How many replies satisfy `f`.
+pub fn count(replies: &[Reply], f: impl Fn(&Reply) -> bool) -> usize {
+    replies.iter().filter(|r| f(r)).count()
+}
+
+/// Route rules from YAML, in the form the control plane serves them.
+pub fn rules(yaml: &str) -> Vec<RouteRule> {
+    serde_yaml_ng::from_str(yaml).unwrap()
 }
