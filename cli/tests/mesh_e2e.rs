@@ -194,6 +194,19 @@ impl Fixture {
         std::fs::rename(&tmp, self.resources.join("mesh.yaml")).unwrap();
     }
 
+    /// Writes (or removes, with `None`) an `HTTPRoute` file beside the resources.
+    fn write_routes(&self, yaml: Option<&str>) {
+        let path = self.resources.join("routes.yaml");
+        match yaml {
+            Some(y) => {
+                let tmp = self.dir.path().join("routes.yaml.tmp");
+                std::fs::write(&tmp, y).unwrap();
+                std::fs::rename(&tmp, path).unwrap();
+            }
+            None => std::fs::remove_file(path).unwrap(),
+        }
+    }
+
     fn get(&self, from: &str, path: &str) -> (u16, String) {
         let url = format!("http://api.default:{}{path}", self.port);
         let host = format!("api.default:{}", self.port);
@@ -290,6 +303,64 @@ fn two_workloads_through_real_proxies_with_a_policy_on_disk() {
         assert!(status.success(), "{name} exited with {status}");
     }
     assert!(f.policy.take().unwrap().terminate().success());
+}
+
+#[test]
+fn routes_written_on_disk_apply_live_in_the_callers_proxy() {
+    let f = Fixture::start();
+    assert_eq!(f.wait_status("web", 200, Duration::from_secs(30)).0, 200);
+    f.write_routes(Some(
+        r#"kind: HTTPRoute
+metadata: {name: api, namespace: default}
+spec:
+  parentRefs: [{name: api}]
+  rules:
+    - name: teapot
+      matches: [{path: {type: PathPrefix, value: /teapot}}]
+      fault: {abort: {httpStatus: 418, percentage: 100}}
+    - name: slow
+      matches: [{path: {type: PathPrefix, value: /slow}}]
+      timeouts: {request: 300ms}
+"#,
+    ));
+    // The control plane pushes the route to web's proxy: an injected 418, marked.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (status, rsp) = loop {
+        let r = f.get("web", "/teapot");
+        if r.0 == 418 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status, 418, "{rsp}\n{}", f.policy.as_ref().unwrap().logs());
+    assert!(rsp.to_lowercase().contains("weft-fault: abort"), "{rsp}");
+    // The app takes 1.5 s on /slow; the route gives it 300 ms.
+    let start = Instant::now();
+    let (status, rsp) = f.get("web", "/slow");
+    let took = start.elapsed();
+    assert_eq!(status, 504, "{rsp}");
+    assert!(rsp.to_lowercase().contains("weft-error: timeout"), "{rsp}");
+    assert!(took < Duration::from_millis(1200), "took {took:?}");
+    // Other paths take the default route, labelled so.
+    assert_eq!(f.get("web", "/other").0, 200);
+    let m = f.metrics("web");
+    for rule in ["teapot", "slow", "default"] {
+        assert!(
+            metric_sum(
+                &m,
+                "weft_route_requests_total",
+                &[&format!("rule=\"{rule}\"")]
+            ) >= 1.0,
+            "{rule}: {m}"
+        );
+    }
+    // Removed: back to the default route.
+    f.write_routes(None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while f.get("web", "/teapot").0 != 200 {
+        assert!(Instant::now() < deadline, "the route removal did not apply");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
