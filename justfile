@@ -24,6 +24,7 @@ bench:
     cargo run --release -p weft-bench --bin policy-bench -- --json bench/results/policy-$(date +%F).json
     cargo build --release -p weft -p weft-proxy -p weft-bench
     cargo run --release -p weft-bench -- mesh --json bench/results/mesh-$(date +%F).json
+    cargo run --release -p weft-bench -- stack --json bench/results/stack-$(date +%F).json
 
 # The main job: a local mesh.
 demo:

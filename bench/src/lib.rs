@@ -1,6 +1,8 @@
 //! weft's benchmarks. The `weft-bench` binary (`src/main.rs`) has one subcommand per part:
-//! `app` (the app behind the mesh), `load` (the load generator) and `mesh` (direct against
-//! app → weft → weft → app over mTLS, side by side in one run). `identity-bench` and
+//! `app` (the app behind the mesh), `load` (the load generator), `mesh` (direct against
+//! app → weft → weft → app over mTLS, side by side in one run) and `stack` (the outbound
+//! proxy's full stack, every layer an HTTPRoute configures, against its minimal stack, in one
+//! run). `identity-bench` and
 //! `policy-bench` (`src/bin/`) measure the identity service and the control plane on their
 //! own. Everything runs on loopback and is bounded in time and count; see
 //! `docs/benchmarks.md` for what each one measures and the numbers.
@@ -13,15 +15,20 @@
 //!   the maximum rate; HDR histograms; errors counted by kind.
 //! - `mesh`: starts the app, `weft identity`, `weft policy` and two `weft proxy` processes in a
 //!   temporary directory, runs the direct and the weft scenario alternately, samples the
-//!   proxies' CPU and memory, checks the path was mTLS.
+//!   proxies' CPU and memory, checks the path was mTLS; the harness (mesh, load runtime, one
+//!   measured run) that `stack` shares.
 //! - `procstat`: a process's CPU time and resident memory from `/proc`.
 //! - `report`: medians and spreads over the repeats, the Markdown tables, targets.
+//! - `stack`: on the same mesh, direct, minimal stack and full stack alternately; writes and
+//!   removes the full-stack HTTPRoute in the control plane's directory while the mesh runs,
+//!   and waits until the control plane and the web proxy show each change.
 
 pub mod app;
 pub mod load;
 pub mod mesh;
 pub mod procstat;
 pub mod report;
+pub mod stack;
 
 /// Errors of the benchmark: a message saying what failed and what to do.
 pub type Error = String;

@@ -35,6 +35,9 @@ use crate::Error;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long after its window a run may go on sending requests it is behind on.
 pub const DRAIN: Duration = Duration::from_secs(10);
+/// The `user-agent` of every request: real clients send one, and the full-stack HTTPRoute of
+/// `weft-bench stack` has a header rule that must evaluate it (and not match).
+pub const USER_AGENT: &str = "weft-bench";
 /// Pause after a transport error before the connection is made again, so a refused connect
 /// does not become a busy loop.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
@@ -235,6 +238,10 @@ impl Target {
             req.headers_mut()
                 .insert(http::header::HOST, self.host.clone());
         }
+        req.headers_mut().insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(USER_AGENT),
+        );
         req
     }
 

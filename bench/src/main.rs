@@ -3,6 +3,8 @@
 //!
 //! - `weft-bench mesh [--rate 1000] [--repeat 3] [--json out.json]`: direct against weft,
 //!   side by side;
+//! - `weft-bench stack [--rate 1000] [--repeat 3] [--json out.json]`: direct, the minimal
+//!   outbound stack and the full one (an HTTPRoute configuring every layer), side by side;
 //! - `weft-bench load --target http://127.0.0.1:PORT/ [--rate N | --max]`: the load generator
 //!   on its own;
 //! - `weft-bench app --listen 127.0.0.1:PORT`: the app the mesh benchmark runs behind weft.
@@ -16,6 +18,7 @@ use weft_bench::Error;
 use weft_bench::app::AppConfig;
 use weft_bench::load::{self, LoadConfig, Window};
 use weft_bench::mesh::{self, MeshConfig};
+use weft_bench::stack;
 use weft_identity::config::parse_duration;
 
 #[derive(Debug, Parser)]
@@ -32,6 +35,9 @@ struct Cli {
 enum Cmd {
     /// Direct against app → weft → weft → app over mTLS, side by side.
     Mesh(MeshArgs),
+    /// Direct, the minimal outbound stack (no HTTPRoute) and the full one (an HTTPRoute
+    /// configuring every layer), side by side, open loop at a fixed rate.
+    Stack(MeshArgs),
     /// The load generator: open loop at a fixed rate, or closed loop (--max).
     Load(LoadArgs),
     /// A tiny HTTP/1.1 + h2c server answering every request with a fixed body.
@@ -52,7 +58,8 @@ struct MeshArgs {
     /// Warm-up before each run (not measured).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     warmup: Duration,
-    /// Repeats of direct then weft; medians and min–max are reported.
+    /// Repeats of direct then weft (stack: direct, minimal, full); medians and min–max are
+    /// reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     /// Bytes in each response body.
@@ -121,6 +128,7 @@ struct AppArgs {
 fn main() {
     let result = match Cli::parse().command {
         Cmd::Mesh(a) => run_mesh(a),
+        Cmd::Stack(a) => run_stack(a),
         Cmd::Load(a) => run_load(a),
         Cmd::App(a) => weft_bench::app::serve(&AppConfig {
             listen: a.listen,
@@ -134,24 +142,42 @@ fn main() {
     }
 }
 
+impl MeshArgs {
+    fn config(&self) -> MeshConfig {
+        MeshConfig {
+            rate: self.rate,
+            connections: self.connections,
+            warmup: self.warmup,
+            duration: self.duration,
+            repeat: self.repeat,
+            body_size: self.body_size,
+            max_requests: self.max_requests,
+            http2: self.http2,
+            weft: self.weft.clone(),
+        }
+    }
+}
+
 fn run_mesh(a: MeshArgs) -> Result<(), Error> {
-    let report = mesh::run(&MeshConfig {
-        rate: a.rate,
-        connections: a.connections,
-        warmup: a.warmup,
-        duration: a.duration,
-        repeat: a.repeat,
-        body_size: a.body_size,
-        max_requests: a.max_requests,
-        http2: a.http2,
-        weft: a.weft,
-    })?;
+    let report = mesh::run(&a.config())?;
     println!("\n{}", report.markdown());
     write_json(a.json.as_deref(), &report)?;
-    if !report.mtls.ok {
-        return Err("the weft runs were not shown to go over mTLS (see the mTLS check)".into());
+    mtls_ok(report.mtls.ok)
+}
+
+fn run_stack(a: MeshArgs) -> Result<(), Error> {
+    let report = stack::run(&a.config())?;
+    println!("\n{}", report.markdown());
+    write_json(a.json.as_deref(), &report)?;
+    mtls_ok(report.mtls.ok)
+}
+
+fn mtls_ok(ok: bool) -> Result<(), Error> {
+    if ok {
+        Ok(())
+    } else {
+        Err("the weft runs were not shown to go over mTLS (see the mTLS check)".into())
     }
-    Ok(())
 }
 
 fn run_load(a: LoadArgs) -> Result<(), Error> {

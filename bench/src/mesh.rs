@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use crate::Error;
 use crate::load::{self, LoadConfig, Window};
 use crate::procstat;
-use crate::report::{MeshReport, MtlsCheck, ProxyCpu, ProxyFootprint, Run, Scenario, Settings};
+use crate::report::{
+    API_PROXY, MeshReport, MtlsCheck, ProxyCpu, ProxyFootprint, Run, Scenario, Settings, WEB_PROXY,
+};
 
 /// How long a process may take to become ready, and the mesh to route the first request.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -68,93 +70,22 @@ pub fn find_weft(explicit: Option<&Path>) -> Result<PathBuf, Error> {
 
 /// Starts the mesh, runs both scenarios `repeat` times, and reports.
 pub fn run(cfg: &MeshConfig) -> Result<MeshReport, Error> {
-    let weft = find_weft(cfg.weft.as_deref())?;
-    eprintln!("starting the mesh ({})", weft.display());
-    let mesh = Mesh::start(&weft, cfg.body_size)?;
-    // The load generator gets one worker thread, in the direct and the weft scenario alike:
-    // the 2 cores are shared by it, the app and the two proxies, and the same generator on
-    // both paths keeps the ratio fair.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the load generator's runtime: {e}"))?;
-    let ticks = procstat::clock_ticks();
-    let host = format!("api.default:{}", mesh.app.port());
-    let inbound_before = mesh.inbound_mtls_requests()?;
-    let at_rest = mesh.at_rest(ticks)?;
+    let h = Harness::start(cfg, |_| vec![])?;
+    let inbound_before = h.mesh.inbound_mtls_requests()?;
+    let at_rest = h.mesh.at_rest(h.ticks)?;
 
     let mut runs = Vec::new();
     for repeat in 0..cfg.repeat.max(1) {
         for scenario in [Scenario::Direct, Scenario::Weft] {
             for rate in [Some(cfg.rate), None] {
-                let target = match scenario {
-                    Scenario::Direct => mesh.app,
-                    Scenario::Weft => mesh.web.outbound,
-                };
-                let load = LoadConfig {
-                    target: format!("http://{target}/")
-                        .parse()
-                        .map_err(|e| format!("bad target {target}: {e}"))?,
-                    // The same request on both paths; the app ignores the Host header.
-                    host: Some(host.clone()),
-                    connections: cfg.connections,
-                    rate,
-                    warmup: cfg.warmup,
-                    duration: cfg.duration,
-                    max_requests: cfg.max_requests,
-                    http2: cfg.http2,
-                };
-                let proxies: Vec<(&str, u32)> = match scenario {
-                    Scenario::Direct => vec![],
-                    Scenario::Weft => mesh.proxy_pids(),
-                };
-                let window = Window::after_warmup(cfg.warmup, cfg.duration);
-                let sampler = sample_cpu(window, proxies.clone());
-                let result = rt.block_on(load::run(&load, window))?;
-                let cpu = sampler
-                    .join()
-                    .map_err(|_| "the CPU sampling thread panicked".to_string())??;
-                let proxies = proxies
-                    .iter()
-                    .zip(cpu)
-                    .map(|((name, _), ticks_used)| {
-                        let cpu_seconds = ticks_used as f64 / ticks as f64;
-                        ProxyCpu {
-                            proxy: name.to_string(),
-                            cpu_seconds,
-                            cpu_seconds_per_1000_requests: cpu_seconds * 1000.0
-                                / result.requests.max(1) as f64,
-                        }
-                    })
-                    .collect();
-                eprintln!(
-                    "run {}/{} {:>6?} {:<11} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  errors {}",
-                    repeat + 1,
-                    cfg.repeat.max(1),
-                    scenario,
-                    result.mode,
-                    result.requests_per_second,
-                    result.p50_ms,
-                    result.p99_ms,
-                    result.p999_ms,
-                    result.errors()
-                );
-                runs.push(Run {
-                    repeat,
-                    scenario,
-                    load: result,
-                    proxies,
-                });
-                // Let the finished run's connections close before the next one.
-                std::thread::sleep(Duration::from_millis(300));
+                runs.push(h.measure(cfg, repeat, scenario, rate)?);
             }
         }
     }
 
     let footprints = at_rest
         .into_iter()
-        .zip(mesh.proxy_pids())
+        .zip(h.mesh.proxy_pids())
         .map(|((idle_cpu_percent, rss_before_kib), (name, pid))| {
             Ok(ProxyFootprint {
                 proxy: name.to_string(),
@@ -164,34 +95,127 @@ pub fn run(cfg: &MeshConfig) -> Result<MeshReport, Error> {
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    let weft_requests_measured = runs
-        .iter()
-        .filter(|r| r.scenario == Scenario::Weft)
-        .map(|r| r.load.requests)
-        .sum();
-    let inbound_handshakes = mesh.inbound_handshakes_from_web()?;
-    let inbound_mtls_requests = mesh.inbound_mtls_requests()? - inbound_before;
-    let mtls = MtlsCheck {
-        inbound_handshakes,
-        inbound_mtls_requests,
-        weft_requests_measured,
-        ok: inbound_handshakes > 0.0
-            && weft_requests_measured > 0
-            && inbound_mtls_requests >= weft_requests_measured as f64,
-    };
-    let settings = Settings {
-        rate: cfg.rate,
-        connections: cfg.connections,
-        warmup_seconds: cfg.warmup.as_secs_f64(),
-        duration_seconds: cfg.duration.as_secs_f64(),
-        repeat: cfg.repeat.max(1),
-        body_size: cfg.body_size,
-        http2: cfg.http2,
-        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        clock_ticks: ticks,
-        weft: weft.display().to_string(),
-    };
-    Ok(MeshReport::new(settings, runs, footprints, mtls))
+    let mtls = h.mesh.mtls_check(inbound_before, &runs)?;
+    Ok(MeshReport::new(h.settings(cfg), runs, footprints, mtls))
+}
+
+/// A running mesh and the load generator's runtime: what every scenario measures with.
+#[derive(Debug)]
+pub(crate) struct Harness {
+    pub(crate) mesh: Mesh,
+    rt: tokio::runtime::Runtime,
+    ticks: u64,
+    weft: PathBuf,
+}
+
+impl Harness {
+    /// Starts the mesh (with `extra` resource files, see [`Mesh::start`]) and the load
+    /// generator's runtime.
+    pub(crate) fn start(cfg: &MeshConfig, extra: ExtraResources) -> Result<Self, Error> {
+        let weft = find_weft(cfg.weft.as_deref())?;
+        eprintln!("starting the mesh ({})", weft.display());
+        let mesh = Mesh::start(&weft, cfg.body_size, extra)?;
+        // The load generator gets one worker thread, in every scenario alike: the 2 cores
+        // are shared by it, the app and the two proxies, and the same generator on every
+        // path keeps the ratios fair.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the load generator's runtime: {e}"))?;
+        Ok(Self {
+            mesh,
+            rt,
+            ticks: procstat::clock_ticks(),
+            weft,
+        })
+    }
+
+    /// One run of `scenario` (open loop at `rate`, closed loop at `None`), with the CPU time
+    /// of the proxies on its path over the measured window.
+    pub(crate) fn measure(
+        &self,
+        cfg: &MeshConfig,
+        repeat: usize,
+        scenario: Scenario,
+        rate: Option<u64>,
+    ) -> Result<Run, Error> {
+        let mesh = &self.mesh;
+        let (target, proxies) = match scenario {
+            Scenario::Direct => (mesh.app, vec![]),
+            Scenario::Weft | Scenario::Minimal | Scenario::Full => {
+                (mesh.web.outbound, mesh.proxy_pids())
+            }
+        };
+        let load = LoadConfig {
+            target: format!("http://{target}/")
+                .parse()
+                .map_err(|e| format!("bad target {target}: {e}"))?,
+            // The same request on every path; the app ignores the Host header.
+            host: Some(mesh.host()),
+            connections: cfg.connections,
+            rate,
+            warmup: cfg.warmup,
+            duration: cfg.duration,
+            max_requests: cfg.max_requests,
+            http2: cfg.http2,
+        };
+        let window = Window::after_warmup(cfg.warmup, cfg.duration);
+        let sampler = sample_cpu(window, proxies.clone());
+        let result = self.rt.block_on(load::run(&load, window))?;
+        let cpu = sampler
+            .join()
+            .map_err(|_| "the CPU sampling thread panicked".to_string())??;
+        let proxies = proxies
+            .iter()
+            .zip(cpu)
+            .map(|((name, _), ticks_used)| {
+                let cpu_seconds = ticks_used as f64 / self.ticks as f64;
+                ProxyCpu {
+                    proxy: name.to_string(),
+                    cpu_seconds,
+                    cpu_seconds_per_1000_requests: cpu_seconds * 1000.0
+                        / result.requests.max(1) as f64,
+                }
+            })
+            .collect();
+        eprintln!(
+            "run {}/{} {:<7?} {:<11} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  errors {}",
+            repeat + 1,
+            cfg.repeat.max(1),
+            scenario,
+            result.mode,
+            result.requests_per_second,
+            result.p50_ms,
+            result.p99_ms,
+            result.p999_ms,
+            result.errors()
+        );
+        // Let the finished run's connections close before the next one.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Run {
+            repeat,
+            scenario,
+            load: result,
+            proxies,
+        })
+    }
+
+    /// The settings, as reported.
+    pub(crate) fn settings(&self, cfg: &MeshConfig) -> Settings {
+        Settings {
+            rate: cfg.rate,
+            connections: cfg.connections,
+            warmup_seconds: cfg.warmup.as_secs_f64(),
+            duration_seconds: cfg.duration.as_secs_f64(),
+            repeat: cfg.repeat.max(1),
+            body_size: cfg.body_size,
+            http2: cfg.http2,
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            clock_ticks: self.ticks,
+            weft: self.weft.display().to_string(),
+        }
+    }
 }
 
 /// CPU ticks each of `pids` used between the window's start and its end, sampled by a
@@ -224,9 +248,13 @@ fn cpu_ticks(pids: &[(&'static str, u32)]) -> Result<Vec<u64>, Error> {
         .collect()
 }
 
+/// Resource files the control plane reads from its start beside `mesh.yaml`, made from the
+/// app's port (the port of the `api` service): each a file name and its YAML.
+pub(crate) type ExtraResources = fn(app_port: u16) -> Vec<(&'static str, String)>;
+
 /// A process of the mesh, killed when dropped; its stderr goes to a log file.
 #[derive(Debug)]
-struct Proc {
+pub(crate) struct Proc {
     name: &'static str,
     child: Child,
     log: PathBuf,
@@ -259,7 +287,7 @@ impl Proc {
         self.child.id()
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -301,26 +329,31 @@ impl Drop for Proc {
 
 /// A proxy's process and its listeners.
 #[derive(Debug)]
-struct Proxy {
-    proc: Proc,
-    outbound: SocketAddr,
+pub(crate) struct Proxy {
+    pub(crate) proc: Proc,
+    pub(crate) outbound: SocketAddr,
     admin: SocketAddr,
 }
 
 /// The running mesh. Dropping it kills every process, then removes the directory.
 #[derive(Debug)]
-struct Mesh {
-    app: SocketAddr,
-    web: Proxy,
-    api: Proxy,
-    _policy: Proc,
+pub(crate) struct Mesh {
+    pub(crate) app: SocketAddr,
+    pub(crate) web: Proxy,
+    pub(crate) api: Proxy,
+    pub(crate) policy: Proc,
+    /// The control plane's resource directory, re-read every 200 ms.
+    resources: PathBuf,
+    policy_admin: SocketAddr,
     _identity: Proc,
     _app: Proc,
     _dir: tempfile::TempDir,
 }
 
 impl Mesh {
-    fn start(weft: &Path, body_size: usize) -> Result<Self, Error> {
+    /// Starts every process. The resource directory holds `mesh.yaml` ([`resources_yaml`])
+    /// and the files of `extra` from the start.
+    fn start(weft: &Path, body_size: usize, extra: ExtraResources) -> Result<Self, Error> {
         let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temp dir: {e}"))?;
         let d = dir.path();
         let path = |p: &Path| p.display().to_string();
@@ -346,7 +379,7 @@ impl Mesh {
         app_proc.wait_for_200(app, "/", "app")?;
 
         let data = d.join("ca");
-        let (identity, id_api) = start_server(d, weft, "identity", "--data-dir", &data, &[])?;
+        let (identity, id_api, _) = start_server(d, weft, "identity", "--data-dir", &data, &[])?;
         for (ns, workload) in [("weft", "policy"), ("default", "api"), ("default", "web")] {
             let out = d.join(format!("{workload}.token"));
             token(weft, &data, ns, workload, &out)?;
@@ -355,10 +388,11 @@ impl Mesh {
         let resources = d.join("resources");
         std::fs::create_dir_all(&resources)
             .map_err(|e| format!("cannot create {}: {e}", resources.display()))?;
-        let policy_file = resources.join("mesh.yaml");
-        std::fs::write(&policy_file, resources_yaml(app.port()))
-            .map_err(|e| format!("cannot write {}: {e}", policy_file.display()))?;
-        let (policy, pol_api) = start_server(
+        write_file(&resources.join("mesh.yaml"), &resources_yaml(app.port()))?;
+        for (name, yaml) in extra(app.port()) {
+            write_file(&resources.join(name), &yaml)?;
+        }
+        let (policy, pol_api, policy_admin) = start_server(
             d,
             weft,
             "policy",
@@ -412,18 +446,58 @@ impl Mesh {
             app,
             web,
             api,
-            _policy: policy,
+            policy,
+            resources,
+            policy_admin,
             _identity: identity,
             _app: app_proc,
             _dir: dir,
         })
     }
 
+    /// The Host header of calls to api through the mesh.
+    pub(crate) fn host(&self) -> String {
+        format!("api.default:{}", self.app.port())
+    }
+
     fn proxy_pids(&self) -> Vec<(&'static str, u32)> {
         vec![
-            ("web (outbound)", self.web.proc.pid()),
-            ("api (inbound)", self.api.proc.pid()),
+            (WEB_PROXY, self.web.proc.pid()),
+            (API_PROXY, self.api.proc.pid()),
         ]
+    }
+
+    /// Writes `name` in the resource directory (`Some`) or removes it (`None`), for the
+    /// control plane's next poll. A write goes to a hidden file first, which the control plane
+    /// skips, then is renamed, so no poll reads it half-written.
+    pub(crate) fn set_resource(&self, name: &str, yaml: Option<&str>) -> Result<(), Error> {
+        let path = self.resources.join(name);
+        match yaml {
+            Some(yaml) => {
+                let tmp = self.resources.join(format!(".{name}.tmp"));
+                write_file(&tmp, yaml)?;
+                std::fs::rename(&tmp, &path).map_err(|e| {
+                    format!("cannot rename {} to {}: {e}", tmp.display(), path.display())
+                })
+            }
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(format!("cannot remove {}: {e}", path.display()))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// The control plane's `/status` page (JSON).
+    pub(crate) fn policy_status(&self) -> Result<String, Error> {
+        get_200(self.policy_admin, "/status", "the control plane's status")
+    }
+
+    /// `GET /` through web's outbound, as the load sends it: the status, `None` when nothing
+    /// answers.
+    pub(crate) fn probe(&self) -> Option<u16> {
+        http_get(self.web.outbound, "/", &self.host()).map(|(status, _)| status)
     }
 
     /// Each proxy's CPU use at rest (percent of a core over `IDLE_WINDOW`) and resident
@@ -444,13 +518,11 @@ impl Mesh {
     }
 
     fn api_metrics(&self) -> Result<String, Error> {
-        match http_get(self.api.admin, "/metrics", "localhost") {
-            Some((200, text)) => Ok(text),
-            other => Err(format!(
-                "cannot read the api proxy's metrics at http://{}/metrics: {other:?}",
-                self.api.admin
-            )),
-        }
+        get_200(self.api.admin, "/metrics", "the api proxy's metrics")
+    }
+
+    pub(crate) fn web_metrics(&self) -> Result<String, Error> {
+        get_200(self.web.admin, "/metrics", "the web proxy's metrics")
     }
 
     /// TLS handshakes the api proxy completed inbound with web's identity.
@@ -466,17 +538,38 @@ impl Mesh {
     }
 
     /// Requests the api proxy took in over mTLS so far.
-    fn inbound_mtls_requests(&self) -> Result<f64, Error> {
+    pub(crate) fn inbound_mtls_requests(&self) -> Result<f64, Error> {
         Ok(metric_sum(
             &self.api_metrics()?,
             "weft_proxy_requests_total",
             &["direction=\"inbound\"", "tls=\"true\""],
         ))
     }
+
+    /// Whether the runs through the mesh went over mTLS: api counted handshakes from web,
+    /// and at least as many inbound mTLS requests since `inbound_before` as the load
+    /// generator measured through the mesh.
+    pub(crate) fn mtls_check(&self, inbound_before: f64, runs: &[Run]) -> Result<MtlsCheck, Error> {
+        let weft_requests_measured = runs
+            .iter()
+            .filter(|r| r.scenario != Scenario::Direct)
+            .map(|r| r.load.requests)
+            .sum();
+        let inbound_handshakes = self.inbound_handshakes_from_web()?;
+        let inbound_mtls_requests = self.inbound_mtls_requests()? - inbound_before;
+        Ok(MtlsCheck {
+            inbound_handshakes,
+            inbound_mtls_requests,
+            weft_requests_measured,
+            ok: inbound_handshakes > 0.0
+                && weft_requests_measured > 0
+                && inbound_mtls_requests >= weft_requests_measured as f64,
+        })
+    }
 }
 
 /// `weft <name> <dir_flag> <dir> --listen A --admin-listen B` on free ports, ready; returns
-/// it and its API address `A`.
+/// it, its API address `A` and its admin address `B`.
 fn start_server(
     d: &Path,
     weft: &Path,
@@ -484,7 +577,7 @@ fn start_server(
     dir_flag: &str,
     dir: &Path,
     env: &[(&str, String)],
-) -> Result<(Proc, SocketAddr), Error> {
+) -> Result<(Proc, SocketAddr, SocketAddr), Error> {
     let (api, admin) = (free_addr()?, free_addr()?);
     let dir = dir.display().to_string();
     let (api_s, admin_s) = (api.to_string(), admin.to_string());
@@ -499,11 +592,11 @@ fn start_server(
     ];
     let mut p = Proc::spawn(d, name, weft, &args, env)?;
     p.wait_for_200(admin, "/ready", "localhost")?;
-    Ok((p, api))
+    Ok((p, api, admin))
 }
 
 /// The resources: services api (the app's port) and web, and a policy letting web call api.
-fn resources_yaml(port: u16) -> String {
+pub fn resources_yaml(port: u16) -> String {
     format!(
         "kind: Service\nmetadata: {{name: api, namespace: default}}\nspec: {{ports: [{{port: {port}}}]}}\n---\n\
          kind: Service\nmetadata: {{name: web, namespace: default}}\nspec: {{ports: [{{port: 8080}}]}}\n---\n\
@@ -527,6 +620,10 @@ fn token(weft: &Path, data: &Path, ns: &str, workload: &str, out: &Path) -> Resu
         ));
     }
     std::fs::write(out, &o.stdout).map_err(|e| format!("cannot write {}: {e}", out.display()))
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// A free loopback port (bound, then released for the process that will listen on it).
@@ -554,12 +651,37 @@ fn http_get(addr: SocketAddr, path: &str, host: &str) -> Option<(u16, String)> {
     Some((status, body.to_string()))
 }
 
+/// The body of `GET path` at `addr` (an admin endpoint), or an error naming `what`.
+fn get_200(addr: SocketAddr, path: &str, what: &str) -> Result<String, Error> {
+    match http_get(addr, path, "localhost") {
+        Some((200, text)) => Ok(text),
+        other => Err(format!(
+            "cannot read {what} at http://{addr}{path}: {other:?}"
+        )),
+    }
+}
+
+/// The series of `name` in a Prometheus text page: each one's labels (`{...}`, or empty) and
+/// value.
+pub(crate) fn metric_series<'a>(
+    text: &'a str,
+    name: &'a str,
+) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    text.lines().filter_map(move |l| {
+        let rest = l.strip_prefix(name)?;
+        if !rest.starts_with(['{', ' ']) {
+            return None;
+        }
+        let (labels, value) = rest.rsplit_once(' ')?;
+        Some((labels.trim(), value.parse::<f64>().ok()?))
+    })
+}
+
 /// The sum of the series of `name` whose labels contain every one of `must_contain`.
 fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| must_contain.iter().all(|m| l.contains(m)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    metric_series(text, name)
+        .filter(|(labels, _)| must_contain.iter().all(|m| labels.contains(m)))
+        .map(|(_, value)| value)
         .sum()
 }
 

@@ -1,22 +1,31 @@
-//! What the mesh benchmark reports: the raw runs, medians with their min–max spread over the
-//! repeats, the added latency and throughput ratio of weft against the direct path, each
-//! proxy's CPU time per 1,000 requests and memory, the targets, and the mTLS check. Printed as
-//! Markdown tables, written as JSON.
+//! What the mesh and stack benchmarks report: the raw runs, medians with their min–max spread
+//! over the repeats, the added latency and throughput ratio of weft against the direct path,
+//! each proxy's CPU time per 1,000 requests and memory, the full outbound stack's CPU against
+//! the minimal one's, the targets, and the mTLS check. Printed as Markdown tables, written as
+//! JSON.
 
 use std::fmt::Write as _;
 
 use crate::load::RunResult;
 use crate::procstat::Memory;
 
-/// The two paths compared.
+/// The paths compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scenario {
     /// load generator → app.
     Direct,
-    /// load generator → weft outbound → mTLS → weft inbound → app.
+    /// load generator → weft outbound → mTLS → weft inbound → app (`weft-bench mesh`).
     Weft,
+    /// The weft path with no HTTPRoute for api: the minimal outbound stack (`weft-bench stack`).
+    Minimal,
+    /// The weft path with an HTTPRoute configuring every layer (`weft-bench stack`).
+    Full,
 }
+
+/// The proxies, as the reports name them.
+pub const WEB_PROXY: &str = "web (outbound)";
+pub const API_PROXY: &str = "api (inbound)";
 
 /// CPU time one proxy spent over a run's measured window.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -215,33 +224,11 @@ impl MeshReport {
                 errors: open.iter().chain(&closed).map(|r| r.load.errors()).sum(),
             }
         };
-        // Pair each weft run with the direct run of the same repeat and mode.
-        let paired = |open: bool, f: fn(&RunResult, &RunResult) -> f64| {
-            let weft = pick(Scenario::Weft, open);
-            let values: Vec<f64> = pick(Scenario::Direct, open)
-                .iter()
-                .filter_map(|d| {
-                    let w = weft.iter().find(|w| w.repeat == d.repeat)?;
-                    Some(f(&w.load, &d.load))
-                })
-                .collect();
-            Spread::of(&values)
-        };
-        let added = Added {
-            p50_ms: paired(true, |w, d| w.p50_ms - d.p50_ms),
-            p99_ms: paired(true, |w, d| w.p99_ms - d.p99_ms),
-            p999_ms: paired(true, |w, d| w.p999_ms - d.p999_ms),
-        };
-        let throughput_ratio = paired(false, |w, d| w.requests_per_second / d.requests_per_second);
-        let cpu = |name: &str, open: bool| {
-            let values: Vec<f64> = pick(Scenario::Weft, open)
-                .iter()
-                .flat_map(|r| &r.proxies)
-                .filter(|p| p.proxy == name)
-                .map(|p| p.cpu_seconds_per_1000_requests)
-                .collect();
-            Spread::of(&values)
-        };
+        let added = Added::of(&runs, Scenario::Weft, Scenario::Direct);
+        let throughput_ratio = paired(&runs, Scenario::Weft, Scenario::Direct, false, |w, d| {
+            Some(w.load.requests_per_second / d.load.requests_per_second)
+        });
+        let cpu = |name: &str, open: bool| cpu_spread(&runs, Scenario::Weft, open, name);
         let mib = |kib: u64| kib as f64 / 1024.0;
         let proxies: Vec<ProxySummary> = footprints
             .iter()
@@ -373,37 +360,372 @@ impl MeshReport {
                 p.rss_anon_mib
             );
         }
-        let _ = writeln!(out, "\n| target | goal | measured | |");
-        let _ = writeln!(out, "|---|---|---|---|");
-        for t in &self.targets {
-            let met = if t.met { "met" } else { "MISSED" };
-            let _ = writeln!(out, "| {} | {} | {} | {met} |", t.what, t.goal, t.measured);
-        }
-        let m = &self.mtls;
-        let _ = writeln!(
-            out,
-            "\nmTLS check ({}): the api proxy counted {} inbound TLS handshakes from web and {} \
-             inbound mTLS requests during the runs ({} measured by the load generator).",
-            if m.ok { "passed" } else { "FAILED" },
-            m.inbound_handshakes,
-            m.inbound_mtls_requests,
-            m.weft_requests_measured
-        );
-        for r in self.runs.iter().filter(|r| r.load.errors() > 0) {
-            let _ = writeln!(
-                out,
-                "errors in {:?} {} run {}: {} status, {} transport, {} unsent; first: {}",
-                r.scenario,
-                r.load.mode,
-                r.repeat + 1,
-                r.load.status_errors,
-                r.load.transport_errors,
-                r.load.unsent,
-                r.load.first_error.as_deref().unwrap_or("?")
-            );
-        }
+        out.push('\n');
+        write_targets(&mut out, &self.targets);
+        write_checks(&mut out, &self.mtls, &self.runs);
         out
     }
+}
+
+/// The targets as a Markdown table.
+fn write_targets(out: &mut String, targets: &[TargetCheck]) {
+    let _ = writeln!(out, "| target | goal | measured | |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for t in targets {
+        let met = if t.met { "met" } else { "MISSED" };
+        let _ = writeln!(out, "| {} | {} | {} | {met} |", t.what, t.goal, t.measured);
+    }
+}
+
+/// The mTLS check, then a line for each run that had errors.
+fn write_checks(out: &mut String, m: &MtlsCheck, runs: &[Run]) {
+    let _ = writeln!(
+        out,
+        "\nmTLS check ({}): the api proxy counted {} inbound TLS handshakes from web and {} \
+         inbound mTLS requests during the runs ({} measured by the load generator).",
+        if m.ok { "passed" } else { "FAILED" },
+        m.inbound_handshakes,
+        m.inbound_mtls_requests,
+        m.weft_requests_measured
+    );
+    for r in runs.iter().filter(|r| r.load.errors() > 0) {
+        let _ = writeln!(
+            out,
+            "errors in {:?} {} run {}: {} status, {} transport, {} unsent; first: {}",
+            r.scenario,
+            r.load.mode,
+            r.repeat + 1,
+            r.load.status_errors,
+            r.load.transport_errors,
+            r.load.unsent,
+            r.load.first_error.as_deref().unwrap_or("?")
+        );
+    }
+}
+
+/// `f(a, b)` for each run of scenario `a`, open loop (`open`) or closed, and the run of `b`
+/// in the same repeat and mode (the two ran next to each other): its spread over the repeats.
+fn paired(
+    runs: &[Run],
+    a: Scenario,
+    b: Scenario,
+    open: bool,
+    f: impl Fn(&Run, &Run) -> Option<f64>,
+) -> Spread {
+    let pick = |s: Scenario| {
+        runs.iter()
+            .filter(move |r| r.scenario == s && r.load.target_rate.is_some() == open)
+    };
+    let values: Vec<f64> = pick(a)
+        .filter_map(|ra| f(ra, pick(b).find(|rb| rb.repeat == ra.repeat)?))
+        .collect();
+    Spread::of(&values)
+}
+
+impl Added {
+    /// Scenario `a`'s open-loop latency minus `b`'s, repeat by repeat.
+    pub fn of(runs: &[Run], a: Scenario, b: Scenario) -> Self {
+        let minus = |f: fn(&RunResult) -> f64| {
+            paired(runs, a, b, true, |x, y| Some(f(&x.load) - f(&y.load)))
+        };
+        Self {
+            p50_ms: minus(|l| l.p50_ms),
+            p99_ms: minus(|l| l.p99_ms),
+            p999_ms: minus(|l| l.p999_ms),
+        }
+    }
+}
+
+/// CPU-seconds per 1,000 requests of `proxy` in a run, if it was on the run's path.
+fn cpu_per_1000(run: &Run, proxy: &str) -> Option<f64> {
+    run.proxies
+        .iter()
+        .find(|p| p.proxy == proxy)
+        .map(|p| p.cpu_seconds_per_1000_requests)
+}
+
+/// The spread of `proxy`'s CPU-seconds per 1,000 requests over the runs of `scenario`, open
+/// loop (`open`) or closed.
+fn cpu_spread(runs: &[Run], scenario: Scenario, open: bool, proxy: &str) -> Spread {
+    let values: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.scenario == scenario && r.load.target_rate.is_some() == open)
+        .filter_map(|r| cpu_per_1000(r, proxy))
+        .collect();
+    Spread::of(&values)
+}
+
+/// The stack benchmark's goal: the full outbound stack's CPU per request is under 110% of the
+/// minimal stack's, in the web (outbound) proxy.
+pub const TARGET_FULL_STACK_CPU_RATIO: f64 = 1.10;
+
+/// One path of the stack benchmark, at the fixed rate.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StackPath {
+    pub p50_ms: Spread,
+    pub p99_ms: Spread,
+    pub p999_ms: Spread,
+    /// This path minus direct, repeat by repeat; `None` for direct.
+    pub added: Option<Added>,
+    /// CPU-seconds per 1,000 requests of the web (outbound) proxy; `None` for direct.
+    pub web_cpu_seconds_per_1000: Option<Spread>,
+    /// The same of the api (inbound) proxy.
+    pub api_cpu_seconds_per_1000: Option<Spread>,
+    /// Non-2xx, transport errors and unsent requests over all its runs.
+    pub errors: u64,
+}
+
+impl StackPath {
+    fn of(runs: &[Run], scenario: Scenario) -> Self {
+        let open: Vec<&RunResult> = runs
+            .iter()
+            .filter(|r| r.scenario == scenario)
+            .map(|r| &r.load)
+            .collect();
+        let spread =
+            |f: fn(&RunResult) -> f64| Spread::of(&open.iter().map(|l| f(l)).collect::<Vec<_>>());
+        let meshed = scenario != Scenario::Direct;
+        let cpu = |proxy| meshed.then(|| cpu_spread(runs, scenario, true, proxy));
+        Self {
+            p50_ms: spread(|l| l.p50_ms),
+            p99_ms: spread(|l| l.p99_ms),
+            p999_ms: spread(|l| l.p999_ms),
+            added: meshed.then(|| Added::of(runs, scenario, Scenario::Direct)),
+            web_cpu_seconds_per_1000: cpu(WEB_PROXY),
+            api_cpu_seconds_per_1000: cpu(API_PROXY),
+            errors: open.iter().map(|l| l.errors()).sum(),
+        }
+    }
+}
+
+/// A change of the full-stack HTTPRoute during the stack benchmark, and when it showed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteSwitch {
+    /// `full`: the route was written; `minimal`: it was removed.
+    pub to: Scenario,
+    /// From the change on disk to the control plane's `/status` counting it.
+    pub control_plane_seconds: f64,
+    /// From the change on disk to web's `weft_route_requests_total` showing it (growing for
+    /// the route, or no longer); `None` when it did not show within the bounded wait.
+    pub proxy_seconds: Option<f64>,
+    /// Whether web exported `weft_route_requests_total` at all by the end of the wait.
+    pub route_metric: bool,
+}
+
+/// Everything the stack benchmark reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StackReport {
+    pub bench: &'static str,
+    pub settings: Settings,
+    /// The full-stack HTTPRoute, as written to the control plane's directory.
+    pub route_yaml: String,
+    pub direct: StackPath,
+    pub minimal: StackPath,
+    pub full: StackPath,
+    /// Full minus minimal latency, repeat by repeat.
+    pub full_minus_minimal: Added,
+    /// Full over minimal CPU per request of the web (outbound) proxy, repeat by repeat.
+    pub web_cpu_ratio: Spread,
+    /// The same of the api (inbound) proxy.
+    pub api_cpu_ratio: Spread,
+    pub targets: Vec<TargetCheck>,
+    pub route_switches: Vec<RouteSwitch>,
+    pub mtls: MtlsCheck,
+    pub runs: Vec<Run>,
+}
+
+/// Scenario `full`'s CPU per request of `proxy` over `minimal`'s, repeat by repeat.
+pub fn cpu_ratio(runs: &[Run], proxy: &str) -> Spread {
+    paired(runs, Scenario::Full, Scenario::Minimal, true, |f, m| {
+        Some(cpu_per_1000(f, proxy)? / cpu_per_1000(m, proxy)?)
+    })
+}
+
+/// The stack benchmark's target, from the web proxy's full/minimal CPU ratio.
+pub fn full_stack_cpu_target(web_cpu_ratio: &Spread, rate: u64) -> TargetCheck {
+    let r = web_cpu_ratio.median;
+    TargetCheck {
+        what: format!(
+            "full / minimal stack, {WEB_PROXY} CPU per request at {} req/s",
+            thousands(rate as f64)
+        ),
+        goal: format!(
+            "< {TARGET_FULL_STACK_CPU_RATIO:.2}x (under +{:.0} %)",
+            (TARGET_FULL_STACK_CPU_RATIO - 1.0) * 100.0
+        ),
+        measured: format!("{r:.3}x ({:+.1} %)", (r - 1.0) * 100.0),
+        // NaN (no CPU measured) is not met.
+        met: r < TARGET_FULL_STACK_CPU_RATIO,
+    }
+}
+
+impl StackReport {
+    pub fn new(
+        settings: Settings,
+        route_yaml: String,
+        runs: Vec<Run>,
+        route_switches: Vec<RouteSwitch>,
+        mtls: MtlsCheck,
+    ) -> Self {
+        let web_cpu_ratio = cpu_ratio(&runs, WEB_PROXY);
+        Self {
+            bench: "stack",
+            targets: vec![full_stack_cpu_target(&web_cpu_ratio, settings.rate)],
+            settings,
+            route_yaml,
+            direct: StackPath::of(&runs, Scenario::Direct),
+            minimal: StackPath::of(&runs, Scenario::Minimal),
+            full: StackPath::of(&runs, Scenario::Full),
+            full_minus_minimal: Added::of(&runs, Scenario::Full, Scenario::Minimal),
+            web_cpu_ratio,
+            api_cpu_ratio: cpu_ratio(&runs, API_PROXY),
+            route_switches,
+            mtls,
+            runs,
+        }
+    }
+
+    /// The report as Markdown: one table of the three paths, the target, the route switches
+    /// and the mTLS check.
+    pub fn markdown(&self) -> String {
+        let s = &self.settings;
+        let (d, m, f) = (&self.direct, &self.minimal, &self.full);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "weft outbound stack benchmark: full stack (an HTTPRoute configuring every layer) \
+             against the minimal stack (no HTTPRoute), open loop at {} req/s, {} connections, \
+             {}-byte bodies, {} repeat(s) of {}s warm-up + {}s per path, {} cores; median \
+             (min–max) over the repeats\n",
+            thousands(s.rate as f64),
+            s.connections,
+            s.body_size,
+            s.repeat,
+            s.warmup_seconds,
+            s.duration_seconds,
+            s.cores
+        );
+        let _ = writeln!(
+            out,
+            "| measurement at {} req/s | direct | minimal stack | full stack | full − minimal |",
+            thousands(s.rate as f64)
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|");
+        let fm = &self.full_minus_minimal;
+        for (name, pick, diff) in [
+            (
+                "p50",
+                (|p: &StackPath| p.p50_ms) as fn(&StackPath) -> Spread,
+                fm.p50_ms,
+            ),
+            ("p99", |p| p.p99_ms, fm.p99_ms),
+            ("p99.9", |p| p.p999_ms, fm.p999_ms),
+        ] {
+            let _ = writeln!(
+                out,
+                "| {name} ms | {} | {} | {} | {} |",
+                pick(d).show(3, false),
+                pick(m).show(3, false),
+                pick(f).show(3, false),
+                diff.show(3, true)
+            );
+        }
+        for (name, pick) in [
+            ("p50", (|a: &Added| a.p50_ms) as fn(&Added) -> Spread),
+            ("p99", |a| a.p99_ms),
+            ("p99.9", |a| a.p999_ms),
+        ] {
+            let added = |p: &StackPath| {
+                p.added
+                    .as_ref()
+                    .map_or(String::new(), |a| pick(a).show(3, true))
+            };
+            let _ = writeln!(
+                out,
+                "| {name} added vs direct, ms | | {} | {} | |",
+                added(m),
+                added(f)
+            );
+        }
+        for (proxy, pick, ratio) in [
+            (
+                WEB_PROXY,
+                (|p: &StackPath| p.web_cpu_seconds_per_1000) as fn(&StackPath) -> Option<Spread>,
+                self.web_cpu_ratio,
+            ),
+            (
+                API_PROXY,
+                |p| p.api_cpu_seconds_per_1000,
+                self.api_cpu_ratio,
+            ),
+        ] {
+            let cpu = |p: &StackPath| pick(p).map_or(String::new(), |c| c.show(3, false));
+            let _ = writeln!(
+                out,
+                "| {proxy} CPU-s per 1,000 req | | {} | {} | ×{} |",
+                cpu(m),
+                cpu(f),
+                ratio.show(3, false)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| errors, all runs | {} | {} | {} | |\n",
+            d.errors, m.errors, f.errors
+        );
+        write_targets(&mut out, &self.targets);
+        let _ = writeln!(out, "\n{}", route_summary(&self.route_switches));
+        write_checks(&mut out, &self.mtls, &self.runs);
+        out
+    }
+}
+
+/// One line on how the route changes showed in the control plane and in the web proxy.
+pub fn route_summary(switches: &[RouteSwitch]) -> String {
+    if switches.is_empty() {
+        return "route: never switched (one path measured)".into();
+    }
+    let range = |v: &[f64]| {
+        let s = Spread::of(v);
+        if v.len() == 1 {
+            format!("{:.2} s", s.median)
+        } else {
+            format!("{:.2}–{:.2} s", s.min, s.max)
+        }
+    };
+    let cp: Vec<f64> = switches.iter().map(|s| s.control_plane_seconds).collect();
+    let mut line = format!(
+        "route: switched {} time(s); the control plane loaded each change within {}",
+        switches.len(),
+        range(&cp)
+    );
+    let seen: Vec<f64> = switches.iter().filter_map(|s| s.proxy_seconds).collect();
+    if !seen.is_empty() {
+        let _ = write!(
+            line,
+            "; web's weft_route_requests_total showed {} of them within {}",
+            seen.len(),
+            range(&seen)
+        );
+    }
+    let unseen = switches.len() - seen.len();
+    if unseen > 0 {
+        if switches.iter().any(|s| s.route_metric) {
+            let _ = write!(
+                line,
+                "; {unseen} NOT SEEN in web's weft_route_requests_total within the bounded wait \
+                 (measured anyway: check the web proxy's log)"
+            );
+        } else {
+            let _ = write!(
+                line,
+                "; web exports no weft_route_requests_total, so {unseen} change(s) were given a \
+                 fixed wait: whether the proxy applied the route is not verified"
+            );
+        }
+    }
+    line.push('.');
+    line
 }
 
 /// `12345.6` → `12,346`.
@@ -437,6 +759,138 @@ mod tests {
         assert!(Spread::of(&[]).median.is_nan());
         assert_eq!(s.show(1, false), "2.0 (1.0–3.0)");
         assert_eq!(Spread::of(&[0.25]).show(2, true), "+0.25");
+    }
+
+    /// An open-loop run of `scenario` with its p99 and, through the mesh, the proxies'
+    /// CPU-seconds per 1,000 requests.
+    fn run(repeat: usize, scenario: Scenario, p99_ms: f64, web: f64, api: f64) -> Run {
+        let proxies = if scenario == Scenario::Direct {
+            vec![]
+        } else {
+            [(WEB_PROXY, web), (API_PROXY, api)]
+                .into_iter()
+                .map(|(proxy, per_1000)| ProxyCpu {
+                    proxy: proxy.into(),
+                    cpu_seconds: per_1000 * 10.0,
+                    cpu_seconds_per_1000_requests: per_1000,
+                })
+                .collect()
+        };
+        Run {
+            repeat,
+            scenario,
+            load: RunResult {
+                mode: "open-loop".into(),
+                connections: 32,
+                target_rate: Some(1000),
+                requests: 10_000,
+                status_errors: 0,
+                transport_errors: 0,
+                unsent: 0,
+                first_error: None,
+                capped: false,
+                seconds: 10.0,
+                requests_per_second: 1000.0,
+                p50_ms: p99_ms / 2.0,
+                p90_ms: p99_ms,
+                p99_ms,
+                p999_ms: p99_ms * 2.0,
+                max_ms: p99_ms * 3.0,
+            },
+            proxies,
+        }
+    }
+
+    #[test]
+    fn the_stack_ratio_pairs_full_and_minimal_runs_of_a_repeat() {
+        use Scenario::{Direct, Full, Minimal};
+        let runs = vec![
+            run(0, Direct, 0.4, 0.0, 0.0),
+            run(0, Minimal, 0.7, 0.100, 0.090),
+            run(0, Full, 0.8, 0.105, 0.090),
+            run(1, Full, 0.9, 0.120, 0.099),
+            run(1, Minimal, 0.7, 0.100, 0.090),
+            run(1, Direct, 0.5, 0.0, 0.0),
+            run(2, Direct, 0.4, 0.0, 0.0),
+            run(2, Minimal, 0.6, 0.110, 0.090),
+            run(2, Full, 0.7, 0.1232, 0.090),
+        ];
+        let web = cpu_ratio(&runs, WEB_PROXY);
+        assert!((web.median - 1.12).abs() < 1e-9, "{web:?}");
+        assert!((web.min - 1.05).abs() < 1e-9 && (web.max - 1.20).abs() < 1e-9);
+        assert!((cpu_ratio(&runs, API_PROXY).max - 1.10).abs() < 1e-9);
+
+        let report = StackReport::new(
+            Settings {
+                rate: 1000,
+                connections: 32,
+                warmup_seconds: 2.0,
+                duration_seconds: 10.0,
+                repeat: 3,
+                body_size: 64,
+                http2: false,
+                cores: 2,
+                clock_ticks: 100,
+                weft: "weft".into(),
+            },
+            String::new(),
+            runs,
+            vec![],
+            MtlsCheck {
+                inbound_handshakes: 1.0,
+                inbound_mtls_requests: 60_000.0,
+                weft_requests_measured: 60_000,
+                ok: true,
+            },
+        );
+        // p99 added against direct, repeat by repeat: 0.3, 0.2, 0.2 (minimal); 0.4, 0.4, 0.3.
+        let added = |p: &StackPath| p.added.as_ref().unwrap().p99_ms.median;
+        assert!((added(&report.minimal) - 0.2).abs() < 1e-9);
+        assert!((added(&report.full) - 0.4).abs() < 1e-9);
+        assert!(report.direct.added.is_none() && report.direct.web_cpu_seconds_per_1000.is_none());
+        assert!((report.full_minus_minimal.p99_ms.median - 0.1).abs() < 1e-9);
+        // +12 %: missed.
+        assert!(!report.targets[0].met);
+        let table = report.markdown();
+        assert!(table.contains("| web (outbound) CPU-s per 1,000 req | | 0.100 (0.100–0.110) |"));
+        assert!(table.contains("MISSED"), "{table}");
+    }
+
+    #[test]
+    fn the_stack_target_is_under_ten_percent_more_cpu() {
+        let t = full_stack_cpu_target(&Spread::of(&[1.04, 1.02, 1.12]), 1000);
+        assert!(t.met);
+        assert_eq!(t.measured, "1.040x (+4.0 %)");
+        assert_eq!(t.goal, "< 1.10x (under +10 %)");
+        assert!(!full_stack_cpu_target(&Spread::of(&[1.11]), 1000).met);
+        // No CPU measured: not met.
+        assert!(!full_stack_cpu_target(&Spread::of(&[]), 1000).met);
+    }
+
+    #[test]
+    fn route_switches_are_summed_up() {
+        let switch = |to, proxy_seconds, route_metric| RouteSwitch {
+            to,
+            control_plane_seconds: 0.2,
+            proxy_seconds,
+            route_metric,
+        };
+        let seen = route_summary(&[
+            switch(Scenario::Full, Some(0.3), true),
+            switch(Scenario::Minimal, Some(0.5), true),
+        ]);
+        assert_eq!(
+            seen,
+            "route: switched 2 time(s); the control plane loaded each change within 0.20–0.20 s; \
+             web's weft_route_requests_total showed 2 of them within 0.30–0.50 s."
+        );
+        let fixed = route_summary(&[switch(Scenario::Full, None, false)]);
+        assert!(
+            fixed.contains("web exports no weft_route_requests_total"),
+            "{fixed}"
+        );
+        let unseen = route_summary(&[switch(Scenario::Full, None, true)]);
+        assert!(unseen.contains("1 NOT SEEN"), "{unseen}");
     }
 
     #[test]
