@@ -24,6 +24,7 @@
 //! - [`error`]: responses the proxy makes itself (`weft-error` header, reason codes).
 //! - [`metrics`]: the proxy's Prometheus series.
 //! - [`body`]: the one body type of the data path; [`svc`]: the types all layers share.
+//! - `testing` (tests only): what the outbound layers' unit tests share.
 
 pub mod app;
 pub mod authz;
@@ -50,5 +51,7 @@ pub mod split;
 pub mod stack;
 pub mod svc;
 pub mod tcp;
+#[cfg(test)]
+mod testing;
 pub mod timeout;
 pub mod tls;

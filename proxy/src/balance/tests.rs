@@ -3,6 +3,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use http::Response;
+use tokio::time::{Instant, sleep_until};
 use tower::{Layer, Service, ServiceExt};
 use tower_test::mock;
 use weft_policy::registry::EndpointSource;
@@ -10,21 +11,13 @@ use weft_policy::registry::EndpointSource;
 use super::*;
 use crate::body::{self, Body};
 use crate::edge::proxy_error;
+use crate::testing::{Watches, call};
 
-/// One watch per service, driven by the test.
+/// One endpoints watch per service, driven by the test.
 #[derive(Default)]
-struct Table(std::sync::Mutex<BTreeMap<String, watch::Sender<Option<Arc<ServiceEndpoints>>>>>);
+struct Table(Watches<ServiceEndpoints>);
 
 impl Table {
-    fn sender(&self, service: &str) -> watch::Sender<Option<Arc<ServiceEndpoints>>> {
-        self.0
-            .lock()
-            .unwrap()
-            .entry(service.to_string())
-            .or_insert_with(|| watch::channel(None).0)
-            .clone()
-    }
-
     fn set(&self, service: &str, addrs: &[&str]) {
         let endpoints = addrs
             .iter()
@@ -35,7 +28,8 @@ impl Table {
                 source: EndpointSource::Static,
             })
             .collect();
-        self.sender(service)
+        self.0
+            .sender(service)
             .send_replace(Some(Arc::new(ServiceEndpoints {
                 namespace: "default".into(),
                 service: service.into(),
@@ -47,7 +41,7 @@ impl Table {
 
 impl Resolve for Table {
     fn resolve(&self, _ns: &str, service: &str) -> watch::Receiver<Option<Arc<ServiceEndpoints>>> {
-        self.sender(service).subscribe()
+        self.0.subscribe(service)
     }
 }
 
@@ -198,5 +192,247 @@ async fn a_slow_endpoint_gets_fewer_requests_and_loads_survive_updates() {
     assert!(
         after.get(&slow).copied().unwrap_or(0) * 3 < new,
         "{after:?}"
+    );
+}
+
+// The circuit breaker.
+
+/// How an endpoint of [`Endpoints`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Ok,
+    Fail,
+    Hang,
+}
+
+/// Endpoints that answer 200 or 500 after 1 ms, or never, as the test sets them; every request
+/// is logged. (Answering in a fixed time keeps the endpoints' loads equal: p2c then spreads
+/// requests evenly over the endpoints in service.)
+#[derive(Clone, Default)]
+struct Endpoints {
+    modes: Arc<std::sync::Mutex<BTreeMap<SocketAddr, Mode>>>,
+    seen: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+}
+
+impl Endpoints {
+    fn set(&self, addr: &str, mode: Mode) {
+        self.modes.lock().unwrap().insert(self::addr(addr), mode);
+    }
+
+    /// Requests `addr` got since the last call.
+    fn take(&self, addr: &str) -> usize {
+        let addr = self::addr(addr);
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
+        seen.iter().filter(|a| **a == addr).count()
+    }
+
+    fn service(&self) -> crate::svc::HttpService {
+        let this = self.clone();
+        crate::svc::HttpService::new(tower::service_fn(move |req: Request<Body>| {
+            let addr = req.extensions().get::<Picked>().unwrap().endpoint().address;
+            this.seen.lock().unwrap().push(addr);
+            let mode = this.modes.lock().unwrap().get(&addr).copied();
+            async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                match mode.unwrap_or(Mode::Ok) {
+                    Mode::Ok => Ok::<_, BoxError>(crate::testing::status(200)),
+                    Mode::Fail => Ok(crate::testing::status(500)),
+                    Mode::Hang => std::future::pending().await,
+                }
+            }
+        }))
+    }
+}
+
+/// A request to `api` on a route that ejects an endpoint after 3 consecutive failures for
+/// 1 s, at most `max_percent` of the endpoints at once.
+fn breaker_request(max_percent: f64) -> Request<Body> {
+    let mut rule = crate::testing::rule("r", &[("api", 1)]);
+    rule.circuit_breaker = Some(weft_policy::routes::CircuitBreaker {
+        consecutive_failures: 3,
+        ejection_time: weft_policy::wire::Dur(Duration::from_secs(1)),
+        max_ejection_percent: max_percent,
+    });
+    crate::testing::request(&crate::testing::route(&rule))
+}
+
+/// Sends `n` requests one after the other; every one is answered.
+async fn send_breaker<S>(svc: &mut S, n: usize, max_percent: f64)
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+{
+    for _ in 0..n {
+        call(svc, breaker_request(max_percent)).await.unwrap();
+    }
+}
+
+fn ejections(metrics: &ProxyMetrics) -> u64 {
+    crate::testing::metric(
+        metrics,
+        "weft_balance_ejections_total",
+        &[("backend", "default/api")],
+    )
+}
+
+const BAD: &str = "127.0.0.1:2";
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Three endpoints, `BAD` answering 500, sent requests until its third failure ejects it.
+async fn with_bad_endpoint_ejected() -> (
+    impl tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+    Endpoints,
+    Arc<ProxyMetrics>,
+) {
+    let table = Arc::new(Table::default());
+    table.set("api", &["127.0.0.1:1", BAD, "127.0.0.1:3"]);
+    let eps = Endpoints::default();
+    eps.set(BAD, Mode::Fail);
+    let metrics = crate::testing::metrics();
+    let mut svc = BalanceLayer::new(table)
+        .with_metrics(metrics.clone())
+        .layer(eps.service());
+    let mut failures = 0;
+    for _ in 0..1_000 {
+        send_breaker(&mut svc, 1, 100.0).await;
+        failures += eps.take(BAD);
+        if failures == 3 {
+            break;
+        }
+    }
+    assert_eq!(failures, 3);
+    (svc, eps, metrics)
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_failures_eject_an_endpoint_until_a_probe_succeeds() {
+    let (mut svc, eps, metrics) = with_bad_endpoint_ejected().await;
+    let ejected = Instant::now();
+    assert_eq!(ejections(&metrics), 1);
+    send_breaker(&mut svc, 100, 100.0).await;
+    assert_eq!(eps.take(BAD), 0, "ejected");
+    // Each request takes 1 ms: these end before 0.9 s, the shortest jittered ejection.
+    sleep_until(ejected + ms(890)).await;
+    send_breaker(&mut svc, 5, 100.0).await;
+    assert_eq!(eps.take(BAD), 0, "ejected for at least 0.9 s");
+
+    // The ejection (1 s ± 10 %) has ended: exactly one request is its probe, which fails.
+    sleep_until(ejected + ms(1_100)).await;
+    let failed = Instant::now() + ms(1);
+    send_breaker(&mut svc, 50, 100.0).await;
+    assert_eq!(eps.take(BAD), 1, "one probe");
+
+    // Out again, for about twice as long: 2 s ± 10 %.
+    sleep_until(failed + ms(1_750)).await;
+    send_breaker(&mut svc, 20, 100.0).await;
+    assert_eq!(eps.take(BAD), 0, "still ejected after 1.77 s");
+    sleep_until(failed + ms(2_200)).await;
+    let failed = Instant::now() + ms(1);
+    send_breaker(&mut svc, 20, 100.0).await;
+    assert_eq!(eps.take(BAD), 1, "probed again after 2.2 s");
+
+    // It recovers: the next probe (after 4 s ± 10 %) brings it back into service.
+    eps.set(BAD, Mode::Ok);
+    sleep_until(failed + ms(4_400)).await;
+    send_breaker(&mut svc, 150, 100.0).await;
+    let back = eps.take(BAD);
+    // A fair share is 50 of 150; 15 is 6 sigma below it.
+    assert!(back >= 15, "{back}");
+    // Re-ejections after failed probes are not new ejections.
+    assert_eq!(ejections(&metrics), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_dropped_unanswered_counts_as_failed() {
+    let (mut svc, eps, _metrics) = with_bad_endpoint_ejected().await;
+    let ejected = Instant::now();
+    eps.set(BAD, Mode::Hang);
+    sleep_until(ejected + ms(1_100)).await;
+    // The probe hangs: while it is in flight, no other request goes to the endpoint.
+    let mut probe = Box::pin(svc.ready().await.unwrap().call(breaker_request(100.0)));
+    assert!(futures_util::FutureExt::now_or_never(&mut probe).is_none());
+    assert_eq!(eps.take(BAD), 1);
+    send_breaker(&mut svc, 50, 100.0).await;
+    assert_eq!(eps.take(BAD), 0);
+    // The caller gives up on it: ejected again (2 s ± 10 %), not stuck waiting for it.
+    drop(probe);
+    let dropped = Instant::now();
+    send_breaker(&mut svc, 50, 100.0).await;
+    assert_eq!(eps.take(BAD), 0);
+    eps.set(BAD, Mode::Ok);
+    sleep_until(dropped + ms(2_200)).await;
+    send_breaker(&mut svc, 150, 100.0).await;
+    let back = eps.take(BAD);
+    assert!(back >= 15, "{back}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_endpoint_ejected_fails_at_once_with_503() {
+    use futures_util::FutureExt;
+
+    let table = Arc::new(Table::default());
+    table.set("api", &["127.0.0.1:1", "127.0.0.1:2"]);
+    let eps = Endpoints::default();
+    eps.set("127.0.0.1:1", Mode::Fail);
+    eps.set("127.0.0.1:2", Mode::Fail);
+    let mut svc = BalanceLayer::new(table).layer(eps.service());
+    // Three failures each eject both: the seventh request finds none in service.
+    send_breaker(&mut svc, 6, 100.0).await;
+    let call = svc.ready().await.unwrap().call(breaker_request(100.0));
+    let err = call.now_or_never().expect("fails at once").unwrap_err();
+    let e = proxy_error(err.as_ref());
+    assert_eq!((e.code(), e.status().as_u16()), ("endpoints_ejected", 503));
+    assert!(e.to_string().contains("api.default"), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_max_ejection_percent_of_the_endpoints_are_ejected() {
+    let table = Arc::new(Table::default());
+    let all = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
+    table.set("api", &all);
+    let eps = Endpoints::default();
+    for a in all {
+        eps.set(a, Mode::Fail);
+    }
+    let metrics = crate::testing::metrics();
+    let mut svc = BalanceLayer::new(table)
+        .with_metrics(metrics.clone())
+        .layer(eps.service());
+    // 50 % of 3 endpoints: 1.
+    send_breaker(&mut svc, 100, 50.0).await;
+    assert_eq!(ejections(&metrics), 1);
+    eps.seen.lock().unwrap().clear();
+    send_breaker(&mut svc, 100, 50.0).await;
+    let still: BTreeMap<SocketAddr, usize> =
+        eps.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .fold(BTreeMap::new(), |mut m, a| {
+                *m.entry(*a).or_default() += 1;
+                m
+            });
+    assert_eq!(still.len(), 2, "{still:?}");
+    assert_eq!(ejections(&metrics), 1);
+}
+
+#[test]
+fn ejections_double_up_to_the_cap() {
+    let base = Duration::from_secs(1);
+    let secs = |n| Health::backoff(base, n, 1.0).as_secs_f64();
+    assert_eq!(secs(1), 1.0);
+    assert_eq!(secs(2), 2.0);
+    assert_eq!(secs(3), 4.0);
+    let cap = f64::from(1u32 << breaker::MAX_BACKOFF_DOUBLINGS);
+    assert_eq!(secs(breaker::MAX_BACKOFF_DOUBLINGS + 1), cap);
+    assert_eq!(secs(breaker::MAX_BACKOFF_DOUBLINGS + 2), cap);
+    assert_eq!(secs(u32::MAX), cap);
+    // The jitter scales the whole backoff.
+    assert_eq!(Health::backoff(base, 2, 0.9), Duration::from_millis(1_800));
+    assert_eq!(
+        Health::backoff(Duration::from_millis(100), 3, 1.1),
+        Duration::from_millis(440)
     );
 }
