@@ -73,7 +73,7 @@ impl Load {
             rtt
         } else {
             let w = weight(*e, now);
-            current * w + rtt * (1.0 - w)
+            e.rtt * w + rtt * (1.0 - w)
         };
         *e = Estimate { rtt: next, at: now };
     }
