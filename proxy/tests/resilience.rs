@@ -362,4 +362,30 @@ async fn a_route_timeout_answers_504_in_time() {
         5.0,
         "{m}"
     );
+    // An injected delay counts against the route timeout: a 400 ms delay on a route with a
+    // 200 ms timeout is a 504 at 200 ms (the backend is never called).
+    let fast = test_app("fast", Duration::ZERO, 0).await;
+    let _fast = api_endpoints(&mesh, "fast", &[&fast]).await;
+    mesh.resolver.set_routes(
+        "fast",
+        rules(
+            r#"
+- route: default/fast
+  name: delayed
+  backends: [{namespace: default, service: fast, weight: 1}]
+  timeouts: {request: 200ms}
+  fault: {delay: {fixedDelay: 400ms, percentage: 100}}
+"#,
+        ),
+    );
+    let replies = drive(web.outbound, "http://fast/", 3, 1, &[], LIMIT).await;
+    for r in &replies {
+        assert_eq!(
+            (r.status, r.error.as_deref()),
+            (504, Some("timeout")),
+            "{r:?}"
+        );
+        assert!(r.elapsed < Duration::from_millis(390), "{r:?}");
+    }
+    assert_eq!(fast.served(), 0);
 }
