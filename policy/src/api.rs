@@ -341,6 +341,7 @@ impl Api {
             labels,
             address: reg.address,
             identity: identity.clone(),
+            metrics: reg.metrics,
         };
         self.store
             .register(w, lease)

@@ -73,6 +73,10 @@ pub struct Registration {
     /// Requested lease; the control plane clamps it to its limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Dur>,
+    /// Where the workload's proxy serves `/metrics` (its admin address), so operators' tools
+    /// (`weft stat`, the dashboard) find every proxy through the control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The answer to a registration.
@@ -88,8 +92,8 @@ pub struct Registered {
     pub lease: Dur,
 }
 
-/// A registered workload.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A registered workload (also as the control plane's admin `/workloads` lists it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
     pub namespace: String,
     pub service: String,
@@ -97,6 +101,9 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     pub address: SocketAddr,
     pub identity: Option<SpiffeId>,
+    /// Its proxy's `/metrics` address, if it told.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Workload {
@@ -247,6 +254,7 @@ mod tests {
             .into(),
             address: addr.parse().unwrap(),
             identity: Some(SpiffeId::parse(id).unwrap()),
+            metrics: None,
         }
     }
 

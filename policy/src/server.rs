@@ -19,6 +19,9 @@ use crate::store::Store;
 
 /// The admin page with the served resources and the last rejected change.
 pub const STATUS_PATH: &str = "/status";
+/// The admin path listing the registered workloads (JSON), with their proxies' metrics
+/// addresses: how `weft stat` and the dashboard find every proxy.
+pub const WORKLOADS_PATH: &str = "/workloads";
 
 /// The listeners the control plane serves on.
 #[derive(Debug)]
@@ -137,8 +140,10 @@ pub async fn serve(
         Admin {
             registry,
             ready: ready_rx,
-            extra: Some(Arc::new(move |path: &str| {
-                (path == STATUS_PATH).then(|| status_page(&status_store))
+            extra: Some(Arc::new(move |path: &str| match path {
+                STATUS_PATH => Some(status_page(&status_store)),
+                WORKLOADS_PATH => Some(workloads_page(&status_store)),
+                _ => None,
             })),
         },
         wait_true(stop_rx.clone()),
@@ -165,6 +170,15 @@ pub async fn serve(
     let _ = admin_task.await;
     stop_signal.abort();
     Ok(())
+}
+
+fn workloads_page(store: &Store) -> serve::FullResponse {
+    let state = store.current();
+    serve::respond(
+        http::StatusCode::OK,
+        "application/json",
+        serde_json::to_vec_pretty(&*state.workloads).unwrap_or_default(),
+    )
 }
 
 fn status_page(store: &Store) -> serve::FullResponse {

@@ -186,6 +186,7 @@ fn registration(version: &str, port: u16, lease: Duration) -> Registration {
         address: format!("127.0.0.1:{port}").parse().unwrap(),
         identity: Some(SpiffeId::parse("spiffe://weft.local/ns/default/sa/api").unwrap()),
         lease: Some(Dur(lease)),
+        metrics: None,
     }
 }
 

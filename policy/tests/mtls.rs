@@ -88,6 +88,7 @@ fn registration(identity: Option<&str>, namespace: Option<&str>) -> Registration
         address: "127.0.0.1:7201".parse().unwrap(),
         identity: identity.map(id),
         lease: None,
+        metrics: None,
     }
 }
 

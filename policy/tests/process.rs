@@ -105,6 +105,7 @@ async fn default_mode_gets_a_certificate_and_serves_mtls() {
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = api.local_addr().unwrap();
+    let admin_addr = admin.local_addr().unwrap();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(run_on(
         Listeners { api, admin },
@@ -124,6 +125,7 @@ async fn default_mode_gets_a_certificate_and_serves_mtls() {
         address: "127.0.0.1:7301".parse().unwrap(),
         identity: None,
         lease: None,
+        metrics: Some("127.0.0.1:4191".parse().unwrap()),
     });
     let mut endpoints = client.watch_endpoints("default", "api-v1");
     let got = wait_until(
@@ -134,6 +136,16 @@ async fn default_mode_gets_a_certificate_and_serves_mtls() {
     )
     .await;
     assert_eq!(got.endpoints[0].identity.as_ref(), Some(&api_id));
+    // Operators' tools find the workload and its proxy's metrics on the admin port.
+    let listed = admin_get(admin_addr, "/workloads").await;
+    let workloads: Vec<weft_policy::registry::Workload> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(workloads.len(), 1, "{listed}");
+    assert_eq!(workloads[0].service, "api");
+    assert_eq!(workloads[0].identity.as_ref(), Some(&api_id));
+    assert_eq!(
+        workloads[0].metrics,
+        Some("127.0.0.1:4191".parse().unwrap())
+    );
 
     let _ = stop.send(true);
     tokio::time::timeout(Duration::from_secs(5), server)
@@ -141,4 +153,19 @@ async fn default_mode_gets_a_certificate_and_serves_mtls() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// The body of a plaintext GET on the admin port.
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n").unwrap().1.to_string()
 }

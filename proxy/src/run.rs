@@ -78,6 +78,7 @@ pub async fn run_on(
     let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let inbound_addr = listeners.inbound.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = listeners.admin.local_addr().map_err(|e| e.to_string())?;
     let admin = tokio::spawn(weft_identity::admin::run(
         listeners.admin,
         weft_identity::admin::Admin {
@@ -148,6 +149,13 @@ pub async fn run_on(
         address: advertise,
         identity: Some(me.clone()),
         lease: None,
+        // Where operators' tools scrape this proxy: its admin port, at the advertised IP when
+        // it listens on every address.
+        metrics: Some(if admin_addr.ip().is_unspecified() {
+            std::net::SocketAddr::new(advertise.ip(), admin_addr.port())
+        } else {
+            admin_addr
+        }),
     });
 
     // 4. The data path.
