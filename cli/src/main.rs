@@ -3,11 +3,13 @@
 //! # Layout
 //! - `main.rs`: the command tree; each subcommand hands off to the crate that owns it.
 //! - [`demo`]: `weft demo`, a local mesh.
+//! - [`stat`]: `weft stat` and `weft routes`, golden signals from every proxy.
 //! - [`token`]: `weft token create`.
 //! - [`cert`]: `weft cert issue`.
 
 mod cert;
 mod demo;
+mod stat;
 mod token;
 
 use std::process::ExitCode;
@@ -36,6 +38,10 @@ enum Command {
     Policy(weft_policy::config::Cli),
     /// Run the sidecar proxy.
     Proxy(weft_proxy::config::ProxyArgs),
+    /// Golden signals per service (success rate, RPS, latency percentiles, mTLS share).
+    Stat(stat::StatArgs),
+    /// Golden signals per route rule of the calls to a service (per backend: --backends).
+    Routes(stat::RoutesArgs),
     /// Bootstrap tokens for workloads.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -62,6 +68,8 @@ fn main() -> ExitCode {
             None => weft_policy::config::run_main(cli.run),
         },
         Command::Proxy(args) => weft_proxy::run::run_main(args),
+        Command::Stat(args) => report(stat::stat(args)),
+        Command::Routes(args) => report(stat::routes(args)),
         Command::Token(cmd) => report(token::run(cmd)),
         Command::Cert(cmd) => report(cert::run(cmd)),
     }

@@ -35,9 +35,17 @@ fn app(name: &'static str) -> SocketAddr {
                     if line.contains(" /slow") {
                         std::thread::sleep(Duration::from_millis(1500));
                     }
+                    if line.contains(" /sleep80") {
+                        std::thread::sleep(Duration::from_millis(80));
+                    }
+                    let status = if line.contains(" /fail") {
+                        "503 Service Unavailable"
+                    } else {
+                        "200 OK"
+                    };
                     let body = format!("hello from {name}: {line}");
                     let rsp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
                         body.len()
                     );
                     if conn.write_all(rsp.as_bytes()).is_err() {
@@ -361,6 +369,87 @@ spec:
         assert!(Instant::now() < deadline, "the route removal did not apply");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn weft_stat_reports_known_traffic() {
+    let f = Fixture::start();
+    assert_eq!(f.wait_status("web", 200, Duration::from_secs(30)).0, 200);
+    // `weft stat` and `weft routes` sample for 8 s; the traffic goes in between their scrapes.
+    let window = 8.0;
+    let spawn = |cmd: &str| {
+        let mut c = Command::new(WEFT)
+            .args([cmd, "--window", "8s", "-o", "json", "--policy-admin"])
+            .arg(f.pol_admin.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It says so once its first scrape is done.
+        let mut err = std::io::BufReader::new(c.stderr.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+        assert!(line.contains("sampling"), "{line}");
+        c
+    };
+    let stat = spawn("stat");
+    let routes = spawn("routes");
+    let started = Instant::now();
+    // 200 requests from web: 20 % fail with 503, 10 % take 80 ms, the rest are fast.
+    for i in 0..200 {
+        let path = match i % 10 {
+            0 | 5 => "/fail",
+            3 => "/sleep80",
+            _ => "/",
+        };
+        f.get("web", path);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "the traffic must fit the window"
+    );
+    let json = |c: std::process::Child| -> serde_json::Value {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let stat = json(stat);
+    let api = stat
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["service"] == "default/api")
+        .unwrap_or_else(|| panic!("{stat}"));
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
+    assert_eq!(num(api, "requests"), 200.0, "{api}");
+    assert!(
+        (num(api, "rps") - 200.0 / window).abs() < 0.1 * 200.0 / window,
+        "{api}"
+    );
+    assert!((num(api, "success_rate") - 0.8).abs() < 1e-9, "{api}");
+    assert_eq!(num(api, "tls_percent"), 100.0, "{api}");
+    // p50: a fast request (under 10 ms); p99: in the histogram bucket of the 80 ms requests
+    // (75-100 ms), interpolated as Prometheus does.
+    assert!(num(api, "p50_ms") < 10.0, "{api}");
+    let p99 = num(api, "p99_ms");
+    assert!((75.0..=100.0).contains(&p99), "{api}");
+
+    let routes = json(routes);
+    let default = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["service"] == "default/api" && r["rule"] == "default")
+        .unwrap_or_else(|| panic!("{routes}"));
+    assert_eq!(num(default, "requests"), 200.0, "{default}");
+    assert!(
+        (num(default, "success_rate") - 0.8).abs() < 1e-9,
+        "{default}"
+    );
 }
 
 #[test]
