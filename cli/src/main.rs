@@ -32,6 +32,9 @@ struct Cli {
 enum Command {
     /// Run a local mesh until Ctrl-C (or --duration).
     Demo(demo::DemoArgs),
+    /// A demo workload (started by `weft demo`).
+    #[command(hide = true)]
+    DemoApp(demo::app::AppArgs),
     /// Run the identity service (the mesh CA).
     Identity(weft_identity::config::IdentityArgs),
     /// Run the control plane, or `check DIR` to validate resources without serving them.
@@ -51,6 +54,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    demo::children::exit_with_parent_if_asked();
     let cli = Cli::parse();
     // The demo prints what happens itself; its components' logs would repeat it.
     let default_log = match cli.command {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
     weft_identity::config::init_tracing_with_default(default_log);
     match cli.command {
         Command::Demo(args) => report(demo::run(args)),
+        Command::DemoApp(args) => report(demo::app::run(args)),
         Command::Identity(args) => weft_identity::config::run_main(args),
         Command::Policy(cli) => match cli.command {
             Some(weft_policy::config::Command::Check(args)) => {

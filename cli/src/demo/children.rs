@@ -1,0 +1,273 @@
+//! The demo's child processes: `weft` itself with a subcommand, each in its own process
+//! group (so a Ctrl-C in the terminal reaches the demo alone, which then stops them in order),
+//! logging to a file, with a pipe on stdin whose end tells it the demo is gone.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Set for every child: it exits when its stdin (a pipe from the demo) closes, which happens
+/// however the demo ends, even by SIGKILL, so no child outlives it.
+pub const ENV_EXIT_WITH_PARENT: &str = "WEFT_DEMO_EXIT_WITH_PARENT";
+
+/// Called first thing in `main`: in a child of the demo, watches stdin and exits at its end.
+pub fn exit_with_parent_if_asked() {
+    if std::env::var_os(ENV_EXIT_WITH_PARENT).is_none_or(|v| v != "1") {
+        return;
+    }
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        eprintln!("weft: the demo that started this process is gone; exiting");
+        std::process::exit(1);
+    });
+}
+
+/// One child process.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    /// `identity`, `policy`, `app` or `sidecar`.
+    pub kind: &'static str,
+    /// `what=addr` pairs, for the table.
+    pub addrs: String,
+    pub log: PathBuf,
+    child: Child,
+    /// Shutdown tier: lower tiers stop first.
+    tier: u8,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running (it is reaped once it has exited).
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Every child the demo started; stops (and reaps) them all when told or dropped.
+#[derive(Debug)]
+pub struct Fleet {
+    exe: PathBuf,
+    logs: PathBuf,
+    pub procs: Vec<Proc>,
+}
+
+impl Fleet {
+    pub fn new(logs: &Path) -> Result<Self, String> {
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("cannot find the weft executable to start the mesh: {e}"))?;
+        std::fs::create_dir_all(logs)
+            .map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+        Ok(Self {
+            exe,
+            logs: logs.to_path_buf(),
+            procs: Vec::new(),
+        })
+    }
+
+    /// Starts `weft <args>` with `env` (and none of the demo's own `WEFT_*` variables).
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        kind: &'static str,
+        tier: u8,
+        addrs: String,
+        args: &[String],
+        env: &[(&str, String)],
+    ) -> Result<(), String> {
+        use std::os::unix::process::CommandExt;
+        let log = self.logs.join(format!("{name}-{kind}.log"));
+        let file = std::fs::File::create(&log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let out = file
+            .try_clone()
+            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+        let mut cmd = Command::new(&self.exe);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("WEFT_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env(ENV_EXIT_WITH_PARENT, "1")
+            .env(weft_identity::config::ENV_LOG, "info")
+            .stdin(Stdio::piped())
+            .stdout(out)
+            .stderr(file)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start `weft {}`: {e}", args.join(" ")))?;
+        self.procs.push(Proc {
+            name: name.to_string(),
+            kind,
+            addrs,
+            log,
+            child,
+            tier,
+        });
+        Ok(())
+    }
+
+    /// An error naming the first child that has exited, with the end of its log.
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        for p in &mut self.procs {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Err(format!(
+                    "{} ({}) exited with {status} during start-up; the end of its log ({}):\n{}",
+                    p.name,
+                    p.kind,
+                    p.log.display(),
+                    log_tail(&p.log, 15)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until `GET /ready` on `admin` answers 200 (or `deadline`, or a child exits).
+    pub async fn wait_ready(
+        &mut self,
+        what: &str,
+        admin: SocketAddr,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        self.wait_until(what, deadline, || async move {
+            http_get(admin, "/ready").await.map(|(s, _)| s) == Some(200)
+        })
+        .await
+    }
+
+    /// Waits until something accepts connections at `addr`.
+    pub async fn wait_listening(
+        &mut self,
+        what: &str,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        self.wait_until(what, deadline, || async move {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await
+    }
+
+    async fn wait_until<F, Fut>(
+        &mut self,
+        what: &str,
+        deadline: Instant,
+        mut ok: F,
+    ) -> Result<(), String>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        loop {
+            if ok().await {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                let log = self
+                    .procs
+                    .iter()
+                    .find(|p| p.name == what.split(' ').next().unwrap_or(what))
+                    .map(|p| format!(" (its log: {})", p.log.display()))
+                    .unwrap_or_default();
+                return Err(format!("{what} did not become ready in time{log}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every child, tier by tier: SIGTERM, then SIGKILL after `grace`; reaps them all.
+    pub async fn stop(&mut self, grace: Duration) {
+        let mut tiers: Vec<u8> = self.procs.iter().map(|p| p.tier).collect();
+        tiers.sort_unstable();
+        tiers.dedup();
+        for tier in tiers {
+            let mut group: Vec<&mut Proc> =
+                self.procs.iter_mut().filter(|p| p.tier == tier).collect();
+            let pids: Vec<String> = group
+                .iter_mut()
+                .filter_map(|p| p.running().then(|| p.pid().to_string()))
+                .collect();
+            if !pids.is_empty() {
+                // `kill` (procps) rather than `libc::kill`: the workspace forbids `unsafe`.
+                let _ = Command::new("kill").arg("-TERM").args(&pids).status();
+            }
+            let deadline = Instant::now() + grace;
+            loop {
+                let running = group
+                    .iter_mut()
+                    .filter_map(|p| p.running().then_some(()))
+                    .count();
+                if running == 0 {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    for p in group.iter_mut() {
+                        if p.running() {
+                            eprintln!(
+                                "weft demo: {} ({}) ignored SIGTERM; killing it",
+                                p.name, p.kind
+                            );
+                            let _ = p.child.kill();
+                            let _ = p.child.wait();
+                        }
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+impl Drop for Fleet {
+    /// The safety net (a panic, an early return): nothing outlives the demo.
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if p.running() {
+                let _ = p.child.kill();
+            }
+            let _ = p.child.wait();
+        }
+    }
+}
+
+/// The last `n` lines of a log file.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A plain `GET path` on `addr` (an admin endpoint): status and body, `None` if unreachable.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        let out = String::from_utf8_lossy(&out).into_owned();
+        let status = out.split(' ').nth(1)?.parse().ok()?;
+        Some((status, out))
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .ok()
+        .flatten()
+}

@@ -1,0 +1,470 @@
+//! `weft demo`: a whole local mesh on one machine, running until Ctrl-C (or `--duration`).
+//!
+//! It starts, as child processes of one `weft` binary, the identity service, the control plane
+//! (with a resource directory it writes and the user may edit live), and the demo topology:
+//! `loadgen → web → api → db`, where calls to `api` are routed (mobile user-agents to `api-v3`,
+//! the others split 90/10 between `api-v1` and `api-v2`) and only `api` may call `db`. Every
+//! workload is a small HTTP app (`weft demo-app`) with its sidecar (`weft proxy`); the load
+//! generator runs in the demo itself behind the `loadgen` sidecar. Everything listens on free
+//! loopback ports and needs no root; every child is stopped on exit, on Ctrl-C and on SIGTERM,
+//! and exits by itself should the demo die.
+//!
+//! # Layout
+//! - `mod.rs`: the command: directory, tokens, ports, start-up order, the table, the run.
+//! - [`resources`]: the YAML resources the control plane serves.
+//! - [`app`]: `weft demo-app`, the workloads, and the HTTP client through a sidecar.
+//! - [`load`]: the load generator.
+//! - [`children`]: starting, watching and stopping the child processes.
+
+pub mod app;
+pub mod children;
+pub mod load;
+pub mod resources;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use tokio::time::Instant;
+use weft_identity::authority::{Authority, AuthorityConfig};
+
+use children::Fleet;
+
+/// How long the mesh may take to come up before the demo gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long children get between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// The sidecars' own grace for requests in flight on SIGTERM (below [`STOP_GRACE`]).
+const PROXY_SHUTDOWN_GRACE: &str = "2s";
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Stop after the mesh has served traffic this long (e.g. 20s); runs until Ctrl-C otherwise.
+    #[arg(long, value_parser = weft_identity::config::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Directory for the CA, tokens, resources and logs [default: a new temporary directory,
+    /// removed on exit]. Resources already in DIR/resources are kept.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Requests per second the load generator sends to web.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub rate: u32,
+    /// Use consecutive ports from this one instead of free ones chosen by the system.
+    #[arg(long)]
+    pub base_port: Option<u16>,
+    /// Lifetime of workload certificates.
+    #[arg(long, default_value = "1h", value_parser = weft_identity::config::parse_duration)]
+    pub leaf_lifetime: Duration,
+}
+
+/// A demo workload: an app and its sidecar.
+struct Workload {
+    name: &'static str,
+    /// The service it registers under, and its labels.
+    service: &'static str,
+    labels: &'static str,
+    /// Its identity (service account): the three versions of `api` share `api`.
+    account: &'static str,
+    /// What its app calls, if anything; `None` for `loadgen`, which has no app.
+    app: Option<AppSpec>,
+}
+
+struct AppSpec {
+    call: Option<&'static str>,
+    fail_percent: u8,
+}
+
+const fn app(call: Option<&'static str>, fail_percent: u8) -> Option<AppSpec> {
+    Some(AppSpec { call, fail_percent })
+}
+
+const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "web",
+        service: "web",
+        labels: "",
+        account: "web",
+        app: app(Some("http://api/"), 0),
+    },
+    Workload {
+        name: "api-v1",
+        service: "api",
+        labels: "version=v1",
+        account: "api",
+        app: app(Some("http://db/"), 0),
+    },
+    Workload {
+        name: "api-v2",
+        service: "api",
+        labels: "version=v2",
+        account: "api",
+        app: app(Some("http://db/"), resources::API_V2_FAIL_PERCENT),
+    },
+    Workload {
+        name: "api-v3",
+        service: "api",
+        labels: "version=v3",
+        account: "api",
+        app: app(Some("http://db/"), 0),
+    },
+    Workload {
+        name: "db",
+        service: "db",
+        labels: "",
+        account: "db",
+        app: app(None, 0),
+    },
+    Workload {
+        name: "loadgen",
+        service: "loadgen",
+        labels: "",
+        account: "loadgen",
+        app: None,
+    },
+];
+
+/// Hands out loopback addresses: free ones from the system, or consecutive ones from a base
+/// port, checked free.
+struct Ports {
+    next: Option<u16>,
+}
+
+impl Ports {
+    fn take(&mut self, what: &str) -> Result<SocketAddr, String> {
+        let Some(port) = self.next else {
+            return std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("cannot find a free port for {what}: {e}"));
+        };
+        self.next = port.checked_add(1);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        std::net::TcpListener::bind(addr).map_err(|e| {
+            format!(
+                "port {port} (for {what}) is taken ({e}): choose another --base-port, or leave it \
+                 out to use free ports"
+            )
+        })?;
+        Ok(addr)
+    }
+}
+
+struct SidecarAddrs {
+    app: Option<SocketAddr>,
+    inbound: SocketAddr,
+    outbound: SocketAddr,
+    admin: SocketAddr,
+}
+
+pub fn run(args: DemoArgs) -> Result<(), String> {
+    let rt =
+        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(demo(args))
+}
+
+async fn demo(args: DemoArgs) -> Result<(), String> {
+    let (dir, _temp) = match &args.dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("weft-demo-")
+                .tempdir()
+                .map_err(|e| format!("cannot create a demo directory: {e}"))?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let mut fleet = Fleet::new(&dir.join("logs"))?;
+    // Ctrl-C and SIGTERM are heard from the start: during start-up they end it.
+    let result = tokio::select! {
+        r = start_and_run(&args, &dir, args.dir.is_none(), &mut fleet) => r,
+        _ = weft_identity::config::shutdown_signal() => Ok(()),
+    };
+    println!("weft demo: stopping {} processes", fleet.procs.len());
+    fleet.stop(STOP_GRACE).await;
+    println!("weft demo: stopped");
+    result
+}
+
+async fn start_and_run(
+    args: &DemoArgs,
+    dir: &Path,
+    temporary: bool,
+    fleet: &mut Fleet,
+) -> Result<(), String> {
+    // The CA's material and every workload's token, minted here from the same data directory
+    // the identity service then serves.
+    let mut cfg = AuthorityConfig::new(dir.join("identity"));
+    cfg.leaf_lifetime = args.leaf_lifetime;
+    let authority = Authority::load_or_create(&cfg).map_err(|e| e.to_string())?;
+    let trust_domain = authority.trust_domain().to_string();
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens)
+        .map_err(|e| format!("cannot create {}: {e}", tokens.display()))?;
+    let mut accounts: Vec<(&str, &str)> = vec![("weft", "policy")];
+    for w in WORKLOADS {
+        if !accounts.contains(&("default", w.account)) {
+            accounts.push(("default", w.account));
+        }
+    }
+    for (ns, account) in accounts {
+        let id = authority
+            .trust_domain()
+            .workload(ns, account)
+            .map_err(|e| e.to_string())?;
+        let token = authority.token_key().create(
+            &id,
+            &authority.anchor_fingerprint(),
+            SystemTime::now(),
+            Duration::from_secs(24 * 3600),
+        )?;
+        let path = tokens.join(account);
+        std::fs::write(&path, token)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let resources = dir.join("resources");
+    let kept = resources.exists();
+    if !kept {
+        resources::write(&resources, &trust_domain)?;
+    }
+
+    println!("weft demo: a local mesh on 127.0.0.1 (free ports, no root)");
+    println!(
+        "  data directory  {}{}",
+        dir.display(),
+        if temporary {
+            " (removed on exit; --dir DIR keeps it)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  resources       {}{}  ← edit live: a valid change applies within a second",
+        resources.display(),
+        if kept { " (yours, kept)" } else { "" }
+    );
+    println!("  logs            {}", dir.join("logs").display());
+
+    let mut ports = Ports {
+        next: args.base_port,
+    };
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let exe_arg = |s: &str| s.to_string();
+    let addr = |a: SocketAddr| a.to_string();
+
+    // 1. The identity service, 2. the control plane.
+    let (id_api, _) = start_component(
+        fleet,
+        &mut ports,
+        "identity",
+        2,
+        &[
+            exe_arg("--data-dir"),
+            dir.join("identity").display().to_string(),
+            exe_arg("--leaf-lifetime"),
+            format!("{}ms", args.leaf_lifetime.as_millis().max(1)),
+        ],
+        &[],
+        deadline,
+    )
+    .await?;
+    let (pol_api, pol_admin) = start_component(
+        fleet,
+        &mut ports,
+        "policy",
+        1,
+        &[exe_arg("--dir"), resources.display().to_string()],
+        &[
+            (
+                weft_identity::config::ENV_TOKEN_FILE,
+                tokens.join("policy").display().to_string(),
+            ),
+            (weft_identity::config::ENV_IDENTITY_ADDR, addr(id_api)),
+        ],
+        deadline,
+    )
+    .await?;
+
+    // 3. The workloads: apps and sidecars, all at once.
+    let mut sidecars = Vec::new();
+    for w in WORKLOADS {
+        let a = SidecarAddrs {
+            app: match w.app {
+                Some(_) => Some(ports.take(&format!("the {} app", w.name))?),
+                None => None,
+            },
+            inbound: ports.take(&format!("{}'s sidecar (inbound)", w.name))?,
+            outbound: ports.take(&format!("{}'s sidecar (outbound)", w.name))?,
+            admin: ports.take(&format!("{}'s sidecar (admin)", w.name))?,
+        };
+        if let (Some(spec), Some(app_addr)) = (&w.app, a.app) {
+            let mut argv = vec![
+                exe_arg("demo-app"),
+                exe_arg("--name"),
+                exe_arg(w.name),
+                exe_arg("--listen"),
+                addr(app_addr),
+                exe_arg("--fail-percent"),
+                spec.fail_percent.to_string(),
+            ];
+            if let Some(call) = spec.call {
+                argv.extend([
+                    exe_arg("--call"),
+                    exe_arg(call),
+                    exe_arg("--via"),
+                    addr(a.outbound),
+                ]);
+            }
+            let what = match spec.call {
+                Some(c) => format!("http={app_addr} calls={c}"),
+                None => format!("http={app_addr}"),
+            };
+            let what = if spec.fail_percent > 0 {
+                format!("{what} fails={}%", spec.fail_percent)
+            } else {
+                what
+            };
+            fleet.spawn(w.name, "app", 0, what, &argv, &[])?;
+        }
+        let mut env = vec![
+            (
+                weft_identity::config::ENV_TOKEN_FILE,
+                tokens.join(w.account).display().to_string(),
+            ),
+            (weft_identity::config::ENV_IDENTITY_ADDR, addr(id_api)),
+            (weft_proxy::config::ENV_POLICY_ADDR, addr(pol_api)),
+            (weft_proxy::config::ENV_INBOUND, addr(a.inbound)),
+            (weft_proxy::config::ENV_OUTBOUND, addr(a.outbound)),
+            (weft_proxy::config::ENV_ADMIN, addr(a.admin)),
+            (weft_proxy::config::ENV_SERVICE, w.service.to_string()),
+            (
+                weft_proxy::config::ENV_SHUTDOWN_GRACE,
+                PROXY_SHUTDOWN_GRACE.to_string(),
+            ),
+        ];
+        if let Some(app_addr) = a.app {
+            env.push((
+                weft_proxy::config::ENV_APP_PORT,
+                app_addr.port().to_string(),
+            ));
+        }
+        if !w.labels.is_empty() {
+            env.push((weft_proxy::config::ENV_LABELS, w.labels.to_string()));
+        }
+        fleet.spawn(
+            w.name,
+            "sidecar",
+            0,
+            format!(
+                "inbound={} outbound={} admin={}",
+                a.inbound, a.outbound, a.admin
+            ),
+            &[exe_arg("proxy")],
+            &env,
+        )?;
+        sidecars.push((w, a));
+    }
+    for (w, a) in &sidecars {
+        if let Some(app_addr) = a.app {
+            fleet
+                .wait_listening(&format!("{} app", w.name), app_addr, deadline)
+                .await?;
+        }
+        fleet
+            .wait_ready(&format!("{} sidecar", w.name), a.admin, deadline)
+            .await?;
+    }
+
+    // What runs where, one process a line (stable columns: `weft stat`, scripts and the
+    // tests read it).
+    println!();
+    println!("  {:<10} {:<9} {:<8} ADDRESSES", "NAME", "KIND", "PID");
+    for p in &fleet.procs {
+        println!("  {:<10} {:<9} {:<8} {}", p.name, p.kind, p.pid(), p.addrs);
+    }
+    println!(
+        "  {:<10} {:<9} {:<8} rate={}/s via=loadgen-sidecar (in this process)",
+        "loadgen",
+        "load",
+        std::process::id(),
+        args.rate
+    );
+    println!();
+    println!("  traffic: loadgen → web → api → db, each hop through both sidecars (mTLS)");
+    println!("    api:   user-agent *Mobile* → api-v3; the rest api-v1 90% / api-v2 10%,");
+    println!(
+        "           retries on 503 (api-v2 fails {}% of requests), 2% injected 503s, 2s timeout",
+        resources::API_V2_FAIL_PERCENT
+    );
+    println!(
+        "    authz: only loadgen may call web, only web api, only api db (loadgen's own calls to db get 403)"
+    );
+
+    // DASHBOARD: start `weft dashboard` here, as a child in tier 0 (`fleet.spawn`) on
+    // `ports.take("the dashboard")` (or a --dashboard-addr flag), pointed at the control
+    // plane's admin address `pol_admin`; wait for it and print its URL:
+    //   println!("  dashboard: http://{dash_addr}/");
+    println!("  dashboard: not built yet (`weft dashboard` will show these numbers live)");
+    println!(
+        "  stats:     weft stat --policy-admin {pol_admin}   (per route: weft routes api --backends --policy-admin {pol_admin})"
+    );
+    println!(
+        "  metrics:   curl -s http://{}/metrics | grep weft_route_",
+        sidecars
+            .iter()
+            .find(|(w, _)| w.name == "web")
+            .map_or_else(String::new, |(_, a)| a.admin.to_string())
+    );
+    match args.duration {
+        Some(d) => println!("Running for {d:?}; Ctrl-C stops the demo sooner."),
+        None => println!("Ctrl-C stops the demo."),
+    }
+
+    // 4. Load, until the time is up (a signal ends it from `demo`).
+    let loadgen = sidecars
+        .iter()
+        .find(|(w, _)| w.name == "loadgen")
+        .map(|(_, a)| a.outbound)
+        .ok_or("no loadgen sidecar")?;
+    let load = load::run(app::Upstream::new(loadgen), args.rate);
+    match args.duration {
+        Some(d) => {
+            let _ = tokio::time::timeout(d, load).await;
+        }
+        None => load.await,
+    }
+    Ok(())
+}
+
+/// Starts `weft <name> --listen A --admin-listen B <args>` on two new ports and waits until it
+/// is ready; returns both addresses.
+#[allow(clippy::too_many_arguments)]
+async fn start_component(
+    fleet: &mut Fleet,
+    ports: &mut Ports,
+    name: &'static str,
+    tier: u8,
+    args: &[String],
+    env: &[(&str, String)],
+    deadline: Instant,
+) -> Result<(SocketAddr, SocketAddr), String> {
+    let api = ports.take(&format!("the {name} service"))?;
+    let admin = ports.take(&format!("the {name} admin endpoint"))?;
+    let mut argv = vec![
+        name.to_string(),
+        "--listen".into(),
+        api.to_string(),
+        "--admin-listen".into(),
+        admin.to_string(),
+    ];
+    argv.extend_from_slice(args);
+    fleet.spawn(
+        name,
+        name,
+        tier,
+        format!("api={api} admin={admin}"),
+        &argv,
+        env,
+    )?;
+    fleet.wait_ready(name, admin, deadline).await?;
+    Ok((api, admin))
+}
