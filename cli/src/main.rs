@@ -2,11 +2,13 @@
 //!
 //! # Layout
 //! - `main.rs`: the command tree; each subcommand hands off to the crate that owns it.
+//! - [`admin`]: a plaintext `GET` on components' admin ports.
 //! - [`demo`]: `weft demo`, a local mesh.
 //! - [`stat`]: `weft stat` and `weft routes`, golden signals from every proxy.
 //! - [`token`]: `weft token create`.
 //! - [`cert`]: `weft cert issue`.
 
+mod admin;
 mod cert;
 mod demo;
 mod stat;

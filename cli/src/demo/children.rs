@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// Set for every child: it exits when its stdin (a pipe from the demo) closes, which happens
@@ -142,7 +141,10 @@ impl Fleet {
         deadline: Instant,
     ) -> Result<(), String> {
         self.wait_until(what, deadline, || async move {
-            http_get(admin, "/ready").await.map(|(s, _)| s) == Some(200)
+            let ready = tokio::task::spawn_blocking(move || {
+                crate::admin::get(&admin.to_string(), "/ready")
+            });
+            matches!(ready.await, Ok(Ok((200, _))))
         })
         .await
     }
@@ -249,25 +251,4 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// A plain `GET path` on `addr` (an admin endpoint): status and body, `None` if unreachable.
-pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .ok()?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.ok()?;
-        let out = String::from_utf8_lossy(&out).into_owned();
-        let status = out.split(' ').nth(1)?.parse().ok()?;
-        Some((status, out))
-    };
-    tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .ok()
-        .flatten()
 }

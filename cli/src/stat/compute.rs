@@ -132,6 +132,11 @@ pub struct RouteRow {
     pub signals: Signals,
 }
 
+/// Whether `namespace/service` is the service a user named (`service` or `namespace/service`).
+pub fn is_service(label: &str, named: &str) -> bool {
+    label == named || label.rsplit('/').next() == Some(named)
+}
+
 /// Per service, from the inbound side of the proxies' series over a window of `seconds`.
 pub fn services(inc: &[Sample], seconds: f64) -> Vec<ServiceRow> {
     let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
@@ -180,7 +185,7 @@ pub fn routes(
     let mut groups: BTreeMap<Key, Acc> = BTreeMap::new();
     for s in inc {
         let dst = s.label("dst_service");
-        if service.is_some_and(|svc| svc != dst && !dst.ends_with(&format!("/{svc}"))) {
+        if service.is_some_and(|svc| !is_service(dst, svc)) {
             continue;
         }
         let key = || {

@@ -10,8 +10,7 @@ pub mod compute;
 pub mod prom;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use weft_identity::config::parse_duration;
@@ -20,8 +19,6 @@ use self::compute::{RouteRow, Scrape, ServiceRow};
 
 /// The control plane's admin address by default.
 pub const DEFAULT_POLICY_ADMIN: &str = "127.0.0.1:9991";
-/// How long one scrape may take.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where the proxies are, and how to show what they saw.
 #[derive(Debug, Clone, clap::Args)]
@@ -76,7 +73,10 @@ pub fn stat(args: StatArgs) -> Result<(), String> {
     run(&args.common, |inc, secs, json| {
         let rows: Vec<ServiceRow> = compute::services(inc, secs)
             .into_iter()
-            .filter(|r| only.as_deref().is_none_or(|s| matches(&r.service, s)))
+            .filter(|r| {
+                only.as_deref()
+                    .is_none_or(|s| compute::is_service(&r.service, s))
+            })
             .collect();
         if json {
             serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())
@@ -98,17 +98,10 @@ pub fn routes(args: RoutesArgs) -> Result<(), String> {
     })
 }
 
-fn matches(row: &str, filter: &str) -> bool {
-    row == filter || row.rsplit('/').next() == Some(filter)
-}
-
-type Render<'a> = dyn Fn(&[prom::Sample], f64, bool) -> Result<String, String> + 'a;
-
 fn run(
     c: &Common,
     render: impl Fn(&[prom::Sample], f64, bool) -> Result<String, String>,
 ) -> Result<(), String> {
-    let render: &Render<'_> = &render;
     let json = c.output == "json";
     let targets = targets(c)?;
     if targets.is_empty() {
@@ -160,7 +153,7 @@ fn targets(c: &Common) -> Result<Vec<String>, String> {
     if !c.proxies.is_empty() {
         return Ok(c.proxies.clone());
     }
-    let body = get(&c.policy_admin, "/workloads").map_err(|e| {
+    let body = crate::admin::get_ok(&c.policy_admin, "/workloads").map_err(|e| {
         format!(
             "cannot list the workloads at the control plane's admin {}: {e} (set --policy-admin or WEFT_POLICY_ADMIN)",
             c.policy_admin
@@ -184,7 +177,7 @@ fn scrape_all(targets: &[String]) -> Result<Scrape, String> {
     let mut out = BTreeMap::new();
     let mut errors = Vec::new();
     for t in targets {
-        match get(t, "/metrics").and_then(|text| prom::parse(&text)) {
+        match crate::admin::get_ok(t, "/metrics").and_then(|text| prom::parse(&text)) {
             Ok(samples) => {
                 out.insert(t.clone(), samples);
             }
@@ -198,30 +191,6 @@ fn scrape_all(targets: &[String]) -> Result<Scrape, String> {
         eprintln!("weft: skipping a proxy that did not answer: {e}");
     }
     Ok(Scrape { at, targets: out })
-}
-
-/// A plaintext `GET` to an admin port; the body of a 200.
-pub fn get(addr: &str, path: &str) -> Result<String, String> {
-    let sock: SocketAddr = addr
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or_else(|| format!("{addr} resolves to nothing"))?;
-    let mut tcp = TcpStream::connect_timeout(&sock, SCRAPE_TIMEOUT).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(SCRAPE_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    write!(tcp, "GET {path} HTTP/1.0\r\nhost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    tcp.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| "not an HTTP response".to_string())?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        return Err(format!("{path} answered {status}"));
-    }
-    Ok(body.to_string())
 }
 
 fn pct(v: Option<f64>) -> String {

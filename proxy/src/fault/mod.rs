@@ -17,9 +17,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 
 use crate::body::{self, Body};
-use crate::destination::Destination;
 use crate::metrics::ProxyMetrics;
-use crate::route::{Backend, Route};
+use crate::route::{Route, target_labels};
 use crate::svc::{BoxError, BoxFuture};
 
 /// The response header marking an injected fault.
@@ -77,11 +76,15 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let Some(fault) = req
+        let Some(route) = req
             .extensions()
             .get::<Arc<Route>>()
-            .and_then(|r| r.fault.as_ref())
+            .filter(|r| r.fault.is_some())
+            .cloned()
         else {
+            return Box::pin(self.inner.call(req));
+        };
+        let Some(fault) = &route.fault else {
             return Box::pin(self.inner.call(req));
         };
         let delay = fault
@@ -97,16 +100,7 @@ where
         if delay.is_none() && abort.is_none() {
             return Box::pin(self.inner.call(req));
         }
-        let ext = req.extensions();
-        let (Some(route), dst, backend) = (
-            ext.get::<Arc<Route>>().cloned(),
-            ext.get::<Destination>().map(|d| d.label().clone()),
-            ext.get::<Arc<Backend>>().map(|b| b.label().clone()),
-        ) else {
-            return Box::pin(self.inner.call(req));
-        };
-        let dst = dst.unwrap_or_else(|| Arc::from("unknown"));
-        let backend = backend.unwrap_or_else(|| Arc::from("unknown"));
+        let (dst, backend) = target_labels(req.extensions());
         // Ready for this call: take it, leave a clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

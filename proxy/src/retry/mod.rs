@@ -38,11 +38,10 @@ use weft_policy::routes::{Retry, RetryCondition};
 
 pub use self::budget::Budget;
 use crate::body::{self, Body};
-use crate::destination::Destination;
 use crate::edge::proxy_error;
 use crate::error::ProxyError;
 use crate::metrics::{ProxyMetrics, RetryOutcome};
-use crate::route::{Backend, Route};
+use crate::route::{Route, target_labels};
 use crate::svc::{BoxError, BoxFuture, call_boxed};
 
 /// The largest request body buffered for replay.
@@ -285,14 +284,7 @@ where
 {
     let kind = kind(&req);
     let policy = &route.retry;
-    let ext = req.extensions();
-    let unknown = || Arc::from("unknown");
-    let dst: Arc<str> = ext
-        .get::<Destination>()
-        .map_or_else(unknown, |d| d.label().clone());
-    let backend: Arc<str> = ext
-        .get::<Arc<Backend>>()
-        .map_or_else(unknown, |b| b.label().clone());
+    let (dst, backend) = target_labels(req.extensions());
     let record = |outcome| metrics.retry(route.labels(&dst, &backend), outcome);
     if !replayable(req.body(), req.headers()) {
         let res = call_boxed(&mut inner, req).await;

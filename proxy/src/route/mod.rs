@@ -115,6 +115,18 @@ impl Route {
     }
 }
 
+/// The destination and backend labels of a request's route series, as the layers above set
+/// them (`unknown` where none did, as in a layer's unit test).
+pub fn target_labels(ext: &http::Extensions) -> (Arc<str>, Arc<str>) {
+    let unknown = || Arc::from("unknown");
+    (
+        ext.get::<Destination>()
+            .map_or_else(unknown, |d| d.label().clone()),
+        ext.get::<Arc<Backend>>()
+            .map_or_else(unknown, |b| b.label().clone()),
+    )
+}
+
 /// A service a rule sends requests to: the balancer's destination from the split on.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Backend {
@@ -261,6 +273,7 @@ where
             Err(rx) => rx,
         };
         // The destination's first request: wait (bounded) for its routes.
+        let dst = dst.clone();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let table = self.table.clone();
@@ -271,25 +284,15 @@ where
                 tokio::time::timeout(ROUTES_TIMEOUT, rx.wait_for(|v| v.is_some())).await,
                 Ok(Ok(_))
             );
-            let route = match req.extensions().get::<Destination>() {
-                Some(dst) if answered => pick(&table, &*resolver, dst, &req).ok(),
-                _ => None,
-            };
-            let route = match (route, req.extensions().get::<Destination>()) {
-                (Some(r), _) => r,
-                (None, Some(dst)) => {
+            let route = match answered.then(|| pick(&table, &*resolver, &dst, &req).ok()) {
+                Some(Some(route)) => route,
+                _ => {
                     tracing::debug!(dst = %dst.display(), "no routes known yet: default route");
                     Arc::new(Route::default_for(
                         &dst.namespace,
                         &dst.service,
                         RetryPolicy::default_route(),
                     ))
-                }
-                (None, None) => {
-                    return Err(ProxyError::BadRequest {
-                        detail: "no destination".into(),
-                    }
-                    .into());
                 }
             };
             req.extensions_mut().insert(route);
