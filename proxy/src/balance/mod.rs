@@ -151,6 +151,7 @@ where
             }
         };
         let route = ext.get::<Arc<Route>>().cloned();
+        let tried = ext.get::<Tried>().cloned();
         // The inner service was made ready for this call: take it, leave a clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -159,8 +160,14 @@ where
         let metrics = self.metrics.clone();
         Box::pin(async move {
             let breaker = route.as_ref().and_then(|r| r.breaker.as_ref());
-            let (picked, state, ejected) =
-                pick(&dsts, &*resolver, &backend, breaker.is_some()).await?;
+            let (picked, state, ejected) = pick(
+                &dsts,
+                &*resolver,
+                &backend,
+                breaker.is_some(),
+                tried.as_ref(),
+            )
+            .await?;
             let n = picked.endpoints.endpoints.len();
             let ep = picked.endpoint();
             Labels::set_peer(
@@ -221,14 +228,33 @@ fn now() -> Instant {
 
 type Choice = (Picked, Arc<EndpointState>, Arc<AtomicUsize>);
 
+/// The endpoints the attempts of one request went to (a request extension the retry layer
+/// shares between its attempts): a retry goes to another endpoint while there is one, as
+/// Envoy's `previous_hosts` retry predicate does, so a dead endpoint that fails fast (and so
+/// looks cheap) does not take the retry of the request it just failed.
+#[derive(Debug, Clone, Default)]
+pub struct Tried(Arc<Mutex<Vec<SocketAddr>>>);
+
+impl Tried {
+    fn record(&self, addr: SocketAddr) {
+        lock(&self.0).push(addr);
+    }
+
+    fn get(&self) -> Vec<SocketAddr> {
+        lock(&self.0).clone()
+    }
+}
+
 /// The endpoint of `backend` with the lower load of two random ones (skipping ejected ones
-/// when `breaker`; an ejected one whose ejection ended goes first, as the probe), waiting
-/// (bounded) for the first discovery answer.
+/// when `breaker`, an ejected one whose ejection ended going first as the probe; and skipping
+/// the endpoints `tried` lists while others remain), waiting (bounded) for the first
+/// discovery answer.
 async fn pick(
     dsts: &Mutex<HashMap<Arc<str>, Dst>>,
     resolver: &dyn Resolve,
     backend: &Backend,
     breaker: bool,
+    tried: Option<&Tried>,
 ) -> Result<Choice, ProxyError> {
     let mut waited = false;
     let display = || format!("{}.{}", backend.service, backend.namespace);
@@ -251,12 +277,16 @@ async fn pick(
                     });
                 }
                 let states = &state.states;
-                let index = if breaker && state.ejected.load(Ordering::Relaxed) > 0 {
-                    choose_healthy(states, tokio::time::Instant::now()).ok_or_else(|| {
-                        ProxyError::EndpointsEjected {
+                let avoid = tried.map(Tried::get).unwrap_or_default();
+                let breaking = breaker && state.ejected.load(Ordering::Relaxed) > 0;
+                let index = if breaking || !avoid.is_empty() {
+                    let addr = |i: usize| snapshot.endpoints[i].address;
+                    let at = tokio::time::Instant::now();
+                    choose_healthy(states, at, breaking, |i| !avoid.contains(&addr(i)))
+                        .or_else(|| choose_healthy(states, at, breaking, |_| true))
+                        .ok_or_else(|| ProxyError::EndpointsEjected {
                             destination: display(),
-                        }
-                    })?
+                        })?
                 } else {
                     ewma::p2c(
                         states.len(),
@@ -264,6 +294,9 @@ async fn pick(
                         |n| fastrand::usize(..n),
                     )
                 };
+                if let Some(t) = tried {
+                    t.record(snapshot.endpoints[index].address);
+                }
                 let picked = Picked {
                     endpoints: snapshot.clone(),
                     index,
@@ -287,11 +320,21 @@ async fn pick(
     }
 }
 
-/// With some endpoints ejected: an endpoint whose ejection ended (it becomes the one probe),
-/// else p2c over the endpoints in service; `None` when every endpoint is out.
-fn choose_healthy(states: &[Arc<EndpointState>], at: tokio::time::Instant) -> Option<usize> {
+/// Among the endpoints `allowed` lets through, and with `breaking` only those the circuit
+/// breaker admits (an endpoint whose ejection ended goes first: it becomes the one probe):
+/// the cheaper of two random ones; `None` when no endpoint is left.
+fn choose_healthy(
+    states: &[Arc<EndpointState>],
+    at: tokio::time::Instant,
+    breaking: bool,
+    allowed: impl Fn(usize) -> bool,
+) -> Option<usize> {
     let mut in_service = Vec::with_capacity(states.len());
-    for (i, s) in states.iter().enumerate() {
+    for (i, s) in states.iter().enumerate().filter(|&(i, _)| allowed(i)) {
+        if !breaking {
+            in_service.push(i);
+            continue;
+        }
         match lock(&s.health).admit(at) {
             Admission::Probe => return Some(i),
             Admission::In => in_service.push(i),

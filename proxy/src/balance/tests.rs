@@ -128,6 +128,53 @@ async fn requests_spread_over_the_current_endpoints_and_follow_changes() {
     );
 }
 
+/// A dead endpoint fails at once and so looks cheap: a request's retry still goes to another
+/// endpoint, because the attempts share what they tried.
+#[tokio::test(start_paused = true)]
+async fn a_retry_goes_to_an_endpoint_the_request_has_not_tried() {
+    let table = Arc::new(Table::default());
+    table.set("api", &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+    let dead = addr("127.0.0.1:3");
+    let inner = tower::service_fn(move |req: Request<Body>| async move {
+        let a = req.extensions().get::<Picked>().unwrap().endpoint().address;
+        if a == dead {
+            return Err::<Response<Body>, BoxError>(
+                crate::error::ProxyError::ConnectFailed {
+                    endpoint: a.to_string(),
+                    detail: "connection refused".into(),
+                }
+                .into(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        Ok(Response::new(body::empty()))
+    });
+    let mut svc = BalanceLayer::new(table).layer(inner);
+    let mut failed_first = 0;
+    for _ in 0..300 {
+        let tried = Tried::default();
+        let attempt = || {
+            let mut req = request("api");
+            req.extensions_mut().insert(tried.clone());
+            req
+        };
+        if svc.ready().await.unwrap().call(attempt()).await.is_err() {
+            failed_first += 1;
+            let retry = svc.ready().await.unwrap().call(attempt()).await;
+            assert!(retry.is_ok(), "the retry went to the dead endpoint again");
+        }
+    }
+    // The dead endpoint does look cheap: it takes first attempts.
+    assert!(failed_first > 0);
+    // With every endpoint tried, any endpoint will do.
+    let tried = Tried::default();
+    for _ in 0..4 {
+        let mut req = request("api");
+        req.extensions_mut().insert(tried.clone());
+        let _ = svc.ready().await.unwrap().call(req).await;
+    }
+}
+
 #[tokio::test]
 async fn no_endpoints_fails_fast_naming_the_destination() {
     let table = Arc::new(Table::default());

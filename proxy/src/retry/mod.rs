@@ -37,6 +37,7 @@ use tower::ServiceExt;
 use weft_policy::routes::{Retry, RetryCondition};
 
 pub use self::budget::Budget;
+use crate::balance::Tried;
 use crate::body::{self, Body};
 use crate::edge::proxy_error;
 use crate::error::ProxyError;
@@ -305,7 +306,9 @@ where
         data: collected.to_bytes(),
         trailers,
     };
-    let template = Request::from_parts(parts, ());
+    let mut template = Request::from_parts(parts, ());
+    // Shared by every attempt: the balancer sends a retry to another endpoint.
+    template.extensions_mut().insert(Tried::default());
     let attempt = || {
         let mut r = Request::new(replay.body());
         *r.method_mut() = template.method().clone();
