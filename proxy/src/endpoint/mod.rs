@@ -142,15 +142,29 @@ impl Inner {
                 http::HeaderValue::from_static(ORIG_PROTO_HTTP1),
             );
         }
+        let upstream = |e: &hyper::Error| ProxyError::Upstream {
+            endpoint: ep.address.to_string(),
+            detail: error_chain(e),
+        };
         let mut sender = self.peer(ep.address, identity).await?;
-        let rsp = match sender.send_request(Request::from_parts(parts, body)).await {
+        let rsp = match sender
+            .try_send_request(Request::from_parts(parts, body))
+            .await
+        {
             Ok(rsp) => rsp,
-            Err(e) => {
+            Err(mut e) => {
                 self.forget(ep.address, identity);
-                return Err(ProxyError::Upstream {
-                    endpoint: ep.address.to_string(),
-                    detail: error_chain(&e),
-                });
+                // A pooled connection the peer was closing (it went away, or drains) took
+                // nothing: the request goes out once on a new connection, and where none can
+                // be made that is a connect failure, which retries may take elsewhere.
+                let Some(req) = e.take_message() else {
+                    return Err(upstream(e.error()));
+                };
+                let mut sender = self.peer(ep.address, identity).await?;
+                sender.send_request(req).await.map_err(|e| {
+                    self.forget(ep.address, identity);
+                    upstream(&e)
+                })?
             }
         };
         let mut rsp = finish(rsp);
