@@ -88,6 +88,8 @@ pub struct ProxyMetrics {
     route_faults: Family<Counter>,
     ejections: Family<Counter>,
     pub cert_expiry: Gauge,
+    /// Not a series: the recent denied requests, served at the admin endpoint's `/denials`.
+    pub denials: crate::authz::denials::DenialLog,
 }
 
 /// The labels of a route's series: destination service, route, rule and backend.
@@ -256,6 +258,7 @@ impl ProxyMetrics {
                 "When the proxy's current certificate expires, in Unix seconds.",
                 &[],
             ),
+            denials: Default::default(),
             registry,
         };
         for dir in ["inbound", "outbound"] {

@@ -19,6 +19,7 @@ use weft_identity::metrics::{Registry, unix_seconds};
 use weft_policy::client::{ClientSettings as PolicySettings, ClientTls, PolicyClient};
 use weft_policy::registry::Registration;
 
+use crate::authz::denials::DENIALS_PATH;
 use crate::config::{ENV_TOKEN_FILE, ProxyArgs};
 use crate::discovery::PolicyResolver;
 use crate::inbound::{Inbound, InboundConfig};
@@ -84,7 +85,7 @@ pub async fn run_on(
         weft_identity::admin::Admin {
             registry: registry.clone(),
             ready: ready_rx,
-            extra: None,
+            extra: Some(denials_page(metrics.clone())),
         },
         weft_identity::config::wait_true(stop_rx.clone()),
     ));
@@ -246,4 +247,22 @@ pub fn run_main(args: ProxyArgs) -> ExitCode {
         workers,
         run(args, weft_identity::config::shutdown_signal()),
     )
+}
+
+/// The admin endpoint's `/denials`: the recent denied requests as JSON, newest first.
+fn denials_page(metrics: Arc<ProxyMetrics>) -> weft_identity::admin::ExtraPage {
+    Arc::new(move |path| {
+        (path == DENIALS_PATH).then(|| match serde_json::to_string(&metrics.denials.page()) {
+            Ok(json) => weft_identity::serve::respond(
+                http::StatusCode::OK,
+                "application/json",
+                json,
+            ),
+            Err(e) => weft_identity::serve::respond(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("cannot encode the denials: {e}\n"),
+            ),
+        })
+    })
 }

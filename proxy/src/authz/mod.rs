@@ -1,12 +1,14 @@
 //! Inbound authorization: the control plane's policy for the application port a request is
 //! for, applied to the peer identity the connection proved. A denied request never reaches the
 //! application: it fails with [`ProxyError::Forbidden`] (a 403 at the edge, naming the policy),
-//! is counted by policy and peer, and is logged once.
+//! is counted by policy and peer, is logged once, and is kept among the recent denials the admin
+//! endpoint serves at `/denials` ([`denials`]).
 //!
 //! The policy is a watch that the control plane keeps current, so an edit applies to the next
 //! request; while the control plane is away, the last policy stays in force. Until the first
 //! policy arrives, nothing is authorized.
 
+pub mod denials;
 mod layer;
 #[cfg(test)]
 mod tests;
@@ -89,7 +91,16 @@ impl<S> Authorize<S> {
                 Ok(())
             }
             Decision::Deny { policy, reason } => {
+                let reason = reason.to_string();
                 self.metrics.authz(false, &policy, &client.label);
+                self.metrics.denials.record(
+                    &client.label,
+                    &policy,
+                    &reason,
+                    req.method().as_str(),
+                    req.uri().path(),
+                    port,
+                );
                 tracing::info!(
                     client.id = %client.label,
                     policy = %policy,
@@ -101,7 +112,7 @@ impl<S> Authorize<S> {
                 );
                 Err(ProxyError::Forbidden {
                     policy: policy.to_string(),
-                    reason: reason.to_string(),
+                    reason,
                     peer: client.label.to_string(),
                 })
             }

@@ -91,6 +91,16 @@ async fn other_peer_is_forbidden_naming_the_policy() {
     assert!(handle.next_request().await.is_none());
     let text = metrics.registry.render();
     assert!(text.contains(r#"decision="deny""#), "{text}");
+    // And it is among the recent denials, whole.
+    let page = metrics.denials.page();
+    assert_eq!(page.total, 1);
+    let d = &page.recent[0];
+    assert_eq!(
+        (d.peer.as_str(), d.method.as_str(), d.path.as_str(), d.port),
+        ("spiffe://weft.local/ns/default/sa/other", "GET", "/items", 8080)
+    );
+    assert_eq!(d.policy, "server:default/api-http");
+    assert!(!d.reason.is_empty());
 }
 
 #[tokio::test]
