@@ -3,6 +3,7 @@
 //! # Layout
 //! - `main.rs`: the command tree; each subcommand hands off to the crate that owns it.
 //! - [`admin`]: a plaintext `GET` on components' admin ports.
+//! - [`dashboard`]: `weft dashboard`, the mesh live in a browser.
 //! - [`demo`]: `weft demo`, a local mesh.
 //! - [`stat`]: `weft stat` and `weft routes`, golden signals from every proxy.
 //! - [`token`]: `weft token create`.
@@ -10,6 +11,7 @@
 
 mod admin;
 mod cert;
+mod dashboard;
 mod demo;
 mod stat;
 mod token;
@@ -47,6 +49,8 @@ enum Command {
     Stat(stat::StatArgs),
     /// Golden signals per route rule of the calls to a service (per backend: --backends).
     Routes(stat::RoutesArgs),
+    /// A live web dashboard: golden signals, charts, the service graph, denied requests.
+    Dashboard(dashboard::DashboardArgs),
     /// Bootstrap tokens for workloads.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => weft_proxy::run::run_main(args),
         Command::Stat(args) => report(stat::stat(args)),
         Command::Routes(args) => report(stat::routes(args)),
+        Command::Dashboard(args) => report(dashboard::run(args)),
         Command::Token(cmd) => report(token::run(cmd)),
         Command::Cert(cmd) => report(cert::run(cmd)),
     }

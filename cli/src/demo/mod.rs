@@ -5,9 +5,9 @@
 //! `loadgen → web → api → db`, where calls to `api` are routed (mobile user-agents to `api-v3`,
 //! the others split 90/10 between `api-v1` and `api-v2`) and only `api` may call `db`. Every
 //! workload is a small HTTP app (`weft demo-app`) with its sidecar (`weft proxy`); the load
-//! generator runs in the demo itself behind the `loadgen` sidecar. Everything listens on free
-//! loopback ports and needs no root; every child is stopped on exit, on Ctrl-C and on SIGTERM,
-//! and exits by itself should the demo die.
+//! generator runs in the demo itself behind the `loadgen` sidecar; `weft dashboard` shows it
+//! all live. Everything listens on free loopback ports and needs no root; every child is
+//! stopped on exit, on Ctrl-C and on SIGTERM, and exits by itself should the demo die.
 //!
 //! # Layout
 //! - `mod.rs`: the command: directory, tokens, ports, start-up order, the table, the run.
@@ -53,6 +53,9 @@ pub struct DemoArgs {
     /// Use consecutive ports from this one instead of free ones chosen by the system.
     #[arg(long)]
     pub base_port: Option<u16>,
+    /// Serve the dashboard here [default: a free loopback port].
+    #[arg(long)]
+    pub dashboard_listen: Option<SocketAddr>,
     /// Lifetime of workload certificates.
     #[arg(long, default_value = "1h", value_parser = weft_identity::config::parse_duration)]
     pub leaf_lifetime: Duration,
@@ -374,6 +377,27 @@ async fn start_and_run(
             .await?;
     }
 
+    // The dashboard, on the control plane's list of proxies.
+    let dash = match args.dashboard_listen {
+        Some(a) => a,
+        None => ports.take("the dashboard")?,
+    };
+    fleet.spawn(
+        "dashboard",
+        "dashboard",
+        0,
+        format!("http={dash}"),
+        &[
+            exe_arg("dashboard"),
+            exe_arg("--listen"),
+            addr(dash),
+            exe_arg("--policy-admin"),
+            addr(pol_admin),
+        ],
+        &[],
+    )?;
+    fleet.wait_ready("dashboard", dash, deadline).await?;
+
     // What runs where, one process a line (stable columns: `weft stat`, scripts and the
     // tests read it).
     println!();
@@ -399,11 +423,9 @@ async fn start_and_run(
         "    authz: only loadgen may call web, only web api, only api db (loadgen's own calls to db get 403)"
     );
 
-    // DASHBOARD: start `weft dashboard` here, as a child in tier 0 (`fleet.spawn`) on
-    // `ports.take("the dashboard")` (or a --dashboard-addr flag), pointed at the control
-    // plane's admin address `pol_admin`; wait for it and print its URL:
-    //   println!("  dashboard: http://{dash_addr}/");
-    println!("  dashboard: not built yet (`weft dashboard` will show these numbers live)");
+    println!(
+        "  dashboard: http://{dash}/   (golden signals, service graph, denied requests; live)"
+    );
     println!(
         "  stats:     weft stat --policy-admin {pol_admin}   (per route: weft routes api --backends --policy-admin {pol_admin})"
     );

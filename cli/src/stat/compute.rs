@@ -137,9 +137,21 @@ pub fn is_service(label: &str, named: &str) -> bool {
     label == named || label.rsplit('/').next() == Some(named)
 }
 
-/// Per service, from the inbound side of the proxies' series over a window of `seconds`.
-pub fn services(inc: &[Sample], seconds: f64) -> Vec<ServiceRow> {
-    let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
+/// Who calls a service: the caller's identity (as the called proxy verified it) and the
+/// service called, from the inbound side.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EdgeRow {
+    /// The caller's SPIFFE ID, or `unauthenticated`.
+    pub peer: String,
+    /// The service called, `namespace/service`.
+    pub service: String,
+    #[serde(flatten)]
+    pub signals: Signals,
+}
+
+/// The inbound series of every proxy, grouped by `key`.
+fn inbound<K: Ord>(inc: &[Sample], key: impl Fn(&Sample) -> K) -> BTreeMap<K, Acc> {
+    let mut groups: BTreeMap<K, Acc> = BTreeMap::new();
     for s in inc.iter().filter(|s| s.label("direction") == "inbound") {
         let kind = s.name.as_str();
         if !matches!(
@@ -150,9 +162,7 @@ pub fn services(inc: &[Sample], seconds: f64) -> Vec<ServiceRow> {
         ) {
             continue;
         }
-        let acc = groups
-            .entry(s.label("dst_service").to_string())
-            .or_default();
+        let acc = groups.entry(key(s)).or_default();
         match kind {
             "weft_proxy_responses_total" => acc.response(s),
             "weft_proxy_response_latency_seconds_bucket" => acc.bucket(s),
@@ -165,12 +175,34 @@ pub fn services(inc: &[Sample], seconds: f64) -> Vec<ServiceRow> {
         }
     }
     groups
+}
+
+/// Per service, from the inbound side of the proxies' series over a window of `seconds`.
+pub fn services(inc: &[Sample], seconds: f64) -> Vec<ServiceRow> {
+    inbound(inc, |s| s.label("dst_service").to_string())
         .into_iter()
         .map(|(service, acc)| ServiceRow {
             service,
             signals: acc.signals(seconds),
         })
         .collect()
+}
+
+/// Per caller identity and service called, over a window of `seconds`.
+pub fn edges(inc: &[Sample], seconds: f64) -> Vec<EdgeRow> {
+    inbound(inc, |s| {
+        (
+            s.label("peer").to_string(),
+            s.label("dst_service").to_string(),
+        )
+    })
+    .into_iter()
+    .map(|((peer, service), acc)| EdgeRow {
+        peer,
+        service,
+        signals: acc.signals(seconds),
+    })
+    .collect()
 }
 
 /// Per route rule of the calls to `service` (every service: `None`), per backend when
@@ -298,6 +330,19 @@ mod tests {
         assert_eq!(s.tls_percent, Some(100.0));
         assert!((s.p50_ms.unwrap() - 10.0).abs() < 1e-9);
         assert!((s.p99_ms.unwrap() - 98.2).abs() < 1e-9);
+        // Per caller: `a` made them all, over mTLS; `b` made none in the window.
+        let e = edges(&increases(&old, &new), 10.0);
+        let calls: Vec<_> = e
+            .iter()
+            .map(|e| (e.peer.as_str(), e.service.as_str(), e.signals.requests))
+            .collect();
+        assert_eq!(
+            calls,
+            [("a", "default/api", 100.0), ("b", "default/api", 0.0)]
+        );
+        assert_eq!(e[0].signals.success_rate, Some(0.9));
+        assert_eq!(e[0].signals.tls_percent, Some(100.0));
+        assert_eq!(e[1].signals.tls_percent, None);
         // A restarted proxy: its counters went down and count from zero.
         let restarted = scrape(
             "weft_proxy_responses_total{direction=\"inbound\",peer=\"a\",dst_service=\"default/api\",status_class=\"2xx\"} 7\n",

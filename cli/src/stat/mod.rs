@@ -59,7 +59,7 @@ pub struct RoutesArgs {
     pub common: Common,
 }
 
-fn parse_window(s: &str) -> Result<Duration, String> {
+pub fn parse_window(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_secs(1) {
         return Err("the window must be at least 1s".into());
@@ -153,26 +153,34 @@ fn targets(c: &Common) -> Result<Vec<String>, String> {
     if !c.proxies.is_empty() {
         return Ok(c.proxies.clone());
     }
-    let body = crate::admin::get_ok(&c.policy_admin, "/workloads").map_err(|e| {
+    Ok(metrics_addrs(&workloads(&c.policy_admin)?))
+}
+
+/// The workloads registered with the control plane whose admin is at `policy_admin`.
+pub fn workloads(policy_admin: &str) -> Result<Vec<weft_policy::registry::Workload>, String> {
+    let body = crate::admin::get_ok(policy_admin, "/workloads").map_err(|e| {
         format!(
-            "cannot list the workloads at the control plane's admin {}: {e} (set --policy-admin or WEFT_POLICY_ADMIN)",
-            c.policy_admin
+            "cannot list the workloads at the control plane's admin {policy_admin}: {e} (set --policy-admin or WEFT_POLICY_ADMIN)"
         )
     })?;
-    let workloads: Vec<weft_policy::registry::Workload> = serde_json::from_str(&body)
-        .map_err(|e| format!("the control plane's /workloads is not what weft expects: {e}"))?;
+    serde_json::from_str(&body)
+        .map_err(|e| format!("the control plane's /workloads is not what weft expects: {e}"))
+}
+
+/// The distinct metrics addresses of `workloads`' proxies, sorted.
+pub fn metrics_addrs(workloads: &[weft_policy::registry::Workload]) -> Vec<String> {
     let mut out: Vec<String> = workloads
         .iter()
         .filter_map(|w| w.metrics.map(|m| m.to_string()))
         .collect();
     out.sort();
     out.dedup();
-    Ok(out)
+    out
 }
 
 /// One scrape of every target; a target that does not answer is skipped with a warning
 /// (a proxy may be restarting), but none answering is an error.
-fn scrape_all(targets: &[String]) -> Result<Scrape, String> {
+pub fn scrape_all(targets: &[String]) -> Result<Scrape, String> {
     let at = Instant::now();
     let mut out = BTreeMap::new();
     let mut errors = Vec::new();
