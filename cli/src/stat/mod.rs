@@ -17,14 +17,16 @@ use weft_identity::config::parse_duration;
 
 use self::compute::{RouteRow, Scrape, ServiceRow};
 
+/// Where the CLI finds the control plane's admin.
+pub const ENV_POLICY_ADMIN: &str = "WEFT_POLICY_ADMIN";
 /// The control plane's admin address by default.
-pub const DEFAULT_POLICY_ADMIN: &str = "127.0.0.1:9991";
+pub const DEFAULT_POLICY_ADMIN: &str = weft_policy::config::DEFAULT_ADMIN;
 
 /// Where the proxies are, and how to show what they saw.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
     /// The control plane's admin address (its `/workloads` lists every proxy).
-    #[arg(long, env = "WEFT_POLICY_ADMIN", default_value = DEFAULT_POLICY_ADMIN)]
+    #[arg(long, env = ENV_POLICY_ADMIN, default_value = DEFAULT_POLICY_ADMIN)]
     pub policy_admin: String,
     /// Scrape these proxy admin addresses instead of asking the control plane (repeatable).
     #[arg(long = "proxy-admin")]
@@ -153,21 +155,30 @@ fn targets(c: &Common) -> Result<Vec<String>, String> {
     if !c.proxies.is_empty() {
         return Ok(c.proxies.clone());
     }
-    let body = crate::admin::get_ok(&c.policy_admin, "/workloads").map_err(|e| {
+    Ok(metrics_addrs(&workloads(&c.policy_admin)?))
+}
+
+/// The workloads registered with the control plane whose admin is at `policy_admin`, as its
+/// `/workloads` lists them.
+pub fn workloads(policy_admin: &str) -> Result<Vec<weft_policy::registry::Workload>, String> {
+    let body = crate::admin::get_ok(policy_admin, "/workloads").map_err(|e| {
         format!(
-            "cannot list the workloads at the control plane's admin {}: {e} (set --policy-admin or WEFT_POLICY_ADMIN)",
-            c.policy_admin
+            "cannot list the workloads at the control plane's admin {policy_admin}: {e} (set --policy-admin or WEFT_POLICY_ADMIN)"
         )
     })?;
-    let workloads: Vec<weft_policy::registry::Workload> = serde_json::from_str(&body)
-        .map_err(|e| format!("the control plane's /workloads is not what weft expects: {e}"))?;
+    serde_json::from_str(&body)
+        .map_err(|e| format!("the control plane's /workloads is not what weft expects: {e}"))
+}
+
+/// The distinct proxy admin (`/metrics`) addresses of `workloads`, sorted.
+pub fn metrics_addrs(workloads: &[weft_policy::registry::Workload]) -> Vec<String> {
     let mut out: Vec<String> = workloads
         .iter()
         .filter_map(|w| w.metrics.map(|m| m.to_string()))
         .collect();
     out.sort();
     out.dedup();
-    Ok(out)
+    out
 }
 
 /// One scrape of every target; a target that does not answer is skipped with a warning
