@@ -3,6 +3,7 @@
 //! # Layout
 //! - `main.rs`: the command tree; each subcommand hands off to the crate that owns it.
 //! - [`admin`]: a plaintext `GET` on components' admin ports.
+//! - [`check`]: `weft check`, health checks with what to fix.
 //! - [`dashboard`]: `weft dashboard`, the mesh live in a browser.
 //! - [`demo`]: `weft demo`, a local mesh.
 //! - [`stat`]: `weft stat` and `weft routes`, golden signals from every proxy.
@@ -11,6 +12,7 @@
 
 mod admin;
 mod cert;
+mod check;
 mod dashboard;
 mod demo;
 mod stat;
@@ -45,6 +47,8 @@ enum Command {
     Policy(weft_policy::config::Cli),
     /// Run the sidecar proxy.
     Proxy(weft_proxy::config::ProxyArgs),
+    /// Check the mesh's health and say what to fix.
+    Check(check::CheckArgs),
     /// Golden signals per service (success rate, RPS, latency percentiles, mTLS share).
     Stat(stat::StatArgs),
     /// Golden signals per route rule of the calls to a service (per backend: --backends).
@@ -79,6 +83,11 @@ fn main() -> ExitCode {
             None => weft_policy::config::run_main(cli.run),
         },
         Command::Proxy(args) => weft_proxy::run::run_main(args),
+        Command::Check(args) => match check::run(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => report(Err(e)),
+        },
         Command::Stat(args) => report(stat::stat(args)),
         Command::Routes(args) => report(stat::routes(args)),
         Command::Dashboard(args) => report(dashboard::run(args)),

@@ -43,7 +43,7 @@ pub struct DashboardArgs {
     #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// The control plane's admin address (its `/workloads` lists every proxy).
-    #[arg(long, env = "WEFT_POLICY_ADMIN", default_value = DEFAULT_POLICY_ADMIN)]
+    #[arg(long, env = crate::stat::ENV_POLICY_ADMIN, default_value = DEFAULT_POLICY_ADMIN)]
     pub policy_admin: String,
     /// Scrape these proxy admin addresses instead of asking the control plane (repeatable).
     #[arg(long = "proxy-admin")]

@@ -17,14 +17,16 @@ use weft_identity::config::parse_duration;
 
 use self::compute::{RouteRow, Scrape, ServiceRow};
 
+/// Where the CLI finds the control plane's admin.
+pub const ENV_POLICY_ADMIN: &str = "WEFT_POLICY_ADMIN";
 /// The control plane's admin address by default.
-pub const DEFAULT_POLICY_ADMIN: &str = "127.0.0.1:9991";
+pub const DEFAULT_POLICY_ADMIN: &str = weft_policy::config::DEFAULT_ADMIN;
 
 /// Where the proxies are, and how to show what they saw.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
     /// The control plane's admin address (its `/workloads` lists every proxy).
-    #[arg(long, env = "WEFT_POLICY_ADMIN", default_value = DEFAULT_POLICY_ADMIN)]
+    #[arg(long, env = ENV_POLICY_ADMIN, default_value = DEFAULT_POLICY_ADMIN)]
     pub policy_admin: String,
     /// Scrape these proxy admin addresses instead of asking the control plane (repeatable).
     #[arg(long = "proxy-admin")]
@@ -156,7 +158,8 @@ fn targets(c: &Common) -> Result<Vec<String>, String> {
     Ok(metrics_addrs(&workloads(&c.policy_admin)?))
 }
 
-/// The workloads registered with the control plane whose admin is at `policy_admin`.
+/// The workloads registered with the control plane whose admin is at `policy_admin`, as its
+/// `/workloads` lists them.
 pub fn workloads(policy_admin: &str) -> Result<Vec<weft_policy::registry::Workload>, String> {
     let body = crate::admin::get_ok(policy_admin, "/workloads").map_err(|e| {
         format!(
@@ -167,7 +170,7 @@ pub fn workloads(policy_admin: &str) -> Result<Vec<weft_policy::registry::Worklo
         .map_err(|e| format!("the control plane's /workloads is not what weft expects: {e}"))
 }
 
-/// The distinct metrics addresses of `workloads`' proxies, sorted.
+/// The distinct proxy admin (`/metrics`) addresses of `workloads`, sorted.
 pub fn metrics_addrs(workloads: &[weft_policy::registry::Workload]) -> Vec<String> {
     let mut out: Vec<String> = workloads
         .iter()

@@ -107,21 +107,28 @@ impl Drop for Proc {
 /// `weft identity` on free ports with its data in `data`, ready; returns it, its API and
 /// admin addresses.
 pub fn start_identity(dir: &Path, data: &Path) -> (Proc, SocketAddr, SocketAddr) {
+    start_identity_with(dir, data, &[])
+}
+
+/// [`start_identity`] with more flags (`--leaf-lifetime 2h`).
+pub fn start_identity_with(
+    dir: &Path,
+    data: &Path,
+    extra: &[&str],
+) -> (Proc, SocketAddr, SocketAddr) {
     let (api, admin) = (free_addr(), free_addr());
-    let mut p = Proc::start(
-        dir,
+    let (api_s, admin_s) = (api.to_string(), admin.to_string());
+    let mut args = vec![
         "identity",
-        &[
-            "identity",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            &api.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ],
-        &[],
-    );
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        &api_s,
+        "--admin-listen",
+        &admin_s,
+    ];
+    args.extend_from_slice(extra);
+    let mut p = Proc::start(dir, "identity", &args, &[]);
     p.wait_ready(admin);
     (p, api, admin)
 }
