@@ -1,6 +1,6 @@
-//! `weft demo --duration 20s`, run as a user runs it: the whole mesh comes up, traffic shows on
-//! every route of the demo with the expected success rates, the policy refuses what it should,
-//! and the demo exits 0 leaving no process behind.
+//! `weft demo --duration 20s`, run as a user runs it: the whole mesh comes up, its dashboard's
+//! JSON shows traffic on every route of the demo with the expected success rates and the policy
+//! refusing what it should, and the demo exits 0 leaving no process behind.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -59,20 +59,34 @@ fn metrics(admin: SocketAddr) -> String {
         .unwrap_or_default()
 }
 
-/// Requests and the share answered 2xx on web's sidecar for `rule` and `backend`.
-fn route(m: &str, rule: &str, backend: &str) -> (f64, f64) {
-    let labels = [
-        "dst_service=\"default/api\"",
-        &format!("rule=\"{rule}\""),
-        &format!("backend=\"default/{backend}\""),
-    ]
-    .map(|s| s.to_string());
-    let l: Vec<&str> = labels.iter().map(String::as_str).collect();
-    let total = metric_sum(m, "weft_route_requests_total", &l);
-    let mut ok_labels = l.clone();
-    ok_labels.push("status_class=\"2xx\"");
-    let ok = metric_sum(m, "weft_route_responses_total", &ok_labels);
-    (total, if total > 0.0 { ok / total } else { 0.0 })
+/// The dashboard's `/api/overview`, once it has data.
+fn overview(dashboard: SocketAddr) -> Option<serde_json::Value> {
+    let (status, response) = http(dashboard, "GET", "/api/overview", "x")?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    let o: serde_json::Value = serde_json::from_str(body).ok()?;
+    (status == 200 && o["updated_ms"].as_u64() > Some(0)).then_some(o)
+}
+
+fn find(
+    rows: &serde_json::Value,
+    pick: impl Fn(&serde_json::Value) -> bool,
+) -> Option<&serde_json::Value> {
+    rows.as_array()?.iter().find(|r| pick(r))
+}
+
+/// The row of a backend of api's route (`null` if none).
+fn backend<'a>(o: &'a serde_json::Value, rule: &str, backend: &str) -> &'a serde_json::Value {
+    find(&o["backends"], |r| {
+        r["service"] == "default/api"
+            && r["rule"] == rule
+            && r["backend"] == format!("default/{backend}").as_str()
+    })
+    .unwrap_or(&serde_json::Value::Null)
+}
+
+/// The service graph's edge from one service to another (`null` if none).
+fn edge<'a>(o: &'a serde_json::Value, from: &str, to: &str) -> &'a serde_json::Value {
+    find(&o["edges"], |e| e["from"] == from && e["to"] == to).unwrap_or(&serde_json::Value::Null)
 }
 
 /// A running `weft demo` with its stdout lines so far.
@@ -219,54 +233,86 @@ fn the_demo_runs_a_whole_mesh_with_traffic_on_every_route_and_cleans_up() {
     row("policy", "policy");
     let web = row("web", "sidecar").addr("admin");
     let db = row("db", "sidecar").addr("admin");
+    let dashboard = row("dashboard", "dashboard").addr("http");
 
-    // While it runs: traffic on every rule and backend of api's route, api calling db, and
-    // loadgen's own calls to db refused; the success rates as configured.
-    let api_id = "peer=\"spiffe://weft.local/ns/default/sa/api\"";
-    let loadgen_id = "peer=\"spiffe://weft.local/ns/default/sa/loadgen\"";
+    // While it runs, the dashboard's JSON: traffic on every rule and backend of api's route
+    // and on the default routes of web and db, api calling db, and loadgen's own calls to db
+    // refused by db's policy.
     let until = Instant::now() + Duration::from_secs(25);
-    let (web_m, db_m) = loop {
-        let (w, d) = (metrics(web), metrics(db));
-        let enough = route(&w, "split", "api-v1").0 >= 50.0
-            && route(&w, "split", "api-v2").0 >= 20.0
-            && route(&w, "mobile", "api-v3").0 >= 10.0
-            && metric_sum(
-                &d,
-                "weft_proxy_requests_total",
-                &["direction=\"inbound\"", api_id],
-            ) > 0.0
-            && metric_sum(
-                &d,
-                "weft_proxy_authz_total",
-                &["decision=\"deny\"", loadgen_id],
-            ) > 0.0;
+    let o = loop {
+        let o = overview(dashboard);
+        let enough = o.as_ref().is_some_and(|o| {
+            backend(o, "split", "api-v1")["requests"].as_f64() >= Some(50.0)
+                && backend(o, "split", "api-v2")["requests"].as_f64() >= Some(20.0)
+                && backend(o, "mobile", "api-v3")["requests"].as_f64() >= Some(10.0)
+                && edge(o, "default/api", "default/db")["requests"].as_f64() > Some(0.0)
+                && edge(o, "default/loadgen", "default/db")["denied"].as_f64() > Some(0.0)
+        });
         if enough {
-            break (w, d);
+            break o.unwrap();
         }
         assert!(
             Instant::now() < until,
-            "not every route shows traffic:\nweb's sidecar:\n{w}\ndb's sidecar:\n{d}\n{}",
+            "the dashboard does not show traffic on every route:\n{o:#?}\n{}",
             demo.report()
         );
         std::thread::sleep(Duration::from_millis(500));
     };
-    // The split: 2 % injected 503s (not retried), api-v2's own 20 % 503s retried away.
-    let (v1, v1_ok) = route(&web_m, "split", "api-v1");
-    let (v2, v2_ok) = route(&web_m, "split", "api-v2");
-    let (v3, v3_ok) = route(&web_m, "mobile", "api-v3");
-    assert!(v1_ok >= 0.85 && v2_ok >= 0.85, "{v1_ok} {v2_ok}\n{web_m}");
-    assert!(v3_ok >= 0.95, "{v3_ok}\n{web_m}");
+    let report = format!("{o:#}");
+    // Every route of the demo has traffic, at the expected success rates: web and the split
+    // see the 2 % injected 503s (retries hide most of api-v2's own 20 %), the rest none.
+    for (service, route, rule, min_success) in [
+        ("default/web", "default", "default", 0.9),
+        ("default/api", "default/api", "split", 0.9),
+        ("default/api", "default/api", "mobile", 0.95),
+        ("default/db", "default", "default", 0.99),
+    ] {
+        let r = find(&o["routes"], |r| {
+            r["service"] == service && r["route"] == route && r["rule"] == rule
+        })
+        .unwrap_or_else(|| panic!("no route {service} {route} {rule}:\n{report}"));
+        assert!(r["rps"].as_f64().unwrap() > 0.0, "{r}\n{report}");
+        let success = r["success_rate"].as_f64().unwrap();
+        assert!(success >= min_success, "{r}\n{report}");
+    }
+    for b in ["api-v1", "api-v2"] {
+        let r = backend(&o, "split", b);
+        assert!(r["success_rate"].as_f64().unwrap() >= 0.85, "{r}\n{report}");
+    }
     // Roughly 90/10, and 1 in 5 requests mobile.
-    assert!(v2 < v1 / 2.0, "{v1} {v2}\n{web_m}");
-    assert!(v3 < v1, "{v1} {v3}\n{web_m}");
+    let rps = |rule, b| backend(&o, rule, b)["rps"].as_f64().unwrap();
+    let (v1, v2, v3) = (
+        rps("split", "api-v1"),
+        rps("split", "api-v2"),
+        rps("mobile", "api-v3"),
+    );
+    assert!(v2 > 0.0 && v2 < v1 / 2.0, "{v1} {v2}\n{report}");
+    assert!(v3 > 0.0 && v3 < v1, "{v1} {v3}\n{report}");
+    // Per service: all over mTLS; the graph names the callers by service and identity.
+    for s in ["default/web", "default/api", "default/db"] {
+        let row = find(&o["services"], |r| r["service"] == s)
+            .unwrap_or_else(|| panic!("no service {s}:\n{report}"));
+        assert!(row["rps"].as_f64().unwrap() > 0.0, "{row}");
+        assert_eq!(row["tls_percent"].as_f64(), Some(100.0), "{row}");
+    }
+    let web_api = edge(&o, "default/web", "default/api");
+    assert_eq!(
+        web_api["identity"], "spiffe://weft.local/ns/default/sa/web",
+        "{report}"
+    );
+    // The denied calls, listed with the policy that denied them; none was allowed.
+    let denial = find(&o["denials"], |d| d["service"] == "default/db")
+        .unwrap_or_else(|| panic!("no denial listed:\n{report}"));
+    assert_eq!(denial["from"], "default/loadgen", "{report}");
+    assert_eq!(denial["policy"], "service:default/db", "{report}");
+    let loadgen_id = "peer=\"spiffe://weft.local/ns/default/sa/loadgen\"";
     assert_eq!(
         metric_sum(
-            &db_m,
+            &metrics(db),
             "weft_proxy_authz_total",
             &["decision=\"allow\"", loadgen_id]
         ),
-        0.0,
-        "{db_m}"
+        0.0
     );
     // Retries hide most of api-v2's failures (20 % of its attempts fail).
     let wait_retries = Instant::now() + Duration::from_secs(10);
