@@ -7,6 +7,7 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -376,4 +377,162 @@ fn a_taken_port_is_named() {
             && stderr.contains("--base-port"),
         "{stderr}"
     );
+}
+
+/// Runs headless Chromium (Debian `chromium`) with `args` on `url`, bounded in time; returns
+/// its standard output and standard error. Panics if it is missing: system tests never skip
+/// silently.
+fn chromium(args: &[&str], url: &str) -> (String, String) {
+    let profile = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            // Console messages (errors included) go to stderr as `INFO:CONSOLE` lines.
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run chromium ({e}): install it (Debian package `chromium`, see .ci/run) \
+                 or unset WEFT_SYSTEM_TESTS"
+            )
+        });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "chromium did not finish in 90 s:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(status.success(), "chromium failed: {status}\n{err}");
+    (out, err)
+}
+
+/// The part of `dom` from the table with `id` to its end.
+fn table<'a>(dom: &'a str, id: &str) -> &'a str {
+    let start = dom
+        .find(&format!("<table id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no table {id} in:\n{dom}"));
+    let len = dom[start..].find("</table>").unwrap();
+    &dom[start..start + len]
+}
+
+#[test]
+fn the_dashboard_in_a_real_browser_shows_services_and_routes_without_console_errors() {
+    if !system_tests("the_dashboard_in_a_real_browser") {
+        return;
+    }
+    let mut demo = Demo::start(&["--duration", "90s", "--rate", "40"]);
+    let rows = demo.table();
+    let dashboard = rows
+        .iter()
+        .find(|r| r.kind == "dashboard")
+        .unwrap()
+        .addr("http");
+    // Wait until every route has traffic, so the page has numbers to show.
+    let until = Instant::now() + Duration::from_secs(30);
+    while !overview(dashboard).is_some_and(|o| {
+        o["routes"].as_array().map_or(0, |r| {
+            r.iter().filter(|r| r["rps"].as_f64() > Some(0.0)).count()
+        }) >= 4
+    }) {
+        assert!(
+            Instant::now() < until,
+            "no traffic on the dashboard\n{}",
+            demo.report()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let url = format!("http://{dashboard}/");
+
+    // The page as the browser built it, after its script polled and drew (virtual time runs
+    // the 2 s poll twice), and everything the page logged to the console.
+    let (dom, log) = chromium(&["--virtual-time-budget=5000", "--dump-dom"], &url);
+    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(
+        console.is_empty(),
+        "the page logged to the console:\n{}",
+        console.join("\n")
+    );
+    assert!(
+        !dom.contains("data-js-errors"),
+        "the page caught errors:\n{dom}"
+    );
+    assert!(dom.contains("prox"), "no status line:\n{dom}");
+    let services = table(&dom, "services");
+    for s in ["default/web", "default/api", "default/db"] {
+        assert!(
+            services.contains(&format!(">{s}</td>")),
+            "no {s}:\n{services}"
+        );
+    }
+    let percent = regex::Regex::new(r">\d{1,3}\.\d\d%</td>").unwrap();
+    let millis = regex::Regex::new(r">\d+\.\d+ ms</td>").unwrap();
+    assert!(percent.find_iter(services).count() >= 3, "{services}");
+    assert!(millis.find_iter(services).count() >= 9, "{services}");
+    let routes = table(&dom, "routes");
+    for rule in [">mobile</td>", ">split</td>", ">default/api</td>"] {
+        assert!(routes.contains(rule), "no {rule}:\n{routes}");
+    }
+    assert!(percent.find_iter(routes).count() >= 4, "{routes}");
+    assert!(
+        table(&dom, "backends").contains(">default/api-v2</td>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("aria-label=\"service graph\""),
+        "no graph:\n{dom}"
+    );
+    assert!(
+        table(&dom, "denials").contains("service:default/db"),
+        "no denial:\n{dom}"
+    );
+
+    // A screenshot, kept as the test's artifact.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(
+        &[
+            "--virtual-time-budget=5000",
+            "--window-size=1400,1800",
+            &format!("--screenshot={}", shot.display()),
+        ],
+        &url,
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{}",
+        png.len()
+    );
+    eprintln!("dashboard screenshot: {}", shot.display());
+
+    signal(demo.child.id(), "-INT");
+    demo.stops_cleanly(&rows, Duration::from_secs(60));
 }

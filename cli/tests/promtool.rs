@@ -22,15 +22,6 @@ fn docs_prometheus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/prometheus")
 }
 
-/// True when system tests are on; otherwise says why this test does nothing.
-fn system_tests(test: &str) -> bool {
-    let on = std::env::var("WEFT_SYSTEM_TESTS").is_ok_and(|v| v == "1");
-    if !on {
-        eprintln!("{test}: skipped, a system test (set WEFT_SYSTEM_TESTS=1 to run it)");
-    }
-    on
-}
-
 /// Runs `promtool` with `args`, `stdin` on its standard input; returns whether it succeeded
 /// and everything it printed. Panics if promtool is missing: system tests never skip silently.
 fn promtool(args: &[&str], stdin: &str) -> (bool, String) {

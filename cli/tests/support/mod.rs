@@ -10,6 +10,15 @@ use std::time::{Duration, Instant};
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
+/// True when system tests are on; otherwise says why this test does nothing.
+pub fn system_tests(test: &str) -> bool {
+    let on = std::env::var("WEFT_SYSTEM_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("{test}: skipped, a system test (set WEFT_SYSTEM_TESTS=1 to run it)");
+    }
+    on
+}
+
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -198,7 +198,7 @@ function renderGraph(o) {
   const long = edges.filter(isLong).length;
   const nodesBottom = margin + Math.max(...columns.map((c) => c.length)) * (nodeH + rowGap) - rowGap;
   const width = margin * 2 + columns.length * nodeW + (columns.length - 1) * colGap;
-  const height = nodesBottom + (long > 0 ? 30 + long * 34 : 0) + margin;
+  const height = nodesBottom + (long > 0 ? 60 + long * 34 : 0) + margin;
   const g = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "service graph" });
   g.append(
     svg("defs", {}, [
@@ -220,7 +220,8 @@ function renderGraph(o) {
       arcs += 1;
       path = `M ${x1} ${y1} C ${x1} ${low}, ${x2} ${low}, ${x2} ${y2}`;
       mx = (x1 + x2) / 2;
-      my = (y1 + y2) / 8 + (3 * low) / 4 + 4;
+      // Labels under the arc's lowest point.
+      my = (y1 + y2) / 8 + (3 * low) / 4 + 18;
     } else {
       const x1 = a.x + nodeW, y1 = a.y + nodeH / 2, x2 = b.x, y2 = b.y + nodeH / 2;
       const bend = Math.max(40, Math.abs(x2 - x1) / 2);
