@@ -253,11 +253,9 @@ pub fn run_main(args: ProxyArgs) -> ExitCode {
 fn denials_page(metrics: Arc<ProxyMetrics>) -> weft_identity::admin::ExtraPage {
     Arc::new(move |path| {
         (path == DENIALS_PATH).then(|| match serde_json::to_string(&metrics.denials.page()) {
-            Ok(json) => weft_identity::serve::respond(
-                http::StatusCode::OK,
-                "application/json",
-                json,
-            ),
+            Ok(json) => {
+                weft_identity::serve::respond(http::StatusCode::OK, "application/json", json)
+            }
             Err(e) => weft_identity::serve::respond(
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 "text/plain",

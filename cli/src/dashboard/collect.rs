@@ -402,7 +402,7 @@ fn denials(
             service: service.clone(),
         }));
     }
-    all.sort_by(|a, b| b.denial.at_ms.cmp(&a.denial.at_ms));
+    all.sort_by_key(|d| std::cmp::Reverse(d.denial.at_ms));
     all.truncate(MAX_DENIALS);
     (total, all)
 }

@@ -114,7 +114,14 @@ mod tests {
     fn keeps_the_newest_first_and_is_bounded() {
         let log = DenialLog::default();
         for i in 0..CAPACITY + 5 {
-            log.record("spiffe://t/ns/a/sa/b", "default/p", "r", "GET", &format!("/{i}"), 80);
+            log.record(
+                "spiffe://t/ns/a/sa/b",
+                "default/p",
+                "r",
+                "GET",
+                &format!("/{i}"),
+                80,
+            );
         }
         let page = log.page();
         assert_eq!(page.total, (CAPACITY + 5) as u64);
@@ -130,7 +137,11 @@ mod tests {
         let path = format!("/{}", "é".repeat(300));
         log.record("p", "q", "r", "GET", &path, 80);
         let kept = &log.page().recent[0].path;
-        assert!(kept.len() <= MAX_PATH && kept.len() >= MAX_PATH - 1, "{}", kept.len());
+        assert!(
+            kept.len() <= MAX_PATH && kept.len() >= MAX_PATH - 1,
+            "{}",
+            kept.len()
+        );
         assert!(path.starts_with(kept.as_str()));
     }
 }

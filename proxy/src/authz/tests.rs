@@ -97,7 +97,12 @@ async fn other_peer_is_forbidden_naming_the_policy() {
     let d = &page.recent[0];
     assert_eq!(
         (d.peer.as_str(), d.method.as_str(), d.path.as_str(), d.port),
-        ("spiffe://weft.local/ns/default/sa/other", "GET", "/items", 8080)
+        (
+            "spiffe://weft.local/ns/default/sa/other",
+            "GET",
+            "/items",
+            8080
+        )
     );
     assert_eq!(d.policy, "server:default/api-http");
     assert!(!d.reason.is_empty());
