@@ -180,19 +180,24 @@ impl Collector {
                 }
             },
         };
-        for t in targets {
+        // Every proxy at once, so one that hangs costs a round its timeout, not one each.
+        let scraped: Vec<_> = std::thread::scope(|scope| {
+            let jobs: Vec<_> = targets
+                .into_iter()
+                .map(|t| scope.spawn(move || scrape(t)))
+                .collect();
+            jobs.into_iter().filter_map(|j| j.join().ok()).collect()
+        });
+        for (t, result) in scraped {
             let service = round
                 .workloads
                 .iter()
                 .find(|w| w.metrics.is_some_and(|m| m.to_string() == t))
                 .map(|w| format!("{}/{}", w.namespace, w.service));
-            let error = match crate::admin::get_ok(&t, "/metrics").and_then(|m| prom::parse(&m)) {
-                Ok(samples) => {
+            let error = match result {
+                Ok((samples, denials)) => {
                     round.metrics.insert(t.clone(), samples);
-                    // Only proxies keep denials; another component answers 404.
-                    if let Ok(page) = crate::admin::get_ok(&t, "/denials")
-                        .and_then(|b| serde_json::from_str(&b).map_err(|e| e.to_string()))
-                    {
+                    if let Some(page) = denials {
                         round.denials.insert(t.clone(), page);
                     }
                     None
@@ -304,6 +309,23 @@ impl Collector {
             !s.points.is_empty()
         });
     }
+}
+
+/// What one proxy's scrape gave: its samples and its denials, or why not.
+type Scraped = Result<(Vec<prom::Sample>, Option<DenialsPage>), String>;
+
+/// One proxy's samples and, if it keeps them (only proxies do; another component answers
+/// 404), its recent denials.
+fn scrape(target: String) -> (String, Scraped) {
+    let result = crate::admin::get_ok(&target, "/metrics")
+        .and_then(|m| prom::parse(&m))
+        .map(|samples| {
+            let denials = crate::admin::get_ok(&target, "/denials")
+                .and_then(|b| serde_json::from_str(&b).map_err(|e| e.to_string()))
+                .ok();
+            (samples, denials)
+        });
+    (target, result)
 }
 
 /// The chart key of a route row: `service route rule`.
