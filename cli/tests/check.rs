@@ -105,18 +105,28 @@ impl Mesh {
         policy_admin: SocketAddr,
         extra: &[&str],
     ) -> (Output, String) {
-        let out = Command::new(WEFT)
-            .arg("check")
-            .args(["--identity-admin", &self.identity_admin.to_string()])
-            .args(["--policy-admin", &policy_admin.to_string()])
-            .args(extra)
-            .env_remove("WEFT_IDENTITY_ADMIN")
-            .env_remove("WEFT_POLICY_ADMIN")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-        (out, stdout)
+        weft_check(self.identity_admin, policy_admin, extra)
     }
+}
+
+/// `weft check` against these admin addresses (whatever the environment says): its output
+/// and its standard output.
+fn weft_check(
+    identity_admin: SocketAddr,
+    policy_admin: SocketAddr,
+    extra: &[&str],
+) -> (Output, String) {
+    let out = Command::new(WEFT)
+        .arg("check")
+        .args(["--identity-admin", &identity_admin.to_string()])
+        .args(["--policy-admin", &policy_admin.to_string()])
+        .args(extra)
+        .env_remove("WEFT_IDENTITY_ADMIN")
+        .env_remove("WEFT_POLICY_ADMIN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    (out, stdout)
 }
 
 /// The lines that report a check (as opposed to headings, details, fixes and the summary).
@@ -216,12 +226,7 @@ fn check_a_real_mesh_healthy_unreachable_and_expiring() {
 #[test]
 fn check_with_nothing_running_fails_on_every_component() {
     let (identity, policy) = (free_addr(), free_addr());
-    let out = Command::new(WEFT)
-        .args(["check", "--identity-admin", &identity.to_string()])
-        .args(["--policy-admin", &policy.to_string()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (out, stdout) = weft_check(identity, policy, &[]);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
         stdout.contains("fix: start it with `weft identity`")
@@ -266,12 +271,7 @@ fn skewed_admin() -> SocketAddr {
 #[test]
 fn a_component_clock_far_behind_fails_with_the_ntp_hint() {
     let (identity, policy) = (skewed_admin(), free_addr());
-    let out = Command::new(WEFT)
-        .args(["check", "--identity-admin", &identity.to_string()])
-        .args(["--policy-admin", &policy.to_string()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (out, stdout) = weft_check(identity, policy, &[]);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
         stdout.contains("× identity service clock is within 5s of this machine's\n    it is "),

@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use weft_policy::registry::Workload;
+use weft_proxy::authz::denials::{Denial, DenialsPage};
 
 use crate::stat::compute::{self, EdgeRow, RouteRow, Scrape, ServiceRow, Signals};
 use crate::stat::prom;
@@ -65,25 +66,6 @@ pub struct DeniedRequest {
     pub service: Option<String>,
     /// The services of the peer's identity, if known.
     pub from: Option<String>,
-}
-
-/// One entry of a proxy's `/denials`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Denial {
-    pub at_ms: u64,
-    pub peer: String,
-    pub policy: String,
-    pub reason: String,
-    pub method: String,
-    pub path: String,
-    pub port: u16,
-}
-
-/// A proxy's `/denials`.
-#[derive(Debug, Deserialize)]
-pub struct DenialsPage {
-    pub total: u64,
-    pub recent: Vec<Denial>,
 }
 
 /// A chart: one row's signals over time.
@@ -391,12 +373,8 @@ fn denied(
         for s in samples.iter().filter(is_deny) {
             let prev = before
                 .and_then(|b| b.iter().filter(is_deny).find(|p| p.labels == s.labels))
-                .map_or(0.0, |p| p.value);
-            let inc = if s.value >= prev {
-                s.value - prev
-            } else {
-                s.value
-            };
+                .map(|p| p.value);
+            let inc = compute::increase(prev, s.value);
             *out.entry((s.label("peer").to_string(), service.clone()))
                 .or_default() += inc;
         }

@@ -20,8 +20,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Response, StatusCode, header};
-use http_body_util::Full;
+use http::{Method, StatusCode, header};
 use weft_identity::config::parse_duration;
 
 use self::collect::{Collector, Overview, Source};
@@ -169,16 +168,12 @@ fn spawn_collector(mut c: Collector, interval: Duration, shared: Shared) -> Resu
         .map_err(|e| format!("cannot start the collector: {e}"))
 }
 
-type Rsp = Response<Full<Bytes>>;
+type Rsp = weft_identity::serve::FullResponse;
 
+/// [`weft_identity::serve::respond`], never cached, never sniffed, under the page's CSP.
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Rsp {
-    let mut rsp = Response::new(Full::new(body.into()));
-    *rsp.status_mut() = status;
+    let mut rsp = weft_identity::serve::respond(status, content_type, body);
     let h = rsp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
     h.insert(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),

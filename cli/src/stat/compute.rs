@@ -29,14 +29,20 @@ pub fn increases(old: &Scrape, new: &Scrape) -> Vec<Sample> {
     for (target, samples) in &new.targets {
         for s in samples {
             let prev = before.get(&(target.as_str(), s.name.as_str(), &s.labels));
-            let value = match prev {
-                Some(&p) if s.value >= p => s.value - p,
-                _ => s.value,
-            };
+            let value = increase(prev.copied(), s.value);
             out.push(Sample { value, ..s.clone() });
         }
     }
     out
+}
+
+/// How much a counter grew from `before` (`None`: the series is new) to `now`; a counter that
+/// went down was reset (its proxy restarted) and counts from zero.
+pub fn increase(before: Option<f64>, now: f64) -> f64 {
+    match before {
+        Some(b) if now >= b => now - b,
+        _ => now,
+    }
 }
 
 /// Requests, failures, mTLS share and latency buckets of one group.

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where the admin endpoint serves the log.
 pub const DENIALS_PATH: &str = "/denials";
@@ -19,7 +19,7 @@ pub const CAPACITY: usize = 100;
 const MAX_PATH: usize = 256;
 
 /// One denied request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Denial {
     /// When, in milliseconds since the Unix epoch.
     pub at_ms: u64,
@@ -47,7 +47,7 @@ struct Log {
 }
 
 /// What `/denials` serves: the total since start and the recent ones, newest first.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DenialsPage {
     pub total: u64,
     pub recent: Vec<Denial>,
