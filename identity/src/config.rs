@@ -300,9 +300,69 @@ pub fn run_process_on(
     }
 }
 
+/// A free loopback address for a child process to listen on.
+///
+/// The port is checked free here and bound by the child a moment later; in between, any
+/// outgoing connection on the machine may take an ephemeral port as its local port. So the
+/// port is drawn at random below the kernel's ephemeral range when there is room
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), and never handed out twice by one process
+/// (two children given the same port would fail the same way).
+pub fn free_loopback_addr(what: &str) -> Result<SocketAddr, String> {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let mut given = GIVEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const FIRST: u16 = 10_000;
+    if low > FIRST + 1000 {
+        for _ in 0..500 {
+            let addr = SocketAddr::from(([127, 0, 0, 1], fastrand::u16(FIRST..low)));
+            if !given.contains(&addr.port()) && std::net::TcpListener::bind(addr).is_ok() {
+                given.insert(addr.port());
+                return Ok(addr);
+            }
+        }
+    }
+    for _ in 0..100 {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("cannot find a free port for {what}: {e}"))?;
+        if given.insert(addr.port()) {
+            return Ok(addr);
+        }
+    }
+    Err(format!("cannot find a free port for {what}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_loopback_addrs_are_free_distinct_and_below_the_ephemeral_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32768);
+        let addrs: Vec<_> = (0..200)
+            .map(|_| free_loopback_addr("a test").unwrap())
+            .collect();
+        let ports: std::collections::HashSet<_> = addrs.iter().map(|a| a.port()).collect();
+        assert_eq!(ports.len(), addrs.len(), "a port was handed out twice");
+        for a in &addrs {
+            assert!(a.ip().is_loopback());
+            if low > 11_000 {
+                assert!(a.port() < low, "{a} is in the ephemeral range (from {low})");
+            }
+        }
+        std::net::TcpListener::bind(addrs[0]).expect("the port is free");
+    }
 
     #[test]
     fn durations() {

@@ -127,7 +127,7 @@ const WORKLOADS: &[Workload] = &[
     },
 ];
 
-/// Hands out loopback addresses: free ones ([`free_port`]), or consecutive ones from a base
+/// Hands out loopback addresses: free ones ([`weft_identity::config::free_loopback_addr`]), or consecutive ones from a base
 /// port, checked free.
 struct Ports {
     next: Option<u16>,
@@ -136,7 +136,7 @@ struct Ports {
 impl Ports {
     fn take(&mut self, what: &str) -> Result<SocketAddr, String> {
         let Some(port) = self.next else {
-            return free_port(what);
+            return weft_identity::config::free_loopback_addr(what);
         };
         self.next = port.checked_add(1);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -148,29 +148,6 @@ impl Ports {
         })?;
         Ok(addr)
     }
-}
-
-/// A free loopback port for a child to listen on, below the kernel's ephemeral range when
-/// there is room: the port is free when checked here and bound by the child a moment later,
-/// and in between any outgoing connection on the machine could take an ephemeral one as its
-/// local port (with the demo's own traffic running, that happens).
-fn free_port(what: &str) -> Result<SocketAddr, String> {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    const FIRST: u16 = 10_000;
-    if low > FIRST + 1000 {
-        for _ in 0..200 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], fastrand::u16(FIRST..low)));
-            if std::net::TcpListener::bind(addr).is_ok() {
-                return Ok(addr);
-            }
-        }
-    }
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("cannot find a free port for {what}: {e}"))
 }
 
 struct SidecarAddrs {

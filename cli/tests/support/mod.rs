@@ -19,11 +19,10 @@ pub fn system_tests(test: &str) -> bool {
     on
 }
 
+/// A free loopback address for a child to listen on (below the ephemeral range, never
+/// handed out twice: see `free_loopback_addr`).
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    weft_identity::config::free_loopback_addr("a test").unwrap()
 }
 
 /// A raw HTTP/1 exchange; `target` is the request target (absolute-form for a proxy).
