@@ -228,6 +228,17 @@ impl Peer {
             .map_err(|e| format!("{e}\nthe api HAProxy's log:\n{}", api.logs()))?;
 
         let probes = probe(api_addr, &web_certs, &mesh.host())?;
+        // Fail before measuring anything: the pair would not be a peer of weft's hop.
+        let failures = probes.probe_failures();
+        if !failures.is_empty() {
+            return Err(format!(
+                "the HAProxy pair's hop is not mTLS over TLS 1.3 only: {}; the api HAProxy's \
+                 log:\n{}\nthe web HAProxy's log:\n{}",
+                failures.join("; "),
+                api.logs(),
+                web.logs()
+            ));
+        }
         let mut peer = Self {
             web,
             api,

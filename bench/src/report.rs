@@ -138,8 +138,24 @@ pub struct PeerCheck {
 impl PeerCheck {
     /// Sets `ok` from the probes and counters, and says what failed.
     pub fn conclude(mut self) -> Self {
-        let mut detail = Vec::new();
-        for (passed, what) in [
+        let mut detail = self.probe_failures();
+        if !(self.peer_requests_measured > 0
+            && self.api_frontend_2xx >= self.peer_requests_measured as f64)
+        {
+            detail.push(
+                "the api HAProxy's TLS frontend counted fewer 2xx than the load generator \
+                 measured"
+                    .to_string(),
+            );
+        }
+        self.ok = detail.is_empty();
+        self.detail = detail;
+        self
+    }
+
+    /// What the probes before the runs found wrong, if anything.
+    pub fn probe_failures(&self) -> Vec<String> {
+        [
             (
                 self.plaintext_refused,
                 "a plain-text request to the TLS port got a 200",
@@ -157,19 +173,11 @@ impl PeerCheck {
                 self.through_web_200,
                 "a request through the web HAProxy did not get a 200",
             ),
-            (
-                self.peer_requests_measured > 0
-                    && self.api_frontend_2xx >= self.peer_requests_measured as f64,
-                "the api HAProxy's TLS frontend counted fewer 2xx than the load generator measured",
-            ),
-        ] {
-            if !passed {
-                detail.push(what.to_string());
-            }
-        }
-        self.ok = detail.is_empty();
-        self.detail = detail;
-        self
+        ]
+        .into_iter()
+        .filter(|(passed, _)| !passed)
+        .map(|(_, what)| what.to_string())
+        .collect()
     }
 }
 
