@@ -17,7 +17,8 @@ test:
 ci:
     bash .ci/run
 
-# Benchmarks (release builds), results under bench/results/.
+# Benchmarks (release builds), results under bench/results/. The mesh benchmark compares weft
+# with two HAProxies too: it needs the Debian package `haproxy` (or pass it --no-peer).
 bench:
     mkdir -p bench/results
     cargo run --release -p weft-bench --bin identity-bench -- --json bench/results/identity-$(date +%F).json

@@ -1,6 +1,7 @@
 //! weft's benchmarks. The `weft-bench` binary (`src/main.rs`) has one subcommand per part:
 //! `app` (the app behind the mesh), `load` (the load generator), `mesh` (direct against
-//! app → weft → weft → app over mTLS, side by side in one run) and `stack` (the outbound
+//! app → weft → weft → app over mTLS and against the same hop made by two HAProxies, side by
+//! side in one run) and `stack` (the outbound
 //! proxy's full stack, every layer an HTTPRoute configures, against its minimal stack, in one
 //! run). `identity-bench` and
 //! `policy-bench` (`src/bin/`) measure the identity service and the control plane on their
@@ -14,11 +15,15 @@
 //!   (paced by a thread, latency from each request's intended send time) or closed loop at
 //!   the maximum rate; HDR histograms; errors counted by kind.
 //! - `mesh`: starts the app, `weft identity`, `weft policy` and two `weft proxy` processes in a
-//!   temporary directory, runs the direct and the weft scenario alternately, samples the
-//!   proxies' CPU and memory, checks the path was mTLS; the harness (mesh, load runtime, one
-//!   measured run) that `stack` shares.
+//!   temporary directory, runs the direct, weft and peer scenarios alternately at each fixed
+//!   rate and at the maximum, samples the proxies' CPU and memory, checks the path was mTLS;
+//!   the harness (mesh, load runtime, one measured run) that `stack` shares.
+//! - `peer`: the HAProxy pair of the peer scenario: certificates from the mesh's identity
+//!   service, the two configurations, the processes, the probes showing the hop is mTLS over
+//!   TLS 1.3 only.
 //! - `procstat`: a process's CPU time and resident memory from `/proc`.
-//! - `report`: medians and spreads over the repeats, the Markdown tables, targets.
+//! - `report`: medians and spreads over the repeats, differences and ratios paired repeat by
+//!   repeat, the Markdown tables, targets.
 //! - `stack`: on the same mesh, direct, minimal stack and full stack alternately; writes and
 //!   removes the full-stack HTTPRoute in the control plane's directory while the mesh runs,
 //!   and waits until the control plane and the web proxy show each change.
@@ -26,6 +31,7 @@
 pub mod app;
 pub mod load;
 pub mod mesh;
+pub mod peer;
 pub mod procstat;
 pub mod report;
 pub mod stack;

@@ -1,8 +1,8 @@
 //! `weft-bench`: the mesh benchmark and its parts. See the crate's `lib.rs` for the layout
 //! and `docs/benchmarks.md` for what is measured.
 //!
-//! - `weft-bench mesh [--rate 1000] [--repeat 3] [--json out.json]`: direct against weft,
-//!   side by side;
+//! - `weft-bench mesh [--rates 500,1000,2000] [--rate 1000] [--repeat 3] [--no-peer] [--quick]
+//!   [--json out.json]`: direct against weft against the HAProxy pair, side by side;
 //! - `weft-bench stack [--rate 1000] [--repeat 3] [--json out.json]`: direct, the minimal
 //!   outbound stack and the full one (an HTTPRoute configuring every layer), side by side;
 //! - `weft-bench load --target http://127.0.0.1:PORT/ [--rate N | --max]`: the load generator
@@ -33,11 +33,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Direct against app → weft → weft → app over mTLS, side by side.
+    /// Direct against app → weft → weft → app over mTLS against the same hop made by two
+    /// HAProxies, side by side, at several fixed rates and at the maximum.
     Mesh(MeshArgs),
     /// Direct, the minimal outbound stack (no HTTPRoute) and the full one (an HTTPRoute
     /// configuring every layer), side by side, open loop at a fixed rate.
-    Stack(MeshArgs),
+    Stack(BenchArgs),
     /// The load generator: open loop at a fixed rate, or closed loop (--max).
     Load(LoadArgs),
     /// A tiny HTTP/1.1 + h2c server answering every request with a fixed body.
@@ -46,7 +47,28 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct MeshArgs {
-    /// Fixed request rate of the open-loop runs (requests per second).
+    #[command(flatten)]
+    common: BenchArgs,
+    /// The fixed rates of the open-loop runs (requests per second); --rate is added if missing.
+    #[arg(long, value_delimiter = ',', default_value = "500,1000,2000")]
+    rates: Vec<u64>,
+    /// Leave out the HAProxy pair (the peer scenario), e.g. where haproxy is not installed.
+    #[arg(long)]
+    no_peer: bool,
+    /// The haproxy binary [default: `haproxy` on PATH, else /usr/sbin/haproxy].
+    #[arg(long)]
+    haproxy: Option<PathBuf>,
+    /// A check that the harness works, well under 2 minutes: one repeat, 0.5 s warm-up and
+    /// 2 s per run, rates 500 and --rate; overrides --repeat, --warmup, --duration and
+    /// --rates. Reported as quick: not numbers to quote.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Fixed request rate of the open-loop runs (requests per second); `mesh` judges the
+    /// targets at it.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
     /// Keep-alive connections of the load generator.
@@ -58,8 +80,8 @@ struct MeshArgs {
     /// Warm-up before each run (not measured).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     warmup: Duration,
-    /// Repeats of direct then weft (stack: direct, minimal, full); medians and min–max are
-    /// reported.
+    /// Repeats of every scenario (mesh: direct, weft, HAProxy pair; stack: direct, minimal,
+    /// full); medians and min–max are reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     /// Bytes in each response body.
@@ -142,10 +164,37 @@ fn main() {
     }
 }
 
+/// `--quick`: one repeat of short runs at two rates.
+const QUICK_REPEAT: usize = 1;
+const QUICK_WARMUP: Duration = Duration::from_millis(500);
+const QUICK_DURATION: Duration = Duration::from_secs(2);
+const QUICK_RATES: &[u64] = &[500];
+
 impl MeshArgs {
+    fn config(&self) -> MeshConfig {
+        let mut cfg = self.common.config();
+        cfg.rates = self.rates.clone();
+        cfg.no_peer = self.no_peer;
+        cfg.haproxy = self.haproxy.clone();
+        if self.quick {
+            cfg.quick = true;
+            cfg.repeat = QUICK_REPEAT;
+            cfg.warmup = QUICK_WARMUP;
+            cfg.duration = QUICK_DURATION;
+            cfg.rates = QUICK_RATES.to_vec();
+        }
+        cfg
+    }
+}
+
+impl BenchArgs {
     fn config(&self) -> MeshConfig {
         MeshConfig {
             rate: self.rate,
+            rates: vec![self.rate],
+            quick: false,
+            no_peer: true,
+            haproxy: None,
             connections: self.connections,
             warmup: self.warmup,
             duration: self.duration,
@@ -161,11 +210,18 @@ impl MeshArgs {
 fn run_mesh(a: MeshArgs) -> Result<(), Error> {
     let report = mesh::run(&a.config())?;
     println!("\n{}", report.markdown());
-    write_json(a.json.as_deref(), &report)?;
-    mtls_ok(report.mtls.ok)
+    write_json(a.common.json.as_deref(), &report)?;
+    mtls_ok(report.mtls.ok)?;
+    match &report.peer_check {
+        Some(p) if !p.ok => Err(format!(
+            "the HAProxy pair's hop was not shown to be mTLS over TLS 1.3: {}",
+            p.detail.join("; ")
+        )),
+        _ => Ok(()),
+    }
 }
 
-fn run_stack(a: MeshArgs) -> Result<(), Error> {
+fn run_stack(a: BenchArgs) -> Result<(), Error> {
     let report = stack::run(&a.config())?;
     println!("\n{}", report.markdown());
     write_json(a.json.as_deref(), &report)?;

@@ -1,15 +1,20 @@
-//! The mesh scenario: the same load, in one invocation, on two paths to the same app:
+//! The mesh scenario: the same load, in one invocation, on three paths to the same app:
 //!
 //! - direct: load generator → app;
 //! - weft: load generator → `web` proxy outbound (HTTP/1.1, `Host: api.default:<port>`) →
-//!   pooled HTTP/2 over mTLS → `api` proxy inbound → app.
+//!   pooled HTTP/2 over mTLS → `api` proxy inbound → app;
+//! - peer: load generator → HAProxy `web` → HTTP/1.1 over mTLS → HAProxy `api` → app, with
+//!   the same certificates (see `peer.rs`; skipped with `--no-peer`).
 //!
 //! Every component is its own process, as an operator runs them: the app (`weft-bench app`,
-//! this binary re-executed), `weft identity`, `weft policy` with a resource directory, and
-//! two proxies (`weft-proxy`, else `weft proxy`), in a temporary directory, on loopback. Each repeat runs direct then weft
-//! (A B A B …), each an open-loop run at the fixed rate and a closed-loop run at the maximum
-//! rate. The proxies' CPU time is sampled at the edges of each measured window; their memory
-//! at the end. Every process is killed when the benchmark ends, on error too.
+//! this binary re-executed), `weft identity`, `weft policy` with a resource directory, two
+//! proxies (`weft-proxy`, else `weft proxy`) and two HAProxies, in a temporary directory, on
+//! loopback. Each repeat measures open loop at each fixed rate, then closed loop (the maximum
+//! rate), and at each of those runs the scenarios one after the other (A B C A B C …), so
+//! drift weighs on all of them alike and the runs compared ran next to each other. The
+//! proxies' CPU time is sampled at the edges of each measured window; their memory at rest
+//! before the runs and at the end. Every process is killed when the benchmark ends, on error
+//! too.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::Error;
 use crate::load::{self, LoadConfig, Window};
+use crate::peer::{self, Peer};
 use crate::procstat;
 use crate::report::{
     API_PROXY, MeshReport, MtlsCheck, ProxyCpu, ProxyFootprint, Run, Scenario, Settings, WEB_PROXY,
@@ -28,13 +34,24 @@ use crate::report::{
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the proxies' CPU use at rest is sampled before the runs.
 const IDLE_WINDOW: Duration = Duration::from_secs(3);
+/// At most this many fixed rates in one invocation.
+pub const MAX_RATES: usize = 8;
 /// The app lives at most this long, should the benchmark be killed before it can stop it.
 const APP_LIFETIME: &str = "2h";
 
-/// Settings of `weft-bench mesh`.
+/// Settings of `weft-bench mesh` (and `stack`, which uses `rate` only).
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
+    /// The headline rate: the targets are judged at it; one of `rates`.
     pub rate: u64,
+    /// The fixed rates of the open-loop runs, increasing (see [`rates_with`]).
+    pub rates: Vec<u64>,
+    /// `--quick`: short runs for a harness check, reported as such.
+    pub quick: bool,
+    /// Skip the HAProxy pair.
+    pub no_peer: bool,
+    /// The `haproxy` binary [default: on `PATH`, else `/usr/sbin/haproxy`].
+    pub haproxy: Option<PathBuf>,
     pub connections: usize,
     pub warmup: Duration,
     pub duration: Duration,
@@ -68,16 +85,62 @@ pub fn find_weft(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     ))
 }
 
-/// Starts the mesh, runs both scenarios `repeat` times, and reports.
-pub fn run(cfg: &MeshConfig) -> Result<MeshReport, Error> {
-    let h = Harness::start(cfg, |_| vec![])?;
-    let inbound_before = h.mesh.inbound_mtls_requests()?;
-    let at_rest = h.mesh.at_rest(h.ticks)?;
+/// `rates` with `headline` added, increasing, each once; an error for a zero rate or more
+/// than [`MAX_RATES`].
+pub fn rates_with(rates: &[u64], headline: u64) -> Result<Vec<u64>, Error> {
+    let mut all: Vec<u64> = rates.iter().copied().chain([headline]).collect();
+    if all.contains(&0) {
+        return Err("a rate of 0 requests per second cannot be measured".into());
+    }
+    all.sort_unstable();
+    all.dedup();
+    if all.len() > MAX_RATES {
+        return Err(format!(
+            "{} rates ({all:?}): at most {MAX_RATES} in one invocation",
+            all.len()
+        ));
+    }
+    Ok(all)
+}
 
+/// Starts the mesh and (unless `no_peer`) the HAProxy pair, runs every scenario at every
+/// rate and at the maximum `repeat` times, and reports.
+pub fn run(cfg: &MeshConfig) -> Result<MeshReport, Error> {
+    let rates = rates_with(&cfg.rates, cfg.rate)?;
+    // Before anything starts: a missing haproxy is an error that says what to install.
+    let haproxy = if cfg.no_peer {
+        None
+    } else {
+        Some(peer::find_haproxy(cfg.haproxy.as_deref())?)
+    };
+    let mut h = Harness::start(cfg, |_| vec![])?;
+    if let Some(haproxy) = haproxy {
+        h.peer = Some(Peer::start(&h.mesh, &h.weft, &haproxy)?);
+    }
+    let inbound_before = h.mesh.inbound_mtls_requests()?;
+    let mut proxies: Vec<(Scenario, &'static str, u32)> = h
+        .mesh
+        .proxy_pids()
+        .into_iter()
+        .map(|(name, pid)| (Scenario::Weft, name, pid))
+        .collect();
+    let mut scenarios = vec![Scenario::Direct, Scenario::Weft];
+    if let Some(p) = &h.peer {
+        proxies.extend(
+            p.pids()
+                .into_iter()
+                .map(|(name, pid)| (Scenario::Peer, name, pid)),
+        );
+        scenarios.push(Scenario::Peer);
+    }
+    let pids: Vec<(&'static str, u32)> = proxies.iter().map(|(_, n, p)| (*n, *p)).collect();
+    let at_rest = at_rest(&pids, h.ticks)?;
+
+    let modes: Vec<Option<u64>> = rates.iter().copied().map(Some).chain([None]).collect();
     let mut runs = Vec::new();
     for repeat in 0..cfg.repeat.max(1) {
-        for scenario in [Scenario::Direct, Scenario::Weft] {
-            for rate in [Some(cfg.rate), None] {
+        for &rate in &modes {
+            for &scenario in &scenarios {
                 runs.push(h.measure(cfg, repeat, scenario, rate)?);
             }
         }
@@ -85,23 +148,34 @@ pub fn run(cfg: &MeshConfig) -> Result<MeshReport, Error> {
 
     let footprints = at_rest
         .into_iter()
-        .zip(h.mesh.proxy_pids())
-        .map(|((idle_cpu_percent, rss_before_kib), (name, pid))| {
-            Ok(ProxyFootprint {
-                proxy: name.to_string(),
-                idle_cpu_percent,
-                rss_before_kib,
-                memory: procstat::memory(pid)?,
-            })
-        })
+        .zip(&proxies)
+        .map(
+            |((idle_cpu_percent, rss_before_kib), (scenario, name, pid))| {
+                Ok(ProxyFootprint {
+                    proxy: name.to_string(),
+                    scenario: *scenario,
+                    idle_cpu_percent,
+                    rss_before_kib,
+                    memory: procstat::memory(*pid)?,
+                })
+            },
+        )
         .collect::<Result<Vec<_>, Error>>()?;
     let mtls = h.mesh.mtls_check(inbound_before, &runs)?;
-    Ok(MeshReport::new(h.settings(cfg), runs, footprints, mtls))
+    let peer_check = h.peer.as_ref().map(|p| p.check(&runs)).transpose()?;
+    let mut settings = h.settings(cfg);
+    settings.rates = rates;
+    Ok(MeshReport::new(
+        settings, runs, footprints, mtls, peer_check,
+    ))
 }
 
 /// A running mesh and the load generator's runtime: what every scenario measures with.
 #[derive(Debug)]
 pub(crate) struct Harness {
+    /// The HAProxy pair of the peer scenario, if started; declared before `mesh` so it is
+    /// killed before the mesh's directory (its configuration and logs) goes.
+    pub(crate) peer: Option<Peer>,
     pub(crate) mesh: Mesh,
     rt: tokio::runtime::Runtime,
     ticks: u64,
@@ -124,6 +198,7 @@ impl Harness {
             .build()
             .map_err(|e| format!("cannot start the load generator's runtime: {e}"))?;
         Ok(Self {
+            peer: None,
             mesh,
             rt,
             ticks: procstat::clock_ticks(),
@@ -145,6 +220,13 @@ impl Harness {
             Scenario::Direct => (mesh.app, vec![]),
             Scenario::Weft | Scenario::Minimal | Scenario::Full => {
                 (mesh.web.outbound, mesh.proxy_pids())
+            }
+            Scenario::Peer => {
+                let peer = self
+                    .peer
+                    .as_ref()
+                    .ok_or("the peer scenario without the HAProxy pair started")?;
+                (peer.web_addr, peer.pids())
             }
         };
         let load = LoadConfig {
@@ -180,11 +262,12 @@ impl Harness {
             })
             .collect();
         eprintln!(
-            "run {}/{} {:<7?} {:<11} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  errors {}",
+            "run {}/{} {:<12} {:<11} {:>6} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  errors {}",
             repeat + 1,
             cfg.repeat.max(1),
-            scenario,
+            scenario.label(),
             result.mode,
+            rate.map_or("max".to_string(), |r| r.to_string()),
             result.requests_per_second,
             result.p50_ms,
             result.p99_ms,
@@ -205,6 +288,8 @@ impl Harness {
     pub(crate) fn settings(&self, cfg: &MeshConfig) -> Settings {
         Settings {
             rate: cfg.rate,
+            rates: vec![cfg.rate],
+            quick: cfg.quick,
             connections: cfg.connections,
             warmup_seconds: cfg.warmup.as_secs_f64(),
             duration_seconds: cfg.duration.as_secs_f64(),
@@ -214,6 +299,7 @@ impl Harness {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             clock_ticks: self.ticks,
             weft: self.weft.display().to_string(),
+            haproxy: self.peer.as_ref().map(|p| p.version.clone()),
         }
     }
 }
@@ -241,6 +327,22 @@ fn sample_cpu(
     })
 }
 
+/// Each of `pids`' CPU use at rest (percent of a core over `IDLE_WINDOW`, all sampled over
+/// the same window) and resident memory, before any load.
+fn at_rest(pids: &[(&'static str, u32)], ticks: u64) -> Result<Vec<(f64, u64)>, Error> {
+    let before = cpu_ticks(pids)?;
+    std::thread::sleep(IDLE_WINDOW);
+    let after = cpu_ticks(pids)?;
+    pids.iter()
+        .zip(before.iter().zip(&after))
+        .map(|((_, pid), (b, a))| {
+            let percent =
+                a.saturating_sub(*b) as f64 / ticks as f64 / IDLE_WINDOW.as_secs_f64() * 100.0;
+            Ok((percent, procstat::memory(*pid)?.rss_kib))
+        })
+        .collect()
+}
+
 /// CPU ticks used so far by each of `pids`.
 fn cpu_ticks(pids: &[(&'static str, u32)]) -> Result<Vec<u64>, Error> {
     pids.iter()
@@ -261,7 +363,7 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    fn spawn(
+    pub(crate) fn spawn(
         dir: &Path,
         name: &'static str,
         program: &Path,
@@ -283,7 +385,7 @@ impl Proc {
         Ok(Self { name, child, log })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -293,7 +395,12 @@ impl Proc {
 
     /// Waits until `GET path` with `Host: host` at `addr` answers 200: bounded, and an error
     /// with the process's log if it exits or takes too long.
-    fn wait_for_200(&mut self, addr: SocketAddr, path: &str, host: &str) -> Result<(), Error> {
+    pub(crate) fn wait_for_200(
+        &mut self,
+        addr: SocketAddr,
+        path: &str,
+        host: &str,
+    ) -> Result<(), Error> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last = String::from("no answer");
         while Instant::now() < deadline {
@@ -339,6 +446,8 @@ pub(crate) struct Proxy {
 #[derive(Debug)]
 pub(crate) struct Mesh {
     pub(crate) app: SocketAddr,
+    /// The identity service's API.
+    pub(crate) identity_api: SocketAddr,
     pub(crate) web: Proxy,
     pub(crate) api: Proxy,
     pub(crate) policy: Proc,
@@ -444,6 +553,7 @@ impl Mesh {
             .map_err(|e| format!("{e}\napi's log:\n{}", api.proc.logs()))?;
         Ok(Self {
             app,
+            identity_api: id_api,
             web,
             api,
             policy,
@@ -453,6 +563,11 @@ impl Mesh {
             _app: app_proc,
             _dir: dir,
         })
+    }
+
+    /// The temporary directory: tokens, the CA, resources, logs.
+    pub(crate) fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     /// The Host header of calls to api through the mesh.
@@ -500,23 +615,6 @@ impl Mesh {
         http_get(self.web.outbound, "/", &self.host()).map(|(status, _)| status)
     }
 
-    /// Each proxy's CPU use at rest (percent of a core over `IDLE_WINDOW`) and resident
-    /// memory, before any load.
-    fn at_rest(&self, ticks: u64) -> Result<Vec<(f64, u64)>, Error> {
-        let pids = self.proxy_pids();
-        let before = cpu_ticks(&pids)?;
-        std::thread::sleep(IDLE_WINDOW);
-        let after = cpu_ticks(&pids)?;
-        pids.iter()
-            .zip(before.iter().zip(&after))
-            .map(|((_, pid), (b, a))| {
-                let percent =
-                    a.saturating_sub(*b) as f64 / ticks as f64 / IDLE_WINDOW.as_secs_f64() * 100.0;
-                Ok((percent, procstat::memory(*pid)?.rss_kib))
-            })
-            .collect()
-    }
-
     fn api_metrics(&self) -> Result<String, Error> {
         get_200(self.api.admin, "/metrics", "the api proxy's metrics")
     }
@@ -552,7 +650,12 @@ impl Mesh {
     pub(crate) fn mtls_check(&self, inbound_before: f64, runs: &[Run]) -> Result<MtlsCheck, Error> {
         let weft_requests_measured = runs
             .iter()
-            .filter(|r| r.scenario != Scenario::Direct)
+            .filter(|r| {
+                matches!(
+                    r.scenario,
+                    Scenario::Weft | Scenario::Minimal | Scenario::Full
+                )
+            })
             .map(|r| r.load.requests)
             .sum();
         let inbound_handshakes = self.inbound_handshakes_from_web()?;
@@ -622,12 +725,12 @@ fn token(weft: &Path, data: &Path, ns: &str, workload: &str, out: &Path) -> Resu
     std::fs::write(out, &o.stdout).map_err(|e| format!("cannot write {}: {e}", out.display()))
 }
 
-fn write_file(path: &Path, text: &str) -> Result<(), Error> {
+pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), Error> {
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// A free loopback port (bound, then released for the process that will listen on it).
-fn free_addr() -> Result<SocketAddr, Error> {
+pub(crate) fn free_addr() -> Result<SocketAddr, Error> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free loopback port: {e}"))
@@ -635,7 +738,7 @@ fn free_addr() -> Result<SocketAddr, Error> {
 
 /// A plain HTTP/1.1 GET with `Connection: close`: the status and the body. `None` when
 /// nothing answers (within a few seconds).
-fn http_get(addr: SocketAddr, path: &str, host: &str) -> Option<(u16, String)> {
+pub(crate) fn http_get(addr: SocketAddr, path: &str, host: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -688,6 +791,22 @@ fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_headline_rate_is_one_of_the_rates() {
+        assert_eq!(
+            rates_with(&[2000, 500, 1000], 1000),
+            Ok(vec![500, 1000, 2000])
+        );
+        assert_eq!(rates_with(&[500, 2000], 1000), Ok(vec![500, 1000, 2000]));
+        assert_eq!(rates_with(&[], 1000), Ok(vec![1000]));
+        assert_eq!(rates_with(&[500, 500], 500), Ok(vec![500]));
+        assert!(rates_with(&[0, 500], 1000).is_err());
+        assert!(rates_with(&[500], 0).is_err());
+        let many: Vec<u64> = (1..=MAX_RATES as u64).map(|r| r * 100).collect();
+        assert!(rates_with(&many, 100).is_ok());
+        assert!(rates_with(&many, 50).unwrap_err().contains("at most"));
+    }
 
     #[test]
     fn metric_sums_match_name_and_labels() {

@@ -1,0 +1,140 @@
+//! CI smoke test of the mesh benchmark: `weft-bench mesh --quick --json <tmp>` runs every
+//! scenario (direct, weft, the HAProxy pair) at every rate and at the maximum, and the harness
+//! works: exit 0, the JSON parses, every scenario and rate has requests and no errors, and
+//! both mTLS checks passed. No number is asserted: CI machines are too noisy for that.
+//!
+//! A system test: it needs `haproxy` (Debian package `haproxy`) and the `weft` binary beside
+//! `weft-bench` in the target directory (`cargo test --workspace` builds it), so it runs only
+//! with `WEFT_SYSTEM_TESTS=1`, as `.ci/run` sets, and then fails loudly if either is missing.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The whole quick run must finish within this (it takes well under 2 minutes).
+const TIMEOUT: Duration = Duration::from_secs(240);
+
+fn system_tests() -> bool {
+    std::env::var("WEFT_SYSTEM_TESTS").is_ok_and(|v| v == "1")
+}
+
+/// `haproxy` on PATH or in /usr/sbin, as `weft-bench` looks for it.
+fn haproxy() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("haproxy"))
+        .chain([PathBuf::from("/usr/sbin/haproxy")])
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn mesh_quick_runs_every_scenario_and_rate_over_mtls() {
+    if !system_tests() {
+        eprintln!("skipped: set WEFT_SYSTEM_TESTS=1 to run the mesh benchmark's smoke test");
+        return;
+    }
+    assert!(
+        haproxy().is_some(),
+        "haproxy is missing: install the Debian package `haproxy` (.ci/run does)"
+    );
+    let bench = Path::new(env!("CARGO_BIN_EXE_weft-bench"));
+    // As `mesh::find_weft` looks for it: beside this binary in the target directory.
+    let weft = bench.with_file_name("weft");
+    assert!(
+        weft.is_file(),
+        "no weft binary at {}: build it with the same target directory first \
+         (`cargo build -p weft -p weft-proxy`; `cargo test --workspace` does)",
+        weft.display()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("mesh.json");
+    let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+    let mut child = Command::new(bench)
+        .args(["mesh", "--quick", "--json"])
+        .arg(&json)
+        .arg("--weft")
+        .arg(&weft)
+        .stdin(Stdio::null())
+        .stdout(log("stdout"))
+        .stderr(log("stderr"))
+        // A process group of its own, with everything it starts, to kill on a timeout.
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            // weft-bench kills what it started when it ends, but not when it is killed:
+            // kill its whole process group (its own, see `process_group` above).
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    let (stdout, stderr) = (read("stdout"), read("stderr"));
+    let status = status.unwrap_or_else(|| {
+        panic!("weft-bench mesh --quick took more than {TIMEOUT:?}\nstderr:\n{stderr}\nstdout:\n{stdout}")
+    });
+    assert!(
+        status.success(),
+        "weft-bench mesh --quick failed ({status})\nstderr:\n{stderr}\nstdout:\n{stdout}"
+    );
+    println!("{stdout}");
+
+    let text = std::fs::read_to_string(&json).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["bench"], "mesh");
+    assert_eq!(report["settings"]["quick"], true);
+    let rates: Vec<u64> = report["settings"]["rates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_u64().unwrap())
+        .collect();
+    assert!(!rates.is_empty(), "{text}");
+
+    let scenarios = report["scenarios"].as_array().unwrap();
+    let names: Vec<&str> = scenarios
+        .iter()
+        .map(|s| s["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["direct", "weft", "peer"]);
+    for s in scenarios {
+        let name = &s["scenario"];
+        let at_rates = s["at_rates"].as_array().unwrap();
+        let measured: Vec<u64> = at_rates
+            .iter()
+            .map(|l| l["rate"].as_u64().unwrap())
+            .collect();
+        assert_eq!(measured, rates, "{name}");
+        for l in at_rates.iter().chain([&s["max"]]) {
+            assert!(
+                l["requests"].as_u64().unwrap() > 0,
+                "{name}: no requests in {l}"
+            );
+            assert_eq!(l["errors"], 0, "{name}: errors in {l}\n{stdout}");
+        }
+    }
+    assert_eq!(
+        report["mtls"]["ok"], true,
+        "weft's mTLS check: {}",
+        report["mtls"]
+    );
+    assert_eq!(
+        report["peer_check"]["ok"], true,
+        "the HAProxy pair's mTLS check: {}",
+        report["peer_check"]
+    );
+    // Every proxy was sampled: two weft proxies, two HAProxies.
+    assert_eq!(report["proxies"].as_array().unwrap().len(), 4);
+}
