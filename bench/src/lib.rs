@@ -17,6 +17,7 @@
 //!   temporary directory, runs the direct and the weft scenario alternately, samples the
 //!   proxies' CPU and memory, checks the path was mTLS; the harness (mesh, load runtime, one
 //!   measured run) that `stack` shares.
+//! - `plot`: the latency-distribution plot (SVG), one line per scenario.
 //! - `procstat`: a process's CPU time and resident memory from `/proc`.
 //! - `report`: medians and spreads over the repeats, the Markdown tables, targets.
 //! - `stack`: on the same mesh, direct, minimal stack and full stack alternately; writes and
@@ -26,6 +27,7 @@
 pub mod app;
 pub mod load;
 pub mod mesh;
+pub mod plot;
 pub mod procstat;
 pub mod report;
 pub mod stack;

@@ -105,6 +105,8 @@ pub struct RunResult {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    /// Latency (ms) at each of [`crate::plot::QUANTILES`], for the distribution plot.
+    pub spectrum: Vec<(f64, f64)>,
 }
 
 impl RunResult {
@@ -493,6 +495,10 @@ impl Tally {
             p99_ms: ms(h.value_at_quantile(0.99)),
             p999_ms: ms(h.value_at_quantile(0.999)),
             max_ms: ms(h.max()),
+            spectrum: crate::plot::QUANTILES
+                .iter()
+                .map(|&q| (q, ms(h.value_at_quantile(q))))
+                .collect(),
         }
     }
 }
