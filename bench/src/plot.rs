@@ -37,7 +37,7 @@ fn x_of(q: f64) -> f64 {
 
 /// A round number at or above `v` for the top of the latency axis: 1, 2 or 5 × 10ⁿ.
 fn nice_ceiling(v: f64) -> f64 {
-    if !(v > 0.0) || !v.is_finite() {
+    if v.is_nan() || v <= 0.0 || v.is_infinite() {
         return 1.0;
     }
     let base = 10f64.powf(v.log10().floor());
