@@ -10,6 +10,7 @@
 //! # Layout
 //! - `app`: a tiny HTTP/1.1 + h2c server answering every request with a fixed body; run as
 //!   its own process by `mesh`.
+//! - `idle`: many idle keep-alive client connections, held open while memory is read.
 //! - `load`: the load generator: keep-alive client connections, open loop at a fixed rate
 //!   (paced by a thread, latency from each request's intended send time) or closed loop at
 //!   the maximum rate; HDR histograms; errors counted by kind.
@@ -25,6 +26,7 @@
 //!   and waits until the control plane and the web proxy show each change.
 
 pub mod app;
+pub mod idle;
 pub mod load;
 pub mod mesh;
 pub mod plot;
