@@ -11,6 +11,7 @@
 //! # Layout
 //! - `app`: a tiny HTTP/1.1 + h2c server answering every request with a fixed body; run as
 //!   its own process by `mesh`.
+//! - `idle`: many idle keep-alive client connections, held open while memory is read.
 //! - `load`: the load generator: keep-alive client connections, open loop at a fixed rate
 //!   (paced by a thread, latency from each request's intended send time) or closed loop at
 //!   the maximum rate; HDR histograms; errors counted by kind.
@@ -21,6 +22,7 @@
 //! - `peer`: the HAProxy pair of the peer scenario: certificates from the mesh's identity
 //!   service, the two configurations, the processes, the probes showing the hop is mTLS over
 //!   TLS 1.3 only.
+//! - `plot`: the latency-distribution plot (SVG), one line per scenario.
 //! - `procstat`: a process's CPU time and resident memory from `/proc`.
 //! - `report`: medians and spreads over the repeats, differences and ratios paired repeat by
 //!   repeat, the Markdown tables, targets.
@@ -29,9 +31,11 @@
 //!   and waits until the control plane and the web proxy show each change.
 
 pub mod app;
+pub mod idle;
 pub mod load;
 pub mod mesh;
 pub mod peer;
+pub mod plot;
 pub mod procstat;
 pub mod report;
 pub mod stack;

@@ -10,6 +10,9 @@
 //!   a millisecond to every request of a sub-millisecond path.
 //! - Closed loop (`rate: None`): every connection sends back to back; the result is the
 //!   maximum rate.
+//! - New connection per request (`new_connection`): each request makes its own connection
+//!   when it is due and closes it after the answer, so the latency includes the TCP (and, behind
+//!   a proxy, whatever the proxy does for a new client) setup: the connection-setup cost.
 //!
 //! A request counts when its intended send time (closed loop: its send time) falls in the
 //! measured window, after the warm-up. Non-2xx answers and transport errors (connect, I/O,
@@ -57,6 +60,9 @@ pub struct LoadConfig {
     /// Upper bound on requests sent in one run, warm-up included.
     pub max_requests: u64,
     pub http2: bool,
+    /// Every request on a connection of its own (HTTP/1.1 `connection: close`), made when the
+    /// request is due: the latency includes the connection's setup.
+    pub new_connection: bool,
 }
 
 /// When a run starts, when its measured window opens and when it closes.
@@ -105,6 +111,8 @@ pub struct RunResult {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    /// Latency (ms) at each of [`crate::plot::QUANTILES`], for the distribution plot.
+    pub spectrum: Vec<(f64, f64)>,
 }
 
 impl RunResult {
@@ -187,6 +195,7 @@ struct Target {
     uri: http::Uri,
     host: http::HeaderValue,
     http2: bool,
+    new_connection: bool,
 }
 
 impl Target {
@@ -228,6 +237,7 @@ impl Target {
                 .parse()
                 .map_err(|e| format!("bad Host header {host}: {e}"))?,
             http2: cfg.http2,
+            new_connection: cfg.new_connection,
         })
     }
 
@@ -242,6 +252,12 @@ impl Target {
             http::header::USER_AGENT,
             http::HeaderValue::from_static(USER_AGENT),
         );
+        if self.new_connection && !self.http2 {
+            req.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         req
     }
 
@@ -326,8 +342,13 @@ struct Connection {
 impl Connection {
     async fn drive(self, mut tally: Tally) -> Tally {
         let hard_stop = self.window.deadline + DRAIN;
-        // Connect before the run starts, so the first request does not pay for it.
-        let mut sender = self.target.connect().await.ok();
+        // Connect before the run starts, so the first request does not pay for it (unless
+        // paying for it is what is measured).
+        let mut sender = if self.target.new_connection {
+            None
+        } else {
+            self.target.connect().await.ok()
+        };
         tokio::time::sleep_until(self.window.start.into()).await;
         for k in 0..self.max_requests {
             // The intended send time: on the schedule (open loop) or now (closed loop).
@@ -388,7 +409,7 @@ impl Connection {
             Ok(o) => o,
             Err(_) => Outcome::Transport(format!("no answer within {REQUEST_TIMEOUT:?}")),
         };
-        if matches!(outcome, Outcome::Transport(_)) {
+        if matches!(outcome, Outcome::Transport(_)) || self.target.new_connection {
             *sender = None;
         }
         outcome
@@ -493,6 +514,10 @@ impl Tally {
             p99_ms: ms(h.value_at_quantile(0.99)),
             p999_ms: ms(h.value_at_quantile(0.999)),
             max_ms: ms(h.max()),
+            spectrum: crate::plot::QUANTILES
+                .iter()
+                .map(|&q| (q, ms(h.value_at_quantile(q))))
+                .collect(),
         }
     }
 }

@@ -130,6 +130,9 @@ struct LoadArgs {
     /// HTTP/2 with prior knowledge instead of HTTP/1.1.
     #[arg(long)]
     http2: bool,
+    /// A new connection for every request, made when it is due (the connection-setup cost).
+    #[arg(long)]
+    new_connection: bool,
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -246,6 +249,7 @@ fn run_load(a: LoadArgs) -> Result<(), Error> {
         duration: a.duration,
         max_requests: a.max_requests,
         http2: a.http2,
+        new_connection: a.new_connection,
     };
     // One worker thread, as in the mesh benchmark: the generator shares the machine with
     // what it measures.

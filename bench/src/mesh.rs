@@ -241,6 +241,7 @@ impl Harness {
             duration: cfg.duration,
             max_requests: cfg.max_requests,
             http2: cfg.http2,
+            new_connection: false,
         };
         let window = Window::after_warmup(cfg.warmup, cfg.duration);
         let sampler = sample_cpu(window, proxies.clone());

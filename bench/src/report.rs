@@ -1290,6 +1290,7 @@ mod tests {
                 p99_ms,
                 p999_ms: p99_ms * 2.0,
                 max_ms: p99_ms * 3.0,
+                spectrum: vec![(0.5, p99_ms / 2.0), (0.99, p99_ms), (1.0, p99_ms * 3.0)],
             },
             proxies,
         }

@@ -45,6 +45,7 @@ fn cfg(addr: SocketAddr, rate: Option<u64>) -> LoadConfig {
         duration: Duration::from_millis(400),
         max_requests: 100_000,
         http2: false,
+        new_connection: false,
     }
 }
 
@@ -103,4 +104,41 @@ fn targets_off_loopback_are_refused() {
     let c = cfg("10.1.2.3:80".parse().unwrap(), None);
     let err = Target::new(&c).unwrap_err();
     assert!(err.contains("loopback"), "{err}");
+}
+
+#[tokio::test]
+async fn a_new_connection_per_request_when_asked() {
+    use std::sync::atomic::AtomicUsize;
+    // The app behind a listener that counts the connections made to it.
+    let app = app().await;
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = front.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut server = tokio::net::TcpStream::connect(app).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    let mut c = cfg(addr, Some(200));
+    c.new_connection = true;
+    let r = run(&c, Window::after_warmup(c.warmup, c.duration))
+        .await
+        .unwrap();
+    // 200 req/s for 0.5 s in all (warm-up included): 100 requests, 100 connections.
+    assert_eq!(r.errors(), 0, "{r:?}");
+    assert_eq!(r.requests, 80, "{r:?}");
+    assert_eq!(accepted.load(Ordering::Relaxed), 100);
+    // Kept-alive connections, for contrast: made once per load connection.
+    accepted.store(0, Ordering::Relaxed);
+    c.new_connection = false;
+    run(&c, Window::after_warmup(c.warmup, c.duration))
+        .await
+        .unwrap();
+    assert_eq!(accepted.load(Ordering::Relaxed), 4);
 }

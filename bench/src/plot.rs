@@ -1,0 +1,208 @@
+//! The latency-distribution plot of a benchmark: one line per scenario, latency (ms) against
+//! percentile, the percentile axis stretched towards the tail (`1 / (1 - q)` on a log scale,
+//! as HdrHistogram's plots do) so p99 and p99.9 get as much room as the median. Written as a
+//! standalone SVG by hand: a few dozen elements need no plotting library.
+
+use std::fmt::Write as _;
+
+/// The quantiles every run records for the plot ([`crate::load::RunResult::spectrum`]).
+pub const QUANTILES: [f64; 12] = [
+    0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
+];
+
+/// One line of the plot: a scenario's latency (ms) at each of [`QUANTILES`].
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+const WIDTH: f64 = 760.0;
+const HEIGHT: f64 = 420.0;
+const LEFT: f64 = 64.0;
+const RIGHT: f64 = 150.0;
+const TOP: f64 = 40.0;
+const BOTTOM: f64 = 56.0;
+/// The highest quantile on the axis: beyond it is the maximum, drawn at the axis' end.
+const TAIL: f64 = 0.9999;
+const COLOURS: [&str; 6] = [
+    "#2b6cb0", "#c05621", "#2f855a", "#805ad5", "#b83280", "#4a5568",
+];
+
+/// Where quantile `q` goes on the x axis, from 0 (q = 0) to 1 (q ≥ [`TAIL`]).
+fn x_of(q: f64) -> f64 {
+    let stretch = |q: f64| (1.0 / (1.0 - q.min(TAIL))).log10();
+    stretch(q) / stretch(TAIL)
+}
+
+/// A round number at or above `v` for the top of the latency axis: 1, 2 or 5 × 10ⁿ.
+fn nice_ceiling(v: f64) -> f64 {
+    if v.is_nan() || v <= 0.0 || v.is_infinite() {
+        return 1.0;
+    }
+    let base = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * base)
+        .find(|&c| c >= v)
+        .unwrap_or(10.0 * base)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The plot as an SVG document.
+pub fn latency_svg(title: &str, lines: &[Line]) -> String {
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    let top_ms = nice_ceiling(
+        lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(|p| p.1))
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max),
+    );
+    let px = |q: f64| LEFT + x_of(q) * plot_w;
+    let py = |ms: f64| TOP + plot_h - (ms / top_ms).clamp(0.0, 1.0) * plot_h;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        out,
+        r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/><text x="{LEFT}" y="22" font-size="15" font-weight="bold">{}</text>"#,
+        escape(title)
+    );
+    // Grid and axes: latency every fifth of the top, percentiles at their usual marks.
+    for i in 0..=5 {
+        let ms = top_ms * f64::from(i) / 5.0;
+        let y = py(ms);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e2e8f0"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            LEFT + plot_w,
+            LEFT - 6.0,
+            y + 4.0,
+            trim(ms)
+        );
+    }
+    for (q, label) in [
+        (0.0, "0%"),
+        (0.5, "50%"),
+        (0.9, "90%"),
+        (0.99, "99%"),
+        (0.999, "99.9%"),
+        (0.9999, "99.99%"),
+    ] {
+        let x = px(q);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#e2e8f0"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"##,
+            TOP + plot_h,
+            TOP + plot_h + 18.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w:.1}" height="{plot_h:.1}" fill="none" stroke="#718096"/>"##
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile (max at the right edge)</text><text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">latency (ms)</text>"#,
+        LEFT + plot_w / 2.0,
+        HEIGHT - 12.0,
+        TOP + plot_h / 2.0
+    );
+    for (i, line) in lines.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let points: Vec<String> = line
+            .points
+            .iter()
+            .filter(|(q, ms)| q.is_finite() && ms.is_finite())
+            .map(|&(q, ms)| format!("{:.1},{:.1}", px(q), py(ms)))
+            .collect();
+        let _ = writeln!(
+            out,
+            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
+            points.join(" ")
+        );
+        let ly = TOP + 10.0 + 20.0 * i as f64;
+        let lx = LEFT + plot_w + 14.0;
+        let _ = writeln!(
+            out,
+            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            lx + 18.0,
+            lx + 24.0,
+            ly + 4.0,
+            escape(&line.name)
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+/// `0.5`, `2`, `12.5`: a tick label without trailing zeros.
+fn trim(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_gets_room_and_the_axis_ends_at_the_last_mark() {
+        assert_eq!(x_of(0.0), 0.0);
+        assert!((x_of(0.9999) - 1.0).abs() < 1e-12);
+        assert_eq!(x_of(1.0), 1.0);
+        // 90 %, 99 %, 99.9 % equally spaced, a quarter of the axis each.
+        assert!((x_of(0.9) - 0.25).abs() < 1e-9);
+        assert!((x_of(0.99) - 0.5).abs() < 1e-9);
+        assert!((x_of(0.999) - 0.75).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_latency_axis_ends_on_a_round_number() {
+        assert_eq!(nice_ceiling(0.37), 0.5);
+        assert_eq!(nice_ceiling(1.0), 1.0);
+        assert_eq!(nice_ceiling(1.2), 2.0);
+        assert_eq!(nice_ceiling(7.0), 10.0);
+        assert_eq!(nice_ceiling(0.0), 1.0);
+        assert_eq!(nice_ceiling(f64::NAN), 1.0);
+    }
+
+    #[test]
+    fn one_polyline_and_legend_entry_per_line_with_names_escaped() {
+        let line = |name: &str, scale: f64| Line {
+            name: name.into(),
+            points: QUANTILES.iter().map(|&q| (q, scale * (1.0 + q))).collect(),
+        };
+        let svg = latency_svg(
+            "p99 at 1,000 req/s",
+            &[line("direct", 0.1), line("weft <mTLS>", 0.4)],
+        );
+        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains(">weft &lt;mTLS&gt;</text>"), "{svg}");
+        // Every point of a line is inside the plot area.
+        for poly in svg.lines().filter(|l| l.starts_with("<polyline")) {
+            let pts = poly.split('"').nth(1).unwrap();
+            assert_eq!(pts.split(' ').count(), QUANTILES.len());
+            for p in pts.split(' ') {
+                let (x, y) = p.split_once(',').unwrap();
+                let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+                assert!((LEFT..=WIDTH - RIGHT).contains(&x), "{x}");
+                assert!((TOP..=HEIGHT - BOTTOM).contains(&y), "{y}");
+            }
+        }
+        // The latency axis tops out at 1 ms (the largest value is 0.8 ms).
+        assert!(svg.contains(">1</text>"), "{svg}");
+    }
+}
