@@ -730,11 +730,9 @@ pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), Error> {
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// A free loopback port (bound, then released for the process that will listen on it).
+/// A free loopback port for a process of the benchmark to listen on.
 pub(crate) fn free_addr() -> Result<SocketAddr, Error> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free loopback port: {e}"))
+    weft_identity::config::free_loopback_addr("the benchmark")
 }
 
 /// A plain HTTP/1.1 GET with `Connection: close`: the status and the body. `None` when
