@@ -90,6 +90,8 @@ impl Window {
 pub struct RunResult {
     /// `open-loop` or `closed-loop`.
     pub mode: String,
+    /// Every request on a new connection (the connection-setup cost).
+    pub new_connection: bool,
     pub connections: usize,
     pub target_rate: Option<u64>,
     /// 2xx answers in the measured window.
@@ -499,6 +501,7 @@ impl Tally {
                 "closed-loop"
             }
             .to_string(),
+            new_connection: cfg.new_connection,
             connections: conns,
             target_rate: cfg.rate,
             requests: h.len(),

@@ -58,9 +58,17 @@ struct MeshArgs {
     /// The haproxy binary [default: `haproxy` on PATH, else /usr/sbin/haproxy].
     #[arg(long)]
     haproxy: Option<PathBuf>,
+    /// The rate of the runs with a new client connection per request (the connection-setup
+    /// cost); 0 leaves them out.
+    #[arg(long, default_value_t = 200)]
+    setup_rate: u64,
+    /// Idle keep-alive client connections held open to each front proxy while the proxies'
+    /// memory is read, after the runs; 0 leaves it out.
+    #[arg(long, default_value_t = 1000)]
+    idle_connections: usize,
     /// A check that the harness works, well under 2 minutes: one repeat, 0.5 s warm-up and
-    /// 2 s per run, rates 500 and --rate; overrides --repeat, --warmup, --duration and
-    /// --rates. Reported as quick: not numbers to quote.
+    /// 2 s per run, rates 500 and --rate, 100 idle connections; overrides --repeat, --warmup,
+    /// --duration, --rates and --idle-connections. Reported as quick: not numbers to quote.
     #[arg(long)]
     quick: bool,
 }
@@ -172,6 +180,7 @@ const QUICK_REPEAT: usize = 1;
 const QUICK_WARMUP: Duration = Duration::from_millis(500);
 const QUICK_DURATION: Duration = Duration::from_secs(2);
 const QUICK_RATES: &[u64] = &[500];
+const QUICK_IDLE_CONNECTIONS: usize = 100;
 
 impl MeshArgs {
     fn config(&self) -> MeshConfig {
@@ -179,12 +188,15 @@ impl MeshArgs {
         cfg.rates = self.rates.clone();
         cfg.no_peer = self.no_peer;
         cfg.haproxy = self.haproxy.clone();
+        cfg.setup_rate = (self.setup_rate > 0).then_some(self.setup_rate);
+        cfg.idle_connections = self.idle_connections;
         if self.quick {
             cfg.quick = true;
             cfg.repeat = QUICK_REPEAT;
             cfg.warmup = QUICK_WARMUP;
             cfg.duration = QUICK_DURATION;
             cfg.rates = QUICK_RATES.to_vec();
+            cfg.idle_connections = cfg.idle_connections.min(QUICK_IDLE_CONNECTIONS);
         }
         cfg
     }
@@ -206,6 +218,8 @@ impl BenchArgs {
             max_requests: self.max_requests,
             http2: self.http2,
             weft: self.weft.clone(),
+            setup_rate: None,
+            idle_connections: 0,
         }
     }
 }

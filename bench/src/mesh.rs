@@ -32,6 +32,8 @@ use crate::report::{
 
 /// How long a process may take to become ready, and the mesh to route the first request.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the proxies get to settle after idle connections open or close.
+const IDLE_SETTLE: Duration = Duration::from_secs(1);
 /// How long the proxies' CPU use at rest is sampled before the runs.
 const IDLE_WINDOW: Duration = Duration::from_secs(3);
 /// At most this many fixed rates in one invocation.
@@ -61,6 +63,23 @@ pub struct MeshConfig {
     pub http2: bool,
     /// The `weft` binary [default: `weft` beside this binary].
     pub weft: Option<PathBuf>,
+    /// The rate of the runs with a new connection per request (the connection-setup cost);
+    /// `None`: not measured.
+    pub setup_rate: Option<u64>,
+    /// Idle client connections held open to each front proxy while the proxies' memory is
+    /// read, after the runs; 0: not measured.
+    pub idle_connections: usize,
+}
+
+/// How a run loads its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Load {
+    /// Open loop at a fixed rate over keep-alive connections.
+    Rate(u64),
+    /// Closed loop: the maximum rate.
+    Max,
+    /// Open loop at a fixed rate, each request on a new connection.
+    NewConnection(u64),
 }
 
 /// The `weft` binary: `explicit`, else `weft` in the directory of this binary (both are
@@ -136,17 +155,22 @@ pub fn run(cfg: &MeshConfig) -> Result<MeshReport, Error> {
     let pids: Vec<(&'static str, u32)> = proxies.iter().map(|(_, n, p)| (*n, *p)).collect();
     let at_rest = at_rest(&pids, h.ticks)?;
 
-    let modes: Vec<Option<u64>> = rates.iter().copied().map(Some).chain([None]).collect();
+    let modes: Vec<Load> = rates
+        .iter()
+        .map(|&r| Load::Rate(r))
+        .chain([Load::Max])
+        .chain(cfg.setup_rate.map(Load::NewConnection))
+        .collect();
     let mut runs = Vec::new();
     for repeat in 0..cfg.repeat.max(1) {
-        for &rate in &modes {
+        for &load in &modes {
             for &scenario in &scenarios {
-                runs.push(h.measure(cfg, repeat, scenario, rate)?);
+                runs.push(h.measure(cfg, repeat, scenario, load)?);
             }
         }
     }
 
-    let footprints = at_rest
+    let mut footprints = at_rest
         .into_iter()
         .zip(&proxies)
         .map(
@@ -157,14 +181,30 @@ pub fn run(cfg: &MeshConfig) -> Result<MeshReport, Error> {
                     idle_cpu_percent,
                     rss_before_kib,
                     memory: procstat::memory(*pid)?,
+                    rss_idle_connections_kib: None,
                 })
             },
         )
         .collect::<Result<Vec<_>, Error>>()?;
+    if cfg.idle_connections > 0 {
+        for &scenario in &scenarios {
+            let Some(front) = h.front(scenario) else {
+                continue;
+            };
+            let rss = h.rss_with_idle_connections(front, cfg.idle_connections, &proxies, scenario)?;
+            for (f, kib) in footprints.iter_mut().zip(rss) {
+                if kib.is_some() {
+                    f.rss_idle_connections_kib = kib;
+                }
+            }
+        }
+    }
     let mtls = h.mesh.mtls_check(inbound_before, &runs)?;
     let peer_check = h.peer.as_ref().map(|p| p.check(&runs)).transpose()?;
     let mut settings = h.settings(cfg);
     settings.rates = rates;
+    settings.setup_rate = cfg.setup_rate;
+    settings.idle_connections = cfg.idle_connections;
     Ok(MeshReport::new(
         settings, runs, footprints, mtls, peer_check,
     ))
@@ -206,17 +246,10 @@ impl Harness {
         })
     }
 
-    /// One run of `scenario` (open loop at `rate`, closed loop at `None`), with the CPU time
-    /// of the proxies on its path over the measured window.
-    pub(crate) fn measure(
-        &self,
-        cfg: &MeshConfig,
-        repeat: usize,
-        scenario: Scenario,
-        rate: Option<u64>,
-    ) -> Result<Run, Error> {
+    /// Where the load of `scenario` goes, and the proxies on its path.
+    fn path(&self, scenario: Scenario) -> Result<(SocketAddr, Vec<(&'static str, u32)>), Error> {
         let mesh = &self.mesh;
-        let (target, proxies) = match scenario {
+        Ok(match scenario {
             Scenario::Direct => (mesh.app, vec![]),
             Scenario::Weft | Scenario::Minimal | Scenario::Full => {
                 (mesh.web.outbound, mesh.proxy_pids())
@@ -228,6 +261,60 @@ impl Harness {
                     .ok_or("the peer scenario without the HAProxy pair started")?;
                 (peer.web_addr, peer.pids())
             }
+        })
+    }
+
+    /// The address of the proxy the load generator talks to in `scenario`; `None` for the
+    /// direct path.
+    fn front(&self, scenario: Scenario) -> Option<SocketAddr> {
+        match self.path(scenario) {
+            Ok((addr, proxies)) if !proxies.is_empty() => Some(addr),
+            _ => None,
+        }
+    }
+
+    /// With `n` idle keep-alive client connections open to `front` (each after one answered
+    /// request), the resident memory of each of `proxies` that is on `scenario`'s path
+    /// (`None` for the others).
+    fn rss_with_idle_connections(
+        &self,
+        front: SocketAddr,
+        n: usize,
+        proxies: &[(Scenario, &'static str, u32)],
+        scenario: Scenario,
+    ) -> Result<Vec<Option<u64>>, Error> {
+        eprintln!("{n} idle connections to {}", scenario.label());
+        let conns = crate::idle::open(front, &self.mesh.host(), n)?;
+        // Let the proxies finish with the requests (pool, buffers) before reading.
+        std::thread::sleep(IDLE_SETTLE);
+        let rss = proxies
+            .iter()
+            .map(|(s, _, pid)| {
+                (*s == scenario)
+                    .then(|| procstat::memory(*pid).map(|m| m.rss_kib))
+                    .transpose()
+            })
+            .collect();
+        drop(conns);
+        std::thread::sleep(IDLE_SETTLE);
+        rss
+    }
+
+    /// One run of `scenario` loaded as `load`, with the CPU time of the proxies on its path
+    /// over the measured window.
+    pub(crate) fn measure(
+        &self,
+        cfg: &MeshConfig,
+        repeat: usize,
+        scenario: Scenario,
+        load: Load,
+    ) -> Result<Run, Error> {
+        let mesh = &self.mesh;
+        let (target, proxies) = self.path(scenario)?;
+        let (rate, new_connection) = match load {
+            Load::Rate(r) => (Some(r), false),
+            Load::Max => (None, false),
+            Load::NewConnection(r) => (Some(r), true),
         };
         let load = LoadConfig {
             target: format!("http://{target}/")
@@ -240,8 +327,8 @@ impl Harness {
             warmup: cfg.warmup,
             duration: cfg.duration,
             max_requests: cfg.max_requests,
-            http2: cfg.http2,
-            new_connection: false,
+            http2: cfg.http2 && !new_connection,
+            new_connection,
         };
         let window = Window::after_warmup(cfg.warmup, cfg.duration);
         let sampler = sample_cpu(window, proxies.clone());
@@ -263,11 +350,15 @@ impl Harness {
             })
             .collect();
         eprintln!(
-            "run {}/{} {:<12} {:<11} {:>6} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  errors {}",
+            "run {}/{} {:<12} {:<14} {:>6} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  errors {}",
             repeat + 1,
             cfg.repeat.max(1),
             scenario.label(),
-            result.mode,
+            if new_connection {
+                "new-connection"
+            } else {
+                result.mode.as_str()
+            },
             rate.map_or("max".to_string(), |r| r.to_string()),
             result.requests_per_second,
             result.p50_ms,
@@ -301,6 +392,8 @@ impl Harness {
             clock_ticks: self.ticks,
             weft: self.weft.display().to_string(),
             haproxy: self.peer.as_ref().map(|p| p.version.clone()),
+            setup_rate: None,
+            idle_connections: 0,
         }
     }
 }

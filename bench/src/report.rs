@@ -46,20 +46,23 @@ pub const HAPROXY_WEB: &str = "haproxy web";
 pub const HAPROXY_API: &str = "haproxy api";
 
 /// Which runs a summary takes: open loop at whatever rate (the stack benchmark has one),
-/// open loop at one rate, or closed loop.
+/// open loop at one rate, closed loop, or open loop with a new connection per request; the
+/// first three over keep-alive connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Open,
     At(u64),
     Max,
+    NewConnection,
 }
 
 impl Mode {
     pub fn matches(self, r: &RunResult) -> bool {
         match self {
-            Mode::Open => r.target_rate.is_some(),
-            Mode::At(rate) => r.target_rate == Some(rate),
+            Mode::Open => r.target_rate.is_some() && !r.new_connection,
+            Mode::At(rate) => r.target_rate == Some(rate) && !r.new_connection,
             Mode::Max => r.target_rate.is_none(),
+            Mode::NewConnection => r.new_connection,
         }
     }
 }
@@ -95,6 +98,9 @@ pub struct ProxyFootprint {
     /// After the last run.
     #[serde(flatten)]
     pub memory: Memory,
+    /// `VmRSS` while the idle client connections are open (after the runs); `None` when they
+    /// were not measured.
+    pub rss_idle_connections_kib: Option<u64>,
 }
 
 /// Evidence that the weft path was mTLS: read from the `api` proxy's metrics.
@@ -201,6 +207,11 @@ pub struct Settings {
     pub weft: String,
     /// `haproxy -v`'s first line; `None` without the peer scenario.
     pub haproxy: Option<String>,
+    /// The rate of the new-connection-per-request runs; `None`: not measured.
+    pub setup_rate: Option<u64>,
+    /// Idle keep-alive client connections held open to each front proxy while its memory is
+    /// read; 0: not measured.
+    pub idle_connections: usize,
 }
 
 /// The median and the range of one measurement over the repeats.
@@ -301,12 +312,14 @@ pub struct ScenarioSummary {
     pub scenario: Scenario,
     pub at_rates: Vec<Latency>,
     pub max: Throughput,
+    /// A new connection per request (at `Settings::setup_rate`), if measured.
+    pub new_connection: Option<Latency>,
     /// Over all the scenario's runs.
     pub errors: u64,
 }
 
 impl ScenarioSummary {
-    fn of(runs: &[Run], scenario: Scenario, rates: &[u64]) -> Self {
+    fn of(runs: &[Run], scenario: Scenario, rates: &[u64], setup_rate: Option<u64>) -> Self {
         let select = |mode: Mode| -> Vec<&RunResult> {
             runs.iter()
                 .filter(|r| r.scenario == scenario && mode.matches(&r.load))
@@ -316,23 +329,25 @@ impl ScenarioSummary {
         let spread = |f: fn(&RunResult) -> f64, loads: &[&RunResult]| {
             Spread::of(&loads.iter().map(|l| f(l)).collect::<Vec<_>>())
         };
+        let latency = |rate: u64, mode: Mode| {
+            let loads = select(mode);
+            Latency {
+                rate,
+                p50_ms: spread(|l| l.p50_ms, &loads),
+                p90_ms: spread(|l| l.p90_ms, &loads),
+                p99_ms: spread(|l| l.p99_ms, &loads),
+                p999_ms: spread(|l| l.p999_ms, &loads),
+                max_ms: spread(|l| l.max_ms, &loads),
+                requests_per_second: spread(|l| l.requests_per_second, &loads),
+                requests: loads.iter().map(|l| l.requests).sum(),
+                errors: loads.iter().map(|l| l.errors()).sum(),
+            }
+        };
         let at_rates: Vec<Latency> = rates
             .iter()
-            .map(|&rate| {
-                let loads = select(Mode::At(rate));
-                Latency {
-                    rate,
-                    p50_ms: spread(|l| l.p50_ms, &loads),
-                    p90_ms: spread(|l| l.p90_ms, &loads),
-                    p99_ms: spread(|l| l.p99_ms, &loads),
-                    p999_ms: spread(|l| l.p999_ms, &loads),
-                    max_ms: spread(|l| l.max_ms, &loads),
-                    requests_per_second: spread(|l| l.requests_per_second, &loads),
-                    requests: loads.iter().map(|l| l.requests).sum(),
-                    errors: loads.iter().map(|l| l.errors()).sum(),
-                }
-            })
+            .map(|&rate| latency(rate, Mode::At(rate)))
             .collect();
+        let new_connection = setup_rate.map(|rate| latency(rate, Mode::NewConnection));
         let closed = select(Mode::Max);
         let max = Throughput {
             requests_per_second: spread(|l| l.requests_per_second, &closed),
@@ -348,6 +363,7 @@ impl ScenarioSummary {
             scenario,
             at_rates,
             max,
+            new_connection,
             errors,
         }
     }
@@ -402,10 +418,14 @@ pub struct ProxySummary {
     /// CPU-seconds per 1,000 requests at each fixed rate.
     pub cpu_seconds_per_1000: Vec<AtRate>,
     pub cpu_seconds_per_1000_at_max: Spread,
+    /// With a new connection per request, if measured.
+    pub cpu_seconds_per_1000_new_connection: Option<Spread>,
     /// `VmHWM` after the last run: the peak over the whole benchmark.
     pub peak_rss_mib: f64,
     pub rss_mib: f64,
     pub rss_anon_mib: f64,
+    /// `VmRSS` with the idle client connections open, if measured.
+    pub rss_idle_connections_mib: Option<f64>,
 }
 
 impl ProxySummary {
@@ -435,6 +455,8 @@ pub struct MeshReport {
     /// At each fixed rate.
     pub comparisons: Vec<Comparison>,
     pub throughput: ThroughputRatios,
+    /// With a new connection per request (at `settings.setup_rate`), if measured.
+    pub new_connection: Option<Comparison>,
     pub proxies: Vec<ProxySummary>,
     /// Judged at the headline rate (`settings.rate`).
     pub targets: Vec<TargetCheck>,
@@ -464,8 +486,12 @@ fn ratio(runs: &[Run], a: Scenario, b: Scenario, mode: Mode, f: fn(&RunResult) -
 impl Comparison {
     /// weft against direct and (`peer`) against the HAProxy pair at `rate`.
     pub fn of(runs: &[Run], rate: u64, peer: bool) -> Self {
+        Self::in_mode(runs, rate, Mode::At(rate), peer)
+    }
+
+    /// The same for the runs of `mode`, made at `rate`.
+    pub fn in_mode(runs: &[Run], rate: u64, mode: Mode, peer: bool) -> Self {
         use Scenario::{Direct, Peer, Weft};
-        let mode = Mode::At(rate);
         let p99 = |l: &RunResult| l.p99_ms;
         Self {
             rate,
@@ -504,7 +530,7 @@ impl MeshReport {
         }
         let scenarios = present
             .iter()
-            .map(|&s| ScenarioSummary::of(&runs, s, &settings.rates))
+            .map(|&s| ScenarioSummary::of(&runs, s, &settings.rates, settings.setup_rate))
             .collect();
         let comparisons: Vec<Comparison> = settings
             .rates
@@ -512,6 +538,9 @@ impl MeshReport {
             .map(|&rate| Comparison::of(&runs, rate, peer))
             .collect();
         let throughput = ThroughputRatios::of(&runs, peer);
+        let new_connection = settings
+            .setup_rate
+            .map(|rate| Comparison::in_mode(&runs, rate, Mode::NewConnection, peer));
         let mib = |kib: u64| kib as f64 / 1024.0;
         let proxies: Vec<ProxySummary> = footprints
             .iter()
@@ -529,9 +558,13 @@ impl MeshReport {
                     })
                     .collect(),
                 cpu_seconds_per_1000_at_max: cpu_spread(&runs, m.scenario, Mode::Max, &m.proxy),
+                cpu_seconds_per_1000_new_connection: settings
+                    .setup_rate
+                    .map(|_| cpu_spread(&runs, m.scenario, Mode::NewConnection, &m.proxy)),
                 peak_rss_mib: mib(m.memory.peak_rss_kib),
                 rss_mib: mib(m.memory.rss_kib),
                 rss_anon_mib: mib(m.memory.rss_anon_kib),
+                rss_idle_connections_mib: m.rss_idle_connections_kib.map(mib),
             })
             .collect();
         let targets = mesh_targets(settings.rate, &comparisons, &throughput, &proxies);
@@ -541,6 +574,7 @@ impl MeshReport {
             scenarios,
             comparisons,
             throughput,
+            new_connection,
             proxies,
             targets,
             mtls,
@@ -711,12 +745,122 @@ impl MeshReport {
             table_row(&mut out, &row);
         }
         out.push('\n');
+        self.write_new_connection(&mut out);
+        self.write_idle_connections(&mut out);
         write_targets(&mut out, &self.targets);
         if let Some(p) = &self.peer_check {
             let _ = writeln!(out, "\n{}", peer_check_line(p));
         }
         write_checks(&mut out, &self.mtls, &self.runs);
         out
+    }
+}
+
+impl MeshReport {
+    /// The connection-setup table: latency with a new connection per request, and the
+    /// proxies' CPU for it.
+    fn write_new_connection(&self, out: &mut String) {
+        let (Some(rate), Some(c)) = (self.settings.setup_rate, &self.new_connection) else {
+            return;
+        };
+        let peer = self.scenario(Scenario::Peer);
+        let _ = writeln!(
+            out,
+            "Connection setup: a new client connection for every request (`connection: close`), \
+             open loop at {} req/s; the proxies keep their connections to each other\n",
+            thousands(rate as f64)
+        );
+        let mut header = vec!["latency ms", "direct", "weft"];
+        if peer.is_some() {
+            header.push("HAProxy pair");
+        }
+        header.push("weft − direct");
+        if peer.is_some() {
+            header.extend(["HAProxy − direct", "weft / HAProxy"]);
+        }
+        table_header(out, &header);
+        let show = |s: Scenario, f: fn(&Latency) -> Spread| {
+            self.scenario(s)
+                .and_then(|s| s.new_connection.as_ref())
+                .map_or("n/a".into(), |l| f(l).show(3, false))
+        };
+        type Pick = fn(&Latency) -> Spread;
+        type PickAdded = fn(&Added) -> Spread;
+        let rows: [(&str, Pick, PickAdded); 3] = [
+            ("p50", |l| l.p50_ms, |a| a.p50_ms),
+            ("p99", |l| l.p99_ms, |a| a.p99_ms),
+            ("p99.9", |l| l.p999_ms, |a| a.p999_ms),
+        ];
+        for (name, pick, added) in rows {
+            let mut row = vec![
+                name.to_string(),
+                show(Scenario::Direct, pick),
+                show(Scenario::Weft, pick),
+            ];
+            if peer.is_some() {
+                row.push(show(Scenario::Peer, pick));
+            }
+            row.push(added(&c.weft_added).show(3, true));
+            if peer.is_some() {
+                row.push(c.peer_added.as_ref().map_or(String::new(), |p| added(p).show(3, true)));
+                row.push(match (&c.p99_weft_over_peer, name) {
+                    (Some(r), "p99") => format!("×{}", r.show(2, false)),
+                    _ => String::new(),
+                });
+            }
+            table_row(out, &row);
+        }
+        let cpu: Vec<String> = self
+            .proxies
+            .iter()
+            .filter_map(|p| {
+                let c = p.cpu_seconds_per_1000_new_connection?;
+                Some(format!("{} {}", p.proxy, c.show(3, false)))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nCPU-s per 1,000 requests with a new connection each: {}\n",
+            cpu.join(", ")
+        );
+    }
+
+    /// The proxies' memory with many idle client connections open.
+    fn write_idle_connections(&self, out: &mut String) {
+        let n = self.settings.idle_connections;
+        if n == 0 {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "Idle client connections: {} keep-alive connections to each front proxy (weft's \
+             web, the web HAProxy), each idle after one answered request\n",
+            thousands(n as f64)
+        );
+        table_header(
+            out,
+            &[
+                "proxy",
+                "RSS before the runs MiB",
+                "RSS with the connections MiB",
+                "KiB per connection (from RSS at end)",
+            ],
+        );
+        for p in &self.proxies {
+            let Some(with) = p.rss_idle_connections_mib else {
+                continue;
+            };
+            table_row(
+                out,
+                &[
+                    p.proxy.clone(),
+                    format!("{:.1}", p.idle_rss_mib),
+                    format!("{with:.1}"),
+                    format!("{:.1}", (with - p.rss_mib) * 1024.0 / n as f64),
+                ],
+            );
+        }
+        out.push('\n');
     }
 }
 
@@ -1275,6 +1419,7 @@ mod tests {
                     "closed-loop"
                 }
                 .into(),
+                new_connection: false,
                 connections: 32,
                 target_rate: rate,
                 requests: (requests_per_second * 10.0) as u64,
@@ -1311,6 +1456,8 @@ mod tests {
             clock_ticks: 100,
             weft: "weft".into(),
             haproxy: None,
+            setup_rate: None,
+            idle_connections: 0,
         }
     }
 
@@ -1355,6 +1502,29 @@ mod tests {
         runs
     }
 
+    /// Three repeats with a new connection per request at 200 req/s: p99 direct 0.2, 0.3,
+    /// 0.25, weft 0.5, 0.8, 0.6 (paired differences 0.3, 0.5, 0.35), HAProxy 0.4, 0.4, 0.45
+    /// (0.2, 0.1, 0.2);
+    /// web's CPU 0.3, api's 0.1 per 1,000 requests.
+    fn new_connection_runs(peer: bool) -> Vec<Run> {
+        use Scenario::{Direct, Peer, Weft};
+        let mut runs = vec![];
+        for (repeat, d, w, p) in [(0, 0.2, 0.5, 0.4), (1, 0.3, 0.8, 0.4), (2, 0.25, 0.6, 0.45)] {
+            let mut group = vec![
+                run_at(repeat, Direct, Some(200), d, 200.0, 0.0, 0.0),
+                run_at(repeat, Weft, Some(200), w, 200.0, 0.3, 0.1),
+            ];
+            if peer {
+                group.push(run_at(repeat, Peer, Some(200), p, 200.0, 0.2, 0.1));
+            }
+            for r in &mut group {
+                r.load.new_connection = true;
+            }
+            runs.extend(group);
+        }
+        runs
+    }
+
     fn footprint(proxy: &str, scenario: Scenario, idle_kib: u64, peak_kib: u64) -> ProxyFootprint {
         ProxyFootprint {
             proxy: proxy.into(),
@@ -1366,6 +1536,7 @@ mod tests {
                 peak_rss_kib: peak_kib,
                 rss_anon_kib: 1024,
             },
+            rss_idle_connections_kib: None,
         }
     }
 
@@ -1432,6 +1603,65 @@ mod tests {
             t.peer_over_direct.unwrap().median,
             20_000.0 / 100_000.0
         ));
+    }
+
+    #[test]
+    fn new_connection_runs_are_reported_apart_with_idle_connection_memory() {
+        let mut runs = mesh_runs(true);
+        runs.extend(new_connection_runs(true));
+        let mut settings = settings(1000, vec![500, 1000]);
+        settings.setup_rate = Some(200);
+        settings.idle_connections = 1000;
+        let mut footprints = vec![
+            footprint(WEB_PROXY, Scenario::Weft, 4 * 1024, 11 * 1024),
+            footprint(API_PROXY, Scenario::Weft, 6 * 1024, 13 * 1024),
+            footprint(HAPROXY_WEB, Scenario::Peer, 15 * 1024, 17 * 1024),
+            footprint(HAPROXY_API, Scenario::Peer, 19 * 1024, 21 * 1024),
+        ];
+        // 1,000 connections: web grows by 10 MiB (10.24 KiB each), HAProxy web by 5 MiB.
+        footprints[0].rss_idle_connections_kib = Some(21 * 1024);
+        footprints[1].rss_idle_connections_kib = Some(13 * 1024);
+        footprints[2].rss_idle_connections_kib = Some(22 * 1024);
+        let report = MeshReport::new(settings, runs, footprints, mtls_passed(), None);
+
+        // The keep-alive numbers are those without the new-connection runs.
+        let plain = mesh_report(true);
+        assert_eq!(
+            report.comparisons[1].weft_added.p99_ms,
+            plain.comparisons[1].weft_added.p99_ms
+        );
+        assert_eq!(
+            report.scenarios[1].at_rates[1].requests,
+            plain.scenarios[1].at_rates[1].requests
+        );
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        let c = report.new_connection.as_ref().unwrap();
+        assert_eq!(c.rate, 200);
+        assert!(close(c.weft_added.p99_ms.median, 0.35), "{c:?}");
+        assert!(close(c.weft_added.p99_ms.max, 0.5));
+        // weft / HAProxy p99: 1.25, 2.0, 1.33.
+        assert!(close(c.p99_weft_over_peer.unwrap().median, 0.6 / 0.45));
+        let weft = report.scenarios[1].new_connection.as_ref().unwrap();
+        assert_eq!(weft.requests, 6000);
+        let web = &report.proxies[0];
+        assert!(close(web.cpu_seconds_per_1000_new_connection.unwrap().median, 0.3));
+        assert_eq!(web.rss_idle_connections_mib, Some(21.0));
+        assert_eq!(report.proxies[3].rss_idle_connections_mib, None);
+
+        let md = report.markdown();
+        assert!(md.contains("open loop at 200 req/s"), "{md}");
+        assert!(
+            md.contains("| p99 | 0.250 (0.200–0.300) | 0.600 (0.500–0.800) | 0.400 (0.400–0.450) | +0.350 (+0.300–+0.500) | +0.200 (+0.100–+0.200) | ×1.33 (1.25–2.00) |"),
+            "{md}"
+        );
+        assert!(md.contains("web (outbound) 0.300"), "{md}");
+        assert!(md.contains("| web (outbound) | 4.0 | 21.0 | 10.2 |"), "{md}");
+        assert!(md.contains("| haproxy web | 15.0 | 22.0 | 5.1 |"), "{md}");
+        assert!(!md.contains("| haproxy api | 19.0 |"), "{md}");
+
+        // Without them, no such sections.
+        let md = plain.markdown();
+        assert!(!md.contains("Connection setup") && !md.contains("Idle client"), "{md}");
     }
 
     #[test]

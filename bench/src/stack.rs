@@ -22,7 +22,7 @@
 use std::time::{Duration, Instant};
 
 use crate::Error;
-use crate::mesh::{Harness, Mesh, MeshConfig, metric_series};
+use crate::mesh::{Harness, Load, Mesh, MeshConfig, metric_series};
 use crate::report::{RouteSwitch, Scenario, StackReport};
 
 /// The full-stack `HTTPRoute`'s name (in namespace `default`).
@@ -101,7 +101,7 @@ pub fn run(cfg: &MeshConfig) -> Result<StackReport, Error> {
                 switches.push(switch_route(&h.mesh, want_full.then_some(route.as_str()))?);
                 full_now = want_full;
             }
-            runs.push(h.measure(cfg, repeat, scenario, Some(cfg.rate))?);
+            runs.push(h.measure(cfg, repeat, scenario, Load::Rate(cfg.rate))?);
         }
     }
     let mtls = h.mesh.mtls_check(inbound_before, &runs)?;
