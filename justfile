@@ -17,14 +17,14 @@ test:
 ci:
     bash .ci/run
 
-# Benchmarks (release builds), results under bench/results/. The mesh benchmark compares weft
-# with two HAProxies too: it needs the Debian package `haproxy` (or pass it --no-peer).
-bench:
-    mkdir -p bench/results
-    cargo run --release -p weft-bench --bin identity-bench -- --json bench/results/identity-$(date +%F).json
-    cargo run --release -p weft-bench --bin policy-bench -- --json bench/results/policy-$(date +%F).json
+# Every benchmark (release builds): the identity service, the control plane and the mesh
+# (direct, weft and two HAProxies side by side; it needs the Debian package `haproxy`, or pass
+# --no-peer). Writes bench/results/<date>.json, <date>.md (the summary) and <date>.svg (the
+# latency plot), and latest.md/latest.svg, which the README links. Then the outbound stack's
+# benchmark (full against minimal stack) to bench/results/stack-<date>.json.
+bench *FLAGS:
     cargo build --release -p weft -p weft-proxy -p weft-bench
-    cargo run --release -p weft-bench -- mesh --json bench/results/mesh-$(date +%F).json
+    cargo run --release -p weft-bench -- all --out-dir bench/results {{FLAGS}}
     cargo run --release -p weft-bench -- stack --json bench/results/stack-$(date +%F).json
 
 # The main job: a local mesh.

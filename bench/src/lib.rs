@@ -26,6 +26,8 @@
 //! - `procstat`: a process's CPU time and resident memory from `/proc`.
 //! - `report`: medians and spreads over the repeats, differences and ratios paired repeat by
 //!   repeat, the Markdown tables, targets.
+//! - `suite`: `weft-bench all` (`just bench`): the identity and control-plane benchmarks, then
+//!   the mesh benchmark; writes the JSON, the Markdown summary and the plot of one date.
 //! - `stack`: on the same mesh, direct, minimal stack and full stack alternately; writes and
 //!   removes the full-stack HTTPRoute in the control plane's directory while the mesh runs,
 //!   and waits until the control plane and the web proxy show each change.
@@ -39,6 +41,7 @@ pub mod plot;
 pub mod procstat;
 pub mod report;
 pub mod stack;
+pub mod suite;
 
 /// Errors of the benchmark: a message saying what failed and what to do.
 pub type Error = String;

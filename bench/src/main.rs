@@ -1,6 +1,8 @@
 //! `weft-bench`: the mesh benchmark and its parts. See the crate's `lib.rs` for the layout
 //! and `docs/benchmarks.md` for what is measured.
 //!
+//! - `weft-bench all [--out-dir bench/results] [--quick] [mesh flags]`: every benchmark, the
+//!   results written as JSON, Markdown and SVG (`just bench`);
 //! - `weft-bench mesh [--rates 500,1000,2000] [--rate 1000] [--repeat 3] [--no-peer] [--quick]
 //!   [--json out.json]`: direct against weft against the HAProxy pair, side by side;
 //! - `weft-bench stack [--rate 1000] [--repeat 3] [--json out.json]`: direct, the minimal
@@ -18,7 +20,9 @@ use weft_bench::Error;
 use weft_bench::app::AppConfig;
 use weft_bench::load::{self, LoadConfig, Window};
 use weft_bench::mesh::{self, MeshConfig};
+use weft_bench::report::MeshReport;
 use weft_bench::stack;
+use weft_bench::suite::{self, SuiteConfig};
 use weft_identity::config::parse_duration;
 
 #[derive(Debug, Parser)]
@@ -33,6 +37,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Every benchmark, as `just bench` runs it: the identity service's and the control
+    /// plane's, then the mesh; writes <out-dir>/<date>.json, a Markdown summary <date>.md and
+    /// the latency plot <date>.svg (and latest.md, latest.svg).
+    All(AllArgs),
     /// Direct against app → weft → weft → app over mTLS against the same hop made by two
     /// HAProxies, side by side, at several fixed rates and at the maximum.
     Mesh(MeshArgs),
@@ -71,6 +79,15 @@ struct MeshArgs {
     /// --duration, --rates and --idle-connections. Reported as quick: not numbers to quote.
     #[arg(long)]
     quick: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct AllArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// Where the results go.
+    #[arg(long, default_value = "bench/results")]
+    out_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -160,6 +177,7 @@ struct AppArgs {
 
 fn main() {
     let result = match Cli::parse().command {
+        Cmd::All(a) => run_all(a),
         Cmd::Mesh(a) => run_mesh(a),
         Cmd::Stack(a) => run_stack(a),
         Cmd::Load(a) => run_load(a),
@@ -228,6 +246,11 @@ fn run_mesh(a: MeshArgs) -> Result<(), Error> {
     let report = mesh::run(&a.config())?;
     println!("\n{}", report.markdown());
     write_json(a.common.json.as_deref(), &report)?;
+    mesh_checks(&report)
+}
+
+/// The mesh benchmark fails when a path was not shown to be what it claims.
+fn mesh_checks(report: &MeshReport) -> Result<(), Error> {
     mtls_ok(report.mtls.ok)?;
     match &report.peer_check {
         Some(p) if !p.ok => Err(format!(
@@ -236,6 +259,22 @@ fn run_mesh(a: MeshArgs) -> Result<(), Error> {
         )),
         _ => Ok(()),
     }
+}
+
+fn run_all(a: AllArgs) -> Result<(), Error> {
+    if a.mesh.common.json.is_some() {
+        return Err("`all` writes its JSON to --out-dir; --json is for `mesh` and `stack`".into());
+    }
+    let (report, written) = suite::run(&SuiteConfig {
+        out_dir: a.out_dir,
+        quick: a.mesh.quick,
+        mesh: a.mesh.config(),
+    })?;
+    println!("\n{}", report.mesh.markdown());
+    for path in [&written.json, &written.markdown, &written.plot] {
+        println!("wrote {}", path.display());
+    }
+    mesh_checks(&report.mesh)
 }
 
 fn run_stack(a: BenchArgs) -> Result<(), Error> {

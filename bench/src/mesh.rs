@@ -27,7 +27,8 @@ use crate::load::{self, LoadConfig, Window};
 use crate::peer::{self, Peer};
 use crate::procstat;
 use crate::report::{
-    API_PROXY, MeshReport, MtlsCheck, ProxyCpu, ProxyFootprint, Run, Scenario, Settings, WEB_PROXY,
+    API_PROXY, IdleConnectionsRss, MeshReport, MtlsCheck, ProxyCpu, ProxyFootprint, Run, Scenario,
+    Settings, WEB_PROXY,
 };
 
 /// How long a process may take to become ready, and the mesh to route the first request.
@@ -181,7 +182,7 @@ pub fn run(cfg: &MeshConfig) -> Result<MeshReport, Error> {
                     idle_cpu_percent,
                     rss_before_kib,
                     memory: procstat::memory(*pid)?,
-                    rss_idle_connections_kib: None,
+                    idle_connections: None,
                 })
             },
         )
@@ -191,10 +192,11 @@ pub fn run(cfg: &MeshConfig) -> Result<MeshReport, Error> {
             let Some(front) = h.front(scenario) else {
                 continue;
             };
-            let rss = h.rss_with_idle_connections(front, cfg.idle_connections, &proxies, scenario)?;
-            for (f, kib) in footprints.iter_mut().zip(rss) {
-                if kib.is_some() {
-                    f.rss_idle_connections_kib = kib;
+            let rss =
+                h.rss_with_idle_connections(front, cfg.idle_connections, &proxies, scenario)?;
+            for (f, rss) in footprints.iter_mut().zip(rss) {
+                if rss.is_some() {
+                    f.idle_connections = rss;
                 }
             }
         }
@@ -273,31 +275,44 @@ impl Harness {
         }
     }
 
-    /// With `n` idle keep-alive client connections open to `front` (each after one answered
-    /// request), the resident memory of each of `proxies` that is on `scenario`'s path
-    /// (`None` for the others).
+    /// The resident memory of each of `proxies` that is on `scenario`'s path (`None` for the
+    /// others) just before and with `n` idle keep-alive client connections open to `front`
+    /// (each after one answered request).
     fn rss_with_idle_connections(
         &self,
         front: SocketAddr,
         n: usize,
         proxies: &[(Scenario, &'static str, u32)],
         scenario: Scenario,
-    ) -> Result<Vec<Option<u64>>, Error> {
+    ) -> Result<Vec<Option<IdleConnectionsRss>>, Error> {
+        let rss = || -> Result<Vec<Option<u64>>, Error> {
+            proxies
+                .iter()
+                .map(|(s, _, pid)| {
+                    (*s == scenario)
+                        .then(|| procstat::memory(*pid).map(|m| m.rss_kib))
+                        .transpose()
+                })
+                .collect()
+        };
         eprintln!("{n} idle connections to {}", scenario.label());
+        let before = rss()?;
         let conns = crate::idle::open(front, &self.mesh.host(), n)?;
         // Let the proxies finish with the requests (pool, buffers) before reading.
         std::thread::sleep(IDLE_SETTLE);
-        let rss = proxies
-            .iter()
-            .map(|(s, _, pid)| {
-                (*s == scenario)
-                    .then(|| procstat::memory(*pid).map(|m| m.rss_kib))
-                    .transpose()
-            })
-            .collect();
+        let with = rss()?;
         drop(conns);
         std::thread::sleep(IDLE_SETTLE);
-        rss
+        Ok(before
+            .into_iter()
+            .zip(with)
+            .map(|(b, w)| {
+                Some(IdleConnectionsRss {
+                    before_kib: b?,
+                    with_kib: w?,
+                })
+            })
+            .collect())
     }
 
     /// One run of `scenario` loaded as `load`, with the CPU time of the proxies on its path

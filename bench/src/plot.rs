@@ -1,7 +1,8 @@
 //! The latency-distribution plot of a benchmark: one line per scenario, latency (ms) against
 //! percentile, the percentile axis stretched towards the tail (`1 / (1 - q)` on a log scale,
-//! as HdrHistogram's plots do) so p99 and p99.9 get as much room as the median. Written as a
-//! standalone SVG by hand: a few dozen elements need no plotting library.
+//! as HdrHistogram's plots do) so p99 and p99.9 get as much room as the median, and the
+//! latency axis logarithmic so a 0.2 ms median and a 5 ms maximum are both readable. Written
+//! as a standalone SVG by hand: a few dozen elements need no plotting library.
 
 use std::fmt::Write as _;
 
@@ -44,8 +45,37 @@ fn nice_ceiling(v: f64) -> f64 {
     [1.0, 2.0, 5.0, 10.0]
         .iter()
         .map(|m| m * base)
-        .find(|&c| c >= v)
+        .find(|&c| c >= v * (1.0 - 1e-12))
         .unwrap_or(10.0 * base)
+}
+
+/// A round number at or below `v` for the bottom of the latency axis: 1, 2 or 5 × 10ⁿ.
+fn nice_floor(v: f64) -> f64 {
+    if v.is_nan() || v <= 0.0 || v.is_infinite() {
+        return 0.01;
+    }
+    let base = 10f64.powf(v.log10().floor());
+    [5.0, 2.0, 1.0]
+        .iter()
+        .map(|m| m * base)
+        .find(|&c| c <= v * (1.0 + 1e-12))
+        .unwrap_or(base)
+}
+
+/// The 1, 2, 5 × 10ⁿ marks from `bottom` to `top`.
+fn marks(bottom: f64, top: f64) -> Vec<f64> {
+    let mut out = vec![];
+    let mut base = 10f64.powf(bottom.log10().floor());
+    while base <= top * (1.0 + 1e-9) {
+        for m in [1.0, 2.0, 5.0] {
+            let v = m * base;
+            if v >= bottom * (1.0 - 1e-9) && v <= top * (1.0 + 1e-9) {
+                out.push(v);
+            }
+        }
+        base *= 10.0;
+    }
+    out
 }
 
 fn escape(s: &str) -> String {
@@ -59,15 +89,20 @@ fn escape(s: &str) -> String {
 pub fn latency_svg(title: &str, lines: &[Line]) -> String {
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
-    let top_ms = nice_ceiling(
+    let values = || {
         lines
             .iter()
             .flat_map(|l| l.points.iter().map(|p| p.1))
-            .filter(|v| v.is_finite())
-            .fold(0.0, f64::max),
-    );
+            .filter(|v| v.is_finite() && *v > 0.0)
+    };
+    let top_ms = nice_ceiling(values().fold(0.0, f64::max));
+    let bottom_ms = nice_floor(values().fold(f64::INFINITY, f64::min)).min(top_ms / 10.0);
+    let span = (top_ms / bottom_ms).log10();
     let px = |q: f64| LEFT + x_of(q) * plot_w;
-    let py = |ms: f64| TOP + plot_h - (ms / top_ms).clamp(0.0, 1.0) * plot_h;
+    let py = |ms: f64| {
+        let at = (ms.max(bottom_ms) / bottom_ms).log10() / span;
+        TOP + plot_h - at.clamp(0.0, 1.0) * plot_h
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -78,9 +113,8 @@ pub fn latency_svg(title: &str, lines: &[Line]) -> String {
         r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/><text x="{LEFT}" y="22" font-size="15" font-weight="bold">{}</text>"#,
         escape(title)
     );
-    // Grid and axes: latency every fifth of the top, percentiles at their usual marks.
-    for i in 0..=5 {
-        let ms = top_ms * f64::from(i) / 5.0;
+    // Grid and axes: latency at 1, 2, 5 × 10ⁿ, percentiles at their usual marks.
+    for ms in marks(bottom_ms, top_ms) {
         let y = py(ms);
         let _ = writeln!(
             out,
@@ -113,7 +147,7 @@ pub fn latency_svg(title: &str, lines: &[Line]) -> String {
     );
     let _ = writeln!(
         out,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile (max at the right edge)</text><text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">latency (ms)</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile (max at the right edge)</text><text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">latency (ms, log scale)</text>"#,
         LEFT + plot_w / 2.0,
         HEIGHT - 12.0,
         TOP + plot_h / 2.0
@@ -175,6 +209,11 @@ mod tests {
         assert_eq!(nice_ceiling(7.0), 10.0);
         assert_eq!(nice_ceiling(0.0), 1.0);
         assert_eq!(nice_ceiling(f64::NAN), 1.0);
+        assert_eq!(nice_floor(0.37), 0.2);
+        assert_eq!(nice_floor(0.1), 0.1);
+        assert_eq!(nice_floor(7.0), 5.0);
+        assert_eq!(nice_floor(0.0), 0.01);
+        assert_eq!(marks(0.05, 2.0), [0.05, 0.1, 0.2, 0.5, 1.0, 2.0]);
     }
 
     #[test]
@@ -202,7 +241,32 @@ mod tests {
                 assert!((TOP..=HEIGHT - BOTTOM).contains(&y), "{y}");
             }
         }
-        // The latency axis tops out at 1 ms (the largest value is 0.8 ms).
-        assert!(svg.contains(">1</text>"), "{svg}");
+        // The latency axis runs from 0.1 ms (the smallest value) to 1 ms (the largest value
+        // is 0.8 ms), log scale.
+        assert!(
+            svg.contains(">1</text>") && svg.contains(">0.1</text>"),
+            "{svg}"
+        );
+        assert!(!svg.contains(">0.05</text>"), "{svg}");
+        assert!(!svg.contains(">2</text>"), "{svg}");
+        let y = |ms: &str| -> f64 {
+            let line = svg
+                .lines()
+                .find(|l| l.ends_with(&format!(">{ms}</text>")) && l.starts_with("<line"))
+                .unwrap();
+            line.split("y1=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        // Equal ratios, equal distances: 0.1 → 0.2 and 0.5 → 1 are as long as each other.
+        assert!(
+            ((y("0.1") - y("0.2")) - (y("0.5") - y("1"))).abs() < 0.2,
+            "{svg}"
+        );
     }
 }

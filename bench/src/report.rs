@@ -98,9 +98,16 @@ pub struct ProxyFootprint {
     /// After the last run.
     #[serde(flatten)]
     pub memory: Memory,
-    /// `VmRSS` while the idle client connections are open (after the runs); `None` when they
-    /// were not measured.
-    pub rss_idle_connections_kib: Option<u64>,
+    /// `VmRSS` just before the idle client connections open and while they are open (after
+    /// the runs); `None` when not measured.
+    pub idle_connections: Option<IdleConnectionsRss>,
+}
+
+/// A proxy's `VmRSS` before and with the idle client connections.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct IdleConnectionsRss {
+    pub before_kib: u64,
+    pub with_kib: u64,
 }
 
 /// Evidence that the weft path was mTLS: read from the `api` proxy's metrics.
@@ -424,6 +431,8 @@ pub struct ProxySummary {
     pub peak_rss_mib: f64,
     pub rss_mib: f64,
     pub rss_anon_mib: f64,
+    /// `VmRSS` just before the idle client connections opened, if measured.
+    pub rss_before_idle_connections_mib: Option<f64>,
     /// `VmRSS` with the idle client connections open, if measured.
     pub rss_idle_connections_mib: Option<f64>,
 }
@@ -564,7 +573,8 @@ impl MeshReport {
                 peak_rss_mib: mib(m.memory.peak_rss_kib),
                 rss_mib: mib(m.memory.rss_kib),
                 rss_anon_mib: mib(m.memory.rss_anon_kib),
-                rss_idle_connections_mib: m.rss_idle_connections_kib.map(mib),
+                rss_before_idle_connections_mib: m.idle_connections.map(|i| mib(i.before_kib)),
+                rss_idle_connections_mib: m.idle_connections.map(|i| mib(i.with_kib)),
             })
             .collect();
         let targets = mesh_targets(settings.rate, &comparisons, &throughput, &proxies);
@@ -802,7 +812,11 @@ impl MeshReport {
             }
             row.push(added(&c.weft_added).show(3, true));
             if peer.is_some() {
-                row.push(c.peer_added.as_ref().map_or(String::new(), |p| added(p).show(3, true)));
+                row.push(
+                    c.peer_added
+                        .as_ref()
+                        .map_or(String::new(), |p| added(p).show(3, true)),
+                );
                 row.push(match (&c.p99_weft_over_peer, name) {
                     (Some(r), "p99") => format!("×{}", r.show(2, false)),
                     _ => String::new(),
@@ -841,13 +855,17 @@ impl MeshReport {
             out,
             &[
                 "proxy",
-                "RSS before the runs MiB",
+                "RSS at rest before the runs MiB",
+                "RSS just before MiB",
                 "RSS with the connections MiB",
-                "KiB per connection (from RSS at end)",
+                "KiB per connection",
             ],
         );
         for p in &self.proxies {
-            let Some(with) = p.rss_idle_connections_mib else {
+            let (Some(before), Some(with)) = (
+                p.rss_before_idle_connections_mib,
+                p.rss_idle_connections_mib,
+            ) else {
                 continue;
             };
             table_row(
@@ -855,8 +873,9 @@ impl MeshReport {
                 &[
                     p.proxy.clone(),
                     format!("{:.1}", p.idle_rss_mib),
+                    format!("{before:.1}"),
                     format!("{with:.1}"),
-                    format!("{:.1}", (with - p.rss_mib) * 1024.0 / n as f64),
+                    format!("{:.1}", (with - before) * 1024.0 / n as f64),
                 ],
             );
         }
@@ -1366,7 +1385,7 @@ pub fn thousands(x: f64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1387,7 +1406,7 @@ mod tests {
 
     /// A run of `scenario` at `rate` (closed loop: `None`) with its p99 (p50 half of it, p99.9
     /// twice, max three times), its rate and its proxies' CPU-seconds per 1,000 requests.
-    fn run_at(
+    pub(crate) fn run_at(
         repeat: usize,
         scenario: Scenario,
         rate: Option<u64>,
@@ -1536,7 +1555,7 @@ mod tests {
                 peak_rss_kib: peak_kib,
                 rss_anon_kib: 1024,
             },
-            rss_idle_connections_kib: None,
+            idle_connections: None,
         }
     }
 
@@ -1619,9 +1638,15 @@ mod tests {
             footprint(HAPROXY_API, Scenario::Peer, 19 * 1024, 21 * 1024),
         ];
         // 1,000 connections: web grows by 10 MiB (10.24 KiB each), HAProxy web by 5 MiB.
-        footprints[0].rss_idle_connections_kib = Some(21 * 1024);
-        footprints[1].rss_idle_connections_kib = Some(13 * 1024);
-        footprints[2].rss_idle_connections_kib = Some(22 * 1024);
+        let idle = |before: u64, with: u64| {
+            Some(IdleConnectionsRss {
+                before_kib: before * 1024,
+                with_kib: with * 1024,
+            })
+        };
+        footprints[0].idle_connections = idle(11, 21);
+        footprints[1].idle_connections = idle(13, 13);
+        footprints[2].idle_connections = idle(17, 22);
         let report = MeshReport::new(settings, runs, footprints, mtls_passed(), None);
 
         // The keep-alive numbers are those without the new-connection runs.
@@ -1644,7 +1669,10 @@ mod tests {
         let weft = report.scenarios[1].new_connection.as_ref().unwrap();
         assert_eq!(weft.requests, 6000);
         let web = &report.proxies[0];
-        assert!(close(web.cpu_seconds_per_1000_new_connection.unwrap().median, 0.3));
+        assert!(close(
+            web.cpu_seconds_per_1000_new_connection.unwrap().median,
+            0.3
+        ));
         assert_eq!(web.rss_idle_connections_mib, Some(21.0));
         assert_eq!(report.proxies[3].rss_idle_connections_mib, None);
 
@@ -1655,13 +1683,26 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("web (outbound) 0.300"), "{md}");
-        assert!(md.contains("| web (outbound) | 4.0 | 21.0 | 10.2 |"), "{md}");
-        assert!(md.contains("| haproxy web | 15.0 | 22.0 | 5.1 |"), "{md}");
+        assert!(
+            md.contains("| web (outbound) | 4.0 | 11.0 | 21.0 | 10.2 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| api (inbound) | 6.0 | 13.0 | 13.0 | 0.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| haproxy web | 15.0 | 17.0 | 22.0 | 5.1 |"),
+            "{md}"
+        );
         assert!(!md.contains("| haproxy api | 19.0 |"), "{md}");
 
         // Without them, no such sections.
         let md = plain.markdown();
-        assert!(!md.contains("Connection setup") && !md.contains("Idle client"), "{md}");
+        assert!(
+            !md.contains("Connection setup") && !md.contains("Idle client"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! CI smoke test of the mesh benchmark: `weft-bench mesh --quick --json <tmp>` runs every
-//! scenario (direct, weft, the HAProxy pair) at every rate and at the maximum, and the harness
-//! works: exit 0, the JSON parses, every scenario and rate has requests and no errors, and
-//! both mTLS checks passed. No number is asserted: CI machines are too noisy for that.
+//! CI smoke test of the benchmarks: `weft-bench all --quick --out-dir <tmp>` (what `just
+//! bench` runs, quick) runs the identity and control-plane benchmarks and every mesh scenario
+//! (direct, weft, the HAProxy pair) at every rate, at the maximum, with a new connection per
+//! request and with idle connections open, and the harness works: exit 0, the JSON, the
+//! Markdown summary and the plot are written, every scenario and rate has requests and no
+//! errors, and both mTLS checks passed. No number is asserted: CI machines are too noisy.
 //!
 //! A system test: it needs `haproxy` (Debian package `haproxy`) and the `weft` binary beside
 //! `weft-bench` in the target directory (`cargo test --workspace` builds it), so it runs only
@@ -29,7 +31,7 @@ fn haproxy() -> Option<PathBuf> {
 }
 
 #[test]
-fn mesh_quick_runs_every_scenario_and_rate_over_mtls() {
+fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_its_files() {
     if !system_tests() {
         eprintln!("skipped: set WEFT_SYSTEM_TESTS=1 to run the mesh benchmark's smoke test");
         return;
@@ -49,11 +51,11 @@ fn mesh_quick_runs_every_scenario_and_rate_over_mtls() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("mesh.json");
+    let out = dir.path().join("results");
     let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
     let mut child = Command::new(bench)
-        .args(["mesh", "--quick", "--json"])
-        .arg(&json)
+        .args(["all", "--quick", "--out-dir"])
+        .arg(&out)
         .arg("--weft")
         .arg(&weft)
         .stdin(Stdio::null())
@@ -83,16 +85,69 @@ fn mesh_quick_runs_every_scenario_and_rate_over_mtls() {
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
     let (stdout, stderr) = (read("stdout"), read("stderr"));
     let status = status.unwrap_or_else(|| {
-        panic!("weft-bench mesh --quick took more than {TIMEOUT:?}\nstderr:\n{stderr}\nstdout:\n{stdout}")
+        panic!("weft-bench all --quick took more than {TIMEOUT:?}\nstderr:\n{stderr}\nstdout:\n{stdout}")
     });
     assert!(
         status.success(),
-        "weft-bench mesh --quick failed ({status})\nstderr:\n{stderr}\nstdout:\n{stdout}"
+        "weft-bench all --quick failed ({status})\nstderr:\n{stderr}\nstdout:\n{stdout}"
     );
     println!("{stdout}");
 
-    let text = std::fs::read_to_string(&json).unwrap();
-    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // One date's three files, and the latest summary and plot.
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 5, "{names:?}");
+    let stem = names[0].strip_suffix(".json").expect("<date>.json first");
+    for ext in ["md", "svg"] {
+        assert!(names.contains(&format!("{stem}.{ext}")), "{names:?}");
+    }
+    assert!(names.contains(&"latest.md".into()) && names.contains(&"latest.svg".into()));
+    let summary = std::fs::read_to_string(out.join(format!("{stem}.md"))).unwrap();
+    for part in [
+        "Machine: ",
+        "## Mesh",
+        &format!("({stem}.svg)"),
+        "Connection setup",
+        "Idle client connections",
+        "## Identity service",
+        "## Control plane",
+    ] {
+        assert!(
+            summary.contains(part),
+            "no {part:?} in the summary:\n{summary}"
+        );
+    }
+    let svg = std::fs::read_to_string(out.join(format!("{stem}.svg"))).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        3,
+        "a line per scenario:\n{svg}"
+    );
+
+    let text = std::fs::read_to_string(out.join(format!("{stem}.json"))).unwrap();
+    let suite: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(suite["quick"], true);
+    assert!(suite["machine"]["cores"].as_u64().unwrap() > 0);
+    let identity_runs = suite["identity"]["runs"].as_array().unwrap();
+    assert!(
+        identity_runs.len() == 2
+            && identity_runs
+                .iter()
+                .all(|r| r["requests"].as_u64().unwrap() > 0 && r["errors"] == 0),
+        "{}",
+        suite["identity"]
+    );
+    assert!(!suite["policy"]["authz"].as_array().unwrap().is_empty());
+    assert_eq!(
+        suite["policy"]["fanout"]["missed"], 0,
+        "{}",
+        suite["policy"]
+    );
+    let report = &suite["mesh"];
     assert_eq!(report["bench"], "mesh");
     assert_eq!(report["settings"]["quick"], true);
     let rates: Vec<u64> = report["settings"]["rates"]
@@ -117,7 +172,7 @@ fn mesh_quick_runs_every_scenario_and_rate_over_mtls() {
             .map(|l| l["rate"].as_u64().unwrap())
             .collect();
         assert_eq!(measured, rates, "{name}");
-        for l in at_rates.iter().chain([&s["max"]]) {
+        for l in at_rates.iter().chain([&s["max"], &s["new_connection"]]) {
             assert!(
                 l["requests"].as_u64().unwrap() > 0,
                 "{name}: no requests in {l}"
@@ -135,6 +190,16 @@ fn mesh_quick_runs_every_scenario_and_rate_over_mtls() {
         "the HAProxy pair's mTLS check: {}",
         report["peer_check"]
     );
-    // Every proxy was sampled: two weft proxies, two HAProxies.
-    assert_eq!(report["proxies"].as_array().unwrap().len(), 4);
+    // Every proxy was sampled: two weft proxies, two HAProxies; with idle connections too.
+    let proxies = report["proxies"].as_array().unwrap();
+    assert_eq!(proxies.len(), 4);
+    for p in proxies {
+        assert!(p["rss_idle_connections_mib"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(
+            p["cpu_seconds_per_1000_new_connection"]["median"]
+                .as_f64()
+                .is_some(),
+            "{p}"
+        );
+    }
 }
