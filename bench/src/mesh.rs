@@ -249,7 +249,7 @@ impl Harness {
     }
 
     /// Where the load of `scenario` goes, and the proxies on its path.
-    fn path(&self, scenario: Scenario) -> Result<(SocketAddr, Vec<(&'static str, u32)>), Error> {
+    fn path(&self, scenario: Scenario) -> Result<(SocketAddr, Pids), Error> {
         let mesh = &self.mesh;
         Ok(match scenario {
             Scenario::Direct => (mesh.app, vec![]),
@@ -458,6 +458,9 @@ fn cpu_ticks(pids: &[(&'static str, u32)]) -> Result<Vec<u64>, Error> {
         .map(|(_, pid)| procstat::cpu_ticks(*pid))
         .collect()
 }
+
+/// Processes by the name the report gives them, and their PIDs.
+pub(crate) type Pids = Vec<(&'static str, u32)>;
 
 /// Resource files the control plane reads from its start beside `mesh.yaml`, made from the
 /// app's port (the port of the `api` service): each a file name and its YAML.
