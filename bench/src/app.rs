@@ -1,5 +1,5 @@
 //! The app behind the mesh: answers every request, HTTP/1.1 or HTTP/2 with prior knowledge,
-//! with `200 OK` and a fixed body. As cheap as a server can be, so the benchmark measures
+//! with `200 OK` and a fixed body, after reading the request's body if it has one. As cheap as a server can be, so the benchmark measures
 //! the path to it, not the app. It runs on a current-thread runtime (one core's worth, like a
 //! small workload) and exits on its own when its parent (the benchmark) is gone or after
 //! `lifetime`, so an interrupted benchmark leaves nothing running.
@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -57,9 +57,14 @@ pub(crate) async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let body = body.clone();
-        let svc = hyper::service::service_fn(move |_req: hyper::Request<Incoming>| {
+        let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let rsp = hyper::Response::new(Full::new(body.clone()));
-            async move { Ok::<_, Infallible>(rsp) }
+            async move {
+                // Read the request's body to its end, as an app does (an unread body would
+                // cost the connection its keep-alive); without one this is done at once.
+                let _ = req.into_body().collect().await;
+                Ok::<_, Infallible>(rsp)
+            }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Semaphore;
@@ -63,6 +63,8 @@ pub struct LoadConfig {
     /// Every request on a connection of its own (HTTP/1.1 `connection: close`), made when the
     /// request is due: the latency includes the connection's setup.
     pub new_connection: bool,
+    /// Bytes in each request's body: 0 sends `GET` without a body, more a `POST` with one.
+    pub request_body_size: usize,
 }
 
 /// When a run starts, when its measured window opens and when it closes.
@@ -198,6 +200,8 @@ struct Target {
     host: http::HeaderValue,
     http2: bool,
     new_connection: bool,
+    /// Empty: `GET`; else `POST` with this body.
+    body: Bytes,
 }
 
 impl Target {
@@ -240,12 +244,17 @@ impl Target {
                 .map_err(|e| format!("bad Host header {host}: {e}"))?,
             http2: cfg.http2,
             new_connection: cfg.new_connection,
+            body: Bytes::from(vec![b'x'; cfg.request_body_size]),
         })
     }
 
-    fn request(&self) -> http::Request<Empty<Bytes>> {
-        let mut req = http::Request::new(Empty::new());
+    fn request(&self) -> http::Request<Full<Bytes>> {
+        // `Full` of an empty `Bytes` is a body that is empty at once, as `Empty` is.
+        let mut req = http::Request::new(Full::new(self.body.clone()));
         *req.uri_mut() = self.uri.clone();
+        if !self.body.is_empty() {
+            *req.method_mut() = http::Method::POST;
+        }
         if !self.http2 {
             req.headers_mut()
                 .insert(http::header::HOST, self.host.clone());
@@ -286,8 +295,8 @@ impl Target {
 }
 
 enum Sender {
-    H1(http1::SendRequest<Empty<Bytes>>),
-    H2(http2::SendRequest<Empty<Bytes>>),
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
 }
 
 /// How one request ended.
@@ -300,7 +309,7 @@ enum Outcome {
 
 impl Sender {
     /// Sends one request and reads the whole answer.
-    async fn exchange(&mut self, req: http::Request<Empty<Bytes>>) -> Outcome {
+    async fn exchange(&mut self, req: http::Request<Full<Bytes>>) -> Outcome {
         let rsp = match self {
             Sender::H1(s) => match s.ready().await {
                 Ok(()) => s.send_request(req).await,

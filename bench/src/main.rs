@@ -112,6 +112,9 @@ struct BenchArgs {
     /// Bytes in each response body.
     #[arg(long, default_value_t = 64)]
     body_size: usize,
+    /// Bytes in each request body: 0 sends `GET`s, more `POST`s with a body.
+    #[arg(long, default_value_t = 0)]
+    request_body_size: usize,
     /// Upper bound on requests in one run, whatever the duration.
     #[arg(long, default_value_t = 5_000_000)]
     max_requests: u64,
@@ -158,6 +161,9 @@ struct LoadArgs {
     /// A new connection for every request, made when it is due (the connection-setup cost).
     #[arg(long)]
     new_connection: bool,
+    /// Bytes in each request body: 0 sends `GET`s, more `POST`s with a body.
+    #[arg(long, default_value_t = 0)]
+    request_body_size: usize,
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -233,6 +239,7 @@ impl BenchArgs {
             duration: self.duration,
             repeat: self.repeat,
             body_size: self.body_size,
+            request_body_size: self.request_body_size,
             max_requests: self.max_requests,
             http2: self.http2,
             weft: self.weft.clone(),
@@ -303,6 +310,7 @@ fn run_load(a: LoadArgs) -> Result<(), Error> {
         max_requests: a.max_requests,
         http2: a.http2,
         new_connection: a.new_connection,
+        request_body_size: a.request_body_size,
     };
     // One worker thread, as in the mesh benchmark: the generator shares the machine with
     // what it measures.

@@ -60,6 +60,8 @@ pub struct MeshConfig {
     pub duration: Duration,
     pub repeat: usize,
     pub body_size: usize,
+    /// Bytes in each request body (0: `GET`s).
+    pub request_body_size: usize,
     pub max_requests: u64,
     pub http2: bool,
     /// The `weft` binary [default: `weft` beside this binary].
@@ -344,6 +346,7 @@ impl Harness {
             max_requests: cfg.max_requests,
             http2: cfg.http2 && !new_connection,
             new_connection,
+            request_body_size: cfg.request_body_size,
         };
         let window = Window::after_warmup(cfg.warmup, cfg.duration);
         let sampler = sample_cpu(window, proxies.clone());
@@ -402,6 +405,7 @@ impl Harness {
             duration_seconds: cfg.duration.as_secs_f64(),
             repeat: cfg.repeat.max(1),
             body_size: cfg.body_size,
+            request_body_size: cfg.request_body_size,
             http2: cfg.http2,
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             clock_ticks: self.ticks,

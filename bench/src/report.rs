@@ -208,6 +208,8 @@ pub struct Settings {
     pub duration_seconds: f64,
     pub repeat: usize,
     pub body_size: usize,
+    /// Bytes in each request body (0: `GET`s).
+    pub request_body_size: usize,
     pub http2: bool,
     pub cores: usize,
     pub clock_ticks: u64,
@@ -219,6 +221,19 @@ pub struct Settings {
     /// Idle keep-alive client connections held open to each front proxy while its memory is
     /// read; 0: not measured.
     pub idle_connections: usize,
+}
+
+impl Settings {
+    /// `GET`s with 64-byte response bodies, or `POST`s with request bodies too.
+    pub fn bodies(&self) -> String {
+        match self.request_body_size {
+            0 => format!("GETs, {}-byte response bodies", self.body_size),
+            n => format!(
+                "POSTs with {n}-byte request bodies, {}-byte response bodies",
+                self.body_size
+            ),
+        }
+    }
 }
 
 /// The median and the range of one measurement over the repeats.
@@ -607,7 +622,7 @@ impl MeshReport {
         let _ = writeln!(
             out,
             "weft mesh benchmark{}: open loop at {} req/s (targets at {}) and closed loop, {} \
-             connections, {}-byte bodies, {} repeat(s) of {}s warm-up + {}s per run, \
+             connections, {}, {} repeat(s) of {}s warm-up + {}s per run, \
              scenarios alternating within each repeat, {} cores{}; median (min–max) over the \
              repeats, differences and ratios paired repeat by repeat\n",
             if s.quick {
@@ -618,7 +633,7 @@ impl MeshReport {
             rates.join(", "),
             thousands(s.rate as f64),
             s.connections,
-            s.body_size,
+            s.bodies(),
             s.repeat,
             s.warmup_seconds,
             s.duration_seconds,
@@ -1232,11 +1247,11 @@ impl StackReport {
             out,
             "weft outbound stack benchmark: full stack (an HTTPRoute configuring every layer) \
              against the minimal stack (no HTTPRoute), open loop at {} req/s, {} connections, \
-             {}-byte bodies, {} repeat(s) of {}s warm-up + {}s per path, {} cores; median \
+             {}, {} repeat(s) of {}s warm-up + {}s per path, {} cores; median \
              (min–max) over the repeats\n",
             thousands(s.rate as f64),
             s.connections,
-            s.body_size,
+            s.bodies(),
             s.repeat,
             s.warmup_seconds,
             s.duration_seconds,
@@ -1470,6 +1485,7 @@ pub(crate) mod tests {
             duration_seconds: 10.0,
             repeat: 3,
             body_size: 64,
+            request_body_size: 0,
             http2: false,
             cores: 2,
             clock_ticks: 100,

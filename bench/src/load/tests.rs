@@ -46,6 +46,7 @@ fn cfg(addr: SocketAddr, rate: Option<u64>) -> LoadConfig {
         max_requests: 100_000,
         http2: false,
         new_connection: false,
+        request_body_size: 0,
     }
 }
 
@@ -141,4 +142,61 @@ async fn a_new_connection_per_request_when_asked() {
         .await
         .unwrap();
     assert_eq!(accepted.load(Ordering::Relaxed), 4);
+}
+
+#[tokio::test]
+async fn request_bodies_are_sent_whole_with_post_over_kept_alive_connections() {
+    use std::sync::Mutex;
+    // A server that records each request's method and body length, and counts connections.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<(http::Method, usize)>>> = Arc::default();
+    let conns = Arc::new(AtomicU64::new(0));
+    let (seen2, conns2) = (seen.clone(), conns.clone());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            conns2.fetch_add(1, Ordering::Relaxed);
+            let seen = seen2.clone();
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let method = req.method().clone();
+                        let body = req.into_body().collect().await?.to_bytes();
+                        seen.lock().unwrap().push((method, body.len()));
+                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from_static(
+                            b"ok",
+                        ))))
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc),
+            );
+        }
+    });
+    let mut c = cfg(addr, Some(200));
+    c.request_body_size = 3000;
+    let r = run(&c, Window::after_warmup(c.warmup, c.duration))
+        .await
+        .unwrap();
+    assert_eq!(r.errors(), 0, "{r:?}");
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() as u64 >= r.requests && r.requests > 0, "{r:?}");
+    assert!(
+        seen.iter()
+            .all(|(m, n)| *m == http::Method::POST && *n == 3000),
+        "{seen:?}"
+    );
+    // Keep-alive held: no more connections than the generator opens.
+    assert_eq!(conns.load(Ordering::Relaxed), c.connections as u64);
+
+    // The benchmark's app reads request bodies and keeps the connection.
+    let app = app().await;
+    let mut c = cfg(app, Some(200));
+    c.request_body_size = 100_000;
+    let r = run(&c, Window::after_warmup(c.warmup, c.duration))
+        .await
+        .unwrap();
+    assert!(r.requests > 0 && r.errors() == 0, "{r:?}");
 }
