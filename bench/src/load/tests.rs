@@ -181,7 +181,7 @@ async fn request_bodies_are_sent_whole_with_post_over_kept_alive_connections() {
         .await
         .unwrap();
     assert_eq!(r.errors(), 0, "{r:?}");
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     assert!(seen.len() as u64 >= r.requests && r.requests > 0, "{r:?}");
     assert!(
         seen.iter()
