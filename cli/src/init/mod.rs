@@ -1,0 +1,232 @@
+//! `weft init`: installs the iptables rules that send a workload's TCP traffic through its
+//! sidecar (like Linkerd's proxy-init and Istio's istio-init), in the current network
+//! namespace. See docs/init.md.
+//!
+//! - [`rules`]: the checked configuration and the exact iptables-restore text (pure).
+//! - [`backend`]: choosing iptables-nft or iptables-legacy, and running them.
+
+pub mod backend;
+pub mod rules;
+
+#[cfg(test)]
+mod tests;
+
+use clap::Args;
+
+use backend::{Choice, Tools};
+use rules::{Config, NatState, RawConfig};
+
+/// The proxy's ports, as in `weft_proxy::config` (a unit test keeps them equal).
+pub const DEFAULT_INBOUND_PORT: &str = "4143";
+pub const DEFAULT_OUTBOUND_PORT: &str = "4140";
+pub const DEFAULT_ADMIN_PORT: &str = "4191";
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The user ID `weft proxy` runs as: its connections are never redirected (required
+    /// unless --proxy-gid is given).
+    #[arg(long, required_unless_present_any = ["proxy_gid", "uninstall"])]
+    pub proxy_uid: Option<u32>,
+    /// The group ID `weft proxy` runs as: connections of processes in it are never redirected.
+    #[arg(long)]
+    pub proxy_gid: Option<u32>,
+    /// The proxy's inbound port: TCP arriving at this namespace is redirected to it.
+    #[arg(long, default_value = DEFAULT_INBOUND_PORT)]
+    pub inbound_port: u16,
+    /// The proxy's outbound port: TCP leaving this namespace is redirected to it.
+    #[arg(long, default_value = DEFAULT_OUTBOUND_PORT)]
+    pub outbound_port: u16,
+    /// The proxy's admin port: never redirected inbound.
+    #[arg(long, default_value = DEFAULT_ADMIN_PORT)]
+    pub admin_port: u16,
+    /// Inbound destination ports not redirected, e.g. `22,9000:9100`.
+    #[arg(long, value_delimiter = ',', value_name = "PORTS")]
+    pub skip_inbound_ports: Vec<String>,
+    /// Outbound destination ports not redirected, e.g. `25,5432`.
+    #[arg(long, value_delimiter = ',', value_name = "PORTS")]
+    pub skip_outbound_ports: Vec<String>,
+    /// Outbound destination IPv4 networks not redirected, e.g. `10.96.0.0/12,169.254.169.254`.
+    #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
+    pub skip_outbound_cidrs: Vec<String>,
+    /// Which iptables to use.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub iptables: Choice,
+    /// Print the iptables-restore text instead of applying it (no root needed).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove weft's jumps and chains (and nothing else).
+    #[arg(long)]
+    pub uninstall: bool,
+}
+
+impl InitArgs {
+    fn raw(&self) -> RawConfig<'_> {
+        RawConfig {
+            inbound_port: self.inbound_port,
+            outbound_port: self.outbound_port,
+            admin_port: self.admin_port,
+            proxy_uid: self.proxy_uid,
+            proxy_gid: self.proxy_gid,
+            skip_inbound_ports: &self.skip_inbound_ports,
+            skip_outbound_ports: &self.skip_outbound_ports,
+            skip_outbound_cidrs: &self.skip_outbound_cidrs,
+        }
+    }
+}
+
+pub fn run(args: InitArgs) -> Result<(), String> {
+    let root = effective_uid()? == 0;
+    if args.uninstall {
+        return uninstall(&args, root);
+    }
+    let checked = Config::check(&args.raw())?;
+    for w in &checked.warnings {
+        eprintln!("weft init: warning: {w}");
+    }
+    let config = checked.config;
+    if args.dry_run && !root {
+        eprintln!(
+            "weft init: --dry-run without root: these are the rules for a namespace without \
+             weft's rules (as root, --dry-run reads this namespace and prints exactly what \
+             it would apply)"
+        );
+        print!("{}", rules::install_ruleset(&config, &NatState::default()));
+        return Ok(());
+    }
+    require_root(root)?;
+    let tools = tools_for(args.iptables)?;
+    let state = read_state(&tools)?;
+    let text = rules::install_ruleset(&config, &state);
+    if args.dry_run {
+        print!("{text}");
+        return Ok(());
+    }
+    restore(&tools, &text)?;
+    let again = if state.is_empty() {
+        ""
+    } else {
+        " (replacing the previous ones)"
+    };
+    println!(
+        "weft init: installed weft's rules{again} with {}: inbound TCP -> port {}, outbound TCP \
+         -> port {} except from {}",
+        tools.restore,
+        config.inbound_port,
+        config.outbound_port,
+        owner_text(&config),
+    );
+    Ok(())
+}
+
+fn owner_text(config: &Config) -> String {
+    match (config.owner.uid, config.owner.gid) {
+        (Some(u), Some(g)) => format!("uid {u} and gid {g}"),
+        (Some(u), None) => format!("uid {u}"),
+        (None, Some(g)) => format!("gid {g}"),
+        (None, None) => "nobody".into(),
+    }
+}
+
+fn uninstall(args: &InitArgs, root: bool) -> Result<(), String> {
+    if !root {
+        return Err(
+            "--uninstall needs root (it reads this namespace's rules, also with --dry-run): \
+             run it with sudo, or as root in the namespace"
+                .into(),
+        );
+    }
+    // With auto, look in both backends: the rules may have gone into either.
+    let candidates = match args.iptables {
+        Choice::Nft => vec![Tools::nft()],
+        Choice::Legacy => vec![Tools::legacy()],
+        Choice::Auto => {
+            let both: Vec<Tools> = [Tools::nft(), Tools::legacy()]
+                .into_iter()
+                .filter(|t| backend::find(&t.restore).is_ok() && backend::find(&t.save).is_ok())
+                .collect();
+            if both.is_empty() {
+                vec![Tools::default_alternative()]
+            } else {
+                both
+            }
+        }
+    };
+    let mut removed = false;
+    for tools in candidates {
+        let tools = checked_tools(tools, "")?;
+        let state = read_state(&tools)?;
+        let Some(text) = rules::uninstall_ruleset(&state) else {
+            continue;
+        };
+        if args.dry_run {
+            print!("{text}");
+        } else {
+            restore(&tools, &text)?;
+            println!(
+                "weft init: removed weft's {} jumps and {} chains with {}",
+                state.jumps.len(),
+                state.chains.len(),
+                tools.restore
+            );
+        }
+        removed = true;
+    }
+    if !removed {
+        println!("weft init: nothing to uninstall: no weft rules in this namespace");
+    }
+    Ok(())
+}
+
+/// The backend for `choice`, announced with its version.
+fn tools_for(choice: Choice) -> Result<Tools, String> {
+    let (tools, why) = backend::resolve(choice)?;
+    checked_tools(tools, &format!("; {why}"))
+}
+
+fn checked_tools(tools: Tools, why: &str) -> Result<Tools, String> {
+    let version = backend::version(&tools)?;
+    eprintln!("weft init: using {} ({version}{why})", tools.iptables);
+    Ok(tools)
+}
+
+fn read_state(tools: &Tools) -> Result<NatState, String> {
+    let save = backend::run(&tools.save, &["-t", "nat"], None)?;
+    Ok(NatState::parse(&save))
+}
+
+fn restore(tools: &Tools, text: &str) -> Result<(), String> {
+    backend::run(&tools.restore, &["--noflush", "--wait"], Some(text)).map_err(|e| {
+        format!("{e}\nnothing was changed (iptables-restore applies all rules or none)")
+    })?;
+    Ok(())
+}
+
+fn require_root(root: bool) -> Result<(), String> {
+    if root {
+        Ok(())
+    } else {
+        Err(
+            "weft init changes iptables rules and needs root: run it with sudo, or as root \
+             in the workload's network namespace (--dry-run shows the rules without root)"
+                .into(),
+        )
+    }
+}
+
+/// The effective user ID, from `/proc/self/status` (`Uid: real effective saved fs`).
+fn effective_uid() -> Result<u32, String> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("cannot read /proc/self/status to check for root: {e}"))?;
+    parse_effective_uid(&status)
+        .ok_or_else(|| "no Uid line in /proc/self/status: cannot check for root".into())
+}
+
+fn parse_effective_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
