@@ -374,3 +374,30 @@ fn bad_flags_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--proxy-uid"), "{err}");
 }
+
+#[test]
+fn auto_on_a_fresh_namespace_uses_the_system_iptables_and_leaves_no_trace() {
+    if !system_tests("auto_on_a_fresh_namespace_uses_the_system_iptables_and_leaves_no_trace") {
+        return;
+    }
+    require_tools();
+    let ns = Netns::new();
+    let (_, err) = ns.weft(&["init", "--proxy-uid", "2102"]);
+    assert!(
+        err.contains("using iptables (iptables v") && err.contains("both hold 0 rules"),
+        "{err}"
+    );
+    let (out, err) = ns.weft(&["init", "--uninstall"]);
+    assert!(out.contains("removed weft's 2 jumps and 4 chains"), "{out}");
+    assert!(
+        err.contains("looking in iptables-nft") && err.contains("looking in iptables-legacy"),
+        "{err}"
+    );
+    assert!(!ns.ok(&["iptables-save"]).contains("WEFT"));
+    assert!(!ns.ok(&["iptables-legacy-save"]).contains("WEFT"));
+    if !ns.ok(&["iptables", "--version"]).contains("legacy") {
+        // Looking for weft's rules in iptables-legacy did not create legacy tables.
+        let legacy_tables = ns.ok(&["cat", "/proc/net/ip_tables_names"]);
+        assert_eq!(legacy_tables, "", "legacy tables appeared");
+    }
+}

@@ -153,7 +153,7 @@ fn uninstall(args: &InitArgs, root: bool) -> Result<(), String> {
     };
     let mut removed = false;
     for tools in candidates {
-        let tools = checked_tools(tools, "")?;
+        let tools = announce(tools, "looking in", "")?;
         let state = read_state(&tools)?;
         let Some(text) = rules::uninstall_ruleset(&state) else {
             continue;
@@ -180,17 +180,20 @@ fn uninstall(args: &InitArgs, root: bool) -> Result<(), String> {
 /// The backend for `choice`, announced with its version.
 fn tools_for(choice: Choice) -> Result<Tools, String> {
     let (tools, why) = backend::resolve(choice)?;
-    checked_tools(tools, &format!("; {why}"))
+    announce(tools, "using", &format!("; {why}"))
 }
 
-fn checked_tools(tools: Tools, why: &str) -> Result<Tools, String> {
+fn announce(tools: Tools, doing: &str, why: &str) -> Result<Tools, String> {
     let version = backend::version(&tools)?;
-    eprintln!("weft init: using {} ({version}{why})", tools.iptables);
+    eprintln!("weft init: {doing} {} ({version}{why})", tools.iptables);
     Ok(tools)
 }
 
+/// Our rules as they are now. A plain `*-save` (not `-t nat`): iptables-legacy-save lists
+/// only the tables that exist, where `-t nat` would create an empty nat table as a side
+/// effect (and then make iptables-nft warn about legacy tables).
 fn read_state(tools: &Tools) -> Result<NatState, String> {
-    let save = backend::run(&tools.save, &["-t", "nat"], None)?;
+    let save = backend::run(&tools.save, &[], None)?;
     Ok(NatState::parse(&save))
 }
 

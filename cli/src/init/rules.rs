@@ -243,7 +243,7 @@ impl Config {
     }
 }
 
-/// What is installed now, read from `iptables-save -t nat`.
+/// What of ours is installed now, read from `iptables-save` output.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NatState {
     /// Our chains that exist.
