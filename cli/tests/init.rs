@@ -115,7 +115,13 @@ impl Drop for Netns {
 
 /// With system tests on, a missing tool is a failure, never a skip.
 fn require_tools() {
-    for tool in ["ip", "iptables", "iptables-nft", "iptables-legacy"] {
+    for tool in [
+        "ip",
+        "iptables",
+        "iptables-nft",
+        "iptables-legacy",
+        "ip6tables",
+    ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -156,31 +162,40 @@ fn added(before: &str, after: &str) -> Vec<String> {
     new
 }
 
-/// Install, reinstall, uninstall, uninstall again with one backend in a fresh namespace.
-fn round_trip(backend: &str) {
+/// Install, reinstall, uninstall, uninstall again with one backend in a fresh namespace;
+/// with `ipv6`, checks the ip6tables half the same way.
+fn round_trip(backend: &str, ipv6: bool) {
     let ns = Netns::new();
-    let save = format!("iptables-{backend}-save");
-    let with_backend = |extra: &[&'static str]| {
-        let mut args = FLAGS.to_vec();
-        args.extend_from_slice(&["--iptables", backend]);
-        args.extend_from_slice(extra);
-        args
-    };
-    let before = ns.nat(&save);
+    let save4 = format!("iptables-{backend}-save");
+    let save6 = format!("ip6tables-{backend}-save");
+    let mut flags = FLAGS.to_vec();
+    flags.extend_from_slice(&["--iptables", backend]);
+    if ipv6 {
+        flags.extend_from_slice(&["--ipv6", "--skip-outbound-cidrs", "fd00::/8"]);
+    }
+    let with = |extra: &[&'static str]| [&flags[..], extra].concat();
+    let tables = || (ns.nat(&save4), ns.nat(&save6));
+    let before = tables();
 
     // --dry-run changes nothing and prints the rules that install then applies.
-    let (dry, dry_err) = ns.weft(&with_backend(&["--dry-run"]));
+    let (dry, dry_err) = ns.weft(&with(&["--dry-run"]));
     assert!(
         dry_err.contains(&format!("using iptables-{backend} (iptables v")),
         "{dry_err}"
     );
-    assert_eq!(ns.nat(&save), before, "--dry-run changed the rules");
+    assert_eq!(tables(), before, "--dry-run changed the rules");
+    let (dry4, dry6) = match dry.split_once("\n\n") {
+        Some((a, b)) => (format!("{a}\n"), b.to_string()),
+        None => (dry.clone(), String::new()),
+    };
     assert!(
-        dry.starts_with("# weft init") && dry.ends_with("COMMIT\n"),
+        dry4.starts_with("# weft init") && dry4.ends_with("COMMIT\n"),
         "{dry}"
     );
+    assert_eq!(dry6.contains("ip6tables-restore"), ipv6, "{dry}");
+    assert_eq!(dry6.contains("-d fd00::/8 -j RETURN"), ipv6, "{dry}");
 
-    let (out, err) = ns.weft(&with_backend(&[]));
+    let (out, err) = ns.weft(&with(&[]));
     let version = if backend == "nft" {
         "(nf_tables)"
     } else {
@@ -190,42 +205,67 @@ fn round_trip(backend: &str) {
         err.contains(&format!("using iptables-{backend} (iptables v")) && err.contains(version),
         "{err}"
     );
+    assert_eq!(
+        err.contains(&format!("using ip6tables-{backend} (ip6tables v")),
+        ipv6,
+        "{err}"
+    );
     assert!(out.contains("installed weft's rules"), "{out}");
-    let after = ns.nat(&save);
+    let after = tables();
 
     // Exactly our four chains and our rules (the dry run's, jumps included) were added.
-    let new = added(&before, &after);
-    let mut chains: Vec<&String> = new.iter().filter(|l| l.starts_with(':')).collect();
-    chains.sort();
-    assert_eq!(
-        chains,
-        [
-            ":WEFT_INBOUND_REDIRECT - [0:0]",
-            ":WEFT_OUTBOUND_REDIRECT - [0:0]",
-            ":WEFT_OUTPUT - [0:0]",
-            ":WEFT_PREROUTING - [0:0]",
-        ]
-    );
-    assert_eq!(rules_by_chain(&new.join("\n")), rules_by_chain(&dry));
-    assert!(new.contains(&"-A PREROUTING -p tcp -j WEFT_PREROUTING".to_string()));
-    assert!(new.contains(&"-A OUTPUT -p tcp -j WEFT_OUTPUT".to_string()));
-    assert_eq!(new.len(), 4 + rules_by_chain(&dry).len(), "{new:#?}");
+    let check_added = |before: &str, after: &str, dry: &str| {
+        let new = added(before, after);
+        let mut chains: Vec<&String> = new.iter().filter(|l| l.starts_with(':')).collect();
+        chains.sort();
+        assert_eq!(
+            chains,
+            [
+                ":WEFT_INBOUND_REDIRECT - [0:0]",
+                ":WEFT_OUTBOUND_REDIRECT - [0:0]",
+                ":WEFT_OUTPUT - [0:0]",
+                ":WEFT_PREROUTING - [0:0]",
+            ]
+        );
+        assert_eq!(rules_by_chain(&new.join("\n")), rules_by_chain(dry));
+        assert!(new.contains(&"-A PREROUTING -p tcp -j WEFT_PREROUTING".to_string()));
+        assert!(new.contains(&"-A OUTPUT -p tcp -j WEFT_OUTPUT".to_string()));
+        assert_eq!(new.len(), 4 + rules_by_chain(dry).len(), "{new:#?}");
+    };
+    check_added(&before.0, &after.0, &dry4);
+    if ipv6 {
+        check_added(&before.1, &after.1, &dry6);
+    } else {
+        assert_eq!(after.1, before.1, "IPv6 rules without --ipv6");
+    }
 
     // Twice is the same as once: no second jump, our chains refilled.
-    let (out, _) = ns.weft(&with_backend(&[]));
+    let (out, _) = ns.weft(&with(&[]));
     assert!(out.contains("replacing the previous ones"), "{out}");
-    assert_eq!(ns.nat(&save), after, "a second install changed the rules");
+    assert_eq!(tables(), after, "a second install changed the rules");
     // As root, a dry run after install knows the jumps are there.
-    let (dry_again, _) = ns.weft(&with_backend(&["--dry-run"]));
+    let (dry_again, _) = ns.weft(&with(&["--dry-run"]));
     assert!(!dry_again.contains("-A PREROUTING"), "{dry_again}");
 
     // Uninstall restores the state before, exactly; a second uninstall is harmless.
     let (out, _) = ns.weft(&["init", "--uninstall", "--iptables", backend]);
-    assert!(out.contains("removed weft's 2 jumps and 4 chains"), "{out}");
-    assert_eq!(ns.nat(&save), before, "--uninstall left something behind");
+    assert!(
+        out.contains(&format!(
+            "removed weft's 2 jumps and 4 chains with iptables-{backend}-restore"
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        out.contains(&format!(
+            "removed weft's 2 jumps and 4 chains with ip6tables-{backend}-restore"
+        )),
+        ipv6,
+        "{out}"
+    );
+    assert_eq!(tables(), before, "--uninstall left something behind");
     let (out, _) = ns.weft(&["init", "--uninstall", "--iptables", backend]);
     assert!(out.contains("nothing to uninstall"), "{out}");
-    assert_eq!(ns.nat(&save), before);
+    assert_eq!(tables(), before);
 }
 
 #[test]
@@ -234,7 +274,8 @@ fn nft_install_twice_uninstall() {
         return;
     }
     require_tools();
-    round_trip("nft");
+    round_trip("nft", false);
+    round_trip("nft", true);
 }
 
 #[test]
@@ -243,7 +284,8 @@ fn legacy_install_twice_uninstall() {
         return;
     }
     require_tools();
-    round_trip("legacy");
+    round_trip("legacy", false);
+    round_trip("legacy", true);
 }
 
 #[test]
@@ -400,4 +442,65 @@ fn auto_on_a_fresh_namespace_uses_the_system_iptables_and_leaves_no_trace() {
         let legacy_tables = ns.ok(&["cat", "/proc/net/ip_tables_names"]);
         assert_eq!(legacy_tables, "", "legacy tables appeared");
     }
+}
+
+#[test]
+fn a_failed_ipv6_half_rolls_the_ipv4_half_back() {
+    if !system_tests("a_failed_ipv6_half_rolls_the_ipv4_half_back") {
+        return;
+    }
+    require_tools();
+    let ns = Netns::new();
+    // An ip6tables-nft-restore that always fails, ahead of the real one in PATH.
+    let fake = tempfile::tempdir().unwrap();
+    let script = fake.path().join("ip6tables-nft-restore");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho 'ip6tables-restore: line 9 failed' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "PATH={}:{}",
+        fake.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let install = |flags: &[&str]| {
+        let mut argv = vec![
+            "env",
+            path.as_str(),
+            WEFT,
+            "init",
+            "--proxy-uid",
+            "2102",
+            "--iptables",
+            "nft",
+        ];
+        argv.extend_from_slice(flags);
+        ns.exec(&argv)
+    };
+
+    // Over nothing: the IPv4 rules are removed again.
+    let before = ns.nat("iptables-nft-save");
+    let out = install(&["--ipv6"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 9 failed") && err.contains("the IPv4 rules were rolled back too"),
+        "{err}"
+    );
+    assert_eq!(ns.nat("iptables-nft-save"), before);
+
+    // Over a previous install: the previous rules are back, exactly.
+    let out = install(&["--skip-outbound-ports", "25"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = ns.nat("iptables-nft-save");
+    let out = install(&["--ipv6", "--skip-outbound-ports", "26"]);
+    assert!(!out.status.success());
+    assert_eq!(ns.nat("iptables-nft-save"), installed);
+    assert!(installed.contains("--dport 25 -j RETURN"));
 }

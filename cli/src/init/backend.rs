@@ -40,6 +40,18 @@ impl Tools {
     pub fn default_alternative() -> Self {
         Self::named("iptables")
     }
+    /// The IPv6 tools of the same backend (`ip6tables-nft` for `iptables-nft`).
+    pub fn v6(&self) -> Self {
+        let prefix = self.iptables.replacen("iptables", "ip6tables", 1);
+        Self::named(&prefix)
+    }
+    /// Whether all three binaries are in `PATH`.
+    pub fn installed(&self) -> Result<(), String> {
+        for bin in [&self.iptables, &self.save, &self.restore] {
+            find(bin)?;
+        }
+        Ok(())
+    }
 }
 
 /// The backend `auto` picks, and why: the one whose `*-save` shows more rules (as kube-proxy's
@@ -141,9 +153,7 @@ pub fn resolve(choice: Choice) -> Result<(Tools, String), String> {
             choose_auto(legacy.as_deref(), nft.as_deref())
         }
     };
-    for bin in [&tools.iptables, &tools.save, &tools.restore] {
-        find(bin)?;
-    }
+    tools.installed()?;
     Ok((tools, why))
 }
 

@@ -14,7 +14,7 @@ mod tests;
 use clap::Args;
 
 use backend::{Choice, Tools};
-use rules::{Config, NatState, RawConfig};
+use rules::{Config, Family, NatState, RawConfig};
 
 /// The proxy's ports, as in `weft_proxy::config` (a unit test keeps them equal).
 pub const DEFAULT_INBOUND_PORT: &str = "4143";
@@ -45,9 +45,13 @@ pub struct InitArgs {
     /// Outbound destination ports not redirected, e.g. `25,5432`.
     #[arg(long, value_delimiter = ',', value_name = "PORTS")]
     pub skip_outbound_ports: Vec<String>,
-    /// Outbound destination IPv4 networks not redirected, e.g. `10.96.0.0/12,169.254.169.254`.
+    /// Outbound destination networks not redirected, e.g. `10.96.0.0/12,169.254.169.254`
+    /// (IPv6 ones with --ipv6).
     #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
     pub skip_outbound_cidrs: Vec<String>,
+    /// Also intercept IPv6 (ip6tables, same backend); the proxy must then listen on IPv6 too.
+    #[arg(long)]
+    pub ipv6: bool,
     /// Which iptables to use.
     #[arg(long, value_enum, default_value = "auto")]
     pub iptables: Choice,
@@ -70,6 +74,7 @@ impl InitArgs {
             skip_inbound_ports: &self.skip_inbound_ports,
             skip_outbound_ports: &self.skip_outbound_ports,
             skip_outbound_cidrs: &self.skip_outbound_cidrs,
+            ipv6: self.ipv6,
         }
     }
 }
@@ -90,27 +95,61 @@ pub fn run(args: InitArgs) -> Result<(), String> {
              weft's rules (as root, --dry-run reads this namespace and prints exactly what \
              it would apply)"
         );
-        print!("{}", rules::install_ruleset(&config, &NatState::default()));
+        let none = NatState::default();
+        print!("{}", rules::install_ruleset(&config, Family::V4, &none));
+        if config.ipv6 {
+            print!("\n{}", rules::install_ruleset(&config, Family::V6, &none));
+        }
         return Ok(());
     }
     require_root(root)?;
     let tools = tools_for(args.iptables)?;
     let state = read_state(&tools)?;
-    let text = rules::install_ruleset(&config, &state);
+    let text = rules::install_ruleset(&config, Family::V4, &state);
+    // IPv6 uses the same backend as IPv4.
+    let v6 = if config.ipv6 {
+        let tools6 = tools.v6();
+        tools6.installed()?;
+        let tools6 = announce(tools6, "using", "; --ipv6, the IPv4 backend's")?;
+        let state6 = read_state(&tools6)?;
+        let text6 = rules::install_ruleset(&config, Family::V6, &state6);
+        Some((tools6, text6))
+    } else {
+        None
+    };
     if args.dry_run {
         print!("{text}");
+        if let Some((_, text6)) = &v6 {
+            print!("\n{text6}");
+        }
         return Ok(());
     }
     restore(&tools, &text)?;
+    if let Some((tools6, text6)) = &v6 {
+        // Two families are two transactions: if the second fails, put the first back.
+        if let Err(e) = restore(tools6, text6) {
+            let rollback = rules::rollback_ruleset(&state);
+            return Err(match restore(&tools, &rollback) {
+                Ok(()) => format!("{e}; the IPv4 rules were rolled back too"),
+                Err(e2) => format!(
+                    "{e}\nrolling back the IPv4 rules failed as well: {e2}\nrun `weft init \
+                     --uninstall` to remove what is left"
+                ),
+            });
+        }
+    }
     let again = if state.is_empty() {
         ""
     } else {
         " (replacing the previous ones)"
     };
+    let with = match &v6 {
+        Some((tools6, _)) => format!("{} and {}", tools.restore, tools6.restore),
+        None => format!("{} (IPv4 only)", tools.restore),
+    };
     println!(
-        "weft init: installed weft's rules{again} with {}: inbound TCP -> port {}, outbound TCP \
-         -> port {} except from {}",
-        tools.restore,
+        "weft init: installed weft's rules{again} with {with}: inbound TCP -> port {}, outbound \
+         TCP -> port {} except from {}",
         config.inbound_port,
         config.outbound_port,
         owner_text(&config),
@@ -151,6 +190,12 @@ fn uninstall(args: &InitArgs, root: bool) -> Result<(), String> {
             }
         }
     };
+    // And the IPv6 tools of each, when installed: they may hold rules from `--ipv6`.
+    let candidates = candidates.into_iter().flat_map(|t| {
+        let v6 = t.v6();
+        let v6 = v6.installed().is_ok().then_some(v6);
+        std::iter::once(t).chain(v6)
+    });
     let mut removed = false;
     for tools in candidates {
         let tools = announce(tools, "looking in", "")?;

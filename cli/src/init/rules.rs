@@ -2,7 +2,7 @@
 //! functions, so the exact rules are unit-tested without root.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Our chains in the nat table, in the order they are declared.
 pub const CHAIN_PREROUTING: &str = "WEFT_PREROUTING";
@@ -46,14 +46,41 @@ impl fmt::Display for PortRange {
     }
 }
 
-/// An IPv4 network, printed as `iptables-save` does (`10.1.2.3/32`, never a bare address).
+/// The IP version a ruleset is for: `iptables` or `ip6tables`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    pub addr: Ipv4Addr,
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// Loopback destinations, as `iptables-save` prints them.
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.0/8",
+            Family::V6 => "::1/128",
+        }
+    }
+}
+
+/// An IP network, printed as `iptables-save` does (`10.1.2.3/32`, never a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpCidr {
+    pub addr: IpAddr,
     pub len: u8,
 }
 
-impl fmt::Display for Ipv4Cidr {
+impl IpCidr {
+    pub fn family(&self) -> Family {
+        if self.addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+}
+
+impl fmt::Display for IpCidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
     }
@@ -75,7 +102,9 @@ pub struct Config {
     pub owner: ProxyOwner,
     pub skip_inbound_ports: Vec<PortRange>,
     pub skip_outbound_ports: Vec<PortRange>,
-    pub skip_outbound_cidrs: Vec<Ipv4Cidr>,
+    pub skip_outbound_cidrs: Vec<IpCidr>,
+    /// Also intercept IPv6 (ip6tables).
+    pub ipv6: bool,
 }
 
 /// The flags as given, before checking (the parts of `InitArgs` the rules use).
@@ -89,6 +118,7 @@ pub struct RawConfig<'a> {
     pub skip_inbound_ports: &'a [String],
     pub skip_outbound_ports: &'a [String],
     pub skip_outbound_cidrs: &'a [String],
+    pub ipv6: bool,
 }
 
 /// A checked configuration plus what the user should hear about it.
@@ -179,6 +209,15 @@ impl Config {
             .flat_map(|s| split_list(s))
             .map(|s| parse_cidr(s).map_err(|e| format!("--skip-outbound-cidrs {s}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
+        let v6 = skip_outbound_cidrs
+            .iter()
+            .find(|c| c.family() == Family::V6);
+        if let (Some(c), false) = (v6, raw.ipv6) {
+            return Err(format!(
+                "--skip-outbound-cidrs {c}: an IPv6 network needs --ipv6 (without it IPv6 is \
+                 not intercepted at all)"
+            ));
+        }
         Ok(Checked {
             config: Config {
                 inbound_port: raw.inbound_port,
@@ -191,13 +230,15 @@ impl Config {
                 skip_inbound_ports,
                 skip_outbound_ports,
                 skip_outbound_cidrs,
+                ipv6: raw.ipv6,
             },
             warnings,
         })
     }
 
-    /// Every rule in our chains, in order, exactly as `iptables-save` prints them.
-    pub fn chain_rules(&self) -> Vec<String> {
+    /// Every rule in our chains for one IP version, in order, exactly as `iptables-save` (or
+    /// `ip6tables-save`) prints them.
+    pub fn chain_rules(&self, family: Family) -> Vec<String> {
         let mut r = Vec::new();
         // Inbound: everything arriving over TCP goes to the proxy's inbound port, except the
         // admin port and the skipped ports.
@@ -226,12 +267,16 @@ impl Config {
         // Loopback: the app's calls to localhost (including explicit HTTP_PROXY use of the
         // outbound port) and to the host's own addresses, which route over lo, stay as they
         // are. See docs/init.md on why the pod's own IP is not sent to the inbound side.
-        r.push(format!("-A {out} -d 127.0.0.0/8 -j RETURN"));
+        r.push(format!("-A {out} -d {} -j RETURN", family.loopback()));
         r.push(format!("-A {out} -o lo -j RETURN"));
         for p in &self.skip_outbound_ports {
             r.push(format!("-A {out} -p tcp -m tcp --dport {p} -j RETURN"));
         }
-        for c in &self.skip_outbound_cidrs {
+        for c in self
+            .skip_outbound_cidrs
+            .iter()
+            .filter(|c| c.family() == family)
+        {
             r.push(format!("-A {out} -d {c} -j RETURN"));
         }
         r.push(format!("-A {out} -p tcp -j {CHAIN_OUTBOUND_REDIRECT}"));
@@ -250,6 +295,8 @@ pub struct NatState {
     pub chains: Vec<String>,
     /// Rules in built-in chains that jump to one of our chains, as saved (`-A ...`).
     pub jumps: Vec<String>,
+    /// The rules in our chains, as saved (`-A WEFT_...`).
+    pub rules: Vec<String>,
 }
 
 impl NatState {
@@ -274,7 +321,9 @@ impl NatState {
                     .windows(2)
                     .find(|w| w[0] == "-j" || w[0] == "--jump")
                     .map(|w| w[1]);
-                if !CHAINS.contains(&chain) && target.is_some_and(|t| CHAINS.contains(&t)) {
+                if CHAINS.contains(&chain) {
+                    state.rules.push(line.to_string());
+                } else if target.is_some_and(|t| CHAINS.contains(&t)) {
                     state.jumps.push(line.to_string());
                 }
             }
@@ -291,15 +340,21 @@ impl NatState {
 /// declares our chains (which empties them if they exist), fills them, and adds each jump
 /// only when it is not there yet, so a second run replaces our rules and never duplicates
 /// the jumps.
-pub fn install_ruleset(config: &Config, state: &NatState) -> String {
+pub fn install_ruleset(config: &Config, family: Family, state: &NatState) -> String {
+    let restore = match family {
+        Family::V4 => "iptables-restore",
+        Family::V6 => "ip6tables-restore",
+    };
     let mut s = String::new();
     s.push_str("# weft init: transparent interception for `weft proxy`\n");
-    s.push_str("# (apply with iptables-restore --noflush: one transaction)\n");
+    s.push_str(&format!(
+        "# (apply with {restore} --noflush: one transaction)\n"
+    ));
     s.push_str("*nat\n");
     for chain in CHAINS {
         s.push_str(&format!(":{chain} - [0:0]\n"));
     }
-    for rule in config.chain_rules() {
+    for rule in config.chain_rules(family) {
         s.push_str(&rule);
         s.push('\n');
     }
@@ -336,6 +391,32 @@ pub fn uninstall_ruleset(state: &NatState) -> Option<String> {
     Some(s)
 }
 
+/// The iptables-restore text (for `--noflush`) that puts back what `before` shows of ours,
+/// after an install over it: our chains as they were (or gone), and the jumps the install
+/// added removed. Used when the IPv6 half of an install fails after the IPv4 half succeeded.
+pub fn rollback_ruleset(before: &NatState) -> String {
+    let mut s = String::from("# weft init: rollback\n*nat\n");
+    for chain in CHAINS {
+        s.push_str(&format!(":{chain} - [0:0]\n"));
+    }
+    for rule in &before.rules {
+        s.push_str(rule);
+        s.push('\n');
+    }
+    for (_, jump) in JUMPS {
+        if !before.jumps.iter().any(|j| j == jump) {
+            s.push_str(&format!("-D {}\n", jump.trim_start_matches("-A ")));
+        }
+    }
+    for chain in CHAINS {
+        if !before.chains.iter().any(|c| c == chain) {
+            s.push_str(&format!("-X {chain}\n"));
+        }
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
 fn split_list(s: &str) -> impl Iterator<Item = &str> {
     s.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
@@ -369,30 +450,36 @@ pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
     Ok(PortRange { first, last })
 }
 
-/// `10.0.0.0/8`, or an address alone (`/32`). Host bits must be zero, so a typo such as
-/// `10.0.0.1/8` is caught instead of silently meaning `10.0.0.0/8`.
-pub fn parse_cidr(s: &str) -> Result<Ipv4Cidr, String> {
+/// `10.0.0.0/8` or `fd00::/8`, or an address alone (`/32`, `/128`). Host bits must be zero, so
+/// a typo such as `10.0.0.1/8` is caught instead of silently meaning `10.0.0.0/8`.
+pub fn parse_cidr(s: &str) -> Result<IpCidr, String> {
     let (addr, len) = match s.split_once('/') {
         Some((a, l)) => (a, Some(l)),
         None => (s, None),
     };
-    if addr.contains(':') {
-        return Err("IPv6 is not supported yet (weft init installs IPv4 rules only)".into());
-    }
-    let addr: Ipv4Addr = addr
+    let addr: IpAddr = addr
         .parse()
-        .map_err(|_| format!("`{addr}` is not an IPv4 address"))?;
+        .map_err(|_| format!("`{addr}` is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
     let len = match len {
-        None => 32,
+        None => max,
         Some(l) => match l.parse::<u8>() {
-            Ok(n) if n <= 32 => n,
-            _ => return Err(format!("`/{l}` is not a prefix length (0-32)")),
+            Ok(n) if n <= max => n,
+            _ => return Err(format!("`/{l}` is not a prefix length (0-{max})")),
         },
     };
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    let network = Ipv4Addr::from(u32::from(addr) & mask);
+    let network = match addr {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+        }
+    };
     if network != addr {
         return Err(format!("host bits are set: did you mean {network}/{len}?"));
     }
-    Ok(Ipv4Cidr { addr, len })
+    Ok(IpCidr { addr, len })
 }

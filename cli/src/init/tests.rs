@@ -39,7 +39,7 @@ fn default_ports_match_the_proxy() {
 #[test]
 fn default_ruleset_exact() {
     let config = Config::check(&raw()).unwrap().config;
-    let text = install_ruleset(&config, &NatState::default());
+    let text = install_ruleset(&config, Family::V4, &NatState::default());
     assert_eq!(
         text,
         "# weft init: transparent interception for `weft proxy`
@@ -78,11 +78,12 @@ fn skips_ranges_cidrs_and_gid() {
         skip_inbound_ports: &inbound,
         skip_outbound_ports: &outbound,
         skip_outbound_cidrs: &cidrs,
+        ipv6: false,
     })
     .unwrap()
     .config;
     assert_eq!(
-        config.chain_rules(),
+        config.chain_rules(Family::V4),
         [
             "-A WEFT_PREROUTING -p tcp -m tcp --dport 15000 -j RETURN",
             "-A WEFT_PREROUTING -p tcp -m tcp --dport 22 -j RETURN",
@@ -110,7 +111,7 @@ fn uid_and_gid_together() {
     })
     .unwrap()
     .config;
-    let rules = config.chain_rules();
+    let rules = config.chain_rules(Family::V4);
     assert!(rules.contains(&"-A WEFT_OUTPUT -m owner --uid-owner 2102 -j RETURN".to_string()));
     assert!(rules.contains(&"-A WEFT_OUTPUT -m owner --gid-owner 2103 -j RETURN".to_string()));
 }
@@ -165,9 +166,11 @@ fn bad_input_is_refused_with_the_flag_named() {
     for (bad, want) in [
         ("10.0.0.1/8", "host bits are set: did you mean 10.0.0.0/8?"),
         ("10.0.0.0/33", "`/33` is not a prefix length (0-32)"),
-        ("10.0.0/8", "`10.0.0` is not an IPv4 address"),
-        ("fd00::/8", "IPv6 is not supported yet"),
-        ("example.com", "`example.com` is not an IPv4 address"),
+        ("10.0.0/8", "`10.0.0` is not an IP address"),
+        ("fd00::/8", "an IPv6 network needs --ipv6"),
+        ("fd00::1/8", "host bits are set: did you mean fd00::/8?"),
+        ("fd00::/129", "`/129` is not a prefix length (0-128)"),
+        ("example.com", "`example.com` is not an IP address"),
     ] {
         let cidrs = strings(&[bad]);
         let e = check_err(RawConfig {
@@ -255,22 +258,29 @@ fn state_is_read_from_the_nat_table_only() {
             "-A OUTPUT -p tcp -j WEFT_OUTPUT"
         ]
     );
+    assert_eq!(
+        state.rules,
+        [
+            "-A WEFT_INBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4143",
+            "-A WEFT_OUTPUT -p tcp -j WEFT_OUTBOUND_REDIRECT"
+        ]
+    );
 }
 
 #[test]
 fn second_install_does_not_repeat_the_jumps() {
     let config = Config::check(&raw()).unwrap().config;
-    let text = install_ruleset(&config, &NatState::parse(SAVE_INSTALLED));
+    let text = install_ruleset(&config, Family::V4, &NatState::parse(SAVE_INSTALLED));
     assert!(!text.contains("-A PREROUTING"), "{text}");
     assert!(!text.contains("-A OUTPUT"), "{text}");
     // The chains are still declared, which empties them before they are refilled.
     assert!(text.contains(":WEFT_OUTPUT - [0:0]\n"));
     // Only the missing jump is added.
     let half = NatState {
-        chains: vec![],
         jumps: vec!["-A OUTPUT -p tcp -j WEFT_OUTPUT".into()],
+        ..Default::default()
     };
-    let text = install_ruleset(&config, &half);
+    let text = install_ruleset(&config, Family::V4, &half);
     assert!(text.contains("-A PREROUTING -p tcp -j WEFT_PREROUTING\n"));
     assert!(!text.contains("-A OUTPUT"));
 }
@@ -323,4 +333,78 @@ fn effective_uid_is_the_second_field() {
     let status = "Name:\tweft\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\n";
     assert_eq!(parse_effective_uid(status), Some(0));
     assert_eq!(parse_effective_uid("Name:\tx\n"), None);
+}
+
+#[test]
+fn ipv6_ruleset_exact_and_cidrs_split_by_family() {
+    let cidrs = strings(&["10.96.0.0/12", "fd00::/8", "2001:db8::1", "0.0.0.0/0"]);
+    let config = Config::check(&RawConfig {
+        skip_outbound_cidrs: &cidrs,
+        ipv6: true,
+        ..raw()
+    })
+    .unwrap()
+    .config;
+    let v4 = install_ruleset(&config, Family::V4, &NatState::default());
+    assert!(v4.contains("-A WEFT_OUTPUT -d 10.96.0.0/12 -j RETURN\n"));
+    assert!(v4.contains("-A WEFT_OUTPUT -d 0.0.0.0/0 -j RETURN\n"));
+    assert!(!v4.contains("fd00"));
+    assert_eq!(
+        install_ruleset(&config, Family::V6, &NatState::default()),
+        "# weft init: transparent interception for `weft proxy`
+# (apply with ip6tables-restore --noflush: one transaction)
+*nat
+:WEFT_PREROUTING - [0:0]
+:WEFT_INBOUND_REDIRECT - [0:0]
+:WEFT_OUTPUT - [0:0]
+:WEFT_OUTBOUND_REDIRECT - [0:0]
+-A WEFT_PREROUTING -p tcp -m tcp --dport 4191 -j RETURN
+-A WEFT_PREROUTING -p tcp -j WEFT_INBOUND_REDIRECT
+-A WEFT_INBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4143
+-A WEFT_OUTPUT -m owner --uid-owner 2102 -j RETURN
+-A WEFT_OUTPUT -d ::1/128 -j RETURN
+-A WEFT_OUTPUT -o lo -j RETURN
+-A WEFT_OUTPUT -d fd00::/8 -j RETURN
+-A WEFT_OUTPUT -d 2001:db8::1/128 -j RETURN
+-A WEFT_OUTPUT -p tcp -j WEFT_OUTBOUND_REDIRECT
+-A WEFT_OUTBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4140
+-A PREROUTING -p tcp -j WEFT_PREROUTING
+-A OUTPUT -p tcp -j WEFT_OUTPUT
+COMMIT
+"
+    );
+}
+
+#[test]
+fn rollback_puts_back_the_previous_state() {
+    // Nothing before: empty and delete our chains, delete both jumps.
+    assert_eq!(
+        rollback_ruleset(&NatState::default()),
+        "# weft init: rollback
+*nat
+:WEFT_PREROUTING - [0:0]
+:WEFT_INBOUND_REDIRECT - [0:0]
+:WEFT_OUTPUT - [0:0]
+:WEFT_OUTBOUND_REDIRECT - [0:0]
+-D PREROUTING -p tcp -j WEFT_PREROUTING
+-D OUTPUT -p tcp -j WEFT_OUTPUT
+-X WEFT_PREROUTING
+-X WEFT_INBOUND_REDIRECT
+-X WEFT_OUTPUT
+-X WEFT_OUTBOUND_REDIRECT
+COMMIT
+"
+    );
+    // A previous install: its rules come back, its jumps and chains stay.
+    let before = NatState::parse(SAVE_INSTALLED);
+    let text = rollback_ruleset(&before);
+    assert!(text.contains("-A WEFT_INBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4143\n"));
+    assert!(!text.contains("-D ") && !text.contains("-X "), "{text}");
+}
+
+#[test]
+fn ipv6_tools_are_the_same_backend() {
+    assert_eq!(Tools::nft().v6(), Tools::named("ip6tables-nft"));
+    assert_eq!(Tools::legacy().v6().restore, "ip6tables-legacy-restore");
+    assert_eq!(Tools::default_alternative().v6().save, "ip6tables-save");
 }
