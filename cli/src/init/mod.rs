@@ -2,6 +2,8 @@
 //! sidecar (like Linkerd's proxy-init and Istio's istio-init), in the current network
 //! namespace. See docs/init.md.
 //!
+//! # Layout
+//! - `mod.rs`: the flags and the steps (check, choose the backend, read, apply or print).
 //! - [`rules`]: the checked configuration and the exact iptables-restore text (pure).
 //! - [`backend`]: choosing iptables-nft or iptables-legacy, and running them.
 
