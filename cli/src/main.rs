@@ -6,6 +6,7 @@
 //! - [`check`]: `weft check`, health checks with what to fix.
 //! - [`dashboard`]: `weft dashboard`, the mesh live in a browser.
 //! - [`demo`]: `weft demo`, a local mesh.
+//! - [`init`]: `weft init`, the iptables rules that send a workload's traffic through its proxy.
 //! - [`stat`]: `weft stat` and `weft routes`, golden signals from every proxy.
 //! - [`token`]: `weft token create`.
 //! - [`cert`]: `weft cert issue`.
@@ -15,6 +16,7 @@ mod cert;
 mod check;
 mod dashboard;
 mod demo;
+mod init;
 mod stat;
 mod token;
 
@@ -47,6 +49,8 @@ enum Command {
     Policy(weft_policy::config::Cli),
     /// Run the sidecar proxy.
     Proxy(weft_proxy::config::ProxyArgs),
+    /// Install the iptables rules that send this network namespace's TCP through the proxy.
+    Init(init::InitArgs),
     /// Check the mesh's health and say what to fix.
     Check(check::CheckArgs),
     /// Golden signals per service (success rate, RPS, latency percentiles, mTLS share).
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
             None => weft_policy::config::run_main(cli.run),
         },
         Command::Proxy(args) => weft_proxy::run::run_main(args),
+        Command::Init(args) => report(init::run(args)),
         Command::Check(args) => match check::run(args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
