@@ -15,9 +15,7 @@ use crate::authz::AppPort;
 use crate::body::{self, Body};
 use crate::edge::error_chain;
 use crate::error::ProxyError;
-use crate::http::{
-    ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1, PlainClient, path_and_query, strip_hop_by_hop,
-};
+use crate::http::{ORIG_PROTO, ORIG_PROTO_HTTP1, PlainClient, path_and_query, strip_hop_by_hop};
 use crate::svc::{BoxError, BoxFuture};
 
 /// How long connecting to the application may take.
@@ -80,7 +78,7 @@ impl Inner {
         let (mut parts, body) = req.into_parts();
         let from_http1 = parts
             .headers
-            .remove(ORIG_PROTO_HEADER)
+            .remove(&ORIG_PROTO)
             .is_some_and(|v| v == ORIG_PROTO_HTTP1);
         let http2 = parts.version == Version::HTTP_2 && !from_http1;
         // Keep the authority the client used as the Host the application sees.

@@ -27,9 +27,7 @@ use crate::body::{self, Body};
 use crate::destination::Destination;
 use crate::edge::error_chain;
 use crate::error::ProxyError;
-use crate::http::{
-    ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1, PlainClient, path_and_query, strip_hop_by_hop,
-};
+use crate::http::{ORIG_PROTO, ORIG_PROTO_HTTP1, PlainClient, path_and_query, strip_hop_by_hop};
 use crate::metrics::{ProxyMetrics, tls_failure_reason};
 use crate::svc::{BoxError, BoxFuture};
 use crate::tls::{ALPN_OPAQUE, MeshTls};
@@ -116,7 +114,7 @@ impl Inner {
         let (mut parts, body) = req.into_parts();
         let from_http1 = parts.version != Version::HTTP_2;
         strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(ORIG_PROTO_HEADER);
+        parts.headers.remove(&ORIG_PROTO);
         let Some(identity) = &ep.identity else {
             // An endpoint without a proxy: plaintext, in the protocol the app spoke.
             parts.uri = uri(&ep.address.to_string(), &parts.uri)?;
@@ -138,7 +136,7 @@ impl Inner {
         parts.headers.remove(http::header::HOST);
         if from_http1 {
             parts.headers.insert(
-                ORIG_PROTO_HEADER,
+                ORIG_PROTO.clone(),
                 http::HeaderValue::from_static(ORIG_PROTO_HTTP1),
             );
         }
