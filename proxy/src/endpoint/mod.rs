@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
@@ -133,7 +134,7 @@ impl Inner {
                 })?;
             return Ok(finish(rsp));
         };
-        parts.uri = uri(dst.authority.as_str(), &parts.uri)?;
+        parts.uri = absolute(dst.authority.clone(), &parts.uri)?;
         parts.version = Version::HTTP_2;
         parts.headers.remove(http::header::HOST);
         if from_http1 {
@@ -339,6 +340,22 @@ impl Inner {
         *rsp.status_mut() = StatusCode::OK;
         rsp
     }
+}
+
+/// `http://<authority><path and query of uri>`, sharing the parts' bytes (no parse, no copy:
+/// the string-built form cost ~850 instructions and two allocations per request, callgrind).
+fn absolute(authority: Authority, uri: &Uri) -> Result<Uri, ProxyError> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest {
+        detail: e.to_string(),
+    })
 }
 
 /// `http://<authority><path and query of uri>`.
