@@ -31,9 +31,27 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::UPGRADE,
 ];
 
+/// [`ORIG_PROTO_HEADER`] as a header name, made once (removing by `&str` parses the name on
+/// every request).
+pub static ORIG_PROTO: HeaderName = HeaderName::from_static(ORIG_PROTO_HEADER);
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether `name` is hop-by-hop whatever `Connection` says.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == KEEP_ALIVE || name == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers, including those named by `Connection`. `te: trailers` is kept:
 /// gRPC needs it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names (standard names compare as integers)
+    // instead of nine removals that each hash a name (callgrind: ~2,900 instructions per
+    // request in each proxy, for the request and its response).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -51,8 +69,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for h in HOP_BY_HOP {
         headers.remove(h);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
     if keep_te_trailers {
         headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
     }

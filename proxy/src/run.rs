@@ -27,6 +27,21 @@ use crate::metrics::ProxyMetrics;
 use crate::outbound::{Outbound, OutboundConfig};
 use crate::tls::MeshTls;
 
+/// How often recorded latency samples are folded into their histogram buckets. Until then
+/// each sample is kept (8 bytes, in blocks): every request records two in the outbound proxy,
+/// so at 10,000 requests per second the admin server's 5-second upkeep let ~1 MB pile up
+/// (peak RSS under load); every second keeps it to a fifth.
+const METRICS_UPKEEP: Duration = Duration::from_secs(1);
+
+/// Aborts its task when dropped (when `run_on` returns, however it returns).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The proxy's listeners, bound before it runs (tests bind port 0).
 #[derive(Debug)]
 pub struct Listeners {
@@ -89,6 +104,15 @@ pub async fn run_on(
         },
         weft_identity::config::wait_true(stop_rx.clone()),
     ));
+    let upkeep_registry = registry.clone();
+    let _upkeep = AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            upkeep_registry.upkeep();
+        }
+    }));
 
     // 1. A certificate.
     let id_settings = IdentitySettings::new(args.identity_addr.clone(), token);

@@ -4,20 +4,23 @@
 //! application as HTTP/1 again, with the authority the client used as its `Host`; an HTTP/2
 //! request stays HTTP/2 (h2c prior knowledge), trailers included.
 
-use std::net::IpAddr;
+mod pool;
+
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
+
+use self::pool::Http1Pool;
 
 use crate::authz::AppPort;
 use crate::body::{self, Body};
 use crate::edge::error_chain;
 use crate::error::ProxyError;
-use crate::http::{
-    ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1, PlainClient, path_and_query, strip_hop_by_hop,
-};
+use crate::http::{ORIG_PROTO, ORIG_PROTO_HTTP1, PlainClient, path_and_query, strip_hop_by_hop};
 use crate::svc::{BoxError, BoxFuture};
 
 /// How long connecting to the application may take.
@@ -32,6 +35,9 @@ pub struct Forward {
 struct Inner {
     ip: IpAddr,
     default_port: u16,
+    /// HTTP/1 requests (most): kept-alive connections of our own ([`pool`]).
+    http1: Arc<Http1Pool>,
+    /// HTTP/2 requests (h2c prior knowledge).
     client: PlainClient,
 }
 
@@ -50,6 +56,7 @@ impl Forward {
             inner: Arc::new(Inner {
                 ip,
                 default_port,
+                http1: Http1Pool::new(APP_CONNECT_TIMEOUT),
                 client: PlainClient::new(APP_CONNECT_TIMEOUT),
             }),
         }
@@ -80,7 +87,7 @@ impl Inner {
         let (mut parts, body) = req.into_parts();
         let from_http1 = parts
             .headers
-            .remove(ORIG_PROTO_HEADER)
+            .remove(&ORIG_PROTO)
             .is_some_and(|v| v == ORIG_PROTO_HTTP1);
         let http2 = parts.version == Version::HTTP_2 && !from_http1;
         // Keep the authority the client used as the Host the application sees.
@@ -91,29 +98,49 @@ impl Inner {
             parts.headers.insert(http::header::HOST, v);
         }
         strip_hop_by_hop(&mut parts.headers);
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(format!("{}:{port}", self.ip).as_str())
-            .path_and_query(path_and_query(&parts.uri))
-            .build()
-            .map_err(|e| ProxyError::BadRequest {
+        let unavailable = |detail: String| ProxyError::AppUnavailable { port, detail };
+        let rsp = if http2 {
+            parts.uri = Uri::builder()
+                .scheme("http")
+                .authority(format!("{}:{port}", self.ip).as_str())
+                .path_and_query(path_and_query(&parts.uri))
+                .build()
+                .map_err(|e| ProxyError::BadRequest {
+                    detail: e.to_string(),
+                })?;
+            parts.version = Version::HTTP_2;
+            self.client
+                .request(Request::from_parts(parts, body))
+                .await
+                .map_err(|e| unavailable(error_chain(&e)))?
+                .map(body::boxed)
+        } else {
+            // Origin-form, as an HTTP/1 client sends it to a server (no copy of the path).
+            let mut uri = http::uri::Parts::default();
+            uri.path_and_query = Some(
+                parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            );
+            parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::BadRequest {
                 detail: e.to_string(),
             })?;
-        parts.version = if http2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
+            parts.version = Version::HTTP_11;
+            let addr = SocketAddr::new(self.ip, port);
+            if !parts.headers.contains_key(http::header::HOST)
+                && let Ok(v) = http::HeaderValue::from_str(&addr.to_string())
+            {
+                parts.headers.insert(http::header::HOST, v);
+            }
+            self.http1
+                .request(addr, Request::from_parts(parts, body))
+                .await
+                .map_err(|e| unavailable(error_chain(e.as_ref())))?
         };
-        let rsp = self
-            .client
-            .request(Request::from_parts(parts, body))
-            .await
-            .map_err(|e| ProxyError::AppUnavailable {
-                port,
-                detail: error_chain(&e),
-            })?;
         let (mut parts, body) = rsp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body::boxed(body)))
+        Ok(Response::from_parts(parts, body))
     }
 }

@@ -65,6 +65,9 @@ struct Dst {
     states: Vec<Arc<EndpointState>>,
     /// How many of `states` are ejected now.
     ejected: Arc<AtomicUsize>,
+    /// The peer label of each endpoint of the snapshot (its identity, or `none`), made once
+    /// per snapshot rather than per request.
+    peers: Vec<Arc<str>>,
 }
 
 impl Dst {
@@ -109,6 +112,15 @@ impl Dst {
             .filter(|s| lock(&s.health).is_ejected())
             .count();
         self.ejected.store(ejected, Ordering::Relaxed);
+        self.peers = next
+            .endpoints
+            .iter()
+            .map(|e| {
+                e.identity
+                    .as_ref()
+                    .map_or_else(|| Arc::from("none"), |i| Arc::from(i.as_str()))
+            })
+            .collect();
         self.snapshot = Some(next);
     }
 }
@@ -160,7 +172,7 @@ where
         let metrics = self.metrics.clone();
         Box::pin(async move {
             let breaker = route.as_ref().and_then(|r| r.breaker.as_ref());
-            let (picked, state, ejected) = pick(
+            let (picked, state, ejected, peer) = pick(
                 &dsts,
                 &*resolver,
                 &backend,
@@ -170,15 +182,7 @@ where
             .await?;
             let n = picked.endpoints.endpoints.len();
             let ep = picked.endpoint();
-            Labels::set_peer(
-                &req,
-                || {
-                    ep.identity
-                        .as_ref()
-                        .map_or_else(|| Arc::from("none"), |i| Arc::from(i.as_str()))
-                },
-                ep.identity.is_some(),
-            );
+            Labels::set_peer(&req, || peer, ep.identity.is_some());
             req.extensions_mut().insert(picked);
             // With a circuit breaker, the outcome counts towards the endpoint's health, also
             // if the request is dropped unanswered.
@@ -226,22 +230,41 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-type Choice = (Picked, Arc<EndpointState>, Arc<AtomicUsize>);
+/// The endpoint, its state, the backend's ejection count and the endpoint's peer label.
+type Choice = (Picked, Arc<EndpointState>, Arc<AtomicUsize>, Arc<str>);
 
 /// The endpoints the attempts of one request went to (a request extension the retry layer
 /// shares between its attempts): a retry goes to another endpoint while there is one, as
 /// Envoy's `previous_hosts` retry predicate does, so a dead endpoint that fails fast (and so
 /// looks cheap) does not take the retry of the request it just failed.
+///
+/// The first attempt of every request records its endpoint here, so recording and checking
+/// allocate nothing until a request has tried more than [`Tried::INLINE`] endpoints.
 #[derive(Debug, Clone, Default)]
-pub struct Tried(Arc<Mutex<Vec<SocketAddr>>>);
+pub struct Tried(Arc<Mutex<TriedAddrs>>);
+
+#[derive(Debug, Default)]
+struct TriedAddrs {
+    inline: [Option<SocketAddr>; Tried::INLINE],
+    more: Vec<SocketAddr>,
+}
 
 impl Tried {
+    const INLINE: usize = 2;
+
     fn record(&self, addr: SocketAddr) {
-        lock(&self.0).push(addr);
+        let mut t = lock(&self.0);
+        match t.inline.iter_mut().find(|a| a.is_none()) {
+            Some(slot) => *slot = Some(addr),
+            None => t.more.push(addr),
+        }
     }
 
-    fn get(&self) -> Vec<SocketAddr> {
-        lock(&self.0).clone()
+    /// The endpoints tried so far (`None` when none was).
+    fn get(&self) -> Option<Vec<SocketAddr>> {
+        let t = lock(&self.0);
+        t.inline[0]?;
+        Some(t.inline.iter().flatten().chain(&t.more).copied().collect())
     }
 }
 
@@ -267,6 +290,7 @@ async fn pick(
                 snapshot: None,
                 states: Vec::new(),
                 ejected: Arc::default(),
+                peers: Vec::new(),
             });
             let now = now();
             state.refresh(now);
@@ -277,7 +301,7 @@ async fn pick(
                     });
                 }
                 let states = &state.states;
-                let avoid = tried.map(Tried::get).unwrap_or_default();
+                let avoid = tried.and_then(Tried::get).unwrap_or_default();
                 let breaking = breaker && state.ejected.load(Ordering::Relaxed) > 0;
                 let index = if breaking || !avoid.is_empty() {
                     let addr = |i: usize| snapshot.endpoints[i].address;
@@ -301,7 +325,8 @@ async fn pick(
                     endpoints: snapshot.clone(),
                     index,
                 };
-                return Ok((picked, states[index].clone(), state.ejected.clone()));
+                let peer = state.peers[index].clone();
+                return Ok((picked, states[index].clone(), state.ejected.clone(), peer));
             }
             state.rx.clone()
         };

@@ -25,6 +25,7 @@ impl<S> tower::Layer<S> for DestinationLayer {
         Destinations {
             inner,
             namespace: self.namespace.clone(),
+            cache: Arc::default(),
         }
     }
 }

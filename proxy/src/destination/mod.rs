@@ -9,7 +9,8 @@ mod layer;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use http::Request;
@@ -19,9 +20,14 @@ pub use self::layer::DestinationLayer;
 use crate::error::ProxyError;
 use crate::svc::{BoxError, BoxFuture, Labels};
 
-/// The service a request is for (a request extension from this layer on).
+/// The service a request is for (a request extension from this layer on). Shared: the
+/// layers below and every retry attempt clone it, which copies nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Destination {
+pub struct Destination(Arc<Parts>);
+
+/// What a [`Destination`] holds (its fields read through it: `dst.namespace`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parts {
     pub namespace: String,
     pub service: String,
     pub port: u16,
@@ -29,6 +35,14 @@ pub struct Destination {
     pub authority: Authority,
     /// `<namespace>/<service>`, made once: the metric label and the balancer's key.
     label: Arc<str>,
+}
+
+impl std::ops::Deref for Destination {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
 }
 
 impl Destination {
@@ -46,13 +60,13 @@ impl Destination {
             .filter(|s| !s.is_empty())
             .unwrap_or(default_ns)
             .to_string();
-        Some(Self {
+        Some(Self(Arc::new(Parts {
             label: Arc::from(format!("{namespace}/{service}")),
             namespace,
             service,
             port: authority.port_u16().unwrap_or(80),
             authority: authority.clone(),
-        })
+        })))
     }
 
     /// `<namespace>/<service>`: the metric label and the balancer's key.
@@ -71,6 +85,34 @@ impl Destination {
 pub struct Destinations<S> {
     inner: S,
     namespace: Arc<str>,
+    cache: Arc<Cache>,
+}
+
+/// At most this many authorities are remembered; past it the cache starts over (an
+/// application naming ever new hosts costs a parse per request, no memory).
+const CACHE_CAPACITY: usize = 256;
+
+/// The destinations of the authorities seen: a request names the same few services again
+/// and again, and parsing one costs four allocations (callgrind).
+#[derive(Debug, Default)]
+pub struct Cache(RwLock<HashMap<Box<str>, Destination>>);
+
+impl Cache {
+    fn get(&self, authority: &str) -> Option<Destination> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(authority)
+            .cloned()
+    }
+
+    fn insert(&self, authority: &str, dst: &Destination) {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= CACHE_CAPACITY {
+            map.clear();
+        }
+        map.insert(Box::from(authority), dst.clone());
+    }
 }
 
 impl<S, B> tower::Service<Request<B>> for Destinations<S>
@@ -88,7 +130,16 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        match destination(&req, &self.namespace) {
+        let raw = raw_authority(&req);
+        let found = match raw.and_then(|a| self.cache.get(a)) {
+            Some(dst) => Ok(dst),
+            None => destination(&req, &self.namespace).inspect(|dst| {
+                if let Some(a) = raw {
+                    self.cache.insert(a, dst);
+                }
+            }),
+        };
+        match found {
             Ok(dst) => {
                 Labels::set_dst(&req, || dst.label().clone());
                 req.extensions_mut().insert(dst);
@@ -96,6 +147,17 @@ where
             }
             Err(e) => crate::svc::fail(e),
         }
+    }
+}
+
+/// The authority of `req` as written (see [`crate::http::authority`]), unparsed.
+fn raw_authority<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok()),
     }
 }
 

@@ -87,12 +87,9 @@ where
         }
     };
     let (peer, tls) = labels.peer();
-    let dst = labels.dst();
-    metrics.request(direction, peer, dst, tls);
-    metrics.response(
+    metrics.request_answered(
         direction,
-        peer,
-        dst,
+        (peer, labels.dst(), tls),
         rsp.status().as_u16(),
         start.elapsed().as_secs_f64(),
     );
