@@ -343,5 +343,53 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
         "with the proxy gone, {url} still answered: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+
+    // 4. A proxy that does not run as --proxy-uid (here root): its own connection to the
+    // original destination is redirected back to it, and refused (never a loop), loudly.
+    let wrong = pair.spawn(
+        &pair.a,
+        &[WEFT, "proxy"],
+        &proxy_env,
+        &d.join("proxy-root.log"),
+    );
+    pair.wait_ok("http://127.0.0.1:4191/ready", &wrong);
+    let out = pair.exec(
+        &pair.a,
+        &[
+            "curl",
+            "-s",
+            "--noproxy",
+            "*",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "502",
+        "{}",
+        wrong.logs()
+    );
+    assert!(
+        wrong
+            .logs()
+            .contains("run `weft proxy` as the UID given to `weft init --proxy-uid`"),
+        "{}",
+        wrong.logs()
+    );
+    let metrics = String::from_utf8(pair.curl("http://127.0.0.1:4191/metrics").stdout).unwrap();
+    let loops = metric_sum(
+        &metrics,
+        "weft_proxy_errors_total",
+        &[r#"direction="outbound""#, r#"reason="loop""#],
+    );
+    assert_eq!(loops, 1.0, "one refused loop, not a storm:\n{metrics}");
+    eprintln!("the proxy's own redirected connection was refused ({loops} loop)");
+    drop(wrong);
     pair.ok(&pair.a, &[WEFT, "init", "--uninstall"]);
 }
