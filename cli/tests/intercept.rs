@@ -198,12 +198,25 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     let data = d.join("ca");
     let pair = Pair::new();
 
-    let _servers = pair.spawn(
+    let servers = pair.spawn(
         &pair.b,
         &["python3", "-c", SERVERS, B_IP],
         &[],
         &d.join("servers.log"),
     );
+    // Both servers listen before anything is asked of them (from B: never intercepted).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for port in ["8080", BANNER_PORT] {
+        let probe = format!("exec 3<>/dev/tcp/{B_IP}/{port}");
+        while !pair.exec(&pair.b, &["bash", "-c", &probe]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "the servers in B never listened:\n{}",
+                servers.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 
     // The control plane in A, on its loopback (never redirected).
     let identity = pair.spawn(
