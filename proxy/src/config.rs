@@ -31,6 +31,7 @@ pub const ENV_DETECT_TIMEOUT: &str = "WEFT_PROXY_DETECT_TIMEOUT";
 pub const DEFAULT_DETECT_TIMEOUT: &str = "1s";
 pub const ENV_SHUTDOWN_GRACE: &str = "WEFT_PROXY_SHUTDOWN_GRACE";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "10s";
+pub const ENV_OPAQUE_PORTS: &str = "WEFT_PROXY_OPAQUE_PORTS";
 pub const ENV_WORKERS: &str = "WEFT_PROXY_WORKERS";
 /// One thread: a sidecar serves one workload, and on a busy node hopping between threads
 /// (wake-ups, cache misses) costs more CPU per request than a second core gains.
@@ -85,6 +86,11 @@ pub struct ProxyArgs {
     /// On SIGTERM, how long requests in flight get to finish.
     #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Destination ports whose connections skip protocol detection (comma list, e.g.
+    /// `3306,25`): server-speaks-first protocols, which would otherwise wait for the detection
+    /// timeout. Applies to connections `weft init` redirected.
+    #[arg(long, env = ENV_OPAQUE_PORTS, value_delimiter = ',')]
+    pub opaque_ports: Vec<u16>,
     /// Runtime threads: 1 runs everything on one thread; 0 means one per CPU.
     #[arg(long, env = ENV_WORKERS, default_value = DEFAULT_WORKERS)]
     pub workers: usize,
@@ -106,6 +112,7 @@ impl ProxyArgs {
             (ENV_ADVERTISE, "--advertise-addr"),
             (ENV_DETECT_TIMEOUT, "--detect-timeout"),
             (ENV_SHUTDOWN_GRACE, "--shutdown-grace"),
+            (ENV_OPAQUE_PORTS, "--opaque-ports"),
             (ENV_WORKERS, "--workers"),
         ];
         let mut argv = vec!["weft-proxy".to_string()];
@@ -121,6 +128,19 @@ impl ProxyArgs {
             }
         }
         Self::try_parse_from(argv).map_err(|e| e.to_string())
+    }
+
+    /// What interception needs: the proxy's own ports (a loop when a connection was going to
+    /// one) and the opaque ports.
+    pub fn interception(&self) -> crate::orig_dst::Interception {
+        crate::orig_dst::Interception {
+            own_ports: vec![
+                self.inbound_listen.port(),
+                self.outbound_listen.port(),
+                self.admin_listen.port(),
+            ],
+            opaque_ports: self.opaque_ports.clone(),
+        }
     }
 
     /// `key=value` labels as a map.
@@ -151,6 +171,16 @@ mod tests {
         assert_eq!(a.app_port, 8080);
         assert_eq!(a.workers, 1);
         assert!(!a.policy_insecure_dev);
+        assert!(a.opaque_ports.is_empty());
+        assert_eq!(a.interception().own_ports, vec![4143, 4140, 4191]);
+    }
+
+    #[test]
+    fn opaque_ports_are_a_comma_list() {
+        let a = ProxyArgs::from_lookup(&[(ENV_OPAQUE_PORTS, "3306,25")]).unwrap();
+        assert_eq!(a.opaque_ports, vec![3306, 25]);
+        assert!(a.interception().is_opaque(25));
+        assert!(ProxyArgs::from_lookup(&[(ENV_OPAQUE_PORTS, "mysql")]).is_err());
     }
 
     #[test]

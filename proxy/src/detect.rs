@@ -46,11 +46,22 @@ impl Protocol {
 pub struct Prefixed<T> {
     prefix: BytesMut,
     inner: T,
+    timed_out: bool,
 }
 
 impl<T> Prefixed<T> {
     pub fn new(prefix: BytesMut, inner: T) -> Self {
-        Self { prefix, inner }
+        Self {
+            prefix,
+            inner,
+            timed_out: false,
+        }
+    }
+
+    /// Whether detection gave up waiting (the connection fell back to opaque on its timeout,
+    /// which callers count: a server-speaks-first port missing from `--opaque-ports`).
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
     }
 
     pub fn inner(&self) -> &T {
@@ -149,6 +160,7 @@ pub async fn detect<T: AsyncRead + Unpin>(
     timeout: Duration,
 ) -> io::Result<(Protocol, Prefixed<T>)> {
     let mut buf = BytesMut::with_capacity(MAX_PEEK);
+    let mut timed_out = false;
     let deadline = tokio::time::Instant::now() + timeout;
     let protocol = loop {
         if let Some(p) = classify(&buf, want_tls) {
@@ -169,10 +181,15 @@ pub async fn detect<T: AsyncRead + Unpin>(
             }
             Ok(Ok(_)) => continue,
             Ok(Err(e)) => return Err(e),
-            Err(_) => break Protocol::Opaque,
+            Err(_) => {
+                timed_out = true;
+                break Protocol::Opaque;
+            }
         }
     };
-    Ok((protocol, Prefixed::new(buf, io)))
+    let mut io = Prefixed::new(buf, io);
+    io.timed_out = timed_out;
+    Ok((protocol, io))
 }
 
 #[cfg(test)]
@@ -205,6 +222,7 @@ mod tests {
             .unwrap();
         let (p, mut s) = detect(b, false, Duration::from_secs(1)).await.unwrap();
         assert_eq!(p, Protocol::Http1);
+        assert!(!s.timed_out());
         let mut out = vec![0u8; 27];
         s.read_exact(&mut out).await.unwrap();
         assert_eq!(&out, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -213,7 +231,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn silent_client_is_opaque_after_the_timeout() {
         let (_a, b) = tokio::io::duplex(1024);
-        let (p, _) = detect(b, true, Duration::from_millis(300)).await.unwrap();
+        let (p, io) = detect(b, true, Duration::from_millis(300)).await.unwrap();
         assert_eq!(p, Protocol::Opaque);
+        assert!(io.timed_out());
     }
 }

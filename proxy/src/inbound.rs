@@ -22,6 +22,7 @@ use crate::authz::PolicyWatch;
 use crate::detect::{self, Protocol};
 use crate::identity::ClientIdentity;
 use crate::metrics::{ProxyMetrics, tls_failure_reason};
+use crate::orig_dst::{Interception, OrigDst};
 use crate::stack::InboundStack;
 use crate::tls::{ALPN_OPAQUE, MeshTls};
 
@@ -40,6 +41,8 @@ pub struct InboundConfig {
     pub detect_timeout: Duration,
     /// The local workload's service, `<namespace>/<name>`, for metric labels.
     pub service: String,
+    /// The proxy's own ports and the opaque ports (transparent interception).
+    pub intercept: Interception,
 }
 
 /// The inbound proxy.
@@ -100,14 +103,31 @@ impl Inbound {
         remote: SocketAddr,
         watcher: hyper_util::server::graceful::Watcher,
     ) {
+        // Redirected by `weft init`: the port the peer dialled is the application's.
+        let orig = crate::orig_dst::orig_dst(&tcp).map(OrigDst);
+        if let Some(OrigDst(dst)) = orig {
+            if self.cfg.intercept.is_own_port(dst.port()) {
+                self.metrics.error(DIRECTION, "loop");
+                tracing::warn!(client.addr = %remote, orig_dst = %dst, "inbound connection refused: its original destination is one of the proxy's own ports (a redirection loop)");
+                return;
+            }
+            if self.cfg.intercept.is_opaque(dst.port()) {
+                // Server-speaks-first: no detection, no waiting for the client.
+                let _open = self.metrics.tcp_open(DIRECTION, "opaque");
+                return self.tcp(tcp, dst.port(), None, remote).await;
+            }
+        }
         let (protocol, io) = match detect::detect(tcp, true, self.cfg.detect_timeout).await {
             Ok(d) => d,
             Err(_) => return,
         };
+        if io.timed_out() {
+            self.metrics.error(DIRECTION, "detect_timeout");
+        }
         if protocol != Protocol::Tls {
             let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
             return self
-                .plain_or_http(io, protocol, None, remote, watcher)
+                .plain_or_http(io, protocol, None, orig, remote, watcher)
                 .await;
         }
         let Some(cfg) = self.tls.server_config() else {
@@ -155,8 +175,11 @@ impl Inbound {
             Ok(d) => d,
             Err(_) => return,
         };
+        if io.timed_out() {
+            self.metrics.error(DIRECTION, "detect_timeout");
+        }
         let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
-        self.plain_or_http(io, protocol, peer, remote, watcher)
+        self.plain_or_http(io, protocol, peer, orig, remote, watcher)
             .await
     }
 
@@ -165,6 +188,7 @@ impl Inbound {
         io: I,
         protocol: Protocol,
         peer: Option<SpiffeId>,
+        orig: Option<OrigDst>,
         remote: SocketAddr,
         watcher: hyper_util::server::graceful::Watcher,
     ) where
@@ -172,12 +196,12 @@ impl Inbound {
     {
         match protocol {
             Protocol::Http1 | Protocol::Http2 => {
-                let stack = self.stack.for_connection(ClientIdentity::new(peer));
+                let stack = self.stack.for_connection(ClientIdentity::new(peer), orig);
                 crate::listen::serve_http(io, stack, false, DIRECTION, remote, watcher).await
             }
             Protocol::Opaque | Protocol::Tls => {
-                self.tcp(io, self.cfg.default_app_port, peer.as_ref(), remote)
-                    .await
+                let port = orig.map_or(self.cfg.default_app_port, |o| o.0.port());
+                self.tcp(io, port, peer.as_ref(), remote).await
             }
         }
     }

@@ -20,7 +20,10 @@
 //! - [`detect`]: protocol detection (TLS, HTTP/1, HTTP/2, opaque) with a replaying stream.
 //! - [`http`]: hop-by-hop headers, authority, the original-protocol header.
 //! - [`listen`]: the accept loop and the HTTP connection serving both listeners share.
+//! - [`orig_dst`]: where a connection redirected by `weft init` was going (`SO_ORIGINAL_DST`).
 //! - [`tcp`]: opaque byte forwarding.
+//! - [`unmeshed`]: on redirected connections, what the mesh does not know goes to its original
+//!   destination as it is; the proxy's own sockets, to refuse its own traffic coming back.
 //! - [`error`]: responses the proxy makes itself (`weft-error` header, reason codes).
 //! - [`metrics`]: the proxy's Prometheus series.
 //! - [`body`]: the one body type of the data path; [`svc`]: the types all layers share.
@@ -43,6 +46,7 @@ pub mod identity;
 pub mod inbound;
 pub mod listen;
 pub mod metrics;
+pub mod orig_dst;
 pub mod outbound;
 pub mod retry;
 pub mod route;
@@ -55,3 +59,4 @@ pub mod tcp;
 mod testing;
 pub mod timeout;
 pub mod tls;
+pub mod unmeshed;

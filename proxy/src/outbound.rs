@@ -19,8 +19,10 @@ pub use crate::endpoint::CONNECT_TIMEOUT;
 
 use crate::detect::{self, Protocol};
 use crate::metrics::ProxyMetrics;
+use crate::orig_dst::{Interception, OrigDst};
 use crate::svc::HttpService;
 use crate::tls::MeshTls;
+use crate::unmeshed::OwnSockets;
 
 const DIRECTION: &str = "outbound";
 
@@ -30,6 +32,8 @@ pub struct OutboundConfig {
     /// Namespace of names given without one (`http://api:8080`).
     pub namespace: String,
     pub detect_timeout: Duration,
+    /// The proxy's own ports and the opaque ports (transparent interception).
+    pub intercept: Interception,
 }
 
 /// The outbound proxy.
@@ -37,6 +41,7 @@ pub struct Outbound {
     cfg: OutboundConfig,
     metrics: Arc<ProxyMetrics>,
     stack: HttpService,
+    own: OwnSockets,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -54,11 +59,13 @@ impl Outbound {
         resolver: Arc<dyn Resolve>,
         metrics: Arc<ProxyMetrics>,
     ) -> Arc<Self> {
-        let stack = crate::stack::outbound(&cfg, tls, resolver, metrics.clone());
+        let own = OwnSockets::default();
+        let stack = crate::stack::outbound(&cfg, tls, resolver, metrics.clone(), own.clone());
         Arc::new(Self {
             cfg,
             metrics,
             stack,
+            own,
         })
     }
 
@@ -86,19 +93,55 @@ impl Outbound {
         remote: SocketAddr,
         watcher: hyper_util::server::graceful::Watcher,
     ) {
+        let orig = crate::orig_dst::orig_dst(&tcp);
+        if let Some(dst) = orig {
+            if self.cfg.intercept.is_own_port(dst.port()) || self.own.contains(remote) {
+                // The proxy's own connection came back: iptables does not exempt its user.
+                self.metrics.error(DIRECTION, "loop");
+                tracing::error!(client.addr = %remote, orig_dst = %dst, "outbound connection refused: it is the proxy's own traffic redirected back to it (a loop); run `weft proxy` as the UID given to `weft init --proxy-uid` (or the GID of --proxy-gid)");
+                return;
+            }
+            if self.cfg.intercept.is_opaque(dst.port()) {
+                // Server-speaks-first: no detection, no waiting for the client.
+                let _open = self.metrics.tcp_open(DIRECTION, "unmeshed");
+                return crate::unmeshed::forward_tcp(tcp, dst, &self.own, DIRECTION, &self.metrics)
+                    .await;
+            }
+        }
         let (protocol, io) = match detect::detect(tcp, false, self.cfg.detect_timeout).await {
             Ok(d) => d,
             Err(_) => return,
         };
-        let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
+        if io.timed_out() {
+            self.metrics.error(DIRECTION, "detect_timeout");
+        }
         if !matches!(protocol, Protocol::Http1 | Protocol::Http2) {
-            // Without an original destination (transparent mode) there is nowhere to
-            // send opaque bytes: refuse rather than guess.
+            if let Some(dst) = orig {
+                // Opaque bytes on a redirected connection: to where they were going.
+                let _open = self.metrics.tcp_open(DIRECTION, "unmeshed");
+                return crate::unmeshed::forward_tcp(io, dst, &self.own, DIRECTION, &self.metrics)
+                    .await;
+            }
+            let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
+            // Without an original destination (the app uses the proxy explicitly) there is
+            // nowhere to send opaque bytes: refuse rather than guess.
             self.metrics.error(DIRECTION, "bad_request");
             tracing::info!(client.addr = %remote, "outbound connection is not HTTP; use CONNECT for TCP");
             return;
         }
-        let stack = self.stack.clone();
+        let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
+        let stack = match orig {
+            None => self.stack.clone(),
+            Some(dst) => {
+                use tower::ServiceExt;
+                tower::util::BoxCloneSyncService::new(self.stack.clone().map_request(
+                    move |mut req: http::Request<crate::body::Body>| {
+                        req.extensions_mut().insert(OrigDst(dst));
+                        req
+                    },
+                ))
+            }
+        };
         crate::listen::serve_http(io, stack, true, DIRECTION, remote, watcher).await;
     }
 }

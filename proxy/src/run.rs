@@ -190,6 +190,7 @@ pub async fn run_on(
             default_app_port: args.app_port,
             detect_timeout: args.detect_timeout,
             service: format!("{namespace}/{service}"),
+            intercept: args.interception(),
         },
         tls.clone(),
         policy,
@@ -199,6 +200,7 @@ pub async fn run_on(
         OutboundConfig {
             namespace: namespace.clone(),
             detect_timeout: args.detect_timeout,
+            intercept: args.interception(),
         },
         tls.clone(),
         Arc::new(PolicyResolver::new(policy_client.clone())),

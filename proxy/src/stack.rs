@@ -18,6 +18,7 @@ use crate::fault::FaultLayer;
 use crate::identity::{ClientIdentity, IdentityLayer};
 use crate::inbound::InboundConfig;
 use crate::metrics::ProxyMetrics;
+use crate::orig_dst::OrigDst;
 use crate::outbound::OutboundConfig;
 use crate::retry::RetryLayer;
 use crate::route::RouteLayer;
@@ -26,19 +27,19 @@ use crate::split::SplitLayer;
 use crate::svc::HttpService;
 use crate::timeout::TimeoutLayer;
 use crate::tls::MeshTls;
+use crate::unmeshed::{Intercepted, OwnSockets};
 
-/// The outbound HTTP stack, shared by every connection from the application.
+/// The outbound HTTP stack, shared by every connection from the application. `own`: the
+/// proxy's own sockets to original destinations (loop detection, [`OwnSockets`]).
 pub fn outbound(
     cfg: &OutboundConfig,
     tls: Arc<MeshTls>,
     resolver: Arc<dyn Resolve>,
     metrics: Arc<ProxyMetrics>,
+    own: OwnSockets,
 ) -> HttpService {
-    BoxCloneSyncService::new(
+    let mesh = BoxCloneSyncService::new(
         ServiceBuilder::new()
-            // First, so that whatever fails below becomes the response the error describes
-            // (`weft-error` header), and every request is counted once, however it ends.
-            .layer(EdgeLayer::new("outbound", None, metrics.clone()))
             // Which service the request is for: routing and everything after depends on it.
             .layer(DestinationLayer::new(&cfg.namespace))
             // Which rule of the service's HTTPRoutes (or its default route): the settings of
@@ -58,9 +59,19 @@ pub fn outbound(
             .layer(TimeoutLayer::per_try())
             // One endpoint of the backend, from discovery's current view, skipping endpoints
             // the circuit breaker ejected.
-            .layer(BalanceLayer::new(resolver).with_metrics(metrics.clone()))
+            .layer(BalanceLayer::new(resolver.clone()).with_metrics(metrics.clone()))
             // The endpoint: pooled mTLS HTTP/2 to its proxy, or plaintext when unmeshed.
-            .service(Connect::new(tls, metrics)),
+            .service(Connect::new(tls, metrics.clone())),
+    );
+    BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            // First, so that whatever fails below becomes the response the error describes
+            // (`weft-error` header), and every request is counted once, however it ends.
+            .layer(EdgeLayer::new("outbound", None, metrics))
+            // On a connection `weft init` redirected: a request for an address or a name the
+            // mesh does not know goes, as it is, to the original destination; the rest, and
+            // every request on a connection without one, takes the mesh.
+            .service(Intercepted::new(mesh, &cfg.namespace, resolver, own)),
     )
 }
 
@@ -95,12 +106,21 @@ impl InboundStack {
         Self { edge, authorized }
     }
 
-    /// The stack for one connection whose peer proved `client` (or nothing, over plaintext).
-    pub fn for_connection(&self, client: ClientIdentity) -> HttpService {
+    /// The stack for one connection whose peer proved `client` (or nothing, over plaintext)
+    /// and, when `weft init` redirected it, its original destination (whose port is then the
+    /// application port, for authorization and forwarding).
+    pub fn for_connection(&self, client: ClientIdentity, orig: Option<OrigDst>) -> HttpService {
         BoxCloneSyncService::new(
             ServiceBuilder::new()
                 // First: errors become responses (403 naming the policy), every request counted.
                 .layer(self.edge.clone())
+                // The connection's original destination, for authz's choice of port.
+                .map_request(move |mut req: http::Request<crate::body::Body>| {
+                    if let Some(o) = orig {
+                        req.extensions_mut().insert(o);
+                    }
+                    req
+                })
                 // The peer identity from the connection's mTLS handshake, for authz and labels.
                 .layer(IdentityLayer::new(client))
                 .service(self.authorized.clone()),

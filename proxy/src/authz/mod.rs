@@ -58,9 +58,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let port = crate::http::authority(&req)
-            .and_then(|a| a.port_u16())
-            .unwrap_or(self.default_port);
+        // The port the peer dialled when `weft init` redirected the connection; else the
+        // request's authority's, else the default.
+        let port = match req.extensions().get::<crate::orig_dst::OrigDst>() {
+            Some(o) => o.0.port(),
+            None => crate::http::authority(&req)
+                .and_then(|a| a.port_u16())
+                .unwrap_or(self.default_port),
+        };
         req.extensions_mut().insert(AppPort(port));
         match self.check(&req, port) {
             Ok(()) => Box::pin(self.inner.call(req)),

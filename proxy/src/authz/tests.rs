@@ -152,3 +152,26 @@ async fn nothing_is_authorized_before_the_first_policy_and_edits_apply_to_the_ne
         .unwrap_err();
     assert_eq!(proxy_error(err.as_ref()).code(), "forbidden");
 }
+
+#[tokio::test]
+async fn the_original_destination_port_picks_the_policy_and_the_app_port() {
+    // The authority says 8080 (only `web`), but the peer dialled 9090 (any authenticated peer):
+    // the connection's original destination decides.
+    let (svc, mut handle, _tx, _metrics) = stack(Some(policy()));
+    let mut req = request(Some("other"), "api:8080");
+    req.extensions_mut()
+        .insert(crate::orig_dst::OrigDst("10.0.0.2:9090".parse().unwrap()));
+    let call = tokio::spawn(svc.oneshot(req));
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req.extensions().get::<AppPort>(), Some(&AppPort(9090)));
+    send.send_response(Response::new(body::empty()));
+    assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+
+    // And to 8080, `other` is denied even where the authority names another port.
+    let (svc, _handle, _tx, _metrics) = stack(Some(policy()));
+    let mut req = request(Some("other"), "api:9090");
+    req.extensions_mut()
+        .insert(crate::orig_dst::OrigDst("10.0.0.2:8080".parse().unwrap()));
+    let err = svc.oneshot(req).await.unwrap_err();
+    assert_eq!(proxy_error(&*err).code(), "forbidden");
+}

@@ -217,6 +217,7 @@ impl Mesh {
                 default_app_port: app_port,
                 detect_timeout: Duration::from_millis(500),
                 service: format!("default/{name}"),
+                intercept: Default::default(),
             },
             tls.clone(),
             policy_rx,
@@ -226,6 +227,7 @@ impl Mesh {
             OutboundConfig {
                 namespace: "default".into(),
                 detect_timeout: Duration::from_millis(500),
+                intercept: Default::default(),
             },
             tls.clone(),
             self.resolver.clone(),

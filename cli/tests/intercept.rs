@@ -1,0 +1,408 @@
+//! Transparent interception end to end: `weft init` and `weft proxy` in one network namespace
+//! (A), an HTTP app and a banner-first TCP server in another (B), joined by a veth pair. A
+//! client in A that knows nothing of the proxy reaches B's servers through it, unmeshed; the
+//! proxy's metrics say so; killing the proxy breaks the client's connections (no silent
+//! bypass). A system test: it runs with WEFT_SYSTEM_TESTS=1 and then needs root, `ip`,
+//! `iptables`, `setpriv`, `curl` and `python3`, and fails loudly without them.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{WEFT, metric_sum, system_tests, token};
+
+/// The proxy's user: exempt from redirection by `weft init --proxy-uid`.
+const PROXY_UID: &str = "2102";
+const A_IP: &str = "10.77.0.1";
+const B_IP: &str = "10.77.0.2";
+const BANNER_PORT: &str = "2525";
+
+/// Two namespaces joined by a veth pair, deleted when dropped (also when the test panics).
+struct Pair {
+    a: String,
+    b: String,
+}
+
+fn run(argv: &[&str]) -> Output {
+    Command::new(argv[0]).args(&argv[1..]).output().unwrap()
+}
+
+fn ok(argv: &[&str]) -> String {
+    let out = run(argv);
+    assert!(
+        out.status.success(),
+        "{argv:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Pair {
+    fn new() -> Self {
+        let id = std::process::id();
+        let pair = Pair {
+            a: format!("weft-ic-a-{id}"),
+            b: format!("weft-ic-b-{id}"),
+        };
+        ok(&["ip", "netns", "add", &pair.a]);
+        ok(&["ip", "netns", "add", &pair.b]);
+        let (va, vb) = (
+            format!("wica{}", id % 100_000),
+            format!("wicb{}", id % 100_000),
+        );
+        ok(&[
+            "ip", "link", "add", &va, "netns", &pair.a, "type", "veth", "peer", "name", &vb,
+            "netns", &pair.b,
+        ]);
+        for (ns, dev, ip) in [(&pair.a, &va, A_IP), (&pair.b, &vb, B_IP)] {
+            pair.ok(ns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", dev]);
+            pair.ok(ns, &["ip", "link", "set", dev, "up"]);
+            pair.ok(ns, &["ip", "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    fn exec(&self, ns: &str, argv: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(argv);
+        run(&full)
+    }
+
+    fn ok(&self, ns: &str, argv: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(argv);
+        ok(&full)
+    }
+
+    /// A long-running process in `ns`, killed when dropped; stderr to `log`.
+    fn spawn(&self, ns: &str, argv: &[&str], env: &[(&str, String)], log: &std::path::Path) -> Bg {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("WEFT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        Bg {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// `curl` in A, as root (not the proxy's user: redirected), with no proxy settings.
+    fn curl(&self, url: &str) -> Output {
+        self.exec(
+            &self.a,
+            &["curl", "-sS", "--noproxy", "*", "-m", "5", "-o", "-", url],
+        )
+    }
+
+    /// Polls `url` in A until it answers 200 (a process there is ready).
+    fn wait_ok(&self, url: &str, what: &Bg) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.exec(&self.a, &["curl", "-sf", "-m", "2", "-o", "/dev/null", url]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{url} never answered 200:\n{}",
+                what.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let out = Command::new("ip").args(["netns", "del", ns]).output();
+            if !matches!(&out, Ok(o) if o.status.success()) {
+                eprintln!("warning: could not delete network namespace {ns}: {out:?}");
+            }
+        }
+    }
+}
+
+/// A background process, killed when dropped.
+struct Bg {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Bg {
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn require_tools() {
+    for tool in ["ip", "iptables", "setpriv", "curl", "python3"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(
+            found,
+            "{tool} is missing: install the Debian packages iproute2, iptables, util-linux, curl and python3"
+        );
+    }
+}
+
+/// An HTTP app on B:8080 answering `hello from the app`, and a server on B:2525 that speaks
+/// first (`220 banner`), as SMTP and MySQL do.
+const SERVERS: &str = r#"
+import socket, sys, threading, http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"hello from the app\n"
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+def banner():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], 2525)); s.listen(16)
+    while True:
+        c, _ = s.accept(); c.sendall(b"220 banner\r\n"); c.close()
+threading.Thread(target=banner, daemon=True).start()
+http.server.ThreadingHTTPServer((sys.argv[1], 8080), H).serve_forever()
+"#;
+
+#[test]
+fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
+    if !system_tests("intercepted_traffic_goes_through_the_proxy_unmeshed") {
+        return;
+    }
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The proxy's user reads its token from here.
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let data = d.join("ca");
+    let pair = Pair::new();
+
+    let servers = pair.spawn(
+        &pair.b,
+        &["python3", "-c", SERVERS, B_IP],
+        &[],
+        &d.join("servers.log"),
+    );
+    // Both servers listen before anything is asked of them (from B: never intercepted).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for port in ["8080", BANNER_PORT] {
+        let probe = format!("exec 3<>/dev/tcp/{B_IP}/{port}");
+        while !pair.exec(&pair.b, &["bash", "-c", &probe]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "the servers in B never listened:\n{}",
+                servers.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // The control plane in A, on its loopback (never redirected).
+    let identity = pair.spawn(
+        &pair.a,
+        &[
+            WEFT,
+            "identity",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:18443",
+            "--admin-listen",
+            "127.0.0.1:18444",
+        ],
+        &[],
+        &d.join("identity.log"),
+    );
+    pair.wait_ok("http://127.0.0.1:18444/ready", &identity);
+    token(&data, "weft", "policy", &d.join("policy.token"));
+    token(&data, "default", "client", &d.join("client.token"));
+    std::fs::set_permissions(
+        d.join("client.token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let resources = d.join("resources");
+    std::fs::create_dir_all(&resources).unwrap();
+    std::fs::write(
+        resources.join("mesh.yaml"),
+        "kind: Service\nmetadata: {name: client, namespace: default}\nspec: {ports: [{port: 8080}]}\n",
+    )
+    .unwrap();
+    let policy = pair.spawn(
+        &pair.a,
+        &[
+            WEFT,
+            "policy",
+            "--dir",
+            resources.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:18090",
+            "--admin-listen",
+            "127.0.0.1:18091",
+        ],
+        &[
+            (
+                "WEFT_TOKEN_FILE",
+                d.join("policy.token").display().to_string(),
+            ),
+            ("WEFT_IDENTITY_ADDR", "127.0.0.1:18443".into()),
+        ],
+        &d.join("policy.log"),
+    );
+    pair.wait_ok("http://127.0.0.1:18091/ready", &policy);
+
+    // Interception, and the proxy as its exempt user.
+    pair.ok(&pair.a, &[WEFT, "init", "--proxy-uid", PROXY_UID]);
+    let proxy_env = [
+        (
+            "WEFT_TOKEN_FILE",
+            d.join("client.token").display().to_string(),
+        ),
+        ("WEFT_IDENTITY_ADDR", "127.0.0.1:18443".into()),
+        ("WEFT_POLICY_ADDR", "127.0.0.1:18090".into()),
+        ("WEFT_PROXY_OPAQUE_PORTS", BANNER_PORT.into()),
+    ];
+    let setpriv = [
+        "setpriv",
+        &format!("--reuid={PROXY_UID}"),
+        &format!("--regid={PROXY_UID}"),
+        "--clear-groups",
+        WEFT,
+        "proxy",
+    ]
+    .map(|s| s.to_string());
+    let setpriv: Vec<&str> = setpriv.iter().map(String::as_str).collect();
+    let proxy = pair.spawn(&pair.a, &setpriv, &proxy_env, &d.join("proxy.log"));
+    pair.wait_ok("http://127.0.0.1:4191/ready", &proxy);
+
+    // 1. Plain HTTP to an address the mesh does not know: the app answers, through the proxy.
+    let url = format!("http://{B_IP}:8080/");
+    let out = pair.curl(&url);
+    assert!(
+        out.status.success(),
+        "curl {url}: {}\nproxy:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proxy.logs()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the app\n");
+    let metrics = String::from_utf8(pair.curl("http://127.0.0.1:4191/metrics").stdout).unwrap();
+    let unmeshed = metric_sum(
+        &metrics,
+        "weft_proxy_requests_total",
+        &[
+            r#"direction="outbound""#,
+            r#"dst_service="unmeshed""#,
+            r#"tls="false""#,
+        ],
+    );
+    assert_eq!(unmeshed, 1.0, "metrics:\n{metrics}");
+    eprintln!("outbound unmeshed requests in the proxy's metrics: {unmeshed}");
+
+    // 2. A server that speaks first, on an opaque port: its banner comes through at once,
+    // not after the 1 s detection timeout.
+    let started = Instant::now();
+    let banner = pair.ok(
+        &pair.a,
+        &[
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{B_IP}/{BANNER_PORT}; head -c 12 <&3"),
+        ],
+    );
+    let took = started.elapsed();
+    assert_eq!(banner, "220 banner\r\n");
+    assert!(
+        took < Duration::from_millis(500),
+        "the banner took {took:?}"
+    );
+    eprintln!("the banner arrived through the proxy in {took:?}");
+    let metrics = String::from_utf8(pair.curl("http://127.0.0.1:4191/metrics").stdout).unwrap();
+    let tcp = metric_sum(
+        &metrics,
+        "weft_proxy_tcp_connections_total",
+        &[r#"direction="outbound""#, r#"protocol="unmeshed""#],
+    );
+    assert_eq!(
+        tcp, 1.0,
+        "the banner connection went through the proxy:\n{metrics}"
+    );
+
+    // 3. No proxy, no bypass: the client's connections fail.
+    drop(proxy);
+    let out = pair.curl(&url);
+    assert!(
+        !out.status.success(),
+        "with the proxy gone, {url} still answered: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // 4. A proxy that does not run as --proxy-uid (here root): its own connection to the
+    // original destination is redirected back to it, and refused (never a loop), loudly.
+    let wrong = pair.spawn(
+        &pair.a,
+        &[WEFT, "proxy"],
+        &proxy_env,
+        &d.join("proxy-root.log"),
+    );
+    pair.wait_ok("http://127.0.0.1:4191/ready", &wrong);
+    let out = pair.exec(
+        &pair.a,
+        &[
+            "curl",
+            "-s",
+            "--noproxy",
+            "*",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "502",
+        "{}",
+        wrong.logs()
+    );
+    assert!(
+        wrong
+            .logs()
+            .contains("run `weft proxy` as the UID given to `weft init --proxy-uid`"),
+        "{}",
+        wrong.logs()
+    );
+    let metrics = String::from_utf8(pair.curl("http://127.0.0.1:4191/metrics").stdout).unwrap();
+    let loops = metric_sum(
+        &metrics,
+        "weft_proxy_errors_total",
+        &[r#"direction="outbound""#, r#"reason="loop""#],
+    );
+    assert_eq!(loops, 1.0, "one refused loop, not a storm:\n{metrics}");
+    eprintln!("the proxy's own redirected connection was refused ({loops} loop)");
+    drop(wrong);
+    pair.ok(&pair.a, &[WEFT, "init", "--uninstall"]);
+}

@@ -1,0 +1,348 @@
+//! Outbound traffic the mesh does not know, on connections `weft init` redirected: sent as it
+//! is, in plaintext, to the connection's original destination.
+//!
+//! With transparent interception every TCP connection the application opens reaches the
+//! proxy, not only those to services of the mesh. A request whose authority is an IP address,
+//! names none, or names a service without endpoints in the control plane goes to where the
+//! application was sending it ([`Intercepted`]); the rest takes the mesh stack. Opaque
+//! connections with an original destination are forwarded byte for byte ([`forward_tcp`]).
+//! HTTP sent this way is counted as `dst_service="unmeshed"`, `tls="false"`.
+//!
+//! The proxy's own connections must never be redirected to it (`weft init --proxy-uid`): each
+//! socket the proxy opens from here is bound to its port before it connects, and the port is
+//! held in [`OwnSockets`] while it lives, so a connection of the proxy's own that comes back to
+//! the outbound listener is recognised and refused instead of looping.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+use weft_policy::registry::ServiceEndpoints;
+
+use crate::balance::{DISCOVERY_TIMEOUT, Resolve};
+use crate::body::{self, Body};
+use crate::destination::Destination;
+use crate::edge::error_chain;
+use crate::error::ProxyError;
+use crate::http::{path_and_query, strip_hop_by_hop};
+use crate::metrics::ProxyMetrics;
+use crate::orig_dst::OrigDst;
+use crate::svc::{BoxError, BoxFuture, HttpService, Labels};
+
+/// The `dst_service` label of everything sent to an original destination outside the mesh.
+pub const UNMESHED: &str = "unmeshed";
+/// How long connecting to an original destination may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The local ports of the sockets the proxy opened towards original destinations, while they
+/// are open.
+#[derive(Debug, Clone, Default)]
+pub struct OwnSockets(Arc<Mutex<HashSet<u16>>>);
+
+impl OwnSockets {
+    /// Whether a connection from `remote` is one the proxy opened itself (redirected back to
+    /// it: the proxy does not run as `weft init --proxy-uid`). A port bound to the wildcard
+    /// address is the proxy's alone while it holds it.
+    pub fn contains(&self, remote: SocketAddr) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&remote.port())
+    }
+
+    fn hold(&self, port: u16) -> OwnGuard {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port);
+        OwnGuard {
+            set: self.clone(),
+            port,
+        }
+    }
+}
+
+/// Keeps a port in [`OwnSockets`] until dropped with its socket.
+#[derive(Debug)]
+struct OwnGuard {
+    set: OwnSockets,
+    port: u16,
+}
+
+impl Drop for OwnGuard {
+    fn drop(&mut self) {
+        self.set
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.port);
+    }
+}
+
+/// Connects to `addr` from a socket bound first, so its port is in `own` before the SYN
+/// leaves (a redirected copy of it can only arrive after that).
+async fn connect(addr: SocketAddr, own: &OwnSockets) -> io::Result<(TcpStream, OwnGuard)> {
+    let (socket, any) = if addr.is_ipv4() {
+        (
+            TcpSocket::new_v4()?,
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        )
+    } else {
+        (
+            TcpSocket::new_v6()?,
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+        )
+    };
+    socket.bind(any)?;
+    let guard = own.hold(socket.local_addr()?.port());
+    socket.set_nodelay(true)?;
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    Ok((tcp, guard))
+}
+
+/// Forwards an opaque connection to its original destination `dst`.
+pub async fn forward_tcp<I>(
+    mut client: I,
+    dst: SocketAddr,
+    own: &OwnSockets,
+    direction: &str,
+    metrics: &ProxyMetrics,
+) where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut server, _guard) = match connect(dst, own).await {
+        Ok(c) => c,
+        Err(e) => {
+            metrics.error(direction, "connect_failed");
+            tracing::info!(orig_dst = %dst, error = %e, "TCP forward to the original destination failed");
+            return;
+        }
+    };
+    crate::tcp::relay(&mut client, &mut server, direction, metrics).await;
+}
+
+/// A connection to an original destination, for hyper's client: the stream and its place in
+/// [`OwnSockets`].
+#[derive(Debug)]
+struct Tracked {
+    io: TokioIo<TcpStream>,
+    _guard: OwnGuard,
+}
+
+impl Connection for Tracked {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// hyper's connector to original destinations: the URI's authority is always the address.
+#[derive(Debug, Clone)]
+struct Connector(OwnSockets);
+
+impl tower::Service<Uri> for Connector {
+    type Response = Tracked;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Tracked>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let own = self.0.clone();
+        Box::pin(async move {
+            let addr: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an address"))?;
+            let (tcp, guard) = connect(addr, &own).await?;
+            Ok(Tracked {
+                io: TokioIo::new(tcp),
+                _guard: guard,
+            })
+        })
+    }
+}
+
+/// The outbound stack's switch between the mesh and original destinations; without an
+/// [`OrigDst`] in the request (the application used the proxy explicitly) it is the mesh.
+#[derive(Clone)]
+pub struct Intercepted {
+    mesh: HttpService,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    namespace: String,
+    resolver: Arc<dyn Resolve>,
+    /// Whether a service has endpoints: one watch per service named on intercepted
+    /// connections (bounded like the destination cache).
+    known: Mutex<HashMap<Arc<str>, EndpointsWatch>>,
+    http1: Client<Connector, Body>,
+    http2: Client<Connector, Body>,
+}
+
+/// A service's endpoints as discovery follows them.
+type EndpointsWatch = watch::Receiver<Option<Arc<ServiceEndpoints>>>;
+
+/// At most this many services are followed for the unmeshed decision; past it, start over.
+const KNOWN_CAPACITY: usize = 256;
+
+impl std::fmt::Debug for Intercepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intercepted").finish_non_exhaustive()
+    }
+}
+
+impl Intercepted {
+    /// `mesh`: the stack from the destination layer on.
+    pub fn new(
+        mesh: HttpService,
+        namespace: &str,
+        resolver: Arc<dyn Resolve>,
+        own: OwnSockets,
+    ) -> Self {
+        let connector = Connector(own);
+        Self {
+            mesh,
+            shared: Arc::new(Shared {
+                namespace: namespace.to_string(),
+                resolver,
+                known: Mutex::new(HashMap::new()),
+                http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+                http2: Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .timer(TokioTimer::new())
+                    .build(connector),
+            }),
+        }
+    }
+}
+
+impl Shared {
+    /// Whether the mesh has endpoints for the request's authority (an IP address, or no
+    /// authority, is never a service).
+    async fn in_mesh(&self, authority: Option<http::uri::Authority>) -> bool {
+        let Some(dst) = authority.and_then(|a| Destination::parse(&a, &self.namespace)) else {
+            return false;
+        };
+        let mut rx = {
+            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            if known.len() >= KNOWN_CAPACITY && !known.contains_key(dst.label()) {
+                known.clear();
+            }
+            known
+                .entry(dst.label().clone())
+                .or_insert_with(|| self.resolver.resolve(&dst.namespace, &dst.service))
+                .clone()
+        };
+        let answered = tokio::time::timeout(DISCOVERY_TIMEOUT, rx.wait_for(|v| v.is_some())).await;
+        match answered {
+            Ok(Ok(eps)) => eps.as_ref().is_some_and(|e| !e.endpoints.is_empty()),
+            _ => false,
+        }
+    }
+
+    /// Sends `req` as it is to `dst`.
+    async fn unmeshed(
+        &self,
+        req: Request<Body>,
+        dst: SocketAddr,
+    ) -> Result<Response<Body>, BoxError> {
+        Labels::set_dst(&req, || Arc::from(UNMESHED));
+        Labels::set_peer(&req, || Arc::from("none"), false);
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.uri = format!("http://{dst}{}", path_and_query(&parts.uri))
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest {
+                detail: e.to_string(),
+            })?;
+        let req = Request::from_parts(parts, body);
+        let sent = if req.version() == Version::HTTP_2 {
+            self.http2.request(req).await
+        } else {
+            self.http1.request(req).await
+        };
+        let rsp = sent.map_err(|e| ProxyError::ConnectFailed {
+            endpoint: dst.to_string(),
+            detail: error_chain(&e),
+        })?;
+        let (mut parts, body) = rsp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body::boxed(body)))
+    }
+}
+
+impl tower::Service<Request<Body>> for Intercepted {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.mesh.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let Some(OrigDst(dst)) = req.extensions().get::<OrigDst>().copied() else {
+            return crate::svc::call_boxed(&mut self.mesh, req);
+        };
+        // The inner service was made ready for this call: take it, leave a clone behind.
+        let clone = self.mesh.clone();
+        let mut mesh = std::mem::replace(&mut self.mesh, clone);
+        let shared = self.shared.clone();
+        let authority = crate::http::authority(&req);
+        let connect = req.method() == http::Method::CONNECT;
+        Box::pin(async move {
+            if !connect && !shared.in_mesh(authority).await {
+                return shared.unmeshed(req, dst).await;
+            }
+            crate::svc::call_boxed(&mut mesh, req).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

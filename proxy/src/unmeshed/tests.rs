@@ -1,0 +1,185 @@
+use std::collections::HashMap;
+
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tower::{Service, ServiceExt};
+use weft_policy::registry::{Endpoint, EndpointSource};
+
+use super::*;
+use crate::svc::Labels;
+
+/// Endpoints by `<namespace>/<service>`; unknown services answer with none.
+struct Table(HashMap<String, Vec<SocketAddr>>);
+
+impl Resolve for Table {
+    fn resolve(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> watch::Receiver<Option<Arc<ServiceEndpoints>>> {
+        let endpoints = self
+            .0
+            .get(&format!("{namespace}/{service}"))
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|address| Endpoint {
+                address,
+                identity: None,
+                labels: Default::default(),
+                source: EndpointSource::Static,
+            })
+            .collect();
+        watch::channel(Some(Arc::new(ServiceEndpoints {
+            namespace: namespace.into(),
+            service: service.into(),
+            ports: Vec::new(),
+            endpoints,
+        })))
+        .1
+    }
+}
+
+/// The mesh: answers `from: mesh`.
+fn mesh() -> HttpService {
+    tower::util::BoxCloneSyncService::new(tower::service_fn(|_req: Request<Body>| async {
+        Ok::<_, BoxError>(
+            Response::builder()
+                .header("from", "mesh")
+                .body(body::empty())
+                .unwrap(),
+        )
+    }))
+}
+
+/// An HTTP/1 server answering one request with `from: app` and the Host it got as the body.
+async fn app() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        while !buf.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if s.read(&mut b).await.unwrap() == 0 {
+                return;
+            }
+            buf.push(b[0]);
+        }
+        let text = String::from_utf8_lossy(&buf).to_lowercase();
+        let host = text
+            .lines()
+            .find_map(|l| l.strip_prefix("host: "))
+            .unwrap_or("")
+            .to_string();
+        let rsp = format!(
+            "HTTP/1.1 200 OK\r\nfrom: app\r\ncontent-length: {}\r\n\r\n{host}",
+            host.len()
+        );
+        s.write_all(rsp.as_bytes()).await.unwrap();
+    });
+    addr
+}
+
+fn svc(known: &[(&str, SocketAddr)]) -> Intercepted {
+    let table = Table(
+        known
+            .iter()
+            .map(|(k, a)| (k.to_string(), vec![*a]))
+            .collect(),
+    );
+    Intercepted::new(mesh(), "default", Arc::new(table), OwnSockets::default())
+}
+
+fn get(host: &str, orig: Option<SocketAddr>) -> (Request<Body>, Arc<Labels>) {
+    let mut req = Request::get("/x")
+        .header(http::header::HOST, host)
+        .body(body::empty())
+        .unwrap();
+    let labels = Arc::new(Labels::default());
+    req.extensions_mut().insert(labels.clone());
+    if let Some(o) = orig {
+        req.extensions_mut().insert(OrigDst(o));
+    }
+    (req, labels)
+}
+
+async fn call(mut s: Intercepted, req: Request<Body>) -> Response<Body> {
+    s.ready().await.unwrap().call(req).await.unwrap()
+}
+
+#[tokio::test]
+async fn without_an_original_destination_it_is_the_mesh() {
+    let (req, _) = get("10.1.2.3:8080", None);
+    let rsp = call(svc(&[]), req).await;
+    assert_eq!(rsp.headers()["from"], "mesh");
+}
+
+#[tokio::test]
+async fn an_address_goes_as_it_is_to_the_original_destination() {
+    let dst = app().await;
+    let (req, labels) = get("10.1.2.3:8080", Some(dst));
+    let rsp = call(svc(&[]), req).await;
+    assert_eq!(rsp.headers()["from"], "app");
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    // The Host the application wrote, not the address the proxy connected to.
+    assert_eq!(&body[..], b"10.1.2.3:8080");
+    assert_eq!(labels.dst(), UNMESHED);
+    assert_eq!(labels.peer(), ("none", false));
+}
+
+#[tokio::test]
+async fn a_name_the_mesh_does_not_know_goes_to_the_original_destination() {
+    let dst = app().await;
+    let some: SocketAddr = "10.9.9.9:4143".parse().unwrap();
+    let (req, _) = get("example.com", Some(dst));
+    let rsp = call(svc(&[("default/api", some)]), req).await;
+    assert_eq!(rsp.headers()["from"], "app");
+}
+
+#[tokio::test]
+async fn a_service_with_endpoints_takes_the_mesh() {
+    let some: SocketAddr = "10.9.9.9:4143".parse().unwrap();
+    let (req, labels) = get("api:8080", Some("10.1.2.3:8080".parse().unwrap()));
+    let rsp = call(svc(&[("default/api", some)]), req).await;
+    assert_eq!(rsp.headers()["from"], "mesh");
+    assert_eq!(labels.dst(), "unknown");
+}
+
+#[tokio::test]
+async fn an_unreachable_original_destination_is_a_connect_failure() {
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let (req, _) = get("10.1.2.3:8080", Some(closed));
+    let mut s = svc(&[]);
+    let err = s.ready().await.unwrap().call(req).await.unwrap_err();
+    let e = Some(crate::edge::proxy_error(&*err).code());
+    assert_eq!(e, Some("connect_failed"));
+}
+
+#[tokio::test]
+async fn the_proxys_own_sockets_are_known_while_they_live() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dst = l.local_addr().unwrap();
+    let own = OwnSockets::default();
+    let metrics = ProxyMetrics::new(weft_identity::metrics::Registry::new());
+    let (client, mut app_side) = tokio::io::duplex(64);
+    let forward = {
+        let own = own.clone();
+        tokio::spawn(async move { forward_tcp(client, dst, &own, "outbound", &metrics).await })
+    };
+    let (mut server, remote) = l.accept().await.unwrap();
+    assert!(own.contains(remote), "the proxy's own socket is recognised");
+    assert!(!own.contains("127.0.0.1:1".parse().unwrap()));
+    server.write_all(b"220 banner\r\n").await.unwrap();
+    let mut banner = [0u8; 12];
+    app_side.read_exact(&mut banner).await.unwrap();
+    assert_eq!(&banner, b"220 banner\r\n");
+    drop(server);
+    drop(app_side);
+    forward.await.unwrap();
+    assert!(!own.contains(remote), "forgotten once closed");
+}
