@@ -7,6 +7,9 @@
 //!   newline-delimited JSON events: the snapshot, then a new snapshot whenever the item
 //!   changes, and `HEARTBEAT`s while it does not. With `version=V` (the version the client
 //!   holds), the stream starts with `UNCHANGED` instead of a snapshot when V is current.
+//! - `GET /v1/address?ip=IP` ([`crate::registry::AddressInfo`]), the same way: what the mesh
+//!   knows of an IP address (the endpoints there and their services), for a proxy that
+//!   intercepted a connection to it and has only its original destination.
 //! - `POST /v1/register` registers or renews a workload ([`Registration`] → [`Registered`]);
 //!   `DELETE /v1/register?namespace=N&address=A` removes it.
 //!
@@ -39,6 +42,7 @@ use crate::wire::{Dur, Event};
 pub const ENDPOINTS_PATH: &str = "/v1/endpoints";
 pub const INBOUND_PATH: &str = "/v1/inbound";
 pub const ROUTES_PATH: &str = "/v1/routes";
+pub const ADDRESS_PATH: &str = "/v1/address";
 pub const REGISTER_PATH: &str = "/v1/register";
 /// Content type of watch streams.
 pub const NDJSON: &str = "application/x-ndjson";
@@ -155,25 +159,25 @@ impl Api {
         let path = req.uri().path().to_string();
         let query = Query::parse(req.uri().query().unwrap_or(""));
         match (req.method(), path.as_str()) {
-            (&Method::GET, ENDPOINTS_PATH | INBOUND_PATH | ROUTES_PATH) => {
-                let namespace = query
-                    .get("namespace")
-                    .unwrap_or(DEFAULT_NAMESPACE)
-                    .to_string();
-                let service = query
-                    .get("service")
-                    .ok_or_else(|| {
+            (&Method::GET, ENDPOINTS_PATH | INBOUND_PATH | ROUTES_PATH | ADDRESS_PATH) => {
+                let key = if path == ADDRESS_PATH {
+                    let ip = query.get("ip").ok_or_else(|| {
                         fail(
                             StatusCode::BAD_REQUEST,
-                            "missing_service",
-                            "give the service: ?service=<name>&namespace=<ns>",
+                            "missing_ip",
+                            "give the IP address: ?ip=<address>",
                         )
-                    })?
-                    .to_string();
-                let key = match path.as_str() {
-                    ENDPOINTS_PATH => Key::Endpoints { namespace, service },
-                    INBOUND_PATH => Key::Inbound { namespace, service },
-                    _ => Key::Routes { namespace, service },
+                    })?;
+                    let ip = ip.parse().map_err(|_| {
+                        fail(
+                            StatusCode::BAD_REQUEST,
+                            "bad_ip",
+                            format!("`{ip}` is not an IPv4 or IPv6 address"),
+                        )
+                    })?;
+                    Key::Address { ip }
+                } else {
+                    service_key(&path, &query)?
                 };
                 let watch = matches!(query.get("watch"), Some("true" | "1"));
                 let version = query.get("version").map(str::to_string);
@@ -232,16 +236,18 @@ impl Api {
                     ))
                 }
             }
-            (_, ENDPOINTS_PATH | INBOUND_PATH | ROUTES_PATH | REGISTER_PATH) => Err(fail(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "watch paths take GET; /v1/register takes POST and DELETE",
-            )),
+            (_, ENDPOINTS_PATH | INBOUND_PATH | ROUTES_PATH | ADDRESS_PATH | REGISTER_PATH) => {
+                Err(fail(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "watch paths take GET; /v1/register takes POST and DELETE",
+                ))
+            }
             _ => Err(fail(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!(
-                    "no such path `{path}`: the API serves {ENDPOINTS_PATH}, {INBOUND_PATH}, {ROUTES_PATH} and {REGISTER_PATH}"
+                    "no such path `{path}`: the API serves {ENDPOINTS_PATH}, {INBOUND_PATH}, {ROUTES_PATH}, {ADDRESS_PATH} and {REGISTER_PATH}"
                 ),
             )),
         }
@@ -488,6 +494,30 @@ fn full(
         http::HeaderValue::from_static(content_type),
     );
     rsp
+}
+
+/// The watch key of a per-service path (`/v1/endpoints`, `/v1/inbound`, `/v1/routes`) from
+/// `?service=S&namespace=N` (namespace `default` when not given).
+fn service_key(path: &str, query: &Query) -> Result<Key, Failure> {
+    let namespace = query
+        .get("namespace")
+        .unwrap_or(DEFAULT_NAMESPACE)
+        .to_string();
+    let service = query
+        .get("service")
+        .ok_or_else(|| {
+            fail(
+                StatusCode::BAD_REQUEST,
+                "missing_service",
+                "give the service: ?service=<name>&namespace=<ns>",
+            )
+        })?
+        .to_string();
+    Ok(match path {
+        ENDPOINTS_PATH => Key::Endpoints { namespace, service },
+        INBOUND_PATH => Key::Inbound { namespace, service },
+        _ => Key::Routes { namespace, service },
+    })
 }
 
 async fn read_body(body: Incoming) -> Result<Bytes, Failure> {

@@ -5,7 +5,7 @@ use metrics::{Counter, Gauge, Histogram};
 use weft_identity::metrics::Registry;
 
 /// Watch kinds, the `kind` label of the watch series.
-pub const WATCH_KINDS: [&str; 3] = ["endpoints", "inbound", "routes"];
+pub const WATCH_KINDS: [&str; 4] = ["endpoints", "inbound", "routes", "address"];
 
 /// Every handle the control plane records on.
 #[derive(Clone, Debug)]
@@ -20,8 +20,8 @@ pub struct Metrics {
     pub registrations_rejected: Counter,
     pub leases_expired: Counter,
     pub endpoints_registered: Gauge,
-    watches_active: [Gauge; 3],
-    watch_events: [Counter; 3],
+    watches_active: [Gauge; WATCH_KINDS.len()],
+    watch_events: [Counter; WATCH_KINDS.len()],
 }
 
 impl Metrics {

@@ -5,7 +5,7 @@
 //! waiting; [`crate::store`] drives it with the clock and publishes its changes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,27 @@ pub struct ServiceEndpoints {
     pub ports: Vec<u16>,
     /// Sorted by address.
     pub endpoints: Vec<Endpoint>,
+}
+
+/// What the mesh knows of one IP address (`GET /v1/address?ip=…`): the workloads registered
+/// there and the static endpoints listed there, each with the service it belongs to. A proxy
+/// that intercepted a connection to that IP (transparent mode) learns from it whether the
+/// destination is meshed, which identity it must prove, and which service it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressInfo {
+    pub ip: IpAddr,
+    /// Sorted by namespace, service and address; empty when the mesh does not know the IP.
+    pub endpoints: Vec<AddressEndpoint>,
+}
+
+/// One endpoint at an address, with its service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressEndpoint {
+    pub namespace: String,
+    pub service: String,
+    pub endpoint: Endpoint,
 }
 
 /// What a workload sends to register (`POST /v1/register`), and again to renew.

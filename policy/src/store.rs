@@ -14,6 +14,7 @@
 //! `subscribe`, `current`, `set_config` and the registry methods.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,15 +24,31 @@ use tokio::sync::{Notify, watch};
 
 use crate::load::{Config, Summary, ValidationError};
 use crate::metrics::Metrics;
-use crate::registry::{Conflict, Registry, ServiceEndpoints, Upsert, Workload, selects};
+use crate::registry::{
+    AddressEndpoint, AddressInfo, Conflict, Registry, ServiceEndpoints, Upsert, Workload, selects,
+};
 use crate::wire::fnv1a;
 
 /// What a client can watch.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Key {
-    Endpoints { namespace: String, service: String },
-    Inbound { namespace: String, service: String },
-    Routes { namespace: String, service: String },
+    Endpoints {
+        namespace: String,
+        service: String,
+    },
+    Inbound {
+        namespace: String,
+        service: String,
+    },
+    Routes {
+        namespace: String,
+        service: String,
+    },
+    /// What the mesh knows of an IP address (transparent mode: a proxy that intercepted a
+    /// connection to it).
+    Address {
+        ip: IpAddr,
+    },
 }
 
 impl Key {
@@ -41,6 +58,7 @@ impl Key {
             Key::Endpoints { .. } => 0,
             Key::Inbound { .. } => 1,
             Key::Routes { .. } => 2,
+            Key::Address { .. } => 3,
         }
     }
 }
@@ -99,6 +117,49 @@ impl State {
         }
     }
 
+    /// Every endpoint at `ip`: registered workloads whose address has that IP, and static
+    /// endpoints of `Service` resources with that IP, each with its service.
+    pub fn address(&self, ip: IpAddr) -> AddressInfo {
+        let mut endpoints: Vec<AddressEndpoint> = self
+            .config
+            .services
+            .iter()
+            .flat_map(|((namespace, service), def)| {
+                def.endpoints
+                    .iter()
+                    .filter(|e| e.address.ip() == ip)
+                    .map(|e| AddressEndpoint {
+                        namespace: namespace.clone(),
+                        service: service.clone(),
+                        endpoint: e.clone(),
+                    })
+            })
+            .chain(
+                self.workloads
+                    .iter()
+                    .filter(|w| w.address.ip() == ip)
+                    .map(|w| AddressEndpoint {
+                        namespace: w.namespace.clone(),
+                        service: w.service.clone(),
+                        endpoint: w.endpoint(),
+                    }),
+            )
+            .collect();
+        endpoints.sort_by(|a, b| {
+            (&a.namespace, &a.service, a.endpoint.address).cmp(&(
+                &b.namespace,
+                &b.service,
+                b.endpoint.address,
+            ))
+        });
+        endpoints.dedup_by(|a, b| {
+            a.namespace == b.namespace
+                && a.service == b.service
+                && a.endpoint.address == b.endpoint.address
+        });
+        AddressInfo { ip, endpoints }
+    }
+
     /// The item `key` names, rendered once per state.
     pub fn render(&self, key: &Key) -> Arc<Rendered> {
         if let Some(r) = self.memo.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
@@ -114,6 +175,7 @@ impl State {
             Key::Routes { namespace, service } => {
                 self.rendered(&self.config.service_routes(namespace, service))
             }
+            Key::Address { ip } => self.rendered(&self.address(*ip)),
         });
         self.memo
             .lock()

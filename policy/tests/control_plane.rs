@@ -432,3 +432,139 @@ async fn first_watch_line(addr: std::net::SocketAddr, path: &str) -> String {
     .await
     .expect("a first line within 5 s")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_lookup_names_the_endpoints_at_an_ip_and_follows_registrations() {
+    // A static endpoint at 10.0.0.7 (a workload without a proxy) besides the usual resources.
+    let resources = format!(
+        "{RESOURCES}---\nkind: Service\nmetadata: {{name: legacy, namespace: default}}\n\
+         spec:\n  ports: [{{port: 8080}}]\n  endpoints:\n    - address: 10.0.0.7:8080\n"
+    );
+    let dir = resource_dir(&resources);
+    let cp = ControlPlane::start(Settings::insecure(dir.path())).await;
+    let item = |body: &str| -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["type"], "SNAPSHOT", "{body}");
+        v["item"].clone()
+    };
+
+    let (status, body) = http_get(cp.api, "/v1/address?ip=10.0.0.7").await;
+    assert_eq!(status, 200, "{body}");
+    let legacy = item(&body);
+    assert_eq!(legacy["ip"], "10.0.0.7");
+    assert_eq!(legacy["endpoints"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(legacy["endpoints"][0]["service"], "legacy");
+    assert_eq!(
+        legacy["endpoints"][0]["endpoint"]["address"],
+        "10.0.0.7:8080"
+    );
+    assert_eq!(legacy["endpoints"][0]["endpoint"]["source"], "static");
+    assert!(legacy["endpoints"][0]["endpoint"].get("identity").is_none());
+
+    // An IP the mesh does not know: known to be unknown, not an error.
+    let (status, body) = http_get(cp.api, "/v1/address?ip=127.0.0.1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(item(&body)["endpoints"], serde_json::json!([]));
+
+    // A watch sees a registration at the IP, with its service and identity, and its removal.
+    let (tx, mut lines) = tokio::sync::mpsc::channel(16);
+    let watch = tokio::spawn(watch_lines(
+        cp.api,
+        "/v1/address?ip=127.0.0.1&watch=true",
+        tx,
+    ));
+    let next_snapshot = async |lines: &mut tokio::sync::mpsc::Receiver<String>| loop {
+        let line = tokio::time::timeout(Duration::from_secs(5), lines.recv())
+            .await
+            .expect("a snapshot within 5 s")
+            .expect("the watch is open");
+        if line.contains("\"SNAPSHOT\"") {
+            return item(&line);
+        }
+    };
+    assert_eq!(
+        next_snapshot(&mut lines).await["endpoints"],
+        serde_json::json!([])
+    );
+    let client = cp.client();
+    let registered = client.keep_registered(registration("v1", 7001, Duration::from_secs(30)));
+    let seen = next_snapshot(&mut lines).await;
+    let endpoints = seen["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1, "{seen}");
+    assert_eq!(endpoints[0]["namespace"], "default");
+    assert_eq!(endpoints[0]["service"], "api");
+    assert_eq!(endpoints[0]["endpoint"]["address"], "127.0.0.1:7001");
+    assert_eq!(
+        endpoints[0]["endpoint"]["identity"],
+        "spiffe://weft.local/ns/default/sa/api"
+    );
+    assert_eq!(endpoints[0]["endpoint"]["source"], "registered");
+    drop(registered);
+    client
+        .deregister("default", "127.0.0.1:7001".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_snapshot(&mut lines).await["endpoints"],
+        serde_json::json!([])
+    );
+    watch.abort();
+
+    // Bad requests say what to give.
+    let (status, body) = http_get(cp.api, "/v1/address").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("missing_ip"), "{body}");
+    let (status, body) = http_get(cp.api, "/v1/address?ip=api.default").await;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("bad_ip") && body.contains("api.default"),
+        "{body}"
+    );
+    // The watch was counted under its own kind.
+    let (_, metrics) = cp.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("weft_policy_watch_events_total{kind=\"address\"}"),
+        "{metrics}"
+    );
+    cp.stop().await;
+}
+
+/// Sends every line of a watch stream (HTTP/1.1, chunked) to `tx` until it ends.
+async fn watch_lines(
+    addr: std::net::SocketAddr,
+    path: &str,
+    tx: tokio::sync::mpsc::Sender<String>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let mut chunk = [0u8; 4096];
+    let mut body_started = false;
+    loop {
+        let n = s.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        if !body_started {
+            match text.split_once("\r\n\r\n") {
+                Some((_, rest)) => {
+                    text = rest.to_string();
+                    body_started = true;
+                }
+                None => continue,
+            }
+        }
+        // Chunk framing aside, every event is one JSON line.
+        while let Some(i) = text.find('\n') {
+            let line: String = text.drain(..=i).collect();
+            let line = line.trim();
+            if line.starts_with('{') && tx.send(line.to_string()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
