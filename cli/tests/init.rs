@@ -6,10 +6,19 @@
 
 mod support;
 
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
 
-use support::{WEFT, system_tests};
+use support::{Netns, WEFT, require_tools, system_tests};
+
+/// What these tests need with system tests on, and where it comes from.
+const TOOLS: &[&str] = &[
+    "ip",
+    "iptables",
+    "iptables-nft",
+    "iptables-legacy",
+    "ip6tables",
+];
+const PACKAGES: &str = "iptables and iproute2";
 
 const FLAGS: &[&str] = &[
     "init",
@@ -23,52 +32,7 @@ const FLAGS: &[&str] = &[
     "10.96.0.0/12,169.254.169.254",
 ];
 
-/// A network namespace for one test, deleted when dropped (also when the test panics).
-struct Netns {
-    name: String,
-}
-
 impl Netns {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "weft-init-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Netns { name }
-    }
-
-    /// Runs a command in the namespace.
-    fn exec(&self, argv: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(argv)
-            .output()
-            .unwrap()
-    }
-
-    /// Runs a command in the namespace that must succeed; its stdout.
-    fn ok(&self, argv: &[&str]) -> String {
-        let out = self.exec(argv);
-        assert!(
-            out.status.success(),
-            "{argv:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     /// `weft ARGS` in the namespace, which must succeed: (stdout, stderr).
     fn weft(&self, args: &[&str]) -> (String, String) {
         let mut argv = vec![WEFT];
@@ -96,42 +60,6 @@ impl Netns {
             })
             .collect::<Vec<_>>()
             .join("\n")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let out = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-        if !matches!(&out, Ok(o) if o.status.success()) {
-            eprintln!(
-                "warning: could not delete network namespace {}: {out:?}",
-                self.name
-            );
-        }
-    }
-}
-
-/// With system tests on, a missing tool is a failure, never a skip.
-fn require_tools() {
-    for tool in [
-        "ip",
-        "iptables",
-        "iptables-nft",
-        "iptables-legacy",
-        "ip6tables",
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .unwrap()
-            .status
-            .success();
-        assert!(
-            found,
-            "{tool} is missing: install the Debian packages iptables and iproute2 (see .ci/run)"
-        );
     }
 }
 
@@ -165,7 +93,7 @@ fn added(before: &str, after: &str) -> Vec<String> {
 /// Install, reinstall, uninstall, uninstall again with one backend in a fresh namespace;
 /// with `ipv6`, checks the ip6tables half the same way.
 fn round_trip(backend: &str, ipv6: bool) {
-    let ns = Netns::new();
+    let ns = Netns::new("weft-init-test");
     let save4 = format!("iptables-{backend}-save");
     let save6 = format!("ip6tables-{backend}-save");
     let mut flags = FLAGS.to_vec();
@@ -273,7 +201,7 @@ fn nft_install_twice_uninstall() {
     if !system_tests("nft_install_twice_uninstall") {
         return;
     }
-    require_tools();
+    require_tools(TOOLS, PACKAGES);
     round_trip("nft", false);
     round_trip("nft", true);
 }
@@ -283,7 +211,7 @@ fn legacy_install_twice_uninstall() {
     if !system_tests("legacy_install_twice_uninstall") {
         return;
     }
-    require_tools();
+    require_tools(TOOLS, PACKAGES);
     round_trip("legacy", false);
     round_trip("legacy", true);
 }
@@ -293,8 +221,8 @@ fn auto_follows_the_backend_holding_rules() {
     if !system_tests("auto_follows_the_backend_holding_rules") {
         return;
     }
-    require_tools();
-    let ns = Netns::new();
+    require_tools(TOOLS, PACKAGES);
+    let ns = Netns::new("weft-init-test");
     // Someone's legacy rule (in the filter table: init leaves it alone).
     ns.ok(&[
         "iptables-legacy",
@@ -330,8 +258,8 @@ fn refuses_without_root_or_iptables() {
     if !system_tests("refuses_without_root_or_iptables") {
         return;
     }
-    require_tools();
-    let ns = Netns::new();
+    require_tools(TOOLS, PACKAGES);
+    let ns = Netns::new("weft-init-test");
     let before = ns.nat("iptables-save");
     let as_nobody = |extra: &[&str]| {
         let mut argv = vec![
@@ -422,8 +350,8 @@ fn auto_on_a_fresh_namespace_uses_the_system_iptables_and_leaves_no_trace() {
     if !system_tests("auto_on_a_fresh_namespace_uses_the_system_iptables_and_leaves_no_trace") {
         return;
     }
-    require_tools();
-    let ns = Netns::new();
+    require_tools(TOOLS, PACKAGES);
+    let ns = Netns::new("weft-init-test");
     let (_, err) = ns.weft(&["init", "--proxy-uid", "2102"]);
     assert!(
         err.contains("using iptables (iptables v") && err.contains("both hold 0 rules"),
@@ -449,8 +377,8 @@ fn a_failed_ipv6_half_rolls_the_ipv4_half_back() {
     if !system_tests("a_failed_ipv6_half_rolls_the_ipv4_half_back") {
         return;
     }
-    require_tools();
-    let ns = Netns::new();
+    require_tools(TOOLS, PACKAGES);
+    let ns = Netns::new("weft-init-test");
     // An ip6tables-nft-restore that always fails, ahead of the real one in PATH.
     let fake = tempfile::tempdir().unwrap();
     let script = fake.path().join("ip6tables-nft-restore");

@@ -11,7 +11,7 @@ mod support;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{WEFT, metric_sum, system_tests, token};
+use support::{Netns, WEFT, metric_sum, require_tools, system_tests, token};
 
 /// The proxy's user: exempt from redirection by `weft init --proxy-uid`.
 const PROXY_UID: &str = "2102";
@@ -21,8 +21,8 @@ const BANNER_PORT: &str = "2525";
 
 /// Two namespaces joined by a veth pair, deleted when dropped (also when the test panics).
 struct Pair {
-    a: String,
-    b: String,
+    a: Netns,
+    b: Netns,
 }
 
 fn run(argv: &[&str]) -> Output {
@@ -44,43 +44,46 @@ impl Pair {
     fn new() -> Self {
         let id = std::process::id();
         let pair = Pair {
-            a: format!("weft-ic-a-{id}"),
-            b: format!("weft-ic-b-{id}"),
+            a: Netns::new("weft-ic-a"),
+            b: Netns::new("weft-ic-b"),
         };
-        ok(&["ip", "netns", "add", &pair.a]);
-        ok(&["ip", "netns", "add", &pair.b]);
         let (va, vb) = (
             format!("wica{}", id % 100_000),
             format!("wicb{}", id % 100_000),
         );
         ok(&[
-            "ip", "link", "add", &va, "netns", &pair.a, "type", "veth", "peer", "name", &vb,
-            "netns", &pair.b,
+            "ip",
+            "link",
+            "add",
+            &va,
+            "netns",
+            &pair.a.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vb,
+            "netns",
+            &pair.b.name,
         ]);
         for (ns, dev, ip) in [(&pair.a, &va, A_IP), (&pair.b, &vb, B_IP)] {
-            pair.ok(ns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", dev]);
-            pair.ok(ns, &["ip", "link", "set", dev, "up"]);
-            pair.ok(ns, &["ip", "link", "set", "lo", "up"]);
+            ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", dev]);
+            ns.ok(&["ip", "link", "set", dev, "up"]);
+            ns.ok(&["ip", "link", "set", "lo", "up"]);
         }
         pair
     }
 
-    fn exec(&self, ns: &str, argv: &[&str]) -> Output {
-        let mut full = vec!["ip", "netns", "exec", ns];
-        full.extend_from_slice(argv);
-        run(&full)
-    }
-
-    fn ok(&self, ns: &str, argv: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", ns];
-        full.extend_from_slice(argv);
-        ok(&full)
-    }
-
     /// A long-running process in `ns`, killed when dropped; stderr to `log`.
-    fn spawn(&self, ns: &str, argv: &[&str], env: &[(&str, String)], log: &std::path::Path) -> Bg {
+    fn spawn(
+        &self,
+        ns: &Netns,
+        argv: &[&str],
+        env: &[(&str, String)],
+        log: &std::path::Path,
+    ) -> Bg {
         let child = Command::new("ip")
-            .args(["netns", "exec", ns])
+            .args(["netns", "exec", &ns.name])
             .args(argv)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("WEFT_LOG", "info")
@@ -96,17 +99,17 @@ impl Pair {
 
     /// `curl` in A, as root (not the proxy's user: redirected), with no proxy settings.
     fn curl(&self, url: &str) -> Output {
-        self.exec(
-            &self.a,
-            &["curl", "-sS", "--noproxy", "*", "-m", "5", "-o", "-", url],
-        )
+        self.a
+            .exec(&["curl", "-sS", "--noproxy", "*", "-m", "5", "-o", "-", url])
     }
 
     /// Polls `url` in A until it answers 200 (a process there is ready).
     fn wait_ok(&self, url: &str, what: &Bg) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let out = self.exec(&self.a, &["curl", "-sf", "-m", "2", "-o", "/dev/null", url]);
+            let out = self
+                .a
+                .exec(&["curl", "-sf", "-m", "2", "-o", "/dev/null", url]);
             if out.status.success() {
                 return;
             }
@@ -116,17 +119,6 @@ impl Pair {
                 what.logs()
             );
             std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            let out = Command::new("ip").args(["netns", "del", ns]).output();
-            if !matches!(&out, Ok(o) if o.status.success()) {
-                eprintln!("warning: could not delete network namespace {ns}: {out:?}");
-            }
         }
     }
 }
@@ -147,21 +139,6 @@ impl Drop for Bg {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn require_tools() {
-    for tool in ["ip", "iptables", "setpriv", "curl", "python3"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .unwrap()
-            .status
-            .success();
-        assert!(
-            found,
-            "{tool} is missing: install the Debian packages iproute2, iptables, util-linux, curl and python3"
-        );
     }
 }
 
@@ -190,7 +167,10 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     if !system_tests("intercepted_traffic_goes_through_the_proxy_unmeshed") {
         return;
     }
-    require_tools();
+    require_tools(
+        &["ip", "iptables", "setpriv", "curl", "python3"],
+        "iproute2, iptables, util-linux, curl and python3",
+    );
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // The proxy's user reads its token from here.
@@ -208,7 +188,7 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     let deadline = Instant::now() + Duration::from_secs(30);
     for port in ["8080", BANNER_PORT] {
         let probe = format!("exec 3<>/dev/tcp/{B_IP}/{port}");
-        while !pair.exec(&pair.b, &["bash", "-c", &probe]).status.success() {
+        while !pair.b.exec(&["bash", "-c", &probe]).status.success() {
             assert!(
                 Instant::now() < deadline,
                 "the servers in B never listened:\n{}",
@@ -273,7 +253,7 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     pair.wait_ok("http://127.0.0.1:18091/ready", &policy);
 
     // Interception, and the proxy as its exempt user.
-    pair.ok(&pair.a, &[WEFT, "init", "--proxy-uid", PROXY_UID]);
+    pair.a.ok(&[WEFT, "init", "--proxy-uid", PROXY_UID]);
     let proxy_env = [
         (
             "WEFT_TOKEN_FILE",
@@ -322,14 +302,11 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     // 2. A server that speaks first, on an opaque port: its banner comes through at once,
     // not after the 1 s detection timeout.
     let started = Instant::now();
-    let banner = pair.ok(
-        &pair.a,
-        &[
-            "bash",
-            "-c",
-            &format!("exec 3<>/dev/tcp/{B_IP}/{BANNER_PORT}; head -c 12 <&3"),
-        ],
-    );
+    let banner = pair.a.ok(&[
+        "bash",
+        "-c",
+        &format!("exec 3<>/dev/tcp/{B_IP}/{BANNER_PORT}; head -c 12 <&3"),
+    ]);
     let took = started.elapsed();
     assert_eq!(banner, "220 banner\r\n");
     assert!(
@@ -366,22 +343,19 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
         &d.join("proxy-root.log"),
     );
     pair.wait_ok("http://127.0.0.1:4191/ready", &wrong);
-    let out = pair.exec(
-        &pair.a,
-        &[
-            "curl",
-            "-s",
-            "--noproxy",
-            "*",
-            "-m",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &url,
-        ],
-    );
+    let out = pair.a.exec(&[
+        "curl",
+        "-s",
+        "--noproxy",
+        "*",
+        "-m",
+        "5",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url,
+    ]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "502",
@@ -404,5 +378,5 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     assert_eq!(loops, 1.0, "one refused loop, not a storm:\n{metrics}");
     eprintln!("the proxy's own redirected connection was refused ({loops} loop)");
     drop(wrong);
-    pair.ok(&pair.a, &[WEFT, "init", "--uninstall"]);
+    pair.a.ok(&[WEFT, "init", "--uninstall"]);
 }

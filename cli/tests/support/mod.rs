@@ -1,11 +1,13 @@
-//! Shared by the CLI's process tests: free loopback ports, raw HTTP/1, and `weft` processes
-//! that log to a file, wait for `/ready`, stop on SIGTERM and are killed when dropped.
+//! Shared by the CLI's process tests: free loopback ports, raw HTTP/1, `weft` processes that
+//! log to a file, wait for `/ready`, stop on SIGTERM and are killed when dropped, and the
+//! system tests' network namespaces and tool checks.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -160,4 +162,84 @@ pub fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
         .filter(|l| must_contain.iter().all(|m| l.contains(m)))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
+}
+
+/// With system tests on, a missing tool is a failure, never a skip: each of `tools` must be on
+/// `PATH`; `packages` says what to install.
+pub fn require_tools(tools: &[&str], packages: &str) {
+    for tool in tools {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(
+            found,
+            "{tool} is missing: install the Debian packages {packages} (see .ci/run)"
+        );
+    }
+}
+
+/// A network namespace made for one test (`ip netns add`), deleted when dropped, also when
+/// the test panics.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// A new namespace named `<prefix>-<pid>-<n>`, unique among this process's.
+    pub fn new(prefix: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Netns { name }
+    }
+
+    /// Runs a command in the namespace.
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a command in the namespace that must succeed; its stdout.
+    pub fn ok(&self, argv: &[&str]) -> String {
+        let out = self.exec(argv);
+        assert!(
+            out.status.success(),
+            "{argv:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        if !matches!(&out, Ok(o) if o.status.success()) {
+            eprintln!(
+                "warning: could not delete network namespace {}: {out:?}",
+                self.name
+            );
+        }
+    }
 }
