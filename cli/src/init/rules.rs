@@ -181,28 +181,18 @@ impl Config {
                     .into(),
             );
         }
-        let skip_inbound_ports = parse_ports("--skip-inbound-ports", raw.skip_inbound_ports)?;
-        if let Some(r) = skip_inbound_ports
-            .iter()
-            .find(|r| r.contains(raw.inbound_port))
-        {
-            return Err(format!(
-                "--skip-inbound-ports {r} contains the inbound port {}: the proxy's own port \
-                 cannot be skipped",
-                raw.inbound_port
-            ));
-        }
-        let skip_outbound_ports = parse_ports("--skip-outbound-ports", raw.skip_outbound_ports)?;
-        if let Some(r) = skip_outbound_ports
-            .iter()
-            .find(|r| r.contains(raw.outbound_port))
-        {
-            return Err(format!(
-                "--skip-outbound-ports {r} contains the outbound port {}: the proxy's own port \
-                 cannot be skipped",
-                raw.outbound_port
-            ));
-        }
+        let skip_inbound_ports = skip_ports(
+            "--skip-inbound-ports",
+            raw.skip_inbound_ports,
+            "inbound",
+            raw.inbound_port,
+        )?;
+        let skip_outbound_ports = skip_ports(
+            "--skip-outbound-ports",
+            raw.skip_outbound_ports,
+            "outbound",
+            raw.outbound_port,
+        )?;
         let skip_outbound_cidrs = raw
             .skip_outbound_cidrs
             .iter()
@@ -419,6 +409,22 @@ pub fn rollback_ruleset(before: &NatState) -> String {
 
 fn split_list(s: &str) -> impl Iterator<Item = &str> {
     s.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// A skip list of ports (`flag`), which must not contain the proxy's own `which` port.
+fn skip_ports(
+    flag: &str,
+    items: &[String],
+    which: &str,
+    port: u16,
+) -> Result<Vec<PortRange>, String> {
+    let ranges = parse_ports(flag, items)?;
+    match ranges.iter().find(|r| r.contains(port)) {
+        Some(r) => Err(format!(
+            "{flag} {r} contains the {which} port {port}: the proxy's own port cannot be skipped"
+        )),
+        None => Ok(ranges),
+    }
 }
 
 fn parse_ports(flag: &str, items: &[String]) -> Result<Vec<PortRange>, String> {
