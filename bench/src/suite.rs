@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 use crate::Error;
-use crate::mesh::{self, MeshConfig};
+use crate::mesh::{self, MeshConfig, write_file as write};
 use crate::plot::{self, Line};
 use crate::report::{MeshReport, Mode, Run, Scenario, thousands};
 
@@ -190,10 +190,6 @@ fn free_stem(dir: &Path, date: &str) -> String {
         })
         .find(|stem| !dir.join(format!("{stem}.json")).exists())
         .unwrap_or_else(|| date.to_string())
-}
-
-fn write(path: &Path, text: &str) -> Result<(), Error> {
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Runs the benchmark binary `name` beside this one with `args` and `--json json`, its
