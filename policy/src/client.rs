@@ -26,9 +26,9 @@ use weft_identity::client::Backoff;
 use weft_identity::server::ErrorBody;
 use weft_identity::tls::{self, TrustBundle};
 
-use crate::api::{ENDPOINTS_PATH, INBOUND_PATH, REGISTER_PATH, ROUTES_PATH, encode};
+use crate::api::{ADDRESS_PATH, ENDPOINTS_PATH, INBOUND_PATH, REGISTER_PATH, ROUTES_PATH, encode};
 use crate::authz::WorkloadPolicy;
-use crate::registry::{Registered, Registration, ServiceEndpoints};
+use crate::registry::{AddressInfo, Registered, Registration, ServiceEndpoints};
 use crate::routes::ServiceRoutes;
 
 /// Largest watch event accepted.
@@ -182,18 +182,32 @@ impl PolicyClient {
         self.watch(ROUTES_PATH, namespace, service)
     }
 
+    /// Follows what the mesh knows of an IP address: the workloads and static endpoints
+    /// there, with their services (transparent interception's original destinations).
+    pub fn watch_address(&self, ip: std::net::IpAddr) -> Watched<AddressInfo> {
+        self.watch_query(ADDRESS_PATH, format!("ip={}", encode(&ip.to_string())))
+    }
+
     fn watch<T: DeserializeOwned + Send + Sync + 'static>(
         &self,
         path: &'static str,
         namespace: &str,
         service: &str,
     ) -> Watched<T> {
-        let (tx, rx) = watch::channel(None);
         let query = format!(
             "namespace={}&service={}",
             encode(namespace),
             encode(service)
         );
+        self.watch_query(path, query)
+    }
+
+    fn watch_query<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        path: &'static str,
+        query: String,
+    ) -> Watched<T> {
+        let (tx, rx) = watch::channel(None);
         tokio::spawn(follow(
             self.inner.clone(),
             path,

@@ -3,11 +3,12 @@
 //! the router open one per destination on its first request and keep it for the proxy's life,
 //! so changes apply live and the last state survives a control-plane outage.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 use weft_policy::client::PolicyClient;
-use weft_policy::registry::ServiceEndpoints;
+use weft_policy::registry::{AddressInfo, ServiceEndpoints};
 use weft_policy::routes::ServiceRoutes;
 
 /// Where the outbound side learns about services: the control plane client in a real proxy,
@@ -33,6 +34,18 @@ pub trait Resolve: Send + Sync + 'static {
             namespace: namespace.to_string(),
             service: service.to_string(),
             rules: Vec::new(),
+        })))
+        .1
+    }
+
+    /// What the mesh knows of the IP address `ip` (`None` until the first answer): whether an
+    /// original destination of transparent interception is a meshed workload. Called once per
+    /// address (bounded): the caller keeps the watch. A resolver that knows no addresses
+    /// answers at once that it knows nothing, so such destinations go unmeshed.
+    fn address(&self, ip: IpAddr) -> watch::Receiver<Option<Arc<AddressInfo>>> {
+        watch::channel(Some(Arc::new(AddressInfo {
+            ip,
+            endpoints: Vec::new(),
         })))
         .1
     }
@@ -65,5 +78,9 @@ impl Resolve for PolicyResolver {
         service: &str,
     ) -> watch::Receiver<Option<Arc<ServiceRoutes>>> {
         self.client.watch_routes(namespace, service)
+    }
+
+    fn address(&self, ip: IpAddr) -> watch::Receiver<Option<Arc<AddressInfo>>> {
+        self.client.watch_address(ip)
     }
 }

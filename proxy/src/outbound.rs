@@ -18,11 +18,12 @@ pub use crate::destination::Destination;
 pub use crate::endpoint::CONNECT_TIMEOUT;
 
 use crate::detect::{self, Protocol};
+use crate::endpoint::Connect;
 use crate::metrics::ProxyMetrics;
 use crate::orig_dst::{Interception, OrigDst};
 use crate::svc::HttpService;
 use crate::tls::MeshTls;
-use crate::unmeshed::OwnSockets;
+use crate::unmeshed::{Addresses, OwnSockets};
 
 const DIRECTION: &str = "outbound";
 
@@ -42,6 +43,10 @@ pub struct Outbound {
     metrics: Arc<ProxyMetrics>,
     stack: HttpService,
     own: OwnSockets,
+    /// Meshed workloads by the IP of original destinations.
+    addresses: Arc<Addresses>,
+    /// Connections to peer proxies (opaque tunnels to meshed original destinations).
+    connect: Connect,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -60,12 +65,23 @@ impl Outbound {
         metrics: Arc<ProxyMetrics>,
     ) -> Arc<Self> {
         let own = OwnSockets::default();
-        let stack = crate::stack::outbound(&cfg, tls, resolver, metrics.clone(), own.clone());
+        let connect = Connect::new(tls, metrics.clone());
+        let addresses = Arc::new(Addresses::new(resolver.clone()));
+        let stack = crate::stack::outbound(
+            &cfg,
+            connect.clone(),
+            resolver,
+            addresses.clone(),
+            metrics.clone(),
+            own.clone(),
+        );
         Arc::new(Self {
             cfg,
             metrics,
             stack,
             own,
+            addresses,
+            connect,
         })
     }
 
@@ -103,9 +119,7 @@ impl Outbound {
             }
             if self.cfg.intercept.is_opaque(dst.port()) {
                 // Server-speaks-first: no detection, no waiting for the client.
-                let _open = self.metrics.tcp_open(DIRECTION, "unmeshed");
-                return crate::unmeshed::forward_tcp(tcp, dst, &self.own, DIRECTION, &self.metrics)
-                    .await;
+                return self.opaque(tcp, dst).await;
             }
         }
         let (protocol, io) = match detect::detect(tcp, false, self.cfg.detect_timeout).await {
@@ -118,9 +132,7 @@ impl Outbound {
         if !matches!(protocol, Protocol::Http1 | Protocol::Http2) {
             if let Some(dst) = orig {
                 // Opaque bytes on a redirected connection: to where they were going.
-                let _open = self.metrics.tcp_open(DIRECTION, "unmeshed");
-                return crate::unmeshed::forward_tcp(io, dst, &self.own, DIRECTION, &self.metrics)
-                    .await;
+                return self.opaque(io, dst).await;
             }
             let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
             // Without an original destination (the app uses the proxy explicitly) there is
@@ -143,5 +155,22 @@ impl Outbound {
             }
         };
         crate::listen::serve_http(io, stack, true, DIRECTION, remote, watcher).await;
+    }
+
+    /// An opaque connection to the original destination `dst`: through an mTLS tunnel to the
+    /// meshed workload there, else forwarded as it is.
+    async fn opaque<I>(&self, io: I, dst: SocketAddr)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        if let Some(workload) = self.addresses.meshed(dst.ip()).await
+            && let Some(identity) = workload.identity()
+        {
+            let _open = self.metrics.tcp_open(DIRECTION, "opaque");
+            let addr = workload.endpoint().address;
+            return self.connect.opaque(io, addr, identity, dst.port()).await;
+        }
+        let _open = self.metrics.tcp_open(DIRECTION, "unmeshed");
+        crate::unmeshed::forward_tcp(io, dst, &self.own, DIRECTION, &self.metrics).await;
     }
 }

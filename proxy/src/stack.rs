@@ -26,15 +26,15 @@ use crate::route::metrics::RouteMetricsLayer;
 use crate::split::SplitLayer;
 use crate::svc::HttpService;
 use crate::timeout::TimeoutLayer;
-use crate::tls::MeshTls;
-use crate::unmeshed::{Intercepted, OwnSockets};
+use crate::unmeshed::{Addresses, Intercepted, OwnSockets};
 
 /// The outbound HTTP stack, shared by every connection from the application. `own`: the
 /// proxy's own sockets to original destinations (loop detection, [`OwnSockets`]).
 pub fn outbound(
     cfg: &OutboundConfig,
-    tls: Arc<MeshTls>,
+    connect: Connect,
     resolver: Arc<dyn Resolve>,
+    addresses: Arc<Addresses>,
     metrics: Arc<ProxyMetrics>,
     own: OwnSockets,
 ) -> HttpService {
@@ -61,17 +61,25 @@ pub fn outbound(
             // the circuit breaker ejected.
             .layer(BalanceLayer::new(resolver.clone()).with_metrics(metrics.clone()))
             // The endpoint: pooled mTLS HTTP/2 to its proxy, or plaintext when unmeshed.
-            .service(Connect::new(tls, metrics.clone())),
+            .service(connect.clone()),
     );
     BoxCloneSyncService::new(
         ServiceBuilder::new()
             // First, so that whatever fails below becomes the response the error describes
             // (`weft-error` header), and every request is counted once, however it ends.
             .layer(EdgeLayer::new("outbound", None, metrics))
-            // On a connection `weft init` redirected: a request for an address or a name the
-            // mesh does not know goes, as it is, to the original destination; the rest, and
-            // every request on a connection without one, takes the mesh.
-            .service(Intercepted::new(mesh, &cfg.namespace, resolver, own)),
+            // On a connection `weft init` redirected: a request for a meshed workload's
+            // address goes to that workload over mTLS; one for an address or a name the mesh
+            // does not know goes, as it is, to the original destination; the rest, and every
+            // request on a connection without one, takes the mesh.
+            .service(Intercepted::new(
+                mesh,
+                BoxCloneSyncService::new(connect),
+                &cfg.namespace,
+                resolver,
+                addresses,
+                own,
+            )),
     )
 }
 

@@ -220,6 +220,12 @@ pub struct Picked {
 }
 
 impl Picked {
+    /// The endpoint at `index` of `endpoints`, chosen by the caller (`None` when there is no
+    /// such endpoint): a request for a meshed workload's address goes to that workload.
+    pub fn new(endpoints: Arc<ServiceEndpoints>, index: usize) -> Option<Self> {
+        (index < endpoints.endpoints.len()).then_some(Self { endpoints, index })
+    }
+
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoints.endpoints[self.index]
     }

@@ -70,6 +70,23 @@ impl Destination {
     }
 
     /// `<namespace>/<service>`: the metric label and the balancer's key.
+    /// The destination `label` (`<namespace>/<service>`) of a request the mesh knew by the
+    /// address it was going to, sent on with `authority`.
+    pub fn of_service(
+        namespace: &str,
+        service: &str,
+        label: Arc<str>,
+        authority: Authority,
+    ) -> Self {
+        Self(Arc::new(Parts {
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+            port: authority.port_u16().unwrap_or(80),
+            authority,
+            label,
+        }))
+    }
+
     pub fn label(&self) -> &Arc<str> {
         &self.label
     }

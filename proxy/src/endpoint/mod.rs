@@ -319,26 +319,45 @@ impl Inner {
                     return;
                 }
             };
-            let mut client = TokioIo::new(upgraded);
+            let client = TokioIo::new(upgraded);
             match identity {
-                Some(id) => match this.connect_tls(addr, &id, ALPN_OPAQUE).await {
-                    Ok(mut tls) => {
-                        if tls.write_all(&port.to_be_bytes()).await.is_ok() {
-                            crate::tcp::relay(&mut client, &mut tls, DIRECTION, &this.metrics)
-                                .await;
-                        }
-                    }
-                    Err(e) => {
-                        this.metrics.error(DIRECTION, e.code());
-                        tracing::info!(error = %e, "CONNECT tunnel failed");
-                    }
-                },
+                Some(id) => this.opaque(client, addr, &id, port).await,
                 None => crate::tcp::forward(client, addr, DIRECTION, &this.metrics).await,
             }
         });
         let mut rsp = Response::new(body::empty());
         *rsp.status_mut() = StatusCode::OK;
         rsp
+    }
+}
+
+impl Connect {
+    /// Relays the opaque connection `client` to port `port` of the meshed workload whose
+    /// proxy is at `addr`, proving `identity`, through an mTLS tunnel (the port goes first).
+    pub async fn opaque<I>(&self, client: I, addr: SocketAddr, identity: &SpiffeId, port: u16)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        self.inner.opaque(client, addr, identity, port).await;
+    }
+}
+
+impl Inner {
+    async fn opaque<I>(&self, mut client: I, addr: SocketAddr, identity: &SpiffeId, port: u16)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        match self.connect_tls(addr, identity, ALPN_OPAQUE).await {
+            Ok(mut tls) => {
+                if tls.write_all(&port.to_be_bytes()).await.is_ok() {
+                    crate::tcp::relay(&mut client, &mut tls, DIRECTION, &self.metrics).await;
+                }
+            }
+            Err(e) => {
+                self.metrics.error(DIRECTION, e.code());
+                tracing::info!(endpoint = %addr, error = %e, "opaque mTLS tunnel failed");
+            }
+        }
     }
 }
 

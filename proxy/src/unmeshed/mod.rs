@@ -1,12 +1,15 @@
-//! Outbound traffic the mesh does not know, on connections `weft init` redirected: sent as it
-//! is, in plaintext, to the connection's original destination.
+//! Outbound traffic on connections `weft init` redirected: to the mesh when the control plane
+//! knows where it was going, else sent as it is, in plaintext, to the original destination.
 //!
 //! With transparent interception every TCP connection the application opens reaches the
-//! proxy, not only those to services of the mesh. A request whose authority is an IP address,
-//! names none, or names a service without endpoints in the control plane goes to where the
-//! application was sending it ([`Intercepted`]); the rest takes the mesh stack. Opaque
-//! connections with an original destination are forwarded byte for byte ([`forward_tcp`]).
-//! HTTP sent this way is counted as `dst_service="unmeshed"`, `tls="false"`.
+//! proxy, not only those to services of the mesh. A request whose authority names a service
+//! with endpoints takes the mesh stack. Otherwise the original destination's IP is looked up
+//! in the control plane ([`Addresses`], `GET /v1/address`, as Linkerd's destination service
+//! looks up pod IPs): when a meshed workload is registered there, the request goes to that
+//! workload, over mTLS to its proxy, requiring its identity ([`Meshed`]). Anything else goes
+//! to where the application was sending it ([`Intercepted`]); opaque connections likewise go
+//! through an mTLS tunnel to a meshed workload or are forwarded byte for byte
+//! ([`forward_tcp`]). HTTP sent unmeshed is counted as `dst_service="unmeshed"`, `tls="false"`.
 //!
 //! The proxy's own connections must never be redirected to it (`weft init --proxy-uid`): each
 //! socket the proxy opens from here is bound to its port before it connects, and the port is
@@ -16,12 +19,13 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::uri::Authority;
 use http::{Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -29,9 +33,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
-use weft_policy::registry::ServiceEndpoints;
+use weft_identity::SpiffeId;
+use weft_policy::registry::{AddressInfo, Endpoint, ServiceEndpoints};
 
-use crate::balance::{DISCOVERY_TIMEOUT, Resolve};
+use crate::balance::{DISCOVERY_TIMEOUT, Picked, Resolve};
 use crate::body::{self, Body};
 use crate::destination::Destination;
 use crate::edge::error_chain;
@@ -211,12 +216,15 @@ impl tower::Service<Uri> for Connector {
 #[derive(Clone)]
 pub struct Intercepted {
     mesh: HttpService,
+    /// The endpoint service: requests for a meshed workload's address go straight to it.
+    endpoint: HttpService,
     shared: Arc<Shared>,
 }
 
 struct Shared {
     namespace: String,
     resolver: Arc<dyn Resolve>,
+    addresses: Arc<Addresses>,
     /// Whether a service has endpoints: one watch per service named on intercepted
     /// connections (bounded like the destination cache).
     known: Mutex<HashMap<Arc<str>, EndpointsWatch>>,
@@ -237,19 +245,24 @@ impl std::fmt::Debug for Intercepted {
 }
 
 impl Intercepted {
-    /// `mesh`: the stack from the destination layer on.
+    /// `mesh`: the stack from the destination layer on; `endpoint`: its last service, which
+    /// sends a request to the endpoint [`Picked`] for it.
     pub fn new(
         mesh: HttpService,
+        endpoint: HttpService,
         namespace: &str,
         resolver: Arc<dyn Resolve>,
+        addresses: Arc<Addresses>,
         own: OwnSockets,
     ) -> Self {
         let connector = Connector(own);
         Self {
             mesh,
+            endpoint,
             shared: Arc::new(Shared {
                 namespace: namespace.to_string(),
                 resolver,
+                addresses,
                 known: Mutex::new(HashMap::new()),
                 http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
                 http2: Client::builder(TokioExecutor::new())
@@ -332,17 +345,179 @@ impl tower::Service<Request<Body>> for Intercepted {
         // The inner service was made ready for this call: take it, leave a clone behind.
         let clone = self.mesh.clone();
         let mut mesh = std::mem::replace(&mut self.mesh, clone);
+        let mut endpoint = self.endpoint.clone();
         let shared = self.shared.clone();
         let authority = crate::http::authority(&req);
         let connect = req.method() == http::Method::CONNECT;
         Box::pin(async move {
-            if !connect && !shared.in_mesh(authority).await {
-                return shared.unmeshed(req, dst).await;
+            if connect || shared.in_mesh(authority.clone()).await {
+                return crate::svc::call_boxed(&mut mesh, req).await;
             }
-            crate::svc::call_boxed(&mut mesh, req).await
+            match shared.addresses.meshed(dst.ip()).await {
+                Some(workload) => {
+                    let mut req = req;
+                    workload.route(&mut req, authority, dst)?;
+                    use tower::ServiceExt;
+                    endpoint.ready().await?.call(req).await
+                }
+                None => shared.unmeshed(req, dst).await,
+            }
         })
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+/// A meshed workload registered at the IP of an original destination: its one endpoint (the
+/// workload's proxy, as it registered, and the identity it must prove) and its service.
+#[derive(Debug)]
+pub struct Meshed {
+    /// The workload's endpoint alone, for [`Picked`].
+    endpoints: Arc<ServiceEndpoints>,
+    /// `<namespace>/<service>`: the `dst_service` label.
+    label: Arc<str>,
+    /// The identity: the peer label.
+    peer: Arc<str>,
+}
+
+impl Meshed {
+    /// The meshed workload among what the mesh knows of an address (the first with an
+    /// identity: a workload's IP is its own); `None` when there is none.
+    fn of(info: &AddressInfo) -> Option<Self> {
+        let found = info
+            .endpoints
+            .iter()
+            .find(|e| e.endpoint.identity.is_some())?;
+        let identity = found.endpoint.identity.as_ref()?;
+        Some(Self {
+            peer: Arc::from(identity.as_str()),
+            label: Arc::from(format!("{}/{}", found.namespace, found.service)),
+            endpoints: Arc::new(ServiceEndpoints {
+                namespace: found.namespace.clone(),
+                service: found.service.clone(),
+                ports: Vec::new(),
+                endpoints: vec![found.endpoint.clone()],
+            }),
+        })
+    }
+
+    /// The workload's proxy: where it registered, and the identity it proves.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoints.endpoints[0]
+    }
+
+    /// The identity the workload's proxy must prove.
+    pub fn identity(&self) -> Option<&SpiffeId> {
+        self.endpoint().identity.as_ref()
+    }
+
+    /// Makes `req`, going to `dst` with `authority`, a request for this workload: its
+    /// destination (the service, and an authority that names `dst`'s port, which the peer
+    /// proxy takes as the application port), the endpoint, and the labels.
+    fn route(
+        &self,
+        req: &mut Request<Body>,
+        authority: Option<Authority>,
+        dst: SocketAddr,
+    ) -> Result<(), ProxyError> {
+        let authority = with_port(authority, dst)?;
+        let picked =
+            Picked::new(self.endpoints.clone(), 0).ok_or_else(|| ProxyError::BadRequest {
+                detail: "no endpoint chosen".into(),
+            })?;
+        Labels::set_dst(req, || self.label.clone());
+        Labels::set_peer(req, || self.peer.clone(), true);
+        let ext = req.extensions_mut();
+        ext.insert(Destination::of_service(
+            &self.endpoints.namespace,
+            &self.endpoints.service,
+            self.label.clone(),
+            authority,
+        ));
+        ext.insert(picked);
+        Ok(())
+    }
+}
+
+/// The request's authority with the original destination's port: the host the application
+/// named (the peer's application sees it as `Host`), or the address itself when it named none.
+fn with_port(authority: Option<Authority>, dst: SocketAddr) -> Result<Authority, ProxyError> {
+    let text = match authority {
+        Some(a) if a.port_u16() == Some(dst.port()) => return Ok(a),
+        Some(a) => format!("{}:{}", a.host(), dst.port()),
+        None => dst.to_string(),
+    };
+    text.parse()
+        .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest {
+            detail: format!("authority `{text}`: {e}"),
+        })
+}
+
+/// What the mesh knows of the IP addresses of original destinations: one control-plane watch
+/// per address (bounded), and the [`Meshed`] workload each currently holds.
+pub struct Addresses {
+    resolver: Arc<dyn Resolve>,
+    watches: Mutex<HashMap<IpAddr, AddressWatch>>,
+}
+
+struct AddressWatch {
+    rx: watch::Receiver<Option<Arc<AddressInfo>>>,
+    /// The last answer and the workload found in it, so a request copies nothing.
+    seen: Option<(Arc<AddressInfo>, Option<Arc<Meshed>>)>,
+}
+
+impl std::fmt::Debug for Addresses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Addresses").finish_non_exhaustive()
+    }
+}
+
+impl Addresses {
+    pub fn new(resolver: Arc<dyn Resolve>) -> Self {
+        Self {
+            resolver,
+            watches: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The meshed workload at `ip`, waiting (bounded) for the control plane's first answer
+    /// about it; `None` when the mesh knows none there or did not answer in time.
+    pub async fn meshed(&self, ip: IpAddr) -> Option<Arc<Meshed>> {
+        let mut waited = false;
+        loop {
+            let mut rx = {
+                let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+                if watches.len() >= KNOWN_CAPACITY && !watches.contains_key(&ip) {
+                    watches.clear();
+                }
+                let w = watches.entry(ip).or_insert_with(|| AddressWatch {
+                    rx: self.resolver.address(ip),
+                    seen: None,
+                });
+                let current = w.rx.borrow().clone();
+                if let Some(info) = current {
+                    return match &w.seen {
+                        Some((seen, meshed)) if Arc::ptr_eq(seen, &info) => meshed.clone(),
+                        _ => {
+                            let meshed = Meshed::of(&info).map(Arc::new);
+                            w.seen = Some((info, meshed.clone()));
+                            meshed
+                        }
+                    };
+                }
+                w.rx.clone()
+            };
+            if waited {
+                return None;
+            }
+            let answered =
+                tokio::time::timeout(DISCOVERY_TIMEOUT, rx.wait_for(|v| v.is_some())).await;
+            if !matches!(answered, Ok(Ok(_))) {
+                tracing::warn!(%ip, "the control plane did not answer about an original destination in time: sent unmeshed");
+                return None;
+            }
+            waited = true;
+        }
+    }
+}

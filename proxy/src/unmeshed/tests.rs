@@ -9,10 +9,68 @@ use weft_policy::registry::{Endpoint, EndpointSource};
 use super::*;
 use crate::svc::Labels;
 
-/// Endpoints by `<namespace>/<service>`; unknown services answer with none.
-struct Table(HashMap<String, Vec<SocketAddr>>);
+/// Endpoints by `<namespace>/<service>`; unknown services answer with none. Addresses: what
+/// `addresses` holds (the sender kept, so a test can change it), else nothing known.
+struct Table(
+    HashMap<String, Vec<SocketAddr>>,
+    Mutex<HashMap<IpAddr, watch::Sender<Option<Arc<AddressInfo>>>>>,
+);
+
+impl Table {
+    fn new(known: &[(&str, SocketAddr)]) -> Self {
+        Self(
+            known
+                .iter()
+                .map(|(k, a)| (k.to_string(), vec![*a]))
+                .collect(),
+            Mutex::new(HashMap::new()),
+        )
+    }
+
+    /// Registers a workload of `default/<service>` at `address`, with `identity` (a name).
+    fn workload(&self, service: &str, address: &str, identity: Option<&str>) {
+        let address: SocketAddr = address.parse().unwrap();
+        let info = AddressInfo {
+            ip: address.ip(),
+            endpoints: vec![weft_policy::registry::AddressEndpoint {
+                namespace: "default".into(),
+                service: service.into(),
+                endpoint: Endpoint {
+                    address,
+                    identity: identity.map(id),
+                    labels: Default::default(),
+                    source: EndpointSource::Registered,
+                },
+            }],
+        };
+        self.set(address.ip(), Some(info));
+    }
+
+    fn set(&self, ip: IpAddr, info: Option<AddressInfo>) {
+        let mut map = self.1.lock().unwrap();
+        let tx = map.entry(ip).or_insert_with(|| watch::channel(None).0);
+        tx.send_replace(info.map(Arc::new));
+    }
+}
+
+fn id(name: &str) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://weft.local/ns/default/sa/{name}")).unwrap()
+}
 
 impl Resolve for Table {
+    fn address(&self, ip: IpAddr) -> watch::Receiver<Option<Arc<AddressInfo>>> {
+        match self.1.lock().unwrap().get(&ip) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                watch::channel(Some(Arc::new(AddressInfo {
+                    ip,
+                    endpoints: Vec::new(),
+                })))
+                .1
+            }
+        }
+    }
+
     fn resolve(
         &self,
         namespace: &str,
@@ -82,14 +140,38 @@ async fn app() -> SocketAddr {
     addr
 }
 
+/// The endpoint service: answers `from: endpoint`, with the endpoint and destination the
+/// request was given.
+fn endpoint() -> HttpService {
+    tower::util::BoxCloneSyncService::new(tower::service_fn(|req: Request<Body>| async move {
+        let picked = req.extensions().get::<Picked>().unwrap().endpoint().clone();
+        let dst = req.extensions().get::<Destination>().unwrap();
+        Ok::<_, BoxError>(
+            Response::builder()
+                .header("from", "endpoint")
+                .header("endpoint", picked.address.to_string())
+                .header("identity", picked.identity.unwrap().as_str())
+                .header("authority", dst.authority.as_str())
+                .header("service", dst.label().as_ref())
+                .body(body::empty())
+                .unwrap(),
+        )
+    }))
+}
+
 fn svc(known: &[(&str, SocketAddr)]) -> Intercepted {
-    let table = Table(
-        known
-            .iter()
-            .map(|(k, a)| (k.to_string(), vec![*a]))
-            .collect(),
-    );
-    Intercepted::new(mesh(), "default", Arc::new(table), OwnSockets::default())
+    with_table(Arc::new(Table::new(known)))
+}
+
+fn with_table(table: Arc<Table>) -> Intercepted {
+    Intercepted::new(
+        mesh(),
+        endpoint(),
+        "default",
+        table.clone(),
+        Arc::new(Addresses::new(table)),
+        OwnSockets::default(),
+    )
 }
 
 fn get(host: &str, orig: Option<SocketAddr>) -> (Request<Body>, Arc<Labels>) {
@@ -182,4 +264,100 @@ async fn the_proxys_own_sockets_are_known_while_they_live() {
     drop(app_side);
     forward.await.unwrap();
     assert!(!own.contains(remote), "forgotten once closed");
+}
+
+#[tokio::test]
+async fn a_meshed_workloads_address_goes_to_its_proxy_with_its_identity() {
+    let table = Arc::new(Table::new(&[]));
+    table.workload("api", "10.1.2.3:4143", Some("api"));
+    let (req, labels) = get("10.1.2.3:8080", Some("10.1.2.3:8080".parse().unwrap()));
+    let rsp = call(with_table(table), req).await;
+    let h = rsp.headers();
+    assert_eq!(h["from"], "endpoint");
+    // The proxy where the workload registered, not the app port the app dialled.
+    assert_eq!(h["endpoint"], "10.1.2.3:4143");
+    assert_eq!(h["identity"], "spiffe://weft.local/ns/default/sa/api");
+    // The app port travels in the authority: the peer proxy forwards to it.
+    assert_eq!(h["authority"], "10.1.2.3:8080");
+    assert_eq!(h["service"], "default/api");
+    assert_eq!(labels.dst(), "default/api");
+    assert_eq!(
+        labels.peer(),
+        ("spiffe://weft.local/ns/default/sa/api", true)
+    );
+}
+
+#[tokio::test]
+async fn the_authority_sent_to_a_meshed_workload_names_the_original_port() {
+    let table = Arc::new(Table::new(&[]));
+    table.workload("api", "10.1.2.3:4143", Some("api"));
+    let orig: SocketAddr = "10.1.2.3:8080".parse().unwrap();
+    for (host, sent) in [
+        ("web.example", "web.example:8080"),
+        ("web.example:9999", "web.example:8080"),
+        ("10.1.2.3", "10.1.2.3:8080"),
+    ] {
+        let (req, _) = get(host, Some(orig));
+        let rsp = call(with_table(table.clone()), req).await;
+        assert_eq!(rsp.headers()["authority"], sent, "Host {host}");
+    }
+    let mut req = Request::get("/x").body(body::empty()).unwrap();
+    req.extensions_mut().insert(OrigDst(orig));
+    let rsp = call(with_table(table), req).await;
+    assert_eq!(rsp.headers()["authority"], "10.1.2.3:8080");
+}
+
+#[tokio::test]
+async fn an_address_with_only_workloads_without_identity_goes_unmeshed() {
+    let dst = app().await;
+    let table = Arc::new(Table::new(&[]));
+    table.workload("legacy", &dst.to_string(), None);
+    let (req, labels) = get("legacy.example", Some(dst));
+    let rsp = call(with_table(table), req).await;
+    assert_eq!(rsp.headers()["from"], "app");
+    assert_eq!(labels.dst(), UNMESHED);
+}
+
+#[tokio::test]
+async fn a_service_name_goes_before_the_address() {
+    let some: SocketAddr = "10.9.9.9:4143".parse().unwrap();
+    let table = Arc::new(Table::new(&[("default/api", some)]));
+    table.workload("other", "10.1.2.3:4143", Some("other"));
+    let (req, _) = get("api:8080", Some("10.1.2.3:8080".parse().unwrap()));
+    let rsp = call(with_table(table), req).await;
+    assert_eq!(rsp.headers()["from"], "mesh");
+}
+
+#[tokio::test]
+async fn an_address_follows_the_control_plane() {
+    let dst = app().await;
+    let table = Arc::new(Table::new(&[]));
+    table.workload("api", &format!("{}:4143", dst.ip()), Some("api"));
+    let svc = with_table(table.clone());
+    let (req, _) = get("x.example", Some(dst));
+    assert_eq!(call(svc.clone(), req).await.headers()["from"], "endpoint");
+    // The workload leaves: its address is no longer meshed.
+    table.set(
+        dst.ip(),
+        Some(AddressInfo {
+            ip: dst.ip(),
+            endpoints: Vec::new(),
+        }),
+    );
+    let (req, labels) = get("x.example", Some(dst));
+    assert_eq!(call(svc, req).await.headers()["from"], "app");
+    assert_eq!(labels.dst(), UNMESHED);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_answer_about_an_address_in_time_means_unmeshed() {
+    let table = Arc::new(Table::new(&[]));
+    let ip: IpAddr = "10.1.2.3".parse().unwrap();
+    table.set(ip, None);
+    let addresses = Addresses::new(table.clone());
+    assert!(addresses.meshed(ip).await.is_none());
+    // The answer arrives later: from then on the address is meshed.
+    table.workload("api", "10.1.2.3:4143", Some("api"));
+    let found = addresses.meshed(ip).await.unwrap();
+    assert_eq!(found.endpoint().address, "10.1.2.3:4143".parse().unwrap());
 }
