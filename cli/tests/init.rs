@@ -432,3 +432,55 @@ fn a_failed_ipv6_half_rolls_the_ipv4_half_back() {
     assert_eq!(ns.nat("iptables-nft-save"), installed);
     assert!(installed.contains("--dport 25 -j RETURN"));
 }
+
+/// `weft proxy --proxy-uid` names the user `weft init` exempts: started as anyone else, the
+/// proxy refuses before it binds or asks for anything, and says how to run it. No system
+/// needed: the test's own user is "anyone else" for a UID one above it.
+#[test]
+fn the_proxy_refuses_to_run_as_a_user_weft_init_does_not_exempt() {
+    let me = weft_proxy::user::RunningAs::current().unwrap();
+    let other = (me.uid + 1).to_string();
+    let out = Command::new(WEFT)
+        .args([
+            "proxy",
+            "--proxy-uid",
+            &other,
+            "--token-file",
+            "/nonexistent",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("the proxy runs as uid {} gid {}", me.uid, me.gid))
+            && err.contains(&format!("exempts uid {other} from redirection"))
+            && err.contains("a loop"),
+        "{err}"
+    );
+    // As the exempt user (by UID or by GID) it gets past the check: to the missing token.
+    for flag in [
+        ["--proxy-uid".to_string(), me.uid.to_string()],
+        ["--proxy-gid".to_string(), me.gid.to_string()],
+    ] {
+        let out = Command::new(WEFT)
+            .arg("proxy")
+            .args(&flag)
+            .args(["--token-file", "/nonexistent"])
+            .args([
+                "--inbound-listen",
+                "127.0.0.1:0",
+                "--outbound-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("a loop"), "{flag:?}: {err}");
+        assert!(
+            err.contains("cannot read the bootstrap token"),
+            "{flag:?}: {err}"
+        );
+    }
+}

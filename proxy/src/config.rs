@@ -33,6 +33,8 @@ pub const ENV_SHUTDOWN_GRACE: &str = "WEFT_PROXY_SHUTDOWN_GRACE";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "10s";
 pub const ENV_OPAQUE_PORTS: &str = "WEFT_PROXY_OPAQUE_PORTS";
 pub const ENV_WORKERS: &str = "WEFT_PROXY_WORKERS";
+pub const ENV_PROXY_UID: &str = "WEFT_PROXY_UID";
+pub const ENV_PROXY_GID: &str = "WEFT_PROXY_GID";
 /// One thread: a sidecar serves one workload, and on a busy node hopping between threads
 /// (wake-ups, cache misses) costs more CPU per request than a second core gains.
 pub const DEFAULT_WORKERS: &str = "1";
@@ -94,6 +96,13 @@ pub struct ProxyArgs {
     /// Runtime threads: 1 runs everything on one thread; 0 means one per CPU.
     #[arg(long, env = ENV_WORKERS, default_value = DEFAULT_WORKERS)]
     pub workers: usize,
+    /// The user `weft init --proxy-uid` exempts from redirection: the proxy refuses to start
+    /// as another one (its own connections would loop back into it).
+    #[arg(long, env = ENV_PROXY_UID)]
+    pub proxy_uid: Option<u32>,
+    /// The group `weft init --proxy-gid` exempts (with --proxy-uid, either one will do).
+    #[arg(long, env = ENV_PROXY_GID)]
+    pub proxy_gid: Option<u32>,
 }
 
 impl ProxyArgs {
@@ -114,6 +123,8 @@ impl ProxyArgs {
             (ENV_SHUTDOWN_GRACE, "--shutdown-grace"),
             (ENV_OPAQUE_PORTS, "--opaque-ports"),
             (ENV_WORKERS, "--workers"),
+            (ENV_PROXY_UID, "--proxy-uid"),
+            (ENV_PROXY_GID, "--proxy-gid"),
         ];
         let mut argv = vec!["weft-proxy".to_string()];
         for (k, v) in vars {

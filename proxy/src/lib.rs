@@ -60,3 +60,4 @@ mod testing;
 pub mod timeout;
 pub mod tls;
 pub mod unmeshed;
+pub mod user;

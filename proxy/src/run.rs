@@ -72,8 +72,32 @@ impl Listeners {
 
 /// Binds the listeners of `args` and runs until `shutdown`.
 pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    check_user(&args)?;
     let listeners = Listeners::bind(&args).await?;
     run_on(listeners, args, shutdown).await
+}
+
+/// Refuses to run as a user `weft init` does not exempt (`--proxy-uid`/`--proxy-gid`), and
+/// says which user the proxy runs as, for `weft init`.
+fn check_user(args: &ProxyArgs) -> Result<(), String> {
+    let me = crate::user::RunningAs::current()?;
+    me.check(args.proxy_uid, args.proxy_gid)?;
+    if args.proxy_uid.is_none() && args.proxy_gid.is_none() {
+        tracing::info!(
+            uid = me.uid,
+            gid = me.gid,
+            "running as this user: with transparent interception, give `weft init --proxy-uid {}` (and `weft proxy --proxy-uid {}` to have it checked)",
+            me.uid,
+            me.uid
+        );
+    } else {
+        tracing::info!(
+            uid = me.uid,
+            gid = me.gid,
+            "running as the user `weft init` exempts from redirection"
+        );
+    }
+    Ok(())
 }
 
 /// Runs a proxy on bound listeners until `shutdown`.

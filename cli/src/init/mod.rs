@@ -82,7 +82,7 @@ impl InitArgs {
 }
 
 pub fn run(args: InitArgs) -> Result<(), String> {
-    let root = effective_uid()? == 0;
+    let root = weft_proxy::user::RunningAs::current()?.uid == 0;
     if args.uninstall {
         return uninstall(&args, root);
     }
@@ -261,22 +261,4 @@ fn require_root(root: bool) -> Result<(), String> {
                 .into(),
         )
     }
-}
-
-/// The effective user ID, from `/proc/self/status` (`Uid: real effective saved fs`).
-fn effective_uid() -> Result<u32, String> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| format!("cannot read /proc/self/status to check for root: {e}"))?;
-    parse_effective_uid(&status)
-        .ok_or_else(|| "no Uid line in /proc/self/status: cannot check for root".into())
-}
-
-fn parse_effective_uid(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }

@@ -329,13 +329,6 @@ fn auto_picks_the_backend_holding_rules() {
 }
 
 #[test]
-fn effective_uid_is_the_second_field() {
-    let status = "Name:\tweft\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\n";
-    assert_eq!(parse_effective_uid(status), Some(0));
-    assert_eq!(parse_effective_uid("Name:\tx\n"), None);
-}
-
-#[test]
 fn ipv6_ruleset_exact_and_cidrs_split_by_family() {
     let cidrs = strings(&["10.96.0.0/12", "fd00::/8", "2001:db8::1", "0.0.0.0/0"]);
     let config = Config::check(&RawConfig {
