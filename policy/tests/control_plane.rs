@@ -499,6 +499,25 @@ async fn an_address_lookup_names_the_endpoints_at_an_ip_and_follows_registration
         "spiffe://weft.local/ns/default/sa/api"
     );
     assert_eq!(endpoints[0]["endpoint"]["source"], "registered");
+    // The proxy's client follows the same: what transparent interception asks.
+    let mut followed = client.watch_address("127.0.0.1".parse().unwrap());
+    let got = wait_until(
+        &mut followed,
+        Duration::from_secs(5),
+        "the workload at the address",
+        |a| a.endpoints.len() == 1,
+    )
+    .await;
+    assert_eq!(got.endpoints[0].service, "api");
+    assert_eq!(
+        got.endpoints[0]
+            .endpoint
+            .identity
+            .as_ref()
+            .unwrap()
+            .as_str(),
+        "spiffe://weft.local/ns/default/sa/api"
+    );
     drop(registered);
     client
         .deregister("default", "127.0.0.1:7001".parse().unwrap())
@@ -508,6 +527,13 @@ async fn an_address_lookup_names_the_endpoints_at_an_ip_and_follows_registration
         next_snapshot(&mut lines).await["endpoints"],
         serde_json::json!([])
     );
+    wait_until(
+        &mut followed,
+        Duration::from_secs(5),
+        "the address empty again",
+        |a| a.endpoints.is_empty(),
+    )
+    .await;
     watch.abort();
 
     // Bad requests say what to give.
