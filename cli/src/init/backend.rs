@@ -124,10 +124,12 @@ pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, 
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {shown}: {e}"))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .map_err(|e| format!("cannot write to {shown}: {e}"))?;
-    }
+    // A program that fails early stops reading: its own error, read below, is the one to
+    // report, not the broken pipe.
+    let written = match (stdin, child.stdin.take()) {
+        (Some(text), Some(mut pipe)) => pipe.write_all(text.as_bytes()),
+        _ => Ok(()),
+    };
     let out = child
         .wait_with_output()
         .map_err(|e| format!("{shown}: {e}"))?;
@@ -138,6 +140,7 @@ pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, 
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
+    written.map_err(|e| format!("cannot write to {shown}: {e}"))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

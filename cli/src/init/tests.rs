@@ -401,3 +401,19 @@ fn ipv6_tools_are_the_same_backend() {
     assert_eq!(Tools::legacy().v6().restore, "ip6tables-legacy-restore");
     assert_eq!(Tools::default_alternative().v6().save, "ip6tables-save");
 }
+
+#[test]
+fn a_program_that_stops_reading_reports_its_own_error() {
+    // More than a pipe holds: the write fails (broken pipe) once `sh` has exited.
+    let input = "x".repeat(1 << 20);
+    let err = super::backend::run(
+        "sh",
+        &["-c", "echo 'line 9 failed' >&2; exit 3"],
+        Some(&input),
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("failed (exit status: 3): line 9 failed"),
+        "{err}"
+    );
+}
