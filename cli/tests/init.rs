@@ -32,37 +32,6 @@ const FLAGS: &[&str] = &[
     "10.96.0.0/12,169.254.169.254",
 ];
 
-impl Netns {
-    /// `weft ARGS` in the namespace, which must succeed: (stdout, stderr).
-    fn weft(&self, args: &[&str]) -> (String, String) {
-        let mut argv = vec![WEFT];
-        argv.extend_from_slice(args);
-        let out = self.exec(&argv);
-        let (stdout, stderr) = (
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        );
-        assert!(
-            out.status.success(),
-            "weft {args:?} failed:\n{stderr}\n{stdout}"
-        );
-        (stdout, stderr)
-    }
-
-    /// The nat table as `save` prints it, without its timestamp comments and counters.
-    fn nat(&self, save: &str) -> String {
-        self.ok(&[save, "-t", "nat"])
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| match l.split_once(" [") {
-                Some((decl, _)) if l.starts_with(':') => format!("{decl} [0:0]"),
-                _ => l.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
 /// The `-A` rules of an iptables text, grouped by chain in their order within each chain
 /// (iptables-save orders the chains its own way).
 fn rules_by_chain(text: &str) -> Vec<String> {

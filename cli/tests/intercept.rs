@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use support::{Netns, WEFT, metric_sum, require_tools, system_tests, token};
@@ -74,71 +74,10 @@ impl Pair {
         pair
     }
 
-    /// A long-running process in `ns`, killed when dropped; stderr to `log`.
-    fn spawn(
-        &self,
-        ns: &Netns,
-        argv: &[&str],
-        env: &[(&str, String)],
-        log: &std::path::Path,
-    ) -> Bg {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .args(argv)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("WEFT_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        Bg {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
     /// `curl` in A, as root (not the proxy's user: redirected), with no proxy settings.
     fn curl(&self, url: &str) -> Output {
         self.a
             .exec(&["curl", "-sS", "--noproxy", "*", "-m", "5", "-o", "-", url])
-    }
-
-    /// Polls `url` in A until it answers 200 (a process there is ready).
-    fn wait_ok(&self, url: &str, what: &Bg) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = self
-                .a
-                .exec(&["curl", "-sf", "-m", "2", "-o", "/dev/null", url]);
-            if out.status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{url} never answered 200:\n{}",
-                what.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// A background process, killed when dropped.
-struct Bg {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Bg {
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -178,8 +117,7 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     let data = d.join("ca");
     let pair = Pair::new();
 
-    let servers = pair.spawn(
-        &pair.b,
+    let servers = pair.b.spawn(
         &["python3", "-c", SERVERS, B_IP],
         &[],
         &d.join("servers.log"),
@@ -199,8 +137,7 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     }
 
     // The control plane in A, on its loopback (never redirected).
-    let identity = pair.spawn(
-        &pair.a,
+    let identity = pair.a.spawn(
         &[
             WEFT,
             "identity",
@@ -214,7 +151,7 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
         &[],
         &d.join("identity.log"),
     );
-    pair.wait_ok("http://127.0.0.1:18444/ready", &identity);
+    pair.a.wait_ok("http://127.0.0.1:18444/ready", &identity);
     token(&data, "weft", "policy", &d.join("policy.token"));
     token(&data, "default", "client", &d.join("client.token"));
     std::fs::set_permissions(
@@ -229,8 +166,7 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
         "kind: Service\nmetadata: {name: client, namespace: default}\nspec: {ports: [{port: 8080}]}\n",
     )
     .unwrap();
-    let policy = pair.spawn(
-        &pair.a,
+    let policy = pair.a.spawn(
         &[
             WEFT,
             "policy",
@@ -250,7 +186,7 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
         ],
         &d.join("policy.log"),
     );
-    pair.wait_ok("http://127.0.0.1:18091/ready", &policy);
+    pair.a.wait_ok("http://127.0.0.1:18091/ready", &policy);
 
     // Interception, and the proxy as its exempt user.
     pair.a.ok(&[WEFT, "init", "--proxy-uid", PROXY_UID]);
@@ -273,8 +209,8 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     ]
     .map(|s| s.to_string());
     let setpriv: Vec<&str> = setpriv.iter().map(String::as_str).collect();
-    let proxy = pair.spawn(&pair.a, &setpriv, &proxy_env, &d.join("proxy.log"));
-    pair.wait_ok("http://127.0.0.1:4191/ready", &proxy);
+    let proxy = pair.a.spawn(&setpriv, &proxy_env, &d.join("proxy.log"));
+    pair.a.wait_ok("http://127.0.0.1:4191/ready", &proxy);
 
     // 1. Plain HTTP to an address the mesh does not know: the app answers, through the proxy.
     let url = format!("http://{B_IP}:8080/");
@@ -336,13 +272,10 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
 
     // 4. A proxy that does not run as --proxy-uid (here root): its own connection to the
     // original destination is redirected back to it, and refused (never a loop), loudly.
-    let wrong = pair.spawn(
-        &pair.a,
-        &[WEFT, "proxy"],
-        &proxy_env,
-        &d.join("proxy-root.log"),
-    );
-    pair.wait_ok("http://127.0.0.1:4191/ready", &wrong);
+    let wrong = pair
+        .a
+        .spawn(&[WEFT, "proxy"], &proxy_env, &d.join("proxy-root.log"));
+    pair.a.wait_ok("http://127.0.0.1:4191/ready", &wrong);
     let out = pair.a.exec(&[
         "curl",
         "-s",

@@ -217,6 +217,71 @@ impl Netns {
             .unwrap()
     }
 
+    /// A long-running process in the namespace, killed when dropped; its stderr goes to `log`.
+    pub fn spawn(&self, argv: &[&str], env: &[(&str, String)], log: &Path) -> Bg {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("WEFT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        Bg {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Polls `url` from the namespace with `curl` until it answers 200 (`what` is ready);
+    /// fails with `what`'s log after a minute.
+    pub fn wait_ok(&self, url: &str, what: &Bg) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.exec(&["curl", "-sf", "-m", "2", "-o", "/dev/null", url]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{url} never answered 200:\n{}",
+                what.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The nat table as `save` (`iptables-save`, `iptables-legacy-save`...) prints it, without
+    /// its timestamp comments and counters.
+    pub fn nat(&self, save: &str) -> String {
+        self.ok(&[save, "-t", "nat"])
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| match l.split_once(" [") {
+                Some((decl, _)) if l.starts_with(':') => format!("{decl} [0:0]"),
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `weft ARGS` in the namespace, which must succeed: (stdout, stderr).
+    pub fn weft(&self, args: &[&str]) -> (String, String) {
+        let mut argv = vec![WEFT];
+        argv.extend_from_slice(args);
+        let out = self.exec(&argv);
+        let (stdout, stderr) = (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        );
+        assert!(
+            out.status.success(),
+            "weft {args:?} failed:\n{stderr}\n{stdout}"
+        );
+        (stdout, stderr)
+    }
+
     /// Runs a command in the namespace that must succeed; its stdout.
     pub fn ok(&self, argv: &[&str]) -> String {
         let out = self.exec(argv);
@@ -227,6 +292,25 @@ impl Netns {
             String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// A background process in a network namespace, killed when dropped.
+pub struct Bg {
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl Bg {
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
