@@ -1,0 +1,831 @@
+//! The mesh across three hosts with transparent interception: hosts A, B and C are network
+//! namespaces on one bridge (itself in a namespace of its own), with private addresses that
+//! exist only there. Each host runs a tiny app, `weft init` and `weft proxy` under a UID of its
+//! own; C also runs the identity service and the control plane. The apps call each other by
+//! plain address, with no proxy settings. Everything is deleted at the end, also when the test
+//! fails (the processes and namespaces are dropped).
+//!
+//! What it shows, in order:
+//! 1. A's plain `http://<B>:8080/` goes through both proxies over mTLS: both proxies' metrics
+//!    say so (TLS, peer identities), and a capture on A's link (tshark) shows TLS to B's proxy
+//!    and no plaintext HTTP, while a control request to a port `weft init` skips shows up
+//!    there as plaintext (the capture would see a leak).
+//! 2. Opaque TCP (a line-based echo, client first) and server-speaks-first (a banner) through
+//!    the mesh: on a port declared opaque the banner comes at once; on an undeclared one it
+//!    comes when detection gives up (1 s), counted as `detect_timeout`.
+//! 3. A's proxy killed: A's app's connections fail (no plaintext bypass); restarted, its
+//!    traffic resumes over mTLS.
+//! 4. A policy that no longer admits A's identity: A gets 403 from B, its TCP is refused; C's
+//!    calls still succeed.
+//! 5. `weft init --uninstall` leaves every host's nat table as it was before (`iptables-save`),
+//!    including rules the host had of its own.
+//!
+//! A system test: it runs with WEFT_SYSTEM_TESTS=1 and then needs root, `ip`, `iptables`,
+//! `setpriv`, `curl`, `python3` and `tshark`, and fails loudly without them.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::{Bg, Netns, WEFT, metric_sum, require_tools, system_tests, token};
+
+const SUBNET: &str = "10.79.0";
+const ID_PREFIX: &str = "spiffe://weft.local/ns/default/sa/";
+/// The identity service and the control plane, on C.
+const IDENTITY_PORT: &str = "8443";
+const POLICY_PORT: &str = "8090";
+/// Every host's app: HTTP on 8080 (meshed), the same on 8081 (skipped by `weft init`: plain
+/// on the wire), a line echo on 7000, a banner on 2525 (declared opaque) and on 2526 (not).
+const HTTP_PORT: &str = "8080";
+const PLAIN_PORT: &str = "8081";
+const ECHO_PORT: &str = "7000";
+const BANNER_PORT: &str = "2525";
+const UNDECLARED_BANNER_PORT: &str = "2526";
+/// The proxies' default detection timeout.
+const DETECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A banner on a port declared opaque comes well before detection could have given up.
+const NO_STALL: Duration = Duration::from_millis(750);
+
+const APP: &str = r#"
+import socket, sys, threading, http.server
+host = sys.argv[1]
+def serve_http(port, body):
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    http.server.ThreadingHTTPServer(("0.0.0.0", port), H).serve_forever()
+def listen(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(16)
+    return s
+def echo(c):
+    f = c.makefile("rb")
+    for line in f:
+        c.sendall(line)
+    c.close()
+def echo_server():
+    s = listen(7000)
+    while True:
+        c, _ = s.accept(); threading.Thread(target=echo, args=(c,), daemon=True).start()
+def banner_server(port):
+    s = listen(port)
+    while True:
+        c, _ = s.accept(); c.sendall(b"220 " + host.encode() + b" ready\r\n"); c.close()
+threading.Thread(target=echo_server, daemon=True).start()
+for port in (2525, 2526):
+    threading.Thread(target=banner_server, args=(port,), daemon=True).start()
+threading.Thread(target=serve_http, args=(8081, b"plain hello from " + host.encode() + b"\n"), daemon=True).start()
+serve_http(8080, b"hello from " + host.encode() + b"\n")
+"#;
+
+/// A test host: a network namespace with one link to the bridge.
+struct Host {
+    name: &'static str,
+    ip: String,
+    uid: u32,
+    ns: Netns,
+    /// The bridge side of the host's link, in the switch namespace: where captures listen.
+    link: String,
+}
+
+impl Host {
+    fn id(&self) -> String {
+        format!("{ID_PREFIX}{}", self.name)
+    }
+
+    /// `curl` from the host's app (root: redirected), no proxy settings: (status, body), status
+    /// 0 when the request failed.
+    fn get(&self, url: &str) -> (u16, String) {
+        let out = self.ns.exec(&[
+            "curl",
+            "-sS",
+            "--noproxy",
+            "*",
+            "-m",
+            "5",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            url,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        let code = if out.status.success() {
+            code.parse().unwrap_or(0)
+        } else {
+            0
+        };
+        (code, body.to_string())
+    }
+
+    /// `get` until it answers `status`, for at most a minute; the last answer.
+    fn wait_for(&self, url: &str, status: u16, logs: &dyn Fn() -> String) -> (u16, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = self.get(url);
+            if got.0 == status {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never got {status} from {url} (last: {got:?}):\n{}",
+                self.name,
+                logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The proxy's metrics (admin port on the host's loopback).
+    fn metrics(&self) -> String {
+        let out = self
+            .ns
+            .exec(&["curl", "-sf", "-m", "5", "http://127.0.0.1:4191/metrics"]);
+        assert!(out.status.success(), "{}'s proxy has no metrics", self.name);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A TCP exchange from the app with `ip:port`: sends `send` (if any), reads `read` (`head`
+    /// arguments), and how long it took. Fails with empty output when the connection fails.
+    fn tcp(&self, ip: &str, port: &str, send: &str, read: &str) -> (Output, Duration) {
+        let script = if send.is_empty() {
+            format!("exec 3<>/dev/tcp/{ip}/{port} && timeout 5 head {read} <&3")
+        } else {
+            format!(
+                "exec 3<>/dev/tcp/{ip}/{port} && printf '{send}' >&3 && timeout 5 head {read} <&3"
+            )
+        };
+        let started = Instant::now();
+        let out = self.ns.exec(&["bash", "-c", &script]);
+        (out, started.elapsed())
+    }
+
+    /// `weft proxy` as the host's own UID (exempt from its `weft init`), ready.
+    fn start_proxy(&self, dir: &Path, c_ip: &str, log: &str) -> Bg {
+        let env = [
+            (
+                "WEFT_TOKEN_FILE",
+                dir.join(format!("{}.token", self.name))
+                    .display()
+                    .to_string(),
+            ),
+            ("WEFT_IDENTITY_ADDR", format!("{c_ip}:{IDENTITY_PORT}")),
+            ("WEFT_POLICY_ADDR", format!("{c_ip}:{POLICY_PORT}")),
+            ("WEFT_PROXY_OPAQUE_PORTS", BANNER_PORT.to_string()),
+            ("WEFT_PROXY_UID", self.uid.to_string()),
+        ];
+        let (reuid, regid) = (
+            format!("--reuid={}", self.uid),
+            format!("--regid={}", self.uid),
+        );
+        let proxy = self.ns.spawn(
+            &["setpriv", &reuid, &regid, "--clear-groups", WEFT, "proxy"],
+            &env,
+            &dir.join(log),
+        );
+        self.ns.wait_ok("http://127.0.0.1:4191/ready", &proxy);
+        proxy
+    }
+}
+
+/// Three hosts on a bridge in a namespace of its own.
+struct Lan {
+    hosts: Vec<Host>,
+    /// Dropped last: the bridge and the hosts' links go with it and the hosts.
+    switch: Netns,
+}
+
+impl Lan {
+    fn new() -> Self {
+        let switch = Netns::new("weft-mh-sw");
+        switch.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+        switch.ok(&["ip", "link", "set", "br0", "up"]);
+        let tag = std::process::id() % 100_000;
+        let hosts = [("a", 1, 2201), ("b", 2, 2202), ("c", 3, 2203)]
+            .into_iter()
+            .map(|(name, n, uid)| {
+                let ns = Netns::new(&format!("weft-mh-{name}"));
+                let (dev, link) = (format!("wmh{tag}{name}"), format!("wms{tag}{name}"));
+                run_ok(&[
+                    "ip",
+                    "link",
+                    "add",
+                    &dev,
+                    "netns",
+                    &ns.name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &link,
+                    "netns",
+                    &switch.name,
+                ]);
+                switch.ok(&["ip", "link", "set", &link, "master", "br0"]);
+                switch.ok(&["ip", "link", "set", &link, "up"]);
+                let ip = format!("{SUBNET}.{n}");
+                ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &dev]);
+                ns.ok(&["ip", "link", "set", &dev, "up"]);
+                ns.ok(&["ip", "link", "set", "lo", "up"]);
+                Host {
+                    name,
+                    ip,
+                    uid,
+                    ns,
+                    link,
+                }
+            })
+            .collect();
+        Lan { hosts, switch }
+    }
+}
+
+fn run_ok(argv: &[&str]) {
+    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{argv:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The resources: the three services, and who may call B.
+fn resources(b_callers: &[&Host]) -> String {
+    let mut yaml = String::new();
+    for name in ["a", "b", "c"] {
+        yaml.push_str(&format!(
+            "kind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec: {{ports: [{{port: {HTTP_PORT}}}, {{port: {ECHO_PORT}}}, {{port: {BANNER_PORT}}}, {{port: {UNDECLARED_BANNER_PORT}}}]}}\n---\n"
+        ));
+    }
+    let ids: Vec<String> = b_callers
+        .iter()
+        .map(|h| format!("\"{}\"", h.id()))
+        .collect();
+    yaml.push_str(&format!(
+        "kind: AuthorizationPolicy\nmetadata: {{name: b-callers, namespace: default}}\n\
+         spec:\n  target: {{service: b}}\n  allow:\n    - identities: [{}]\n",
+        ids.join(", ")
+    ));
+    yaml
+}
+
+/// Writes the resources as editors do (write, then rename), for the control plane's watch.
+fn write_resources(dir: &Path, yaml: &str) {
+    let tmp = dir.join(".mesh.yaml.tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, dir.join("mesh.yaml")).unwrap();
+}
+
+/// A packet capture on one link, from the switch namespace.
+struct Capture {
+    tshark: Bg,
+    file: PathBuf,
+}
+
+impl Capture {
+    /// Starts `tshark` on `link` (TCP only) and waits until it captures.
+    fn start(switch: &Netns, link: &str, dir: &Path) -> Self {
+        let file = dir.join("link-a.pcapng");
+        let tshark = switch.spawn(
+            &[
+                "tshark",
+                "-i",
+                link,
+                "-f",
+                "tcp",
+                "-w",
+                file.to_str().unwrap(),
+            ],
+            &[],
+            &dir.join("tshark.log"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !tshark.logs().contains("Capturing on") {
+            assert!(
+                Instant::now() < deadline,
+                "tshark did not start:\n{}",
+                tshark.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Capture { tshark, file }
+    }
+
+    /// Stops the capture once it holds a packet matching `last` (the kernel hands captured
+    /// packets over in blocks, so the last ones may not be in yet), and returns the file.
+    fn stop_after(mut self, last: &str) -> PathBuf {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while read_capture(&self.file, last, &["frame.number"]).is_none_or(|lines| lines.is_empty())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the capture never saw `{last}`:\n{}",
+                self.tshark.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // SIGINT: tshark writes the rest of its file and exits.
+        run_ok(&["kill", "-INT", &self.tshark.child.id().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.tshark.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "tshark did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.file.clone()
+    }
+}
+
+/// The packets of a capture that match a display filter, one line of `fields` each.
+fn packets(file: &Path, filter: &str, fields: &[&str]) -> Vec<String> {
+    read_capture(file, filter, fields)
+        .unwrap_or_else(|| panic!("tshark could not read {} with `{filter}`", file.display()))
+}
+
+/// [`packets`], or `None` when tshark fails (a capture still being written may end in the
+/// middle of a packet). B's proxy port is decoded as TLS, the skipped port as HTTP.
+fn read_capture(file: &Path, filter: &str, fields: &[&str]) -> Option<Vec<String>> {
+    let plain_http = format!("tcp.port=={PLAIN_PORT},http");
+    let mut argv = vec![
+        "tshark",
+        "-r",
+        file.to_str().unwrap(),
+        "-d",
+        "tcp.port==4143,tls",
+        "-d",
+        &plain_http,
+        "-Y",
+        filter,
+        "-T",
+        "fields",
+    ];
+    for f in fields {
+        argv.extend(["-e", f]);
+    }
+    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+    if !out.status.success() {
+        eprintln!(
+            "tshark -Y {filter}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    Some(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+#[test]
+fn three_hosts_call_each_other_by_address_through_the_mesh() {
+    if !system_tests("three_hosts_call_each_other_by_address_through_the_mesh") {
+        return;
+    }
+    require_tools(
+        &["ip", "iptables", "setpriv", "curl", "python3", "tshark"],
+        "iproute2, iptables, util-linux, curl, python3 and tshark",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The proxies' users read their tokens from here.
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let lan = Lan::new();
+    let [a, b, c] = &lan.hosts[..] else {
+        unreachable!()
+    };
+    let url = |h: &Host, port: &str| format!("http://{}:{port}/", h.ip);
+
+    // A host's own nat rules, which weft must leave as they are.
+    a.ns.ok(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-d",
+        "192.0.2.0/24",
+        "-p",
+        "tcp",
+        "-j",
+        "RETURN",
+    ]);
+    let nat_before: Vec<String> = lan
+        .hosts
+        .iter()
+        .map(|h| h.ns.nat("iptables-save"))
+        .collect();
+
+    // The apps.
+    let apps: Vec<Bg> = lan
+        .hosts
+        .iter()
+        .map(|h| {
+            h.ns.spawn(
+                &["python3", "-c", APP, h.name],
+                &[],
+                &d.join(format!("app-{}.log", h.name)),
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (h, app) in lan.hosts.iter().zip(&apps) {
+        for port in [
+            HTTP_PORT,
+            PLAIN_PORT,
+            ECHO_PORT,
+            BANNER_PORT,
+            UNDECLARED_BANNER_PORT,
+        ] {
+            let probe = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
+            while !h.ns.exec(&["bash", "-c", &probe]).status.success() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the app on {} never listened on {port}:\n{}",
+                    h.name,
+                    app.logs()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    // The identity service and the control plane on C.
+    let data = d.join("ca");
+    let identity = c.ns.spawn(
+        &[
+            WEFT,
+            "identity",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &format!("0.0.0.0:{IDENTITY_PORT}"),
+            "--admin-listen",
+            "127.0.0.1:8444",
+        ],
+        &[],
+        &d.join("identity.log"),
+    );
+    c.ns.wait_ok("http://127.0.0.1:8444/ready", &identity);
+    token(&data, "weft", "policy", &d.join("policy.token"));
+    for h in &lan.hosts {
+        let file = d.join(format!("{}.token", h.name));
+        token(&data, "default", h.name, &file);
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+    }
+    let res = d.join("resources");
+    std::fs::create_dir_all(&res).unwrap();
+    write_resources(&res, &resources(&[a, c]));
+    let policy = c.ns.spawn(
+        &[
+            WEFT,
+            "policy",
+            "--dir",
+            res.to_str().unwrap(),
+            "--listen",
+            &format!("0.0.0.0:{POLICY_PORT}"),
+            "--admin-listen",
+            "127.0.0.1:8091",
+        ],
+        &[
+            (
+                "WEFT_TOKEN_FILE",
+                d.join("policy.token").display().to_string(),
+            ),
+            ("WEFT_IDENTITY_ADDR", format!("127.0.0.1:{IDENTITY_PORT}")),
+        ],
+        &d.join("policy.log"),
+    );
+    c.ns.wait_ok("http://127.0.0.1:8091/ready", &policy);
+
+    // Interception on every host, then the proxies.
+    let skip_in = format!("{IDENTITY_PORT},{POLICY_PORT}");
+    let init: [(&Host, Vec<&str>); 3] = [
+        (a, vec!["--skip-outbound-ports", PLAIN_PORT]),
+        (b, vec!["--skip-inbound-ports", PLAIN_PORT]),
+        (c, vec!["--skip-inbound-ports", &skip_in]),
+    ];
+    for (h, extra) in &init {
+        let uid = h.uid.to_string();
+        let mut args = vec!["init", "--proxy-uid", &uid];
+        args.extend(extra);
+        h.ns.weft(&args);
+    }
+    let mut proxies: Vec<Bg> = lan
+        .hosts
+        .iter()
+        .map(|h| h.start_proxy(d, &c.ip, &format!("proxy-{}.log", h.name)))
+        .collect();
+    let logs = |proxies: &[Bg]| {
+        proxies
+            .iter()
+            .zip(["a", "b", "c"])
+            .map(|(p, n)| format!("--- proxy {n}\n{}", p.logs()))
+            .collect::<String>()
+    };
+
+    // 1. A calls B by address. Until B's proxy has registered, A's proxy cannot know B's
+    // address is meshed and sends the request as it is; B's proxy then refuses it (plaintext,
+    // no identity): wait for the mesh.
+    let (_, body) = a.wait_for(&url(b, HTTP_PORT), 200, &|| logs(&proxies));
+    assert_eq!(body, "hello from b\n");
+    let (a_before, b_before) = (a.metrics(), b.metrics());
+    let capture = Capture::start(&lan.switch, &a.link, d);
+    const CALLS: usize = 5;
+    for _ in 0..CALLS {
+        assert_eq!(
+            a.get(&url(b, HTTP_PORT)),
+            (200, "hello from b\n".to_string())
+        );
+    }
+    // The control: a port A's `weft init` skips goes on the wire as it is.
+    assert_eq!(
+        a.get(&url(b, PLAIN_PORT)),
+        (200, "plain hello from b\n".to_string())
+    );
+    let pcap = capture.stop_after(&format!(
+        "tcp.srcport=={PLAIN_PORT} && frame contains \"plain hello\""
+    ));
+    let (a_after, b_after) = (a.metrics(), b.metrics());
+    let delta = |before: &str, after: &str, name: &str, labels: &[&str]| {
+        metric_sum(after, name, labels) - metric_sum(before, name, labels)
+    };
+    let (a_id, b_id, c_id) = (a.id(), b.id(), c.id());
+    let peer_b = format!("peer=\"{b_id}\"");
+    let peer_a = format!("peer=\"{a_id}\"");
+    let sent = delta(
+        &a_before,
+        &a_after,
+        "weft_proxy_requests_total",
+        &[
+            r#"direction="outbound""#,
+            r#"dst_service="default/b""#,
+            &peer_b,
+            r#"tls="true""#,
+        ],
+    );
+    assert_eq!(sent, CALLS as f64, "A's proxy, over mTLS to B:\n{a_after}");
+    let received = delta(
+        &b_before,
+        &b_after,
+        "weft_proxy_requests_total",
+        &[r#"direction="inbound""#, &peer_a, r#"tls="true""#],
+    );
+    assert_eq!(
+        received, CALLS as f64,
+        "B's proxy, from A's identity:\n{b_after}"
+    );
+    assert!(
+        metric_sum(
+            &b_after,
+            "weft_proxy_tls_handshakes_total",
+            &[r#"direction="inbound""#, &peer_a]
+        ) >= 1.0,
+        "B's proxy verified A's identity in a handshake:\n{b_after}"
+    );
+    assert_eq!(
+        metric_sum(
+            &a_after,
+            "weft_proxy_requests_total",
+            &[r#"dst_service="unmeshed""#]
+        ),
+        0.0,
+        "nothing from A went unmeshed:\n{a_after}"
+    );
+    eprintln!("A → B: {sent} requests over mTLS in A's proxy, {received} from A's identity in B's");
+
+    // On the wire: TLS records between A and B's proxy port, never B's app port, and plaintext
+    // HTTP only on the skipped port (where the capture does see it).
+    let b_proxy = format!("ip.addr=={} && tcp.port==4143", b.ip);
+    let tls = packets(
+        &pcap,
+        &format!("{b_proxy} && tls.record.content_type==23"),
+        &["frame.number"],
+    );
+    assert!(
+        tls.len() >= 2 * CALLS,
+        "the capture shows {} TLS application-data records to B's proxy",
+        tls.len()
+    );
+    // Every packet with HTTP or the app's answer in clear, as "<src port>\t<dst port>".
+    let on_plain_port = |lines: &[String]| {
+        lines
+            .iter()
+            .all(|l| l.split('\t').any(|port| port == PLAIN_PORT))
+    };
+    let http = packets(&pcap, "http.request", &["tcp.srcport", "tcp.dstport"]);
+    assert!(
+        !http.is_empty() && on_plain_port(&http),
+        "HTTP requests on the link: {http:?} (only the control on port {PLAIN_PORT} may be)"
+    );
+    let clear = packets(
+        &pcap,
+        "frame contains \"HTTP/1.1\" || frame contains \"hello from b\"",
+        &["tcp.srcport", "tcp.dstport"],
+    );
+    assert!(
+        clear.len() >= 2 && on_plain_port(&clear),
+        "plaintext HTTP on the link: {clear:?} (only the control on port {PLAIN_PORT} may be)"
+    );
+    let to_app = packets(
+        &pcap,
+        &format!("ip.addr=={} && tcp.port=={HTTP_PORT}", b.ip),
+        &["frame.number"],
+    );
+    assert!(
+        to_app.is_empty(),
+        "A reached B's app port on the wire directly"
+    );
+    eprintln!(
+        "capture on A's link: {} TLS records to B's proxy; plaintext HTTP only on the skipped port ({} request, {} packets in clear)",
+        tls.len(),
+        http.len(),
+        clear.len()
+    );
+
+    // 2. Opaque TCP through the mesh. A line echo: the client speaks first, in lowercase, so
+    // detection knows at once that it is not HTTP.
+    let before = (a.metrics(), b.metrics());
+    let (out, took) = a.tcp(&b.ip, ECHO_PORT, "one\\ntwo\\n", "-n 2");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "one\ntwo\n",
+        "{}",
+        logs(&proxies)
+    );
+    assert!(took < NO_STALL, "the echo took {took:?}");
+    // A banner on a port declared opaque: no detection, at once.
+    let (out, banner_took) = a.tcp(&b.ip, BANNER_PORT, "", "-c 14");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "220 b ready\r\n");
+    assert!(
+        banner_took < NO_STALL,
+        "the banner on an opaque port took {banner_took:?}"
+    );
+    // The same on a port nobody declared: the banner comes when detection gives up.
+    let (out, late) = a.tcp(&b.ip, UNDECLARED_BANNER_PORT, "", "-c 14");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "220 b ready\r\n");
+    assert!(
+        late >= DETECT_TIMEOUT && late < DETECT_TIMEOUT + Duration::from_secs(4),
+        "the banner on an undeclared port took {late:?}"
+    );
+    let after = (a.metrics(), b.metrics());
+    let tunnels = delta(
+        &before.0,
+        &after.0,
+        "weft_proxy_tcp_connections_total",
+        &[r#"direction="outbound""#, r#"protocol="opaque""#],
+    );
+    assert_eq!(
+        tunnels, 3.0,
+        "A's proxy opened three mTLS tunnels:\n{}",
+        after.0
+    );
+    let accepted = delta(
+        &before.1,
+        &after.1,
+        "weft_proxy_tcp_connections_total",
+        &[r#"direction="inbound""#, r#"protocol="opaque""#],
+    );
+    assert_eq!(accepted, 3.0, "B's proxy took three tunnels:\n{}", after.1);
+    let fallbacks = delta(
+        &before.0,
+        &after.0,
+        "weft_proxy_errors_total",
+        &[r#"direction="outbound""#, r#"reason="detect_timeout""#],
+    );
+    assert_eq!(fallbacks, 1.0, "one detection timeout:\n{}", after.0);
+    assert_eq!(
+        delta(
+            &before.0,
+            &after.0,
+            "weft_proxy_tcp_connections_total",
+            &[r#"protocol="unmeshed""#]
+        ),
+        0.0
+    );
+    eprintln!(
+        "through the mesh: echo in {took:?}, banner in {banner_took:?} (opaque port), {late:?} (undeclared port)"
+    );
+
+    // 3. A's proxy killed: A's connections fail, none goes around it.
+    let b_inbound = |m: &str| {
+        metric_sum(
+            m,
+            "weft_proxy_tcp_connections_total",
+            &[r#"direction="inbound""#],
+        )
+    };
+    let b_seen = b_inbound(&b.metrics());
+    drop(proxies.remove(0));
+    let (status, body) = a.get(&url(b, HTTP_PORT));
+    assert_eq!(status, 0, "with A's proxy gone, B answered: {body}");
+    let (out, _) = a.tcp(&b.ip, BANNER_PORT, "", "-c 14");
+    assert!(
+        out.stdout.is_empty(),
+        "with A's proxy gone, the banner came: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        b_inbound(&b.metrics()),
+        b_seen,
+        "a connection from A reached B with A's proxy gone"
+    );
+    // Restarted, A's traffic resumes over mTLS.
+    proxies.insert(0, a.start_proxy(d, &c.ip, "proxy-a-restarted.log"));
+    let (_, body) = a.wait_for(&url(b, HTTP_PORT), 200, &|| logs(&proxies));
+    assert_eq!(body, "hello from b\n");
+    let resumed = metric_sum(
+        &a.metrics(),
+        "weft_proxy_requests_total",
+        &[r#"dst_service="default/b""#, &peer_b, r#"tls="true""#],
+    );
+    assert!(resumed >= 1.0, "A's restarted proxy sent over mTLS");
+
+    // 4. B no longer admits A: A gets 403 from B's proxy, C still gets through.
+    write_resources(&res, &resources(&[c]));
+    let (_, body) = a.wait_for(&url(b, HTTP_PORT), 403, &|| logs(&proxies));
+    assert!(!body.contains("hello from b"), "{body}");
+    assert_eq!(
+        c.get(&url(b, HTTP_PORT)),
+        (200, "hello from b\n".to_string()),
+        "{}",
+        logs(&proxies)
+    );
+    let denied = |m: &str| {
+        metric_sum(
+            m,
+            "weft_proxy_authz_total",
+            &[r#"decision="deny""#, &peer_a],
+        )
+    };
+    let m = b.metrics();
+    assert!(denied(&m) >= 1.0, "B's proxy denied A's request:\n{m}");
+    let (out, _) = a.tcp(&b.ip, ECHO_PORT, "one\\n", "-n 1");
+    assert!(
+        out.stdout.is_empty(),
+        "A's TCP to B was let through: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let after = b.metrics();
+    assert_eq!(
+        denied(&after) - denied(&m),
+        1.0,
+        "B's proxy denied A's connection:\n{after}"
+    );
+    let m = after;
+    let peer_c = format!("peer=\"{c_id}\"");
+    assert!(
+        metric_sum(
+            &m,
+            "weft_proxy_requests_total",
+            &[r#"direction="inbound""#, &peer_c, r#"tls="true""#]
+        ) >= 1.0,
+        "C's request reached B over mTLS:\n{m}"
+    );
+    eprintln!("policy: A denied (403, TCP closed) at B, C allowed");
+
+    // 5. Uninstall: every nat table as it was, and A's app reaches B's app directly again.
+    for h in &lan.hosts {
+        let (out, _) = h.ns.weft(&["init", "--uninstall"]);
+        assert!(out.contains("removed weft's"), "{out}");
+    }
+    for (h, before) in lan.hosts.iter().zip(&nat_before) {
+        assert_eq!(
+            &h.ns.nat("iptables-save"),
+            before,
+            "weft init --uninstall left {}'s nat table changed",
+            h.name
+        );
+    }
+    assert!(nat_before[0].contains("-A OUTPUT -d 192.0.2.0/24 -p tcp -j RETURN"));
+    let served = metric_sum(
+        &b.metrics(),
+        "weft_proxy_requests_total",
+        &[r#"direction="inbound""#],
+    );
+    assert_eq!(
+        a.get(&url(b, HTTP_PORT)),
+        (200, "hello from b\n".to_string())
+    );
+    assert_eq!(
+        metric_sum(
+            &b.metrics(),
+            "weft_proxy_requests_total",
+            &[r#"direction="inbound""#]
+        ),
+        served,
+        "without the rules, B's proxy is no longer in the path"
+    );
+}
