@@ -1,5 +1,7 @@
 //! The app behind the mesh: answers every request, HTTP/1.1 or HTTP/2 with prior knowledge,
-//! with `200 OK` and a fixed body, after reading the request's body if it has one. As cheap as a server can be, so the benchmark measures
+//! with `200 OK` and a fixed body, after reading the request's body if it has one. It may
+//! listen on several addresses (`weft-bench intercept`: one port behind the mesh, one
+//! reached directly, served by the same process). As cheap as a server can be, so the benchmark measures
 //! the path to it, not the app. It runs on a current-thread runtime (one core's worth, like a
 //! small workload) and exits on its own when its parent (the benchmark) is gone or after
 //! `lifetime`, so an interrupted benchmark leaves nothing running.
@@ -18,7 +20,8 @@ use crate::Error;
 /// Settings of `weft-bench app`.
 #[derive(Debug, Clone)]
 pub struct AppConfig {
-    pub listen: SocketAddr,
+    /// At least one address; every one serves the same app.
+    pub listen: Vec<SocketAddr>,
     pub body_size: usize,
     /// The app exits after this long whatever happens.
     pub lifetime: Duration,
@@ -30,12 +33,23 @@ pub fn serve(cfg: &AppConfig) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the app's runtime: {e}"))?;
+    if cfg.listen.is_empty() {
+        return Err("the app needs at least one --listen address".into());
+    }
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|e| format!("app cannot listen on {}: {e}", cfg.listen))?;
+        let body = Bytes::from(vec![b'x'; cfg.body_size]);
+        let mut loops = tokio::task::JoinSet::new();
+        for &addr in &cfg.listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("app cannot listen on {addr}: {e}"))?;
+            loops.spawn(accept_loop(listener, body.clone()));
+        }
         tokio::select! {
-            r = accept_loop(listener, Bytes::from(vec![b'x'; cfg.body_size])) => r,
+            // An accept loop only ends with an error.
+            Some(r) = loops.join_next() => {
+                r.map_err(|e| format!("the app's accept loop failed: {e}"))?
+            }
             _ = orphaned_or_expired(cfg.lifetime) => Ok(()),
         }
     })

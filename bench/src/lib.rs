@@ -1,17 +1,23 @@
 //! weft's benchmarks. The `weft-bench` binary (`src/main.rs`) has one subcommand per part:
 //! `app` (the app behind the mesh), `load` (the load generator), `mesh` (direct against
 //! app → weft → weft → app over mTLS and against the same hop made by two HAProxies, side by
-//! side in one run) and `stack` (the outbound
+//! side in one run), `stack` (the outbound
 //! proxy's full stack, every layer an HTTPRoute configures, against its minimal stack, in one
-//! run). `identity-bench` and
+//! run) and `intercept` (direct against both proxies with transparent interception, between
+//! two network namespaces; root only). `identity-bench` and
 //! `policy-bench` (`src/bin/`) measure the identity service and the control plane on their
-//! own. Everything runs on loopback and is bounded in time and count; see
-//! `docs/benchmarks.md` for what each one measures and the numbers.
+//! own. Everything runs on loopback (`intercept`: on a private veth pair) and is bounded in
+//! time and count; see `docs/benchmarks.md` for what each one measures and the numbers.
 //!
 //! # Layout
 //! - `app`: a tiny HTTP/1.1 + h2c server answering every request with a fixed body; run as
 //!   its own process by `mesh`.
 //! - `idle`: many idle keep-alive client connections, held open while memory is read.
+//! - `intercept`: two network namespaces over a veth pair (client; app, identity service and
+//!   control plane), `weft init` and a proxy under its own UID in each; direct and weft
+//!   alternately, the load generator a process in the client namespace; probes and counters
+//!   proving the weft path is mTLS through both proxies and the direct one through neither;
+//!   `intercept/report.rs` its report.
 //! - `load`: the load generator: keep-alive client connections, open loop at a fixed rate
 //!   (paced by a thread, latency from each request's intended send time) or closed loop at
 //!   the maximum rate; HDR histograms; errors counted by kind.
@@ -34,6 +40,7 @@
 
 pub mod app;
 pub mod idle;
+pub mod intercept;
 pub mod load;
 pub mod mesh;
 pub mod peer;

@@ -23,7 +23,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -48,7 +48,8 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
 /// What to send, where, and how hard.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    /// `http://IP:PORT/path`: a loopback address; the path is the request's.
+    /// `http://IP:PORT/path`: a loopback or private (RFC 1918) address, such as the veth
+    /// addresses of `weft-bench intercept`; the path is the request's.
     pub target: http::Uri,
     /// The `Host` header (HTTP/2: the `:authority`) [default: the target's authority].
     pub host: Option<String>,
@@ -85,10 +86,34 @@ impl Window {
             deadline: start + warmup + duration,
         }
     }
+
+    /// A window starting at `start` (wall clock), after `warmup`: how two processes (the
+    /// benchmark sampling CPU, the load generator in another network namespace) agree on one
+    /// window. `None` when `start` has passed already (a late start would send the backlog of
+    /// the open loop in a burst).
+    pub fn starting_at(start: SystemTime, warmup: Duration, duration: Duration) -> Option<Self> {
+        let ahead = start.duration_since(SystemTime::now()).ok()?;
+        let start = Instant::now() + ahead;
+        Some(Self {
+            start,
+            measure_from: start + warmup,
+            deadline: start + warmup + duration,
+        })
+    }
+}
+
+/// Whether `ip` can be one of the benchmark's own processes: loopback, or a private IPv4
+/// network (RFC 1918), where `weft-bench intercept` puts its namespaces' veth pair. Anything
+/// else could be somebody else's server.
+fn on_this_machine(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback(),
+    }
 }
 
 /// The outcome of one run.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunResult {
     /// `open-loop` or `closed-loop`.
     pub mode: String,
@@ -216,9 +241,11 @@ impl Target {
                 cfg.target
             )
         })?;
-        if !addr.ip().is_loopback() {
+        if !on_this_machine(addr.ip()) {
             return Err(format!(
-                "the target {addr} is not a loopback address: the benchmark runs on loopback only"
+                "the target {addr} is neither a loopback nor a private address: the benchmark \
+                 loads only its own processes (loopback, or the private veth network of \
+                 `weft-bench intercept`)"
             ));
         }
         let host = cfg.host.clone().unwrap_or_else(|| authority.to_string());

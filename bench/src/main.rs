@@ -7,17 +7,21 @@
 //!   [--json out.json]`: direct against weft against the HAProxy pair, side by side;
 //! - `weft-bench stack [--rate 1000] [--repeat 3] [--json out.json]`: direct, the minimal
 //!   outbound stack and the full one (an HTTPRoute configuring every layer), side by side;
+//! - `weft-bench intercept [--rates 500,1000,2000] [--rate 1000] [--repeat 3] [--quick]
+//!   [--json out.json]`: direct against both proxies with transparent interception, between
+//!   two network namespaces (root only);
 //! - `weft-bench load --target http://127.0.0.1:PORT/ [--rate N | --max]`: the load generator
 //!   on its own;
 //! - `weft-bench app --listen 127.0.0.1:PORT`: the app the mesh benchmark runs behind weft.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use weft_bench::Error;
 use weft_bench::app::AppConfig;
+use weft_bench::intercept::{self, InterceptReport};
 use weft_bench::load::{self, LoadConfig, Window};
 use weft_bench::mesh::{self, MeshConfig};
 use weft_bench::report::MeshReport;
@@ -47,10 +51,35 @@ enum Cmd {
     /// Direct, the minimal outbound stack (no HTTPRoute) and the full one (an HTTPRoute
     /// configuring every layer), side by side, open loop at a fixed rate.
     Stack(BenchArgs),
+    /// Transparent interception between two network namespaces (client; app): direct against
+    /// app → iptables → weft → mTLS → weft → app, side by side, at several fixed rates and at
+    /// the maximum. Needs root, `ip`, `iptables` and `setpriv`.
+    Intercept(InterceptArgs),
     /// The load generator: open loop at a fixed rate, or closed loop (--max).
     Load(LoadArgs),
     /// A tiny HTTP/1.1 + h2c server answering every request with a fixed body.
     App(AppArgs),
+    /// One `GET http://ADDR/PATH`: the status on the first line, then the body (`intercept`
+    /// reads the proxies' admin endpoints inside its namespaces with it).
+    #[command(hide = true)]
+    Fetch {
+        addr: String,
+        #[arg(default_value = "/")]
+        path: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct InterceptArgs {
+    #[command(flatten)]
+    common: BenchArgs,
+    /// The fixed rates of the open-loop runs (requests per second); --rate is added if missing.
+    #[arg(long, value_delimiter = ',', default_value = "500,1000,2000")]
+    rates: Vec<u64>,
+    /// A check that the harness works: one repeat, 0.5 s warm-up and 2 s per run, rates 500
+    /// and --rate; overrides --repeat, --warmup, --duration and --rates. Reported as quick.
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -131,7 +160,7 @@ struct BenchArgs {
 
 #[derive(Debug, clap::Args)]
 struct LoadArgs {
-    /// Where to send: http://IP:PORT/path on loopback.
+    /// Where to send: http://IP:PORT/path on loopback or a private network.
     #[arg(long)]
     target: http::Uri,
     /// The Host header, e.g. `api.default:8080` through a weft outbound proxy.
@@ -167,12 +196,17 @@ struct LoadArgs {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Start at this wall-clock time (milliseconds since 1970) instead of at once, so another
+    /// process can sample over the same window; an error if it has passed.
+    #[arg(long, hide = true)]
+    start_at_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
 struct AppArgs {
-    #[arg(long)]
-    listen: SocketAddr,
+    /// Where to listen; repeat it to serve the same app on several addresses.
+    #[arg(long, required = true)]
+    listen: Vec<SocketAddr>,
     /// Bytes in each response body.
     #[arg(long, default_value_t = 64)]
     body_size: usize,
@@ -186,6 +220,10 @@ fn main() {
         Cmd::All(a) => run_all(a),
         Cmd::Mesh(a) => run_mesh(a),
         Cmd::Stack(a) => run_stack(a),
+        Cmd::Intercept(a) => run_intercept(a),
+        Cmd::Fetch { addr, path } => {
+            weft_bench::intercept::fetch_main(&addr, &path).map(|text| print!("{text}"))
+        }
         Cmd::Load(a) => run_load(a),
         Cmd::App(a) => weft_bench::app::serve(&AppConfig {
             listen: a.listen,
@@ -215,15 +253,31 @@ impl MeshArgs {
         cfg.setup_rate = (self.setup_rate > 0).then_some(self.setup_rate);
         cfg.idle_connections = self.idle_connections;
         if self.quick {
-            cfg.quick = true;
-            cfg.repeat = QUICK_REPEAT;
-            cfg.warmup = QUICK_WARMUP;
-            cfg.duration = QUICK_DURATION;
-            cfg.rates = QUICK_RATES.to_vec();
-            cfg.idle_connections = cfg.idle_connections.min(QUICK_IDLE_CONNECTIONS);
+            quicken(&mut cfg);
         }
         cfg
     }
+}
+
+impl InterceptArgs {
+    fn config(&self) -> MeshConfig {
+        let mut cfg = self.common.config();
+        cfg.rates = self.rates.clone();
+        if self.quick {
+            quicken(&mut cfg);
+        }
+        cfg
+    }
+}
+
+/// `--quick`'s settings, for `mesh` and `intercept` alike.
+fn quicken(cfg: &mut MeshConfig) {
+    cfg.quick = true;
+    cfg.repeat = QUICK_REPEAT;
+    cfg.warmup = QUICK_WARMUP;
+    cfg.duration = QUICK_DURATION;
+    cfg.rates = QUICK_RATES.to_vec();
+    cfg.idle_connections = cfg.idle_connections.min(QUICK_IDLE_CONNECTIONS);
 }
 
 impl BenchArgs {
@@ -291,6 +345,25 @@ fn run_stack(a: BenchArgs) -> Result<(), Error> {
     mtls_ok(report.mtls.ok)
 }
 
+fn run_intercept(a: InterceptArgs) -> Result<(), Error> {
+    let report = intercept::run(&a.config())?;
+    println!("\n{}", report.markdown());
+    write_json(a.common.json.as_deref(), &report)?;
+    intercept_ok(&report)
+}
+
+/// The interception benchmark fails when its check did not pass.
+fn intercept_ok(report: &InterceptReport) -> Result<(), Error> {
+    if report.check.ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "the interception benchmark's paths were not shown to be what they claim: {}",
+            report.check.detail.join("; ")
+        ))
+    }
+}
+
 fn mtls_ok(ok: bool) -> Result<(), Error> {
     if ok {
         Ok(())
@@ -319,10 +392,19 @@ fn run_load(a: LoadArgs) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let r = rt.block_on(load::run(
-        &cfg,
-        Window::after_warmup(cfg.warmup, cfg.duration),
-    ))?;
+    let window = match a.start_at_unix_ms {
+        Some(ms) => {
+            let start = UNIX_EPOCH + Duration::from_millis(ms);
+            Window::starting_at(start, cfg.warmup, cfg.duration).ok_or_else(|| {
+                format!(
+                    "--start-at-unix-ms {ms} has passed already (started too late: a late \
+                     open loop would send its backlog in a burst)"
+                )
+            })?
+        }
+        None => Window::after_warmup(cfg.warmup, cfg.duration),
+    };
+    let r = rt.block_on(load::run(&cfg, window))?;
     println!(
         "| mode | conns | rate | req/s | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n\
          |---|---|---|---|---|---|---|---|---|---|\n\

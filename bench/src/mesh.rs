@@ -32,7 +32,7 @@ use crate::report::{
 };
 
 /// How long a process may take to become ready, and the mesh to route the first request.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the proxies get to settle after idle connections open or close.
 const IDLE_SETTLE: Duration = Duration::from_secs(1);
 /// How long the proxies' CPU use at rest is sampled before the runs.
@@ -419,7 +419,7 @@ impl Harness {
 
 /// CPU ticks each of `pids` used between the window's start and its end, sampled by a
 /// thread of its own so the load generator's runtime is not disturbed.
-fn sample_cpu(
+pub(crate) fn sample_cpu(
     window: Window,
     pids: Vec<(&'static str, u32)>,
 ) -> std::thread::JoinHandle<Result<Vec<u64>, Error>> {
@@ -503,6 +503,15 @@ impl Proc {
 
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The exit status, if the process has exited.
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub(crate) fn logs(&self) -> String {
@@ -825,7 +834,13 @@ pub fn resources_yaml(port: u16) -> String {
 }
 
 /// `weft token create` for `ns/workload`, written to `out`.
-fn token(weft: &Path, data: &Path, ns: &str, workload: &str, out: &Path) -> Result<(), Error> {
+pub(crate) fn token(
+    weft: &Path,
+    data: &Path,
+    ns: &str,
+    workload: &str,
+    out: &Path,
+) -> Result<(), Error> {
     let o = Command::new(weft)
         .args(["token", "create", "--namespace", ns, "--workload", workload])
         .arg("--data-dir")
@@ -895,7 +910,7 @@ pub(crate) fn metric_series<'a>(
 }
 
 /// The sum of the series of `name` whose labels contain every one of `must_contain`.
-fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
+pub(crate) fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
     metric_series(text, name)
         .filter(|(labels, _)| must_contain.iter().all(|m| labels.contains(m)))
         .map(|(_, value)| value)

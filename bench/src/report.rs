@@ -341,7 +341,12 @@ pub struct ScenarioSummary {
 }
 
 impl ScenarioSummary {
-    fn of(runs: &[Run], scenario: Scenario, rates: &[u64], setup_rate: Option<u64>) -> Self {
+    pub(crate) fn of(
+        runs: &[Run],
+        scenario: Scenario,
+        rates: &[u64],
+        setup_rate: Option<u64>,
+    ) -> Self {
         let select = |mode: Mode| -> Vec<&RunResult> {
             runs.iter()
                 .filter(|r| r.scenario == scenario && mode.matches(&r.load))
@@ -390,7 +395,7 @@ impl ScenarioSummary {
         }
     }
 
-    fn at(&self, rate: u64) -> Option<&Latency> {
+    pub(crate) fn at(&self, rate: u64) -> Option<&Latency> {
         self.at_rates.iter().find(|l| l.rate == rate)
     }
 }
@@ -999,12 +1004,12 @@ fn refused(yes: bool) -> &'static str {
     if yes { "refused" } else { "ACCEPTED" }
 }
 
-fn table_header(out: &mut String, cells: &[&str]) {
+pub(crate) fn table_header(out: &mut String, cells: &[&str]) {
     let _ = writeln!(out, "| {} |", cells.join(" | "));
     let _ = writeln!(out, "|{}", "---|".repeat(cells.len()));
 }
 
-fn table_row(out: &mut String, cells: &[String]) {
+pub(crate) fn table_row(out: &mut String, cells: &[String]) {
     let _ = writeln!(out, "| {} |", cells.join(" | "));
 }
 
@@ -1029,6 +1034,11 @@ fn write_checks(out: &mut String, m: &MtlsCheck, runs: &[Run]) {
         m.inbound_mtls_requests,
         m.weft_requests_measured
     );
+    write_run_errors(out, runs);
+}
+
+/// A line for each run that had errors: how many of each kind, and the first.
+pub(crate) fn write_run_errors(out: &mut String, runs: &[Run]) {
     for r in runs.iter().filter(|r| r.load.errors() > 0) {
         let _ = writeln!(
             out,
@@ -1094,7 +1104,7 @@ fn cpu_per_1000(run: &Run, proxy: &str) -> Option<f64> {
 
 /// The spread of `proxy`'s CPU-seconds per 1,000 requests over the runs of `scenario` in
 /// `mode`.
-fn cpu_spread(runs: &[Run], scenario: Scenario, mode: Mode, proxy: &str) -> Spread {
+pub(crate) fn cpu_spread(runs: &[Run], scenario: Scenario, mode: Mode, proxy: &str) -> Spread {
     let values: Vec<f64> = runs
         .iter()
         .filter(|r| r.scenario == scenario && mode.matches(&r.load))

@@ -101,10 +101,38 @@ async fn closed_loop_stops_at_the_request_cap() {
 }
 
 #[test]
-fn targets_off_loopback_are_refused() {
-    let c = cfg("10.1.2.3:80".parse().unwrap(), None);
-    let err = Target::new(&c).unwrap_err();
-    assert!(err.contains("loopback"), "{err}");
+fn targets_off_loopback_and_private_networks_are_refused() {
+    for refused in ["192.0.2.7:80", "8.8.8.8:53", "[2001:db8::1]:80"] {
+        let c = cfg(refused.parse().unwrap(), None);
+        let err = Target::new(&c).unwrap_err();
+        assert!(err.contains("neither a loopback nor a private"), "{err}");
+    }
+    // The veth addresses of `weft-bench intercept`, and other private networks.
+    for allowed in [
+        "10.78.0.2:9080",
+        "192.168.1.2:80",
+        "172.16.0.1:80",
+        "[::1]:80",
+    ] {
+        let c = cfg(allowed.parse().unwrap(), None);
+        assert!(Target::new(&c).is_ok(), "{allowed}");
+    }
+}
+
+#[test]
+fn a_window_at_a_wall_clock_time_is_in_the_future_or_refused() {
+    let (warmup, duration) = (Duration::from_secs(1), Duration::from_secs(2));
+    let soon = std::time::SystemTime::now() + Duration::from_millis(500);
+    let w = Window::starting_at(soon, warmup, duration).unwrap();
+    let ahead = w.start.saturating_duration_since(Instant::now());
+    assert!(
+        ahead > Duration::from_millis(300) && ahead <= Duration::from_millis(500),
+        "{ahead:?}"
+    );
+    assert_eq!(w.measure_from - w.start, warmup);
+    assert_eq!(w.deadline - w.measure_from, duration);
+    let past = std::time::SystemTime::now() - Duration::from_millis(1);
+    assert!(Window::starting_at(past, warmup, duration).is_none());
 }
 
 #[tokio::test]
