@@ -320,6 +320,10 @@ pub struct WorkloadPolicy {
     pub ports: BTreeMap<u16, InboundPolicy>,
     /// Every other port.
     pub default: InboundPolicy,
+    /// The service's ports declared opaque (`appProtocol: opaque`): the proxy forwards
+    /// connections to them without protocol detection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opaque_ports: Vec<u16>,
 }
 
 impl WorkloadPolicy {

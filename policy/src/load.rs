@@ -16,8 +16,8 @@ use weft_identity::SpiffeId;
 use crate::authz::{AllowRule, DefaultPolicy, InboundPolicy, InboundPolicySpec, WorkloadPolicy};
 use crate::registry::{APP_LABEL, Endpoint, EndpointSource};
 use crate::resources::{
-    AuthorizationPolicySpec, Document, HttpRouteSpec, KINDS, MeshConfigSpec, ServerSpec,
-    ServiceSpec,
+    AppProtocol, AuthorizationPolicySpec, Document, HttpRouteSpec, KINDS, MeshConfigSpec,
+    ServerSpec, ServiceSpec,
 };
 use crate::routes::{Backend, RouteRule, ServiceRoutes};
 use crate::wire::fnv1a;
@@ -65,6 +65,8 @@ pub fn render_errors(errors: &[ValidationError]) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceDef {
     pub ports: Vec<u16>,
+    /// The ports whose `appProtocol` is `opaque` (or `tcp`).
+    pub opaque_ports: Vec<u16>,
     pub selector: BTreeMap<String, String>,
     pub endpoints: Vec<Endpoint>,
 }
@@ -103,15 +105,28 @@ impl Config {
 
     /// The inbound policy of a service's workloads (the mesh default when nothing targets it).
     pub fn workload_policy(&self, namespace: &str, service: &str) -> WorkloadPolicy {
-        self.inbound
-            .get(&(namespace.to_string(), service.to_string()))
+        let name = (namespace.to_string(), service.to_string());
+        let mut policy = self
+            .inbound
+            .get(&name)
             .cloned()
             .unwrap_or_else(|| WorkloadPolicy {
                 namespace: namespace.to_string(),
                 service: service.to_string(),
                 ports: BTreeMap::new(),
                 default: InboundPolicy::default_policy(self.default_policy),
-            })
+                opaque_ports: Vec::new(),
+            });
+        policy.opaque_ports = self.opaque_ports(namespace, service);
+        policy
+    }
+
+    /// The ports of a service declared opaque (`appProtocol: opaque`).
+    pub fn opaque_ports(&self, namespace: &str, service: &str) -> Vec<u16> {
+        self.services
+            .get(&(namespace.to_string(), service.to_string()))
+            .map(|d| d.opaque_ports.clone())
+            .unwrap_or_default()
     }
 
     /// The routes of a service (no rules when no `HTTPRoute` attaches to it).
@@ -410,6 +425,13 @@ fn build(p: &Parsed, fallback: DefaultPolicy, errors: &mut Vec<ValidationError>)
     // Services.
     for (o, d) in &p.services {
         let mut ports = Vec::new();
+        let opaque_ports: Vec<u16> = d
+            .spec
+            .ports
+            .iter()
+            .filter(|p| matches!(p.app_protocol, Some(AppProtocol::Opaque | AppProtocol::Tcp)))
+            .map(|p| p.port)
+            .collect();
         for (i, port) in d.spec.ports.iter().enumerate() {
             if port.port == 0 {
                 errors.push(o.error(format!("spec.ports[{i}].port"), "port 0 is not a port"));
@@ -448,6 +470,7 @@ fn build(p: &Parsed, fallback: DefaultPolicy, errors: &mut Vec<ValidationError>)
             name_of(d),
             ServiceDef {
                 ports,
+                opaque_ports,
                 selector,
                 endpoints,
             },
@@ -679,6 +702,7 @@ fn build(p: &Parsed, fallback: DefaultPolicy, errors: &mut Vec<ValidationError>)
                 service: svc,
                 ports: compiled,
                 default,
+                opaque_ports: Vec::new(),
             },
         );
     }

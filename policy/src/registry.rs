@@ -49,6 +49,9 @@ pub struct ServiceEndpoints {
     /// The service's declared ports (empty when it has no `Service` resource).
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// Those of its ports declared opaque (`appProtocol: opaque`): no protocol detection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opaque_ports: Vec<u16>,
     /// Sorted by address.
     pub endpoints: Vec<Endpoint>,
 }
@@ -72,6 +75,9 @@ pub struct AddressEndpoint {
     pub namespace: String,
     pub service: String,
     pub endpoint: Endpoint,
+    /// The service's ports declared opaque (`appProtocol: opaque`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opaque_ports: Vec<u16>,
 }
 
 /// What a workload sends to register (`POST /v1/register`), and again to renew.

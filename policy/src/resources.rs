@@ -76,6 +76,23 @@ pub struct ServicePort {
     pub port: u16,
     #[serde(default)]
     pub name: Option<String>,
+    /// What the port speaks (Kubernetes' `appProtocol`): `opaque` (or `tcp`) makes every
+    /// proxy skip protocol detection on it; `http` (the default) lets them detect.
+    #[serde(default)]
+    pub app_protocol: Option<AppProtocol>,
+}
+
+/// A `Service` port's `appProtocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// HTTP, or anything protocol detection tells apart by itself (the default).
+    Http,
+    /// Opaque TCP: no detection, so a server that speaks first (SMTP, MySQL) is not held up
+    /// waiting for the client's first bytes.
+    Opaque,
+    /// The same as `opaque` (Istio's name).
+    Tcp,
 }
 
 /// A static endpoint listed in a `Service`.

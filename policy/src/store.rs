@@ -113,6 +113,7 @@ impl State {
             namespace: namespace.to_string(),
             service: service.to_string(),
             ports: def.map(|d| d.ports.clone()).unwrap_or_default(),
+            opaque_ports: def.map(|d| d.opaque_ports.clone()).unwrap_or_default(),
             endpoints,
         }
     }
@@ -132,6 +133,7 @@ impl State {
                         namespace: namespace.clone(),
                         service: service.clone(),
                         endpoint: e.clone(),
+                        opaque_ports: def.opaque_ports.clone(),
                     })
             })
             .chain(
@@ -142,6 +144,7 @@ impl State {
                         namespace: w.namespace.clone(),
                         service: w.service.clone(),
                         endpoint: w.endpoint(),
+                        opaque_ports: self.config.opaque_ports(&w.namespace, &w.service),
                     }),
             )
             .collect();

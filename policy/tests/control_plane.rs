@@ -438,7 +438,7 @@ async fn an_address_lookup_names_the_endpoints_at_an_ip_and_follows_registration
     // A static endpoint at 10.0.0.7 (a workload without a proxy) besides the usual resources.
     let resources = format!(
         "{RESOURCES}---\nkind: Service\nmetadata: {{name: legacy, namespace: default}}\n\
-         spec:\n  ports: [{{port: 8080}}]\n  endpoints:\n    - address: 10.0.0.7:8080\n"
+         spec:\n  ports: [{{port: 8080}}, {{port: 25, appProtocol: opaque}}]\n  endpoints:\n    - address: 10.0.0.7:8080\n"
     );
     let dir = resource_dir(&resources);
     let cp = ControlPlane::start(Settings::insecure(dir.path())).await;
@@ -460,6 +460,11 @@ async fn an_address_lookup_names_the_endpoints_at_an_ip_and_follows_registration
     );
     assert_eq!(legacy["endpoints"][0]["endpoint"]["source"], "static");
     assert!(legacy["endpoints"][0]["endpoint"].get("identity").is_none());
+    // Its service's opaque port: proxies skip protocol detection on it.
+    assert_eq!(
+        legacy["endpoints"][0]["opaque_ports"],
+        serde_json::json!([25])
+    );
 
     // An IP the mesh does not know: known to be unknown, not an error.
     let (status, body) = http_get(cp.api, "/v1/address?ip=127.0.0.1").await;
@@ -499,6 +504,7 @@ async fn an_address_lookup_names_the_endpoints_at_an_ip_and_follows_registration
         "spiffe://weft.local/ns/default/sa/api"
     );
     assert_eq!(endpoints[0]["endpoint"]["source"], "registered");
+    assert!(endpoints[0].get("opaque_ports").is_none(), "{seen}");
     // The proxy's client follows the same: what transparent interception asks.
     let mut followed = client.watch_address("127.0.0.1".parse().unwrap());
     let got = wait_until(

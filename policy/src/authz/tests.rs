@@ -223,6 +223,7 @@ fn wire_round_trip_keeps_decisions() {
         )]
         .into(),
         default: InboundPolicy::default_policy(DefaultPolicy::Deny),
+        opaque_ports: vec![2525],
     };
     let json = serde_json::to_string(&p).unwrap();
     let back: WorkloadPolicy = serde_json::from_str(&json).unwrap();

@@ -370,3 +370,34 @@ fn mutated_documents_never_panic() {
         }
     }
 }
+
+#[test]
+fn opaque_ports_reach_the_workload_policy() {
+    let c = load(&[(
+        "a.yaml",
+        "kind: Service\nmetadata: {name: mail}\nspec:\n  ports:\n    - {port: 8080, appProtocol: http}\n    - {port: 25, appProtocol: opaque}\n    - {port: 3306, appProtocol: tcp}\n    - {port: 9000}\n",
+    )])
+    .unwrap_or_else(|e| panic!("{}", render_errors(&e)));
+    assert_eq!(c.opaque_ports("default", "mail"), [25, 3306]);
+    assert_eq!(
+        c.workload_policy("default", "mail").opaque_ports,
+        [25, 3306]
+    );
+    assert!(
+        c.workload_policy("default", "other")
+            .opaque_ports
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_unknown_app_protocol_is_named() {
+    let e = error_with(
+        "kind: Service\nmetadata: {name: mail}\nspec: {ports: [{port: 25, appProtocol: smtp}]}\n",
+    );
+    assert_names(
+        &e,
+        "spec.ports[0].appProtocol",
+        &["unknown variant `smtp`", "`opaque`"],
+    );
+}
