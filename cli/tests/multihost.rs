@@ -157,6 +157,18 @@ impl Host {
     /// A TCP exchange from the app with `ip:port`: sends `send` (if any), reads `read` (`head`
     /// arguments), and how long it took. Fails with empty output when the connection fails.
     fn tcp(&self, ip: &str, port: &str, send: &str, read: &str) -> (Output, Duration) {
+        self.tcp_as(None, ip, port, send, read)
+    }
+
+    /// [`Host::tcp`] as `user` (e.g. the proxy's, which the host's rules let through).
+    fn tcp_as(
+        &self,
+        user: Option<u32>,
+        ip: &str,
+        port: &str,
+        send: &str,
+        read: &str,
+    ) -> (Output, Duration) {
         let script = if send.is_empty() {
             format!("exec 3<>/dev/tcp/{ip}/{port} && timeout 5 head {read} <&3")
         } else {
@@ -164,8 +176,14 @@ impl Host {
                 "exec 3<>/dev/tcp/{ip}/{port} && printf '{send}' >&3 && timeout 5 head {read} <&3"
             )
         };
+        let ids = user.map(|u| [format!("--reuid={u}"), format!("--regid={u}")]);
+        let mut argv = Vec::new();
+        if let Some([reuid, regid]) = &ids {
+            argv.extend(["setpriv", reuid, regid, "--clear-groups"]);
+        }
+        argv.extend(["bash", "-c", &script]);
         let started = Instant::now();
-        let out = self.ns.exec(&["bash", "-c", &script]);
+        let out = self.ns.exec(&argv);
         (out, started.elapsed())
     }
 
@@ -180,7 +198,6 @@ impl Host {
             ),
             ("WEFT_IDENTITY_ADDR", format!("{c_ip}:{IDENTITY_PORT}")),
             ("WEFT_POLICY_ADDR", format!("{c_ip}:{POLICY_PORT}")),
-            ("WEFT_PROXY_OPAQUE_PORTS", BANNER_PORT.to_string()),
             ("WEFT_PROXY_UID", self.uid.to_string()),
         ];
         let (reuid, regid) = (
@@ -264,7 +281,7 @@ fn resources(b_callers: &[&Host]) -> String {
     for name in ["a", "b", "c"] {
         yaml.push_str(&format!(
             "kind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
-             spec: {{ports: [{{port: {HTTP_PORT}}}, {{port: {ECHO_PORT}}}, {{port: {BANNER_PORT}}}, {{port: {UNDECLARED_BANNER_PORT}}}]}}\n---\n"
+             spec: {{ports: [{{port: {HTTP_PORT}}}, {{port: {ECHO_PORT}}}, {{port: {BANNER_PORT}, appProtocol: opaque}}, {{port: {UNDECLARED_BANNER_PORT}}}]}}\n---\n"
         ));
     }
     let ids: Vec<String> = b_callers
@@ -273,8 +290,13 @@ fn resources(b_callers: &[&Host]) -> String {
         .collect();
     yaml.push_str(&format!(
         "kind: AuthorizationPolicy\nmetadata: {{name: b-callers, namespace: default}}\n\
-         spec:\n  target: {{service: b}}\n  allow:\n    - identities: [{}]\n",
+         spec:\n  target: {{service: b}}\n  allow:\n    - identities: [{}]\n---\n",
         ids.join(", ")
+    ));
+    // B's banner is also for clients outside the mesh.
+    yaml.push_str(&format!(
+        "kind: AuthorizationPolicy\nmetadata: {{name: b-banner, namespace: default}}\n\
+         spec:\n  target: {{service: b, port: {BANNER_PORT}}}\n  allow:\n    - unauthenticated: true\n"
     ));
     yaml
 }
@@ -715,8 +737,46 @@ fn three_hosts_call_each_other_by_address_through_the_mesh() {
         ),
         0.0
     );
+    // A client outside the mesh (A's proxy's user: A's rules let it through as it is) reaches
+    // B's banner in plaintext: B's proxy knows the port is opaque from B's service.
+    let (out, outside) = a.tcp_as(Some(a.uid), &b.ip, BANNER_PORT, "", "-c 14");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "220 b ready\r\n");
+    assert!(
+        outside < NO_STALL,
+        "the banner to a client outside the mesh took {outside:?}"
+    );
+    let b_after = b.metrics();
+    assert_eq!(
+        delta(
+            &after.1,
+            &b_after,
+            "weft_proxy_tcp_connections_total",
+            &[r#"direction="inbound""#, r#"protocol="opaque""#]
+        ),
+        1.0,
+        "{b_after}"
+    );
+    assert_eq!(
+        delta(
+            &after.1,
+            &b_after,
+            "weft_proxy_authz_total",
+            &[r#"decision="allow""#, r#"peer="unauthenticated""#]
+        ),
+        1.0,
+        "{b_after}"
+    );
+    assert_eq!(
+        metric_sum(
+            &b_after,
+            "weft_proxy_errors_total",
+            &[r#"reason="detect_timeout""#]
+        ),
+        0.0,
+        "{b_after}"
+    );
     eprintln!(
-        "through the mesh: echo in {took:?}, banner in {banner_took:?} (opaque port), {late:?} (undeclared port)"
+        "through the mesh: echo in {took:?}, banner in {banner_took:?} (opaque port), {late:?} (undeclared port); from outside the mesh in {outside:?}"
     );
 
     // 3. A's proxy killed: A's connections fail, none goes around it.

@@ -90,7 +90,8 @@ pub struct ProxyArgs {
     pub shutdown_grace: Duration,
     /// Destination ports whose connections skip protocol detection (comma list, e.g.
     /// `3306,25`): server-speaks-first protocols, which would otherwise wait for the detection
-    /// timeout. Applies to connections `weft init` redirected.
+    /// timeout. Applies to connections `weft init` redirected, besides the ports the mesh's
+    /// services declare opaque (`appProtocol: opaque`).
     #[arg(long, env = ENV_OPAQUE_PORTS, value_delimiter = ',')]
     pub opaque_ports: Vec<u16>,
     /// Runtime threads: 1 runs everything on one thread; 0 means one per CPU.

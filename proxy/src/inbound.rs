@@ -111,7 +111,7 @@ impl Inbound {
                 tracing::warn!(client.addr = %remote, orig_dst = %dst, "inbound connection refused: its original destination is one of the proxy's own ports (a redirection loop)");
                 return;
             }
-            if self.cfg.intercept.is_opaque(dst.port()) {
+            if self.cfg.intercept.is_opaque(dst.port()) || self.declared_opaque(dst.port()) {
                 // Server-speaks-first: no detection, no waiting for the client.
                 let _open = self.metrics.tcp_open(DIRECTION, "opaque");
                 return self.tcp(tcp, dst.port(), None, remote).await;
@@ -181,6 +181,14 @@ impl Inbound {
         let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
         self.plain_or_http(io, protocol, peer, orig, remote, watcher)
             .await
+    }
+
+    /// Whether the workload's service declares `port` opaque (`appProtocol: opaque`).
+    fn declared_opaque(&self, port: u16) -> bool {
+        self.policy
+            .borrow()
+            .as_ref()
+            .is_some_and(|p| p.opaque_ports.contains(&port))
     }
 
     async fn plain_or_http<I>(

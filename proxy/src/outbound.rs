@@ -23,7 +23,7 @@ use crate::metrics::ProxyMetrics;
 use crate::orig_dst::{Interception, OrigDst};
 use crate::svc::HttpService;
 use crate::tls::MeshTls;
-use crate::unmeshed::{Addresses, OwnSockets};
+use crate::unmeshed::{Addresses, AtAddress, OwnSockets};
 
 const DIRECTION: &str = "outbound";
 
@@ -110,6 +110,10 @@ impl Outbound {
         watcher: hyper_util::server::graceful::Watcher,
     ) {
         let orig = crate::orig_dst::orig_dst(&tcp);
+        // What the mesh knows of a redirected connection's destination IP: one control-plane
+        // watch per IP, kept, so only the first connection to an IP waits for it (at most
+        // DISCOVERY_TIMEOUT), as Linkerd resolves an original destination before detection.
+        let mut known = None;
         if let Some(dst) = orig {
             if self.cfg.intercept.is_own_port(dst.port()) || self.own.contains(remote) {
                 // The proxy's own connection came back: iptables does not exempt its user.
@@ -117,9 +121,13 @@ impl Outbound {
                 tracing::error!(client.addr = %remote, orig_dst = %dst, "outbound connection refused: it is the proxy's own traffic redirected back to it (a loop); run `weft proxy` as the UID given to `weft init --proxy-uid` (or the GID of --proxy-gid)");
                 return;
             }
-            if self.cfg.intercept.is_opaque(dst.port()) {
-                // Server-speaks-first: no detection, no waiting for the client.
-                return self.opaque(tcp, dst).await;
+            known = self.addresses.lookup(dst.ip()).await;
+            // Server-speaks-first: no detection, no waiting for the client, on a port declared
+            // opaque here (--opaque-ports) or by the destination's service (appProtocol).
+            if self.cfg.intercept.is_opaque(dst.port())
+                || known.as_ref().is_some_and(|k| k.is_opaque(dst.port()))
+            {
+                return self.opaque(tcp, dst, known).await;
             }
         }
         let (protocol, io) = match detect::detect(tcp, false, self.cfg.detect_timeout).await {
@@ -132,7 +140,7 @@ impl Outbound {
         if !matches!(protocol, Protocol::Http1 | Protocol::Http2) {
             if let Some(dst) = orig {
                 // Opaque bytes on a redirected connection: to where they were going.
-                return self.opaque(io, dst).await;
+                return self.opaque(io, dst, known).await;
             }
             let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
             // Without an original destination (the app uses the proxy explicitly) there is
@@ -158,12 +166,13 @@ impl Outbound {
     }
 
     /// An opaque connection to the original destination `dst`: through an mTLS tunnel to the
-    /// meshed workload there, else forwarded as it is.
-    async fn opaque<I>(&self, io: I, dst: SocketAddr)
+    /// meshed workload there (`known`: what the mesh knows of `dst`'s IP), else forwarded as it
+    /// is.
+    async fn opaque<I>(&self, io: I, dst: SocketAddr, known: Option<Arc<AtAddress>>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        if let Some(workload) = self.addresses.meshed(dst.ip()).await
+        if let Some(workload) = known.as_ref().and_then(|k| k.meshed.as_ref())
             && let Some(identity) = workload.identity()
         {
             let _open = self.metrics.tcp_open(DIRECTION, "opaque");

@@ -31,6 +31,7 @@ fn policy() -> WorkloadPolicy {
         service: "api".into(),
         ports: BTreeMap::from([(8080, InboundPolicy::new(spec))]),
         default: InboundPolicy::default_policy(DefaultPolicy::AllAuthenticated),
+        opaque_ports: Vec::new(),
     }
 }
 

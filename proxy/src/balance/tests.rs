@@ -34,6 +34,7 @@ impl Table {
                 namespace: "default".into(),
                 service: service.into(),
                 ports: vec![],
+                opaque_ports: vec![],
                 endpoints,
             })));
     }

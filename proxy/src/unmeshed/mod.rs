@@ -353,7 +353,8 @@ impl tower::Service<Request<Body>> for Intercepted {
             if connect || shared.in_mesh(authority.clone()).await {
                 return crate::svc::call_boxed(&mut mesh, req).await;
             }
-            match shared.addresses.meshed(dst.ip()).await {
+            let known = shared.addresses.lookup(dst.ip()).await;
+            match known.as_ref().and_then(|k| k.meshed.as_ref()) {
                 Some(workload) => {
                     let mut req = req;
                     workload.route(&mut req, authority, dst)?;
@@ -397,6 +398,7 @@ impl Meshed {
                 namespace: found.namespace.clone(),
                 service: found.service.clone(),
                 ports: Vec::new(),
+                opaque_ports: Vec::new(),
                 endpoints: vec![found.endpoint.clone()],
             }),
         })
@@ -454,8 +456,39 @@ fn with_port(authority: Option<Authority>, dst: SocketAddr) -> Result<Authority,
         })
 }
 
+/// What the mesh knows of an original destination's IP, as a connection uses it.
+#[derive(Debug)]
+pub struct AtAddress {
+    /// The meshed workload there, if any.
+    pub meshed: Option<Meshed>,
+    /// The ports declared opaque (`appProtocol: opaque`) by the services of the endpoints
+    /// there: their connections skip protocol detection.
+    opaque_ports: Vec<u16>,
+}
+
+impl AtAddress {
+    fn of(info: &AddressInfo) -> Self {
+        let mut opaque_ports: Vec<u16> = info
+            .endpoints
+            .iter()
+            .flat_map(|e| e.opaque_ports.iter().copied())
+            .collect();
+        opaque_ports.sort_unstable();
+        opaque_ports.dedup();
+        Self {
+            meshed: Meshed::of(info),
+            opaque_ports,
+        }
+    }
+
+    /// Whether the services at this address declare `port` opaque.
+    pub fn is_opaque(&self, port: u16) -> bool {
+        self.opaque_ports.binary_search(&port).is_ok()
+    }
+}
+
 /// What the mesh knows of the IP addresses of original destinations: one control-plane watch
-/// per address (bounded), and the [`Meshed`] workload each currently holds.
+/// per address (bounded), and what each currently holds ([`AtAddress`]).
 pub struct Addresses {
     resolver: Arc<dyn Resolve>,
     watches: Mutex<HashMap<IpAddr, AddressWatch>>,
@@ -463,8 +496,8 @@ pub struct Addresses {
 
 struct AddressWatch {
     rx: watch::Receiver<Option<Arc<AddressInfo>>>,
-    /// The last answer and the workload found in it, so a request copies nothing.
-    seen: Option<(Arc<AddressInfo>, Option<Arc<Meshed>>)>,
+    /// The last answer and what was made of it, so a connection copies nothing.
+    seen: Option<(Arc<AddressInfo>, Arc<AtAddress>)>,
 }
 
 impl std::fmt::Debug for Addresses {
@@ -481,9 +514,9 @@ impl Addresses {
         }
     }
 
-    /// The meshed workload at `ip`, waiting (bounded) for the control plane's first answer
-    /// about it; `None` when the mesh knows none there or did not answer in time.
-    pub async fn meshed(&self, ip: IpAddr) -> Option<Arc<Meshed>> {
+    /// What the mesh knows of `ip`, waiting (bounded) for the control plane's first answer
+    /// about it; `None` when it did not answer in time.
+    pub async fn lookup(&self, ip: IpAddr) -> Option<Arc<AtAddress>> {
         let mut waited = false;
         loop {
             let mut rx = {
@@ -497,14 +530,14 @@ impl Addresses {
                 });
                 let current = w.rx.borrow().clone();
                 if let Some(info) = current {
-                    return match &w.seen {
-                        Some((seen, meshed)) if Arc::ptr_eq(seen, &info) => meshed.clone(),
+                    return Some(match &w.seen {
+                        Some((seen, at)) if Arc::ptr_eq(seen, &info) => at.clone(),
                         _ => {
-                            let meshed = Meshed::of(&info).map(Arc::new);
-                            w.seen = Some((info, meshed.clone()));
-                            meshed
+                            let at = Arc::new(AtAddress::of(&info));
+                            w.seen = Some((info, at.clone()));
+                            at
                         }
-                    };
+                    });
                 }
                 w.rx.clone()
             };

@@ -29,6 +29,17 @@ impl Table {
 
     /// Registers a workload of `default/<service>` at `address`, with `identity` (a name).
     fn workload(&self, service: &str, address: &str, identity: Option<&str>) {
+        self.workload_with(service, address, identity, &[]);
+    }
+
+    /// [`Table::workload`] of a service that declares `opaque_ports`.
+    fn workload_with(
+        &self,
+        service: &str,
+        address: &str,
+        identity: Option<&str>,
+        opaque_ports: &[u16],
+    ) {
         let address: SocketAddr = address.parse().unwrap();
         let info = AddressInfo {
             ip: address.ip(),
@@ -41,6 +52,7 @@ impl Table {
                     labels: Default::default(),
                     source: EndpointSource::Registered,
                 },
+                opaque_ports: opaque_ports.to_vec(),
             }],
         };
         self.set(address.ip(), Some(info));
@@ -93,6 +105,7 @@ impl Resolve for Table {
             namespace: namespace.into(),
             service: service.into(),
             ports: Vec::new(),
+            opaque_ports: Vec::new(),
             endpoints,
         })))
         .1
@@ -355,9 +368,24 @@ async fn no_answer_about_an_address_in_time_means_unmeshed() {
     let ip: IpAddr = "10.1.2.3".parse().unwrap();
     table.set(ip, None);
     let addresses = Addresses::new(table.clone());
-    assert!(addresses.meshed(ip).await.is_none());
+    assert!(addresses.lookup(ip).await.is_none());
     // The answer arrives later: from then on the address is meshed.
     table.workload("api", "10.1.2.3:4143", Some("api"));
-    let found = addresses.meshed(ip).await.unwrap();
-    assert_eq!(found.endpoint().address, "10.1.2.3:4143".parse().unwrap());
+    let found = addresses.lookup(ip).await.unwrap();
+    let meshed = found.meshed.as_ref().unwrap();
+    assert_eq!(meshed.endpoint().address, "10.1.2.3:4143".parse().unwrap());
+    assert!(!found.is_opaque(25));
+}
+
+#[tokio::test]
+async fn the_services_at_an_address_declare_its_opaque_ports() {
+    let table = Arc::new(Table::new(&[]));
+    table.workload_with("mail", "10.1.2.3:4143", Some("mail"), &[587, 25]);
+    let addresses = Addresses::new(table.clone());
+    let ip: IpAddr = "10.1.2.3".parse().unwrap();
+    let found = addresses.lookup(ip).await.unwrap();
+    assert!(found.is_opaque(25) && found.is_opaque(587) && !found.is_opaque(8080));
+    // The service changes its mind: the address follows.
+    table.workload_with("mail", "10.1.2.3:4143", Some("mail"), &[]);
+    assert!(!addresses.lookup(ip).await.unwrap().is_opaque(25));
 }

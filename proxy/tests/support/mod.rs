@@ -85,6 +85,7 @@ impl StaticResolver {
             namespace: "default".into(),
             service: svc.into(),
             ports: vec![],
+            opaque_ports: vec![],
             endpoints: endpoints
                 .into_iter()
                 .map(|(address, identity)| Endpoint {
@@ -125,6 +126,7 @@ pub fn allow_only(names: &[&str]) -> WorkloadPolicy {
         service: "api".into(),
         ports: Default::default(),
         default: policy,
+        opaque_ports: Vec::new(),
     }
 }
 
@@ -134,6 +136,7 @@ pub fn default_policy(p: DefaultPolicy) -> WorkloadPolicy {
         service: "svc".into(),
         ports: Default::default(),
         default: InboundPolicy::default_policy(p),
+        opaque_ports: Vec::new(),
     }
 }
 
