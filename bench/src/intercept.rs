@@ -116,20 +116,18 @@ pub fn preflight() -> Result<(), Error> {
         .collect();
     if !missing.is_empty() {
         return Err(format!(
-            "weft-bench intercept needs {}: install the Debian packages iproute2, iptables and \
-             util-linux (.ci/run does)",
+            "weft-bench intercept needs {} on PATH: install the Debian packages iproute2, \
+             iptables and util-linux (.ci/run does)",
             missing.join(", ")
         ));
     }
     Ok(())
 }
 
-/// `tool` in a directory of `PATH`, or in /usr/sbin and /sbin (root's tools, missing from
-/// some users' `PATH`).
+/// `tool` in a directory of `PATH`, where the benchmark (and `weft init`) run it from.
 fn on_path(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
 }
@@ -254,8 +252,9 @@ fn run_ok(cmd: &mut Command) -> Result<String, Error> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Deletes namespaces a killed benchmark left behind: `weft-bench-{c,a}-<pid>` whose process
-/// is gone. Only ours: other names are never touched.
+/// Deletes namespaces a killed benchmark left behind (`weft-bench-{c,a}-<pid>` whose
+/// benchmark process is gone), after killing what it had started in them (`ip netns pids`).
+/// Only ours: other names are never touched.
 fn remove_stale_namespaces() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
@@ -266,6 +265,11 @@ fn remove_stale_namespaces() {
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
             eprintln!("deleting network namespace {name}, left behind by a killed benchmark");
+            if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+                for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+            }
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
