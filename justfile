@@ -17,9 +17,10 @@ test:
 ci:
     bash .ci/run
 
-# Every benchmark (release builds): the identity service, the control plane and the mesh
+# Every benchmark (release builds): the identity service, the control plane, the mesh
 # (direct, weft and two HAProxies side by side; it needs the Debian package `haproxy`, or pass
-# --no-peer). Writes bench/results/<date>.json, <date>.md (the summary) and <date>.svg (the
+# --no-peer) and, when run as root, transparent interception between two network namespaces
+# (direct and weft; skipped otherwise, and the summary says so). Writes bench/results/<date>.json, <date>.md (the summary) and <date>.svg (the
 # latency plot), and latest.md/latest.svg, which the README links. Then the outbound stack's
 # benchmark (full against minimal stack) to bench/results/stack-<date>.json.
 bench *FLAGS:

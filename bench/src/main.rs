@@ -1,8 +1,9 @@
 //! `weft-bench`: the mesh benchmark and its parts. See the crate's `lib.rs` for the layout
 //! and `docs/benchmarks.md` for what is measured.
 //!
-//! - `weft-bench all [--out-dir bench/results] [--quick] [mesh flags]`: every benchmark, the
-//!   results written as JSON, Markdown and SVG (`just bench`);
+//! - `weft-bench all [--out-dir bench/results] [--quick] [mesh flags]`: every benchmark (the
+//!   interception one as root only), the results written as JSON, Markdown and SVG
+//!   (`just bench`);
 //! - `weft-bench mesh [--rates 500,1000,2000] [--rate 1000] [--repeat 3] [--no-peer] [--quick]
 //!   [--json out.json]`: direct against weft against the HAProxy pair, side by side;
 //! - `weft-bench stack [--rate 1000] [--repeat 3] [--json out.json]`: direct, the minimal
@@ -42,8 +43,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Every benchmark, as `just bench` runs it: the identity service's and the control
-    /// plane's, then the mesh; writes <out-dir>/<date>.json, a Markdown summary <date>.md and
-    /// the latency plot <date>.svg (and latest.md, latest.svg).
+    /// plane's, then the mesh, then (as root) the interception benchmark; writes
+    /// <out-dir>/<date>.json, a Markdown summary <date>.md and the latency plot <date>.svg
+    /// (and latest.md, latest.svg).
     All(AllArgs),
     /// Direct against app → weft → weft → app over mTLS against the same hop made by two
     /// HAProxies, side by side, at several fixed rates and at the maximum.
@@ -332,10 +334,16 @@ fn run_all(a: AllArgs) -> Result<(), Error> {
         mesh: a.mesh.config(),
     })?;
     println!("\n{}", report.mesh.markdown());
+    match (&report.intercept, &report.intercept_skipped) {
+        (Some(r), _) => println!("\n{}", r.markdown()),
+        (None, Some(why)) => println!("\ninterception benchmark SKIPPED: {why}"),
+        (None, None) => {}
+    }
     for path in [&written.json, &written.markdown, &written.plot] {
         println!("wrote {}", path.display());
     }
-    mesh_checks(&report.mesh)
+    mesh_checks(&report.mesh)?;
+    report.intercept.as_ref().map_or(Ok(()), intercept_ok)
 }
 
 fn run_stack(a: BenchArgs) -> Result<(), Error> {

@@ -1,6 +1,7 @@
 //! `weft-bench all`: every benchmark in one go, as `just bench` runs it. The identity
 //! service's (`identity-bench`) and the control plane's (`policy-bench`) benchmarks run as
-//! processes beside this binary, then the mesh benchmark; the results go to
+//! processes beside this binary, then the mesh benchmark, then (as root only; the summary says
+//! when it was skipped) the interception benchmark; the results go to
 //! `<out>/<date>.json` (all of them, with the machine they ran on), a Markdown summary
 //! `<out>/<date>.md` and the latency-distribution plot `<out>/<date>.svg`, and the summary
 //! and plot are copied to `<out>/latest.md` and `<out>/latest.svg`, which the README links.
@@ -12,6 +13,7 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 use crate::Error;
+use crate::intercept::{self, InterceptReport};
 use crate::mesh::{self, MeshConfig, write_file as write};
 use crate::plot::{self, Line};
 use crate::report::{MeshReport, Mode, Run, Scenario, thousands};
@@ -95,6 +97,11 @@ pub struct SuiteReport {
     pub quick: bool,
     pub machine: Machine,
     pub mesh: MeshReport,
+    /// The interception benchmark (two network namespaces), with the mesh's rates and
+    /// durations; `None` when skipped.
+    pub intercept: Option<InterceptReport>,
+    /// Why the interception benchmark was skipped (not root).
+    pub intercept_skipped: Option<String>,
     /// `identity-bench --json`'s output.
     pub identity: Value,
     /// `policy-bench --json`'s output.
@@ -149,12 +156,22 @@ pub fn run(cfg: &SuiteConfig) -> Result<(SuiteReport, Written), Error> {
         &scratch.path().join("policy.json"),
     )?;
     let mesh = mesh::run(&cfg.mesh)?;
+    // Root only (network namespaces, iptables); without root the rest still runs, and the
+    // summary says what is missing. As root, a missing tool is an error.
+    let (intercept, intercept_skipped) = if intercept::is_root() {
+        (Some(intercept::run(&cfg.mesh)?), None)
+    } else {
+        eprintln!("skipping the interception benchmark: {NOT_ROOT}");
+        (None, Some(NOT_ROOT.to_string()))
+    };
     let report = SuiteReport {
         bench: "weft",
         date: date.clone(),
         quick: cfg.quick,
         machine: Machine::read(),
         mesh,
+        intercept,
+        intercept_skipped,
         identity,
         policy,
     };
@@ -177,6 +194,11 @@ pub fn run(cfg: &SuiteConfig) -> Result<(SuiteReport, Written), Error> {
     write(&cfg.out_dir.join("latest.svg"), &svg)?;
     Ok((report, written))
 }
+
+/// Why `all` skips the interception benchmark when not root.
+pub const NOT_ROOT: &str = "not run as root: the interception benchmark creates network \
+    namespaces and iptables rules (run `weft-bench all` as root, or `weft-bench intercept` \
+    on its own as root)";
 
 /// `<date>`, or `<date>-2`, `-3`… when a run of the same day is there already.
 fn free_stem(dir: &Path, date: &str) -> String {
@@ -278,6 +300,20 @@ impl SuiteReport {
         let _ = writeln!(out, "## Mesh: direct, weft, HAProxy pair\n");
         out.push_str(&self.mesh.markdown());
         let _ = writeln!(out, "\n![latency distribution]({plot})\n");
+        let _ = writeln!(
+            out,
+            "## Transparent interception: client and app in two namespaces, direct and weft\n"
+        );
+        match (&self.intercept, &self.intercept_skipped) {
+            (Some(r), _) => out.push_str(&r.markdown()),
+            (None, Some(why)) => {
+                let _ = writeln!(out, "SKIPPED: {why}.");
+            }
+            (None, None) => {
+                let _ = writeln!(out, "SKIPPED.");
+            }
+        }
+        out.push('\n');
         let _ = writeln!(out, "## Identity service (`identity-bench`)\n");
         write_identity(&mut out, &self.identity);
         let _ = writeln!(out, "\n## Control plane (`policy-bench`)\n");

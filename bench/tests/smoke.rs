@@ -1,33 +1,62 @@
 //! CI smoke test of the benchmarks: `weft-bench all --quick --out-dir <tmp>` (what `just
-//! bench` runs, quick) runs the identity and control-plane benchmarks and every mesh scenario
+//! bench` runs, quick) runs the identity and control-plane benchmarks, every mesh scenario
 //! (direct, weft, the HAProxy pair) at every rate, at the maximum, with a new connection per
-//! request and with idle connections open, and the harness works: exit 0, the JSON, the
-//! Markdown summary and the plot are written, every scenario and rate has requests and no
-//! errors, and both mTLS checks passed. No number is asserted: CI machines are too noisy.
+//! request and with idle connections open, and the interception benchmark (direct and weft
+//! between two network namespaces), and the harness works: exit 0, the JSON, the Markdown
+//! summary and the plot are written, every scenario and rate has requests and no errors, the
+//! mTLS checks and the interception check passed, and the namespaces are gone afterwards. No
+//! number is asserted: CI machines are too noisy.
 //!
-//! A system test: it needs `haproxy` (Debian package `haproxy`) and the `weft` binary beside
-//! `weft-bench` in the target directory (`cargo test --workspace` builds it), so it runs only
-//! with `WEFT_SYSTEM_TESTS=1`, as `.ci/run` sets, and then fails loudly if either is missing.
+//! A system test: it needs `haproxy` (Debian package `haproxy`), root with `ip`, `iptables`
+//! and `setpriv` (iproute2, iptables, util-linux) for the interception benchmark, and the
+//! `weft` binary beside `weft-bench` in the target directory (`cargo test --workspace` builds
+//! it), so it runs only with `WEFT_SYSTEM_TESTS=1`, as `.ci/run` sets, and then fails loudly
+//! if any of them is missing.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The whole quick run must finish within this (it takes well under 2 minutes).
-const TIMEOUT: Duration = Duration::from_secs(240);
+/// The whole quick run must finish within this (it takes about 2 minutes with debug binaries).
+const TIMEOUT: Duration = Duration::from_secs(300);
 
 fn system_tests() -> bool {
     std::env::var("WEFT_SYSTEM_TESTS").is_ok_and(|v| v == "1")
 }
 
-/// `haproxy` on PATH or in /usr/sbin, as `weft-bench` looks for it.
-fn haproxy() -> Option<PathBuf> {
+/// `tool` on PATH or in /usr/sbin or /sbin, as `weft-bench` looks for its tools.
+fn tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .map(|d| d.join("haproxy"))
-        .chain([PathBuf::from("/usr/sbin/haproxy")])
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// Effective UID 0, from `/proc/self/status`.
+fn root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        .unwrap_or(false)
+}
+
+/// The network namespaces whose name ends in `-<pid>`: the interception benchmark's, of
+/// `weft-bench` process `pid`.
+fn namespaces_of(pid: u32) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("weft-bench-") && n.ends_with(&format!("-{pid}")))
+        .map(String::from)
+        .collect()
 }
 
 #[test]
@@ -37,9 +66,21 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
         return;
     }
     assert!(
-        haproxy().is_some(),
+        tool("haproxy").is_some(),
         "haproxy is missing: install the Debian package `haproxy` (.ci/run does)"
     );
+    assert!(
+        root(),
+        "the interception benchmark (part of `weft-bench all`) needs root: run the system \
+         tests as root (.ci/run does)"
+    );
+    for t in ["ip", "iptables", "setpriv"] {
+        assert!(
+            tool(t).is_some(),
+            "{t} is missing: install the Debian packages iproute2, iptables and util-linux \
+             (.ci/run does)"
+        );
+    }
     let bench = Path::new(env!("CARGO_BIN_EXE_weft-bench"));
     // As `mesh::find_weft` looks for it: beside this binary in the target directory.
     let weft = bench.with_file_name("weft");
@@ -78,6 +119,10 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
                 .status();
             let _ = child.kill();
             let _ = child.wait();
+            // Killed, it could not delete its network namespaces: do it here.
+            for ns in namespaces_of(child.id()) {
+                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            }
             break None;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -92,6 +137,11 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
         "weft-bench all --quick failed ({status})\nstderr:\n{stderr}\nstdout:\n{stdout}"
     );
     println!("{stdout}");
+    let leftover = namespaces_of(child.id());
+    assert!(
+        leftover.is_empty(),
+        "the interception benchmark left network namespaces behind: {leftover:?}"
+    );
 
     // One date's three files, and the latest summary and plot.
     let mut names: Vec<String> = std::fs::read_dir(&out)
@@ -112,6 +162,8 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
         &format!("({stem}.svg)"),
         "Connection setup",
         "Idle client connections",
+        "## Transparent interception",
+        "Interception check (passed)",
         "## Identity service",
         "## Control plane",
     ] {
@@ -197,6 +249,57 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
         assert!(p["rss_idle_connections_mib"].as_f64().unwrap() > 0.0, "{p}");
         assert!(
             p["cpu_seconds_per_1000_new_connection"]["median"]
+                .as_f64()
+                .is_some(),
+            "{p}"
+        );
+    }
+
+    // The interception benchmark: both scenarios at every rate and at the maximum, with
+    // requests and no errors; the probes and the counters over the runs passed.
+    assert!(
+        suite["intercept_skipped"].is_null(),
+        "{}",
+        suite["intercept_skipped"]
+    );
+    let ic = &suite["intercept"];
+    assert_eq!(ic["bench"], "intercept", "{ic}");
+    assert_eq!(ic["settings"]["quick"], true);
+    assert_eq!(ic["settings"]["rates"], report["settings"]["rates"]);
+    let scenarios = ic["scenarios"].as_array().unwrap();
+    let names: Vec<&str> = scenarios
+        .iter()
+        .map(|s| s["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["direct", "weft"]);
+    for s in scenarios {
+        let name = &s["scenario"];
+        let at_rates = s["at_rates"].as_array().unwrap();
+        let measured: Vec<u64> = at_rates
+            .iter()
+            .map(|l| l["rate"].as_u64().unwrap())
+            .collect();
+        assert_eq!(measured, rates, "intercept {name}");
+        for l in at_rates.iter().chain([&s["max"]]) {
+            assert!(
+                l["requests"].as_u64().unwrap() > 0,
+                "intercept {name}: no requests in {l}"
+            );
+            assert_eq!(l["errors"], 0, "intercept {name}: errors in {l}\n{stdout}");
+        }
+    }
+    let check = &ic["check"];
+    assert_eq!(check["probe_ok"], true, "{check}");
+    assert_eq!(check["ok"], true, "{check}");
+    assert!(
+        check["weft_requests_measured"].as_u64().unwrap() > 0,
+        "{check}"
+    );
+    let proxies = ic["proxies"].as_array().unwrap();
+    assert_eq!(proxies.len(), 2, "{ic}");
+    for p in proxies {
+        assert!(
+            p["cpu_seconds_per_1000_at_max"]["median"]
                 .as_f64()
                 .is_some(),
             "{p}"
