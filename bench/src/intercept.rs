@@ -70,7 +70,8 @@ const NS_PREFIX: &str = "weft-bench";
 /// under the proxy's protocol-detection timeout (`--detect-timeout`, 1 s): a client silent for
 /// longer is taken for a server-speaks-first protocol and tunnelled as opaque TCP, and the
 /// runs would measure that (the check after the runs would then fail: no HTTP requests
-/// counted).
+/// counted). A generator that starts late anyway still runs if it is late by less than half
+/// the warm-up (see `Window::starting_at`).
 const START_LEAD: Duration = Duration::from_millis(400);
 /// Beyond its window and drain, how long a load generator may take to exit.
 const LOAD_EXIT_GRACE: Duration = Duration::from_secs(15);

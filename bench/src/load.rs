@@ -89,11 +89,16 @@ impl Window {
 
     /// A window starting at `start` (wall clock), after `warmup`: how two processes (the
     /// benchmark sampling CPU, the load generator in another network namespace) agree on one
-    /// window. `None` when `start` has passed already (a late start would send the backlog of
-    /// the open loop in a burst).
+    /// window. A start up to half the warm-up in the past is taken as it is: the open loop
+    /// then sends its backlog at once, within the warm-up, which is not measured. `None` when
+    /// `start` is further in the past (the burst would reach the measured window).
     pub fn starting_at(start: SystemTime, warmup: Duration, duration: Duration) -> Option<Self> {
-        let ahead = start.duration_since(SystemTime::now()).ok()?;
-        let start = Instant::now() + ahead;
+        let now = Instant::now();
+        let start = match start.duration_since(SystemTime::now()) {
+            Ok(ahead) => now + ahead,
+            Err(e) if e.duration() <= warmup / 2 => now.checked_sub(e.duration())?,
+            Err(_) => return None,
+        };
         Some(Self {
             start,
             measure_from: start + warmup,

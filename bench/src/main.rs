@@ -199,7 +199,8 @@ struct LoadArgs {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Start at this wall-clock time (milliseconds since 1970) instead of at once, so another
-    /// process can sample over the same window; an error if it has passed.
+    /// process can sample over the same window; an error if it passed more than half the
+    /// warm-up ago.
     #[arg(long, hide = true)]
     start_at_unix_ms: Option<u64>,
 }
@@ -405,8 +406,8 @@ fn run_load(a: LoadArgs) -> Result<(), Error> {
             let start = UNIX_EPOCH + Duration::from_millis(ms);
             Window::starting_at(start, cfg.warmup, cfg.duration).ok_or_else(|| {
                 format!(
-                    "--start-at-unix-ms {ms} has passed already (started too late: a late \
-                     open loop would send its backlog in a burst)"
+                    "--start-at-unix-ms {ms} passed more than half the warm-up ago (started too \
+                     late: the open loop's backlog would go out in a burst in the measured window)"
                 )
             })?
         }
