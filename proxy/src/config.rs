@@ -50,9 +50,11 @@ pub struct ProxyArgs {
     /// Where peers (and the mesh) reach this workload.
     #[arg(long, env = ENV_INBOUND, default_value = DEFAULT_INBOUND)]
     pub inbound_listen: SocketAddr,
-    /// Where the local app sends its outgoing requests (HTTP_PROXY=http://<this>).
-    #[arg(long, env = ENV_OUTBOUND, default_value = DEFAULT_OUTBOUND)]
-    pub outbound_listen: SocketAddr,
+    /// Where the local app sends its outgoing requests (HTTP_PROXY=http://<this>), and where
+    /// `weft init` redirects them: a comma list, so that with `weft init --ipv6` the proxy
+    /// also listens on IPv6 loopback (`127.0.0.1:4140,[::1]:4140`).
+    #[arg(long, env = ENV_OUTBOUND, default_value = DEFAULT_OUTBOUND, value_delimiter = ',')]
+    pub outbound_listen: Vec<SocketAddr>,
     /// Admin endpoint: /metrics, /live, /ready.
     #[arg(long, env = ENV_ADMIN, default_value = DEFAULT_ADMIN)]
     pub admin_listen: SocketAddr,
@@ -146,11 +148,10 @@ impl ProxyArgs {
     /// one) and the opaque ports.
     pub fn interception(&self) -> crate::orig_dst::Interception {
         crate::orig_dst::Interception {
-            own_ports: vec![
-                self.inbound_listen.port(),
-                self.outbound_listen.port(),
-                self.admin_listen.port(),
-            ],
+            own_ports: [self.inbound_listen.port(), self.admin_listen.port()]
+                .into_iter()
+                .chain(self.outbound_listen.iter().map(SocketAddr::port))
+                .collect(),
             opaque_ports: self.opaque_ports.clone(),
         }
     }
@@ -177,14 +178,28 @@ mod tests {
     fn defaults_are_the_standard_layout() {
         let a = ProxyArgs::from_lookup(&[]).unwrap();
         assert_eq!(a.inbound_listen.to_string(), DEFAULT_INBOUND);
-        assert_eq!(a.outbound_listen.to_string(), DEFAULT_OUTBOUND);
+        assert_eq!(a.outbound_listen, [DEFAULT_OUTBOUND.parse().unwrap()]);
         assert_eq!(a.admin_listen.to_string(), DEFAULT_ADMIN);
         assert_eq!(a.token_file, PathBuf::from(DEFAULT_TOKEN_FILE));
         assert_eq!(a.app_port, 8080);
         assert_eq!(a.workers, 1);
         assert!(!a.policy_insecure_dev);
         assert!(a.opaque_ports.is_empty());
-        assert_eq!(a.interception().own_ports, vec![4143, 4140, 4191]);
+        assert_eq!(a.interception().own_ports, vec![4143, 4191, 4140]);
+    }
+
+    #[test]
+    fn the_outbound_listener_takes_ipv4_and_ipv6_loopback() {
+        let a = ProxyArgs::from_lookup(&[(ENV_OUTBOUND, "127.0.0.1:4140,[::1]:4150")]).unwrap();
+        assert_eq!(
+            a.outbound_listen,
+            [
+                "127.0.0.1:4140".parse::<SocketAddr>().unwrap(),
+                "[::1]:4150".parse().unwrap()
+            ]
+        );
+        assert!(a.interception().is_own_port(4150));
+        assert!(ProxyArgs::from_lookup(&[(ENV_OUTBOUND, "127.0.0.1:4140,::1")]).is_err());
     }
 
     #[test]

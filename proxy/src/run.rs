@@ -46,7 +46,8 @@ impl Drop for AbortOnDrop {
 #[derive(Debug)]
 pub struct Listeners {
     pub inbound: TcpListener,
-    pub outbound: TcpListener,
+    /// One per `--outbound-listen` address (IPv4 and IPv6 loopback with `weft init --ipv6`).
+    pub outbound: Vec<TcpListener>,
     pub admin: TcpListener,
 }
 
@@ -57,14 +58,13 @@ impl Listeners {
                 format!("cannot listen on {addr} for the {what} listener: {e} (set {env})")
             })
         };
+        let mut outbound = Vec::with_capacity(args.outbound_listen.len());
+        for addr in &args.outbound_listen {
+            outbound.push(bind(*addr, "outbound", crate::config::ENV_OUTBOUND).await?);
+        }
         Ok(Self {
             inbound: bind(args.inbound_listen, "inbound", crate::config::ENV_INBOUND).await?,
-            outbound: bind(
-                args.outbound_listen,
-                "outbound",
-                crate::config::ENV_OUTBOUND,
-            )
-            .await?,
+            outbound,
             admin: bind(args.admin_listen, "admin", crate::config::ENV_ADMIN).await?,
         })
     }
@@ -236,11 +236,17 @@ pub async fn run_on(
         weft_identity::config::wait_true(stop_rx.clone()),
         grace,
     ));
-    let outbound_task = tokio::spawn(outbound.serve(
-        listeners.outbound,
-        weft_identity::config::wait_true(stop_rx.clone()),
-        grace,
-    ));
+    let outbound_tasks: Vec<_> = listeners
+        .outbound
+        .into_iter()
+        .map(|listener| {
+            tokio::spawn(outbound.clone().serve(
+                listener,
+                weft_identity::config::wait_true(stop_rx.clone()),
+                grace,
+            ))
+        })
+        .collect();
     let _ = ready_tx.send(true);
     tracing::info!(
         identity = %me,
@@ -260,7 +266,9 @@ pub async fn run_on(
     .await;
     let _ = stop_tx.send(true);
     let _ = inbound_task.await;
-    let _ = outbound_task.await;
+    for task in outbound_tasks {
+        let _ = task.await;
+    }
     let _ = admin.await;
     drop(identity);
     Ok(())
