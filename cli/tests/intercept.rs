@@ -17,6 +17,8 @@ use support::{Netns, WEFT, metric_sum, require_tools, system_tests, token};
 const PROXY_UID: &str = "2102";
 const A_IP: &str = "10.77.0.1";
 const B_IP: &str = "10.77.0.2";
+const A_IP6: &str = "fd77::1";
+const B_IP6: &str = "fd77::2";
 const BANNER_PORT: &str = "2525";
 
 /// Two namespaces joined by a veth pair, deleted when dropped (also when the test panics).
@@ -66,8 +68,18 @@ impl Pair {
             "netns",
             &pair.b.name,
         ]);
-        for (ns, dev, ip) in [(&pair.a, &va, A_IP), (&pair.b, &vb, B_IP)] {
+        for (ns, dev, ip, ip6) in [(&pair.a, &va, A_IP, A_IP6), (&pair.b, &vb, B_IP, B_IP6)] {
             ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", dev]);
+            // No duplicate address detection: usable at once.
+            ns.ok(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
             ns.ok(&["ip", "link", "set", dev, "up"]);
             ns.ok(&["ip", "link", "set", "lo", "up"]);
         }
@@ -81,8 +93,8 @@ impl Pair {
     }
 }
 
-/// An HTTP app on B:8080 answering `hello from the app`, and a server on B:2525 that speaks
-/// first (`220 banner`), as SMTP and MySQL do.
+/// An HTTP app on B:8080 (IPv4 and IPv6) answering `hello from the app`, and a server on
+/// B:2525 that speaks first (`220 banner`), as SMTP and MySQL do.
 const SERVERS: &str = r#"
 import socket, sys, threading, http.server
 class H(http.server.BaseHTTPRequestHandler):
@@ -97,7 +109,10 @@ def banner():
     s.bind((sys.argv[1], 2525)); s.listen(16)
     while True:
         c, _ = s.accept(); c.sendall(b"220 banner\r\n"); c.close()
+class H6(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 threading.Thread(target=banner, daemon=True).start()
+threading.Thread(target=H6((sys.argv[2], 8080), H).serve_forever, daemon=True).start()
 http.server.ThreadingHTTPServer((sys.argv[1], 8080), H).serve_forever()
 "#;
 
@@ -118,14 +133,14 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     let pair = Pair::new();
 
     let servers = pair.b.spawn(
-        &["python3", "-c", SERVERS, B_IP],
+        &["python3", "-c", SERVERS, B_IP, B_IP6],
         &[],
         &d.join("servers.log"),
     );
     // Both servers listen before anything is asked of them (from B: never intercepted).
     let deadline = Instant::now() + Duration::from_secs(30);
-    for port in ["8080", BANNER_PORT] {
-        let probe = format!("exec 3<>/dev/tcp/{B_IP}/{port}");
+    for (ip, port) in [(B_IP, "8080"), (B_IP, BANNER_PORT), (B_IP6, "8080")] {
+        let probe = format!("exec 3<>/dev/tcp/{ip}/{port}");
         while !pair.b.exec(&["bash", "-c", &probe]).status.success() {
             assert!(
                 Instant::now() < deadline,
@@ -189,7 +204,8 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     pair.a.wait_ok("http://127.0.0.1:18091/ready", &policy);
 
     // Interception, and the proxy as its exempt user.
-    pair.a.ok(&[WEFT, "init", "--proxy-uid", PROXY_UID]);
+    pair.a
+        .ok(&[WEFT, "init", "--proxy-uid", PROXY_UID, "--ipv6"]);
     let proxy_env = [
         (
             "WEFT_TOKEN_FILE",
@@ -198,6 +214,11 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
         ("WEFT_IDENTITY_ADDR", "127.0.0.1:18443".into()),
         ("WEFT_POLICY_ADDR", "127.0.0.1:18090".into()),
         ("WEFT_PROXY_OPAQUE_PORTS", BANNER_PORT.into()),
+        // IPv6 too: `weft init --ipv6` redirects it to [::1].
+        (
+            "WEFT_PROXY_OUTBOUND_LISTEN",
+            "127.0.0.1:4140,[::1]:4140".into(),
+        ),
     ];
     let setpriv = [
         "setpriv",
@@ -233,7 +254,31 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
         ],
     );
     assert_eq!(unmeshed, 1.0, "metrics:\n{metrics}");
-    eprintln!("outbound unmeshed requests in the proxy's metrics: {unmeshed}");
+    // The same over IPv6: the original destination is read with IP6T_SO_ORIGINAL_DST.
+    let url6 = format!("http://[{B_IP6}]:8080/");
+    let out = pair.curl(&url6);
+    assert!(
+        out.status.success(),
+        "curl {url6}: {}\nproxy:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proxy.logs()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the app\n");
+    let metrics = String::from_utf8(pair.curl("http://127.0.0.1:4191/metrics").stdout).unwrap();
+    let unmeshed = metric_sum(
+        &metrics,
+        "weft_proxy_requests_total",
+        &[
+            r#"direction="outbound""#,
+            r#"dst_service="unmeshed""#,
+            r#"tls="false""#,
+        ],
+    );
+    assert_eq!(
+        unmeshed, 2.0,
+        "the IPv6 request went around the proxy:\n{metrics}"
+    );
+    eprintln!("outbound unmeshed requests in the proxy's metrics (IPv4 and IPv6): {unmeshed}");
 
     // 2. A server that speaks first, on an opaque port: its banner comes through at once,
     // not after the 1 s detection timeout.
@@ -263,12 +308,14 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
 
     // 3. No proxy, no bypass: the client's connections fail.
     drop(proxy);
-    let out = pair.curl(&url);
-    assert!(
-        !out.status.success(),
-        "with the proxy gone, {url} still answered: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    for url in [&url, &url6] {
+        let out = pair.curl(url);
+        assert!(
+            !out.status.success(),
+            "with the proxy gone, {url} still answered: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 
     // 4. A proxy that does not run as --proxy-uid (here root): its own connection to the
     // original destination is redirected back to it, and refused (never a loop), loudly.

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use support::{Bg, Netns, WEFT, metric_sum, require_tools, system_tests, token};
 
 const SUBNET: &str = "10.79.0";
+const SUBNET6: &str = "fd79::";
 const ID_PREFIX: &str = "spiffe://weft.local/ns/default/sa/";
 /// The identity service and the control plane, on C.
 const IDENTITY_PORT: &str = "8443";
@@ -90,6 +91,7 @@ serve_http(8080, b"hello from " + host.encode() + b"\n")
 struct Host {
     name: &'static str,
     ip: String,
+    ip6: String,
     uid: u32,
     ns: Netns,
     /// The bridge side of the host's link, in the switch namespace: where captures listen.
@@ -199,6 +201,12 @@ impl Host {
             ("WEFT_IDENTITY_ADDR", format!("{c_ip}:{IDENTITY_PORT}")),
             ("WEFT_POLICY_ADDR", format!("{c_ip}:{POLICY_PORT}")),
             ("WEFT_PROXY_UID", self.uid.to_string()),
+            // Both families, as `weft init --ipv6` redirects them.
+            ("WEFT_PROXY_INBOUND_LISTEN", "[::]:4143".to_string()),
+            (
+                "WEFT_PROXY_OUTBOUND_LISTEN",
+                "127.0.0.1:4140,[::1]:4140".to_string(),
+            ),
         ];
         let (reuid, regid) = (
             format!("--reuid={}", self.uid),
@@ -249,13 +257,17 @@ impl Lan {
                 ]);
                 switch.ok(&["ip", "link", "set", &link, "master", "br0"]);
                 switch.ok(&["ip", "link", "set", &link, "up"]);
-                let ip = format!("{SUBNET}.{n}");
+                let (ip, ip6) = (format!("{SUBNET}.{n}"), format!("{SUBNET6}{n}"));
                 ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &dev]);
+                // No duplicate address detection: usable at once.
+                let cidr6 = format!("{ip6}/64");
+                ns.ok(&["ip", "addr", "add", &cidr6, "dev", &dev, "nodad"]);
                 ns.ok(&["ip", "link", "set", &dev, "up"]);
                 ns.ok(&["ip", "link", "set", "lo", "up"]);
                 Host {
                     name,
                     ip,
+                    ip6,
                     uid,
                     ns,
                     link,
@@ -343,19 +355,49 @@ impl Capture {
         Capture { tshark, file }
     }
 
-    /// Stops the capture once it holds a packet matching `last` (the kernel hands captured
-    /// packets over in blocks, so the last ones may not be in yet), and returns the file.
-    fn stop_after(mut self, last: &str) -> PathBuf {
+    /// Whether the capture file holds a packet matching `filter` yet.
+    fn seen(&self, filter: &str) -> bool {
+        read_capture(&self.file, filter, &["frame.number"]).is_some_and(|l| !l.is_empty())
+    }
+
+    /// Makes traffic with `probe` (which says what to look for) until the capture shows it:
+    /// tshark says it is capturing a little before it is.
+    fn wait_live(&self, probe: impl Fn() -> String) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while read_capture(&self.file, last, &["frame.number"]).is_none_or(|lines| lines.is_empty())
-        {
+        loop {
+            let filter = probe();
+            let give_up = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < give_up {
+                if self.seen(&filter) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
             assert!(
                 Instant::now() < deadline,
-                "the capture never saw `{last}`:\n{}",
+                "the capture never saw `{filter}`:\n{}",
+                self.tshark.logs()
+            );
+        }
+    }
+
+    /// Waits until the capture file holds a packet matching `filter` (the kernel hands
+    /// captured packets over in blocks, so the newest may not be in yet).
+    fn wait_for(&self, filter: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.seen(filter) {
+            assert!(
+                Instant::now() < deadline,
+                "the capture never saw `{filter}`:\n{}",
                 self.tshark.logs()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Stops the capture once it holds a packet matching `last`, and returns the file.
+    fn stop_after(mut self, last: &str) -> PathBuf {
+        self.wait_for(last);
         // SIGINT: tshark writes the rest of its file and exits.
         run_ok(&["kill", "-INT", &self.tshark.child.id().to_string()]);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -443,11 +485,8 @@ fn three_hosts_call_each_other_by_address_through_the_mesh() {
         "-j",
         "RETURN",
     ]);
-    let nat_before: Vec<String> = lan
-        .hosts
-        .iter()
-        .map(|h| h.ns.nat("iptables-save"))
-        .collect();
+    let nat = |h: &Host| (h.ns.nat("iptables-save"), h.ns.nat("ip6tables-save"));
+    let nat_before: Vec<(String, String)> = lan.hosts.iter().map(nat).collect();
 
     // The apps.
     let apps: Vec<Bg> = lan
@@ -535,8 +574,8 @@ fn three_hosts_call_each_other_by_address_through_the_mesh() {
     // Interception on every host, then the proxies.
     let skip_in = format!("{IDENTITY_PORT},{POLICY_PORT}");
     let init: [(&Host, Vec<&str>); 3] = [
-        (a, vec!["--skip-outbound-ports", PLAIN_PORT]),
-        (b, vec!["--skip-inbound-ports", PLAIN_PORT]),
+        (a, vec!["--skip-outbound-ports", PLAIN_PORT, "--ipv6"]),
+        (b, vec!["--skip-inbound-ports", PLAIN_PORT, "--ipv6"]),
         (c, vec!["--skip-inbound-ports", &skip_in]),
     ];
     for (h, extra) in &init {
@@ -565,6 +604,16 @@ fn three_hosts_call_each_other_by_address_through_the_mesh() {
     assert_eq!(body, "hello from b\n");
     let (a_before, b_before) = (a.metrics(), b.metrics());
     let capture = Capture::start(&lan.switch, &a.link, d);
+    // The control: a port A's `weft init` skips goes on the wire as it is. Seen in the
+    // capture, it also shows the capture runs.
+    let plain = |path: &str| {
+        assert_eq!(
+            a.get(&format!("{}{path}", url(b, PLAIN_PORT))),
+            (200, "plain hello from b\n".to_string())
+        );
+        format!("tcp.dstport=={PLAIN_PORT} && frame contains \"GET /{path}\"")
+    };
+    capture.wait_live(|| plain("first"));
     const CALLS: usize = 5;
     for _ in 0..CALLS {
         assert_eq!(
@@ -572,14 +621,7 @@ fn three_hosts_call_each_other_by_address_through_the_mesh() {
             (200, "hello from b\n".to_string())
         );
     }
-    // The control: a port A's `weft init` skips goes on the wire as it is.
-    assert_eq!(
-        a.get(&url(b, PLAIN_PORT)),
-        (200, "plain hello from b\n".to_string())
-    );
-    let pcap = capture.stop_after(&format!(
-        "tcp.srcport=={PLAIN_PORT} && frame contains \"plain hello\""
-    ));
+    let pcap = capture.stop_after(&plain("last"));
     let (a_after, b_after) = (a.metrics(), b.metrics());
     let delta = |before: &str, after: &str, name: &str, labels: &[&str]| {
         metric_sum(after, name, labels) - metric_sum(before, name, labels)
@@ -630,16 +672,22 @@ fn three_hosts_call_each_other_by_address_through_the_mesh() {
 
     // On the wire: TLS records between A and B's proxy port, never B's app port, and plaintext
     // HTTP only on the skipped port (where the capture does see it).
-    let b_proxy = format!("ip.addr=={} && tcp.port==4143", b.ip);
-    let tls = packets(
-        &pcap,
-        &format!("{b_proxy} && tls.record.content_type==23"),
-        &["frame.number"],
-    );
+    // Each call is a request to B's proxy and an answer back, one after the other: at least
+    // one segment of TLS application data each way per call.
+    let app_data = |from: &str, to: &str| {
+        packets(
+            &pcap,
+            &format!(
+                "ip.src=={from} && ip.dst=={to} && tcp.port==4143 && tls.record.content_type==23"
+            ),
+            &["frame.number"],
+        )
+        .len()
+    };
+    let (sent_tls, received_tls) = (app_data(&a.ip, &b.ip), app_data(&b.ip, &a.ip));
     assert!(
-        tls.len() >= 2 * CALLS,
-        "the capture shows {} TLS application-data records to B's proxy",
-        tls.len()
+        sent_tls >= CALLS && received_tls >= CALLS,
+        "the capture shows {sent_tls} segments of TLS application data to B's proxy and {received_tls} back, for {CALLS} calls"
     );
     // Every packet with HTTP or the app's answer in clear, as "<src port>\t<dst port>".
     let on_plain_port = |lines: &[String]| {
@@ -649,8 +697,8 @@ fn three_hosts_call_each_other_by_address_through_the_mesh() {
     };
     let http = packets(&pcap, "http.request", &["tcp.srcport", "tcp.dstport"]);
     assert!(
-        !http.is_empty() && on_plain_port(&http),
-        "HTTP requests on the link: {http:?} (only the control on port {PLAIN_PORT} may be)"
+        http.len() >= 2 && on_plain_port(&http),
+        "HTTP requests on the link: {http:?} (the controls on port {PLAIN_PORT}, and only they)"
     );
     let clear = packets(
         &pcap,
@@ -671,8 +719,7 @@ fn three_hosts_call_each_other_by_address_through_the_mesh() {
         "A reached B's app port on the wire directly"
     );
     eprintln!(
-        "capture on A's link: {} TLS records to B's proxy; plaintext HTTP only on the skipped port ({} request, {} packets in clear)",
-        tls.len(),
+        "capture on A's link: TLS application data in {sent_tls} segments to B's proxy, {received_tls} back; plaintext HTTP only on the skipped port ({} requests, {} packets in clear)",
         http.len(),
         clear.len()
     );
@@ -779,6 +826,57 @@ fn three_hosts_call_each_other_by_address_through_the_mesh() {
         "through the mesh: echo in {took:?}, banner in {banner_took:?} (opaque port), {late:?} (undeclared port); from outside the mesh in {outside:?}"
     );
 
+    // IPv6: A and B intercept it too (`weft init --ipv6`, both proxies on both families). B's
+    // IPv6 address is not registered, so A's proxy sends the request as it is; B's proxy reads
+    // its original destination port, 8080, and applies that port's policy: plaintext from
+    // outside the mesh is refused there.
+    let denials = |h: &Host| -> serde_json::Value {
+        let out =
+            h.ns.exec(&["curl", "-sf", "-m", "5", "http://127.0.0.1:4191/denials"]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (a_before, denied_before) = (a.metrics(), denials(b));
+    let (status, body) = a.get(&format!("http://[{}]:{HTTP_PORT}/", b.ip6));
+    assert_eq!(status, 403, "{body}\n{}", logs(&proxies));
+    let unmeshed = delta(
+        &a_before,
+        &a.metrics(),
+        "weft_proxy_requests_total",
+        &[
+            r#"direction="outbound""#,
+            r#"dst_service="unmeshed""#,
+            r#"tls="false""#,
+        ],
+    );
+    assert_eq!(unmeshed, 1.0, "A's proxy took the IPv6 request");
+    let denied = denials(b);
+    assert_eq!(
+        denied["total"].as_u64().unwrap(),
+        denied_before["total"].as_u64().unwrap() + 1,
+        "{denied}"
+    );
+    let last = &denied["recent"][0];
+    assert_eq!(last["port"], 8080, "{denied}");
+    assert_eq!(last["peer"], "unauthenticated", "{denied}");
+    assert_eq!(last["policy"], "service:default/b", "{denied}");
+    // B's banner, open to clients outside the mesh, over IPv6 through both proxies: A's does
+    // not know the address, so it detects (and gives up after the timeout); B's knows the
+    // port is opaque.
+    let b_before = b.metrics();
+    let (out, took6) = a.tcp(&b.ip6, BANNER_PORT, "", "-c 14");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "220 b ready\r\n");
+    assert!(took6 < DETECT_TIMEOUT + Duration::from_secs(4), "{took6:?}");
+    assert_eq!(
+        delta(
+            &b_before,
+            &b.metrics(),
+            "weft_proxy_authz_total",
+            &[r#"decision="allow""#, r#"peer="unauthenticated""#]
+        ),
+        1.0
+    );
+    eprintln!("IPv6: A's request denied at B on port 8080's policy; B's banner in {took6:?}");
+
     // 3. A's proxy killed: A's connections fail, none goes around it.
     let b_inbound = |m: &str| {
         metric_sum(
@@ -863,13 +961,17 @@ fn three_hosts_call_each_other_by_address_through_the_mesh() {
     }
     for (h, before) in lan.hosts.iter().zip(&nat_before) {
         assert_eq!(
-            &h.ns.nat("iptables-save"),
+            &nat(h),
             before,
-            "weft init --uninstall left {}'s nat table changed",
+            "weft init --uninstall left {}'s nat tables (IPv4, IPv6) changed",
             h.name
         );
     }
-    assert!(nat_before[0].contains("-A OUTPUT -d 192.0.2.0/24 -p tcp -j RETURN"));
+    assert!(
+        nat_before[0]
+            .0
+            .contains("-A OUTPUT -d 192.0.2.0/24 -p tcp -j RETURN")
+    );
     let served = metric_sum(
         &b.metrics(),
         "weft_proxy_requests_total",
