@@ -11,7 +11,10 @@ mod support;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::{Netns, WEFT, metric_sum, require_tools, system_tests, token};
+use support::{
+    NS_IDENTITY_PORT, NS_POLICY_PORT, Netns, NsControlPlane, WEFT, metric_sum, require_tools,
+    spawn_proxy_as, system_tests,
+};
 
 /// The proxy's user: exempt from redirection by `weft init --proxy-uid`.
 const PROXY_UID: &str = "2102";
@@ -129,7 +132,6 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     let d = dir.path();
     // The proxy's user reads its token from here.
     std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let data = d.join("ca");
     let pair = Pair::new();
 
     let servers = pair.b.spawn(
@@ -152,28 +154,6 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     }
 
     // The control plane in A, on its loopback (never redirected).
-    let identity = pair.a.spawn(
-        &[
-            WEFT,
-            "identity",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:18443",
-            "--admin-listen",
-            "127.0.0.1:18444",
-        ],
-        &[],
-        &d.join("identity.log"),
-    );
-    pair.a.wait_ok("http://127.0.0.1:18444/ready", &identity);
-    token(&data, "weft", "policy", &d.join("policy.token"));
-    token(&data, "default", "client", &d.join("client.token"));
-    std::fs::set_permissions(
-        d.join("client.token"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .unwrap();
     let resources = d.join("resources");
     std::fs::create_dir_all(&resources).unwrap();
     std::fs::write(
@@ -181,38 +161,19 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
         "kind: Service\nmetadata: {name: client, namespace: default}\nspec: {ports: [{port: 8080}]}\n",
     )
     .unwrap();
-    let policy = pair.a.spawn(
-        &[
-            WEFT,
-            "policy",
-            "--dir",
-            resources.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:18090",
-            "--admin-listen",
-            "127.0.0.1:18091",
-        ],
-        &[
-            (
-                "WEFT_TOKEN_FILE",
-                d.join("policy.token").display().to_string(),
-            ),
-            ("WEFT_IDENTITY_ADDR", "127.0.0.1:18443".into()),
-        ],
-        &d.join("policy.log"),
-    );
-    pair.a.wait_ok("http://127.0.0.1:18091/ready", &policy);
+    let control = NsControlPlane::start(&pair.a, d, "127.0.0.1", &resources);
+    let client_token = control.token(d, "client");
 
     // Interception, and the proxy as its exempt user.
     pair.a
         .ok(&[WEFT, "init", "--proxy-uid", PROXY_UID, "--ipv6"]);
     let proxy_env = [
+        ("WEFT_TOKEN_FILE", client_token.display().to_string()),
         (
-            "WEFT_TOKEN_FILE",
-            d.join("client.token").display().to_string(),
+            "WEFT_IDENTITY_ADDR",
+            format!("127.0.0.1:{NS_IDENTITY_PORT}"),
         ),
-        ("WEFT_IDENTITY_ADDR", "127.0.0.1:18443".into()),
-        ("WEFT_POLICY_ADDR", "127.0.0.1:18090".into()),
+        ("WEFT_POLICY_ADDR", format!("127.0.0.1:{NS_POLICY_PORT}")),
         ("WEFT_PROXY_OPAQUE_PORTS", BANNER_PORT.into()),
         // IPv6 too: `weft init --ipv6` redirects it to [::1].
         (
@@ -220,64 +181,38 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
             "127.0.0.1:4140,[::1]:4140".into(),
         ),
     ];
-    let setpriv = [
-        "setpriv",
-        &format!("--reuid={PROXY_UID}"),
-        &format!("--regid={PROXY_UID}"),
-        "--clear-groups",
-        WEFT,
-        "proxy",
-    ]
-    .map(|s| s.to_string());
-    let setpriv: Vec<&str> = setpriv.iter().map(String::as_str).collect();
-    let proxy = pair.a.spawn(&setpriv, &proxy_env, &d.join("proxy.log"));
+    let uid: u32 = PROXY_UID.parse().unwrap();
+    let proxy = spawn_proxy_as(&pair.a, uid, &proxy_env, &d.join("proxy.log"));
     pair.a.wait_ok("http://127.0.0.1:4191/ready", &proxy);
 
     // 1. Plain HTTP to an address the mesh does not know: the app answers, through the proxy.
-    let url = format!("http://{B_IP}:8080/");
-    let out = pair.curl(&url);
-    assert!(
-        out.status.success(),
-        "curl {url}: {}\nproxy:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        proxy.logs()
+    // Over IPv6 too: the original destination is read with IP6T_SO_ORIGINAL_DST.
+    let (url, url6) = (
+        format!("http://{B_IP}:8080/"),
+        format!("http://[{B_IP6}]:8080/"),
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the app\n");
-    let metrics = String::from_utf8(pair.curl("http://127.0.0.1:4191/metrics").stdout).unwrap();
-    let unmeshed = metric_sum(
-        &metrics,
-        "weft_proxy_requests_total",
-        &[
-            r#"direction="outbound""#,
-            r#"dst_service="unmeshed""#,
-            r#"tls="false""#,
-        ],
-    );
-    assert_eq!(unmeshed, 1.0, "metrics:\n{metrics}");
-    // The same over IPv6: the original destination is read with IP6T_SO_ORIGINAL_DST.
-    let url6 = format!("http://[{B_IP6}]:8080/");
-    let out = pair.curl(&url6);
-    assert!(
-        out.status.success(),
-        "curl {url6}: {}\nproxy:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        proxy.logs()
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the app\n");
-    let metrics = String::from_utf8(pair.curl("http://127.0.0.1:4191/metrics").stdout).unwrap();
-    let unmeshed = metric_sum(
-        &metrics,
-        "weft_proxy_requests_total",
-        &[
-            r#"direction="outbound""#,
-            r#"dst_service="unmeshed""#,
-            r#"tls="false""#,
-        ],
-    );
-    assert_eq!(
-        unmeshed, 2.0,
-        "the IPv6 request went around the proxy:\n{metrics}"
-    );
+    let mut unmeshed = 0.0;
+    for (sent, url) in [(1.0, &url), (2.0, &url6)] {
+        let out = pair.curl(url);
+        assert!(
+            out.status.success(),
+            "curl {url}: {}\nproxy:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            proxy.logs()
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the app\n");
+        let metrics = String::from_utf8(pair.curl("http://127.0.0.1:4191/metrics").stdout).unwrap();
+        unmeshed = metric_sum(
+            &metrics,
+            "weft_proxy_requests_total",
+            &[
+                r#"direction="outbound""#,
+                r#"dst_service="unmeshed""#,
+                r#"tls="false""#,
+            ],
+        );
+        assert_eq!(unmeshed, sent, "{url} went around the proxy:\n{metrics}");
+    }
     eprintln!("outbound unmeshed requests in the proxy's metrics (IPv4 and IPv6): {unmeshed}");
 
     // 2. A server that speaks first, on an opaque port: its banner comes through at once,

@@ -30,14 +30,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::{Bg, Netns, WEFT, metric_sum, require_tools, system_tests, token};
+use support::{
+    Bg, NS_IDENTITY_PORT, NS_POLICY_PORT, Netns, NsControlPlane, metric_sum, require_tools,
+    spawn_proxy_as, system_tests,
+};
 
 const SUBNET: &str = "10.79.0";
 const SUBNET6: &str = "fd79::";
 const ID_PREFIX: &str = "spiffe://weft.local/ns/default/sa/";
-/// The identity service and the control plane, on C.
-const IDENTITY_PORT: &str = "8443";
-const POLICY_PORT: &str = "8090";
 /// Every host's app: HTTP on 8080 (meshed), the same on 8081 (skipped by `weft init`: plain
 /// on the wire), a line echo on 7000, a banner on 2525 (declared opaque) and on 2526 (not).
 const HTTP_PORT: &str = "8080";
@@ -198,8 +198,8 @@ impl Host {
                     .display()
                     .to_string(),
             ),
-            ("WEFT_IDENTITY_ADDR", format!("{c_ip}:{IDENTITY_PORT}")),
-            ("WEFT_POLICY_ADDR", format!("{c_ip}:{POLICY_PORT}")),
+            ("WEFT_IDENTITY_ADDR", format!("{c_ip}:{NS_IDENTITY_PORT}")),
+            ("WEFT_POLICY_ADDR", format!("{c_ip}:{NS_POLICY_PORT}")),
             ("WEFT_PROXY_UID", self.uid.to_string()),
             // Both families, as `weft init --ipv6` redirects them.
             ("WEFT_PROXY_INBOUND_LISTEN", "[::]:4143".to_string()),
@@ -208,15 +208,7 @@ impl Host {
                 "127.0.0.1:4140,[::1]:4140".to_string(),
             ),
         ];
-        let (reuid, regid) = (
-            format!("--reuid={}", self.uid),
-            format!("--regid={}", self.uid),
-        );
-        let proxy = self.ns.spawn(
-            &["setpriv", &reuid, &regid, "--clear-groups", WEFT, "proxy"],
-            &env,
-            &dir.join(log),
-        );
+        let proxy = spawn_proxy_as(&self.ns, self.uid, &env, &dir.join(log));
         self.ns.wait_ok("http://127.0.0.1:4191/ready", &proxy);
         proxy
     }
@@ -523,56 +515,16 @@ fn three_hosts_call_each_other_by_address_through_the_mesh() {
     }
 
     // The identity service and the control plane on C.
-    let data = d.join("ca");
-    let identity = c.ns.spawn(
-        &[
-            WEFT,
-            "identity",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            &format!("0.0.0.0:{IDENTITY_PORT}"),
-            "--admin-listen",
-            "127.0.0.1:8444",
-        ],
-        &[],
-        &d.join("identity.log"),
-    );
-    c.ns.wait_ok("http://127.0.0.1:8444/ready", &identity);
-    token(&data, "weft", "policy", &d.join("policy.token"));
-    for h in &lan.hosts {
-        let file = d.join(format!("{}.token", h.name));
-        token(&data, "default", h.name, &file);
-        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .unwrap();
-    }
     let res = d.join("resources");
     std::fs::create_dir_all(&res).unwrap();
     write_resources(&res, &resources(&[a, c]));
-    let policy = c.ns.spawn(
-        &[
-            WEFT,
-            "policy",
-            "--dir",
-            res.to_str().unwrap(),
-            "--listen",
-            &format!("0.0.0.0:{POLICY_PORT}"),
-            "--admin-listen",
-            "127.0.0.1:8091",
-        ],
-        &[
-            (
-                "WEFT_TOKEN_FILE",
-                d.join("policy.token").display().to_string(),
-            ),
-            ("WEFT_IDENTITY_ADDR", format!("127.0.0.1:{IDENTITY_PORT}")),
-        ],
-        &d.join("policy.log"),
-    );
-    c.ns.wait_ok("http://127.0.0.1:8091/ready", &policy);
+    let control = NsControlPlane::start(&c.ns, d, "0.0.0.0", &res);
+    for h in &lan.hosts {
+        control.token(d, h.name);
+    }
 
     // Interception on every host, then the proxies.
-    let skip_in = format!("{IDENTITY_PORT},{POLICY_PORT}");
+    let skip_in = format!("{NS_IDENTITY_PORT},{NS_POLICY_PORT}");
     let init: [(&Host, Vec<&str>); 3] = [
         (a, vec!["--skip-outbound-ports", PLAIN_PORT, "--ipv6"]),
         (b, vec!["--skip-inbound-ports", PLAIN_PORT, "--ipv6"]),

@@ -327,3 +327,97 @@ impl Drop for Netns {
         }
     }
 }
+
+/// The identity service's API port in the system tests' namespaces (admin: the next port,
+/// on loopback).
+pub const NS_IDENTITY_PORT: u16 = 8443;
+/// The control plane's API port there (admin: the next port, on loopback).
+pub const NS_POLICY_PORT: u16 = 8090;
+
+/// The mesh's identity service and control plane running in a test's network namespace.
+pub struct NsControlPlane {
+    pub identity: Bg,
+    pub policy: Bg,
+    /// The CA's data directory (for `token`).
+    pub data: PathBuf,
+}
+
+impl NsControlPlane {
+    /// Starts both in `ns`, their APIs on `listen_ip` (`0.0.0.0` for other hosts to reach
+    /// them), the control plane serving `resources`; returns once both are ready.
+    pub fn start(ns: &Netns, dir: &Path, listen_ip: &str, resources: &Path) -> Self {
+        let data = dir.join("ca");
+        let (identity_api, identity_admin) = (
+            format!("{listen_ip}:{NS_IDENTITY_PORT}"),
+            format!("127.0.0.1:{}", NS_IDENTITY_PORT + 1),
+        );
+        let identity = ns.spawn(
+            &[
+                WEFT,
+                "identity",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                &identity_api,
+                "--admin-listen",
+                &identity_admin,
+            ],
+            &[],
+            &dir.join("identity.log"),
+        );
+        ns.wait_ok(&format!("http://{identity_admin}/ready"), &identity);
+        let policy_token = dir.join("policy.token");
+        token(&data, "weft", "policy", &policy_token);
+        let (policy_api, policy_admin) = (
+            format!("{listen_ip}:{NS_POLICY_PORT}"),
+            format!("127.0.0.1:{}", NS_POLICY_PORT + 1),
+        );
+        let policy = ns.spawn(
+            &[
+                WEFT,
+                "policy",
+                "--dir",
+                resources.to_str().unwrap(),
+                "--listen",
+                &policy_api,
+                "--admin-listen",
+                &policy_admin,
+            ],
+            &[
+                ("WEFT_TOKEN_FILE", policy_token.display().to_string()),
+                (
+                    "WEFT_IDENTITY_ADDR",
+                    format!("127.0.0.1:{NS_IDENTITY_PORT}"),
+                ),
+            ],
+            &dir.join("policy.log"),
+        );
+        ns.wait_ok(&format!("http://{policy_admin}/ready"), &policy);
+        Self {
+            identity,
+            policy,
+            data,
+        }
+    }
+
+    /// A bootstrap token for `default/<workload>` in `<dir>/<workload>.token`, readable by the
+    /// proxy's own user; its path.
+    pub fn token(&self, dir: &Path, workload: &str) -> PathBuf {
+        let file = dir.join(format!("{workload}.token"));
+        token(&self.data, "default", workload, &file);
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        file
+    }
+}
+
+/// `weft proxy` in `ns` as `uid` (the user `weft init --proxy-uid` exempts), with `env`;
+/// not waited for.
+pub fn spawn_proxy_as(ns: &Netns, uid: u32, env: &[(&str, String)], log: &Path) -> Bg {
+    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+    ns.spawn(
+        &["setpriv", &reuid, &regid, "--clear-groups", WEFT, "proxy"],
+        env,
+        log,
+    )
+}
