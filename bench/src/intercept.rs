@@ -35,11 +35,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::Error;
 use crate::load::{DRAIN, RunResult, Window};
 use crate::mesh::{
-    self, Load, MeshConfig, Pids, Proc, READY_TIMEOUT, find_weft, metric_sum, rates_with,
-    resources_yaml, sample_cpu, token, write_file,
+    self, Load, MeshConfig, Pids, Proc, READY_TIMEOUT, find_weft, metric_sum, proxy_cpu,
+    rates_with, resources_yaml, sample_cpu, token, write_file,
 };
 use crate::procstat;
-use crate::report::{API_PROXY, ProxyCpu, Run, Scenario, Settings, WEB_PROXY};
+use crate::report::{API_PROXY, Run, Scenario, Settings, WEB_PROXY};
 
 pub mod report;
 pub use report::{InterceptCheck, InterceptReport};
@@ -736,40 +736,16 @@ impl Bench {
             .map_err(|e| format!("the load generator wrote no {}: {e}", json.display()))?;
         let result: RunResult =
             serde_json::from_str(&text).map_err(|e| format!("the load generator's JSON: {e}"))?;
-        let proxies = proxies
-            .iter()
-            .zip(cpu)
-            .map(|((name, _), ticks_used)| {
-                let cpu_seconds = ticks_used as f64 / ticks as f64;
-                ProxyCpu {
-                    proxy: name.to_string(),
-                    cpu_seconds,
-                    cpu_seconds_per_1000_requests: cpu_seconds * 1000.0
-                        / result.requests.max(1) as f64,
-                }
-            })
-            .collect();
-        eprintln!(
-            "run {}/{} {:<7} {:<12} {:>6} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  errors {}",
-            repeat + 1,
-            cfg.repeat.max(1),
-            scenario.label(),
-            result.mode,
-            rate.map_or("max".to_string(), |r| r.to_string()),
-            result.requests_per_second,
-            result.p50_ms,
-            result.p99_ms,
-            result.p999_ms,
-            result.errors()
-        );
-        // Let the finished run's connections close before the next one.
-        std::thread::sleep(Duration::from_millis(300));
-        Ok(Run {
+        let run = Run {
             repeat,
             scenario,
+            proxies: proxy_cpu(&proxies, cpu, ticks, result.requests),
             load: result,
-            proxies,
-        })
+        };
+        eprintln!("{}", run.progress_line(cfg.repeat.max(1), (7, 12)));
+        // Let the finished run's connections close before the next one.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(run)
     }
 }
 

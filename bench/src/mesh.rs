@@ -354,44 +354,16 @@ impl Harness {
         let cpu = sampler
             .join()
             .map_err(|_| "the CPU sampling thread panicked".to_string())??;
-        let proxies = proxies
-            .iter()
-            .zip(cpu)
-            .map(|((name, _), ticks_used)| {
-                let cpu_seconds = ticks_used as f64 / self.ticks as f64;
-                ProxyCpu {
-                    proxy: name.to_string(),
-                    cpu_seconds,
-                    cpu_seconds_per_1000_requests: cpu_seconds * 1000.0
-                        / result.requests.max(1) as f64,
-                }
-            })
-            .collect();
-        eprintln!(
-            "run {}/{} {:<12} {:<14} {:>6} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  errors {}",
-            repeat + 1,
-            cfg.repeat.max(1),
-            scenario.label(),
-            if new_connection {
-                "new-connection"
-            } else {
-                result.mode.as_str()
-            },
-            rate.map_or("max".to_string(), |r| r.to_string()),
-            result.requests_per_second,
-            result.p50_ms,
-            result.p99_ms,
-            result.p999_ms,
-            result.errors()
-        );
-        // Let the finished run's connections close before the next one.
-        std::thread::sleep(Duration::from_millis(300));
-        Ok(Run {
+        let run = Run {
             repeat,
             scenario,
+            proxies: proxy_cpu(&proxies, cpu, self.ticks, result.requests),
             load: result,
-            proxies,
-        })
+        };
+        eprintln!("{}", run.progress_line(cfg.repeat.max(1), (12, 14)));
+        // Let the finished run's connections close before the next one.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(run)
     }
 
     /// The settings, as reported.
@@ -438,6 +410,29 @@ pub(crate) fn sample_cpu(
             .map(|(a, b)| a.saturating_sub(*b))
             .collect())
     })
+}
+
+/// Each of `proxies`' CPU time over a run, from the clock ticks it used there (as
+/// [`sample_cpu`] returns them, in the same order; `clock_ticks` a second): in seconds, and
+/// per 1,000 of the `requests` the run measured.
+pub(crate) fn proxy_cpu(
+    proxies: &Pids,
+    ticks_used: Vec<u64>,
+    clock_ticks: u64,
+    requests: u64,
+) -> Vec<ProxyCpu> {
+    proxies
+        .iter()
+        .zip(ticks_used)
+        .map(|((name, _), ticks_used)| {
+            let cpu_seconds = ticks_used as f64 / clock_ticks as f64;
+            ProxyCpu {
+                proxy: name.to_string(),
+                cpu_seconds,
+                cpu_seconds_per_1000_requests: cpu_seconds * 1000.0 / requests.max(1) as f64,
+            }
+        })
+        .collect()
 }
 
 /// Each of `pids`' CPU use at rest (percent of a core over `IDLE_WINDOW`, all sampled over
@@ -935,6 +930,29 @@ mod tests {
         let many: Vec<u64> = (1..=MAX_RATES as u64).map(|r| r * 100).collect();
         assert!(rates_with(&many, 100).is_ok());
         assert!(rates_with(&many, 50).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn a_proxys_cpu_is_its_ticks_in_seconds_and_per_1000_requests() {
+        let proxies: Pids = vec![(WEB_PROXY, 11), (API_PROXY, 12)];
+        // 100 ticks a second: 2.5 s and 1 s over 5,000 requests.
+        let cpu = proxy_cpu(&proxies, vec![250, 100], 100, 5000);
+        let got: Vec<(&str, f64, f64)> = cpu
+            .iter()
+            .map(|p| {
+                (
+                    p.proxy.as_str(),
+                    p.cpu_seconds,
+                    p.cpu_seconds_per_1000_requests,
+                )
+            })
+            .collect();
+        assert_eq!(got, [(WEB_PROXY, 2.5, 0.5), (API_PROXY, 1.0, 0.2)]);
+        // A run that measured no request does not divide by zero.
+        assert_eq!(
+            proxy_cpu(&proxies, vec![10, 0], 100, 0)[0].cpu_seconds_per_1000_requests,
+            100.0
+        );
     }
 
     #[test]

@@ -85,6 +85,35 @@ pub struct Run {
     pub proxies: Vec<ProxyCpu>,
 }
 
+impl Run {
+    /// The line printed on stderr as the run ends, `run i/n <scenario> <mode> <rate> req/s
+    /// p50 p99 p99.9 errors`, with the scenario and mode columns `widths` wide (each
+    /// benchmark fits its own labels).
+    pub(crate) fn progress_line(&self, repeats: usize, widths: (usize, usize)) -> String {
+        let r = &self.load;
+        let mode = if r.new_connection {
+            "new-connection"
+        } else {
+            r.mode.as_str()
+        };
+        format!(
+            "run {}/{} {:<sw$} {:<mw$} {:>6} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  errors {}",
+            self.repeat + 1,
+            repeats,
+            self.scenario.label(),
+            mode,
+            r.target_rate.map_or("max".to_string(), |r| r.to_string()),
+            r.requests_per_second,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.errors(),
+            sw = widths.0,
+            mw = widths.1,
+        )
+    }
+}
+
 /// One proxy at rest before the runs, and its memory after them.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProxyFootprint {
@@ -1648,6 +1677,37 @@ pub(crate) mod tests {
             t.peer_over_direct.unwrap().median,
             20_000.0 / 100_000.0
         ));
+    }
+
+    #[test]
+    fn a_runs_progress_line_pads_scenario_and_mode_to_the_benchmarks_widths() {
+        let open = run_at(1, Scenario::Weft, Some(1000), 0.8, 1000.0, 0.06, 0.05);
+        assert_eq!(
+            open.progress_line(3, (12, 14)),
+            "run 2/3 weft         open-loop        1000     1000 req/s  p50 0.400 ms  p99 0.800 ms  \
+             p99.9 1.600 ms  errors 0"
+        );
+        assert_eq!(
+            open.progress_line(3, (7, 12)),
+            "run 2/3 weft    open-loop      1000     1000 req/s  p50 0.400 ms  p99 0.800 ms  \
+             p99.9 1.600 ms  errors 0"
+        );
+        let mut max = run_at(0, Scenario::Peer, None, 0.5, 20_000.0, 0.0, 0.0);
+        max.load.status_errors = 2;
+        assert_eq!(
+            max.progress_line(1, (12, 14)),
+            "run 1/1 HAProxy pair closed-loop       max    20000 req/s  p50 0.250 ms  p99 0.500 ms  \
+             p99.9 1.000 ms  errors 2"
+        );
+        let mut setup = run_at(0, Scenario::Direct, Some(200), 0.5, 200.0, 0.0, 0.0);
+        setup.load.new_connection = true;
+        assert!(
+            setup
+                .progress_line(1, (12, 14))
+                .starts_with("run 1/1 direct       new-connection    200      200 req/s"),
+            "{}",
+            setup.progress_line(1, (12, 14))
+        );
     }
 
     #[test]
