@@ -1514,7 +1514,9 @@ pub(crate) mod tests {
         }
     }
 
-    fn settings(rate: u64, rates: Vec<u64>) -> Settings {
+    /// The settings of a benchmark at `rates` (`rate` the headline), as the reports' tests
+    /// use them: 32 connections, 3 repeats of 2 s + 10 s.
+    pub(crate) fn settings(rate: u64, rates: Vec<u64>) -> Settings {
         Settings {
             rate,
             rates,

@@ -1,5 +1,5 @@
 use super::*;
-use crate::report::tests::run_at;
+use crate::report::tests::{run_at, settings};
 
 #[test]
 fn the_effective_uid_is_the_second_field() {
@@ -178,28 +178,10 @@ fn the_report_pairs_weft_with_direct_and_shows_each_proxys_cpu() {
             0.03,
         ));
     }
-    let settings = Settings {
-        rate: 1000,
-        rates: vec![1000],
-        quick: false,
-        connections: 32,
-        warmup_seconds: 2.0,
-        duration_seconds: 10.0,
-        repeat: 3,
-        body_size: 64,
-        request_body_size: 0,
-        http2: false,
-        cores: 2,
-        clock_ticks: 100,
-        weft: "weft".into(),
-        haproxy: None,
-        setup_rate: None,
-        idle_connections: 0,
-    };
     let mut check =
         InterceptCheck::from_probes(20, grew(20.0, 0.0, 40.0), grew(0.0, 0.0, 0.0), 1.0);
     check.conclude_runs(&Counters::default(), &grew(1e9, 0.0, 0.0), &runs);
-    let r = InterceptReport::new(settings, runs, check);
+    let r = InterceptReport::new(settings(1000, vec![1000]), runs, check);
     let added = &r.comparisons[0].weft_added;
     // Paired repeat by repeat: 0.6, 0.4, 0.5.
     assert!((added.p99_ms.median - 0.5).abs() < 1e-9, "{added:?}");
