@@ -174,22 +174,8 @@ pub fn run(cfg: &MeshConfig) -> Result<InterceptReport, Error> {
     let after = bench.counters()?;
     check.conclude_runs(&before, &after, &runs);
     let settings = Settings {
-        rate: cfg.rate,
         rates,
-        quick: cfg.quick,
-        connections: cfg.connections,
-        warmup_seconds: cfg.warmup.as_secs_f64(),
-        duration_seconds: cfg.duration.as_secs_f64(),
-        repeat: cfg.repeat.max(1),
-        body_size: cfg.body_size,
-        request_body_size: cfg.request_body_size,
-        http2: cfg.http2,
-        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        clock_ticks: ticks,
-        weft: weft.display().to_string(),
-        haproxy: None,
-        setup_rate: None,
-        idle_connections: 0,
+        ..mesh::settings(cfg, ticks, &weft)
     };
     Ok(InterceptReport::new(settings, runs, check))
 }

@@ -369,23 +369,33 @@ impl Harness {
     /// The settings, as reported.
     pub(crate) fn settings(&self, cfg: &MeshConfig) -> Settings {
         Settings {
-            rate: cfg.rate,
-            rates: vec![cfg.rate],
-            quick: cfg.quick,
-            connections: cfg.connections,
-            warmup_seconds: cfg.warmup.as_secs_f64(),
-            duration_seconds: cfg.duration.as_secs_f64(),
-            repeat: cfg.repeat.max(1),
-            body_size: cfg.body_size,
-            request_body_size: cfg.request_body_size,
-            http2: cfg.http2,
-            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            clock_ticks: self.ticks,
-            weft: self.weft.display().to_string(),
             haproxy: self.peer.as_ref().map(|p| p.version.clone()),
-            setup_rate: None,
-            idle_connections: 0,
+            ..settings(cfg, self.ticks, &self.weft)
         }
+    }
+}
+
+/// The settings of `cfg` as reported, for a benchmark run with `weft` on a machine of
+/// `clock_ticks`: the headline rate only, and no peer, connection-setup or idle-connection
+/// runs; each benchmark fills in what else it ran.
+pub(crate) fn settings(cfg: &MeshConfig, clock_ticks: u64, weft: &Path) -> Settings {
+    Settings {
+        rate: cfg.rate,
+        rates: vec![cfg.rate],
+        quick: cfg.quick,
+        connections: cfg.connections,
+        warmup_seconds: cfg.warmup.as_secs_f64(),
+        duration_seconds: cfg.duration.as_secs_f64(),
+        repeat: cfg.repeat.max(1),
+        body_size: cfg.body_size,
+        request_body_size: cfg.request_body_size,
+        http2: cfg.http2,
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        clock_ticks,
+        weft: weft.display().to_string(),
+        haproxy: None,
+        setup_rate: None,
+        idle_connections: 0,
     }
 }
 
