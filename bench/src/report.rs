@@ -607,14 +607,7 @@ impl MeshReport {
                 scenario: m.scenario,
                 idle_cpu_percent: m.idle_cpu_percent,
                 idle_rss_mib: mib(m.rss_before_kib),
-                cpu_seconds_per_1000: settings
-                    .rates
-                    .iter()
-                    .map(|&rate| AtRate {
-                        rate,
-                        value: cpu_spread(&runs, m.scenario, Mode::At(rate), &m.proxy),
-                    })
-                    .collect(),
+                cpu_seconds_per_1000: cpu_at_rates(&runs, m.scenario, &settings.rates, &m.proxy),
                 cpu_seconds_per_1000_at_max: cpu_spread(&runs, m.scenario, Mode::Max, &m.proxy),
                 cpu_seconds_per_1000_new_connection: settings
                     .setup_rate
@@ -1140,6 +1133,23 @@ pub(crate) fn cpu_spread(runs: &[Run], scenario: Scenario, mode: Mode, proxy: &s
         .filter_map(|r| cpu_per_1000(r, proxy))
         .collect();
     Spread::of(&values)
+}
+
+/// The spread of `proxy`'s CPU-seconds per 1,000 requests over the runs of `scenario` at each
+/// of `rates`, open loop.
+pub(crate) fn cpu_at_rates(
+    runs: &[Run],
+    scenario: Scenario,
+    rates: &[u64],
+    proxy: &str,
+) -> Vec<AtRate> {
+    rates
+        .iter()
+        .map(|&rate| AtRate {
+            rate,
+            value: cpu_spread(runs, scenario, Mode::At(rate), proxy),
+        })
+        .collect()
 }
 
 /// The stack benchmark's goal: the full outbound stack's CPU per request is under 110% of the

@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 use super::{APP_IP, CLIENT_IP, Counters, DIRECT_PORT, MESHED_PORT, PROXY_UID};
 use crate::report::{
     API_PROXY, AtRate, Comparison, Latency, Mode, Run, Scenario, ScenarioSummary, Settings, Spread,
-    ThroughputRatios, WEB_PROXY, cpu_spread, table_header, table_row, thousands, write_run_errors,
+    ThroughputRatios, WEB_PROXY, cpu_at_rates, cpu_spread, table_header, table_row, thousands,
+    write_run_errors,
 };
 
 /// Evidence that the weft path is mTLS through both proxies and the direct path through
@@ -225,14 +226,7 @@ impl InterceptReport {
             .into_iter()
             .map(|proxy| ProxyCpuSummary {
                 proxy: proxy.to_string(),
-                cpu_seconds_per_1000: settings
-                    .rates
-                    .iter()
-                    .map(|&rate| AtRate {
-                        rate,
-                        value: cpu_spread(&runs, Scenario::Weft, Mode::At(rate), proxy),
-                    })
-                    .collect(),
+                cpu_seconds_per_1000: cpu_at_rates(&runs, Scenario::Weft, &settings.rates, proxy),
                 cpu_seconds_per_1000_at_max: cpu_spread(&runs, Scenario::Weft, Mode::Max, proxy),
             })
             .collect();
