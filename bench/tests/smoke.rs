@@ -59,6 +59,43 @@ fn namespaces_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// `bench`'s report lists exactly the scenarios `names`, in order, and each was measured at
+/// every one of `rates` and in each of the modes `also` (`max`, `new_connection`), with
+/// requests and no errors.
+fn assert_every_scenario_measured(
+    bench: &str,
+    report: &serde_json::Value,
+    names: &[&str],
+    rates: &[u64],
+    also: &[&str],
+    stdout: &str,
+) {
+    let scenarios = report["scenarios"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{bench}: no scenarios in {report}"));
+    let listed: Vec<&str> = scenarios
+        .iter()
+        .map(|s| s["scenario"].as_str().expect("a scenario's name"))
+        .collect();
+    assert_eq!(listed, names, "{bench}");
+    for s in scenarios {
+        let name = &s["scenario"];
+        let at_rates = s["at_rates"].as_array().expect("at_rates");
+        let measured: Vec<u64> = at_rates
+            .iter()
+            .map(|l| l["rate"].as_u64().expect("a rate"))
+            .collect();
+        assert_eq!(measured, rates, "{bench} {name}");
+        for l in at_rates.iter().chain(also.iter().map(|m| &s[*m])) {
+            assert!(
+                l["requests"].as_u64().is_some_and(|n| n > 0),
+                "{bench} {name}: no requests in {l}"
+            );
+            assert_eq!(l["errors"], 0, "{bench} {name}: errors in {l}\n{stdout}");
+        }
+    }
+}
+
 #[test]
 fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_its_files() {
     if !system_tests() {
@@ -210,28 +247,14 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
         .collect();
     assert!(!rates.is_empty(), "{text}");
 
-    let scenarios = report["scenarios"].as_array().unwrap();
-    let names: Vec<&str> = scenarios
-        .iter()
-        .map(|s| s["scenario"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["direct", "weft", "peer"]);
-    for s in scenarios {
-        let name = &s["scenario"];
-        let at_rates = s["at_rates"].as_array().unwrap();
-        let measured: Vec<u64> = at_rates
-            .iter()
-            .map(|l| l["rate"].as_u64().unwrap())
-            .collect();
-        assert_eq!(measured, rates, "{name}");
-        for l in at_rates.iter().chain([&s["max"], &s["new_connection"]]) {
-            assert!(
-                l["requests"].as_u64().unwrap() > 0,
-                "{name}: no requests in {l}"
-            );
-            assert_eq!(l["errors"], 0, "{name}: errors in {l}\n{stdout}");
-        }
-    }
+    assert_every_scenario_measured(
+        "mesh",
+        report,
+        &["direct", "weft", "peer"],
+        &rates,
+        &["max", "new_connection"],
+        &stdout,
+    );
     assert_eq!(
         report["mtls"]["ok"], true,
         "weft's mTLS check: {}",
@@ -266,28 +289,14 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
     assert_eq!(ic["bench"], "intercept", "{ic}");
     assert_eq!(ic["settings"]["quick"], true);
     assert_eq!(ic["settings"]["rates"], report["settings"]["rates"]);
-    let scenarios = ic["scenarios"].as_array().unwrap();
-    let names: Vec<&str> = scenarios
-        .iter()
-        .map(|s| s["scenario"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["direct", "weft"]);
-    for s in scenarios {
-        let name = &s["scenario"];
-        let at_rates = s["at_rates"].as_array().unwrap();
-        let measured: Vec<u64> = at_rates
-            .iter()
-            .map(|l| l["rate"].as_u64().unwrap())
-            .collect();
-        assert_eq!(measured, rates, "intercept {name}");
-        for l in at_rates.iter().chain([&s["max"]]) {
-            assert!(
-                l["requests"].as_u64().unwrap() > 0,
-                "intercept {name}: no requests in {l}"
-            );
-            assert_eq!(l["errors"], 0, "intercept {name}: errors in {l}\n{stdout}");
-        }
-    }
+    assert_every_scenario_measured(
+        "intercept",
+        ic,
+        &["direct", "weft"],
+        &rates,
+        &["max"],
+        &stdout,
+    );
     let check = &ic["check"];
     assert_eq!(check["probe_ok"], true, "{check}");
     assert_eq!(check["ok"], true, "{check}");
