@@ -646,14 +646,18 @@ impl Bench {
             Load::Rate(r) | Load::NewConnection(r) => Some(r),
             Load::Max => None,
         };
-        let start = SystemTime::now() + START_LEAD;
-        let window = Window::starting_at(start, cfg.warmup, cfg.duration)
+        // The window is built from what the load generator is told, in whole milliseconds
+        // (`--start-at-unix-ms`, `--warmup`, `--duration`), so the proxies' CPU is sampled over
+        // the very window it measures, not one up to a millisecond off at each edge.
+        let start = whole_ms(
+            (SystemTime::now() + START_LEAD)
+                .duration_since(UNIX_EPOCH)
+                .map_err(|e| format!("the clock is before 1970: {e}"))?,
+        );
+        let (warmup, duration) = (whole_ms(cfg.warmup), whole_ms(cfg.duration));
+        let window = Window::starting_at(UNIX_EPOCH + start, warmup, duration)
             .ok_or("the clock went back while a run was being set up")?;
-        let start_ms = start
-            .duration_since(UNIX_EPOCH)
-            .map_err(|e| format!("the clock is before 1970: {e}"))?
-            .as_millis()
-            .to_string();
+        let start_ms = start.as_millis().to_string();
         let json = self.dir.path().join("run.json");
         let _ = std::fs::remove_file(&json);
         let ms = |d: Duration| format!("{}ms", d.as_millis());
@@ -664,9 +668,9 @@ impl Bench {
             "--connections".into(),
             cfg.connections.to_string(),
             "--warmup".into(),
-            ms(cfg.warmup),
+            ms(warmup),
             "--duration".into(),
-            ms(cfg.duration),
+            ms(duration),
             "--max-requests".into(),
             cfg.max_requests.to_string(),
             "--request-body-size".into(),
@@ -733,6 +737,11 @@ impl Bench {
         std::thread::sleep(Duration::from_millis(300));
         Ok(run)
     }
+}
+
+/// `d` cut to whole milliseconds: what the load generator's arguments carry.
+fn whole_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {

@@ -206,3 +206,17 @@ fn the_report_pairs_weft_with_direct_and_shows_each_proxys_cpu() {
     assert_eq!(json["topology"]["direct_port"], DIRECT_PORT);
     assert_eq!(json["check"]["ok"], true);
 }
+
+#[test]
+fn the_cpu_window_is_built_from_the_load_generators_whole_milliseconds() {
+    let start = Duration::from_micros(1_700_000_000_123_900);
+    assert_eq!(whole_ms(start), Duration::from_millis(1_700_000_000_123));
+    let warmup = Duration::from_micros(1_500_400);
+    assert_eq!(whole_ms(warmup), Duration::from_millis(1500));
+    // What `--warmup` carries parses back to the same duration the window is built from.
+    let arg = format!("{}ms", whole_ms(warmup).as_millis());
+    assert_eq!(
+        weft_identity::config::parse_duration(&arg),
+        Ok(whole_ms(warmup))
+    );
+}
