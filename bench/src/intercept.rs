@@ -246,11 +246,10 @@ fn remove_stale_namespaces() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
-        if let Some(pid) = stale_namespace_pid(name)
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
+        if is_stale(name, std::process::id(), alive) {
             eprintln!("deleting network namespace {name}, left behind by a killed benchmark");
             if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
                 for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
@@ -260,6 +259,14 @@ fn remove_stale_namespaces() {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
+}
+
+/// Whether `name` is a namespace a killed benchmark left behind: ours by its name, and its
+/// benchmark's process gone (`alive` says), or that process had this one's PID: this run has
+/// not made its namespaces yet, so one with its name can only be left over, and would make
+/// `ip netns add` fail.
+fn is_stale(name: &str, own_pid: u32, alive: impl Fn(u32) -> bool) -> bool {
+    stale_namespace_pid(name).is_some_and(|pid| pid == own_pid || !alive(pid))
 }
 
 /// The PID in a namespace name of ours (`weft-bench-c-1234`, `weft-bench-a-1234`).

@@ -24,6 +24,16 @@ fn only_our_namespaces_are_taken_for_stale_ones() {
     }
 }
 
+#[test]
+fn a_namespace_of_a_gone_benchmark_or_of_a_former_holder_of_our_pid_is_stale() {
+    let (alive, gone) = (|_: u32| true, |_: u32| false);
+    assert!(is_stale("weft-bench-c-77", 1000, gone));
+    assert!(!is_stale("weft-bench-c-77", 1000, alive));
+    // Our PID, before we made ours: left by an earlier process with it.
+    assert!(is_stale("weft-bench-a-1000", 1000, alive));
+    assert!(!is_stale("prod", 1000, gone));
+}
+
 const WEB_METRICS: &str = "\
 # TYPE weft_proxy_requests_total counter
 weft_proxy_requests_total{direction=\"outbound\",peer=\"spiffe://weft.local/ns/default/sa/api\",dst_service=\"default/api\",tls=\"true\"} 120
