@@ -34,16 +34,6 @@ fn tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Effective UID 0, from `/proc/self/status`.
-fn root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .expect("/proc/self/status")
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-        .unwrap_or(false)
-}
-
 /// The network namespaces whose name ends in `-<pid>`: the interception benchmark's, of
 /// `weft-bench` process `pid`.
 fn namespaces_of(pid: u32) -> Vec<String> {
@@ -107,7 +97,7 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
         "haproxy is missing: install the Debian package `haproxy` (.ci/run does)"
     );
     assert!(
-        root(),
+        weft_bench::intercept::is_root(),
         "the interception benchmark (part of `weft-bench all`) needs root: run the system \
          tests as root (.ci/run does)"
     );
