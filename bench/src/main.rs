@@ -28,7 +28,7 @@ use weft_bench::mesh::{self, MeshConfig};
 use weft_bench::report::MeshReport;
 use weft_bench::stack;
 use weft_bench::suite::{self, SuiteConfig};
-use weft_identity::config::parse_duration;
+use weft_runtime::config::parse_duration;
 
 #[derive(Debug, Parser)]
 #[command(

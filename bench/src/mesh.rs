@@ -867,7 +867,7 @@ pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), Error> {
 
 /// A free loopback port for a process of the benchmark to listen on.
 pub(crate) fn free_addr() -> Result<SocketAddr, Error> {
-    weft_identity::config::free_loopback_addr("the benchmark")
+    weft_runtime::process::free_loopback_addr("the benchmark")
 }
 
 /// A plain HTTP/1.1 GET with `Connection: close`: the status and the body. `None` when

@@ -73,9 +73,9 @@ fn main() -> ExitCode {
     // The demo prints what happens itself; its components' logs would repeat it.
     let default_log = match cli.command {
         Command::Demo(_) => "warn",
-        _ => weft_identity::config::DEFAULT_LOG,
+        _ => weft_runtime::process::DEFAULT_LOG,
     };
-    weft_identity::config::init_tracing_with_default(default_log);
+    weft_runtime::process::init_tracing_with_default(default_log);
     match cli.command {
         Command::Demo(args) => report(demo::run(args)),
         Command::DemoApp(args) => report(demo::app::run(args)),

@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
 use weft_identity::authority::Authority;
-use weft_identity::config::{CaArgs, parse_duration};
+use weft_identity::config::CaArgs;
+use weft_runtime::config::parse_duration;
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {

@@ -290,7 +290,7 @@ fn promtool_finds_nothing_on_any_metrics_endpoint_nor_in_the_shipped_config() {
 /// `_bucket`, `_sum` and `_count` series of its histograms.
 fn proxy_metric_names() -> BTreeSet<String> {
     use weft_proxy::metrics::{ProxyMetrics, RouteLabels};
-    let m = ProxyMetrics::new(weft_identity::metrics::Registry::new());
+    let m = ProxyMetrics::new(weft_runtime::metrics::Registry::new());
     m.request("outbound", "p", "default/api", true);
     m.response("outbound", "p", "default/api", 200, 0.001);
     let l = RouteLabels {

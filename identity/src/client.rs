@@ -26,13 +26,14 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
-use crate::metrics::{Registry, unix_seconds};
 use crate::server::{
-    CERTIFY_PATH, CertifyRequest, CertifyResponse, ErrorBody, TRUST_BUNDLE_PATH, service_identity,
+    CERTIFY_PATH, CertifyRequest, CertifyResponse, TRUST_BUNDLE_PATH, service_identity,
 };
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::tls::{self, CertStore, Credentials, TrustBundle};
 use crate::token::{self, Claims, TokenError};
+use weft_runtime::metrics::{Registry, unix_seconds};
+use weft_runtime::serve::ErrorBody;
 
 /// How long one request to the identity service may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

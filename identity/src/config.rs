@@ -11,9 +11,11 @@ use clap::{Args, Parser};
 use tokio::net::TcpListener;
 
 use crate::authority::{Authority, AuthorityConfig};
-use crate::metrics::Registry;
 use crate::server::IdentityService;
 use crate::spiffe::TrustDomain;
+use weft_runtime::config::parse_duration;
+use weft_runtime::metrics::Registry;
+use weft_runtime::process::{run_process, shutdown_signal, wait_true};
 
 pub const ENV_LISTEN: &str = "WEFT_IDENTITY_LISTEN";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -36,9 +38,6 @@ pub const DEFAULT_IDENTITY_ADDR: &str = "127.0.0.1:8443";
 /// Where a workload's bootstrap token is.
 pub const ENV_TOKEN_FILE: &str = "WEFT_TOKEN_FILE";
 pub const DEFAULT_TOKEN_FILE: &str = "/var/run/weft/token";
-/// Log filter (tracing `EnvFilter` syntax).
-pub const ENV_LOG: &str = "WEFT_LOG";
-pub const DEFAULT_LOG: &str = "info";
 
 /// The data directory when none is given: `$HOME/.local/share/weft/identity`, or
 /// `/var/lib/weft/identity` without a home directory.
@@ -117,91 +116,6 @@ impl IdentityArgs {
     }
 }
 
-/// Parses `500ms`, `30s`, `5m`, `24h`, `1h30m`, or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("`{s}` is missing a unit (ms, s, m, h, d)"))?;
-        if digits == 0 {
-            return Err(format!(
-                "`{s}` is not a duration such as 500ms, 30s, 5m or 24h"
-            ));
-        }
-        let value: f64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration such as 500ms, 30s, 5m or 24h"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            other => {
-                return Err(format!(
-                    "`{s}` has the unknown unit `{other}` (use ms, s, m, h or d)"
-                ));
-            }
-        };
-        rest = &rest[unit_len..];
-        total += Duration::from_secs_f64(value * unit);
-    }
-    Ok(total)
-}
-
-/// Logs to stderr, filtered by `WEFT_LOG` (default `info`).
-pub fn init_tracing() {
-    init_tracing_with_default(DEFAULT_LOG);
-}
-
-/// Logs to stderr, filtered by `WEFT_LOG`, or by `default` when it is unset.
-pub fn init_tracing_with_default(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env(ENV_LOG)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
 /// Binds and runs the identity service until `shutdown`.
 pub async fn run(args: IdentityArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let authority =
@@ -232,9 +146,9 @@ pub async fn run(args: IdentityArgs, shutdown: impl Future<Output = ()>) -> Resu
     );
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(true);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let admin_task = tokio::spawn(crate::admin::run(
+    let admin_task = tokio::spawn(weft_runtime::admin::run(
         admin,
-        crate::admin::Admin {
+        weft_runtime::admin::Admin {
             registry,
             ready: ready_rx,
             extra: None,
@@ -248,134 +162,15 @@ pub async fn run(args: IdentityArgs, shutdown: impl Future<Output = ()>) -> Resu
     Ok(())
 }
 
-/// Completes when the watch holds `true` (or its sender is gone).
-pub async fn wait_true(mut rx: tokio::sync::watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await;
-}
-
 /// Runs the identity service as a process: a multi-threaded runtime, exits 1 with the error on
 /// a start-up failure.
 pub fn run_main(args: IdentityArgs) -> ExitCode {
     run_process("identity", run(args, shutdown_signal()))
 }
 
-/// Runs a component's `main` future on a multi-threaded runtime until it ends (its shutdown is
-/// Ctrl-C or SIGTERM): exit 0, or exit 1 with its error logged and printed as
-/// `weft <component>: <error>`.
-pub fn run_process(component: &str, main: impl Future<Output = Result<(), String>>) -> ExitCode {
-    run_process_on(component, 0, main)
-}
-
-/// [`run_process`] on a runtime of `workers` threads: 1 is a single-threaded runtime (every
-/// task on the main thread: no cross-thread wake-ups), 0 one worker per CPU.
-pub fn run_process_on(
-    component: &str,
-    workers: usize,
-    main: impl Future<Output = Result<(), String>>,
-) -> ExitCode {
-    let rt = match workers {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Runtime::new(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-    };
-    let rt = match rt {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("weft {component}: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(main) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("weft {component}: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// A free loopback address for a child process to listen on.
-///
-/// The port is checked free here and bound by the child a moment later; in between, any
-/// outgoing connection on the machine may take an ephemeral port as its local port. So the
-/// port is drawn at random below the kernel's ephemeral range when there is room
-/// (`/proc/sys/net/ipv4/ip_local_port_range`), and never handed out twice by one process
-/// (two children given the same port would fail the same way).
-pub fn free_loopback_addr(what: &str) -> Result<SocketAddr, String> {
-    use std::collections::HashSet;
-    use std::sync::{Mutex, OnceLock};
-    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    let mut given = GIVEN
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    const FIRST: u16 = 10_000;
-    if low > FIRST + 1000 {
-        for _ in 0..500 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], fastrand::u16(FIRST..low)));
-            if !given.contains(&addr.port()) && std::net::TcpListener::bind(addr).is_ok() {
-                given.insert(addr.port());
-                return Ok(addr);
-            }
-        }
-    }
-    for _ in 0..100 {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("cannot find a free port for {what}: {e}"))?;
-        if given.insert(addr.port()) {
-            return Ok(addr);
-        }
-    }
-    Err(format!("cannot find a free port for {what}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn free_loopback_addrs_are_free_distinct_and_below_the_ephemeral_range() {
-        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|r| r.split_whitespace().next()?.parse().ok())
-            .unwrap_or(32768);
-        let addrs: Vec<_> = (0..200)
-            .map(|_| free_loopback_addr("a test").unwrap())
-            .collect();
-        let ports: std::collections::HashSet<_> = addrs.iter().map(|a| a.port()).collect();
-        assert_eq!(ports.len(), addrs.len(), "a port was handed out twice");
-        for a in &addrs {
-            assert!(a.ip().is_loopback());
-            if low > 11_000 {
-                assert!(a.port() < low, "{a} is in the ephemeral range (from {low})");
-            }
-        }
-        std::net::TcpListener::bind(addrs[0]).expect("the port is free");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        for bad in ["", "h", "10x", "ten seconds", "5 m"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn defaults_parse() {

@@ -1,8 +1,9 @@
 //! weft's identity layer: SPIFFE IDs, mesh TLS, the certificate authority (`weft identity`) and
 //! the client every workload uses to get and renew its certificate.
 //!
-//! This crate is the foundation the other weft crates build on: the control plane and the proxy
-//! use its TLS configs, its SPIFFE verification, its metrics registry and its HTTP accept loop.
+//! The control plane and the proxy build on it for their TLS configs and SPIFFE verification;
+//! the process plumbing it shares with them (accept loop, admin endpoint, metrics registry,
+//! start-up and shutdown) is in `weft-runtime`.
 //!
 //! # Layout
 //! - [`spiffe`]: the `spiffe://<trust-domain>/ns/<ns>/sa/<name>` identity type.
@@ -16,18 +17,12 @@
 //! - [`server`]: the HTTPS API (`/v1/certify`, `/v1/trust-bundle`) and its metrics.
 //! - [`client`]: bootstrap, certify and the renewal loop, publishing credentials on a watch.
 //! - [`config`]: command-line/environment settings of `weft identity`, `weft token`, `weft cert`.
-//! - [`metrics`]: a per-component Prometheus registry.
-//! - [`admin`]: the `/metrics`, `/live`, `/ready` endpoint every weft process serves.
-//! - [`serve`]: the HTTP(S) accept loop with graceful shutdown.
 
-pub mod admin;
 pub mod authority;
 pub mod client;
 pub mod config;
 pub mod csr;
-pub mod metrics;
 pub mod reject;
-pub mod serve;
 pub mod server;
 pub mod spiffe;
 pub mod tls;

@@ -25,12 +25,12 @@ use tokio::net::TcpListener;
 
 use crate::authority::Authority;
 use crate::csr;
-use crate::metrics::{Registry, unix_seconds};
 use crate::reject::{Reason, Rejection};
-use crate::serve::{self, ConnInfo, FullResponse};
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::tls::{self, CertStore, ClientAuth};
 use crate::token::TokenError;
+use weft_runtime::metrics::{Registry, unix_seconds};
+use weft_runtime::serve::{self, ConnInfo, ErrorBody, FullResponse};
 
 /// Largest request body accepted by `/v1/certify`.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -71,13 +71,6 @@ pub struct CertifyResponse {
     pub not_before: String,
     pub not_after: String,
     pub not_after_unix: u64,
-}
-
-/// The JSON body of every refusal.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-    pub message: String,
 }
 
 struct Metrics {
@@ -495,7 +488,7 @@ impl Running {
         let task = tokio::spawn(
             service
                 .clone()
-                .run(listener, crate::config::wait_true(stop_rx)),
+                .run(listener, weft_runtime::process::wait_true(stop_rx)),
         );
         Ok(Self {
             addr,

@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime};
 use support::*;
 use weft_identity::authority::{Authority, AuthorityConfig};
 use weft_identity::client::{ClientSettings, IdentityClient};
-use weft_identity::metrics::Registry;
 use weft_identity::server::Running;
 use weft_identity::tls::Credentials;
+use weft_runtime::metrics::Registry;
 
 fn short_lived(dir: &std::path::Path) -> Authority {
     let mut cfg = AuthorityConfig::new(dir);

@@ -30,9 +30,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, watch};
 use weft_identity::SpiffeId;
-use weft_identity::serve::ConnInfo;
-use weft_identity::server::ErrorBody;
 use weft_identity::tls::TrustBundle;
+use weft_runtime::serve::ConnInfo;
+use weft_runtime::serve::ErrorBody;
 
 use crate::registry::{APP_LABEL, Registered, Registration, Workload};
 use crate::resources::DEFAULT_NAMESPACE;

@@ -23,8 +23,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use weft_identity::SpiffeId;
 use weft_identity::client::Backoff;
-use weft_identity::server::ErrorBody;
 use weft_identity::tls::{self, TrustBundle};
+use weft_runtime::serve::ErrorBody;
 
 use crate::api::{ADDRESS_PATH, ENDPOINTS_PATH, INBOUND_PATH, REGISTER_PATH, ROUTES_PATH, encode};
 use crate::authz::WorkloadPolicy;

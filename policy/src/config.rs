@@ -11,9 +11,10 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use tokio::net::TcpListener;
 use weft_identity::config::{
-    DEFAULT_IDENTITY_ADDR, DEFAULT_TOKEN_FILE, ENV_IDENTITY_ADDR, ENV_TOKEN_FILE, parse_duration,
-    shutdown_signal,
+    DEFAULT_IDENTITY_ADDR, DEFAULT_TOKEN_FILE, ENV_IDENTITY_ADDR, ENV_TOKEN_FILE,
 };
+use weft_runtime::config::parse_duration;
+use weft_runtime::process::shutdown_signal;
 
 use crate::api::ApiSettings;
 use crate::authz::DefaultPolicy;
@@ -257,7 +258,7 @@ async fn mesh_security(
     tracing::info!(identity = %claims.sub, identity_service = %args.identity_addr, "getting the control plane's certificate");
     let mut client = weft_identity::client::IdentityClient::start(
         settings,
-        &weft_identity::metrics::Registry::new(),
+        &weft_runtime::metrics::Registry::new(),
     );
     let creds = client.ready().await;
     let store =
@@ -291,7 +292,7 @@ async fn mesh_security(
 /// Runs the control plane as a process: a multi-threaded runtime, exits 1 with the error on a
 /// start-up failure.
 pub fn run_main(args: PolicyArgs) -> ExitCode {
-    weft_identity::config::run_process("policy", run(args, shutdown_signal()))
+    weft_runtime::process::run_process("policy", run(args, shutdown_signal()))
 }
 
 #[cfg(test)]

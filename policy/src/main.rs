@@ -6,7 +6,7 @@ use weft_policy::config::{Cli, Command, check_main, run_main};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    weft_identity::config::init_tracing();
+    weft_runtime::process::init_tracing();
     match cli.command {
         Some(Command::Check(args)) => check_main(args),
         None => run_main(cli.run),

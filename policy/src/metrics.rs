@@ -2,7 +2,7 @@
 //! component's own [`Registry`].
 
 use metrics::{Counter, Gauge, Histogram};
-use weft_identity::metrics::Registry;
+use weft_runtime::metrics::Registry;
 
 /// Watch kinds, the `kind` label of the watch series.
 pub const WATCH_KINDS: [&str; 4] = ["endpoints", "inbound", "routes", "address"];

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use weft_identity::admin::{self, Admin};
-use weft_identity::config::wait_true;
-use weft_identity::metrics::Registry;
-use weft_identity::serve;
+use weft_runtime::admin::{self, Admin};
+use weft_runtime::metrics::Registry;
+use weft_runtime::process::wait_true;
+use weft_runtime::serve;
 
 use crate::api::{Api, ApiSettings, Auth};
 use crate::authz::DefaultPolicy;

@@ -251,7 +251,7 @@ impl Store {
         metrics.config_valid.set(1.0);
         metrics
             .config_last_reload
-            .set(weft_identity::metrics::unix_seconds(SystemTime::now()));
+            .set(weft_runtime::metrics::unix_seconds(SystemTime::now()));
         metrics.revision.set(1.0);
         let state = State::new(1, Arc::new(config), Arc::new(Vec::new()));
         Arc::new(Self {
@@ -293,7 +293,7 @@ impl Store {
         self.metrics.config_valid.set(1.0);
         self.metrics
             .config_last_reload
-            .set(weft_identity::metrics::unix_seconds(SystemTime::now()));
+            .set(weft_runtime::metrics::unix_seconds(SystemTime::now()));
         let config = Arc::new(config);
         self.publish(|old| (config, old.workloads.clone()));
     }

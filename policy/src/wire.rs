@@ -28,7 +28,7 @@ impl<'de> Deserialize<'de> for Dur {
         }
         match Raw::deserialize(d)? {
             Raw::Secs(s) => Ok(Dur(Duration::from_secs(s))),
-            Raw::Text(t) => weft_identity::config::parse_duration(&t)
+            Raw::Text(t) => weft_runtime::config::parse_duration(&t)
                 .map(Dur)
                 .map_err(|e| serde::de::Error::custom(format!("bad duration: {e}"))),
         }
@@ -302,7 +302,7 @@ mod tests {
             Duration::from_micros(250),
         ] {
             let s = format_duration(d);
-            assert_eq!(weft_identity::config::parse_duration(&s).unwrap(), d, "{s}");
+            assert_eq!(weft_runtime::config::parse_duration(&s).unwrap(), d, "{s}");
         }
     }
 

@@ -110,7 +110,7 @@ async fn default_mode_gets_a_certificate_and_serves_mtls() {
     let server = tokio::spawn(run_on(
         Listeners { api, admin },
         args,
-        weft_identity::config::wait_true(stop_rx),
+        weft_runtime::process::wait_true(stop_rx),
     ));
 
     let certs: Arc<dyn rustls::client::ResolvesClientCert> =

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use weft_identity::config::parse_duration;
+use weft_runtime::config::parse_duration;
 
 pub const ENV_INBOUND: &str = "WEFT_PROXY_INBOUND_LISTEN";
 pub const DEFAULT_INBOUND: &str = "0.0.0.0:4143";

@@ -4,6 +4,6 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = weft_proxy::config::ProxyArgs::parse();
-    weft_identity::config::init_tracing();
+    weft_runtime::process::init_tracing();
     weft_proxy::run::run_main(args)
 }

@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use metrics::{Counter, Gauge, Histogram};
-use weft_identity::metrics::Registry;
+use weft_runtime::metrics::Registry;
 
 /// How a family registers one series: registry, name, help, label pairs.
 type Make<M> = fn(&Registry, &'static str, &'static str, &[(&'static str, &str)]) -> M;

@@ -15,9 +15,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_identity::client::{ClientSettings as IdentitySettings, IdentityClient};
-use weft_identity::metrics::{Registry, unix_seconds};
 use weft_policy::client::{ClientSettings as PolicySettings, ClientTls, PolicyClient};
 use weft_policy::registry::Registration;
+use weft_runtime::metrics::{Registry, unix_seconds};
 
 use crate::authz::denials::DENIALS_PATH;
 use crate::config::{ENV_TOKEN_FILE, ProxyArgs};
@@ -119,14 +119,14 @@ pub async fn run_on(
     let (stop_tx, stop_rx) = watch::channel(false);
     let inbound_addr = listeners.inbound.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = listeners.admin.local_addr().map_err(|e| e.to_string())?;
-    let admin = tokio::spawn(weft_identity::admin::run(
+    let admin = tokio::spawn(weft_runtime::admin::run(
         listeners.admin,
-        weft_identity::admin::Admin {
+        weft_runtime::admin::Admin {
             registry: registry.clone(),
             ready: ready_rx,
             extra: Some(denials_page(metrics.clone())),
         },
-        weft_identity::config::wait_true(stop_rx.clone()),
+        weft_runtime::process::wait_true(stop_rx.clone()),
     ));
     let upkeep_registry = registry.clone();
     let _upkeep = AbortOnDrop(tokio::spawn(async move {
@@ -233,7 +233,7 @@ pub async fn run_on(
     let grace = args.shutdown_grace;
     let inbound_task = tokio::spawn(inbound.serve(
         listeners.inbound,
-        weft_identity::config::wait_true(stop_rx.clone()),
+        weft_runtime::process::wait_true(stop_rx.clone()),
         grace,
     ));
     let outbound_tasks: Vec<_> = listeners
@@ -242,7 +242,7 @@ pub async fn run_on(
         .map(|listener| {
             tokio::spawn(outbound.clone().serve(
                 listener,
-                weft_identity::config::wait_true(stop_rx.clone()),
+                weft_runtime::process::wait_true(stop_rx.clone()),
                 grace,
             ))
         })
@@ -300,21 +300,21 @@ fn advertise_addr(inbound: SocketAddr, policy_addr: &str) -> SocketAddr {
 /// Runs a proxy as a process: exits 1 with the error on a start-up failure.
 pub fn run_main(args: ProxyArgs) -> ExitCode {
     let workers = args.workers;
-    weft_identity::config::run_process_on(
+    weft_runtime::process::run_process_on(
         "proxy",
         workers,
-        run(args, weft_identity::config::shutdown_signal()),
+        run(args, weft_runtime::process::shutdown_signal()),
     )
 }
 
 /// The admin endpoint's `/denials`: the recent denied requests as JSON, newest first.
-fn denials_page(metrics: Arc<ProxyMetrics>) -> weft_identity::admin::ExtraPage {
+fn denials_page(metrics: Arc<ProxyMetrics>) -> weft_runtime::admin::ExtraPage {
     Arc::new(move |path| {
         (path == DENIALS_PATH).then(|| match serde_json::to_string(&metrics.denials.page()) {
             Ok(json) => {
-                weft_identity::serve::respond(http::StatusCode::OK, "application/json", json)
+                weft_runtime::serve::respond(http::StatusCode::OK, "application/json", json)
             }
-            Err(e) => weft_identity::serve::respond(
+            Err(e) => weft_runtime::serve::respond(
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 "text/plain",
                 format!("cannot encode the denials: {e}\n"),

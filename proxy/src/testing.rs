@@ -71,7 +71,7 @@ pub fn status(status: u16) -> Response<Body> {
 }
 
 pub fn metrics() -> Arc<ProxyMetrics> {
-    ProxyMetrics::new(weft_identity::metrics::Registry::new())
+    ProxyMetrics::new(weft_runtime::metrics::Registry::new())
 }
 
 /// The sum of the series of `name` whose labels include `labels`, as a scrape shows them

@@ -33,10 +33,10 @@ use weft_identity::{SpiffeId, tls};
 )]
 struct Args {
     /// Length of each measured run.
-    #[arg(long, default_value = "10s", value_parser = weft_identity::config::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = weft_runtime::config::parse_duration)]
     duration: Duration,
     /// Warm-up before each run (not measured).
-    #[arg(long, default_value = "1s", value_parser = weft_identity::config::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = weft_runtime::config::parse_duration)]
     warmup: Duration,
     /// Keep-alive connections.
     #[arg(long, default_value_t = 8)]

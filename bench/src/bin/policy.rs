@@ -48,10 +48,10 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// The control plane's directory poll interval.
-    #[arg(long, default_value = "200ms", value_parser = weft_identity::config::parse_duration)]
+    #[arg(long, default_value = "200ms", value_parser = weft_runtime::config::parse_duration)]
     poll_interval: Duration,
     /// Longest wait for one round to reach every watcher.
-    #[arg(long, default_value = "10s", value_parser = weft_identity::config::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = weft_runtime::config::parse_duration)]
     round_timeout: Duration,
     /// Skip the fan-out part.
     #[arg(long)]
@@ -298,7 +298,7 @@ async fn bench_fanout(args: &Args) -> Result<FanoutResult, String> {
     let server = tokio::spawn(weft_policy::server::serve(
         Listeners { api, admin },
         settings,
-        weft_identity::config::wait_true(stop_rx),
+        weft_runtime::process::wait_true(stop_rx),
     ));
 
     // Connect every watcher and wait for its first snapshot (in batches, to stay under the

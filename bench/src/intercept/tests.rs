@@ -226,7 +226,7 @@ fn the_cpu_window_is_built_from_the_load_generators_whole_milliseconds() {
     // What `--warmup` carries parses back to the same duration the window is built from.
     let arg = format!("{}ms", whole_ms(warmup).as_millis());
     assert_eq!(
-        weft_identity::config::parse_duration(&arg),
+        weft_runtime::config::parse_duration(&arg),
         Ok(whole_ms(warmup))
     );
 }

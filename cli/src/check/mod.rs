@@ -18,8 +18,8 @@ mod tests;
 
 use std::time::{Duration, SystemTime};
 
-use weft_identity::config::parse_duration;
 use weft_policy::registry::Workload;
+use weft_runtime::config::parse_duration;
 
 use self::judge::Expiry;
 use self::report::{Check, Group, Report};
@@ -123,7 +123,7 @@ fn probe(
 }
 
 fn unix_now() -> f64 {
-    weft_identity::metrics::unix_seconds(SystemTime::now())
+    weft_runtime::metrics::unix_seconds(SystemTime::now())
 }
 
 /// Reachable and `/ready`: the first two checks of every component. `false` when unreachable

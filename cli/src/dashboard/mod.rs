@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode, header};
-use weft_identity::config::parse_duration;
+use weft_runtime::config::parse_duration;
 
 use self::collect::{Collector, Overview, Source};
 use crate::stat::DEFAULT_POLICY_ADMIN;
@@ -133,14 +133,14 @@ pub fn run(args: DashboardArgs) -> Result<(), String> {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        weft_identity::serve::serve(
+        weft_runtime::serve::serve(
             listener,
             None,
             move |req, _info| {
                 let shared = shared.clone();
                 async move { handle(&shared, req.method(), req.uri()) }
             },
-            weft_identity::config::shutdown_signal(),
+            weft_runtime::process::shutdown_signal(),
         )
         .await;
         Ok(())
@@ -168,11 +168,11 @@ fn spawn_collector(mut c: Collector, interval: Duration, shared: Shared) -> Resu
         .map_err(|e| format!("cannot start the collector: {e}"))
 }
 
-type Rsp = weft_identity::serve::FullResponse;
+type Rsp = weft_runtime::serve::FullResponse;
 
-/// [`weft_identity::serve::respond`], never cached, never sniffed, under the page's CSP.
+/// [`weft_runtime::serve::respond`], never cached, never sniffed, under the page's CSP.
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Rsp {
-    let mut rsp = weft_identity::serve::respond(status, content_type, body);
+    let mut rsp = weft_runtime::serve::respond(status, content_type, body);
     let h = rsp.headers_mut();
     h.insert(
         header::CACHE_CONTROL,

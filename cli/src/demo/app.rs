@@ -52,7 +52,7 @@ async fn serve(args: AppArgs) -> Result<(), String> {
         upstream: args.via.map(Upstream::new),
         args,
     });
-    let shutdown = weft_identity::config::shutdown_signal();
+    let shutdown = weft_runtime::process::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {

@@ -98,7 +98,7 @@ impl Fleet {
         cmd.args(args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(ENV_EXIT_WITH_PARENT, "1")
-            .env(weft_identity::config::ENV_LOG, "info")
+            .env(weft_runtime::process::ENV_LOG, "info")
             .stdin(Stdio::piped())
             .stdout(out)
             .stderr(file)

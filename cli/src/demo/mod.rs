@@ -41,7 +41,7 @@ const PROXY_SHUTDOWN_GRACE: &str = "2s";
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Stop after the mesh has served traffic this long (e.g. 20s); runs until Ctrl-C otherwise.
-    #[arg(long, value_parser = weft_identity::config::parse_duration)]
+    #[arg(long, value_parser = weft_runtime::config::parse_duration)]
     pub duration: Option<Duration>,
     /// Directory for the CA, tokens, resources and logs [default: a new temporary directory,
     /// removed on exit]. Resources already in DIR/resources are kept.
@@ -57,7 +57,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub dashboard_listen: Option<SocketAddr>,
     /// Lifetime of workload certificates.
-    #[arg(long, default_value = "1h", value_parser = weft_identity::config::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = weft_runtime::config::parse_duration)]
     pub leaf_lifetime: Duration,
 }
 
@@ -127,7 +127,7 @@ const WORKLOADS: &[Workload] = &[
     },
 ];
 
-/// Hands out loopback addresses: free ones ([`weft_identity::config::free_loopback_addr`]), or consecutive ones from a base
+/// Hands out loopback addresses: free ones ([`weft_runtime::process::free_loopback_addr`]), or consecutive ones from a base
 /// port, checked free.
 struct Ports {
     next: Option<u16>,
@@ -136,7 +136,7 @@ struct Ports {
 impl Ports {
     fn take(&mut self, what: &str) -> Result<SocketAddr, String> {
         let Some(port) = self.next else {
-            return weft_identity::config::free_loopback_addr(what);
+            return weft_runtime::process::free_loopback_addr(what);
         };
         self.next = port.checked_add(1);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -178,7 +178,7 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
     // Ctrl-C and SIGTERM are heard from the start: during start-up they end it.
     let result = tokio::select! {
         r = start_and_run(&args, &dir, args.dir.is_none(), &mut fleet) => r,
-        _ = weft_identity::config::shutdown_signal() => Ok(()),
+        _ = weft_runtime::process::shutdown_signal() => Ok(()),
     };
     println!("weft demo: stopping {} processes", fleet.procs.len());
     fleet.stop(STOP_GRACE).await;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use weft_identity::config::parse_duration;
+use weft_runtime::config::parse_duration;
 
 use self::compute::{RouteRow, Scrape, ServiceRow};
 

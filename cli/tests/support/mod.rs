@@ -24,7 +24,7 @@ pub fn system_tests(test: &str) -> bool {
 /// A free loopback address for a child to listen on (below the ephemeral range, never
 /// handed out twice: see `free_loopback_addr`).
 pub fn free_addr() -> SocketAddr {
-    weft_identity::config::free_loopback_addr("a test").unwrap()
+    weft_runtime::process::free_loopback_addr("a test").unwrap()
 }
 
 /// A raw HTTP/1 exchange; `target` is the request target (absolute-form for a proxy).

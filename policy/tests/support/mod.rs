@@ -71,7 +71,7 @@ impl ControlPlane {
         let task = tokio::spawn(weft_policy::server::serve(
             Listeners { api, admin },
             settings,
-            weft_identity::config::wait_true(rx),
+            weft_runtime::process::wait_true(rx),
         ));
         Self {
             api: api_addr,

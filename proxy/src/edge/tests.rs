@@ -6,7 +6,7 @@ use super::*;
 use crate::body;
 
 fn metrics() -> Arc<ProxyMetrics> {
-    ProxyMetrics::new(weft_identity::metrics::Registry::new())
+    ProxyMetrics::new(weft_runtime::metrics::Registry::new())
 }
 
 #[tokio::test]

@@ -260,7 +260,7 @@ async fn the_proxys_own_sockets_are_known_while_they_live() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dst = l.local_addr().unwrap();
     let own = OwnSockets::default();
-    let metrics = ProxyMetrics::new(weft_identity::metrics::Registry::new());
+    let metrics = ProxyMetrics::new(weft_runtime::metrics::Registry::new());
     let (client, mut app_side) = tokio::io::duplex(64);
     let forward = {
         let own = own.clone();

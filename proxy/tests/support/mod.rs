@@ -17,7 +17,6 @@ use tokio::sync::watch;
 use weft_identity::SpiffeId;
 use weft_identity::authority::{Authority, AuthorityConfig};
 use weft_identity::client::{ClientSettings, IdentityClient};
-use weft_identity::metrics::Registry;
 use weft_identity::server::Running;
 use weft_policy::authz::{
     AllowRule, DefaultPolicy, InboundPolicy, InboundPolicySpec, WorkloadPolicy,
@@ -28,6 +27,7 @@ use weft_proxy::inbound::{Inbound, InboundConfig};
 use weft_proxy::metrics::ProxyMetrics;
 use weft_proxy::outbound::{Outbound, OutboundConfig, Resolve};
 use weft_proxy::tls::MeshTls;
+use weft_runtime::metrics::Registry;
 
 pub fn id(name: &str) -> SpiffeId {
     SpiffeId::parse(&format!("spiffe://weft.local/ns/default/sa/{name}")).unwrap()
@@ -245,10 +245,10 @@ impl Mesh {
         let tasks = vec![
             tokio::spawn(inbound.serve(
                 in_l,
-                weft_identity::config::wait_true(stop_rx.clone()),
+                weft_runtime::process::wait_true(stop_rx.clone()),
                 grace,
             )),
-            tokio::spawn(outbound.serve(out_l, weft_identity::config::wait_true(stop_rx), grace)),
+            tokio::spawn(outbound.serve(out_l, weft_runtime::process::wait_true(stop_rx), grace)),
         ];
         TestProxy {
             name: name.to_string(),

@@ -1,5 +1,6 @@
 //! The accept loop shared by weft's HTTP servers (identity API, admin endpoints, control plane):
-//! plain TCP or TLS, HTTP/1.1 and HTTP/2 on one port, graceful shutdown.
+//! plain TCP or TLS, HTTP/1.1 and HTTP/2 on one port, graceful shutdown; and the JSON body of
+//! their refusals.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,6 +29,14 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The client's certificate chain (leaf first), when it presented one over TLS.
     pub peer_certs: Option<Vec<CertificateDer<'static>>>,
+}
+
+/// The JSON body of every refusal a weft API answers: a stable reason code and a message
+/// for people.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
 }
 
 /// A response with a fully buffered body: what weft's control-side servers send.
