@@ -8,12 +8,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser};
 use tokio::net::TcpListener;
 use weft_identity::config::{
     DEFAULT_IDENTITY_ADDR, DEFAULT_TOKEN_FILE, ENV_IDENTITY_ADDR, ENV_TOKEN_FILE,
 };
-use weft_runtime::config::parse_duration;
+use weft_runtime::config::{parse_duration, parse_from_vars};
 use weft_runtime::process::shutdown_signal;
 
 use crate::api::ApiSettings;
@@ -75,7 +76,7 @@ pub struct PolicyArgs {
     #[arg(long, env = ENV_HEARTBEAT, default_value = DEFAULT_HEARTBEAT, value_parser = parse_duration)]
     pub heartbeat: Duration,
     /// Serve plain HTTP without mTLS, trusting registrations as sent. Development only.
-    #[arg(long, env = ENV_INSECURE_DEV)]
+    #[arg(long, env = ENV_INSECURE_DEV, value_parser = BoolishValueParser::new())]
     pub insecure_dev: bool,
     /// The identity service the control plane gets its certificate from (unless --insecure-dev).
     #[arg(long, env = ENV_IDENTITY_ADDR, default_value = DEFAULT_IDENTITY_ADDR)]
@@ -88,33 +89,10 @@ pub struct PolicyArgs {
 impl PolicyArgs {
     /// The defaults with the given `WEFT_*` variables applied, as if they were flags (for
     /// tests and embedding; variables in the process environment still apply to flags not
-    /// given here, as clap reads them).
+    /// given here, as clap reads them). The names are the `env` of the arguments above
+    /// ([`weft_runtime::config::parse_from_vars`]).
     pub fn from_lookup(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, String> {
-        let mut argv = vec!["weft-policy".to_string()];
-        let names: &[(&str, &str)] = &[
-            (ENV_LISTEN, "--listen"),
-            (ENV_ADMIN, "--admin-listen"),
-            (ENV_DIR, "--dir"),
-            (ENV_DEFAULT_POLICY, "--default-policy"),
-            (ENV_POLL_INTERVAL, "--poll-interval"),
-            (ENV_DEFAULT_LEASE, "--default-lease"),
-            (ENV_MAX_LEASE, "--max-lease"),
-            (ENV_HEARTBEAT, "--heartbeat"),
-            (ENV_IDENTITY_ADDR, "--identity-addr"),
-            (ENV_TOKEN_FILE, "--token-file"),
-        ];
-        for (k, v) in vars {
-            if k == ENV_INSECURE_DEV {
-                if matches!(v.as_str(), "1" | "true" | "yes" | "on") {
-                    argv.push("--insecure-dev".into());
-                }
-            } else if let Some((_, flag)) = names.iter().find(|(env, _)| *env == k) {
-                argv.push(format!("{flag}={v}"));
-            } else {
-                return Err(format!("unknown setting {k}"));
-            }
-        }
-        Self::try_parse_from(argv).map_err(|e| e.to_string())
+        parse_from_vars(vars)
     }
 
     fn api_settings(&self) -> ApiSettings {

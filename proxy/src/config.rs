@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use weft_runtime::config::parse_duration;
+use clap::builder::BoolishValueParser;
+use weft_runtime::config::{parse_duration, parse_from_vars};
 
 pub const ENV_INBOUND: &str = "WEFT_PROXY_INBOUND_LISTEN";
 pub const DEFAULT_INBOUND: &str = "0.0.0.0:4143";
@@ -15,13 +16,15 @@ pub const ENV_OUTBOUND: &str = "WEFT_PROXY_OUTBOUND_LISTEN";
 pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:4140";
 pub const ENV_ADMIN: &str = "WEFT_PROXY_ADMIN_LISTEN";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:4191";
-pub const ENV_IDENTITY_ADDR: &str = weft_identity::config::ENV_IDENTITY_ADDR;
-pub const DEFAULT_IDENTITY_ADDR: &str = weft_identity::config::DEFAULT_IDENTITY_ADDR;
-pub const ENV_TOKEN_FILE: &str = weft_identity::config::ENV_TOKEN_FILE;
-pub const DEFAULT_TOKEN_FILE: &str = weft_identity::config::DEFAULT_TOKEN_FILE;
-pub const ENV_POLICY_ADDR: &str = "WEFT_POLICY_ADDR";
-pub const DEFAULT_POLICY_ADDR: &str = weft_policy::client::DEFAULT_ADDR;
-pub const ENV_POLICY_INSECURE_DEV: &str = "WEFT_POLICY_INSECURE_DEV";
+/// Where the identity service and the bootstrap token are: the variables every workload
+/// shares, defined by `weft identity`.
+pub use weft_identity::config::{
+    DEFAULT_IDENTITY_ADDR, DEFAULT_TOKEN_FILE, ENV_IDENTITY_ADDR, ENV_TOKEN_FILE,
+};
+/// The control plane's address and its development mode: the variables `weft policy` defines.
+pub use weft_policy::config::{
+    DEFAULT_POLICY_ADDR, ENV_INSECURE_DEV as ENV_POLICY_INSECURE_DEV, ENV_POLICY_ADDR,
+};
 pub const ENV_SERVICE: &str = "WEFT_PROXY_SERVICE";
 pub const ENV_LABELS: &str = "WEFT_PROXY_LABELS";
 pub const ENV_APP_PORT: &str = "WEFT_PROXY_APP_PORT";
@@ -68,7 +71,7 @@ pub struct ProxyArgs {
     #[arg(long, env = ENV_POLICY_ADDR, default_value = DEFAULT_POLICY_ADDR)]
     pub policy_addr: String,
     /// Talk to a control plane running with --insecure-dev (plain HTTP/2, no mTLS).
-    #[arg(long, env = ENV_POLICY_INSECURE_DEV)]
+    #[arg(long, env = ENV_POLICY_INSECURE_DEV, value_parser = BoolishValueParser::new())]
     pub policy_insecure_dev: bool,
     /// The service this workload belongs to [default: the workload name in the token].
     #[arg(long, env = ENV_SERVICE)]
@@ -109,39 +112,11 @@ pub struct ProxyArgs {
 }
 
 impl ProxyArgs {
-    /// The defaults with the given `WEFT_*` variables applied as flags (tests, embedding).
+    /// The defaults with the given `WEFT_*` variables applied as flags (tests, embedding): the
+    /// names are the `env` of the arguments above, read from clap
+    /// ([`weft_runtime::config::parse_from_vars`]).
     pub fn from_lookup(vars: &[(&str, &str)]) -> Result<Self, String> {
-        let flags: &[(&str, &str)] = &[
-            (ENV_INBOUND, "--inbound-listen"),
-            (ENV_OUTBOUND, "--outbound-listen"),
-            (ENV_ADMIN, "--admin-listen"),
-            (ENV_IDENTITY_ADDR, "--identity-addr"),
-            (ENV_TOKEN_FILE, "--token-file"),
-            (ENV_POLICY_ADDR, "--policy-addr"),
-            (ENV_SERVICE, "--service"),
-            (ENV_LABELS, "--labels"),
-            (ENV_APP_PORT, "--app-port"),
-            (ENV_ADVERTISE, "--advertise-addr"),
-            (ENV_DETECT_TIMEOUT, "--detect-timeout"),
-            (ENV_SHUTDOWN_GRACE, "--shutdown-grace"),
-            (ENV_OPAQUE_PORTS, "--opaque-ports"),
-            (ENV_WORKERS, "--workers"),
-            (ENV_PROXY_UID, "--proxy-uid"),
-            (ENV_PROXY_GID, "--proxy-gid"),
-        ];
-        let mut argv = vec!["weft-proxy".to_string()];
-        for (k, v) in vars {
-            if *k == ENV_POLICY_INSECURE_DEV {
-                if matches!(*v, "1" | "true" | "yes" | "on") {
-                    argv.push("--policy-insecure-dev".into());
-                }
-            } else if let Some((_, flag)) = flags.iter().find(|(env, _)| env == k) {
-                argv.push(format!("{flag}={v}"));
-            } else {
-                return Err(format!("unknown setting {k}"));
-            }
-        }
-        Self::try_parse_from(argv).map_err(|e| e.to_string())
+        parse_from_vars(vars.iter().copied())
     }
 
     /// What interception needs: the proxy's own ports (a loop when a connection was going to
