@@ -6,10 +6,10 @@
 use std::fmt::Write as _;
 
 use super::{APP_IP, CLIENT_IP, Counters, DIRECT_PORT, MESHED_PORT, PROXY_UID};
+use crate::report::markdown::{table_header, table_row, thousands, write_run_errors};
 use crate::report::{
     API_PROXY, AtRate, Comparison, Latency, Mode, Run, Scenario, ScenarioSummary, Settings, Spread,
-    ThroughputRatios, WEB_PROXY, cpu_at_rates, cpu_spread, table_header, table_row, thousands,
-    write_run_errors,
+    ThroughputRatios, WEB_PROXY, cpu_at_rates, cpu_spread,
 };
 
 /// Evidence that the weft path is mTLS through both proxies and the direct path through
