@@ -34,7 +34,8 @@
 //!   settings, medians and spreads over the repeats, differences and ratios paired repeat by
 //!   repeat); `report/mesh.rs` and `report/stack.rs` the mesh and stack reports and their
 //!   Markdown; `report/targets.rs` the goals, judged; `report/markdown.rs` the Markdown
-//!   helpers the reports share: numbers, tables, the latency table, the checks.
+//!   helpers every report shares (`intercept/report.rs` too): numbers, tables, the latency
+//!   table, the checks.
 //! - `suite`: `weft-bench all` (`just bench`): the identity and control-plane benchmarks, then
 //!   the mesh benchmark; writes the JSON, the Markdown summary and the plot of one date.
 //! - `stack`: on the same mesh, direct, minimal stack and full stack alternately; writes and

@@ -64,6 +64,13 @@ pub(crate) const EVERY_LATENCY: [LatencyRow; 5] = [
     ("max", |l| l.max_ms, None),
 ];
 
+/// p50, p99 and p99.9, with their differences.
+pub(crate) const TAIL_LATENCY: [LatencyRow; 3] = [
+    ("p50", |l| l.p50_ms, Some(|a| a.p50_ms)),
+    ("p99", |l| l.p99_ms, Some(|a| a.p99_ms)),
+    ("p99.9", |l| l.p999_ms, Some(|a| a.p999_ms)),
+];
+
 /// The latency and throughput table of direct, weft and, when `scenarios` has it, the
 /// HAProxy pair: `rows` at each rate of `comparisons` with weft − direct and weft / direct
 /// (and the HAProxy pair − direct, weft / HAProxy), the maximum rates and their ratios, and

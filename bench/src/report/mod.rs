@@ -10,8 +10,8 @@
 //! - `stack`: what the stack benchmark reports (the full outbound stack against the minimal
 //!   one), and its Markdown.
 //! - `targets`: the goals of docs/benchmarks.md, judged.
-//! - `markdown`: the Markdown helpers the reports share (numbers, tables, the latency table,
-//!   the checks).
+//! - `markdown`: the Markdown helpers the reports share, `intercept/report.rs` too (numbers,
+//!   tables, the latency table, the checks).
 //! - `tests` (with `mesh/tests.rs`, `stack/tests.rs`, `targets/tests.rs`): the tests, and the
 //!   runs, settings and reports other tests build on.
 
