@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 
 use super::{APP_IP, CLIENT_IP, Counters, DIRECT_PORT, MESHED_PORT, PROXY_UID};
 use crate::report::markdown::{
-    TAIL_LATENCY, cpu_cells, cpu_columns, quick_note, table_header, table_row, thousands,
-    write_latency_table, write_run_errors,
+    TAIL_LATENCY, cpu_cells, cpu_columns, quick_note, table_header, table_row, write_latency_table,
+    write_run_errors,
 };
 use crate::report::{
     API_PROXY, AtRate, Comparison, Mode, Run, Scenario, ScenarioSummary, Settings, Spread,
@@ -256,23 +256,18 @@ impl InterceptReport {
     pub fn markdown(&self) -> String {
         let s = &self.settings;
         let mut out = String::new();
-        let rates: Vec<String> = s.rates.iter().map(|&r| thousands(r as f64)).collect();
         let _ = writeln!(
             out,
             "weft interception benchmark{}: client and app in two network namespaces joined by \
              a veth pair, `weft init` in both, the proxies as UID {PROXY_UID}; **direct**: \
              client → {APP_IP}:{DIRECT_PORT} (skipped by `weft init`) → app; **weft**: client \
              → {APP_IP}:{MESHED_PORT} → iptables → web → mTLS → iptables → api → app (the same \
-             app process). Open loop at {} req/s and closed loop, {} connections, {}, {} \
-             repeat(s) of {}s warm-up + {}s per run, scenarios alternating, {} cores; median \
-             (min–max) over the repeats, differences and ratios paired repeat by repeat\n",
+             app process). Open loop at {} req/s and closed loop, {}, scenarios alternating, {} \
+             cores; median (min–max) over the repeats, differences and ratios paired repeat by \
+             repeat\n",
             quick_note(s.quick),
-            rates.join(", "),
-            s.connections,
-            s.bodies(),
-            s.repeat,
-            s.warmup_seconds,
-            s.duration_seconds,
+            s.rates_shown(),
+            s.load("run"),
             s.cores,
         );
         write_latency_table(

@@ -235,21 +235,15 @@ impl MeshReport {
     pub fn markdown(&self) -> String {
         let s = &self.settings;
         let mut out = String::new();
-        let rates: Vec<String> = s.rates.iter().map(|&r| thousands(r as f64)).collect();
         let _ = writeln!(
             out,
-            "weft mesh benchmark{}: open loop at {} req/s (targets at {}) and closed loop, {} \
-             connections, {}, {} repeat(s) of {}s warm-up + {}s per run, \
+            "weft mesh benchmark{}: open loop at {} req/s (targets at {}) and closed loop, {}, \
              scenarios alternating within each repeat, {} cores{}; median (min–max) over the \
              repeats, differences and ratios paired repeat by repeat\n",
             quick_note(s.quick),
-            rates.join(", "),
+            s.rates_shown(),
             thousands(s.rate as f64),
-            s.connections,
-            s.bodies(),
-            s.repeat,
-            s.warmup_seconds,
-            s.duration_seconds,
+            s.load("run"),
             s.cores,
             s.haproxy
                 .as_deref()

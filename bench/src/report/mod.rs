@@ -188,6 +188,26 @@ impl Settings {
             ),
         }
     }
+
+    /// The load of each measurement, as the reports' first lines say it: `32 connections,
+    /// GETs, 64-byte response bodies, 3 repeat(s) of 2s warm-up + 10s per run` (`per`: what
+    /// one measurement is, a run or a path).
+    pub fn load(&self, per: &str) -> String {
+        format!(
+            "{} connections, {}, {} repeat(s) of {}s warm-up + {}s per {per}",
+            self.connections,
+            self.bodies(),
+            self.repeat,
+            self.warmup_seconds,
+            self.duration_seconds
+        )
+    }
+
+    /// The fixed rates, with thousands separators: `500, 1,000`.
+    pub fn rates_shown(&self) -> String {
+        let rates: Vec<String> = self.rates.iter().map(|&r| thousands(r as f64)).collect();
+        rates.join(", ")
+    }
 }
 
 /// The median and the range of one measurement over the repeats.

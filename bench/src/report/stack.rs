@@ -132,15 +132,10 @@ impl StackReport {
         let _ = writeln!(
             out,
             "weft outbound stack benchmark: full stack (an HTTPRoute configuring every layer) \
-             against the minimal stack (no HTTPRoute), open loop at {} req/s, {} connections, \
-             {}, {} repeat(s) of {}s warm-up + {}s per path, {} cores; median \
-             (min–max) over the repeats\n",
+             against the minimal stack (no HTTPRoute), open loop at {} req/s, {}, {} cores; \
+             median (min–max) over the repeats\n",
             thousands(s.rate as f64),
-            s.connections,
-            s.bodies(),
-            s.repeat,
-            s.warmup_seconds,
-            s.duration_seconds,
+            s.load("path"),
             s.cores
         );
         let _ = writeln!(
