@@ -30,8 +30,12 @@
 //!   TLS 1.3 only.
 //! - `plot`: the latency-distribution plot (SVG), one line per scenario.
 //! - `procstat`: a process's CPU time and resident memory from `/proc`.
-//! - `report`: medians and spreads over the repeats, differences and ratios paired repeat by
-//!   repeat, the Markdown tables, targets.
+//! - `report`: what the benchmarks report: the data model (`report/mod.rs`: scenarios, runs,
+//!   settings, medians and spreads over the repeats, differences and ratios paired repeat by
+//!   repeat); `report/mesh.rs` and `report/stack.rs` the mesh and stack reports and their
+//!   Markdown; `report/targets.rs` the goals, judged; `report/markdown.rs` the Markdown
+//!   helpers every report shares (`intercept/report.rs` too): numbers, tables, the latency
+//!   table, the checks.
 //! - `suite`: `weft-bench all` (`just bench`): the identity and control-plane benchmarks, then
 //!   the mesh benchmark; writes the JSON, the Markdown summary and the plot of one date.
 //! - `stack`: on the same mesh, direct, minimal stack and full stack alternately; writes and

@@ -6,10 +6,13 @@
 use std::fmt::Write as _;
 
 use super::{APP_IP, CLIENT_IP, Counters, DIRECT_PORT, MESHED_PORT, PROXY_UID};
-use crate::report::{
-    API_PROXY, AtRate, Comparison, Latency, Mode, Run, Scenario, ScenarioSummary, Settings, Spread,
-    ThroughputRatios, WEB_PROXY, cpu_at_rates, cpu_spread, table_header, table_row, thousands,
+use crate::report::markdown::{
+    TAIL_LATENCY, cpu_cells, cpu_columns, quick_note, table_header, table_row, write_latency_table,
     write_run_errors,
+};
+use crate::report::{
+    API_PROXY, AtRate, Comparison, Mode, Run, Scenario, ScenarioSummary, Settings, Spread,
+    ThroughputRatios, WEB_PROXY, cpu_at_rates, cpu_spread,
 };
 
 /// Evidence that the weft path is mTLS through both proxies and the direct path through
@@ -249,128 +252,41 @@ impl InterceptReport {
         }
     }
 
-    fn scenario(&self, s: Scenario) -> Option<&ScenarioSummary> {
-        self.scenarios.iter().find(|x| x.scenario == s)
-    }
-
     /// The report as Markdown: latency and throughput, the proxies' CPU, the check.
     pub fn markdown(&self) -> String {
         let s = &self.settings;
         let mut out = String::new();
-        let rates: Vec<String> = s.rates.iter().map(|&r| thousands(r as f64)).collect();
         let _ = writeln!(
             out,
             "weft interception benchmark{}: client and app in two network namespaces joined by \
              a veth pair, `weft init` in both, the proxies as UID {PROXY_UID}; **direct**: \
              client → {APP_IP}:{DIRECT_PORT} (skipped by `weft init`) → app; **weft**: client \
              → {APP_IP}:{MESHED_PORT} → iptables → web → mTLS → iptables → api → app (the same \
-             app process). Open loop at {} req/s and closed loop, {} connections, {}, {} \
-             repeat(s) of {}s warm-up + {}s per run, scenarios alternating, {} cores; median \
-             (min–max) over the repeats, differences and ratios paired repeat by repeat\n",
-            if s.quick {
-                " (QUICK: a harness check, not numbers to quote)"
-            } else {
-                ""
-            },
-            rates.join(", "),
-            s.connections,
-            s.bodies(),
-            s.repeat,
-            s.warmup_seconds,
-            s.duration_seconds,
+             app process). Open loop at {} req/s and closed loop, {}, scenarios alternating, {} \
+             cores; median (min–max) over the repeats, differences and ratios paired repeat by \
+             repeat\n",
+            quick_note(s.quick),
+            s.rates_shown(),
+            s.load("run"),
             s.cores,
         );
-        table_header(
+        write_latency_table(
             &mut out,
-            &[
-                "req/s",
-                "latency ms",
-                "direct",
-                "weft",
-                "weft − direct",
-                "weft / direct",
-            ],
+            &self.scenarios,
+            &self.comparisons,
+            &self.throughput,
+            &TAIL_LATENCY,
         );
-        let (direct, weft) = (
-            self.scenario(Scenario::Direct),
-            self.scenario(Scenario::Weft),
-        );
-        type Pick = fn(&Latency) -> Spread;
-        let show = |s: Option<&ScenarioSummary>, rate: u64, f: Pick| {
-            s.and_then(|s| s.at(rate))
-                .map_or("n/a".into(), |l| f(l).show(3, false))
-        };
-        for c in &self.comparisons {
-            let a = &c.weft_added;
-            let rows: [(&str, Pick, Spread); 3] = [
-                ("p50", |l| l.p50_ms, a.p50_ms),
-                ("p99", |l| l.p99_ms, a.p99_ms),
-                ("p99.9", |l| l.p999_ms, a.p999_ms),
-            ];
-            for (name, pick, added) in rows {
-                table_row(
-                    &mut out,
-                    &[
-                        thousands(c.rate as f64),
-                        name.to_string(),
-                        show(direct, c.rate, pick),
-                        show(weft, c.rate, pick),
-                        added.show(3, true),
-                        if name == "p99" {
-                            format!("×{}", c.p99_weft_over_direct.show(2, false))
-                        } else {
-                            String::new()
-                        },
-                    ],
-                );
-            }
-        }
-        let rps = |s: Option<&ScenarioSummary>| {
-            s.map_or("n/a".into(), |s| s.max.requests_per_second.show_thousands())
-        };
-        table_row(
-            &mut out,
-            &[
-                "max".into(),
-                "throughput, req/s".into(),
-                rps(direct),
-                rps(weft),
-                String::new(),
-                format!("×{}", self.throughput.weft_over_direct.show(2, false)),
-            ],
-        );
-        let errors = |s: Option<&ScenarioSummary>| s.map_or("n/a".into(), |s| s.errors.to_string());
-        table_row(
-            &mut out,
-            &[
-                "all".into(),
-                "errors".into(),
-                errors(direct),
-                errors(weft),
-                String::new(),
-                String::new(),
-            ],
-        );
-        out.push('\n');
-
-        let mut header: Vec<String> = vec!["proxy".into()];
-        for r in &rates {
-            header.push(format!("CPU-s per 1,000 req at {r} req/s"));
-        }
-        header.push("at max".into());
-        table_header(
-            &mut out,
-            &header.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
+        table_header(&mut out, &cpu_columns(&s.rates));
         for p in &self.proxies {
-            let mut row = vec![p.proxy.clone()];
-            row.extend(
-                p.cpu_seconds_per_1000
-                    .iter()
-                    .map(|c| c.value.show(3, false)),
+            table_row(
+                &mut out,
+                &cpu_cells(
+                    &p.proxy,
+                    &p.cpu_seconds_per_1000,
+                    &p.cpu_seconds_per_1000_at_max,
+                ),
             );
-            row.push(p.cpu_seconds_per_1000_at_max.show(3, false));
-            table_row(&mut out, &row);
         }
         let _ = writeln!(out, "\n{}", self.check.line());
         write_run_errors(&mut out, &self.runs);
