@@ -12,9 +12,10 @@
 //! - `parse.rs`: [`read_sources`] (the YAML files of a directory), [`sources_hash`], and
 //!   parsing each document into its kind's shape, checking its name and namespace; every
 //!   document keeps its origin (file, document, resource) for the errors of the next step.
-//! - `build.rs`: checking the references between resources and compiling them: services,
-//!   mesh config, servers, authorization policies, inbound policies, routes; errors come out
-//!   in that order.
+//! - `build/mod.rs`: checking the references between resources and compiling them, in six
+//!   phases (services, mesh config, servers, authorization policies, inbound policies,
+//!   routes), one method each of a `Builder`; errors come out in that order.
+//!   `build/routes.rs` holds the routes phase and the checks of a route rule's settings.
 //! - `tests.rs`: each kind of mistake, and the message a user sees for it.
 
 mod build;
