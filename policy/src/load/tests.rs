@@ -1,6 +1,8 @@
 //! Loading: a full example compiles; each kind of mistake is reported with the file, the
 //! document and the field.
 
+use weft_identity::SpiffeId;
+
 use super::*;
 use crate::authz::{Decision, authorize};
 
