@@ -11,17 +11,17 @@ use tower::util::BoxCloneSyncService;
 use crate::app::Forward;
 use crate::authz::{AuthorizeLayer, PolicyWatch};
 use crate::balance::{BalanceLayer, Resolve};
-use crate::destination::DestinationLayer;
+use crate::destination::FindDestinationLayer;
 use crate::edge::EdgeLayer;
 use crate::endpoint::Connect;
-use crate::fault::FaultLayer;
+use crate::fault::InjectFaultsLayer;
 use crate::identity::{ClientIdentity, IdentityLayer};
 use crate::inbound::InboundConfig;
 use crate::metrics::ProxyMetrics;
 use crate::orig_dst::OrigDst;
 use crate::outbound::OutboundConfig;
-use crate::retry::RetryLayer;
-use crate::route::RouteLayer;
+use crate::retry::RetryFailuresLayer;
+use crate::route::RouterLayer;
 use crate::route::metrics::RouteMetricsLayer;
 use crate::split::SplitLayer;
 use crate::svc::HttpService;
@@ -41,10 +41,10 @@ pub fn outbound(
     let mesh = BoxCloneSyncService::new(
         ServiceBuilder::new()
             // Which service the request is for: routing and everything after depends on it.
-            .layer(DestinationLayer::new(&cfg.namespace))
+            .layer(FindDestinationLayer::new(&cfg.namespace))
             // Which rule of the service's HTTPRoutes (or its default route): the settings of
             // every layer below.
-            .layer(RouteLayer::new(resolver.clone()))
+            .layer(RouterLayer::new(resolver.clone()))
             // Which backend of the rule, by weight.
             .layer(SplitLayer)
             // Golden signals per route and backend, once per request, whoever answered.
@@ -52,9 +52,9 @@ pub fn outbound(
             // The route's whole-request timeout: injected delays and retries count against it.
             .layer(TimeoutLayer::request())
             // Injected faults, above retries: the application sees them as configured.
-            .layer(FaultLayer::new(metrics.clone()))
+            .layer(InjectFaultsLayer::new(metrics.clone()))
             // Retries within the route's budget.
-            .layer(RetryLayer::new(metrics.clone()))
+            .layer(RetryFailuresLayer::new(metrics.clone()))
             // One attempt's timeout.
             .layer(TimeoutLayer::per_try())
             // One endpoint of the backend, from discovery's current view, skipping endpoints

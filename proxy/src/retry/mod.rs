@@ -22,6 +22,7 @@
 //! retryable way).
 
 pub mod budget;
+mod layer;
 #[cfg(test)]
 mod tests;
 
@@ -37,6 +38,7 @@ use tower::ServiceExt;
 use weft_policy::routes::{Retry, RetryCondition};
 
 pub use self::budget::Budget;
+pub use self::layer::RetryFailuresLayer;
 use crate::balance::Tried;
 use crate::body::{self, Body};
 use crate::edge::proxy_error;
@@ -179,37 +181,14 @@ fn grpc_unavailable(headers: &HeaderMap) -> bool {
     headers.get("grpc-status").is_some_and(|v| v == "14")
 }
 
-/// Builds [`Retries`] services.
-#[derive(Debug, Clone)]
-pub struct RetryLayer {
-    metrics: Arc<ProxyMetrics>,
-}
-
-impl RetryLayer {
-    pub fn new(metrics: Arc<ProxyMetrics>) -> Self {
-        Self { metrics }
-    }
-}
-
-impl<S> tower::Layer<S> for RetryLayer {
-    type Service = Retries<S>;
-
-    fn layer(&self, inner: S) -> Retries<S> {
-        Retries {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
 /// Retries each request by its route's policy.
 #[derive(Debug, Clone)]
-pub struct Retries<S> {
+pub struct RetryFailures<S> {
     inner: S,
     metrics: Arc<ProxyMetrics>,
 }
 
-impl<S> tower::Service<Request<Body>> for Retries<S>
+impl<S> tower::Service<Request<Body>> for RetryFailures<S>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>
         + Clone

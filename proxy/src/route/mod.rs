@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use weft_policy::routes::{CircuitBreaker, Fault, RouteRule, ServiceRoutes};
 use weft_policy::split::WeightedSplit;
 
-pub use self::layer::RouteLayer;
+pub use self::layer::RouterLayer;
 use crate::destination::Destination;
 use crate::discovery::Resolve;
 use crate::error::ProxyError;

@@ -6,6 +6,7 @@
 //! backend travels in the request's extensions ([`Arc<Backend>`]) for the layers below; the
 //! balancer picks one of its endpoints.
 
+mod layer;
 #[cfg(test)]
 mod tests;
 
@@ -14,21 +15,10 @@ use std::task::{Context, Poll};
 
 use http::Request;
 
+pub use self::layer::SplitLayer;
 use crate::error::ProxyError;
 use crate::route::{Backend, Route};
 use crate::svc::{BoxError, BoxFuture};
-
-/// Builds [`Split`] services.
-#[derive(Debug, Clone, Default)]
-pub struct SplitLayer;
-
-impl<S> tower::Layer<S> for SplitLayer {
-    type Service = Split<S>;
-
-    fn layer(&self, inner: S) -> Split<S> {
-        Split { inner }
-    }
-}
 
 /// Chooses the backend of each request by its route's weights.
 #[derive(Debug, Clone)]
