@@ -33,7 +33,7 @@ use crate::destination::Destination;
 pub use crate::discovery::Resolve;
 use crate::error::ProxyError;
 use crate::metrics::ProxyMetrics;
-use crate::route::{Backend, Route};
+use crate::route::{Route, RouteBackend};
 use crate::svc::{BoxError, BoxFuture, Labels};
 
 /// How long a request waits for the first discovery answer about its destination.
@@ -153,9 +153,9 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let ext = req.extensions();
-        let backend = match (ext.get::<Arc<Backend>>(), ext.get::<Destination>()) {
+        let backend = match (ext.get::<Arc<RouteBackend>>(), ext.get::<Destination>()) {
             (Some(b), _) => b.clone(),
-            (None, Some(dst)) => Arc::new(Backend::of(dst)),
+            (None, Some(dst)) => Arc::new(RouteBackend::of(dst)),
             (None, None) => {
                 return crate::svc::fail(ProxyError::BadRequest {
                     detail: "no destination".into(),
@@ -281,7 +281,7 @@ impl Tried {
 async fn pick(
     dsts: &Mutex<HashMap<Arc<str>, Dst>>,
     resolver: &dyn Resolve,
-    backend: &Backend,
+    backend: &RouteBackend,
     breaker: bool,
     tried: Option<&Tried>,
 ) -> Result<Choice, ProxyError> {

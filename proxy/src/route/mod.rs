@@ -50,7 +50,7 @@ pub struct Route {
     /// The rule's name (or index), or `default`.
     pub rule: Arc<str>,
     /// Where the rule sends requests, by weight.
-    pub backends: WeightedSplit<Arc<Backend>>,
+    pub backends: WeightedSplit<Arc<RouteBackend>>,
     /// The whole request, retries and injected delays included.
     pub request_timeout: Option<Duration>,
     /// One attempt.
@@ -66,7 +66,7 @@ impl Route {
         Self {
             route: Arc::from(DEFAULT_ROUTE),
             rule: Arc::from(DEFAULT_ROUTE),
-            backends: WeightedSplit::new([(Arc::new(Backend::new(namespace, service)), 1)]),
+            backends: WeightedSplit::new([(Arc::new(RouteBackend::new(namespace, service)), 1)]),
             request_timeout: None,
             per_try_timeout: None,
             retry,
@@ -82,11 +82,12 @@ impl Route {
         Self {
             route: Arc::from(rule.route.as_str()),
             rule: Arc::from(rule.name.as_str()),
-            backends: WeightedSplit::new(
-                rule.backends
-                    .iter()
-                    .map(|b| (Arc::new(Backend::new(&b.namespace, &b.service)), b.weight)),
-            ),
+            backends: WeightedSplit::new(rule.backends.iter().map(|b| {
+                (
+                    Arc::new(RouteBackend::new(&b.namespace, &b.service)),
+                    b.weight,
+                )
+            })),
             request_timeout: timeouts.and_then(|t| t.request).map(|d| d.0),
             // The retry's own per-try timeout, else the route's backend request timeout.
             per_try_timeout: rule
@@ -122,21 +123,22 @@ pub fn target_labels(ext: &http::Extensions) -> (Arc<str>, Arc<str>) {
     (
         ext.get::<Destination>()
             .map_or_else(unknown, |d| d.label().clone()),
-        ext.get::<Arc<Backend>>()
+        ext.get::<Arc<RouteBackend>>()
             .map_or_else(unknown, |b| b.label().clone()),
     )
 }
 
-/// A service a rule sends requests to: the balancer's destination from the split on.
+/// A service a rule sends requests to, compiled from the rule's `weft_policy::routes::Backend`:
+/// the balancer's destination from the split on.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Backend {
+pub struct RouteBackend {
     pub namespace: String,
     pub service: String,
     /// `<namespace>/<service>`: the metric label and the balancer's key.
     label: Arc<str>,
 }
 
-impl Backend {
+impl RouteBackend {
     pub fn new(namespace: &str, service: &str) -> Self {
         Self {
             namespace: namespace.to_string(),

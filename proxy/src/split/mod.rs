@@ -3,7 +3,7 @@
 //! One random draw per request over the route's cumulative weights; a backend of weight 0 gets
 //! nothing (it drains: requests already sent to it finish). The weights are the route's, which
 //! the router recompiles on every change, so a new split applies to the next request. The
-//! backend travels in the request's extensions ([`Arc<Backend>`]) for the layers below; the
+//! backend travels in the request's extensions ([`Arc<RouteBackend>`]) for the layers below; the
 //! balancer picks one of its endpoints.
 
 mod layer;
@@ -17,7 +17,7 @@ use http::Request;
 
 pub use self::layer::SplitLayer;
 use crate::error::ProxyError;
-use crate::route::{Backend, Route};
+use crate::route::{Route, RouteBackend};
 use crate::svc::{BoxError, BoxFuture};
 
 /// Chooses the backend of each request by its route's weights.
@@ -55,7 +55,7 @@ where
                 ),
             });
         };
-        req.extensions_mut().insert::<Arc<Backend>>(backend);
+        req.extensions_mut().insert::<Arc<RouteBackend>>(backend);
         Box::pin(self.inner.call(req))
     }
 }

@@ -11,7 +11,7 @@ use http::{Request, Response};
 use tokio::time::Instant;
 
 pub use self::layer::RouteMetricsLayer;
-use super::{Backend, Route};
+use super::{Route, RouteBackend};
 use crate::body::Body;
 use crate::destination::Destination;
 use crate::edge::proxy_error;
@@ -43,7 +43,7 @@ where
         let (Some(dst), Some(route), Some(backend)) = (
             ext.get::<Destination>().map(|d| d.label().clone()),
             ext.get::<Arc<Route>>().cloned(),
-            ext.get::<Arc<Backend>>().cloned(),
+            ext.get::<Arc<RouteBackend>>().cloned(),
         ) else {
             return Box::pin(self.inner.call(req));
         };
