@@ -10,8 +10,9 @@ use tower::util::BoxCloneSyncService;
 
 use crate::app::Forward;
 use crate::authz::{AuthorizeLayer, PolicyWatch};
-use crate::balance::{BalanceLayer, Resolve};
+use crate::balance::BalanceLayer;
 use crate::destination::FindDestinationLayer;
+use crate::discovery::Resolve;
 use crate::edge::EdgeLayer;
 use crate::endpoint::Connect;
 use crate::fault::InjectFaultsLayer;

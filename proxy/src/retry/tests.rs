@@ -1,12 +1,13 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
 use http_body::Frame;
 use http_body_util::StreamBody;
 use tower::{Layer, ServiceExt};
 use tower_test::mock;
-use weft_policy::routes::RetryBudget;
+use weft_policy::routes::{Retry, RetryBudget};
 use weft_policy::wire::Dur;
 
 use super::*;

@@ -11,8 +11,10 @@
 //! A rule's retry budget survives route updates that leave the rule's budget unchanged, so
 //! editing a route does not hand out a fresh budget.
 
+pub mod budget;
 mod layer;
 pub mod metrics;
+mod retry_policy;
 #[cfg(test)]
 mod tests;
 
@@ -26,18 +28,19 @@ use tokio::sync::watch;
 use weft_policy::routes::{CircuitBreaker, Fault, RouteRule, ServiceRoutes};
 use weft_policy::split::WeightedSplit;
 
+pub use self::budget::Budget;
 pub use self::layer::RouterLayer;
+pub use self::retry_policy::{DEFAULT_BUDGET, RetryPolicy};
 use crate::destination::Destination;
 use crate::discovery::Resolve;
 use crate::error::ProxyError;
 use crate::metrics::RouteLabels;
-use crate::retry::RetryPolicy;
 use crate::svc::{BoxError, BoxFuture};
 
 /// How long a request waits for the first answer about its destination's routes. With none
 /// by then, it takes the default route (the control plane may be away: the service itself is
 /// the safe choice).
-pub const ROUTES_TIMEOUT: Duration = crate::balance::DISCOVERY_TIMEOUT;
+pub const ROUTES_TIMEOUT: Duration = crate::discovery::DISCOVERY_TIMEOUT;
 
 /// The name of the default route and its rule in metrics.
 pub const DEFAULT_ROUTE: &str = "default";
