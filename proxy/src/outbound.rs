@@ -68,7 +68,7 @@ impl Outbound {
         let connect = Connect::new(tls, metrics.clone());
         let addresses = Arc::new(Addresses::new(resolver.clone()));
         let stack = crate::stack::outbound(
-            &cfg,
+            &cfg.namespace,
             connect.clone(),
             resolver,
             addresses.clone(),
