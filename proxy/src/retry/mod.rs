@@ -164,7 +164,7 @@ impl Replay {
 /// retry of the request it just failed.
 ///
 /// The first attempt of every request records its endpoint here, so recording and checking
-/// allocate nothing until a request has tried more than [`Tried::INLINE`] endpoints.
+/// allocate nothing until a request has tried more than `Tried::INLINE` (two) endpoints.
 #[derive(Debug, Clone, Default)]
 pub struct Tried(Arc<Mutex<TriedAddrs>>);
 
