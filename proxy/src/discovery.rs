@@ -5,11 +5,16 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use weft_policy::client::PolicyClient;
 use weft_policy::registry::{AddressInfo, ServiceEndpoints};
 use weft_policy::routes::ServiceRoutes;
+
+/// How long a request waits for the first discovery answer about its destination (its
+/// endpoints, its routes, or what is at an original destination's address).
+pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where the outbound side learns about services: the control plane client in a real proxy,
 /// a fixed table in tests.

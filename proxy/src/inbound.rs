@@ -69,7 +69,13 @@ impl Inbound {
         policy: PolicyWatch,
         metrics: Arc<ProxyMetrics>,
     ) -> Arc<Self> {
-        let stack = InboundStack::new(&cfg, policy.clone(), metrics.clone());
+        let stack = InboundStack::new(
+            &cfg.service,
+            cfg.app_ip,
+            cfg.default_app_port,
+            policy.clone(),
+            metrics.clone(),
+        );
         Arc::new(Self {
             cfg,
             tls,

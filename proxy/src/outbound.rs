@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-pub use crate::balance::{DISCOVERY_TIMEOUT, Resolve};
 pub use crate::destination::Destination;
+pub use crate::discovery::{DISCOVERY_TIMEOUT, Resolve};
 pub use crate::endpoint::CONNECT_TIMEOUT;
 
 use crate::detect::{self, Protocol};
@@ -68,7 +68,7 @@ impl Outbound {
         let connect = Connect::new(tls, metrics.clone());
         let addresses = Arc::new(Addresses::new(resolver.clone()));
         let stack = crate::stack::outbound(
-            &cfg,
+            &cfg.namespace,
             connect.clone(),
             resolver,
             addresses.clone(),

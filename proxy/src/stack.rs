@@ -3,6 +3,7 @@
 //! Each layer is its own module; requests carry what layers learn (destination, peer identity,
 //! chosen endpoint) in their extensions; the stacks are type-erased here ([`HttpService`]).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tower::ServiceBuilder;
@@ -10,28 +11,28 @@ use tower::util::BoxCloneSyncService;
 
 use crate::app::Forward;
 use crate::authz::{AuthorizeLayer, PolicyWatch};
-use crate::balance::{BalanceLayer, Resolve};
-use crate::destination::DestinationLayer;
+use crate::balance::BalanceLayer;
+use crate::destination::FindDestinationLayer;
+use crate::discovery::Resolve;
 use crate::edge::EdgeLayer;
 use crate::endpoint::Connect;
-use crate::fault::FaultLayer;
+use crate::fault::InjectFaultsLayer;
 use crate::identity::{ClientIdentity, IdentityLayer};
-use crate::inbound::InboundConfig;
 use crate::metrics::ProxyMetrics;
 use crate::orig_dst::OrigDst;
-use crate::outbound::OutboundConfig;
-use crate::retry::RetryLayer;
-use crate::route::RouteLayer;
+use crate::retry::RetryFailuresLayer;
+use crate::route::RouterLayer;
 use crate::route::metrics::RouteMetricsLayer;
 use crate::split::SplitLayer;
 use crate::svc::HttpService;
 use crate::timeout::TimeoutLayer;
 use crate::unmeshed::{Addresses, Intercepted, OwnSockets};
 
-/// The outbound HTTP stack, shared by every connection from the application. `own`: the
-/// proxy's own sockets to original destinations (loop detection, [`OwnSockets`]).
+/// The outbound HTTP stack, shared by every connection from the application. `namespace`: the
+/// namespace of names given without one (the workload's own); `own`: the proxy's own sockets
+/// to original destinations (loop detection, [`OwnSockets`]).
 pub fn outbound(
-    cfg: &OutboundConfig,
+    namespace: &str,
     connect: Connect,
     resolver: Arc<dyn Resolve>,
     addresses: Arc<Addresses>,
@@ -41,10 +42,10 @@ pub fn outbound(
     let mesh = BoxCloneSyncService::new(
         ServiceBuilder::new()
             // Which service the request is for: routing and everything after depends on it.
-            .layer(DestinationLayer::new(&cfg.namespace))
+            .layer(FindDestinationLayer::new(namespace))
             // Which rule of the service's HTTPRoutes (or its default route): the settings of
             // every layer below.
-            .layer(RouteLayer::new(resolver.clone()))
+            .layer(RouterLayer::new(resolver.clone()))
             // Which backend of the rule, by weight.
             .layer(SplitLayer)
             // Golden signals per route and backend, once per request, whoever answered.
@@ -52,9 +53,9 @@ pub fn outbound(
             // The route's whole-request timeout: injected delays and retries count against it.
             .layer(TimeoutLayer::request())
             // Injected faults, above retries: the application sees them as configured.
-            .layer(FaultLayer::new(metrics.clone()))
+            .layer(InjectFaultsLayer::new(metrics.clone()))
             // Retries within the route's budget.
-            .layer(RetryLayer::new(metrics.clone()))
+            .layer(RetryFailuresLayer::new(metrics.clone()))
             // One attempt's timeout.
             .layer(TimeoutLayer::per_try())
             // One endpoint of the backend, from discovery's current view, skipping endpoints
@@ -75,7 +76,7 @@ pub fn outbound(
             .service(Intercepted::new(
                 mesh,
                 BoxCloneSyncService::new(connect),
-                &cfg.namespace,
+                namespace,
                 resolver,
                 addresses,
                 own,
@@ -99,17 +100,22 @@ impl std::fmt::Debug for InboundStack {
 }
 
 impl InboundStack {
-    pub fn new(cfg: &InboundConfig, policy: PolicyWatch, metrics: Arc<ProxyMetrics>) -> Self {
-        let edge = EdgeLayer::new(
-            "inbound",
-            Some(Arc::from(cfg.service.as_str())),
-            metrics.clone(),
-        );
+    /// `service`: the local workload's service (`<namespace>/<name>`), the destination label
+    /// of every request; the application listens on `app_ip`, and requests whose authority
+    /// names no port go to `default_app_port`.
+    pub fn new(
+        service: &str,
+        app_ip: IpAddr,
+        default_app_port: u16,
+        policy: PolicyWatch,
+        metrics: Arc<ProxyMetrics>,
+    ) -> Self {
+        let edge = EdgeLayer::new("inbound", Some(Arc::from(service)), metrics.clone());
         let authorized = BoxCloneSyncService::new(
             ServiceBuilder::new()
                 // Before anything reaches the application: a denied request costs it nothing.
-                .layer(AuthorizeLayer::new(policy, cfg.default_app_port, metrics))
-                .service(Forward::new(cfg.app_ip, cfg.default_app_port)),
+                .layer(AuthorizeLayer::new(policy, default_app_port, metrics))
+                .service(Forward::new(app_ip, default_app_port)),
         );
         Self { edge, authorized }
     }

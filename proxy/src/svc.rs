@@ -1,6 +1,33 @@
 //! The types every layer of the request path shares: one request and response type, one boxed
 //! error between services, the type-erased service at stack boundaries, and the per-request
 //! labels the edge reports metrics with.
+//!
+//! # Request extensions
+//!
+//! What a layer learns about a request travels to the layers below it in the request's
+//! extensions, one value per type, each type defined by the module that inserts it ([`Labels`],
+//! which many layers fill in, is here). These are all of them, in about the order a request
+//! meets them. A layer that finds a value missing goes on without it unless the table says it
+//! fails; [`ProxyError::BadRequest`](crate::error::ProxyError::BadRequest) is a 400
+//! `bad_request` at the edge.
+//!
+//! | type | inserted by | read by | if it is missing |
+//! |---|---|---|---|
+//! | [`Arc<Labels>`](Labels) | [`Edge`](crate::edge::Edge), both directions, first | [`Labels::set_dst`] and [`Labels::set_peer`]: [`FindDestination`](crate::destination::FindDestination), [`Identity`](crate::identity::Identity), [`Balance`](crate::balance::Balance), [`Intercepted`](crate::unmeshed::Intercepted) | nothing is labelled (a layer's unit test); the edge keeps its own handle |
+//! | [`OrigDst`](crate::orig_dst::OrigDst) | the outbound listener ([`Outbound`](crate::outbound::Outbound)) and [`InboundStack::for_connection`](crate::stack::InboundStack::for_connection), on connections `weft init` redirected | [`Intercepted`](crate::unmeshed::Intercepted) (outbound), [`Authorize`](crate::authz::Authorize) (inbound) | outbound: the request takes the mesh; inbound: authorization takes the port of the authority, else the default application port |
+//! | [`ClientIdentity`](crate::identity::ClientIdentity) | [`Identity`](crate::identity::Identity) (inbound) | [`Authorize`](crate::authz::Authorize) | the peer counts as unauthenticated |
+//! | [`AppPort`](crate::authz::AppPort) | [`Authorize`](crate::authz::Authorize) | [`Forward`](crate::app::Forward) | the default application port |
+//! | [`Destination`](crate::destination::Destination) | [`FindDestination`](crate::destination::FindDestination); [`Intercepted`](crate::unmeshed::Intercepted) for a meshed workload at an original destination's address | [`Router`](crate::route::Router), [`RouteMetrics`](crate::route::metrics::RouteMetrics), [`Timeout`](crate::timeout::Timeout), [`InjectFaults`](crate::fault::InjectFaults) and [`RetryFailures`](crate::retry::RetryFailures) (metric labels, [`target_labels`](crate::route::target_labels)), [`Balance`](crate::balance::Balance), [`Connect`](crate::endpoint::Connect) | router: `BadRequest` "no destination"; balance, with no backend either: the same; connect: `BadRequest` "no endpoint chosen"; route metrics: not recorded; timeout: its message names `unknown`; fault and retry metrics: labelled `unknown` |
+//! | [`Arc<Route>`](crate::route::Route) | [`Router`](crate::route::Router) | [`Split`](crate::split::Split), [`RouteMetrics`](crate::route::metrics::RouteMetrics), both [`Timeout`](crate::timeout::Timeout)s, [`InjectFaults`](crate::fault::InjectFaults), [`RetryFailures`](crate::retry::RetryFailures), [`Balance`](crate::balance::Balance) (its circuit breaker) | split: `BadRequest` "no route"; route metrics: not recorded; no timeout, no fault, one attempt (no budget deposit), no circuit breaker |
+//! | [`Arc<RouteBackend>`](crate::route::RouteBackend) | [`Split`](crate::split::Split) | [`Balance`](crate::balance::Balance), [`RouteMetrics`](crate::route::metrics::RouteMetrics), [`InjectFaults`](crate::fault::InjectFaults) and [`RetryFailures`](crate::retry::RetryFailures) (metric labels) | balance: the destination's own service; route metrics: not recorded; fault and retry metrics: labelled `unknown` |
+//! | [`Tried`](crate::retry::Tried) | [`RetryFailures`](crate::retry::RetryFailures), once per request it may retry (a route with retries and a replayable body), shared by every attempt | [`Balance`](crate::balance::Balance), which also records each endpoint it picks in it | the endpoint is picked without avoiding the ones tried before |
+//! | [`Picked`](crate::balance::Picked) | [`Balance`](crate::balance::Balance); [`Intercepted`](crate::unmeshed::Intercepted) for a meshed workload at an original destination's address | [`Connect`](crate::endpoint::Connect) | `BadRequest` "no endpoint chosen" |
+//!
+//! Each attempt of a retried request gets a copy of the extensions as the retry layer received
+//! them (values are shared, not copied: `Arc`s, and `Tried`'s one list). hyper puts one value of
+//! its own there, the connection's pending upgrade, which [`Connect`](crate::endpoint::Connect)
+//! takes for `CONNECT` tunnels (`hyper::upgrade::on`; without it the tunnel is not opened and
+//! the failure is logged at debug).
 
 use std::sync::{Arc, OnceLock};
 
@@ -14,8 +41,9 @@ pub use crate::body::BoxError;
 /// The one service type at the boundary of a stack.
 pub type HttpService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
-/// A boxed future, as application middleware returns it (style.md: concrete types, boxed
-/// futures unless a profile shows the box matters).
+/// A boxed future, as application middleware returns it: the layers are written against
+/// concrete types (`Request<Body>`) and box their futures rather than name them, unless a
+/// profile shows that a box matters.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// A call that fails at once with `e` (the layer refused the request before any await).

@@ -13,7 +13,7 @@ use weft_policy::routes::{self, RouteRule};
 use crate::body::{self, Body};
 use crate::destination::Destination;
 use crate::metrics::ProxyMetrics;
-use crate::route::{Backend, Route};
+use crate::route::{Route, RouteBackend};
 use crate::svc::BoxError;
 
 pub type Mock = mock::Mock<Request<Body>, Response<Body>>;
@@ -59,7 +59,7 @@ pub fn request(route: &Arc<Route>) -> Request<Body> {
     let ext = req.extensions_mut();
     ext.insert(destination("api"));
     ext.insert(route.clone());
-    ext.insert(Arc::new(Backend::new("default", "api")));
+    ext.insert(Arc::new(RouteBackend::new("default", "api")));
     req
 }
 

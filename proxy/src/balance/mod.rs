@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{Request, Response};
 use tokio::sync::watch;
@@ -30,14 +30,12 @@ use self::ewma::Load;
 pub use self::layer::BalanceLayer;
 use crate::body::Body;
 use crate::destination::Destination;
-pub use crate::discovery::Resolve;
+use crate::discovery::{DISCOVERY_TIMEOUT, Resolve};
 use crate::error::ProxyError;
 use crate::metrics::ProxyMetrics;
-use crate::route::{Backend, Route};
+use crate::retry::Tried;
+use crate::route::{Route, RouteBackend};
 use crate::svc::{BoxError, BoxFuture, Labels};
-
-/// How long a request waits for the first discovery answer about its destination.
-pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Picks an endpoint of the request's backend and attaches it to the request.
 #[derive(Clone)]
@@ -153,9 +151,9 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let ext = req.extensions();
-        let backend = match (ext.get::<Arc<Backend>>(), ext.get::<Destination>()) {
+        let backend = match (ext.get::<Arc<RouteBackend>>(), ext.get::<Destination>()) {
             (Some(b), _) => b.clone(),
-            (None, Some(dst)) => Arc::new(Backend::of(dst)),
+            (None, Some(dst)) => Arc::new(RouteBackend::of(dst)),
             (None, None) => {
                 return crate::svc::fail(ProxyError::BadRequest {
                     detail: "no destination".into(),
@@ -239,41 +237,6 @@ fn now() -> Instant {
 /// The endpoint, its state, the backend's ejection count and the endpoint's peer label.
 type Choice = (Picked, Arc<EndpointState>, Arc<AtomicUsize>, Arc<str>);
 
-/// The endpoints the attempts of one request went to (a request extension the retry layer
-/// shares between its attempts): a retry goes to another endpoint while there is one, as
-/// Envoy's `previous_hosts` retry predicate does, so a dead endpoint that fails fast (and so
-/// looks cheap) does not take the retry of the request it just failed.
-///
-/// The first attempt of every request records its endpoint here, so recording and checking
-/// allocate nothing until a request has tried more than [`Tried::INLINE`] endpoints.
-#[derive(Debug, Clone, Default)]
-pub struct Tried(Arc<Mutex<TriedAddrs>>);
-
-#[derive(Debug, Default)]
-struct TriedAddrs {
-    inline: [Option<SocketAddr>; Tried::INLINE],
-    more: Vec<SocketAddr>,
-}
-
-impl Tried {
-    const INLINE: usize = 2;
-
-    fn record(&self, addr: SocketAddr) {
-        let mut t = lock(&self.0);
-        match t.inline.iter_mut().find(|a| a.is_none()) {
-            Some(slot) => *slot = Some(addr),
-            None => t.more.push(addr),
-        }
-    }
-
-    /// The endpoints tried so far (`None` when none was).
-    fn get(&self) -> Option<Vec<SocketAddr>> {
-        let t = lock(&self.0);
-        t.inline[0]?;
-        Some(t.inline.iter().flatten().chain(&t.more).copied().collect())
-    }
-}
-
 /// The endpoint of `backend` with the lower load of two random ones (skipping ejected ones
 /// when `breaker`, an ejected one whose ejection ended going first as the probe; and skipping
 /// the endpoints `tried` lists while others remain), waiting (bounded) for the first
@@ -281,7 +244,7 @@ impl Tried {
 async fn pick(
     dsts: &Mutex<HashMap<Arc<str>, Dst>>,
     resolver: &dyn Resolve,
-    backend: &Backend,
+    backend: &RouteBackend,
     breaker: bool,
     tried: Option<&Tried>,
 ) -> Result<Choice, ProxyError> {

@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http::Response;
 use tokio::time::{Instant, sleep_until};

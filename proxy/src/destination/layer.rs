@@ -1,14 +1,14 @@
 use std::sync::Arc;
 
-use super::Destinations;
+use super::FindDestination;
 
-/// Builds [`Destinations`] services.
+/// Builds [`FindDestination`] services.
 #[derive(Debug, Clone)]
-pub struct DestinationLayer {
+pub struct FindDestinationLayer {
     namespace: Arc<str>,
 }
 
-impl DestinationLayer {
+impl FindDestinationLayer {
     /// `namespace`: the namespace of names given without one (`http://api:8080`), the
     /// workload's own.
     pub fn new(namespace: &str) -> Self {
@@ -18,11 +18,11 @@ impl DestinationLayer {
     }
 }
 
-impl<S> tower::Layer<S> for DestinationLayer {
-    type Service = Destinations<S>;
+impl<S> tower::Layer<S> for FindDestinationLayer {
+    type Service = FindDestination<S>;
 
-    fn layer(&self, inner: S) -> Destinations<S> {
-        Destinations {
+    fn layer(&self, inner: S) -> FindDestination<S> {
+        FindDestination {
             inner,
             namespace: self.namespace.clone(),
             cache: Arc::default(),

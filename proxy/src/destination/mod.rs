@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use http::Request;
 use http::uri::Authority;
 
-pub use self::layer::DestinationLayer;
+pub use self::layer::FindDestinationLayer;
 use crate::error::ProxyError;
 use crate::svc::{BoxError, BoxFuture, Labels};
 
@@ -99,7 +99,7 @@ impl Destination {
 
 /// Finds the destination of each request.
 #[derive(Debug, Clone)]
-pub struct Destinations<S> {
+pub struct FindDestination<S> {
     inner: S,
     namespace: Arc<str>,
     cache: Arc<Cache>,
@@ -132,7 +132,7 @@ impl Cache {
     }
 }
 
-impl<S, B> tower::Service<Request<B>> for Destinations<S>
+impl<S, B> tower::Service<Request<B>> for FindDestination<S>
 where
     S: tower::Service<Request<B>, Error = BoxError>,
     S::Future: Send + 'static,

@@ -7,6 +7,7 @@
 //! an injected abort as it is (it is not retried away), and an injected delay counts against
 //! the request timeout. Retries stay on for the real failures of a faulted route.
 
+mod layer;
 #[cfg(test)]
 mod tests;
 
@@ -16,6 +17,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 
+pub use self::layer::InjectFaultsLayer;
 use crate::body::{self, Body};
 use crate::metrics::ProxyMetrics;
 use crate::route::{Route, target_labels};
@@ -24,32 +26,9 @@ use crate::svc::{BoxError, BoxFuture};
 /// The response header marking an injected fault.
 pub const FAULT_HEADER: &str = "weft-fault";
 
-/// Builds [`Faults`] services.
-#[derive(Debug, Clone)]
-pub struct FaultLayer {
-    metrics: Arc<ProxyMetrics>,
-}
-
-impl FaultLayer {
-    pub fn new(metrics: Arc<ProxyMetrics>) -> Self {
-        Self { metrics }
-    }
-}
-
-impl<S> tower::Layer<S> for FaultLayer {
-    type Service = Faults<S>;
-
-    fn layer(&self, inner: S) -> Faults<S> {
-        Faults {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
 /// Injects the faults of each request's route.
 #[derive(Debug, Clone)]
-pub struct Faults<S> {
+pub struct InjectFaults<S> {
     inner: S,
     metrics: Arc<ProxyMetrics>,
 }
@@ -59,7 +38,7 @@ fn drawn(percentage: f64) -> bool {
     percentage > 0.0 && fastrand::f64() * 100.0 < percentage
 }
 
-impl<S> tower::Service<Request<Body>> for Faults<S>
+impl<S> tower::Service<Request<Body>> for InjectFaults<S>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>
         + Clone

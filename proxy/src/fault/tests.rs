@@ -39,7 +39,7 @@ fn faults(
         counted.fetch_add(1, Ordering::Relaxed);
         async { Ok::<_, BoxError>(status(200)) }
     });
-    (FaultLayer::new(metrics.clone()).layer(app), calls)
+    (InjectFaultsLayer::new(metrics.clone()).layer(app), calls)
 }
 
 fn faults_counted(metrics: &ProxyMetrics, kind: &str) -> u64 {

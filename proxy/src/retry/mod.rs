@@ -14,136 +14,53 @@
 //! conditions: `5xx` (so gRPC `UNAVAILABLE` too) and `connect-failure`. A route that
 //! configures no retries retries connect failures once.
 //!
-//! Each retry is taken from the route's [`Budget`] (at most `ratio` of the requests plus a
+//! Each retry is taken from the route's [`Budget`](crate::route::Budget) (at most `ratio` of the requests plus a
 //! small reserve, over a sliding window): when it is spent the failure goes back as it is and
 //! is counted as `skipped_budget`. A request body is buffered so it can be sent again when its
 //! length is known and at most [`MAX_REPLAY_BYTES`]; a longer body or a stream of unknown
 //! length is sent once, never buffered (counted as `skipped_body` if it then fails in a
 //! retryable way).
 
-pub mod budget;
+mod layer;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
-use weft_policy::routes::{Retry, RetryCondition};
 
-pub use self::budget::Budget;
-use crate::balance::Tried;
+pub use self::layer::RetryFailuresLayer;
 use crate::body::{self, Body};
 use crate::edge::proxy_error;
 use crate::error::ProxyError;
 use crate::metrics::{ProxyMetrics, RetryOutcome};
-use crate::route::{Route, target_labels};
+use crate::route::{RetryPolicy, Route, target_labels};
 use crate::svc::{BoxError, BoxFuture, call_boxed};
 
 /// The largest request body buffered for replay.
 pub const MAX_REPLAY_BYTES: u64 = 64 * 1024;
 
-/// The budget of routes that set none: retries add at most 20 % to the load, plus 10 per
-/// second, over 10 seconds (Linkerd's defaults).
-pub const DEFAULT_BUDGET: (f64, u32, Duration) = (0.2, 10, Duration::from_secs(10));
-
-/// What a route retries, how often, and its budget.
-#[derive(Debug)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt.
-    pub attempts: u32,
-    codes: Vec<u16>,
-    server_error: bool,
-    gateway_error: bool,
-    connect_failure: bool,
-    reset: bool,
-    per_try_timeout: bool,
-    budget: Arc<Budget>,
-    /// What `budget` was made from, so an unchanged budget survives route updates.
-    budget_spec: (f64, u32, Duration),
-}
-
-impl RetryPolicy {
-    /// The policy of a route that configures no retries: connect failures, once.
-    pub fn default_route() -> Self {
-        Self::from_spec(None, None)
-    }
-
-    /// The policy of a rule's `retry` (none: [`default_route`](Self::default_route)), keeping
-    /// `prior`'s budget when its settings are unchanged.
-    pub fn from_spec(spec: Option<&Retry>, prior: Option<&RetryPolicy>) -> Self {
-        let budget_spec = spec
-            .and_then(|r| r.budget.as_ref())
-            .map_or(DEFAULT_BUDGET, |b| (b.ratio, b.min_per_second, b.ttl.0));
-        let budget = match prior {
-            Some(p) if p.budget_spec == budget_spec => p.budget.clone(),
-            _ => Arc::new(Budget::new(budget_spec.0, budget_spec.1, budget_spec.2)),
-        };
-        let mut policy = Self {
-            attempts: 1,
-            codes: Vec::new(),
-            server_error: false,
-            gateway_error: false,
-            connect_failure: true,
-            reset: false,
-            per_try_timeout: false,
-            budget,
-            budget_spec,
-        };
-        let Some(spec) = spec else {
-            return policy;
-        };
-        policy.attempts = spec.attempts;
-        policy.codes = spec.codes.clone();
-        policy.connect_failure = false;
-        if spec.codes.is_empty() && spec.conditions.is_empty() {
-            policy.server_error = true;
-            policy.connect_failure = true;
-        }
-        for c in &spec.conditions {
-            match c {
-                RetryCondition::ServerError => policy.server_error = true,
-                RetryCondition::GatewayError => policy.gateway_error = true,
-                RetryCondition::ConnectFailure => policy.connect_failure = true,
-                RetryCondition::Reset => policy.reset = true,
-                RetryCondition::PerTryTimeout => policy.per_try_timeout = true,
-            }
-        }
-        policy
-    }
-
-    /// The route's retry budget.
-    pub fn budget(&self) -> &Budget {
-        &self.budget
-    }
-
-    fn retries_status(&self, status: u16) -> bool {
-        self.codes.contains(&status)
-            || (self.server_error && (500..=599).contains(&status))
-            || (self.gateway_error && (502..=504).contains(&status))
-    }
-
-    /// Whether this outcome of an attempt of a request of `kind` may be retried.
-    fn retryable(&self, kind: Kind, res: &Result<Response<Body>, BoxError>) -> bool {
-        match res {
-            Ok(rsp) => match kind {
-                Kind::Grpc => grpc_unavailable(rsp.headers()) && self.retries_status(503),
-                Kind::Idempotent => self.retries_status(rsp.status().as_u16()),
-                Kind::Other => false,
-            },
-            Err(e) => match proxy_error(e.as_ref()) {
-                // Not an identity mismatch: that is no accident that a retry could mend.
-                ProxyError::ConnectFailed { .. } => self.connect_failure,
-                ProxyError::Upstream { .. } => self.reset && kind == Kind::Idempotent,
-                ProxyError::Timeout { .. } => self.per_try_timeout && kind == Kind::Idempotent,
-                _ => false,
-            },
-        }
+/// Whether this outcome of an attempt of a request of `kind` may be retried under `policy`.
+fn retryable(policy: &RetryPolicy, kind: Kind, res: &Result<Response<Body>, BoxError>) -> bool {
+    match res {
+        Ok(rsp) => match kind {
+            Kind::Grpc => grpc_unavailable(rsp.headers()) && policy.retries_status(503),
+            Kind::Idempotent => policy.retries_status(rsp.status().as_u16()),
+            Kind::Other => false,
+        },
+        Err(e) => match proxy_error(e.as_ref()) {
+            // Not an identity mismatch: that is no accident that a retry could mend.
+            ProxyError::ConnectFailed { .. } => policy.connect_failure,
+            ProxyError::Upstream { .. } => policy.reset && kind == Kind::Idempotent,
+            ProxyError::Timeout { .. } => policy.per_try_timeout && kind == Kind::Idempotent,
+            _ => false,
+        },
     }
 }
 
@@ -179,37 +96,14 @@ fn grpc_unavailable(headers: &HeaderMap) -> bool {
     headers.get("grpc-status").is_some_and(|v| v == "14")
 }
 
-/// Builds [`Retries`] services.
-#[derive(Debug, Clone)]
-pub struct RetryLayer {
-    metrics: Arc<ProxyMetrics>,
-}
-
-impl RetryLayer {
-    pub fn new(metrics: Arc<ProxyMetrics>) -> Self {
-        Self { metrics }
-    }
-}
-
-impl<S> tower::Layer<S> for RetryLayer {
-    type Service = Retries<S>;
-
-    fn layer(&self, inner: S) -> Retries<S> {
-        Retries {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
 /// Retries each request by its route's policy.
 #[derive(Debug, Clone)]
-pub struct Retries<S> {
+pub struct RetryFailures<S> {
     inner: S,
     metrics: Arc<ProxyMetrics>,
 }
 
-impl<S> tower::Service<Request<Body>> for Retries<S>
+impl<S> tower::Service<Request<Body>> for RetryFailures<S>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>
         + Clone
@@ -229,7 +123,7 @@ where
         let Some(route) = req.extensions().get::<Arc<Route>>().cloned() else {
             return Box::pin(self.inner.call(req));
         };
-        route.retry.budget.deposit();
+        route.retry.budget().deposit();
         if route.retry.attempts == 0 {
             return Box::pin(self.inner.call(req));
         }
@@ -261,6 +155,47 @@ impl Replay {
             }
         }
     }
+}
+
+/// The endpoints the attempts of one request went to (a request extension the retry layer
+/// shares between its attempts; the balancer reads it and records each endpoint it picks): a
+/// retry goes to another endpoint while there is one, as Envoy's `previous_hosts` retry
+/// predicate does, so a dead endpoint that fails fast (and so looks cheap) does not take the
+/// retry of the request it just failed.
+///
+/// The first attempt of every request records its endpoint here, so recording and checking
+/// allocate nothing until a request has tried more than `Tried::INLINE` (two) endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct Tried(Arc<Mutex<TriedAddrs>>);
+
+#[derive(Debug, Default)]
+struct TriedAddrs {
+    inline: [Option<SocketAddr>; Tried::INLINE],
+    more: Vec<SocketAddr>,
+}
+
+impl Tried {
+    const INLINE: usize = 2;
+
+    /// Records that an attempt went to `addr`.
+    pub(crate) fn record(&self, addr: SocketAddr) {
+        let mut t = lock(&self.0);
+        match t.inline.iter_mut().find(|a| a.is_none()) {
+            Some(slot) => *slot = Some(addr),
+            None => t.more.push(addr),
+        }
+    }
+
+    /// The endpoints tried so far (`None` when none was).
+    pub(crate) fn get(&self) -> Option<Vec<SocketAddr>> {
+        let t = lock(&self.0);
+        t.inline[0]?;
+        Some(t.inline.iter().flatten().chain(&t.more).copied().collect())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether a body is buffered for replay: its length is known and small, and the client
@@ -295,7 +230,7 @@ where
         let fut = call_boxed(&mut inner, req);
         return Box::pin(async move {
             let res = fut.await;
-            if route.retry.retryable(kind, &res) {
+            if retryable(&route.retry, kind, &res) {
                 metrics.retry(route.labels(&dst, &backend), RetryOutcome::SkippedBody);
             }
             res
@@ -355,8 +290,8 @@ where
     };
     let mut res = call_boxed(&mut inner, attempt()).await;
     let mut retries = 0;
-    while retries < policy.attempts && policy.retryable(kind, &res) {
-        if !policy.budget.withdraw() {
+    while retries < policy.attempts && retryable(policy, kind, &res) {
+        if !policy.budget().withdraw() {
             record(RetryOutcome::SkippedBudget);
             return res;
         }

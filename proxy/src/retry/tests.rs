@@ -1,12 +1,13 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
 use http_body::Frame;
 use http_body_util::StreamBody;
 use tower::{Layer, ServiceExt};
 use tower_test::mock;
-use weft_policy::routes::RetryBudget;
+use weft_policy::routes::{Retry, RetryBudget};
 use weft_policy::wire::Dur;
 
 use super::*;
@@ -51,7 +52,7 @@ fn start(
     Handle,
 ) {
     let (inner, handle) = mock::pair();
-    let svc = RetryLayer::new(metrics.clone()).layer(inner);
+    let svc = RetryFailuresLayer::new(metrics.clone()).layer(inner);
     (tokio::spawn(svc.oneshot(req)), handle)
 }
 
@@ -187,7 +188,7 @@ async fn the_budget_bounds_retries_of_a_failing_backend() {
         counted.fetch_add(1, Ordering::Relaxed);
         async { Ok::<_, BoxError>(status(503)) }
     });
-    let mut svc = RetryLayer::new(m.clone()).layer(failing);
+    let mut svc = RetryFailuresLayer::new(m.clone()).layer(failing);
     let route = retrying(
         1,
         Some(RetryBudget {

@@ -6,18 +6,18 @@ use crate::discovery::Resolve;
 
 /// Builds [`Router`]s over one resolver; every router shares the routes it learnt.
 #[derive(Clone)]
-pub struct RouteLayer {
+pub struct RouterLayer {
     resolver: Arc<dyn Resolve>,
     table: Table,
 }
 
-impl std::fmt::Debug for RouteLayer {
+impl std::fmt::Debug for RouterLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouteLayer").finish_non_exhaustive()
+        f.debug_struct("RouterLayer").finish_non_exhaustive()
     }
 }
 
-impl RouteLayer {
+impl RouterLayer {
     pub fn new(resolver: Arc<dyn Resolve>) -> Self {
         Self {
             resolver,
@@ -26,7 +26,7 @@ impl RouteLayer {
     }
 }
 
-impl<S> tower::Layer<S> for RouteLayer {
+impl<S> tower::Layer<S> for RouterLayer {
     type Service = Router<S>;
 
     fn layer(&self, inner: S) -> Router<S> {

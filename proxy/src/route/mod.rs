@@ -11,8 +11,10 @@
 //! A rule's retry budget survives route updates that leave the rule's budget unchanged, so
 //! editing a route does not hand out a fresh budget.
 
+pub mod budget;
 mod layer;
 pub mod metrics;
+mod retry_policy;
 #[cfg(test)]
 mod tests;
 
@@ -26,18 +28,19 @@ use tokio::sync::watch;
 use weft_policy::routes::{CircuitBreaker, Fault, RouteRule, ServiceRoutes};
 use weft_policy::split::WeightedSplit;
 
-pub use self::layer::RouteLayer;
+pub use self::budget::Budget;
+pub use self::layer::RouterLayer;
+pub use self::retry_policy::{DEFAULT_BUDGET, RetryPolicy};
 use crate::destination::Destination;
 use crate::discovery::Resolve;
 use crate::error::ProxyError;
 use crate::metrics::RouteLabels;
-use crate::retry::RetryPolicy;
 use crate::svc::{BoxError, BoxFuture};
 
 /// How long a request waits for the first answer about its destination's routes. With none
 /// by then, it takes the default route (the control plane may be away: the service itself is
 /// the safe choice).
-pub const ROUTES_TIMEOUT: Duration = crate::balance::DISCOVERY_TIMEOUT;
+pub const ROUTES_TIMEOUT: Duration = crate::discovery::DISCOVERY_TIMEOUT;
 
 /// The name of the default route and its rule in metrics.
 pub const DEFAULT_ROUTE: &str = "default";
@@ -50,7 +53,7 @@ pub struct Route {
     /// The rule's name (or index), or `default`.
     pub rule: Arc<str>,
     /// Where the rule sends requests, by weight.
-    pub backends: WeightedSplit<Arc<Backend>>,
+    pub backends: WeightedSplit<Arc<RouteBackend>>,
     /// The whole request, retries and injected delays included.
     pub request_timeout: Option<Duration>,
     /// One attempt.
@@ -66,7 +69,7 @@ impl Route {
         Self {
             route: Arc::from(DEFAULT_ROUTE),
             rule: Arc::from(DEFAULT_ROUTE),
-            backends: WeightedSplit::new([(Arc::new(Backend::new(namespace, service)), 1)]),
+            backends: WeightedSplit::new([(Arc::new(RouteBackend::new(namespace, service)), 1)]),
             request_timeout: None,
             per_try_timeout: None,
             retry,
@@ -82,11 +85,12 @@ impl Route {
         Self {
             route: Arc::from(rule.route.as_str()),
             rule: Arc::from(rule.name.as_str()),
-            backends: WeightedSplit::new(
-                rule.backends
-                    .iter()
-                    .map(|b| (Arc::new(Backend::new(&b.namespace, &b.service)), b.weight)),
-            ),
+            backends: WeightedSplit::new(rule.backends.iter().map(|b| {
+                (
+                    Arc::new(RouteBackend::new(&b.namespace, &b.service)),
+                    b.weight,
+                )
+            })),
             request_timeout: timeouts.and_then(|t| t.request).map(|d| d.0),
             // The retry's own per-try timeout, else the route's backend request timeout.
             per_try_timeout: rule
@@ -122,21 +126,22 @@ pub fn target_labels(ext: &http::Extensions) -> (Arc<str>, Arc<str>) {
     (
         ext.get::<Destination>()
             .map_or_else(unknown, |d| d.label().clone()),
-        ext.get::<Arc<Backend>>()
+        ext.get::<Arc<RouteBackend>>()
             .map_or_else(unknown, |b| b.label().clone()),
     )
 }
 
-/// A service a rule sends requests to: the balancer's destination from the split on.
+/// A service a rule sends requests to, compiled from the rule's `weft_policy::routes::Backend`:
+/// the balancer's destination from the split on.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Backend {
+pub struct RouteBackend {
     pub namespace: String,
     pub service: String,
     /// `<namespace>/<service>`: the metric label and the balancer's key.
     label: Arc<str>,
 }
 
-impl Backend {
+impl RouteBackend {
     pub fn new(namespace: &str, service: &str) -> Self {
         Self {
             namespace: namespace.to_string(),

@@ -37,7 +37,7 @@ impl Resolve for Table {
 
 fn router(table: &Arc<Table>) -> (Router<Mock>, Handle) {
     let (svc, handle) = mock::pair();
-    (RouteLayer::new(table.clone()).layer(svc), handle)
+    (RouterLayer::new(table.clone()).layer(svc), handle)
 }
 
 fn request(service: &str, user_agent: Option<&str>) -> Request<Body> {

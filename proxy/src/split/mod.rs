@@ -3,9 +3,10 @@
 //! One random draw per request over the route's cumulative weights; a backend of weight 0 gets
 //! nothing (it drains: requests already sent to it finish). The weights are the route's, which
 //! the router recompiles on every change, so a new split applies to the next request. The
-//! backend travels in the request's extensions ([`Arc<Backend>`]) for the layers below; the
+//! backend travels in the request's extensions ([`Arc<RouteBackend>`]) for the layers below; the
 //! balancer picks one of its endpoints.
 
+mod layer;
 #[cfg(test)]
 mod tests;
 
@@ -14,21 +15,10 @@ use std::task::{Context, Poll};
 
 use http::Request;
 
+pub use self::layer::SplitLayer;
 use crate::error::ProxyError;
-use crate::route::{Backend, Route};
+use crate::route::{Route, RouteBackend};
 use crate::svc::{BoxError, BoxFuture};
-
-/// Builds [`Split`] services.
-#[derive(Debug, Clone, Default)]
-pub struct SplitLayer;
-
-impl<S> tower::Layer<S> for SplitLayer {
-    type Service = Split<S>;
-
-    fn layer(&self, inner: S) -> Split<S> {
-        Split { inner }
-    }
-}
 
 /// Chooses the backend of each request by its route's weights.
 #[derive(Debug, Clone)]
@@ -65,7 +55,7 @@ where
                 ),
             });
         };
-        req.extensions_mut().insert::<Arc<Backend>>(backend);
+        req.extensions_mut().insert::<Arc<RouteBackend>>(backend);
         Box::pin(self.inner.call(req))
     }
 }

@@ -12,7 +12,7 @@ use crate::testing::{call, request, route, rule};
 /// Sends `n` requests on a rule to `backends` and counts them per backend service.
 async fn split(backends: &[(&str, u32)], n: usize) -> BTreeMap<String, usize> {
     let inner = tower::service_fn(|req: Request<Body>| async move {
-        let backend = req.extensions().get::<Arc<Backend>>().unwrap().clone();
+        let backend = req.extensions().get::<Arc<RouteBackend>>().unwrap().clone();
         let mut rsp = Response::new(body::empty());
         rsp.extensions_mut().insert(backend);
         Ok::<_, BoxError>(rsp)
@@ -22,7 +22,7 @@ async fn split(backends: &[(&str, u32)], n: usize) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for _ in 0..n {
         let rsp = call(&mut svc, request(&route)).await.unwrap();
-        let backend = rsp.extensions().get::<Arc<Backend>>().unwrap();
+        let backend = rsp.extensions().get::<Arc<RouteBackend>>().unwrap();
         *counts.entry(backend.service.clone()).or_default() += 1;
     }
     counts

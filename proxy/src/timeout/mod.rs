@@ -3,6 +3,7 @@
 //! (below retries: one attempt). Either answers 504 (`weft-error: timeout`), counted as a
 //! failure; a request whose route sets no timeout passes through untouched.
 
+mod layer;
 #[cfg(test)]
 mod tests;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use http::Request;
 
+pub use self::layer::TimeoutLayer;
 use crate::destination::Destination;
 use crate::error::ProxyError;
 use crate::route::Route;
@@ -24,39 +26,6 @@ pub enum Scope {
     Request,
     /// `retry.perTryTimeout` or `timeouts.backendRequest`: one attempt.
     PerTry,
-}
-
-/// Builds [`Timeout`] services.
-#[derive(Debug, Clone, Copy)]
-pub struct TimeoutLayer {
-    scope: Scope,
-}
-
-impl TimeoutLayer {
-    /// The route's request timeout.
-    pub fn request() -> Self {
-        Self {
-            scope: Scope::Request,
-        }
-    }
-
-    /// The route's per-attempt timeout.
-    pub fn per_try() -> Self {
-        Self {
-            scope: Scope::PerTry,
-        }
-    }
-}
-
-impl<S> tower::Layer<S> for TimeoutLayer {
-    type Service = Timeout<S>;
-
-    fn layer(&self, inner: S) -> Timeout<S> {
-        Timeout {
-            inner,
-            scope: self.scope,
-        }
-    }
 }
 
 /// Bounds each request by its route's timeout.

@@ -36,9 +36,10 @@ use tokio::sync::watch;
 use weft_identity::SpiffeId;
 use weft_policy::registry::{AddressInfo, Endpoint, ServiceEndpoints};
 
-use crate::balance::{DISCOVERY_TIMEOUT, Picked, Resolve};
+use crate::balance::Picked;
 use crate::body::{self, Body};
 use crate::destination::Destination;
+use crate::discovery::{DISCOVERY_TIMEOUT, Resolve};
 use crate::edge::error_chain;
 use crate::error::ProxyError;
 use crate::http::{path_and_query, strip_hop_by_hop};

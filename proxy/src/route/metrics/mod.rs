@@ -2,41 +2,21 @@
 //! latency, once per request after retries, whatever answered (the backend, a timeout, an
 //! injected fault, the circuit breaker). Labelled by route and rule *names*, never by path.
 
+mod layer;
+
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use tokio::time::Instant;
 
-use super::{Backend, Route};
+pub use self::layer::RouteMetricsLayer;
+use super::{Route, RouteBackend};
 use crate::body::Body;
 use crate::destination::Destination;
 use crate::edge::proxy_error;
 use crate::metrics::ProxyMetrics;
 use crate::svc::{BoxError, BoxFuture};
-
-/// Builds [`RouteMetrics`] services.
-#[derive(Debug, Clone)]
-pub struct RouteMetricsLayer {
-    metrics: Arc<ProxyMetrics>,
-}
-
-impl RouteMetricsLayer {
-    pub fn new(metrics: Arc<ProxyMetrics>) -> Self {
-        Self { metrics }
-    }
-}
-
-impl<S> tower::Layer<S> for RouteMetricsLayer {
-    type Service = RouteMetrics<S>;
-
-    fn layer(&self, inner: S) -> RouteMetrics<S> {
-        RouteMetrics {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
 
 /// Records each request on its route and backend.
 #[derive(Debug, Clone)]
@@ -63,7 +43,7 @@ where
         let (Some(dst), Some(route), Some(backend)) = (
             ext.get::<Destination>().map(|d| d.label().clone()),
             ext.get::<Arc<Route>>().cloned(),
-            ext.get::<Arc<Backend>>().cloned(),
+            ext.get::<Arc<RouteBackend>>().cloned(),
         ) else {
             return Box::pin(self.inner.call(req));
         };
