@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`stack`]: the request path of both directions, composed in request order. Its layers,
 //!   each in its own module, laid out as tower's (`x/layer.rs`: `XLayer`, which builds the
-//!   service `X` of `x/mod.rs`): [`edge`] (errors to responses, request metrics), [`identity`]
+//!   service `X` of `x/mod.rs`; a layer that only checks a request and adds to it is tower's
+//!   `Filter` with the module's predicate, `X` and `XLayer` naming tower's types, and has no
+//!   `layer.rs`): [`edge`] (errors to responses, request metrics), [`identity`]
 //!   (the peer's mTLS identity), [`authz`] (inbound authorization), [`destination`] (which
 //!   service), [`route`] (which HTTPRoute rule, compiled with its retry policy and budget, and
 //!   its metrics), [`split`] (which backend), [`timeout`], [`fault`] (injected aborts and

@@ -10,9 +10,9 @@ use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
 use crate::app::Forward;
-use crate::authz::{AuthorizeLayer, PolicyWatch};
+use crate::authz::{AuthorizeLayer, CheckPolicy, PolicyWatch};
 use crate::balance::BalanceLayer;
-use crate::destination::FindDestinationLayer;
+use crate::destination::{Destinations, FindDestinationLayer};
 use crate::discovery::Resolve;
 use crate::edge::EdgeLayer;
 use crate::endpoint::Connect;
@@ -23,7 +23,7 @@ use crate::orig_dst::OrigDst;
 use crate::retry::RetryFailuresLayer;
 use crate::route::RouterLayer;
 use crate::route::metrics::RouteMetricsLayer;
-use crate::split::SplitLayer;
+use crate::split::{ChooseBackend, SplitLayer};
 use crate::svc::HttpService;
 use crate::timeout::TimeoutLayer;
 use crate::unmeshed::{Addresses, Intercepted, OwnSockets};
@@ -42,12 +42,12 @@ pub fn outbound(
     let mesh = BoxCloneSyncService::new(
         ServiceBuilder::new()
             // Which service the request is for: routing and everything after depends on it.
-            .layer(FindDestinationLayer::new(namespace))
+            .layer(FindDestinationLayer::new(Destinations::new(namespace)))
             // Which rule of the service's HTTPRoutes (or its default route): the settings of
             // every layer below.
             .layer(RouterLayer::new(resolver.clone()))
             // Which backend of the rule, by weight.
-            .layer(SplitLayer)
+            .layer(SplitLayer::new(ChooseBackend))
             // Golden signals per route and backend, once per request, whoever answered.
             .layer(RouteMetricsLayer::new(metrics.clone()))
             // The route's whole-request timeout: injected delays and retries count against it.
@@ -114,7 +114,11 @@ impl InboundStack {
         let authorized = BoxCloneSyncService::new(
             ServiceBuilder::new()
                 // Before anything reaches the application: a denied request costs it nothing.
-                .layer(AuthorizeLayer::new(policy, default_app_port, metrics))
+                .layer(AuthorizeLayer::new(CheckPolicy::new(
+                    policy,
+                    default_app_port,
+                    metrics,
+                )))
                 .service(Forward::new(app_ip, default_app_port)),
         );
         Self { edge, authorized }

@@ -9,22 +9,20 @@
 //! policy arrives, nothing is authorized.
 
 pub mod denials;
-mod layer;
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::Request;
 use tokio::sync::watch;
+use tower::filter::{Filter, FilterLayer, Predicate};
 use weft_policy::authz::{Decision, WorkloadPolicy, authorize};
 
-pub use self::layer::AuthorizeLayer;
 use crate::error::ProxyError;
 use crate::identity::ClientIdentity;
 use crate::metrics::ProxyMetrics;
-use crate::svc::{BoxError, BoxFuture};
+use crate::svc::BoxError;
 
 /// The local workload's policy, kept current by the control plane (`None` until it answers).
 pub type PolicyWatch = watch::Receiver<Option<Arc<WorkloadPolicy>>>;
@@ -34,30 +32,38 @@ pub type PolicyWatch = watch::Receiver<Option<Arc<WorkloadPolicy>>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppPort(pub u16);
 
-/// Lets a request through only if the policy allows its peer.
+/// Lets a request through only if the policy allows its peer (tower's [`Filter`]: a denied
+/// request fails at once and never reaches the application).
+pub type Authorize<S> = Filter<S, CheckPolicy>;
+
+/// Builds [`Authorize`] services following one policy watch:
+/// `AuthorizeLayer::new(CheckPolicy::new(policy, default_port, metrics))`.
+pub type AuthorizeLayer = FilterLayer<CheckPolicy>;
+
+/// The check [`Authorize`] makes: the application port a request is for, and the policy of
+/// that port for the peer.
 #[derive(Debug, Clone)]
-pub struct Authorize<S> {
-    inner: S,
+pub struct CheckPolicy {
     policy: PolicyWatch,
     default_port: u16,
     metrics: Arc<ProxyMetrics>,
 }
 
-impl<S, B> tower::Service<Request<B>> for Authorize<S>
-where
-    S: tower::Service<Request<B>, Error = BoxError>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<S::Response, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
+impl CheckPolicy {
+    /// `default_port`: the application port of requests whose authority names none.
+    pub fn new(policy: PolicyWatch, default_port: u16, metrics: Arc<ProxyMetrics>) -> Self {
+        Self {
+            policy,
+            default_port,
+            metrics,
+        }
     }
+}
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+impl<B> Predicate<Request<B>> for CheckPolicy {
+    type Request = Request<B>;
+
+    fn check(&mut self, mut req: Request<B>) -> Result<Request<B>, BoxError> {
         // The port the peer dialled when `weft init` redirected the connection; else the
         // request's authority's, else the default.
         let port = match req.extensions().get::<crate::orig_dst::OrigDst>() {
@@ -67,15 +73,13 @@ where
                 .unwrap_or(self.default_port),
         };
         req.extensions_mut().insert(AppPort(port));
-        match self.check(&req, port) {
-            Ok(()) => Box::pin(self.inner.call(req)),
-            Err(e) => crate::svc::fail(e),
-        }
+        self.decide(&req, port)?;
+        Ok(req)
     }
 }
 
-impl<S> Authorize<S> {
-    fn check<B>(&self, req: &Request<B>, port: u16) -> Result<(), ProxyError> {
+impl CheckPolicy {
+    fn decide<B>(&self, req: &Request<B>, port: u16) -> Result<(), ProxyError> {
         let unauthenticated;
         let client = match req.extensions().get::<ClientIdentity>() {
             Some(c) => c,

@@ -49,7 +49,7 @@ fn stack(policy: Option<WorkloadPolicy>) -> Fixture {
     let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let (tx, rx) = watch::channel(policy.map(Arc::new));
     let metrics = ProxyMetrics::new(weft_runtime::metrics::Registry::new());
-    let svc = AuthorizeLayer::new(rx, 8080, metrics.clone()).layer(svc);
+    let svc = AuthorizeLayer::new(CheckPolicy::new(rx, 8080, metrics.clone())).layer(svc);
     (svc, handle, tx, metrics)
 }
 

@@ -5,20 +5,18 @@
 //! service as `<service>[.<namespace>[.svc.cluster.local]][:<port>]`. A request naming no
 //! destination is a bad request (400); an IP literal is not a service of the mesh (502).
 
-mod layer;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 
 use http::Request;
 use http::uri::Authority;
+use tower::filter::{Filter, FilterLayer, Predicate};
 
-pub use self::layer::FindDestinationLayer;
 use crate::error::ProxyError;
-use crate::svc::{BoxError, BoxFuture, Labels};
+use crate::svc::{BoxError, Labels};
 
 /// The service a request is for (a request extension from this layer on). Shared: the
 /// layers below and every retry attempt clone it, which copies nothing.
@@ -69,7 +67,6 @@ impl Destination {
         })))
     }
 
-    /// `<namespace>/<service>`: the metric label and the balancer's key.
     /// The destination `label` (`<namespace>/<service>`) of a request the mesh knew by the
     /// address it was going to, sent on with `authority`.
     pub fn of_service(
@@ -87,6 +84,7 @@ impl Destination {
         }))
     }
 
+    /// `<namespace>/<service>`: the metric label and the balancer's key.
     pub fn label(&self) -> &Arc<str> {
         &self.label
     }
@@ -97,12 +95,29 @@ impl Destination {
     }
 }
 
-/// Finds the destination of each request.
+/// Finds the destination of each request (tower's [`Filter`]: the request goes on with its
+/// [`Destination`], or fails at once).
+pub type FindDestination<S> = Filter<S, Destinations>;
+
+/// Builds [`FindDestination`] services: `FindDestinationLayer::new(Destinations::new(ns))`.
+pub type FindDestinationLayer = FilterLayer<Destinations>;
+
+/// The destinations of requests' authorities, remembered.
 #[derive(Debug, Clone)]
-pub struct FindDestination<S> {
-    inner: S,
+pub struct Destinations {
     namespace: Arc<str>,
     cache: Arc<Cache>,
+}
+
+impl Destinations {
+    /// `namespace`: the namespace of names given without one (`http://api:8080`), the
+    /// workload's own.
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: Arc::from(namespace),
+            cache: Arc::default(),
+        }
+    }
 }
 
 /// At most this many authorities are remembered; past it the cache starts over (an
@@ -132,21 +147,10 @@ impl Cache {
     }
 }
 
-impl<S, B> tower::Service<Request<B>> for FindDestination<S>
-where
-    S: tower::Service<Request<B>, Error = BoxError>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<S::Response, BoxError>>;
+impl<B> Predicate<Request<B>> for Destinations {
+    type Request = Request<B>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn check(&mut self, mut req: Request<B>) -> Result<Request<B>, BoxError> {
         let raw = raw_authority(&req);
         let found = match raw.and_then(|a| self.cache.get(a)) {
             Some(dst) => Ok(dst),
@@ -156,14 +160,10 @@ where
                 }
             }),
         };
-        match found {
-            Ok(dst) => {
-                Labels::set_dst(&req, || dst.label().clone());
-                req.extensions_mut().insert(dst);
-                Box::pin(self.inner.call(req))
-            }
-            Err(e) => crate::svc::fail(e),
-        }
+        let dst = found?;
+        Labels::set_dst(&req, || dst.label().clone());
+        req.extensions_mut().insert(dst);
+        Ok(req)
     }
 }
 

@@ -25,7 +25,7 @@ fn parses_destinations() {
 #[tokio::test]
 async fn requests_carry_their_destination_from_host_or_absolute_uri() {
     let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let mut svc = FindDestinationLayer::new("default").layer(svc);
+    let mut svc = FindDestinationLayer::new(Destinations::new("default")).layer(svc);
     for req in [
         Request::get("http://api.prod:9000/x")
             .body(body::empty())
@@ -48,7 +48,7 @@ async fn requests_carry_their_destination_from_host_or_absolute_uri() {
 #[tokio::test]
 async fn a_request_without_destination_fails_clearly() {
     let (svc, _handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let svc = FindDestinationLayer::new("default").layer(svc);
+    let svc = FindDestinationLayer::new(Destinations::new("default")).layer(svc);
     let err = svc
         .oneshot(Request::get("/x").body(body::empty()).unwrap())
         .await
@@ -56,7 +56,7 @@ async fn a_request_without_destination_fails_clearly() {
     assert_eq!(proxy_error(err.as_ref()).code(), "bad_request");
 
     let (svc, _handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let svc = FindDestinationLayer::new("default").layer(svc);
+    let svc = FindDestinationLayer::new(Destinations::new("default")).layer(svc);
     let err = svc
         .oneshot(
             Request::get("http://10.1.2.3/")

@@ -6,56 +6,50 @@
 //! backend travels in the request's extensions ([`Arc<RouteBackend>`]) for the layers below; the
 //! balancer picks one of its endpoints.
 
-mod layer;
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::Request;
+use tower::filter::{Filter, FilterLayer, Predicate};
 
-pub use self::layer::SplitLayer;
 use crate::error::ProxyError;
 use crate::route::{Route, RouteBackend};
-use crate::svc::{BoxError, BoxFuture};
+use crate::svc::BoxError;
 
-/// Chooses the backend of each request by its route's weights.
-#[derive(Debug, Clone)]
-pub struct Split<S> {
-    inner: S,
-}
+/// Chooses the backend of each request by its route's weights (tower's [`Filter`]: the
+/// request goes on with its backend, or fails at once).
+pub type Split<S> = Filter<S, ChooseBackend>;
 
-impl<S, B> tower::Service<Request<B>> for Split<S>
-where
-    S: tower::Service<Request<B>, Error = BoxError>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<S::Response, BoxError>>;
+/// Builds [`Split`] services: `SplitLayer::new(ChooseBackend)`.
+pub type SplitLayer = FilterLayer<ChooseBackend>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
+/// The choice [`Split`] makes: one random draw over the route's cumulative weights.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChooseBackend;
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+impl<B> Predicate<Request<B>> for ChooseBackend {
+    type Request = Request<B>;
+
+    fn check(&mut self, mut req: Request<B>) -> Result<Request<B>, BoxError> {
         let Some(route) = req.extensions().get::<Arc<Route>>() else {
-            return crate::svc::fail(ProxyError::BadRequest {
+            return Err(ProxyError::BadRequest {
                 detail: "no route".into(),
-            });
+            }
+            .into());
         };
         let total = route.backends.total();
         let Some(backend) = route.backends.pick(fastrand::u64(..total.max(1))).cloned() else {
-            return crate::svc::fail(ProxyError::NoEndpoints {
+            return Err(ProxyError::NoEndpoints {
                 destination: format!(
                     "route {} rule {} (every backend weight is 0)",
                     route.route, route.rule
                 ),
-            });
+            }
+            .into());
         };
         req.extensions_mut().insert::<Arc<RouteBackend>>(backend);
-        Box::pin(self.inner.call(req))
+        Ok(req)
     }
 }

@@ -17,7 +17,7 @@ async fn split(backends: &[(&str, u32)], n: usize) -> BTreeMap<String, usize> {
         rsp.extensions_mut().insert(backend);
         Ok::<_, BoxError>(rsp)
     });
-    let mut svc = SplitLayer.layer(inner);
+    let mut svc = SplitLayer::new(ChooseBackend).layer(inner);
     let route = route(&rule("split", backends));
     let mut counts = BTreeMap::new();
     for _ in 0..n {
@@ -49,7 +49,7 @@ async fn a_backend_of_weight_0_gets_nothing() {
 #[tokio::test]
 async fn every_weight_0_is_no_endpoints_and_no_route_a_bad_request() {
     let (inner, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let mut svc = SplitLayer.layer(inner);
+    let mut svc = SplitLayer::new(ChooseBackend).layer(inner);
 
     let drained = route(&rule("drained", &[("api-v1", 0)]));
     let err = call(&mut svc, request(&drained)).await.unwrap_err();
