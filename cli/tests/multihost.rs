@@ -22,22 +22,30 @@
 //!
 //! A system test: it runs with WEFT_SYSTEM_TESTS=1 and then needs root, `ip`, `iptables`,
 //! `setpriv`, `curl`, `python3` and `tshark`, and fails loudly without them.
+//!
+//! The hosts and their LAN are in `multihost/hosts.rs`, the capture in `multihost/capture.rs`.
+//! This file is over 600 lines for one reason: the test is one scenario whose steps build on
+//! each other's state (the proxies, a killed and restarted proxy, a changed policy, the rules
+//! removed), told in order in one function so that it reads as the list above.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+#[path = "multihost/capture.rs"]
+mod capture;
+#[path = "multihost/hosts.rs"]
+mod hosts;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use capture::{Capture, packets};
+use hosts::{Host, Lan};
 use support::{
-    Bg, NS_IDENTITY_PORT, NS_POLICY_PORT, Netns, NsControlPlane, metric_sum, require_tools,
+    Bg, NS_IDENTITY_PORT, NS_POLICY_PORT, NsControlPlane, metric_sum, require_tools,
     spawn_proxy_as, system_tests,
 };
 
-const SUBNET: &str = "10.79.0";
-const SUBNET6: &str = "fd79::";
-const ID_PREFIX: &str = "spiffe://weft.local/ns/default/sa/";
 /// Every host's app: HTTP on 8080 (meshed), the same on 8081 (skipped by `weft init`: plain
 /// on the wire), a line echo on 7000, a banner on 2525 (declared opaque) and on 2526 (not).
 const HTTP_PORT: &str = "8080";
@@ -87,108 +95,9 @@ threading.Thread(target=serve_http, args=(8081, b"plain hello from " + host.enco
 serve_http(8080, b"hello from " + host.encode() + b"\n")
 "#;
 
-/// A test host: a network namespace with one link to the bridge.
-struct Host {
-    name: &'static str,
-    ip: String,
-    ip6: String,
-    uid: u32,
-    ns: Netns,
-    /// The bridge side of the host's link, in the switch namespace: where captures listen.
-    link: String,
-}
-
+// A host's proxy is set up for this mesh (where C's services listen, which ports it takes), so
+// it starts here, beside the rest of the mesh's set-up.
 impl Host {
-    fn id(&self) -> String {
-        format!("{ID_PREFIX}{}", self.name)
-    }
-
-    /// `curl` from the host's app (root: redirected), no proxy settings: (status, body), status
-    /// 0 when the request failed.
-    fn get(&self, url: &str) -> (u16, String) {
-        let out = self.ns.exec(&[
-            "curl",
-            "-sS",
-            "--noproxy",
-            "*",
-            "-m",
-            "5",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            url,
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        let code = if out.status.success() {
-            code.parse().unwrap_or(0)
-        } else {
-            0
-        };
-        (code, body.to_string())
-    }
-
-    /// `get` until it answers `status`, for at most a minute; the last answer.
-    fn wait_for(&self, url: &str, status: u16, logs: &dyn Fn() -> String) -> (u16, String) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let got = self.get(url);
-            if got.0 == status {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never got {status} from {url} (last: {got:?}):\n{}",
-                self.name,
-                logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// The proxy's metrics (admin port on the host's loopback).
-    fn metrics(&self) -> String {
-        let out = self
-            .ns
-            .exec(&["curl", "-sf", "-m", "5", "http://127.0.0.1:4191/metrics"]);
-        assert!(out.status.success(), "{}'s proxy has no metrics", self.name);
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// A TCP exchange from the app with `ip:port`: sends `send` (if any), reads `read` (`head`
-    /// arguments), and how long it took. Fails with empty output when the connection fails.
-    fn tcp(&self, ip: &str, port: &str, send: &str, read: &str) -> (Output, Duration) {
-        self.tcp_as(None, ip, port, send, read)
-    }
-
-    /// [`Host::tcp`] as `user` (e.g. the proxy's, which the host's rules let through).
-    fn tcp_as(
-        &self,
-        user: Option<u32>,
-        ip: &str,
-        port: &str,
-        send: &str,
-        read: &str,
-    ) -> (Output, Duration) {
-        let script = if send.is_empty() {
-            format!("exec 3<>/dev/tcp/{ip}/{port} && timeout 5 head {read} <&3")
-        } else {
-            format!(
-                "exec 3<>/dev/tcp/{ip}/{port} && printf '{send}' >&3 && timeout 5 head {read} <&3"
-            )
-        };
-        let ids = user.map(|u| [format!("--reuid={u}"), format!("--regid={u}")]);
-        let mut argv = Vec::new();
-        if let Some([reuid, regid]) = &ids {
-            argv.extend(["setpriv", reuid, regid, "--clear-groups"]);
-        }
-        argv.extend(["bash", "-c", &script]);
-        let started = Instant::now();
-        let out = self.ns.exec(&argv);
-        (out, started.elapsed())
-    }
-
     /// `weft proxy` as the host's own UID (exempt from its `weft init`), ready.
     fn start_proxy(&self, dir: &Path, c_ip: &str, log: &str) -> Bg {
         let env = [
@@ -212,71 +121,6 @@ impl Host {
         self.ns.wait_ok("http://127.0.0.1:4191/ready", &proxy);
         proxy
     }
-}
-
-/// Three hosts on a bridge in a namespace of its own.
-struct Lan {
-    hosts: Vec<Host>,
-    /// Dropped last: the bridge and the hosts' links go with it and the hosts.
-    switch: Netns,
-}
-
-impl Lan {
-    fn new() -> Self {
-        let switch = Netns::new("weft-mh-sw");
-        switch.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
-        switch.ok(&["ip", "link", "set", "br0", "up"]);
-        let tag = std::process::id() % 100_000;
-        let hosts = [("a", 1, 2201), ("b", 2, 2202), ("c", 3, 2203)]
-            .into_iter()
-            .map(|(name, n, uid)| {
-                let ns = Netns::new(&format!("weft-mh-{name}"));
-                let (dev, link) = (format!("wmh{tag}{name}"), format!("wms{tag}{name}"));
-                run_ok(&[
-                    "ip",
-                    "link",
-                    "add",
-                    &dev,
-                    "netns",
-                    &ns.name,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &link,
-                    "netns",
-                    &switch.name,
-                ]);
-                switch.ok(&["ip", "link", "set", &link, "master", "br0"]);
-                switch.ok(&["ip", "link", "set", &link, "up"]);
-                let (ip, ip6) = (format!("{SUBNET}.{n}"), format!("{SUBNET6}{n}"));
-                ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &dev]);
-                // No duplicate address detection: usable at once.
-                let cidr6 = format!("{ip6}/64");
-                ns.ok(&["ip", "addr", "add", &cidr6, "dev", &dev, "nodad"]);
-                ns.ok(&["ip", "link", "set", &dev, "up"]);
-                ns.ok(&["ip", "link", "set", "lo", "up"]);
-                Host {
-                    name,
-                    ip,
-                    ip6,
-                    uid,
-                    ns,
-                    link,
-                }
-            })
-            .collect();
-        Lan { hosts, switch }
-    }
-}
-
-fn run_ok(argv: &[&str]) {
-    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{argv:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The resources: the three services, and who may call B.
@@ -310,138 +154,6 @@ fn write_resources(dir: &Path, yaml: &str) {
     let tmp = dir.join(".mesh.yaml.tmp");
     std::fs::write(&tmp, yaml).unwrap();
     std::fs::rename(&tmp, dir.join("mesh.yaml")).unwrap();
-}
-
-/// A packet capture on one link, from the switch namespace.
-struct Capture {
-    tshark: Bg,
-    file: PathBuf,
-}
-
-impl Capture {
-    /// Starts `tshark` on `link` (TCP only) and waits until it captures.
-    fn start(switch: &Netns, link: &str, dir: &Path) -> Self {
-        let file = dir.join("link-a.pcapng");
-        let tshark = switch.spawn(
-            &[
-                "tshark",
-                "-i",
-                link,
-                "-f",
-                "tcp",
-                "-w",
-                file.to_str().unwrap(),
-            ],
-            &[],
-            &dir.join("tshark.log"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !tshark.logs().contains("Capturing on") {
-            assert!(
-                Instant::now() < deadline,
-                "tshark did not start:\n{}",
-                tshark.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Capture { tshark, file }
-    }
-
-    /// Whether the capture file holds a packet matching `filter` yet.
-    fn seen(&self, filter: &str) -> bool {
-        read_capture(&self.file, filter, &["frame.number"]).is_some_and(|l| !l.is_empty())
-    }
-
-    /// Makes traffic with `probe` (which says what to look for) until the capture shows it:
-    /// tshark says it is capturing a little before it is.
-    fn wait_live(&self, probe: impl Fn() -> String) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let filter = probe();
-            let give_up = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < give_up {
-                if self.seen(&filter) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the capture never saw `{filter}`:\n{}",
-                self.tshark.logs()
-            );
-        }
-    }
-
-    /// Waits until the capture file holds a packet matching `filter` (the kernel hands
-    /// captured packets over in blocks, so the newest may not be in yet).
-    fn wait_for(&self, filter: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.seen(filter) {
-            assert!(
-                Instant::now() < deadline,
-                "the capture never saw `{filter}`:\n{}",
-                self.tshark.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Stops the capture once it holds a packet matching `last`, and returns the file.
-    fn stop_after(mut self, last: &str) -> PathBuf {
-        self.wait_for(last);
-        // SIGINT: tshark writes the rest of its file and exits.
-        run_ok(&["kill", "-INT", &self.tshark.child.id().to_string()]);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.tshark.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "tshark did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.file.clone()
-    }
-}
-
-/// The packets of a capture that match a display filter, one line of `fields` each.
-fn packets(file: &Path, filter: &str, fields: &[&str]) -> Vec<String> {
-    read_capture(file, filter, fields)
-        .unwrap_or_else(|| panic!("tshark could not read {} with `{filter}`", file.display()))
-}
-
-/// [`packets`], or `None` when tshark fails (a capture still being written may end in the
-/// middle of a packet). B's proxy port is decoded as TLS, the skipped port as HTTP.
-fn read_capture(file: &Path, filter: &str, fields: &[&str]) -> Option<Vec<String>> {
-    let plain_http = format!("tcp.port=={PLAIN_PORT},http");
-    let mut argv = vec![
-        "tshark",
-        "-r",
-        file.to_str().unwrap(),
-        "-d",
-        "tcp.port==4143,tls",
-        "-d",
-        &plain_http,
-        "-Y",
-        filter,
-        "-T",
-        "fields",
-    ];
-    for f in fields {
-        argv.extend(["-e", f]);
-    }
-    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
-    if !out.status.success() {
-        eprintln!(
-            "tshark -Y {filter}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return None;
-    }
-    Some(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect(),
-    )
 }
 
 #[test]
