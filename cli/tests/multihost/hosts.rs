@@ -121,6 +121,14 @@ pub struct Lan {
 }
 
 impl Lan {
+    /// A, B and C.
+    pub fn abc(&self) -> [&Host; 3] {
+        let [a, b, c] = &self.hosts[..] else {
+            unreachable!()
+        };
+        [a, b, c]
+    }
+
     pub fn new() -> Self {
         let switch = Netns::new("weft-mh-sw");
         switch.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
