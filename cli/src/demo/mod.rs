@@ -10,7 +10,9 @@
 //! stopped on exit, on Ctrl-C and on SIGTERM, and exits by itself should the demo die.
 //!
 //! # Layout
-//! - `mod.rs`: the command: directory, tokens, ports, start-up order, the table, the run.
+//! - `mod.rs`: the command, whose `start_and_run` is the demo's outline; the directory and
+//!   every token; ports; the start-up order (identity, control plane, workloads, dashboard).
+//! - [`print`]: what the demo prints: its directories, the table of processes, where to look.
 //! - [`resources`]: the YAML resources the control plane serves.
 //! - [`app`]: `weft demo-app`, the workloads, and the HTTP client through a sidecar.
 //! - [`load`]: the load generator.
@@ -19,6 +21,7 @@
 pub mod app;
 pub mod children;
 pub mod load;
+mod print;
 pub mod resources;
 
 use std::net::SocketAddr;
@@ -157,6 +160,31 @@ struct SidecarAddrs {
     admin: SocketAddr,
 }
 
+/// The files the processes read, written to the demo directory before any starts.
+struct Files {
+    /// One token per account, in a file named after it.
+    tokens: PathBuf,
+    resources: PathBuf,
+    /// The resources were there already (the user's, kept) rather than written now.
+    kept: bool,
+}
+
+/// The running mesh: what the table, the hints and the load generator need.
+struct Mesh {
+    policy_admin: SocketAddr,
+    dashboard: SocketAddr,
+    sidecars: Vec<(&'static Workload, SidecarAddrs)>,
+}
+
+impl Mesh {
+    fn sidecar(&self, name: &str) -> Option<&SidecarAddrs> {
+        self.sidecars
+            .iter()
+            .find(|(w, _)| w.name == name)
+            .map(|(_, a)| a)
+    }
+}
+
 pub fn run(args: DemoArgs) -> Result<(), String> {
     let rt =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
@@ -186,20 +214,57 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
     result
 }
 
+/// The demo, in order: its files, the mesh, what runs where, then load until the time is up
+/// (a signal ends it from [`demo`]).
 async fn start_and_run(
     args: &DemoArgs,
     dir: &Path,
     temporary: bool,
     fleet: &mut Fleet,
 ) -> Result<(), String> {
-    // The CA's material and every workload's token, minted here from the same data directory
-    // the identity service then serves.
+    let files = write_files(dir, args.leaf_lifetime)?;
+    print::directories(dir, temporary, &files);
+    let mesh = start_mesh(args, dir, &files, fleet).await?;
+    print::running(fleet, &mesh, args.rate, args.duration);
+
+    let loadgen = mesh
+        .sidecar("loadgen")
+        .map(|a| a.outbound)
+        .ok_or("no loadgen sidecar")?;
+    let load = load::run(app::Upstream::new(loadgen), args.rate);
+    match args.duration {
+        Some(d) => {
+            let _ = tokio::time::timeout(d, load).await;
+        }
+        None => load.await,
+    }
+    Ok(())
+}
+
+/// The CA's material and every account's token, minted here from the same data directory
+/// the identity service then serves, and the resources unless `dir` has some already.
+fn write_files(dir: &Path, leaf_lifetime: Duration) -> Result<Files, String> {
     let mut cfg = AuthorityConfig::new(dir.join("identity"));
-    cfg.leaf_lifetime = args.leaf_lifetime;
+    cfg.leaf_lifetime = leaf_lifetime;
     let authority = Authority::load_or_create(&cfg).map_err(|e| e.to_string())?;
     let trust_domain = authority.trust_domain().to_string();
     let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens)
+    mint_tokens(&authority, &tokens)?;
+    let resources = dir.join("resources");
+    let kept = resources.exists();
+    if !kept {
+        resources::write(&resources, &trust_domain)?;
+    }
+    Ok(Files {
+        tokens,
+        resources,
+        kept,
+    })
+}
+
+/// A token for the control plane and one for each workload account, in `tokens/<account>`.
+fn mint_tokens(authority: &Authority, tokens: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(tokens)
         .map_err(|e| format!("cannot create {}: {e}", tokens.display()))?;
     let mut accounts: Vec<(&str, &str)> = vec![("weft", "policy")];
     for w in WORKLOADS {
@@ -222,35 +287,31 @@ async fn start_and_run(
         std::fs::write(&path, token)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    let resources = dir.join("resources");
-    let kept = resources.exists();
-    if !kept {
-        resources::write(&resources, &trust_domain)?;
-    }
+    Ok(())
+}
 
-    println!("weft demo: a local mesh on 127.0.0.1 (free ports, no root)");
-    println!(
-        "  data directory  {}{}",
-        dir.display(),
-        if temporary {
-            " (removed on exit; --dir DIR keeps it)"
-        } else {
-            ""
-        }
-    );
-    println!(
-        "  resources       {}{}  ← edit live: a valid change applies within a second",
-        resources.display(),
-        if kept { " (yours, kept)" } else { "" }
-    );
-    println!("  logs            {}", dir.join("logs").display());
+/// An argument of a child's command line.
+fn exe_arg(s: &str) -> String {
+    s.to_string()
+}
 
+/// An address as a child's argument or environment variable.
+fn addr(a: SocketAddr) -> String {
+    a.to_string()
+}
+
+/// Starts the mesh in order, each part ready before the next needs it: 1. the identity
+/// service, 2. the control plane, 3. the workloads, 4. the dashboard.
+async fn start_mesh(
+    args: &DemoArgs,
+    dir: &Path,
+    files: &Files,
+    fleet: &mut Fleet,
+) -> Result<Mesh, String> {
     let mut ports = Ports {
         next: args.base_port,
     };
     let deadline = Instant::now() + READY_TIMEOUT;
-    let exe_arg = |s: &str| s.to_string();
-    let addr = |a: SocketAddr| a.to_string();
 
     // 1. The identity service, 2. the control plane.
     let (id_api, _) = start_component(
@@ -273,11 +334,11 @@ async fn start_and_run(
         &mut ports,
         "policy",
         1,
-        &[exe_arg("--dir"), resources.display().to_string()],
+        &[exe_arg("--dir"), files.resources.display().to_string()],
         &[
             (
                 weft_identity::config::ENV_TOKEN_FILE,
-                tokens.join("policy").display().to_string(),
+                files.tokens.join("policy").display().to_string(),
             ),
             (weft_identity::config::ENV_IDENTITY_ADDR, addr(id_api)),
         ],
@@ -288,80 +349,7 @@ async fn start_and_run(
     // 3. The workloads: apps and sidecars, all at once.
     let mut sidecars = Vec::new();
     for w in WORKLOADS {
-        let a = SidecarAddrs {
-            app: match w.app {
-                Some(_) => Some(ports.take(&format!("the {} app", w.name))?),
-                None => None,
-            },
-            inbound: ports.take(&format!("{}'s sidecar (inbound)", w.name))?,
-            outbound: ports.take(&format!("{}'s sidecar (outbound)", w.name))?,
-            admin: ports.take(&format!("{}'s sidecar (admin)", w.name))?,
-        };
-        if let (Some(spec), Some(app_addr)) = (&w.app, a.app) {
-            let mut argv = vec![
-                exe_arg("demo-app"),
-                exe_arg("--name"),
-                exe_arg(w.name),
-                exe_arg("--listen"),
-                addr(app_addr),
-                exe_arg("--fail-percent"),
-                spec.fail_percent.to_string(),
-            ];
-            if let Some(call) = spec.call {
-                argv.extend([
-                    exe_arg("--call"),
-                    exe_arg(call),
-                    exe_arg("--via"),
-                    addr(a.outbound),
-                ]);
-            }
-            let what = match spec.call {
-                Some(c) => format!("http={app_addr} calls={c}"),
-                None => format!("http={app_addr}"),
-            };
-            let what = if spec.fail_percent > 0 {
-                format!("{what} fails={}%", spec.fail_percent)
-            } else {
-                what
-            };
-            fleet.spawn(w.name, "app", 0, what, &argv, &[])?;
-        }
-        let mut env = vec![
-            (
-                weft_identity::config::ENV_TOKEN_FILE,
-                tokens.join(w.account).display().to_string(),
-            ),
-            (weft_identity::config::ENV_IDENTITY_ADDR, addr(id_api)),
-            (weft_proxy::config::ENV_POLICY_ADDR, addr(pol_api)),
-            (weft_proxy::config::ENV_INBOUND, addr(a.inbound)),
-            (weft_proxy::config::ENV_OUTBOUND, addr(a.outbound)),
-            (weft_proxy::config::ENV_ADMIN, addr(a.admin)),
-            (weft_proxy::config::ENV_SERVICE, w.service.to_string()),
-            (
-                weft_proxy::config::ENV_SHUTDOWN_GRACE,
-                PROXY_SHUTDOWN_GRACE.to_string(),
-            ),
-        ];
-        if let Some(app_addr) = a.app {
-            env.push((
-                weft_proxy::config::ENV_APP_PORT,
-                app_addr.port().to_string(),
-            ));
-        }
-        if !w.labels.is_empty() {
-            env.push((weft_proxy::config::ENV_LABELS, w.labels.to_string()));
-        }
-        fleet.spawn(
-            w.name,
-            "sidecar",
-            0,
-            format!(
-                "inbound={} outbound={} admin={}",
-                a.inbound, a.outbound, a.admin
-            ),
-            &[exe_arg("proxy")],
-            &env,
-        )?;
+        let a = start_workload(fleet, &mut ports, w, &files.tokens, id_api, pol_api)?;
         sidecars.push((w, a));
     }
     for (w, a) in &sidecars {
@@ -375,8 +363,141 @@ async fn start_and_run(
             .await?;
     }
 
-    // The dashboard, on the control plane's list of proxies.
-    let dash = match args.dashboard_listen {
+    // 4. The dashboard, on the control plane's list of proxies.
+    let dash = start_dashboard(
+        fleet,
+        &mut ports,
+        args.dashboard_listen,
+        pol_admin,
+        deadline,
+    )
+    .await?;
+    Ok(Mesh {
+        policy_admin: pol_admin,
+        dashboard: dash,
+        sidecars,
+    })
+}
+
+/// Starts a workload's app (if it has one) and its sidecar, on new ports, without waiting.
+fn start_workload(
+    fleet: &mut Fleet,
+    ports: &mut Ports,
+    w: &Workload,
+    tokens: &Path,
+    id_api: SocketAddr,
+    pol_api: SocketAddr,
+) -> Result<SidecarAddrs, String> {
+    let a = SidecarAddrs {
+        app: match w.app {
+            Some(_) => Some(ports.take(&format!("the {} app", w.name))?),
+            None => None,
+        },
+        inbound: ports.take(&format!("{}'s sidecar (inbound)", w.name))?,
+        outbound: ports.take(&format!("{}'s sidecar (outbound)", w.name))?,
+        admin: ports.take(&format!("{}'s sidecar (admin)", w.name))?,
+    };
+    if let (Some(spec), Some(app_addr)) = (&w.app, a.app) {
+        spawn_app(fleet, w, spec, app_addr, a.outbound)?;
+    }
+    spawn_sidecar(fleet, w, &a, tokens, id_api, pol_api)?;
+    Ok(a)
+}
+
+/// `weft demo-app`, calling through its sidecar's outbound port if it calls anything.
+fn spawn_app(
+    fleet: &mut Fleet,
+    w: &Workload,
+    spec: &AppSpec,
+    app_addr: SocketAddr,
+    outbound: SocketAddr,
+) -> Result<(), String> {
+    let mut argv = vec![
+        exe_arg("demo-app"),
+        exe_arg("--name"),
+        exe_arg(w.name),
+        exe_arg("--listen"),
+        addr(app_addr),
+        exe_arg("--fail-percent"),
+        spec.fail_percent.to_string(),
+    ];
+    if let Some(call) = spec.call {
+        argv.extend([
+            exe_arg("--call"),
+            exe_arg(call),
+            exe_arg("--via"),
+            addr(outbound),
+        ]);
+    }
+    let what = match spec.call {
+        Some(c) => format!("http={app_addr} calls={c}"),
+        None => format!("http={app_addr}"),
+    };
+    let what = if spec.fail_percent > 0 {
+        format!("{what} fails={}%", spec.fail_percent)
+    } else {
+        what
+    };
+    fleet.spawn(w.name, "app", 0, what, &argv, &[])
+}
+
+/// `weft proxy` for a workload, with its identity's token and its service's name and labels.
+fn spawn_sidecar(
+    fleet: &mut Fleet,
+    w: &Workload,
+    a: &SidecarAddrs,
+    tokens: &Path,
+    id_api: SocketAddr,
+    pol_api: SocketAddr,
+) -> Result<(), String> {
+    let mut env = vec![
+        (
+            weft_identity::config::ENV_TOKEN_FILE,
+            tokens.join(w.account).display().to_string(),
+        ),
+        (weft_identity::config::ENV_IDENTITY_ADDR, addr(id_api)),
+        (weft_proxy::config::ENV_POLICY_ADDR, addr(pol_api)),
+        (weft_proxy::config::ENV_INBOUND, addr(a.inbound)),
+        (weft_proxy::config::ENV_OUTBOUND, addr(a.outbound)),
+        (weft_proxy::config::ENV_ADMIN, addr(a.admin)),
+        (weft_proxy::config::ENV_SERVICE, w.service.to_string()),
+        (
+            weft_proxy::config::ENV_SHUTDOWN_GRACE,
+            PROXY_SHUTDOWN_GRACE.to_string(),
+        ),
+    ];
+    if let Some(app_addr) = a.app {
+        env.push((
+            weft_proxy::config::ENV_APP_PORT,
+            app_addr.port().to_string(),
+        ));
+    }
+    if !w.labels.is_empty() {
+        env.push((weft_proxy::config::ENV_LABELS, w.labels.to_string()));
+    }
+    fleet.spawn(
+        w.name,
+        "sidecar",
+        0,
+        format!(
+            "inbound={} outbound={} admin={}",
+            a.inbound, a.outbound, a.admin
+        ),
+        &[exe_arg("proxy")],
+        &env,
+    )
+}
+
+/// `weft dashboard` on `listen` or a new port, reading the control plane's list of proxies;
+/// waits until it is ready.
+async fn start_dashboard(
+    fleet: &mut Fleet,
+    ports: &mut Ports,
+    listen: Option<SocketAddr>,
+    pol_admin: SocketAddr,
+    deadline: Instant,
+) -> Result<SocketAddr, String> {
+    let dash = match listen {
         Some(a) => a,
         None => ports.take("the dashboard")?,
     };
@@ -395,64 +516,7 @@ async fn start_and_run(
         &[],
     )?;
     fleet.wait_ready("dashboard", dash, deadline).await?;
-
-    // What runs where, one process a line (stable columns: `weft stat`, scripts and the
-    // tests read it).
-    println!();
-    println!("  {:<10} {:<9} {:<8} ADDRESSES", "NAME", "KIND", "PID");
-    for p in &fleet.procs {
-        println!("  {:<10} {:<9} {:<8} {}", p.name, p.kind, p.pid(), p.addrs);
-    }
-    println!(
-        "  {:<10} {:<9} {:<8} rate={}/s via=loadgen-sidecar (in this process)",
-        "loadgen",
-        "load",
-        std::process::id(),
-        args.rate
-    );
-    println!();
-    println!("  traffic: loadgen → web → api → db, each hop through both sidecars (mTLS)");
-    println!("    api:   user-agent *Mobile* → api-v3; the rest api-v1 90% / api-v2 10%,");
-    println!(
-        "           retries on 503 (api-v2 fails {}% of requests), 2% injected 503s, 2s timeout",
-        resources::API_V2_FAIL_PERCENT
-    );
-    println!(
-        "    authz: only loadgen may call web, only web api, only api db (loadgen's own calls to db get 403)"
-    );
-
-    println!(
-        "  dashboard: http://{dash}/   (golden signals, service graph, denied requests; live)"
-    );
-    println!(
-        "  stats:     weft stat --policy-admin {pol_admin}   (per route: weft routes api --backends --policy-admin {pol_admin})"
-    );
-    println!(
-        "  metrics:   curl -s http://{}/metrics | grep weft_route_",
-        sidecars
-            .iter()
-            .find(|(w, _)| w.name == "web")
-            .map_or_else(String::new, |(_, a)| a.admin.to_string())
-    );
-    match args.duration {
-        Some(d) => println!("Running for {d:?}; Ctrl-C stops the demo sooner."),
-        None => println!("Ctrl-C stops the demo."),
-    }
-
-    // 4. Load, until the time is up (a signal ends it from `demo`).
-    let loadgen = sidecars
-        .iter()
-        .find(|(w, _)| w.name == "loadgen")
-        .map(|(_, a)| a.outbound)
-        .ok_or("no loadgen sidecar")?;
-    let load = load::run(app::Upstream::new(loadgen), args.rate);
-    match args.duration {
-        Some(d) => {
-            let _ = tokio::time::timeout(d, load).await;
-        }
-        None => load.await,
-    }
-    Ok(())
+    Ok(dash)
 }
 
 /// Starts `weft <name> --listen A --admin-listen B <args>` on two new ports and waits until it
