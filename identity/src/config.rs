@@ -16,6 +16,7 @@ use crate::spiffe::TrustDomain;
 use weft_runtime::config::parse_duration;
 use weft_runtime::metrics::Registry;
 use weft_runtime::process::{run_process, shutdown_signal, wait_true};
+use weft_runtime::serve::bind;
 
 pub const ENV_LISTEN: &str = "WEFT_IDENTITY_LISTEN";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -123,18 +124,14 @@ pub async fn run(args: IdentityArgs, shutdown: impl Future<Output = ()>) -> Resu
     let registry = Registry::new();
     let fingerprint = authority.anchor_fingerprint();
     let svc = IdentityService::new(authority, &registry, args.dns_name.clone())?;
-    let api = TcpListener::bind(args.listen).await.map_err(|e| {
-        format!(
-            "cannot listen on {} for the identity API: {e} (set --listen or {ENV_LISTEN})",
-            args.listen
-        )
-    })?;
-    let admin = TcpListener::bind(args.admin_listen).await.map_err(|e| {
-        format!(
-            "cannot listen on {} for the admin endpoint: {e} (set --admin-listen or {ENV_ADMIN})",
-            args.admin_listen
-        )
-    })?;
+    let api = bind(
+        args.listen,
+        "identity API",
+        &format!("--listen or {ENV_LISTEN}"),
+    )
+    .await?;
+    let admin_set = format!("--admin-listen or {ENV_ADMIN}");
+    let admin = bind(args.admin_listen, "admin endpoint", &admin_set).await?;
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         api = %local(&api),

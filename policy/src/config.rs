@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser};
-use tokio::net::TcpListener;
 use weft_identity::config::{
     DEFAULT_IDENTITY_ADDR, DEFAULT_TOKEN_FILE, ENV_IDENTITY_ADDR, ENV_TOKEN_FILE,
 };
 use weft_runtime::config::{parse_duration, parse_from_vars};
 use weft_runtime::process::shutdown_signal;
+use weft_runtime::serve::bind;
 
 use crate::api::ApiSettings;
 use crate::authz::DefaultPolicy;
@@ -171,18 +171,10 @@ pub async fn run(
     args: PolicyArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let api = TcpListener::bind(args.listen).await.map_err(|e| {
-        format!(
-            "cannot listen on {} for the control plane API: {e} (set --listen or {ENV_LISTEN})",
-            args.listen
-        )
-    })?;
-    let admin = TcpListener::bind(args.admin_listen).await.map_err(|e| {
-        format!(
-            "cannot listen on {} for the admin endpoint: {e} (set --admin-listen or {ENV_ADMIN})",
-            args.admin_listen
-        )
-    })?;
+    let api_set = format!("--listen or {ENV_LISTEN}");
+    let api = bind(args.listen, "control plane API", &api_set).await?;
+    let admin_set = format!("--admin-listen or {ENV_ADMIN}");
+    let admin = bind(args.admin_listen, "admin endpoint", &admin_set).await?;
     run_on(Listeners { api, admin }, args, shutdown).await
 }
 

@@ -142,6 +142,14 @@ where
     })
 }
 
+/// Binds `addr` for `what` (`"identity API"`, `"admin endpoint"`), or says which address
+/// could not be had and how to choose another (`set`: the flag and variable that name it).
+pub async fn bind(addr: SocketAddr, what: &str, set: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} for the {what}: {e} (set {set})"))
+}
+
 /// A response with a body and content type.
 pub fn respond(
     status: http::StatusCode,
