@@ -12,6 +12,7 @@
 //! `weft` binary beside `weft-bench` in the target directory (`cargo test --workspace` builds
 //! it), so it runs only with `WEFT_SYSTEM_TESTS=1`, as `.ci/run` sets, and then fails loudly
 //! if any of them is missing.
+#![allow(clippy::unwrap_used)]
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -92,6 +93,25 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
         eprintln!("skipped: set WEFT_SYSTEM_TESTS=1 to run the mesh benchmark's smoke test");
         return;
     }
+    let (bench, weft) = prerequisites();
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results");
+    let stdout = run_the_quick_suite(bench, &weft, dir.path(), &out);
+
+    // One date's three files, and the latest summary and plot.
+    let stem = check_the_files(&out);
+
+    let text = std::fs::read_to_string(out.join(format!("{stem}.json"))).unwrap();
+    let suite: serde_json::Value = serde_json::from_str(&text).unwrap();
+    check_the_identity_and_control_plane_results(&suite);
+    let report = &suite["mesh"];
+    let rates = check_the_mesh_results(report, &text, &stdout);
+    check_the_interception_results(&suite, report, &rates, &stdout);
+}
+
+/// Fails loudly when a tool or binary the suite needs is missing; the two binaries.
+fn prerequisites() -> (&'static Path, PathBuf) {
     assert!(
         tool("haproxy").is_some(),
         "haproxy is missing: install the Debian package `haproxy` (.ci/run does)"
@@ -117,15 +137,18 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
          (`cargo build -p weft -p weft-proxy`; `cargo test --workspace` does)",
         weft.display()
     );
+    (bench, weft)
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("results");
-    let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+/// Runs `weft-bench all --quick` (killing it after [`TIMEOUT`]): exit 0, no network namespace
+/// left behind; its stdout.
+fn run_the_quick_suite(bench: &Path, weft: &Path, dir: &Path, out: &Path) -> String {
+    let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
     let mut child = Command::new(bench)
         .args(["all", "--quick", "--out-dir"])
-        .arg(&out)
+        .arg(out)
         .arg("--weft")
-        .arg(&weft)
+        .arg(weft)
         .stdin(Stdio::null())
         .stdout(log("stdout"))
         .stderr(log("stderr"))
@@ -154,7 +177,7 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
     let (stdout, stderr) = (read("stdout"), read("stderr"));
     let status = status.unwrap_or_else(|| {
         panic!("weft-bench all --quick took more than {TIMEOUT:?}\nstderr:\n{stderr}\nstdout:\n{stdout}")
@@ -169,9 +192,13 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
         leftover.is_empty(),
         "the interception benchmark left network namespaces behind: {leftover:?}"
     );
+    stdout
+}
 
-    // One date's three files, and the latest summary and plot.
-    let mut names: Vec<String> = std::fs::read_dir(&out)
+/// The result files: one date's JSON, summary and plot, and the latest summary and plot; the
+/// date's stem.
+fn check_the_files(out: &Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -206,9 +233,11 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
         3,
         "a line per scenario:\n{svg}"
     );
+    stem.to_string()
+}
 
-    let text = std::fs::read_to_string(out.join(format!("{stem}.json"))).unwrap();
-    let suite: serde_json::Value = serde_json::from_str(&text).unwrap();
+/// The suite's JSON: a quick run, the machine, the identity and control-plane benchmarks.
+fn check_the_identity_and_control_plane_results(suite: &serde_json::Value) {
     assert_eq!(suite["quick"], true);
     assert!(suite["machine"]["cores"].as_u64().unwrap() > 0);
     let identity_runs = suite["identity"]["runs"].as_array().unwrap();
@@ -226,7 +255,11 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
         "{}",
         suite["policy"]
     );
-    let report = &suite["mesh"];
+}
+
+/// The mesh benchmark: every scenario at every rate, the mTLS checks, every proxy sampled; the
+/// rates.
+fn check_the_mesh_results(report: &serde_json::Value, text: &str, stdout: &str) -> Vec<u64> {
     assert_eq!(report["bench"], "mesh");
     assert_eq!(report["settings"]["quick"], true);
     let rates: Vec<u64> = report["settings"]["rates"]
@@ -243,7 +276,7 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
         &["direct", "weft", "peer"],
         &rates,
         &["max", "new_connection"],
-        &stdout,
+        stdout,
     );
     assert_eq!(
         report["mtls"]["ok"], true,
@@ -267,7 +300,16 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
             "{p}"
         );
     }
+    rates
+}
 
+/// The interception benchmark's results.
+fn check_the_interception_results(
+    suite: &serde_json::Value,
+    report: &serde_json::Value,
+    rates: &[u64],
+    stdout: &str,
+) {
     // The interception benchmark: both scenarios at every rate and at the maximum, with
     // requests and no errors; the probes and the counters over the runs passed.
     assert!(
@@ -283,9 +325,9 @@ fn the_quick_suite_runs_every_benchmark_scenario_and_rate_over_mtls_and_writes_i
         "intercept",
         ic,
         &["direct", "weft"],
-        &rates,
+        rates,
         &["max"],
-        &stdout,
+        stdout,
     );
     let check = &ic["check"];
     assert_eq!(check["probe_ok"], true, "{check}");

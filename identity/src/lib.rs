@@ -7,15 +7,18 @@
 //!
 //! # Layout
 //! - [`spiffe`]: the `spiffe://<trust-domain>/ns/<ns>/sa/<name>` identity type.
-//! - [`tls`]: the one crypto provider (ring), TLS 1.3-only configs, SPIFFE peer verification,
-//!   swappable certificates ([`tls::CertStore`]), [`tls::Credentials`].
+//! - [`tls`]: the one crypto provider (ring) and TLS 1.3-only configs (`tls/config.rs`), SPIFFE
+//!   peer verification (`tls/verify.rs`), the trust bundle and PEM helpers (`tls/bundle.rs`),
+//!   swappable certificates ([`tls::CertStore`]) and [`tls::Credentials`]
+//!   (`tls/credentials.rs`).
 //! - [`authority`]: the CA's files (trust anchor, issuer, token key), their checks at start-up,
 //!   and issuing X.509-SVIDs.
 //! - [`csr`]: checking a PKCS#10 request against the identity the caller proved.
 //! - [`token`]: bootstrap tokens (create, verify, decode).
 //! - [`reject`]: the reason codes of refused requests.
 //! - [`server`]: the HTTPS API (`/v1/certify`, `/v1/trust-bundle`) and its metrics.
-//! - [`client`]: bootstrap, certify and the renewal loop, publishing credentials on a watch.
+//! - [`client`]: bootstrap and certify (`client/certify.rs`), and the renewal loop publishing
+//!   credentials on a watch (`client/renew.rs`).
 //! - [`config`]: command-line/environment settings of `weft identity`, `weft token`, `weft cert`.
 
 pub mod authority;

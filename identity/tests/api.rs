@@ -42,6 +42,84 @@ async fn every_rejection_is_a_clear_4xx_and_the_service_keeps_serving() {
     let a = authority(dir.path());
     let bundle = a.bundle().clone();
     let web_token = token(&a, "web", Duration::from_secs(600));
+    let BadMaterial {
+        _other_dir,
+        forged,
+        tampered,
+        expired,
+        good_csr,
+        dns_csr,
+        two_uri_csr,
+        admin_csr,
+        bad_sig_csr,
+        p384_csr,
+        ed_csr,
+        rsa_csr,
+        untrusted_client,
+        expired_client,
+    } = bad_material(dir.path(), &a, &web_token);
+
+    let running = Running::start(a, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = running.addr;
+    assert!(
+        eventually(Duration::from_secs(5), || SystemTime::now()
+            > expired_client.not_after + Duration::from_secs(1))
+        .await
+    );
+
+    let body = |csr: &str| certify_body(csr);
+    let t = |s: &str| Some(s.to_string());
+    let cases = vec![
+        Case { name: "no credentials", body: body(&good_csr), bearer: None, client: None, method: "POST", path: "/v1/certify", status: 401, reason: "unauthenticated" },
+        Case { name: "garbage token", body: body(&good_csr), bearer: t("garbage"), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_malformed" },
+        Case { name: "forged token", body: body(&good_csr), bearer: t(&forged), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_forged" },
+        Case { name: "tampered token", body: body(&admin_csr), bearer: t(&tampered), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_tampered" },
+        Case { name: "expired token", body: body(&good_csr), bearer: t(&expired), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_expired" },
+        Case { name: "token for another identity", body: serde_json::json!({"csr": good_csr, "identity": "spiffe://weft.local/ns/default/sa/admin"}).to_string(), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 403, reason: "token_wrong_identity" },
+        Case { name: "CSR for another identity", body: body(&admin_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 403, reason: "csr_wrong_identity" },
+        Case { name: "CSR with a DNS SAN", body: body(&dns_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_extra_sans" },
+        Case { name: "CSR with two URI SANs", body: body(&two_uri_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_extra_sans" },
+        Case { name: "CSR with a bad signature", body: body(&bad_sig_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_bad_signature" },
+        Case { name: "RSA key", body: body(&rsa_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_unsupported_key" },
+        Case { name: "P-384 key", body: body(&p384_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_unsupported_key" },
+        Case { name: "Ed25519 key", body: body(&ed_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_unsupported_key" },
+        Case { name: "garbage CSR", body: body("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_malformed" },
+        Case { name: "garbage body", body: "\u{0}\u{1}not json at all".into(), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "body_malformed" },
+        Case { name: "oversized body", body: format!("{{\"csr\": \"{}\"}}", "A".repeat(200 * 1024)), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 413, reason: "body_too_large" },
+        Case { name: "expired client certificate", body: body(&good_csr), bearer: None, client: Some(expired_client.clone()), method: "POST", path: "/v1/certify", status: 401, reason: "client_cert_expired" },
+        Case { name: "client certificate from another CA", body: body(&good_csr), bearer: None, client: Some(untrusted_client.clone()), method: "POST", path: "/v1/certify", status: 401, reason: "client_cert_untrusted" },
+        Case { name: "unknown path", body: String::new(), bearer: None, client: None, method: "GET", path: "/v1/nope", status: 404, reason: "not_found" },
+        Case { name: "wrong method", body: String::new(), bearer: None, client: None, method: "GET", path: "/v1/certify", status: 405, reason: "method_not_allowed" },
+    ];
+
+    each_case_is_refused_and_a_good_request_still_served(addr, bundle, &cases, good_csr, web_token)
+        .await;
+    each_refusal_is_counted(&running, &cases);
+    running.stop().await;
+}
+
+/// What the bad cases send: tokens and CSRs the service must refuse, and client certificates
+/// it must not accept.
+struct BadMaterial {
+    _other_dir: tempfile::TempDir,
+    forged: String,
+    tampered: String,
+    expired: String,
+    good_csr: String,
+    dns_csr: String,
+    two_uri_csr: String,
+    admin_csr: String,
+    bad_sig_csr: String,
+    p384_csr: String,
+    ed_csr: String,
+    rsa_csr: String,
+    untrusted_client: tls::Credentials,
+    expired_client: tls::Credentials,
+}
+
+fn bad_material(dir: &std::path::Path, a: &Authority, web_token: &str) -> BadMaterial {
     let now = SystemTime::now();
 
     // Material for the bad cases.
@@ -49,7 +127,7 @@ async fn every_rejection_is_a_clear_4xx_and_the_service_keeps_serving() {
     let other = authority(other_dir.path());
     let forged = token(&other, "web", Duration::from_secs(600));
     let tampered = {
-        let claims = weft_identity::token::decode_unverified(&web_token).unwrap();
+        let claims = weft_identity::token::decode_unverified(web_token).unwrap();
         let mut c = claims.clone();
         c.sub = id("admin");
         use base64::Engine;
@@ -98,8 +176,8 @@ async fn every_rejection_is_a_clear_4xx_and_the_service_keeps_serving() {
     let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let ed_csr = csr_with(&ed, vec![]);
     let rsa_csr = {
-        let key = dir.path().join("rsa.key");
-        let out = dir.path().join("rsa.csr");
+        let key = dir.join("rsa.key");
+        let out = dir.join("rsa.csr");
         let o = openssl(&[
             "req",
             "-new",
@@ -118,47 +196,39 @@ async fn every_rejection_is_a_clear_4xx_and_the_service_keeps_serving() {
     };
     let untrusted_client = issue_direct(&other, &id("web"));
     // An expired certificate from this very CA: same files, 1 s lifetime, no back-dating.
-    let mut short = AuthorityConfig::new(dir.path());
+    let mut short = AuthorityConfig::new(dir);
     short.leaf_lifetime = Duration::from_secs(1);
     short.clock_skew = Duration::ZERO;
     let expired_client = issue_direct(&Authority::load_or_create(&short).unwrap(), &id("web"));
+    BadMaterial {
+        _other_dir: other_dir,
+        forged,
+        tampered,
+        expired,
+        good_csr,
+        dns_csr,
+        two_uri_csr,
+        admin_csr,
+        bad_sig_csr,
+        p384_csr,
+        ed_csr,
+        rsa_csr,
+        untrusted_client,
+        expired_client,
+    }
+}
 
-    let running = Running::start(a, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let addr = running.addr;
-    assert!(
-        eventually(Duration::from_secs(5), || SystemTime::now()
-            > expired_client.not_after + Duration::from_secs(1))
-        .await
-    );
-
+/// Each case gets its status, its reason code and a message that says what is wrong; after
+/// each, a good request is still served.
+async fn each_case_is_refused_and_a_good_request_still_served(
+    addr: std::net::SocketAddr,
+    bundle: tls::TrustBundle,
+    cases: &[Case],
+    good_csr: String,
+    web_token: String,
+) {
     let body = |csr: &str| certify_body(csr);
-    let t = |s: &str| Some(s.to_string());
-    let cases = vec![
-        Case { name: "no credentials", body: body(&good_csr), bearer: None, client: None, method: "POST", path: "/v1/certify", status: 401, reason: "unauthenticated" },
-        Case { name: "garbage token", body: body(&good_csr), bearer: t("garbage"), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_malformed" },
-        Case { name: "forged token", body: body(&good_csr), bearer: t(&forged), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_forged" },
-        Case { name: "tampered token", body: body(&admin_csr), bearer: t(&tampered), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_tampered" },
-        Case { name: "expired token", body: body(&good_csr), bearer: t(&expired), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_expired" },
-        Case { name: "token for another identity", body: serde_json::json!({"csr": good_csr, "identity": "spiffe://weft.local/ns/default/sa/admin"}).to_string(), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 403, reason: "token_wrong_identity" },
-        Case { name: "CSR for another identity", body: body(&admin_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 403, reason: "csr_wrong_identity" },
-        Case { name: "CSR with a DNS SAN", body: body(&dns_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_extra_sans" },
-        Case { name: "CSR with two URI SANs", body: body(&two_uri_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_extra_sans" },
-        Case { name: "CSR with a bad signature", body: body(&bad_sig_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_bad_signature" },
-        Case { name: "RSA key", body: body(&rsa_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_unsupported_key" },
-        Case { name: "P-384 key", body: body(&p384_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_unsupported_key" },
-        Case { name: "Ed25519 key", body: body(&ed_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_unsupported_key" },
-        Case { name: "garbage CSR", body: body("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_malformed" },
-        Case { name: "garbage body", body: "\u{0}\u{1}not json at all".into(), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "body_malformed" },
-        Case { name: "oversized body", body: format!("{{\"csr\": \"{}\"}}", "A".repeat(200 * 1024)), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 413, reason: "body_too_large" },
-        Case { name: "expired client certificate", body: body(&good_csr), bearer: None, client: Some(expired_client.clone()), method: "POST", path: "/v1/certify", status: 401, reason: "client_cert_expired" },
-        Case { name: "client certificate from another CA", body: body(&good_csr), bearer: None, client: Some(untrusted_client.clone()), method: "POST", path: "/v1/certify", status: 401, reason: "client_cert_untrusted" },
-        Case { name: "unknown path", body: String::new(), bearer: None, client: None, method: "GET", path: "/v1/nope", status: 404, reason: "not_found" },
-        Case { name: "wrong method", body: String::new(), bearer: None, client: None, method: "GET", path: "/v1/certify", status: 405, reason: "method_not_allowed" },
-    ];
-
-    for case in &cases {
+    for case in cases {
         let answer = call(
             addr,
             &bundle,
@@ -193,10 +263,12 @@ async fn every_rejection_is_a_clear_4xx_and_the_service_keeps_serving() {
         .await;
         assert_eq!(ok.status, 200, "after {}: {ok:?}", case.name);
     }
+}
 
-    // Each refusal is counted by reason.
+/// Each refusal is counted by reason, and the issuance metrics are there.
+fn each_refusal_is_counted(running: &Running, cases: &[Case]) {
     let metrics = running.registry.render();
-    for case in &cases {
+    for case in cases {
         let series = format!(
             "weft_identity_rejections_total{{reason=\"{}\"}}",
             case.reason
@@ -221,7 +293,6 @@ async fn every_rejection_is_a_clear_4xx_and_the_service_keeps_serving() {
         metrics.contains("weft_identity_issuer_expiry_timestamp_seconds"),
         "{metrics}"
     );
-    running.stop().await;
 }
 
 #[tokio::test]

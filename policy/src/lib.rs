@@ -14,7 +14,9 @@
 //! - [`registry`]: endpoint types and the lease registry.
 //! - [`store`]: the versioned state (config + registry) that watches follow.
 //! - [`files`]: polling the resource directory and swapping in valid changes.
-//! - [`api`]: the HTTP/2 API: watches (newline-delimited JSON) and registration.
+//! - [`api`]: the HTTP/2 API: routing, caller authentication and registration (`api/mod.rs`),
+//!   watches as newline-delimited JSON streams (`api/watches.rs`), query strings
+//!   (`api/query.rs`).
 //! - [`client`]: the proxy's side: watches as `tokio::sync::watch` receivers, registration
 //!   renewal, reconnection with jittered back-off.
 //! - [`wire`]: value types shared by YAML and JSON (durations, regexes, matches, events).

@@ -1,5 +1,14 @@
 //! The control plane end to end, in-process: file edits reaching watchers, rejected edits,
 //! registrations and leases, restarts, and resuming by version.
+//!
+//! # Why this file is long
+//! Six end-to-end stories of one in-process control plane, each from start to stop (a resource
+//! edit, a rejected edit, registrations and leases, a restart, the list+watch API, address
+//! lookups), sharing this file's helpers (`weights`, `registration`, the watch-line readers).
+//! There is no clean seam: the restart story crosses both halves (it follows resource files
+//! and registers a workload), so a split would duplicate those helpers or move them into
+//! `support/`, which every policy test binary compiles. Keep each story whole; add a file when
+//! a new concern comes.
 #![allow(clippy::unwrap_used)]
 
 mod support;

@@ -14,11 +14,16 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use weft_identity::SpiffeId;
 use weft_identity::client::{ClientSettings as IdentitySettings, IdentityClient};
-use weft_policy::client::{ClientSettings as PolicySettings, ClientTls, PolicyClient};
+use weft_identity::tls::Credentials;
+use weft_policy::client::{
+    ClientSettings as PolicySettings, ClientTls, PolicyClient, RegistrationHandle,
+};
 use weft_policy::registry::Registration;
 use weft_runtime::metrics::{Registry, unix_seconds};
 
+use crate::authz::PolicyWatch;
 use crate::authz::denials::DENIALS_PATH;
 use crate::config::{ENV_TOKEN_FILE, ProxyArgs};
 use crate::discovery::PolicyResolver;
@@ -107,56 +112,21 @@ pub async fn run_on(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     tokio::pin!(shutdown);
-    let token = std::fs::read_to_string(&args.token_file).map_err(|e| {
-        format!(
-            "cannot read the bootstrap token {}: {e}: create one with `weft token create --namespace <ns> --workload <name>` and put it there, or set {ENV_TOKEN_FILE}",
-            args.token_file.display()
-        )
-    })?;
+    let token = read_token(&args)?;
     let registry = Registry::new();
     let metrics = ProxyMetrics::new(registry.clone());
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let (stop_tx, stop_rx) = watch::channel(false);
     let inbound_addr = listeners.inbound.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = listeners.admin.local_addr().map_err(|e| e.to_string())?;
-    let admin = tokio::spawn(weft_runtime::admin::run(
-        listeners.admin,
-        weft_runtime::admin::Admin {
-            registry: registry.clone(),
-            ready: ready_rx,
-            extra: Some(denials_page(metrics.clone())),
-        },
-        weft_runtime::process::wait_true(stop_rx.clone()),
-    ));
-    let upkeep_registry = registry.clone();
-    let _upkeep = AbortOnDrop(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(METRICS_UPKEEP);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            upkeep_registry.upkeep();
-        }
-    }));
+    let admin = AdminEndpoint::start(listeners.admin, &registry, &metrics);
+    let _upkeep = metrics_upkeep(registry.clone());
 
     // 1. A certificate.
-    let id_settings = IdentitySettings::new(args.identity_addr.clone(), token);
-    let claims = id_settings.claims().map_err(|e| {
-        format!(
-            "the bootstrap token {} is unusable: {e}",
-            args.token_file.display()
-        )
-    })?;
-    tracing::info!(identity = %claims.sub, identity_service = %args.identity_addr, "getting a certificate");
-    let mut identity = IdentityClient::start(id_settings, &registry);
+    let mut identity = start_identity_client(&args, token, &registry)?;
     let creds = tokio::select! {
         c = identity.ready() => c,
-        _ = &mut shutdown => return stop(stop_tx, admin).await,
+        _ = &mut shutdown => return admin.stop().await,
     };
-    let tls = MeshTls::new();
-    let expiry = metrics.cert_expiry.clone();
-    let _follower = tls.clone().follow(identity.credentials(), move |c| {
-        expiry.set(unix_seconds(c.not_after))
-    });
+    let (tls, _follower) = mesh_tls(&identity, &metrics);
     let me = creds.identity.clone();
     let namespace = me.namespace().to_string();
     let service = args
@@ -165,6 +135,160 @@ pub async fn run_on(
         .unwrap_or_else(|| me.workload().to_string());
 
     // 2. The control plane.
+    let policy_client = policy_client(&args, &creds, &tls)?;
+    let mut policy = policy_client.watch_inbound(&namespace, &service);
+    tracing::info!(control_plane = %args.policy_addr, %namespace, %service, "waiting for the inbound policy");
+    tokio::select! {
+        r = policy.wait_for(|p| p.is_some()) => { r.map_err(|_| "the policy watch ended".to_string())?; }
+        _ = &mut shutdown => return admin.stop().await,
+    }
+
+    // 3. Registration.
+    let advertise = match args.advertise_addr {
+        Some(a) => a,
+        None => advertise_addr(inbound_addr, &args.policy_addr),
+    };
+    let registration = policy_client.keep_registered(registration(
+        &args, &me, &namespace, &service, advertise, admin_addr,
+    )?);
+
+    // 4. The data path.
+    let inbound = inbound(&args, &namespace, &service, &tls, policy, &metrics);
+    let outbound = outbound(&args, &namespace, &tls, &policy_client, &metrics);
+    let grace = args.shutdown_grace;
+    let data_path = DataPath::serve(
+        inbound,
+        listeners.inbound,
+        &outbound,
+        listeners.outbound,
+        &admin.stop_rx,
+        grace,
+    );
+
+    // 5. Ready.
+    let _ = admin.ready.send(true);
+    tracing::info!(
+        identity = %me,
+        inbound = %inbound_addr,
+        advertised = %advertise,
+        "proxy ready"
+    );
+
+    // 6. Shutdown.
+    shutdown.await;
+    tracing::info!(grace = ?grace, "shutting down: draining requests in flight");
+    shut_down(
+        admin,
+        registration,
+        &policy_client,
+        &namespace,
+        advertise,
+        data_path,
+    )
+    .await;
+    drop(identity);
+    Ok(())
+}
+
+/// Reads the bootstrap token file.
+fn read_token(args: &ProxyArgs) -> Result<String, String> {
+    std::fs::read_to_string(&args.token_file).map_err(|e| {
+        format!(
+            "cannot read the bootstrap token {}: {e}: create one with `weft token create --namespace <ns> --workload <name>` and put it there, or set {ENV_TOKEN_FILE}",
+            args.token_file.display()
+        )
+    })
+}
+
+/// The admin endpoint's task, and the two switches the proxy turns: `/ready`, and stop (which
+/// also stops the data path's listeners).
+struct AdminEndpoint {
+    ready: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminEndpoint {
+    /// Serves the admin endpoint at once, not ready until the proxy says so.
+    fn start(listener: TcpListener, registry: &Registry, metrics: &Arc<ProxyMetrics>) -> Self {
+        let (ready_tx, ready_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(weft_runtime::admin::run(
+            listener,
+            weft_runtime::admin::Admin {
+                registry: registry.clone(),
+                ready: ready_rx,
+                extra: Some(denials_page(metrics.clone())),
+            },
+            weft_runtime::process::wait_true(stop_rx.clone()),
+        ));
+        Self {
+            ready: ready_tx,
+            stop: stop_tx,
+            stop_rx,
+            task,
+        }
+    }
+
+    /// Stops the admin endpoint when shutdown comes during start-up.
+    async fn stop(self) -> Result<(), String> {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        Ok(())
+    }
+}
+
+/// Folds recorded latency samples into their histogram buckets every [`METRICS_UPKEEP`].
+fn metrics_upkeep(upkeep_registry: Registry) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            upkeep_registry.upkeep();
+        }
+    }))
+}
+
+/// Step 1: starts getting (and renewing) a certificate with the bootstrap token.
+fn start_identity_client(
+    args: &ProxyArgs,
+    token: String,
+    registry: &Registry,
+) -> Result<IdentityClient, String> {
+    let id_settings = IdentitySettings::new(args.identity_addr.clone(), token);
+    let claims = id_settings.claims().map_err(|e| {
+        format!(
+            "the bootstrap token {} is unusable: {e}",
+            args.token_file.display()
+        )
+    })?;
+    tracing::info!(identity = %claims.sub, identity_service = %args.identity_addr, "getting a certificate");
+    Ok(IdentityClient::start(id_settings, registry))
+}
+
+/// The proxy's TLS, following the identity client's certificates (and their expiry metric).
+fn mesh_tls(
+    identity: &IdentityClient,
+    metrics: &ProxyMetrics,
+) -> (Arc<MeshTls>, tokio::task::JoinHandle<()>) {
+    let tls = MeshTls::new();
+    let expiry = metrics.cert_expiry.clone();
+    let follower = tls.clone().follow(identity.credentials(), move |c| {
+        expiry.set(unix_seconds(c.not_after))
+    });
+    (tls, follower)
+}
+
+/// Step 2: the control plane's client, over mTLS with the proxy's certificate unless
+/// `--policy-insecure-dev`.
+fn policy_client(
+    args: &ProxyArgs,
+    creds: &Credentials,
+    tls: &MeshTls,
+) -> Result<PolicyClient, String> {
+    let me = &creds.identity;
     let policy_tls = if args.policy_insecure_dev {
         tracing::warn!(control_plane = %args.policy_addr, "INSECURE: talking to the control plane without mTLS (--policy-insecure-dev); never do this outside development");
         None
@@ -177,23 +301,24 @@ pub async fn run_on(
             Some(tls.cert_store()),
         )?)
     };
-    let policy_client =
-        PolicyClient::new(PolicySettings::new(args.policy_addr.clone(), policy_tls));
-    let mut policy = policy_client.watch_inbound(&namespace, &service);
-    tracing::info!(control_plane = %args.policy_addr, %namespace, %service, "waiting for the inbound policy");
-    tokio::select! {
-        r = policy.wait_for(|p| p.is_some()) => { r.map_err(|_| "the policy watch ended".to_string())?; }
-        _ = &mut shutdown => return stop(stop_tx, admin).await,
-    }
+    Ok(PolicyClient::new(PolicySettings::new(
+        args.policy_addr.clone(),
+        policy_tls,
+    )))
+}
 
-    // 3. Registration.
-    let advertise = match args.advertise_addr {
-        Some(a) => a,
-        None => advertise_addr(inbound_addr, &args.policy_addr),
-    };
-    let registration = policy_client.keep_registered(Registration {
-        service: service.clone(),
-        namespace: Some(namespace.clone()),
+/// Step 3: what the proxy registers: its inbound address under its identity.
+fn registration(
+    args: &ProxyArgs,
+    me: &SpiffeId,
+    namespace: &str,
+    service: &str,
+    advertise: SocketAddr,
+    admin_addr: SocketAddr,
+) -> Result<Registration, String> {
+    Ok(Registration {
+        service: service.to_string(),
+        namespace: Some(namespace.to_string()),
         labels: args.label_map()?,
         address: advertise,
         identity: Some(me.clone()),
@@ -205,10 +330,19 @@ pub async fn run_on(
         } else {
             admin_addr
         }),
-    });
+    })
+}
 
-    // 4. The data path.
-    let inbound = Inbound::new(
+/// Step 4: the inbound proxy, enforcing the workload's policy.
+fn inbound(
+    args: &ProxyArgs,
+    namespace: &str,
+    service: &str,
+    tls: &Arc<MeshTls>,
+    policy: PolicyWatch,
+    metrics: &Arc<ProxyMetrics>,
+) -> Arc<Inbound> {
+    Inbound::new(
         InboundConfig {
             app_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             default_app_port: args.app_port,
@@ -219,70 +353,91 @@ pub async fn run_on(
         tls.clone(),
         policy,
         metrics.clone(),
-    );
-    let outbound = Outbound::new(
+    )
+}
+
+/// Step 4: the outbound proxy, resolving destinations through the control plane.
+fn outbound(
+    args: &ProxyArgs,
+    namespace: &str,
+    tls: &Arc<MeshTls>,
+    policy_client: &PolicyClient,
+    metrics: &Arc<ProxyMetrics>,
+) -> Arc<Outbound> {
+    Outbound::new(
         OutboundConfig {
-            namespace: namespace.clone(),
+            namespace: namespace.to_string(),
             detect_timeout: args.detect_timeout,
             intercept: args.interception(),
         },
         tls.clone(),
         Arc::new(PolicyResolver::new(policy_client.clone())),
         metrics.clone(),
-    );
-    let grace = args.shutdown_grace;
-    let inbound_task = tokio::spawn(inbound.serve(
-        listeners.inbound,
-        weft_runtime::process::wait_true(stop_rx.clone()),
-        grace,
-    ));
-    let outbound_tasks: Vec<_> = listeners
-        .outbound
-        .into_iter()
-        .map(|listener| {
-            tokio::spawn(outbound.clone().serve(
-                listener,
-                weft_runtime::process::wait_true(stop_rx.clone()),
-                grace,
-            ))
-        })
-        .collect();
-    let _ = ready_tx.send(true);
-    tracing::info!(
-        identity = %me,
-        inbound = %inbound_addr,
-        advertised = %advertise,
-        "proxy ready"
-    );
+    )
+}
 
-    shutdown.await;
-    tracing::info!(grace = ?grace, "shutting down: draining requests in flight");
-    let _ = ready_tx.send(false);
+/// The data path's accept loops: one inbound, one per outbound listener.
+struct DataPath {
+    inbound: tokio::task::JoinHandle<()>,
+    outbound: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl DataPath {
+    /// Serves the listeners until `stop` turns true, then lets requests in flight finish for
+    /// up to `grace`.
+    fn serve(
+        inbound: Arc<Inbound>,
+        inbound_listener: TcpListener,
+        outbound: &Arc<Outbound>,
+        outbound_listeners: Vec<TcpListener>,
+        stop: &watch::Receiver<bool>,
+        grace: Duration,
+    ) -> Self {
+        let inbound_task = tokio::spawn(inbound.serve(
+            inbound_listener,
+            weft_runtime::process::wait_true(stop.clone()),
+            grace,
+        ));
+        let outbound_tasks: Vec<_> = outbound_listeners
+            .into_iter()
+            .map(|listener| {
+                tokio::spawn(outbound.clone().serve(
+                    listener,
+                    weft_runtime::process::wait_true(stop.clone()),
+                    grace,
+                ))
+            })
+            .collect();
+        Self {
+            inbound: inbound_task,
+            outbound: outbound_tasks,
+        }
+    }
+}
+
+/// Step 6: not ready, deregister, stop accepting, let requests in flight finish.
+async fn shut_down(
+    admin: AdminEndpoint,
+    registration: RegistrationHandle,
+    policy_client: &PolicyClient,
+    namespace: &str,
+    advertise: SocketAddr,
+    data_path: DataPath,
+) {
+    let _ = admin.ready.send(false);
     drop(registration);
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
-        policy_client.deregister(&namespace, advertise),
+        policy_client.deregister(namespace, advertise),
     )
     .await;
-    let _ = stop_tx.send(true);
-    let _ = inbound_task.await;
-    for task in outbound_tasks {
+    let _ = admin.stop.send(true);
+    let _ = data_path.inbound.await;
+    for task in data_path.outbound {
         let _ = task.await;
     }
-    let _ = admin.await;
-    drop(identity);
-    Ok(())
+    let _ = admin.task.await;
 }
-
-async fn stop(
-    stop_tx: watch::Sender<bool>,
-    admin: tokio::task::JoinHandle<()>,
-) -> Result<(), String> {
-    let _ = stop_tx.send(true);
-    let _ = admin.await;
-    Ok(())
-}
-
 /// The address peers should use: the inbound port on the local address that routes to the
 /// control plane (when the inbound listener is on a wildcard address).
 fn advertise_addr(inbound: SocketAddr, policy_addr: &str) -> SocketAddr {

@@ -15,20 +15,23 @@
 //!
 //! With mTLS, every caller must present a mesh certificate, and a registration may only claim
 //! the identity (and namespace) that certificate proves.
+//!
+//! # Layout
+//! - this module: the settings, routing a request to its handler, authenticating the caller,
+//!   registration, and the error answers;
+//! - `watches`: the list+watch streams (newline-delimited JSON events);
+//! - `query`: query strings (parsing, percent-decoding and [`encode`]).
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body::{Body, Frame};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use weft_identity::SpiffeId;
 use weft_identity::tls::TrustBundle;
 use weft_runtime::serve::ConnInfo;
@@ -37,7 +40,13 @@ use weft_runtime::serve::ErrorBody;
 use crate::registry::{APP_LABEL, Registered, Registration, Workload};
 use crate::resources::DEFAULT_NAMESPACE;
 use crate::store::{Key, Store};
-use crate::wire::{Dur, Event};
+use crate::wire::Dur;
+
+mod query;
+mod watches;
+
+use query::Query;
+pub use query::encode;
 
 pub const ENDPOINTS_PATH: &str = "/v1/endpoints";
 pub const INBOUND_PATH: &str = "/v1/inbound";
@@ -361,125 +370,6 @@ impl Api {
             lease: Dur(lease),
         })
     }
-
-    fn watch(&self, key: Key, version: Option<String>) -> Response<ApiBody> {
-        let (tx, rx) = mpsc::channel::<Bytes>(4);
-        let store = self.store.clone();
-        let stop = self.stop.clone();
-        let heartbeat = self.settings.heartbeat;
-        let warm = self.started + self.settings.registry_warmup;
-        let hold_until = (matches!(key, Key::Endpoints { .. })
-            && version.is_some()
-            && tokio::time::Instant::now() < warm)
-            .then_some(warm);
-        tokio::spawn(stream(store, key, version, tx, stop, heartbeat, hold_until));
-        let mut rsp = Response::new(ChannelBody { rx }.boxed());
-        rsp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(NDJSON),
-        );
-        rsp
-    }
-}
-
-/// Feeds one watch stream until the client goes away or the server stops.
-async fn stream(
-    store: Arc<Store>,
-    key: Key,
-    mut held: Option<String>,
-    tx: mpsc::Sender<Bytes>,
-    mut stop: watch::Receiver<bool>,
-    heartbeat: Duration,
-    mut hold_until: Option<tokio::time::Instant>,
-) {
-    let kind = key.kind();
-    let metrics = store.metrics().clone();
-    metrics.watch_active(kind).increment(1.0);
-    let mut states = store.subscribe();
-    let mut first = true;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    loop {
-        let state = states.borrow_and_update().clone();
-        let rendered = state.render(&key);
-        if hold_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
-            hold_until = None;
-        }
-        let line = if hold_until.is_some() && held.as_deref() != Some(rendered.version.as_str()) {
-            // The registry is still warming up after a restart: the client keeps its list.
-            None
-        } else if held.as_deref() == Some(rendered.version.as_str()) {
-            first.then(|| {
-                event_line(&Event::<()>::Unchanged {
-                    version: rendered.version.clone(),
-                    revision: state.revision,
-                })
-            })
-        } else {
-            held = Some(rendered.version.clone());
-            metrics.watch_event(kind).increment(1);
-            Some(rendered.line.clone())
-        };
-        first = false;
-        if let Some(line) = line
-            && !send(&tx, line, &mut stop).await
-        {
-            break;
-        }
-        let warmed = async {
-            match hold_until {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            changed = states.changed() => if changed.is_err() { break },
-            _ = warmed => {}
-            _ = tick.tick() => {
-                if !send(&tx, event_line(&Event::<()>::Heartbeat), &mut stop).await {
-                    break;
-                }
-            }
-            _ = tx.closed() => break,
-            _ = stopped(&mut stop) => break,
-        }
-    }
-    metrics.watch_active(kind).decrement(1.0);
-}
-
-/// Queues a line for the client; `false` when the client is gone or the server stops (a client
-/// that stopped reading must not hold up shutdown).
-async fn send(tx: &mpsc::Sender<Bytes>, line: Bytes, stop: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        sent = tx.send(line) => sent.is_ok(),
-        _ = stopped(stop) => false,
-    }
-}
-
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-fn event_line<T: serde::Serialize>(e: &Event<T>) -> Bytes {
-    let mut v = serde_json::to_vec(e).unwrap_or_default();
-    v.push(b'\n');
-    Bytes::from(v)
-}
-
-/// A response body fed by a channel.
-struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
-    }
 }
 
 fn full(
@@ -528,93 +418,5 @@ async fn read_body(body: Incoming) -> Result<Bytes, Failure> {
             "bad_body",
             format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
         )),
-    }
-}
-
-/// A parsed query string (`a=b&c=d`, percent-decoded).
-struct Query(Vec<(String, String)>);
-
-impl Query {
-    fn parse(q: &str) -> Self {
-        Self(
-            q.split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    (decode(k), decode(v))
-                })
-                .collect(),
-        )
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Percent-encodes a query value.
-pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queries_decode() {
-        let q = Query::parse(
-            "service=api&namespace=default&identity=spiffe%3A%2F%2Fweft.local%2Fns%2Fa%2Fsa%2Fb&x",
-        );
-        assert_eq!(q.get("service"), Some("api"));
-        assert_eq!(q.get("identity"), Some("spiffe://weft.local/ns/a/sa/b"));
-        assert_eq!(q.get("x"), Some(""));
-        assert_eq!(decode(&encode("spiffe://a b/%")), "spiffe://a b/%");
-        assert_eq!(decode("%4"), "%4");
     }
 }

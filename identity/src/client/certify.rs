@@ -1,0 +1,255 @@
+//! One exchange with the identity service: fetch and check the trust bundle, certify a fresh
+//! key, by token (bootstrap) or by the current certificate (renewal).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::PrivatePkcs8KeyDer;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{ClientError, ClientSettings, REQUEST_TIMEOUT};
+use crate::server::{
+    CERTIFY_PATH, CertifyRequest, CertifyResponse, TRUST_BUNDLE_PATH, service_identity,
+};
+use crate::spiffe::{SpiffeId, TrustDomain};
+use crate::tls::{self, CertStore, Credentials, TrustBundle};
+use weft_runtime::serve::ErrorBody;
+
+/// Fetches the trust bundle and accepts it only if it holds the anchor `pinned`
+/// (`sha256:<hex>`).
+pub async fn fetch_trust_bundle(addr: &str, pinned: &str) -> Result<TrustBundle, ClientError> {
+    let cfg = tls::unverified_client_config().map_err(|e| ClientError::Tls {
+        addr: addr.to_string(),
+        detail: e.to_string(),
+    })?;
+    let name = rustls::pki_types::ServerName::try_from("identity.weft.invalid")
+        .map_err(|e| ClientError::Key(e.to_string()))?;
+    let (status, body) = request(
+        addr,
+        Arc::new(cfg),
+        name,
+        Method::GET,
+        TRUST_BUNDLE_PATH,
+        None,
+        Bytes::new(),
+    )
+    .await?;
+    if status != StatusCode::OK {
+        return Err(ClientError::BadResponse(format!(
+            "GET {TRUST_BUNDLE_PATH} answered {status}"
+        )));
+    }
+    let bundle =
+        TrustBundle::from_pem(&body).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+    if !bundle.fingerprints().iter().any(|f| f == pinned) {
+        return Err(ClientError::AnchorMismatch {
+            addr: addr.to_string(),
+            pinned: pinned.to_string(),
+        });
+    }
+    Ok(bundle)
+}
+
+/// How a certify request authenticates.
+#[derive(Debug, Clone, Copy)]
+pub enum Auth<'a> {
+    Token(&'a str),
+    Certificate(&'a Credentials),
+}
+
+/// Generates a key and CSR for `identity`, has them certified, and returns the credentials.
+pub async fn certify(
+    addr: &str,
+    bundle: &TrustBundle,
+    identity: &SpiffeId,
+    auth: Auth<'_>,
+) -> Result<Credentials, ClientError> {
+    let (key, csr_pem) = generate_csr(identity)?;
+    let server_id = service_identity(
+        &TrustDomain::new(identity.trust_domain()).map_err(|e| ClientError::Key(e.to_string()))?,
+    )
+    .map_err(|e| ClientError::Key(e.to_string()))?;
+    let client_cert: Option<Arc<dyn rustls::client::ResolvesClientCert>> = match auth {
+        Auth::Token(_) => None,
+        Auth::Certificate(creds) => Some(CertStore::new(
+            creds
+                .certified_key()
+                .map_err(|e| ClientError::Key(e.to_string()))?,
+        )),
+    };
+    let cfg = tls::client_config(bundle, server_id.clone(), client_cert, &[tls::ALPN_HTTP11])
+        .map_err(|e| ClientError::Tls {
+            addr: addr.to_string(),
+            detail: e.to_string(),
+        })?;
+    let body = serde_json::to_vec(&CertifyRequest {
+        csr: csr_pem,
+        identity: Some(identity.to_string()),
+    })
+    .map_err(|e| ClientError::Key(e.to_string()))?;
+    let bearer = match auth {
+        Auth::Token(t) => Some(format!("Bearer {t}")),
+        Auth::Certificate(_) => None,
+    };
+    let (status, body) = request(
+        addr,
+        Arc::new(cfg),
+        tls::server_name(&server_id),
+        Method::POST,
+        CERTIFY_PATH,
+        bearer.as_deref(),
+        Bytes::from(body),
+    )
+    .await?;
+    if !status.is_success() {
+        let body: ErrorBody = serde_json::from_slice(&body).unwrap_or_else(|_| ErrorBody {
+            error: "unknown".into(),
+            message: String::from_utf8_lossy(&body).chars().take(200).collect(),
+        });
+        return Err(ClientError::Rejected { status, body });
+    }
+    let rsp: CertifyResponse =
+        serde_json::from_slice(&body).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+    credentials_from(rsp, key, identity)
+}
+
+fn credentials_from(
+    rsp: CertifyResponse,
+    key: rcgen::KeyPair,
+    identity: &SpiffeId,
+) -> Result<Credentials, ClientError> {
+    let bad = |e: &dyn std::fmt::Display| ClientError::BadResponse(e.to_string());
+    if &rsp.identity != identity {
+        return Err(ClientError::BadResponse(format!(
+            "asked for {identity}, got a certificate for {}",
+            rsp.identity
+        )));
+    }
+    let mut chain = tls::certs_from_pem(rsp.certificate.as_bytes()).map_err(|e| bad(&e))?;
+    chain.extend(tls::certs_from_pem(rsp.chain.as_bytes()).map_err(|e| bad(&e))?);
+    if chain.is_empty() {
+        return Err(ClientError::BadResponse(
+            "no certificate in the answer".into(),
+        ));
+    }
+    let bundle = TrustBundle::from_pem(rsp.trust_bundle.as_bytes()).map_err(|e| bad(&e))?;
+    // Never trust a certificate the bundle does not verify, nor one for another identity.
+    let verified =
+        tls::verify_client_chain(&bundle, &chain, SystemTime::now()).map_err(|e| bad(&e))?;
+    if &verified != identity {
+        return Err(ClientError::BadResponse(format!(
+            "the certificate proves {verified}, not {identity}"
+        )));
+    }
+    let (not_before, not_after) = validity(&chain[0]).map_err(|e| bad(&e))?;
+    Ok(Credentials {
+        identity: identity.clone(),
+        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+        chain,
+        bundle,
+        not_before,
+        not_after,
+    })
+}
+
+/// The validity window of a DER certificate.
+pub fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), String> {
+    use x509_parser::prelude::*;
+    let (_, x) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    Ok((
+        crate::authority::asn1_to_system(x.validity().not_before),
+        crate::authority::asn1_to_system(x.validity().not_after),
+    ))
+}
+
+/// A fresh ECDSA P-256 key and a PEM CSR for it naming `identity` as its one URI SAN.
+pub fn generate_csr(identity: &SpiffeId) -> Result<(rcgen::KeyPair, String), ClientError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| ClientError::Key(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let uri = rcgen::string::Ia5String::try_from(identity.to_string())
+        .map_err(|e| ClientError::Key(e.to_string()))?;
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| ClientError::Key(e.to_string()))?;
+    let pem = csr.pem().map_err(|e| ClientError::Key(e.to_string()))?;
+    Ok((key, pem))
+}
+
+/// Bootstraps once with the token: fetch and check the bundle, then certify.
+pub async fn bootstrap(settings: &ClientSettings) -> Result<Credentials, ClientError> {
+    let claims = settings.claims()?;
+    let bundle = fetch_trust_bundle(&settings.addr, &claims.anchor).await?;
+    certify(
+        &settings.addr,
+        &bundle,
+        &claims.sub,
+        Auth::Token(&settings.token),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn request(
+    addr: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+    method: Method,
+    path: &str,
+    authorization: Option<&str>,
+    body: Bytes,
+) -> Result<(StatusCode, Bytes), ClientError> {
+    let exchange = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let tls = TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ClientError::Tls {
+                addr: addr.to_string(),
+                detail: e.to_string(),
+            })?;
+        let http_err = |e: &dyn std::fmt::Display| ClientError::Http {
+            addr: addr.to_string(),
+            detail: e.to_string(),
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| http_err(&e))?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, addr)
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(a) = authorization {
+            req = req.header(http::header::AUTHORIZATION, a);
+        }
+        let req = req.body(Full::new(body)).map_err(|e| http_err(&e))?;
+        let rsp = sender.send_request(req).await.map_err(|e| http_err(&e))?;
+        let status = rsp.status();
+        let body = Limited::new(rsp.into_body(), 1024 * 1024)
+            .collect()
+            .await
+            .map_err(|e| http_err(&e))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| ClientError::Timeout {
+            addr: addr.to_string(),
+        })?
+}
