@@ -49,14 +49,14 @@ impl Drop for AbortOnDrop {
 
 /// The proxy's listeners, bound before it runs (tests bind port 0).
 #[derive(Debug)]
-pub struct Listeners {
+pub struct ProxyListeners {
     pub inbound: TcpListener,
     /// One per `--outbound-listen` address (IPv4 and IPv6 loopback with `weft init --ipv6`).
     pub outbound: Vec<TcpListener>,
     pub admin: TcpListener,
 }
 
-impl Listeners {
+impl ProxyListeners {
     pub async fn bind(args: &ProxyArgs) -> Result<Self, String> {
         let bind = |addr: SocketAddr, what: &'static str, env: &'static str| async move {
             TcpListener::bind(addr).await.map_err(|e| {
@@ -78,7 +78,7 @@ impl Listeners {
 /// Binds the listeners of `args` and runs until `shutdown`.
 pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     check_user(&args)?;
-    let listeners = Listeners::bind(&args).await?;
+    let listeners = ProxyListeners::bind(&args).await?;
     run_on(listeners, args, shutdown).await
 }
 
@@ -107,7 +107,7 @@ fn check_user(args: &ProxyArgs) -> Result<(), String> {
 
 /// Runs a proxy on bound listeners until `shutdown`.
 pub async fn run_on(
-    listeners: Listeners,
+    listeners: ProxyListeners,
     args: ProxyArgs,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
