@@ -125,26 +125,40 @@ impl Child {
     /// an error with its log if it exits first or the answer takes more than
     /// [`READY_TIMEOUT`].
     pub fn wait_for_200(&mut self, addr: SocketAddr, path: &str, host: &str) -> Result<(), String> {
+        let what = format!("GET http://{addr}{path} (Host: {host})");
+        self.wait_until_200(&what, Duration::from_millis(50), || {
+            http_get(addr, path, host)
+        })
+    }
+
+    /// Waits until `get`, a request `what` describes, answers 200 (it answers `None` when
+    /// nothing does), trying every `poll`: an error with its log if it exits first or no 200
+    /// comes within [`READY_TIMEOUT`].
+    pub fn wait_until_200(
+        &mut self,
+        what: &str,
+        poll: Duration,
+        mut get: impl FnMut() -> Option<(u16, String)>,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last = String::from("no answer");
         while Instant::now() < deadline {
-            match http_get(addr, path, host) {
+            match get() {
                 Some((200, _)) => return Ok(()),
                 Some((status, body)) => last = format!("{status}: {body}"),
                 None => {}
             }
             if let Some(status) = self.exited() {
                 return Err(format!(
-                    "{} exited with {status} before it was ready; its log:\n{}",
+                    "{} exited with {status} before {what} answered 200; its log:\n{}",
                     self.name(),
                     self.logs()
                 ));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(poll);
         }
         Err(format!(
-            "{}: GET http://{addr}{path} (Host: {host}) did not answer 200 within {READY_TIMEOUT:?}, \
-             last: {last}; its log:\n{}",
+            "{}: {what} did not answer 200 within {READY_TIMEOUT:?}, last: {last}; its log:\n{}",
             self.name(),
             self.logs()
         ))
