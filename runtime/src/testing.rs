@@ -36,6 +36,16 @@ pub fn http_get(addr: SocketAddr, path: &str, host: &str) -> Option<(u16, String
     Some((status, body.to_string()))
 }
 
+/// [`http_get`] for async tests: run on tokio's blocking pool, so a server on the test's own
+/// runtime (even a current-thread one) keeps serving meanwhile.
+pub async fn http_get_async(addr: SocketAddr, path: &str, host: &str) -> Option<(u16, String)> {
+    let (path, host) = (path.to_string(), host.to_string());
+    tokio::task::spawn_blocking(move || http_get(addr, &path, &host))
+        .await
+        .ok()
+        .flatten()
+}
+
 /// [`http`] with a read timeout: the status and the response as text (invalid UTF-8
 /// replaced), at most [`MAX_RESPONSE`] bytes of it.
 fn exchange(
