@@ -32,11 +32,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use weft_identity::config::{ENV_IDENTITY_ADDR, ENV_TOKEN_FILE};
+use weft_policy::config::ENV_POLICY_ADDR;
+use weft_proxy::config as proxy_config;
+use weft_runtime::child::Child;
+use weft_runtime::testing::{http_get, metric_sum};
+
 use crate::Error;
 use crate::load::{DRAIN, RunResult, Window};
 use crate::mesh::{
-    self, Load, MeshConfig, Pids, Proc, READY_TIMEOUT, find_weft, metric_sum, proxy_cpu,
-    rates_with, resources_yaml, sample_cpu, token, write_file,
+    self, Load, MeshConfig, Pids, READY_TIMEOUT, find_weft, proxy_cpu, rates_with, resources_yaml,
+    sample_cpu, token, write_file,
 };
 use crate::procstat;
 use crate::report::{API_PROXY, Run, Scenario, Settings, WEB_PROXY};
@@ -324,11 +330,11 @@ impl Pair {
 /// deleted, then the directory (tokens, CA, resources, logs) is removed.
 #[derive(Debug)]
 struct Bench {
-    web: Proc,
-    api: Proc,
-    _policy: Proc,
-    _identity: Proc,
-    _app: Proc,
+    web: Child,
+    api: Child,
+    _policy: Child,
+    _identity: Child,
+    _app: Child,
     pair: Pair,
     /// This binary, re-executed in the namespaces as the app, the load generator and `fetch`.
     exe: PathBuf,
@@ -490,8 +496,8 @@ impl Bench {
                 POLICY_ADMIN,
             ],
             &[
-                ("WEFT_TOKEN_FILE", path(&d.join("policy.token"))),
-                ("WEFT_IDENTITY_ADDR", identity_api.clone()),
+                (ENV_TOKEN_FILE, path(&d.join("policy.token"))),
+                (ENV_IDENTITY_ADDR, identity_api.clone()),
             ],
         )?;
         wait_for_200(&exe, &pair.app, &mut policy, POLICY_ADMIN, "/ready")?;
@@ -521,7 +527,7 @@ impl Bench {
         } else {
             (weft, &["proxy"])
         };
-        let proxy = |ns: &Netns, name: &'static str| -> Result<Proc, Error> {
+        let proxy = |ns: &Netns, name: &'static str| -> Result<Child, Error> {
             let setpriv = [
                 format!("--reuid={PROXY_UID}"),
                 format!("--regid={PROXY_UID}"),
@@ -538,11 +544,11 @@ impl Bench {
                 Path::new("setpriv"),
                 &args,
                 &[
-                    ("WEFT_TOKEN_FILE", path(&d.join(format!("{name}.token")))),
-                    ("WEFT_IDENTITY_ADDR", identity_api.clone()),
-                    ("WEFT_POLICY_ADDR", policy_api.clone()),
-                    ("WEFT_PROXY_UID", uid.clone()),
-                    ("WEFT_PROXY_APP_PORT", MESHED_PORT.to_string()),
+                    (ENV_TOKEN_FILE, path(&d.join(format!("{name}.token")))),
+                    (ENV_IDENTITY_ADDR, identity_api.clone()),
+                    (ENV_POLICY_ADDR, policy_api.clone()),
+                    (proxy_config::ENV_PROXY_UID, uid.clone()),
+                    (proxy_config::ENV_APP_PORT, MESHED_PORT.to_string()),
                 ],
             )?;
             wait_for_200(&exe, ns, &mut p, PROXY_ADMIN, "/ready")?;
@@ -766,12 +772,12 @@ fn spawn_in(
     program: &Path,
     args: &[&str],
     env: &[(&str, String)],
-) -> Result<Proc, Error> {
+) -> Result<Child, Error> {
     let mut all: Vec<&str> = vec!["netns", "exec", &ns.name];
     let program = program.display().to_string();
     all.push(&program);
     all.extend_from_slice(args);
-    Proc::spawn(dir, name, Path::new("ip"), &all, env)
+    mesh::spawn(dir, name, Path::new("ip"), &all, env)
 }
 
 /// `GET path` at `addr` from inside `ns` (this binary's `fetch`, as root: to an address
@@ -798,34 +804,14 @@ fn fetch(exe: &Path, ns: &Netns, addr: &str, path: &str) -> Option<(u16, String)
 fn wait_for_200(
     exe: &Path,
     ns: &Netns,
-    proc: &mut Proc,
+    proc: &mut Child,
     addr: &str,
     path: &str,
 ) -> Result<(), Error> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut last = None;
-    while Instant::now() < deadline {
-        last = fetch(exe, ns, addr, path);
-        if matches!(last, Some((200, _))) {
-            return Ok(());
-        }
-        if let Some(status) = proc.exited() {
-            return Err(format!(
-                "{} in {} exited with {status} before it was ready; its log:\n{}",
-                proc.name(),
-                ns.name,
-                proc.logs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(format!(
-        "{} in {}: GET http://{addr}{path} did not answer 200 within {READY_TIMEOUT:?}, last: \
-         {last:?}; its log:\n{}",
-        proc.name(),
-        ns.name,
-        proc.logs()
-    ))
+    let what = format!("GET http://{addr}{path} in {}", ns.name);
+    proc.wait_until_200(&what, Duration::from_millis(100), || {
+        fetch(exe, ns, addr, path)
+    })
 }
 
 /// `weft-bench fetch ADDR PATH`: one `GET` (with `Connection: close`), printed as the status on
@@ -834,7 +820,7 @@ pub fn fetch_main(addr: &str, path: &str) -> Result<String, Error> {
     let sock = addr
         .parse()
         .map_err(|e| format!("{addr} is not an IP address and port: {e}"))?;
-    let (status, body) = mesh::http_get(sock, path, addr)
+    let (status, body) = http_get(sock, path, addr)
         .ok_or_else(|| format!("nothing answered GET http://{addr}{path}"))?;
     Ok(format!("{status}\n{body}"))
 }

@@ -16,11 +16,16 @@
 //! before the runs and at the end. Every process is killed when the benchmark ends, on error
 //! too.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use weft_identity::config::{ENV_IDENTITY_ADDR, ENV_TOKEN_FILE};
+use weft_policy::config::ENV_POLICY_ADDR;
+use weft_proxy::config as proxy_config;
+use weft_runtime::child::{Child, Options, Stdin};
+use weft_runtime::testing::{http_get, metric_sum};
 
 use crate::Error;
 use crate::load::{self, LoadConfig, Window};
@@ -32,7 +37,7 @@ use crate::report::{
 };
 
 /// How long a process may take to become ready, and the mesh to route the first request.
-pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const READY_TIMEOUT: Duration = weft_runtime::testing::READY_TIMEOUT;
 /// How long the proxies get to settle after idle connections open or close.
 const IDLE_SETTLE: Duration = Duration::from_secs(1);
 /// How long the proxies' CPU use at rest is sampled before the runs.
@@ -475,99 +480,34 @@ pub(crate) type Pids = Vec<(&'static str, u32)>;
 /// app's port (the port of the `api` service): each a file name and its YAML.
 pub(crate) type ExtraResources = fn(app_port: u16) -> Vec<(&'static str, String)>;
 
-/// A process of the mesh, killed when dropped; its stderr goes to a log file.
-#[derive(Debug)]
-pub(crate) struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    pub(crate) fn spawn(
-        dir: &Path,
-        name: &'static str,
-        program: &Path,
-        args: &[&str],
-        env: &[(&str, String)],
-    ) -> Result<Self, Error> {
-        let log = dir.join(format!("{name}.log"));
-        let stderr = std::fs::File::create(&log)
-            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-        let child = Command::new(program)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("WEFT_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| format!("cannot start {name} ({}): {e}", program.display()))?;
-        Ok(Self { name, child, log })
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub(crate) fn name(&self) -> &'static str {
-        self.name
-    }
-
-    /// The exit status, if the process has exited.
-    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    pub(crate) fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until `GET path` with `Host: host` at `addr` answers 200: bounded, and an error
-    /// with the process's log if it exits or takes too long.
-    pub(crate) fn wait_for_200(
-        &mut self,
-        addr: SocketAddr,
-        path: &str,
-        host: &str,
-    ) -> Result<(), Error> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut last = String::from("no answer");
-        while Instant::now() < deadline {
-            match http_get(addr, path, host) {
-                Some((200, _)) => return Ok(()),
-                Some((status, body)) => last = format!("{status}: {body}"),
-                None => {}
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!(
-                    "{} exited with {status} before it was ready; its log:\n{}",
-                    self.name,
-                    self.logs()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!(
-            "{}: GET http://{addr}{path} (Host: {host}) did not answer 200 within {READY_TIMEOUT:?}, \
-             last: {last}; its log:\n{}",
-            self.name,
-            self.logs()
-        ))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A process of the benchmark, killed when dropped: `program args` with `env` added,
+/// `WEFT_LOG=warn`, nothing on stdin, its stderr in `<dir>/<name>.log`.
+pub(crate) fn spawn(
+    dir: &Path,
+    name: &str,
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> Result<Child, Error> {
+    let options = Options {
+        log_level: "warn",
+        stdin: Stdin::Null,
+        ..Options::default()
+    };
+    Child::spawn(
+        name,
+        program,
+        args,
+        env,
+        &dir.join(format!("{name}.log")),
+        &options,
+    )
 }
 
 /// A proxy's process and its listeners.
 #[derive(Debug)]
 pub(crate) struct Proxy {
-    pub(crate) proc: Proc,
+    pub(crate) proc: Child,
     pub(crate) outbound: SocketAddr,
     admin: SocketAddr,
 }
@@ -580,12 +520,12 @@ pub(crate) struct Mesh {
     pub(crate) identity_api: SocketAddr,
     pub(crate) web: Proxy,
     pub(crate) api: Proxy,
-    pub(crate) policy: Proc,
+    pub(crate) policy: Child,
     /// The control plane's resource directory, re-read every 200 ms.
     resources: PathBuf,
     policy_admin: SocketAddr,
-    _identity: Proc,
-    _app: Proc,
+    _identity: Child,
+    _app: Child,
     _dir: tempfile::TempDir,
 }
 
@@ -600,7 +540,7 @@ impl Mesh {
         let app = free_addr()?;
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
         let body_size = body_size.to_string();
-        let mut app_proc = Proc::spawn(
+        let mut app_proc = spawn(
             d,
             "app",
             &exe,
@@ -638,8 +578,8 @@ impl Mesh {
             "--dir",
             &resources,
             &[
-                ("WEFT_TOKEN_FILE", path(&d.join("policy.token"))),
-                ("WEFT_IDENTITY_ADDR", id_api.to_string()),
+                (ENV_TOKEN_FILE, path(&d.join("policy.token"))),
+                (ENV_IDENTITY_ADDR, id_api.to_string()),
             ],
         )?;
 
@@ -652,19 +592,19 @@ impl Mesh {
         };
         let proxy = |name: &'static str, app_port: u16| -> Result<Proxy, Error> {
             let (inbound, outbound, admin) = (free_addr()?, free_addr()?, free_addr()?);
-            let mut proc = Proc::spawn(
+            let mut proc = spawn(
                 d,
                 name,
                 proxy_bin,
                 proxy_args,
                 &[
-                    ("WEFT_TOKEN_FILE", path(&d.join(format!("{name}.token")))),
-                    ("WEFT_IDENTITY_ADDR", id_api.to_string()),
-                    ("WEFT_POLICY_ADDR", pol_api.to_string()),
-                    ("WEFT_PROXY_INBOUND_LISTEN", inbound.to_string()),
-                    ("WEFT_PROXY_OUTBOUND_LISTEN", outbound.to_string()),
-                    ("WEFT_PROXY_ADMIN_LISTEN", admin.to_string()),
-                    ("WEFT_PROXY_APP_PORT", app_port.to_string()),
+                    (ENV_TOKEN_FILE, path(&d.join(format!("{name}.token")))),
+                    (ENV_IDENTITY_ADDR, id_api.to_string()),
+                    (ENV_POLICY_ADDR, pol_api.to_string()),
+                    (proxy_config::ENV_INBOUND, inbound.to_string()),
+                    (proxy_config::ENV_OUTBOUND, outbound.to_string()),
+                    (proxy_config::ENV_ADMIN, admin.to_string()),
+                    (proxy_config::ENV_APP_PORT, app_port.to_string()),
                 ],
             )?;
             proc.wait_for_200(admin, "/ready", "localhost")?;
@@ -810,7 +750,7 @@ fn start_server(
     dir_flag: &str,
     dir: &Path,
     env: &[(&str, String)],
-) -> Result<(Proc, SocketAddr, SocketAddr), Error> {
+) -> Result<(Child, SocketAddr, SocketAddr), Error> {
     let (api, admin) = (free_addr()?, free_addr()?);
     let dir = dir.display().to_string();
     let (api_s, admin_s) = (api.to_string(), admin.to_string());
@@ -823,7 +763,7 @@ fn start_server(
         "--admin-listen",
         &admin_s,
     ];
-    let mut p = Proc::spawn(d, name, weft, &args, env)?;
+    let mut p = spawn(d, name, weft, &args, env)?;
     p.wait_for_200(admin, "/ready", "localhost")?;
     Ok((p, api, admin))
 }
@@ -870,24 +810,6 @@ pub(crate) fn free_addr() -> Result<SocketAddr, Error> {
     weft_runtime::process::free_loopback_addr("the benchmark")
 }
 
-/// A plain HTTP/1.1 GET with `Connection: close`: the status and the body. `None` when
-/// nothing answers (within a few seconds).
-pub(crate) fn http_get(addr: SocketAddr, path: &str, host: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = Vec::new();
-    s.take(16 << 20).read_to_end(&mut out).ok()?;
-    let text = String::from_utf8_lossy(&out);
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Some((status, body.to_string()))
-}
-
 /// The body of `GET path` at `addr` (an admin endpoint), or an error naming `what`.
 fn get_200(addr: SocketAddr, path: &str, what: &str) -> Result<String, Error> {
     match http_get(addr, path, "localhost") {
@@ -896,30 +818,6 @@ fn get_200(addr: SocketAddr, path: &str, what: &str) -> Result<String, Error> {
             "cannot read {what} at http://{addr}{path}: {other:?}"
         )),
     }
-}
-
-/// The series of `name` in a Prometheus text page: each one's labels (`{...}`, or empty) and
-/// value.
-pub(crate) fn metric_series<'a>(
-    text: &'a str,
-    name: &'a str,
-) -> impl Iterator<Item = (&'a str, f64)> + 'a {
-    text.lines().filter_map(move |l| {
-        let rest = l.strip_prefix(name)?;
-        if !rest.starts_with(['{', ' ']) {
-            return None;
-        }
-        let (labels, value) = rest.rsplit_once(' ')?;
-        Some((labels.trim(), value.parse::<f64>().ok()?))
-    })
-}
-
-/// The sum of the series of `name` whose labels contain every one of `must_contain`.
-pub(crate) fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
-    metric_series(text, name)
-        .filter(|(labels, _)| must_contain.iter().all(|m| labels.contains(m)))
-        .map(|(_, value)| value)
-        .sum()
 }
 
 #[cfg(test)]
@@ -963,18 +861,5 @@ mod tests {
             proxy_cpu(&proxies, vec![10, 0], 100, 0)[0].cpu_seconds_per_1000_requests,
             100.0
         );
-    }
-
-    #[test]
-    fn metric_sums_match_name_and_labels() {
-        let text = "# HELP weft_proxy_requests_total x\n\
-                    weft_proxy_requests_total{direction=\"inbound\",tls=\"true\"} 12\n\
-                    weft_proxy_requests_total{direction=\"inbound\",tls=\"false\"} 3\n\
-                    weft_proxy_requests_total{direction=\"outbound\",tls=\"true\"} 5\n\
-                    weft_proxy_requests_total_other{direction=\"inbound\",tls=\"true\"} 7\n";
-        let sum = |m: &[&str]| metric_sum(text, "weft_proxy_requests_total", m);
-        assert_eq!(sum(&["direction=\"inbound\"", "tls=\"true\""]), 12.0);
-        assert_eq!(sum(&["direction=\"inbound\""]), 15.0);
-        assert_eq!(sum(&[]), 20.0);
     }
 }

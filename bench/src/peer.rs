@@ -33,9 +33,11 @@ use rustls::pki_types::{PrivateKeyDer, ServerName};
 use rustls::sign::CertifiedKey;
 use weft_identity::spiffe::SpiffeId;
 use weft_identity::tls::{self, CertStore, TrustBundle};
+use weft_runtime::child::Child;
+use weft_runtime::testing::http_get;
 
 use crate::Error;
-use crate::mesh::{Mesh, Proc, free_addr, http_get, write_file};
+use crate::mesh::{self, Mesh, free_addr, write_file};
 use crate::report::{HAPROXY_API, HAPROXY_WEB, PeerCheck, Run, Scenario};
 
 /// The Debian package that provides `haproxy`.
@@ -174,8 +176,8 @@ listen stats
 /// The running HAProxy pair. Dropping it kills both.
 #[derive(Debug)]
 pub(crate) struct Peer {
-    web: Proc,
-    api: Proc,
+    web: Child,
+    api: Child,
     /// Where the load goes: the web HAProxy's plain HTTP port.
     pub(crate) web_addr: SocketAddr,
     stats: SocketAddr,
@@ -218,7 +220,7 @@ impl Peer {
         let start = |name: &'static str, cfg: &Path| {
             let cfg = cfg.display().to_string();
             // -db: in the foreground, not as a daemon, so it is our child and dies with us.
-            Proc::spawn(d, name, haproxy, &["-db", "-f", &cfg], &[])
+            mesh::spawn(d, name, haproxy, &["-db", "-f", &cfg], &[])
         };
         let mut api = start("haproxy-api", &api_cfg)?;
         api.wait_for_200(stats, "/stats", "localhost")?;

@@ -21,8 +21,10 @@
 
 use std::time::{Duration, Instant};
 
+use weft_runtime::testing::metric_series;
+
 use crate::Error;
-use crate::mesh::{Harness, Load, Mesh, MeshConfig, metric_series};
+use crate::mesh::{Harness, Load, Mesh, MeshConfig};
 use crate::report::{RouteSwitch, Scenario, StackReport};
 
 /// The full-stack `HTTPRoute`'s name (in namespace `default`).

@@ -9,10 +9,15 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use support::*;
+use weft_identity::config::{ENV_IDENTITY_ADDR, ENV_TOKEN_FILE};
+use weft_policy::config::ENV_POLICY_ADDR;
+use weft_proxy::config as proxy_config;
+use weft_runtime::child::Child;
+use weft_runtime::testing::http;
 
 struct Mesh {
     _dir: tempfile::TempDir,
-    _procs: Vec<Proc>,
+    _procs: Vec<Child>,
     identity_admin: SocketAddr,
     policy_admin: SocketAddr,
     proxy_admin: SocketAddr,
@@ -35,7 +40,7 @@ impl Mesh {
         )
         .unwrap();
         let (pol_api, policy_admin) = (free_addr(), free_addr());
-        let mut policy = Proc::start(
+        let mut policy = start_weft(
             d,
             "policy",
             &[
@@ -48,27 +53,24 @@ impl Mesh {
                 &policy_admin.to_string(),
             ],
             &[
-                (
-                    "WEFT_TOKEN_FILE",
-                    d.join("policy.token").display().to_string(),
-                ),
-                ("WEFT_IDENTITY_ADDR", id_api.to_string()),
+                (ENV_TOKEN_FILE, d.join("policy.token").display().to_string()),
+                (ENV_IDENTITY_ADDR, id_api.to_string()),
             ],
         );
         policy.wait_ready(policy_admin);
         let proxy_admin = free_addr();
-        let mut proxy = Proc::start(
+        let mut proxy = start_weft(
             d,
             "api",
             &["proxy"],
             &[
-                ("WEFT_TOKEN_FILE", d.join("api.token").display().to_string()),
-                ("WEFT_IDENTITY_ADDR", id_api.to_string()),
-                ("WEFT_POLICY_ADDR", pol_api.to_string()),
-                ("WEFT_PROXY_INBOUND_LISTEN", free_addr().to_string()),
-                ("WEFT_PROXY_OUTBOUND_LISTEN", free_addr().to_string()),
-                ("WEFT_PROXY_ADMIN_LISTEN", proxy_admin.to_string()),
-                ("WEFT_PROXY_APP_PORT", "1".to_string()),
+                (ENV_TOKEN_FILE, d.join("api.token").display().to_string()),
+                (ENV_IDENTITY_ADDR, id_api.to_string()),
+                (ENV_POLICY_ADDR, pol_api.to_string()),
+                (proxy_config::ENV_INBOUND, free_addr().to_string()),
+                (proxy_config::ENV_OUTBOUND, free_addr().to_string()),
+                (proxy_config::ENV_ADMIN, proxy_admin.to_string()),
+                (proxy_config::ENV_APP_PORT, "1".to_string()),
             ],
         );
         proxy.wait_ready(proxy_admin);

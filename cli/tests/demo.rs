@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use support::*;
+use weft_runtime::testing::{http, metric_sum};
 
 /// A row of the table the demo prints: name, kind, pid, and its `what=addr` pairs.
 #[derive(Debug)]

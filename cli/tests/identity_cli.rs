@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use support::*;
+use weft_runtime::testing::http;
 
 #[test]
 fn token_create_and_cert_issue_against_a_running_identity_service() {

@@ -12,9 +12,13 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use support::{
-    NS_IDENTITY_PORT, NS_POLICY_PORT, Netns, NsControlPlane, WEFT, metric_sum, require_tools,
-    spawn_proxy_as, system_tests,
+    NS_IDENTITY_PORT, NS_POLICY_PORT, Netns, NsControlPlane, WEFT, require_tools, spawn_proxy_as,
+    system_tests,
 };
+use weft_identity::config::{ENV_IDENTITY_ADDR, ENV_TOKEN_FILE};
+use weft_policy::config::ENV_POLICY_ADDR;
+use weft_proxy::config as proxy_config;
+use weft_runtime::testing::metric_sum;
 
 /// The proxy's user: exempt from redirection by `weft init --proxy-uid`.
 const PROXY_UID: &str = "2102";
@@ -168,16 +172,13 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     pair.a
         .ok(&[WEFT, "init", "--proxy-uid", PROXY_UID, "--ipv6"]);
     let proxy_env = [
-        ("WEFT_TOKEN_FILE", client_token.display().to_string()),
-        (
-            "WEFT_IDENTITY_ADDR",
-            format!("127.0.0.1:{NS_IDENTITY_PORT}"),
-        ),
-        ("WEFT_POLICY_ADDR", format!("127.0.0.1:{NS_POLICY_PORT}")),
-        ("WEFT_PROXY_OPAQUE_PORTS", BANNER_PORT.into()),
+        (ENV_TOKEN_FILE, client_token.display().to_string()),
+        (ENV_IDENTITY_ADDR, format!("127.0.0.1:{NS_IDENTITY_PORT}")),
+        (ENV_POLICY_ADDR, format!("127.0.0.1:{NS_POLICY_PORT}")),
+        (proxy_config::ENV_OPAQUE_PORTS, BANNER_PORT.into()),
         // IPv6 too: `weft init --ipv6` redirects it to [::1].
         (
-            "WEFT_PROXY_OUTBOUND_LISTEN",
+            proxy_config::ENV_OUTBOUND,
             "127.0.0.1:4140,[::1]:4140".into(),
         ),
     ];

@@ -12,6 +12,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
+use weft_identity::config::{ENV_IDENTITY_ADDR, ENV_TOKEN_FILE};
+use weft_policy::config::ENV_POLICY_ADDR;
+use weft_proxy::config as proxy_config;
+use weft_runtime::child::Child;
+use weft_runtime::testing::{http, metric_sum};
 
 /// A tiny HTTP/1 app in a thread: answers `hello from <name>: <request line>`.
 fn app(name: &'static str) -> SocketAddr {
@@ -79,15 +84,15 @@ fn proxy_env(
     };
     let env = vec![
         (
-            "WEFT_TOKEN_FILE",
+            ENV_TOKEN_FILE,
             dir.join(format!("{name}.token")).display().to_string(),
         ),
-        ("WEFT_IDENTITY_ADDR", identity.to_string()),
-        ("WEFT_POLICY_ADDR", policy.to_string()),
-        ("WEFT_PROXY_INBOUND_LISTEN", addrs.inbound.to_string()),
-        ("WEFT_PROXY_OUTBOUND_LISTEN", addrs.outbound.to_string()),
-        ("WEFT_PROXY_ADMIN_LISTEN", addrs.admin.to_string()),
-        ("WEFT_PROXY_APP_PORT", app_port.to_string()),
+        (ENV_IDENTITY_ADDR, identity.to_string()),
+        (ENV_POLICY_ADDR, policy.to_string()),
+        (proxy_config::ENV_INBOUND, addrs.inbound.to_string()),
+        (proxy_config::ENV_OUTBOUND, addrs.outbound.to_string()),
+        (proxy_config::ENV_ADMIN, addrs.admin.to_string()),
+        (proxy_config::ENV_APP_PORT, app_port.to_string()),
     ];
     (env, addrs)
 }
@@ -97,13 +102,13 @@ fn proxy_env(
 struct Fixture {
     dir: tempfile::TempDir,
     /// Kept so the identity service lives as long as the fixture.
-    _identity: Proc,
+    _identity: Child,
     id_api: SocketAddr,
-    policy: Option<Proc>,
+    policy: Option<Child>,
     pol_api: SocketAddr,
     pol_admin: SocketAddr,
     resources: PathBuf,
-    proxies: HashMap<&'static str, (Proc, ProxyAddrs)>,
+    proxies: HashMap<&'static str, (Child, ProxyAddrs)>,
     port: u16,
 }
 
@@ -149,7 +154,7 @@ impl Fixture {
         f.start_policy();
         for (name, app_port) in [("api", port), ("web", 1), ("other", 1)] {
             let (env, addrs) = proxy_env(f.dir.path(), name, id_api, f.pol_api, app_port);
-            let mut p = Proc::start(f.dir.path(), name, &["proxy"], &env);
+            let mut p = start_weft(f.dir.path(), name, &["proxy"], &env);
             p.wait_ready(addrs.admin);
             f.proxies.insert(name, (p, addrs));
         }
@@ -158,7 +163,7 @@ impl Fixture {
 
     fn start_policy(&mut self) {
         let d = self.dir.path();
-        let mut policy = Proc::start(
+        let mut policy = start_weft(
             d,
             "policy",
             &[
@@ -171,11 +176,8 @@ impl Fixture {
                 &self.pol_admin.to_string(),
             ],
             &[
-                (
-                    "WEFT_TOKEN_FILE",
-                    d.join("policy.token").display().to_string(),
-                ),
-                ("WEFT_IDENTITY_ADDR", self.id_api.to_string()),
+                (ENV_TOKEN_FILE, d.join("policy.token").display().to_string()),
+                (ENV_IDENTITY_ADDR, self.id_api.to_string()),
             ],
         );
         policy.wait_ready(self.pol_admin);
@@ -461,8 +463,7 @@ fn traffic_survives_a_control_plane_outage_and_the_proxy_converges() {
 
     // The control plane dies (SIGKILL): traffic keeps flowing on the proxies' last state.
     let mut policy = f.policy.take().unwrap();
-    policy.child.kill().unwrap();
-    policy.child.wait().unwrap();
+    policy.kill().unwrap();
     let until = Instant::now() + Duration::from_secs(3);
     let mut n = 0;
     while Instant::now() < until && n < 2000 {
@@ -526,8 +527,8 @@ fn sigterm_lets_requests_in_flight_complete() {
     let mut f = f;
     let (api, _) = f.proxies.remove("api").unwrap();
     let (web, _) = f.proxies.remove("web").unwrap();
-    let api_pid = api.child.id();
-    let web_pid = web.child.id();
+    let api_pid = api.pid();
+    let web_pid = web.pid();
     Command::new("kill")
         .args(["-TERM", &api_pid.to_string(), &web_pid.to_string()])
         .status()
@@ -549,7 +550,7 @@ fn a_proxy_keeps_retrying_an_unreachable_identity_service_and_says_so() {
     token(&data, "default", "web", &d.join("web.token"));
     // Nothing listens at the identity address.
     let (env, addrs) = proxy_env(d, "web", free_addr(), free_addr(), 1);
-    let p = Proc::start(d, "web", &["proxy"], &env);
+    let p = start_weft(d, "web", &["proxy"], &env);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let live = http(addrs.admin, "GET", "/live", "x").map(|r| r.0);
@@ -575,10 +576,10 @@ fn a_proxy_without_its_token_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(WEFT)
         .args(["proxy"])
-        .env("WEFT_TOKEN_FILE", dir.path().join("missing-token"))
-        .env("WEFT_PROXY_INBOUND_LISTEN", free_addr().to_string())
-        .env("WEFT_PROXY_OUTBOUND_LISTEN", free_addr().to_string())
-        .env("WEFT_PROXY_ADMIN_LISTEN", free_addr().to_string())
+        .env(ENV_TOKEN_FILE, dir.path().join("missing-token"))
+        .env(proxy_config::ENV_INBOUND, free_addr().to_string())
+        .env(proxy_config::ENV_OUTBOUND, free_addr().to_string())
+        .env(proxy_config::ENV_ADMIN, free_addr().to_string())
         .output()
         .unwrap();
     assert!(!out.status.success());

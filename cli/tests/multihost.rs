@@ -46,9 +46,13 @@ use std::time::{Duration, Instant};
 use capture::{Capture, packets};
 use hosts::{Host, Lan};
 use support::{
-    Bg, NS_IDENTITY_PORT, NS_POLICY_PORT, NsControlPlane, metric_sum, require_tools,
-    spawn_proxy_as, system_tests,
+    NS_IDENTITY_PORT, NS_POLICY_PORT, NsControlPlane, require_tools, spawn_proxy_as, system_tests,
 };
+use weft_identity::config::{ENV_IDENTITY_ADDR, ENV_TOKEN_FILE};
+use weft_policy::config::ENV_POLICY_ADDR;
+use weft_proxy::config as proxy_config;
+use weft_runtime::child::Child;
+use weft_runtime::testing::metric_sum;
 
 /// Every host's app: HTTP on 8080 (meshed), the same on 8081 (skipped by `weft init`: plain
 /// on the wire), a line echo on 7000, a banner on 2525 (declared opaque) and on 2526 (not).
@@ -103,21 +107,21 @@ serve_http(8080, b"hello from " + host.encode() + b"\n")
 // it starts here, beside the rest of the mesh's set-up.
 impl Host {
     /// `weft proxy` as the host's own UID (exempt from its `weft init`), ready.
-    fn start_proxy(&self, dir: &Path, c_ip: &str, log: &str) -> Bg {
+    fn start_proxy(&self, dir: &Path, c_ip: &str, log: &str) -> Child {
         let env = [
             (
-                "WEFT_TOKEN_FILE",
+                ENV_TOKEN_FILE,
                 dir.join(format!("{}.token", self.name))
                     .display()
                     .to_string(),
             ),
-            ("WEFT_IDENTITY_ADDR", format!("{c_ip}:{NS_IDENTITY_PORT}")),
-            ("WEFT_POLICY_ADDR", format!("{c_ip}:{NS_POLICY_PORT}")),
-            ("WEFT_PROXY_UID", self.uid.to_string()),
+            (ENV_IDENTITY_ADDR, format!("{c_ip}:{NS_IDENTITY_PORT}")),
+            (ENV_POLICY_ADDR, format!("{c_ip}:{NS_POLICY_PORT}")),
+            (proxy_config::ENV_PROXY_UID, self.uid.to_string()),
             // Both families, as `weft init --ipv6` redirects them.
-            ("WEFT_PROXY_INBOUND_LISTEN", "[::]:4143".to_string()),
+            (proxy_config::ENV_INBOUND, "[::]:4143".to_string()),
             (
-                "WEFT_PROXY_OUTBOUND_LISTEN",
+                proxy_config::ENV_OUTBOUND,
                 "127.0.0.1:4140,[::1]:4140".to_string(),
             ),
         ];
@@ -185,9 +189,9 @@ const CALLS: usize = 5;
 /// The mesh of the test, up. Dropped in field order: the proxies first, the namespaces and
 /// the directory last.
 struct Mesh {
-    proxies: Vec<Bg>,
+    proxies: Vec<Child>,
     _control: NsControlPlane,
-    _apps: Vec<Bg>,
+    _apps: Vec<Child>,
     lan: Lan,
     /// Every host's nat tables (IPv4, IPv6) before `weft init`.
     nat_before: Vec<(String, String)>,
@@ -248,7 +252,7 @@ impl Mesh {
             args.extend(extra);
             h.ns.weft(&args);
         }
-        let proxies: Vec<Bg> = lan
+        let proxies: Vec<Child> = lan
             .hosts
             .iter()
             .map(|h| h.start_proxy(d, &c.ip, &format!("proxy-{}.log", h.name)))
@@ -688,8 +692,8 @@ impl Mesh {
 }
 
 /// Every host's app, listening on all its ports.
-fn start_apps(lan: &Lan, d: &Path) -> Vec<Bg> {
-    let apps: Vec<Bg> = lan
+fn start_apps(lan: &Lan, d: &Path) -> Vec<Child> {
+    let apps: Vec<Child> = lan
         .hosts
         .iter()
         .map(|h| {
@@ -739,7 +743,7 @@ fn peer(h: &Host) -> String {
 }
 
 /// The proxies' logs, for a failure's message.
-fn logs(proxies: &[Bg]) -> String {
+fn logs(proxies: &[Child]) -> String {
     proxies
         .iter()
         .zip(["a", "b", "c"])

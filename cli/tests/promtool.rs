@@ -17,6 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
+use weft_runtime::child::Child;
+use weft_runtime::testing::{http, metric_sum};
 
 fn docs_prometheus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/prometheus")
@@ -103,7 +105,7 @@ spec:
 
 /// The outbound and admin addresses of a `weft proxy` process.
 struct Sidecar {
-    proc: Proc,
+    proc: Child,
     outbound: SocketAddr,
     admin: SocketAddr,
 }
@@ -147,10 +149,10 @@ fn start(
     command: &str,
     flags: &[(&str, String)],
     admin: SocketAddr,
-) -> Proc {
+) -> Child {
     let mut args = vec![command];
     args.extend(flags.iter().flat_map(|(f, v)| [*f, v.as_str()]));
-    let mut proc = Proc::start(dir, name, &args, &[]);
+    let mut proc = start_weft(dir, name, &args, &[]);
     proc.wait_ready(admin);
     proc
 }

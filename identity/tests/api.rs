@@ -13,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 use weft_identity::authority::{Authority, AuthorityConfig};
 use weft_identity::server::Running;
 use weft_identity::tls;
+use weft_runtime::testing::eventually;
 
 fn csr_with(key: &rcgen::KeyPair, sans: Vec<rcgen::SanType>) -> String {
     let mut p = rcgen::CertificateParams::default();

@@ -14,6 +14,7 @@ use weft_identity::client::{ClientSettings, IdentityClient};
 use weft_identity::server::Running;
 use weft_identity::tls::Credentials;
 use weft_runtime::metrics::Registry;
+use weft_runtime::testing::eventually;
 
 fn short_lived(dir: &std::path::Path) -> Authority {
     let mut cfg = AuthorityConfig::new(dir);

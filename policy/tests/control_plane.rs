@@ -23,6 +23,7 @@ use weft_policy::authz::authorize;
 use weft_policy::registry::Registration;
 use weft_policy::server::Settings;
 use weft_policy::wire::Dur;
+use weft_runtime::testing::eventually_some;
 
 fn weights(routes: &weft_policy::routes::ServiceRoutes) -> Vec<u32> {
     routes
@@ -136,7 +137,7 @@ async fn invalid_edit_is_logged_and_shown_and_the_watcher_keeps_its_state() {
         "weight: 90}]\n      timeouts: {request: 2x}",
     );
     write(dir.path(), &bad);
-    let body = eventually(
+    let body = eventually_some(
         Duration::from_secs(2),
         "/status to show the error",
         || async {
@@ -378,7 +379,7 @@ async fn api_answers_lists_resumes_and_errors() {
     let dir = resource_dir(RESOURCES);
     let cp = ControlPlane::start(Settings::insecure(dir.path())).await;
     // A list (no watch) is one snapshot.
-    let (status, body) = http_get(cp.api, "/v1/routes?namespace=default&service=api").await;
+    let (status, body) = cp.api_get("/v1/routes?namespace=default&service=api").await;
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["type"], "SNAPSHOT");
@@ -402,13 +403,13 @@ async fn api_answers_lists_resumes_and_errors() {
     .await;
     assert!(first.contains("\"type\":\"SNAPSHOT\""), "{first}");
 
-    let (status, body) = http_get(cp.api, "/v1/routes").await;
+    let (status, body) = cp.api_get("/v1/routes").await;
     assert_eq!(status, 400);
     assert!(body.contains("missing_service"), "{body}");
-    let (status, _) = http_get(cp.api, "/v1/nothing").await;
+    let (status, _) = cp.api_get("/v1/nothing").await;
     assert_eq!(status, 404);
     // Services without resources get defaults.
-    let (_, body) = http_get(cp.api, "/v1/inbound?service=ghost").await;
+    let (_, body) = cp.api_get("/v1/inbound?service=ghost").await;
     assert!(body.contains("default:all-authenticated"), "{body}");
     cp.stop().await;
 }
@@ -457,7 +458,7 @@ async fn an_address_lookup_names_the_endpoints_at_an_ip_and_follows_registration
         v["item"].clone()
     };
 
-    let (status, body) = http_get(cp.api, "/v1/address?ip=10.0.0.7").await;
+    let (status, body) = cp.api_get("/v1/address?ip=10.0.0.7").await;
     assert_eq!(status, 200, "{body}");
     let legacy = item(&body);
     assert_eq!(legacy["ip"], "10.0.0.7");
@@ -476,7 +477,7 @@ async fn an_address_lookup_names_the_endpoints_at_an_ip_and_follows_registration
     );
 
     // An IP the mesh does not know: known to be unknown, not an error.
-    let (status, body) = http_get(cp.api, "/v1/address?ip=127.0.0.1").await;
+    let (status, body) = cp.api_get("/v1/address?ip=127.0.0.1").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(item(&body)["endpoints"], serde_json::json!([]));
 
@@ -552,10 +553,10 @@ async fn an_address_lookup_names_the_endpoints_at_an_ip_and_follows_registration
     watch.abort();
 
     // Bad requests say what to give.
-    let (status, body) = http_get(cp.api, "/v1/address").await;
+    let (status, body) = cp.api_get("/v1/address").await;
     assert_eq!(status, 400);
     assert!(body.contains("missing_ip"), "{body}");
-    let (status, body) = http_get(cp.api, "/v1/address?ip=api.default").await;
+    let (status, body) = cp.api_get("/v1/address?ip=api.default").await;
     assert_eq!(status, 400);
     assert!(
         body.contains("bad_ip") && body.contains("api.default"),

@@ -17,6 +17,7 @@ use weft_policy::client::{ClientTls, PolicyClient, service_identity};
 use weft_policy::config::{ENV_DIR, PolicyArgs, run_on};
 use weft_policy::registry::Registration;
 use weft_policy::server::Listeners;
+use weft_runtime::testing::http_get_async;
 
 #[test]
 fn check_binary_reports_valid_and_invalid_directories() {
@@ -137,7 +138,10 @@ async fn default_mode_gets_a_certificate_and_serves_mtls() {
     .await;
     assert_eq!(got.endpoints[0].identity.as_ref(), Some(&api_id));
     // Operators' tools find the workload and its proxy's metrics on the admin port.
-    let listed = admin_get(admin_addr, "/workloads").await;
+    let (status, listed) = http_get_async(admin_addr, "/workloads", "x")
+        .await
+        .expect("the admin port answers");
+    assert_eq!(status, 200, "{listed}");
     let workloads: Vec<weft_policy::registry::Workload> = serde_json::from_str(&listed).unwrap();
     assert_eq!(workloads.len(), 1, "{listed}");
     assert_eq!(workloads[0].service, "api");
@@ -153,19 +157,4 @@ async fn default_mode_gets_a_certificate_and_serves_mtls() {
         .unwrap()
         .unwrap()
         .unwrap();
-}
-
-/// The body of a plaintext GET on the admin port.
-async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    tcp.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out.split_once("\r\n\r\n").unwrap().1.to_string()
 }

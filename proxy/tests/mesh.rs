@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_policy::authz::DefaultPolicy;
+use weft_runtime::testing::{eventually, metric_sum};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_through_both_proxies_over_mtls() {

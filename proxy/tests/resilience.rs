@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use support::*;
 use weft_policy::authz::DefaultPolicy;
+use weft_runtime::testing::{eventually, metric_sum};
 
 const LIMIT: Duration = Duration::from_secs(120);
 

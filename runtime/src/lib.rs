@@ -12,9 +12,16 @@
 //! - [`serve`]: the HTTP(S) accept loop with graceful shutdown, and the JSON error body every
 //!   weft API answers a refusal with.
 //! - [`admin`]: the `/metrics`, `/live`, `/ready` endpoint every weft process serves.
+//! - [`child`]: child processes (the demo's, the benchmarks', the tests'): started with a log
+//!   file, stopped with SIGTERM then SIGKILL after a grace, killed when dropped.
+//! - `testing` (cargo feature `testing`, for tests and benchmarks only): plain HTTP/1 GETs on
+//!   loopback, sums over a Prometheus page, bounded waits, and waiting for a child to answer.
 
 pub mod admin;
+pub mod child;
 pub mod config;
 pub mod metrics;
 pub mod process;
 pub mod serve;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -103,7 +103,12 @@ fn a_proxy_certificate_is_judged_with_a_fix_when_not_fine() {
     let expired = proxy_cert_check("p", Ok(Some(now - 60.0)), now, hour);
     assert_eq!(expired.status, Status::Failure);
     assert_eq!(expired.detail.as_deref(), Some("it expired 1m0s ago"));
-    assert!(expired.fix.unwrap().contains("WEFT_IDENTITY_ADDR"));
+    assert!(
+        expired
+            .fix
+            .unwrap()
+            .contains(weft_identity::config::ENV_IDENTITY_ADDR)
+    );
     assert_eq!(
         proxy_cert_check("p", Ok(Some(0.0)), now, hour).status,
         Status::Failure

@@ -4,10 +4,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use weft_runtime::child::{self, Child, Options, Stdin};
 
 /// Set for every child: it exits when its stdin (a pipe from the demo) closes, which happens
 /// however the demo ends, even by SIGKILL, so no child outlives it.
@@ -33,7 +33,6 @@ pub struct Proc {
     pub kind: &'static str,
     /// `what=addr` pairs, for the table.
     pub addrs: String,
-    pub log: PathBuf,
     child: Child,
     /// Shutdown tier: lower tiers stop first.
     tier: u8,
@@ -41,16 +40,12 @@ pub struct Proc {
 
 impl Proc {
     pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether it is still running (it is reaped once it has exited).
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child.pid()
     }
 }
 
-/// Every child the demo started; stops (and reaps) them all when told or dropped.
+/// Every child the demo started; stops (and reaps) them all when told, or when dropped (each
+/// [`Child`] is killed then).
 #[derive(Debug)]
 pub struct Fleet {
     exe: PathBuf,
@@ -82,35 +77,23 @@ impl Fleet {
         args: &[String],
         env: &[(&str, String)],
     ) -> Result<(), String> {
-        use std::os::unix::process::CommandExt;
         let log = self.logs.join(format!("{name}-{kind}.log"));
-        let file = std::fs::File::create(&log)
-            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-        let out = file
-            .try_clone()
-            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-        let mut cmd = Command::new(&self.exe);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("WEFT_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env(ENV_EXIT_WITH_PARENT, "1")
-            .env(weft_runtime::process::ENV_LOG, "info")
-            .stdin(Stdio::piped())
-            .stdout(out)
-            .stderr(file)
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start `weft {}`: {e}", args.join(" ")))?;
+        let mut env = env.to_vec();
+        env.push((ENV_EXIT_WITH_PARENT, "1".to_string()));
+        // Its own process group, so a Ctrl-C in the terminal reaches the demo alone; stdin a
+        // pipe whose end tells it the demo is gone.
+        let options = Options {
+            log_level: "info",
+            stdin: Stdin::Pipe,
+            stdout_to_log: true,
+            own_process_group: true,
+            clear_weft_env: true,
+        };
+        let child = Child::spawn(name, &self.exe, args, &env, &log, &options)?;
         self.procs.push(Proc {
             name: name.to_string(),
             kind,
             addrs,
-            log,
             child,
             tier,
         });
@@ -120,13 +103,13 @@ impl Fleet {
     /// An error naming the first child that has exited, with the end of its log.
     pub fn check_alive(&mut self) -> Result<(), String> {
         for p in &mut self.procs {
-            if let Ok(Some(status)) = p.child.try_wait() {
+            if let Some(status) = p.child.exited() {
                 return Err(format!(
                     "{} ({}) exited with {status} during start-up; the end of its log ({}):\n{}",
                     p.name,
                     p.kind,
-                    p.log.display(),
-                    log_tail(&p.log, 15)
+                    p.child.log().display(),
+                    p.child.log_tail(15)
                 ));
             }
         }
@@ -182,7 +165,7 @@ impl Fleet {
                     .procs
                     .iter()
                     .find(|p| p.name == what.split(' ').next().unwrap_or(what))
-                    .map(|p| format!(" (its log: {})", p.log.display()))
+                    .map(|p| format!(" (its log: {})", p.child.log().display()))
                     .unwrap_or_default();
                 return Err(format!("{what} did not become ready in time{log}"));
             }
@@ -196,59 +179,16 @@ impl Fleet {
         tiers.sort_unstable();
         tiers.dedup();
         for tier in tiers {
-            let mut group: Vec<&mut Proc> =
-                self.procs.iter_mut().filter(|p| p.tier == tier).collect();
-            let pids: Vec<String> = group
+            let (mut children, names): (Vec<&mut Child>, Vec<(&str, &str)>) = self
+                .procs
                 .iter_mut()
-                .filter_map(|p| p.running().then(|| p.pid().to_string()))
-                .collect();
-            if !pids.is_empty() {
-                // `kill` (procps) rather than `libc::kill`: the workspace forbids `unsafe`.
-                let _ = Command::new("kill").arg("-TERM").args(&pids).status();
-            }
-            let deadline = Instant::now() + grace;
-            loop {
-                let running = group
-                    .iter_mut()
-                    .filter_map(|p| p.running().then_some(()))
-                    .count();
-                if running == 0 {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    for p in group.iter_mut() {
-                        if p.running() {
-                            eprintln!(
-                                "weft demo: {} ({}) ignored SIGTERM; killing it",
-                                p.name, p.kind
-                            );
-                            let _ = p.child.kill();
-                            let _ = p.child.wait();
-                        }
-                    }
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                .filter(|p| p.tier == tier)
+                .map(|p| (&mut p.child, (p.name.as_str(), p.kind)))
+                .unzip();
+            for i in child::stop(&mut children, grace).await {
+                let (name, kind) = names[i];
+                eprintln!("weft demo: {name} ({kind}) ignored SIGTERM; killing it");
             }
         }
     }
-}
-
-impl Drop for Fleet {
-    /// The safety net (a panic, an early return): nothing outlives the demo.
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            if p.running() {
-                let _ = p.child.kill();
-            }
-            let _ = p.child.wait();
-        }
-    }
-}
-
-/// The last `n` lines of a log file.
-pub fn log_tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

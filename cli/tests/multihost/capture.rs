@@ -4,13 +4,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use weft_runtime::child::Child;
+
 use crate::PLAIN_PORT;
 use crate::hosts::run_ok;
-use crate::support::{Bg, Netns};
+use crate::support::Netns;
 
 /// A packet capture on one link, from the switch namespace.
 pub struct Capture {
-    tshark: Bg,
+    tshark: Child,
     file: PathBuf,
 }
 
@@ -87,9 +89,9 @@ impl Capture {
     pub fn stop_after(mut self, last: &str) -> PathBuf {
         self.wait_for(last);
         // SIGINT: tshark writes the rest of its file and exits.
-        run_ok(&["kill", "-INT", &self.tshark.child.id().to_string()]);
+        run_ok(&["kill", "-INT", &self.tshark.pid().to_string()]);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.tshark.child.try_wait().unwrap().is_none() {
+        while self.tshark.running() {
             assert!(Instant::now() < deadline, "tshark did not stop");
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -1,14 +1,17 @@
-//! Shared by the CLI's process tests: free loopback ports, raw HTTP/1, `weft` processes that
-//! log to a file, wait for `/ready`, stop on SIGTERM and are killed when dropped, and the
-//! system tests' network namespaces and tool checks.
+//! Shared by the CLI's process tests: free loopback ports, `weft` processes that log to a file
+//! (a [`Child`]: it waits for `/ready`, stops on SIGTERM and is killed when dropped), the
+//! identity service and tokens, and the system tests' network namespaces and tool checks. Raw
+//! HTTP/1 and metric sums come from `weft_runtime::testing`.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use weft_identity::config::{ENV_IDENTITY_ADDR, ENV_TOKEN_FILE};
+use weft_runtime::child::{Child, Options};
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
@@ -27,96 +30,16 @@ pub fn free_addr() -> SocketAddr {
     weft_runtime::process::free_loopback_addr("a test").unwrap()
 }
 
-/// A raw HTTP/1 exchange; `target` is the request target (absolute-form for a proxy).
-pub fn http(addr: SocketAddr, method: &str, target: &str, host: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split(' ').nth(1)?.parse().ok()?;
-    Some((status, out))
-}
-
-/// A process of the mesh, killed when dropped; its stderr goes to a log file.
-pub struct Proc {
-    pub name: String,
-    pub child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    pub fn start(dir: &Path, name: &str, args: &[&str], env: &[(&str, String)]) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(WEFT)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("WEFT_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            name: name.to_string(),
-            child,
-            log,
-        }
-    }
-
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn wait_ready(&mut self, admin: SocketAddr) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while http(admin, "GET", "/ready", "x").map(|r| r.0) != Some(200) {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("{} exited with {status}:\n{}", self.name, self.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not become ready:\n{}",
-                self.name,
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop on SIGTERM",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `weft <args>` with `env` added (and `WEFT_LOG=info`), its stderr in `<dir>/<name>.log`;
+/// killed when dropped.
+pub fn start_weft(dir: &Path, name: &str, args: &[&str], env: &[(&str, String)]) -> Child {
+    let log = dir.join(format!("{name}.log"));
+    Child::spawn(name, Path::new(WEFT), args, env, &log, &Options::default()).unwrap()
 }
 
 /// `weft identity` on free ports with its data in `data`, ready; returns it, its API and
 /// admin addresses.
-pub fn start_identity(dir: &Path, data: &Path) -> (Proc, SocketAddr, SocketAddr) {
+pub fn start_identity(dir: &Path, data: &Path) -> (Child, SocketAddr, SocketAddr) {
     start_identity_with(dir, data, &[])
 }
 
@@ -125,7 +48,7 @@ pub fn start_identity_with(
     dir: &Path,
     data: &Path,
     extra: &[&str],
-) -> (Proc, SocketAddr, SocketAddr) {
+) -> (Child, SocketAddr, SocketAddr) {
     let (api, admin) = (free_addr(), free_addr());
     let (api_s, admin_s) = (api.to_string(), admin.to_string());
     let mut args = vec![
@@ -138,7 +61,7 @@ pub fn start_identity_with(
         &admin_s,
     ];
     args.extend_from_slice(extra);
-    let mut p = Proc::start(dir, "identity", &args, &[]);
+    let mut p = start_weft(dir, "identity", &args, &[]);
     p.wait_ready(admin);
     (p, api, admin)
 }
@@ -153,15 +76,6 @@ pub fn token(data: &Path, ns: &str, workload: &str, out: &Path) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::write(out, &o.stdout).unwrap();
     String::from_utf8(o.stdout).unwrap()
-}
-
-/// The sum of the series of `name` whose line contains every one of `must_contain`.
-pub fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| must_contain.iter().all(|m| l.contains(m)))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
 }
 
 /// With system tests on, a missing tool is a failure, never a skip: each of `tools` must be on
@@ -217,26 +131,18 @@ impl Netns {
             .unwrap()
     }
 
-    /// A long-running process in the namespace, killed when dropped; its stderr goes to `log`.
-    pub fn spawn(&self, argv: &[&str], env: &[(&str, String)], log: &Path) -> Bg {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(argv)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("WEFT_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        Bg {
-            child,
-            log: log.to_path_buf(),
-        }
+    /// A long-running process in the namespace (with `WEFT_LOG=info`), killed when dropped;
+    /// its stderr goes to `log`, whose name (without `.log`) names it.
+    pub fn spawn(&self, argv: &[&str], env: &[(&str, String)], log: &Path) -> Child {
+        let mut args = vec!["netns", "exec", &self.name];
+        args.extend_from_slice(argv);
+        let name = log.file_stem().unwrap_or_default().to_string_lossy();
+        Child::spawn(&name, Path::new("ip"), &args, env, log, &Options::default()).unwrap()
     }
 
     /// Polls `url` from the namespace with `curl` until it answers 200 (`what` is ready);
     /// fails with `what`'s log after a minute.
-    pub fn wait_ok(&self, url: &str, what: &Bg) {
+    pub fn wait_ok(&self, url: &str, what: &Child) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let out = self.exec(&["curl", "-sf", "-m", "2", "-o", "/dev/null", url]);
@@ -295,25 +201,6 @@ impl Netns {
     }
 }
 
-/// A background process in a network namespace, killed when dropped.
-pub struct Bg {
-    pub child: Child,
-    log: PathBuf,
-}
-
-impl Bg {
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Drop for Netns {
     fn drop(&mut self) {
         let out = Command::new("ip")
@@ -336,8 +223,8 @@ pub const NS_POLICY_PORT: u16 = 8090;
 
 /// The mesh's identity service and control plane running in a test's network namespace.
 pub struct NsControlPlane {
-    pub identity: Bg,
-    pub policy: Bg,
+    pub identity: Child,
+    pub policy: Child,
     /// The CA's data directory (for `token`).
     pub data: PathBuf,
 }
@@ -384,11 +271,8 @@ impl NsControlPlane {
                 &policy_admin,
             ],
             &[
-                ("WEFT_TOKEN_FILE", policy_token.display().to_string()),
-                (
-                    "WEFT_IDENTITY_ADDR",
-                    format!("127.0.0.1:{NS_IDENTITY_PORT}"),
-                ),
+                (ENV_TOKEN_FILE, policy_token.display().to_string()),
+                (ENV_IDENTITY_ADDR, format!("127.0.0.1:{NS_IDENTITY_PORT}")),
             ],
             &dir.join("policy.log"),
         );
@@ -413,7 +297,7 @@ impl NsControlPlane {
 
 /// `weft proxy` in `ns` as `uid` (the user `weft init --proxy-uid` exempts), with `env`;
 /// not waited for.
-pub fn spawn_proxy_as(ns: &Netns, uid: u32, env: &[(&str, String)], log: &Path) -> Bg {
+pub fn spawn_proxy_as(ns: &Netns, uid: u32, env: &[(&str, String)], log: &Path) -> Child {
     let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
     ns.spawn(
         &["setpriv", &reuid, &regid, "--clear-groups", WEFT, "proxy"],

@@ -119,20 +119,6 @@ pub fn openssl(args: &[&str]) -> std::process::Output {
         })
 }
 
-/// Waits until `cond` holds, polling, up to `limit`.
-pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The value of one series in Prometheus text, e.g. `name{label="x"}`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()

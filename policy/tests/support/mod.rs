@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_policy::client::{ClientSettings, PolicyClient};
 use weft_policy::server::{Listeners, Settings};
+use weft_runtime::testing::http_get_async;
 
 pub const RESOURCES: &str = r#"
 kind: Service
@@ -94,9 +95,22 @@ impl ControlPlane {
         PolicyClient::new(fast_settings(self.api.to_string()))
     }
 
+    /// `GET path` on its admin port: the status and the body.
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        http_get(self.admin, path).await
+        get(self.admin, path).await
     }
+
+    /// `GET path` on its API (plaintext): the status and the body.
+    pub async fn api_get(&self, path: &str) -> (u16, String) {
+        get(self.api, path).await
+    }
+}
+
+/// `GET path` at `addr`, which must answer: the status and the body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_async(addr, path, "test")
+        .await
+        .unwrap_or_else(|| panic!("nothing answered GET http://{addr}{path}"))
 }
 
 /// Binds `addr`, retrying briefly while a previous listener's port is being released.
@@ -147,43 +161,4 @@ pub async fn wait_until<T>(
         .await
         .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"));
     r.unwrap().clone().unwrap()
-}
-
-/// Polls `f` until it returns `Some`, at most `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A minimal HTTP/1.1 GET: status and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }

@@ -289,15 +289,6 @@ impl TestProxy {
     }
 }
 
-/// The value of the first series starting with `prefix` (labels in registration order).
-pub fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| must_contain.iter().all(|m| l.contains(m)))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
-}
-
 /// An HTTP app (HTTP/1 and h2c) answering `hello from <name>` with what it saw, and `/stream`
 /// echoing the request body back with a trailer (gRPC-style).
 pub async fn http_app(name: &'static str) -> SocketAddr {
@@ -409,20 +400,6 @@ pub async fn get_via(proxy: SocketAddr, url: &str) -> (u16, http::HeaderMap, Str
     let headers = rsp.headers().clone();
     let body = rsp.into_body().collect().await.unwrap().to_bytes();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// Waits until `cond` holds, polling, up to `limit`.
-pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// An HTTP app that answers `hello from <name>` (header `x-app: <name>`) after `delay`, or
