@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 use weft_policy::authz::DefaultPolicy;
+use weft_runtime::testing::{eventually, metric_sum};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_web_may_call_api() {
