@@ -194,13 +194,19 @@ mod tests {
         SpiffeId::parse(&format!("spiffe://weft.local/ns/default/sa/{name}")).unwrap()
     }
 
-    #[test]
-    fn round_trip() {
+    /// A new key, now, and a token it signed for `web`, valid for a minute from now.
+    fn signed_for_web() -> (TokenKey, SystemTime, String) {
         let k = key();
         let now = SystemTime::now();
         let t = k
             .create(&id("web"), "sha256:ab", now, Duration::from_secs(60))
             .unwrap();
+        (k, now, t)
+    }
+
+    #[test]
+    fn round_trip() {
+        let (k, now, t) = signed_for_web();
         let c = k.verify(&t, now).unwrap();
         assert_eq!(c.sub, id("web"));
         assert_eq!(c.anchor, "sha256:ab");
@@ -209,11 +215,7 @@ mod tests {
 
     #[test]
     fn rejections() {
-        let k = key();
-        let now = SystemTime::now();
-        let t = k
-            .create(&id("web"), "sha256:ab", now, Duration::from_secs(60))
-            .unwrap();
+        let (k, now, t) = signed_for_web();
         // Another key: forged.
         let other = key();
         assert!(matches!(other.verify(&t, now), Err(TokenError::Forged(_))));

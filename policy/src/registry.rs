@@ -293,35 +293,16 @@ mod tests {
         let mut r = Registry::default();
         let t0 = Instant::now();
         let lease = Duration::from_secs(10);
-        assert_eq!(
-            r.upsert(w("10.0.0.1:80", API, "v1"), lease, t0),
-            Ok(Upsert::Changed)
-        );
-        assert_eq!(
-            r.upsert(
-                w("10.0.0.1:80", API, "v1"),
-                lease,
-                t0 + Duration::from_secs(5)
-            ),
-            Ok(Upsert::Renewed)
-        );
-        assert_eq!(
-            r.upsert(
-                w("10.0.0.1:80", API, "v2"),
-                lease,
-                t0 + Duration::from_secs(6)
-            ),
-            Ok(Upsert::Changed)
-        );
+        // `id` registers 10.0.0.1:80 as `version`, `secs` after t0, for `lease`.
+        let upsert = |r: &mut Registry, id, version, secs| {
+            let at = t0 + Duration::from_secs(secs);
+            r.upsert(w("10.0.0.1:80", id, version), lease, at)
+        };
+        assert_eq!(upsert(&mut r, API, "v1", 0), Ok(Upsert::Changed));
+        assert_eq!(upsert(&mut r, API, "v1", 5), Ok(Upsert::Renewed));
+        assert_eq!(upsert(&mut r, API, "v2", 6), Ok(Upsert::Changed));
         // Another identity cannot take the address over while the lease runs...
-        assert!(
-            r.upsert(
-                w("10.0.0.1:80", EVIL, "v1"),
-                lease,
-                t0 + Duration::from_secs(7)
-            )
-            .is_err()
-        );
+        assert!(upsert(&mut r, EVIL, "v1", 7).is_err());
         assert!(!r.remove(
             "default",
             "10.0.0.1:80".parse().unwrap(),
@@ -334,14 +315,7 @@ mod tests {
         assert_eq!(gone.len(), 1);
         assert!(r.is_empty());
         // Once lapsed, the address is free.
-        assert_eq!(
-            r.upsert(
-                w("10.0.0.1:80", EVIL, "v1"),
-                lease,
-                t0 + Duration::from_secs(17)
-            ),
-            Ok(Upsert::Changed)
-        );
+        assert_eq!(upsert(&mut r, EVIL, "v1", 17), Ok(Upsert::Changed));
     }
 
     #[test]

@@ -220,25 +220,48 @@ fn ca_check(
             "upgrade the identity service to a weft version that exports it",
         );
     };
-    match judge::expiry(now, not_after, warning) {
+    expiry_check(
+        what,
+        judge::expiry(now, not_after, warning),
+        warning,
+        |left| {
+            let detail = format!(
+                "{what} expires in {left} (under --expiry-warning {})",
+                judge::human(warning)
+            );
+            (detail, rotate.to_string())
+        },
+        |ago| (format!("{what} expired {ago} ago"), rotate.to_string()),
+    )
+}
+
+/// A certificate judged by its expiry: valid, valid for less than `warning` (a warning), or
+/// expired (a failure). `soon` and `expired` get the time left or passed, in words, and give
+/// what was found and what to do.
+fn expiry_check(
+    what: &str,
+    expiry: Expiry,
+    warning: Duration,
+    soon: impl FnOnce(String) -> (String, String),
+    expired: impl FnOnce(String) -> (String, String),
+) -> Check {
+    match expiry {
         Expiry::Valid(left) => Check::ok(format!(
             "{what} is valid (expires in {})",
             judge::human(left)
         )),
-        Expiry::Soon(left) => Check::warning(
-            format!("{what} is valid for more than {}", judge::human(warning)),
-            format!(
-                "{what} expires in {} (under --expiry-warning {})",
-                judge::human(left),
-                judge::human(warning)
-            ),
-            rotate,
-        ),
-        Expiry::Expired(ago) => Check::failure(
-            format!("{what} is valid"),
-            format!("{what} expired {} ago", judge::human(ago)),
-            rotate,
-        ),
+        Expiry::Soon(left) => {
+            let (detail, fix) = soon(judge::human(left));
+            Check::warning(
+                format!("{what} is valid for more than {}", judge::human(warning)),
+                detail,
+                fix,
+            )
+        }
+        Expiry::Expired(ago) => {
+            let (detail, fix) = expired(judge::human(ago));
+            Check::failure(format!("{what} is valid"), detail, fix)
+        }
     }
 }
 
@@ -401,29 +424,23 @@ pub fn proxy_cert_check(
                 weft_proxy::config::ENV_IDENTITY_ADDR
             ),
         ),
-        Ok(Some(v)) => match judge::expiry(now, v, warning) {
-            Expiry::Valid(left) => Check::ok(format!(
-                "{what} is valid (expires in {})",
-                judge::human(left)
-            )),
-            Expiry::Soon(left) => Check::warning(
-                format!("{what} is valid for more than {}", judge::human(warning)),
-                format!(
-                    "it expires in {} (under --expiry-warning {}); proxies renew at about 70% of the lifetime",
-                    judge::human(left),
+        Ok(Some(v)) => expiry_check(
+            &what,
+            judge::expiry(now, v, warning),
+            warning,
+            |left| {
+                let detail = format!(
+                    "it expires in {left} (under --expiry-warning {}); proxies renew at about 70% of the lifetime",
                     judge::human(warning)
-                ),
-                format!(
+                );
+                let fix = format!(
                     "if the lifetime is short on purpose, raise `weft identity --leaf-lifetime` ({}) or lower --expiry-warning; if it does not renew, {renew}",
                     weft_identity::config::ENV_LEAF_LIFETIME
-                ),
-            ),
-            Expiry::Expired(ago) => Check::failure(
-                format!("{what} is valid"),
-                format!("it expired {} ago", judge::human(ago)),
-                renew,
-            ),
-        },
+                );
+                (detail, fix)
+            },
+            |ago| (format!("it expired {ago} ago"), renew.clone()),
+        ),
     }
 }
 

@@ -204,23 +204,18 @@ fn check_metadata(m: &crate::resources::Metadata) -> Result<(), (&'static str, S
             && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b))
     };
-    if !ok(&m.name) {
-        return Err((
-            "metadata.name",
-            format!(
-                "`{}` is not a valid name: use lowercase letters, digits, `-` and `.`",
-                m.name
-            ),
-        ));
-    }
-    if !ok(&m.namespace) {
-        return Err((
-            "metadata.namespace",
-            format!(
-                "`{}` is not a valid namespace: use lowercase letters, digits, `-` and `.`",
-                m.namespace
-            ),
-        ));
+    for (field, what, value) in [
+        ("metadata.name", "name", &m.name),
+        ("metadata.namespace", "namespace", &m.namespace),
+    ] {
+        if !ok(value) {
+            return Err((
+                field,
+                format!(
+                    "`{value}` is not a valid {what}: use lowercase letters, digits, `-` and `.`"
+                ),
+            ));
+        }
     }
     Ok(())
 }

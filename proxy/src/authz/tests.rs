@@ -62,6 +62,12 @@ fn request(peer: Option<&str>, authority: &str) -> Request<Body> {
     req
 }
 
+/// The code of the error `svc`, kept for more requests, refuses `req` with.
+async fn refused(svc: &mut Authorize<Mock>, req: Request<Body>) -> &'static str {
+    let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
+    proxy_error(err.as_ref()).code()
+}
+
 #[tokio::test]
 async fn allowed_peer_reaches_the_app_with_its_port() {
     let (svc, mut handle, _tx, metrics) = stack(Some(policy()));
@@ -120,14 +126,10 @@ async fn plaintext_is_refused_where_only_mesh_peers_are_allowed() {
 #[tokio::test]
 async fn nothing_is_authorized_before_the_first_policy_and_edits_apply_to_the_next_request() {
     let (mut svc, mut handle, tx, _) = stack(None);
-    let err = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(request(Some("web"), "api:8080"))
-        .await
-        .unwrap_err();
-    assert_eq!(proxy_error(err.as_ref()).code(), "not_ready");
+    assert_eq!(
+        refused(&mut svc, request(Some("web"), "api:8080")).await,
+        "not_ready"
+    );
 
     tx.send_replace(Some(Arc::new(policy())));
     let call = svc
@@ -144,14 +146,10 @@ async fn nothing_is_authorized_before_the_first_policy_and_edits_apply_to_the_ne
     deny.ports.clear();
     deny.default = InboundPolicy::default_policy(DefaultPolicy::Deny);
     tx.send_replace(Some(Arc::new(deny)));
-    let err = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(request(Some("web"), "api:8080"))
-        .await
-        .unwrap_err();
-    assert_eq!(proxy_error(err.as_ref()).code(), "forbidden");
+    assert_eq!(
+        refused(&mut svc, request(Some("web"), "api:8080")).await,
+        "forbidden"
+    );
 }
 
 #[tokio::test]

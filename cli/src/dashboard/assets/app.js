@@ -95,16 +95,23 @@ function seriesIndex(series) {
   return out;
 }
 
+// The golden signals of a row (services, routes, backends), in the columns every table has.
+function signalCells(r) {
+  return [
+    num(pct(r.success_rate), health(r.success_rate)),
+    num(rps(r.rps)),
+    num(ms(r.p50_ms)),
+    num(ms(r.p95_ms)),
+    num(ms(r.p99_ms)),
+  ];
+}
+
 function renderServices(o, charts, now) {
   const rows = o.services.map((s) => {
     const points = charts.get("service " + s.service);
     return el("tr", {}, [
       cell(s.service),
-      num(pct(s.success_rate), health(s.success_rate)),
-      num(rps(s.rps)),
-      num(ms(s.p50_ms)),
-      num(ms(s.p95_ms)),
-      num(ms(s.p99_ms)),
+      ...signalCells(s),
       num(tls(s.tls_percent)),
       el("td", {}, [spark(points, 1, "", now, rps)]),
       el("td", {}, [spark(points, 2, "success", now, pct)]),
@@ -120,11 +127,7 @@ function renderRoutes(o, charts, now) {
       cell(r.service),
       cell(r.route),
       cell(r.rule),
-      num(pct(r.success_rate), health(r.success_rate)),
-      num(rps(r.rps)),
-      num(ms(r.p50_ms)),
-      num(ms(r.p95_ms)),
-      num(ms(r.p99_ms)),
+      ...signalCells(r),
       el("td", {}, [spark(points, 1, "", now, rps)]),
       el("td", {}, [spark(points, 3, "latency", now, ms)]),
     ]);
@@ -136,11 +139,7 @@ function renderRoutes(o, charts, now) {
       cell(r.route),
       cell(r.rule),
       cell(r.backend || ""),
-      num(pct(r.success_rate), health(r.success_rate)),
-      num(rps(r.rps)),
-      num(ms(r.p50_ms)),
-      num(ms(r.p95_ms)),
-      num(ms(r.p99_ms)),
+      ...signalCells(r),
     ]),
   );
   fill("backends", backends, 9, "no routed requests yet");

@@ -266,19 +266,34 @@ impl<'a> Builder<'a> {
         self.servers.insert(name_of(d), (svc, d.spec.port));
     }
 
+    /// `d`'s `namespace/name` if no earlier resource of its kind (`an HTTPRoute`, say) in
+    /// `names` has it; otherwise the error that it is already defined.
+    fn first_named<S>(
+        &mut self,
+        names: &mut BTreeSet<String>,
+        o: &Origin,
+        d: &Document<S>,
+        kind: &str,
+    ) -> Option<String> {
+        let full = format!("{}/{}", d.metadata.namespace, d.metadata.name);
+        if names.insert(full.clone()) {
+            return Some(full);
+        }
+        self.errors.push(o.error(
+            "metadata.name",
+            format!("{kind} named {full} is already defined"),
+        ));
+        None
+    }
+
     /// Authorization policies: unique names, a known target, valid allow rules.
     fn policies(&mut self) {
         let p = self.parsed;
         let mut names = BTreeSet::new();
         for (o, d) in &p.policies {
-            let full = format!("{}/{}", d.metadata.namespace, d.metadata.name);
-            if !names.insert(full.clone()) {
-                self.errors.push(o.error(
-                    "metadata.name",
-                    format!("an AuthorizationPolicy named {full} is already defined"),
-                ));
+            let Some(full) = self.first_named(&mut names, o, d, "an AuthorizationPolicy") else {
                 continue;
-            }
+            };
             let Some((svc, port)) = self.policy_target(o, d) else {
                 continue;
             };

@@ -20,14 +20,9 @@ impl Builder<'_> {
         let p = self.parsed;
         let mut names = BTreeSet::new();
         for (o, d) in &p.routes {
-            let full = format!("{}/{}", d.metadata.namespace, d.metadata.name);
-            if !names.insert(full.clone()) {
-                self.errors.push(o.error(
-                    "metadata.name",
-                    format!("an HTTPRoute named {full} is already defined"),
-                ));
+            let Some(full) = self.first_named(&mut names, o, d, "an HTTPRoute") else {
                 continue;
-            }
+            };
             let parents = self.route_parents(o, d);
             let rules: Vec<(&RuleSpec, Vec<Backend>)> = d
                 .spec
@@ -51,13 +46,8 @@ impl Builder<'_> {
         }
         let mut parents = Vec::new();
         for (i, parent) in d.spec.parent_refs.iter().enumerate() {
-            if let Some(kind) = &parent.kind
-                && kind != "Service"
-            {
-                self.errors.push(o.error(
-                    format!("spec.parentRefs[{i}].kind"),
-                    format!("`{kind}` is not supported: routes attach to a Service"),
-                ));
+            let field = format!("spec.parentRefs[{i}].kind");
+            if !self.service_kind(o, field, &parent.kind, "routes attach to a Service") {
                 continue;
             }
             let pns = parent.namespace.clone().unwrap_or_else(|| ns.clone());
@@ -67,6 +57,25 @@ impl Builder<'_> {
             }
         }
         parents
+    }
+
+    /// Whether a reference's `kind` is left out or `Service`, the only kind it may name;
+    /// otherwise the error at `field` that the kind is not supported, and `why`.
+    fn service_kind(
+        &mut self,
+        o: &Origin,
+        field: String,
+        kind: &Option<String>,
+        why: &str,
+    ) -> bool {
+        match kind {
+            Some(kind) if kind != "Service" => {
+                self.errors
+                    .push(o.error(field, format!("`{kind}` is not supported: {why}")));
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Rule `i` of a route checked; its known backends (weights adding up to more than 0).
@@ -79,13 +88,8 @@ impl Builder<'_> {
     ) -> Vec<Backend> {
         let mut backends = Vec::new();
         for (j, b) in r.backend_refs.iter().enumerate() {
-            if let Some(kind) = &b.kind
-                && kind != "Service"
-            {
-                self.errors.push(o.error(
-                    format!("spec.rules[{i}].backendRefs[{j}].kind"),
-                    format!("`{kind}` is not supported: backends are Services"),
-                ));
+            let field = format!("spec.rules[{i}].backendRefs[{j}].kind");
+            if !self.service_kind(o, field, &b.kind, "backends are Services") {
                 continue;
             }
             let bns = b
