@@ -24,7 +24,9 @@
 //! - `mesh`: starts the app, `weft identity`, `weft policy` and two `weft proxy` processes in a
 //!   temporary directory, runs the direct, weft and peer scenarios alternately at each fixed
 //!   rate and at the maximum, samples the proxies' CPU and memory, checks the path was mTLS;
-//!   the harness (mesh, load runtime, one measured run) that `stack` shares.
+//!   the harness (mesh, load runtime, one measured run) that `stack` shares. `mesh/start.rs`
+//!   the mesh it starts, `mesh/scenarios.rs` the scenarios it runs (the harness),
+//!   `mesh/proxies.rs` measuring the proxies.
 //! - `peer`: the HAProxy pair of the peer scenario: certificates from the mesh's identity
 //!   service, the two configurations, the processes, the probes showing the hop is mTLS over
 //!   TLS 1.3 only.
