@@ -28,8 +28,8 @@
 //!   the mesh it starts, `mesh/scenarios.rs` the scenarios it runs (the harness),
 //!   `mesh/proxies.rs` measuring the proxies.
 //! - `peer`: the HAProxy pair of the peer scenario: certificates from the mesh's identity
-//!   service, the two configurations, the processes, the probes showing the hop is mTLS over
-//!   TLS 1.3 only.
+//!   service, the two configurations (`peer/config.rs`), the processes, the probes showing
+//!   the hop is mTLS over TLS 1.3 only (`peer/checks.rs`).
 //! - `plot`: the latency-distribution plot (SVG), one line per scenario.
 //! - `procstat`: a process's CPU time and resident memory from `/proc`.
 //! - `report`: what the benchmarks report: the data model (`report/mod.rs`: scenarios, runs,
