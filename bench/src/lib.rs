@@ -16,7 +16,9 @@
 //! - `intercept`: two network namespaces over a veth pair (client; app, identity service and
 //!   control plane), `weft init` and a proxy under its own UID in each; direct and weft
 //!   alternately, the load generator a process in the client namespace; probes and counters
-//!   proving the weft path is mTLS through both proxies and the direct one through neither;
+//!   proving the weft path is mTLS through both proxies and the direct one through neither.
+//!   `intercept/netns.rs` the namespaces and what runs in them, `intercept/start.rs` the
+//!   set-up step by step, `intercept/run.rs` the probes, counters and measured runs,
 //!   `intercept/report.rs` its report.
 //! - `load`: the load generator: keep-alive client connections, open loop at a fixed rate
 //!   (paced by a thread, latency from each request's intended send time) or closed loop at
