@@ -11,16 +11,16 @@ use weft_proxy::config as proxy_config;
 use weft_runtime::child::Child;
 
 use crate::Error;
-use crate::mesh::{MeshConfig, READY_TIMEOUT, resources_yaml, token, write_file};
+use crate::mesh::{
+    MeshConfig, READY_TIMEOUT, WORKLOADS, app_args, as_strs, proxy_command, resources_yaml,
+    server_args, token, write_file,
+};
 
 use super::netns::{Netns, Pair, fetch, run_ok, spawn_in, wait_for_200};
 use super::{
     APP_IP, Bench, DIRECT_PORT, IDENTITY_ADMIN, IDENTITY_PORT, MESHED_PORT, POLICY_ADMIN,
     POLICY_PORT, PROXY_ADMIN, PROXY_UID,
 };
-
-/// The app lives at most this long, should the benchmark be killed before it can stop it.
-const APP_LIFETIME: &str = "2h";
 
 impl Bench {
     /// Starts every process of the bench, each step once the one before is ready. On error,
@@ -118,25 +118,8 @@ impl Setup<'_> {
             format!("0.0.0.0:{MESHED_PORT}"),
             format!("0.0.0.0:{DIRECT_PORT}"),
         );
-        let body_size = body_size.to_string();
-        let mut app = spawn_in(
-            d,
-            &pair.app,
-            "app",
-            exe,
-            &[
-                "app",
-                "--listen",
-                &meshed,
-                "--listen",
-                &direct,
-                "--body-size",
-                &body_size,
-                "--lifetime",
-                APP_LIFETIME,
-            ],
-            &[],
-        )?;
+        let args = app_args(&[&meshed, &direct], body_size);
+        let mut app = spawn_in(d, &pair.app, "app", exe, &as_strs(&args), &[])?;
         let app_direct = format!("127.0.0.1:{DIRECT_PORT}");
         wait_for_200(exe, &pair.app, &mut app, &app_direct, "/")?;
         Ok(app)
@@ -151,15 +134,13 @@ impl Setup<'_> {
             &pair.app,
             "identity",
             weft,
-            &[
+            &server_args(
                 "identity",
                 "--data-dir",
                 &path(&data),
-                "--listen",
                 &self.identity_api,
-                "--admin-listen",
                 IDENTITY_ADMIN,
-            ],
+            ),
             &[],
         )?;
         wait_for_200(exe, &pair.app, &mut identity, IDENTITY_ADMIN, "/ready")?;
@@ -170,7 +151,7 @@ impl Setup<'_> {
     fn tokens(&self) -> Result<(), Error> {
         let (d, weft) = (self.d, self.weft);
         let data = d.join("ca");
-        for (ns, workload) in [("weft", "policy"), ("default", "api"), ("default", "web")] {
+        for (ns, workload) in WORKLOADS {
             let out = d.join(format!("{workload}.token"));
             token(weft, &data, ns, workload, &out)?;
             set_mode(&out, 0o644)?;
@@ -192,15 +173,13 @@ impl Setup<'_> {
             &pair.app,
             "policy",
             weft,
-            &[
+            &server_args(
                 "policy",
                 "--dir",
                 &path(&resources),
-                "--listen",
                 &self.policy_api,
-                "--admin-listen",
                 POLICY_ADMIN,
-            ],
+            ),
             &[
                 (ENV_TOKEN_FILE, path(&d.join("policy.token"))),
                 (ENV_IDENTITY_ADDR, self.identity_api.clone()),
@@ -234,15 +213,9 @@ impl Setup<'_> {
     /// The two proxies as [`PROXY_UID`]: api in the app namespace, then web in the client
     /// namespace; each ready.
     fn proxies(&self) -> Result<(Child, Child), Error> {
-        // The sidecar's own binary, as a deployment runs it; `weft proxy` when it is not built.
-        let sidecar = self.weft.with_file_name("weft-proxy");
-        let (proxy_bin, proxy_args): (&Path, &[&str]) = if sidecar.is_file() {
-            (&sidecar, &[])
-        } else {
-            (self.weft, &["proxy"])
-        };
-        let api = self.proxy(&self.pair.app, "api", proxy_bin, proxy_args)?;
-        let web = self.proxy(&self.pair.client, "web", proxy_bin, proxy_args)?;
+        let (proxy_bin, proxy_args) = proxy_command(self.weft);
+        let api = self.proxy(&self.pair.app, "api", &proxy_bin, proxy_args)?;
+        let web = self.proxy(&self.pair.client, "web", &proxy_bin, proxy_args)?;
         Ok((api, web))
     }
 

@@ -36,7 +36,10 @@ mod start;
 pub(crate) use proxies::{proxy_cpu, sample_cpu};
 pub(crate) use scenarios::{Harness, settings};
 pub use start::resources_yaml;
-pub(crate) use start::{Mesh, free_addr, spawn, token, write_file};
+pub(crate) use start::{
+    Mesh, WORKLOADS, app_args, as_strs, free_addr, proxy_command, server_args, spawn, token,
+    write_file,
+};
 
 use proxies::at_rest;
 
@@ -92,11 +95,7 @@ pub(crate) enum Load {
 /// built into `target/release/`).
 pub fn find_weft(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     if let Some(p) = explicit {
-        return if p.is_file() {
-            Ok(p.to_path_buf())
-        } else {
-            Err(format!("--weft {}: no such file", p.display()))
-        };
+        return given_file("--weft", p);
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     let beside = exe.with_file_name("weft");
@@ -108,6 +107,15 @@ pub fn find_weft(explicit: Option<&Path>) -> Result<PathBuf, Error> {
          CARGO_TARGET_DIR as this benchmark), or pass --weft PATH",
         beside.display()
     ))
+}
+
+/// `p`, given on the command line as `flag`, when it is a file; else an error saying so.
+pub(crate) fn given_file(flag: &str, p: &Path) -> Result<PathBuf, Error> {
+    if p.is_file() {
+        Ok(p.to_path_buf())
+    } else {
+        Err(format!("{flag} {}: no such file", p.display()))
+    }
 }
 
 /// `rates` with `headline` added, increasing, each once; an error for a zero rate or more

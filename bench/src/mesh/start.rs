@@ -85,27 +85,13 @@ impl Mesh {
 
         let app = free_addr()?;
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
-        let body_size = body_size.to_string();
-        let mut app_proc = spawn(
-            d,
-            "app",
-            &exe,
-            &[
-                "app",
-                "--listen",
-                &app.to_string(),
-                "--body-size",
-                &body_size,
-                "--lifetime",
-                APP_LIFETIME,
-            ],
-            &[],
-        )?;
+        let args = app_args(&[&app.to_string()], body_size);
+        let mut app_proc = spawn(d, "app", &exe, &as_strs(&args), &[])?;
         app_proc.wait_for_200(app, "/", "app")?;
 
         let data = d.join("ca");
         let (identity, id_api, _) = start_server(d, weft, "identity", "--data-dir", &data, &[])?;
-        for (ns, workload) in [("weft", "policy"), ("default", "api"), ("default", "web")] {
+        for (ns, workload) in WORKLOADS {
             let out = d.join(format!("{workload}.token"));
             token(weft, &data, ns, workload, &out)?;
         }
@@ -129,19 +115,13 @@ impl Mesh {
             ],
         )?;
 
-        // The sidecar's own binary, as a deployment runs it; `weft proxy` when it is not built.
-        let sidecar = weft.with_file_name("weft-proxy");
-        let (proxy_bin, proxy_args): (&Path, &[&str]) = if sidecar.is_file() {
-            (&sidecar, &[])
-        } else {
-            (weft, &["proxy"])
-        };
+        let (proxy_bin, proxy_args) = proxy_command(weft);
         let proxy = |name: &'static str, app_port: u16| -> Result<Proxy, Error> {
             let (inbound, outbound, admin) = (free_addr()?, free_addr()?, free_addr()?);
             let mut proc = spawn(
                 d,
                 name,
-                proxy_bin,
+                &proxy_bin,
                 proxy_args,
                 &[
                     (ENV_TOKEN_FILE, path(&d.join(format!("{name}.token")))),
@@ -245,18 +225,62 @@ fn start_server(
     let (api, admin) = (free_addr()?, free_addr()?);
     let dir = dir.display().to_string();
     let (api_s, admin_s) = (api.to_string(), admin.to_string());
-    let args = [
-        name,
-        dir_flag,
-        &dir,
-        "--listen",
-        &api_s,
-        "--admin-listen",
-        &admin_s,
-    ];
+    let args = server_args(name, dir_flag, &dir, &api_s, &admin_s);
     let mut p = spawn(d, name, weft, &args, env)?;
     p.wait_for_200(admin, "/ready", "localhost")?;
     Ok((p, api, admin))
+}
+
+/// The arguments of `weft <name> <dir_flag> <dir> --listen <api> --admin-listen <admin>`
+/// (`weft identity`, `weft policy`).
+pub(crate) fn server_args<'a>(
+    name: &'a str,
+    dir_flag: &'a str,
+    dir: &'a str,
+    api: &'a str,
+    admin: &'a str,
+) -> [&'a str; 7] {
+    [
+        name,
+        dir_flag,
+        dir,
+        "--listen",
+        api,
+        "--admin-listen",
+        admin,
+    ]
+}
+
+/// The arguments of the app (`weft-bench app`, this binary re-executed): listening on each of
+/// `listen`, answering with `body_size` bytes, living at most [`APP_LIFETIME`].
+pub(crate) fn app_args(listen: &[&str], body_size: usize) -> Vec<String> {
+    let mut args = vec!["app".to_string()];
+    for addr in listen {
+        args.extend(["--listen".to_string(), addr.to_string()]);
+    }
+    args.extend([
+        "--body-size".to_string(),
+        body_size.to_string(),
+        "--lifetime".to_string(),
+        APP_LIFETIME.to_string(),
+    ]);
+    args
+}
+
+/// `args` as the `&str`s [`spawn`] takes.
+pub(crate) fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// The proxy's program and its first arguments: the sidecar's own binary (`weft-proxy` beside
+/// `weft`), as a deployment runs it; `weft proxy` when it is not built.
+pub(crate) fn proxy_command(weft: &Path) -> (PathBuf, &'static [&'static str]) {
+    let sidecar = weft.with_file_name("weft-proxy");
+    if sidecar.is_file() {
+        (sidecar, &[])
+    } else {
+        (weft.to_path_buf(), &["proxy"])
+    }
 }
 
 /// The resources: services api (the app's port) and web, and a policy letting web call api.
@@ -268,6 +292,11 @@ pub fn resources_yaml(port: u16) -> String {
          target: {{service: api, port: {port}}}\n  allow:\n    - identities: [\"spiffe://weft.local/ns/default/sa/web\"]\n"
     )
 }
+
+/// The workloads the mesh mints tokens for (`<workload>.token` in its directory): the control
+/// plane and the two proxies, as (namespace, workload).
+pub(crate) const WORKLOADS: [(&str, &str); 3] =
+    [("weft", "policy"), ("default", "api"), ("default", "web")];
 
 /// `weft token create` for `ns/workload`, written to `out`.
 pub(crate) fn token(
@@ -308,5 +337,52 @@ pub(super) fn get_200(addr: SocketAddr, path: &str, what: &str) -> Result<String
         other => Err(format!(
             "cannot read {what} at http://{addr}{path}: {other:?}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_and_the_servers_are_started_with_these_arguments() {
+        assert_eq!(
+            app_args(&["127.0.0.1:1"], 64),
+            [
+                "app",
+                "--listen",
+                "127.0.0.1:1",
+                "--body-size",
+                "64",
+                "--lifetime",
+                "2h"
+            ]
+        );
+        assert_eq!(
+            app_args(&["0.0.0.0:9080", "0.0.0.0:9081"], 0),
+            [
+                "app",
+                "--listen",
+                "0.0.0.0:9080",
+                "--listen",
+                "0.0.0.0:9081",
+                "--body-size",
+                "0",
+                "--lifetime",
+                "2h"
+            ]
+        );
+        assert_eq!(
+            server_args("policy", "--dir", "/r", "10.0.0.2:8090", "127.0.0.1:9991"),
+            [
+                "policy",
+                "--dir",
+                "/r",
+                "--listen",
+                "10.0.0.2:8090",
+                "--admin-listen",
+                "127.0.0.1:9991"
+            ]
+        );
     }
 }

@@ -52,11 +52,7 @@ const HAPROXY_PLACES: &[&str] = &["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"
 /// The `haproxy` binary: `explicit`, else `haproxy` on `PATH`, else `/usr/sbin/haproxy`.
 pub fn find_haproxy(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     if let Some(p) = explicit {
-        return if p.is_file() {
-            Ok(p.to_path_buf())
-        } else {
-            Err(format!("--haproxy {}: no such file", p.display()))
-        };
+        return mesh::given_file("--haproxy", p);
     }
     let on_path = std::env::var_os("PATH")
         .map(|paths| {
