@@ -224,8 +224,8 @@ fn metrics(pair: &Pair) -> String {
     String::from_utf8(pair.curl("http://127.0.0.1:4191/metrics").stdout).unwrap()
 }
 
-/// 1. Plain HTTP to an address the mesh does not know: the app answers, through the proxy.
-/// Over IPv6 too: the original destination is read with IP6T_SO_ORIGINAL_DST.
+/// Check 1: plain HTTP to an address the mesh does not know: the app answers, through the
+/// proxy. Over IPv6 too: the original destination is read with IP6T_SO_ORIGINAL_DST.
 fn plain_http_goes_through_the_proxy_unmeshed(pair: &Pair, proxy: &Child, url: &str, url6: &str) {
     let mut unmeshed = 0.0;
     for (sent, url) in [(1.0, url), (2.0, url6)] {
@@ -252,7 +252,7 @@ fn plain_http_goes_through_the_proxy_unmeshed(pair: &Pair, proxy: &Child, url: &
     eprintln!("outbound unmeshed requests in the proxy's metrics (IPv4 and IPv6): {unmeshed}");
 }
 
-/// 2. A server that speaks first, on an opaque port: its banner comes through at once,
+/// Check 2: a server that speaks first, on an opaque port: its banner comes through at once,
 /// not after the 1 s detection timeout.
 fn a_banner_on_an_opaque_port_comes_at_once(pair: &Pair) {
     let started = Instant::now();
@@ -280,7 +280,7 @@ fn a_banner_on_an_opaque_port_comes_at_once(pair: &Pair) {
     );
 }
 
-/// 3. With the proxy gone, the client's connections fail.
+/// Check 3: with the proxy gone, the client's connections fail.
 fn no_proxy_no_bypass(pair: &Pair, url: &str, url6: &str) {
     for url in [url, url6] {
         let out = pair.curl(url);
@@ -292,7 +292,7 @@ fn no_proxy_no_bypass(pair: &Pair, url: &str, url6: &str) {
     }
 }
 
-/// 4. A proxy that does not run as --proxy-uid (here root): its own connection to the
+/// Check 4: a proxy that does not run as --proxy-uid (here root): its own connection to the
 /// original destination is redirected back to it, and refused (never a loop), loudly.
 fn a_proxy_not_run_as_the_proxy_uid_refuses_the_loop(
     pair: &Pair,
