@@ -16,7 +16,9 @@
 //! - `intercept`: two network namespaces over a veth pair (client; app, identity service and
 //!   control plane), `weft init` and a proxy under its own UID in each; direct and weft
 //!   alternately, the load generator a process in the client namespace; probes and counters
-//!   proving the weft path is mTLS through both proxies and the direct one through neither;
+//!   proving the weft path is mTLS through both proxies and the direct one through neither.
+//!   `intercept/netns.rs` the namespaces and what runs in them, `intercept/start.rs` the
+//!   set-up step by step, `intercept/run.rs` the probes, counters and measured runs,
 //!   `intercept/report.rs` its report.
 //! - `load`: the load generator: keep-alive client connections, open loop at a fixed rate
 //!   (paced by a thread, latency from each request's intended send time) or closed loop at
@@ -24,10 +26,12 @@
 //! - `mesh`: starts the app, `weft identity`, `weft policy` and two `weft proxy` processes in a
 //!   temporary directory, runs the direct, weft and peer scenarios alternately at each fixed
 //!   rate and at the maximum, samples the proxies' CPU and memory, checks the path was mTLS;
-//!   the harness (mesh, load runtime, one measured run) that `stack` shares.
+//!   the harness (mesh, load runtime, one measured run) that `stack` shares. `mesh/start.rs`
+//!   the mesh it starts, `mesh/scenarios.rs` the scenarios it runs (the harness),
+//!   `mesh/proxies.rs` measuring the proxies.
 //! - `peer`: the HAProxy pair of the peer scenario: certificates from the mesh's identity
-//!   service, the two configurations, the processes, the probes showing the hop is mTLS over
-//!   TLS 1.3 only.
+//!   service, the two configurations (`peer/config.rs`), the processes, the probes showing
+//!   the hop is mTLS over TLS 1.3 only (`peer/checks.rs`).
 //! - `plot`: the latency-distribution plot (SVG), one line per scenario.
 //! - `procstat`: a process's CPU time and resident memory from `/proc`.
 //! - `report`: what the benchmarks report: the data model (`report/mod.rs`: scenarios, runs,

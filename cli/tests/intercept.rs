@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use support::{
 use weft_identity::config::{ENV_IDENTITY_ADDR, ENV_TOKEN_FILE};
 use weft_policy::config::ENV_POLICY_ADDR;
 use weft_proxy::config as proxy_config;
+use weft_runtime::child::Child;
 use weft_runtime::testing::metric_sum;
 
 /// The proxy's user: exempt from redirection by `weft init --proxy-uid`.
@@ -137,7 +139,26 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     // The proxy's user reads its token from here.
     std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let pair = Pair::new();
+    let _servers = start_servers(&pair, d);
+    let (_control, client_token) = start_control_plane(&pair, d);
+    let proxy_env = proxy_env(&client_token);
+    let proxy = intercept(&pair, d, &proxy_env);
 
+    let (url, url6) = (
+        format!("http://{B_IP}:8080/"),
+        format!("http://[{B_IP6}]:8080/"),
+    );
+    plain_http_goes_through_the_proxy_unmeshed(&pair, &proxy, &url, &url6);
+    a_banner_on_an_opaque_port_comes_at_once(&pair);
+    // 3. No proxy, no bypass: the client's connections fail.
+    drop(proxy);
+    no_proxy_no_bypass(&pair, &url, &url6);
+    a_proxy_not_run_as_the_proxy_uid_refuses_the_loop(&pair, d, &proxy_env, &url);
+    pair.a.ok(&[WEFT, "init", "--uninstall"]);
+}
+
+/// The servers in B ([`SERVERS`]), once both listen (from B: never intercepted).
+fn start_servers(pair: &Pair, d: &Path) -> Child {
     let servers = pair.b.spawn(
         &["python3", "-c", SERVERS, B_IP, B_IP6],
         &[],
@@ -156,8 +177,11 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    servers
+}
 
-    // The control plane in A, on its loopback (never redirected).
+/// The control plane in A, on its loopback (never redirected), and the client's token.
+fn start_control_plane(pair: &Pair, d: &Path) -> (NsControlPlane, PathBuf) {
     let resources = d.join("resources");
     std::fs::create_dir_all(&resources).unwrap();
     std::fs::write(
@@ -167,11 +191,12 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     .unwrap();
     let control = NsControlPlane::start(&pair.a, d, "127.0.0.1", &resources);
     let client_token = control.token(d, "client");
+    (control, client_token)
+}
 
-    // Interception, and the proxy as its exempt user.
-    pair.a
-        .ok(&[WEFT, "init", "--proxy-uid", PROXY_UID, "--ipv6"]);
-    let proxy_env = [
+/// The proxy's settings: the control plane in A, the banner port opaque, IPv4 and IPv6.
+fn proxy_env(client_token: &Path) -> [(&'static str, String); 5] {
+    [
         (ENV_TOKEN_FILE, client_token.display().to_string()),
         (ENV_IDENTITY_ADDR, format!("127.0.0.1:{NS_IDENTITY_PORT}")),
         (ENV_POLICY_ADDR, format!("127.0.0.1:{NS_POLICY_PORT}")),
@@ -181,19 +206,29 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
             proxy_config::ENV_OUTBOUND,
             "127.0.0.1:4140,[::1]:4140".into(),
         ),
-    ];
-    let uid: u32 = PROXY_UID.parse().unwrap();
-    let proxy = spawn_proxy_as(&pair.a, uid, &proxy_env, &d.join("proxy.log"));
-    pair.a.wait_ok("http://127.0.0.1:4191/ready", &proxy);
+    ]
+}
 
-    // 1. Plain HTTP to an address the mesh does not know: the app answers, through the proxy.
-    // Over IPv6 too: the original destination is read with IP6T_SO_ORIGINAL_DST.
-    let (url, url6) = (
-        format!("http://{B_IP}:8080/"),
-        format!("http://[{B_IP6}]:8080/"),
-    );
+/// Interception in A, and the proxy as its exempt user; ready.
+fn intercept(pair: &Pair, d: &Path, proxy_env: &[(&str, String)]) -> Child {
+    pair.a
+        .ok(&[WEFT, "init", "--proxy-uid", PROXY_UID, "--ipv6"]);
+    let uid: u32 = PROXY_UID.parse().unwrap();
+    let proxy = spawn_proxy_as(&pair.a, uid, proxy_env, &d.join("proxy.log"));
+    pair.a.wait_ok("http://127.0.0.1:4191/ready", &proxy);
+    proxy
+}
+
+/// The proxy's metrics page, read from A.
+fn metrics(pair: &Pair) -> String {
+    String::from_utf8(pair.curl("http://127.0.0.1:4191/metrics").stdout).unwrap()
+}
+
+/// Check 1: plain HTTP to an address the mesh does not know: the app answers, through the
+/// proxy. Over IPv6 too: the original destination is read with IP6T_SO_ORIGINAL_DST.
+fn plain_http_goes_through_the_proxy_unmeshed(pair: &Pair, proxy: &Child, url: &str, url6: &str) {
     let mut unmeshed = 0.0;
-    for (sent, url) in [(1.0, &url), (2.0, &url6)] {
+    for (sent, url) in [(1.0, url), (2.0, url6)] {
         let out = pair.curl(url);
         assert!(
             out.status.success(),
@@ -202,7 +237,7 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
             proxy.logs()
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the app\n");
-        let metrics = String::from_utf8(pair.curl("http://127.0.0.1:4191/metrics").stdout).unwrap();
+        let metrics = metrics(pair);
         unmeshed = metric_sum(
             &metrics,
             "weft_proxy_requests_total",
@@ -215,9 +250,11 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
         assert_eq!(unmeshed, sent, "{url} went around the proxy:\n{metrics}");
     }
     eprintln!("outbound unmeshed requests in the proxy's metrics (IPv4 and IPv6): {unmeshed}");
+}
 
-    // 2. A server that speaks first, on an opaque port: its banner comes through at once,
-    // not after the 1 s detection timeout.
+/// Check 2: a server that speaks first, on an opaque port: its banner comes through at once,
+/// not after the 1 s detection timeout.
+fn a_banner_on_an_opaque_port_comes_at_once(pair: &Pair) {
     let started = Instant::now();
     let banner = pair.a.ok(&[
         "bash",
@@ -231,7 +268,7 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
         "the banner took {took:?}"
     );
     eprintln!("the banner arrived through the proxy in {took:?}");
-    let metrics = String::from_utf8(pair.curl("http://127.0.0.1:4191/metrics").stdout).unwrap();
+    let metrics = metrics(pair);
     let tcp = metric_sum(
         &metrics,
         "weft_proxy_tcp_connections_total",
@@ -241,10 +278,11 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
         tcp, 1.0,
         "the banner connection went through the proxy:\n{metrics}"
     );
+}
 
-    // 3. No proxy, no bypass: the client's connections fail.
-    drop(proxy);
-    for url in [&url, &url6] {
+/// Check 3: with the proxy gone, the client's connections fail.
+fn no_proxy_no_bypass(pair: &Pair, url: &str, url6: &str) {
+    for url in [url, url6] {
         let out = pair.curl(url);
         assert!(
             !out.status.success(),
@@ -252,12 +290,19 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+}
 
-    // 4. A proxy that does not run as --proxy-uid (here root): its own connection to the
-    // original destination is redirected back to it, and refused (never a loop), loudly.
+/// Check 4: a proxy that does not run as --proxy-uid (here root): its own connection to the
+/// original destination is redirected back to it, and refused (never a loop), loudly.
+fn a_proxy_not_run_as_the_proxy_uid_refuses_the_loop(
+    pair: &Pair,
+    d: &Path,
+    proxy_env: &[(&str, String)],
+    url: &str,
+) {
     let wrong = pair
         .a
-        .spawn(&[WEFT, "proxy"], &proxy_env, &d.join("proxy-root.log"));
+        .spawn(&[WEFT, "proxy"], proxy_env, &d.join("proxy-root.log"));
     pair.a.wait_ok("http://127.0.0.1:4191/ready", &wrong);
     let out = pair.a.exec(&[
         "curl",
@@ -270,7 +315,7 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
         "/dev/null",
         "-w",
         "%{http_code}",
-        &url,
+        url,
     ]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -285,7 +330,7 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
         "{}",
         wrong.logs()
     );
-    let metrics = String::from_utf8(pair.curl("http://127.0.0.1:4191/metrics").stdout).unwrap();
+    let metrics = metrics(pair);
     let loops = metric_sum(
         &metrics,
         "weft_proxy_errors_total",
@@ -294,5 +339,4 @@ fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
     assert_eq!(loops, 1.0, "one refused loop, not a storm:\n{metrics}");
     eprintln!("the proxy's own redirected connection was refused ({loops} loop)");
     drop(wrong);
-    pair.a.ok(&[WEFT, "init", "--uninstall"]);
 }

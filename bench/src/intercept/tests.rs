@@ -1,4 +1,9 @@
+use std::time::Duration;
+
+use super::netns::{is_stale, stale_namespace_pid};
+use super::run::whole_ms;
 use super::*;
+use crate::report::WEB_PROXY;
 use crate::report::tests::{run_at, settings};
 
 #[test]
