@@ -15,29 +15,9 @@ fn token_create_and_cert_issue_against_a_running_identity_service() {
     let data = dir.path().join("ca");
     let (identity, api, admin) = start_identity(dir.path(), &data);
 
-    let out = Command::new(WEFT)
-        .args([
-            "token",
-            "create",
-            "--namespace",
-            "default",
-            "--workload",
-            "web",
-            "--ttl",
-            "1h",
-        ])
-        .args(["--data-dir", data.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap();
-    assert!(token.starts_with("weft1."), "{token}");
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, &token).unwrap();
+    let token = token_with(&data, "default", "web", &["--ttl", "1h"], &token_file);
+    assert!(token.starts_with("weft1."), "{token}");
 
     let certs = dir.path().join("certs");
     let out = Command::new(WEFT)

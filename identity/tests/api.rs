@@ -43,22 +43,7 @@ async fn every_rejection_is_a_clear_4xx_and_the_service_keeps_serving() {
     let a = authority(dir.path());
     let bundle = a.bundle().clone();
     let web_token = token(&a, "web", Duration::from_secs(600));
-    let BadMaterial {
-        _other_dir,
-        forged,
-        tampered,
-        expired,
-        good_csr,
-        dns_csr,
-        two_uri_csr,
-        admin_csr,
-        bad_sig_csr,
-        p384_csr,
-        ed_csr,
-        rsa_csr,
-        untrusted_client,
-        expired_client,
-    } = bad_material(dir.path(), &a, &web_token);
+    let m = bad_material(dir.path(), &a, &web_token);
 
     let running = Running::start(a, "127.0.0.1:0".parse().unwrap())
         .await
@@ -66,37 +51,39 @@ async fn every_rejection_is_a_clear_4xx_and_the_service_keeps_serving() {
     let addr = running.addr;
     assert!(
         eventually(Duration::from_secs(5), || SystemTime::now()
-            > expired_client.not_after + Duration::from_secs(1))
+            > m.expired_client.not_after + Duration::from_secs(1))
         .await
     );
 
     let body = |csr: &str| certify_body(csr);
     let t = |s: &str| Some(s.to_string());
     let cases = vec![
-        Case { name: "no credentials", body: body(&good_csr), bearer: None, client: None, method: "POST", path: "/v1/certify", status: 401, reason: "unauthenticated" },
-        Case { name: "garbage token", body: body(&good_csr), bearer: t("garbage"), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_malformed" },
-        Case { name: "forged token", body: body(&good_csr), bearer: t(&forged), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_forged" },
-        Case { name: "tampered token", body: body(&admin_csr), bearer: t(&tampered), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_tampered" },
-        Case { name: "expired token", body: body(&good_csr), bearer: t(&expired), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_expired" },
-        Case { name: "token for another identity", body: serde_json::json!({"csr": good_csr, "identity": "spiffe://weft.local/ns/default/sa/admin"}).to_string(), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 403, reason: "token_wrong_identity" },
-        Case { name: "CSR for another identity", body: body(&admin_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 403, reason: "csr_wrong_identity" },
-        Case { name: "CSR with a DNS SAN", body: body(&dns_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_extra_sans" },
-        Case { name: "CSR with two URI SANs", body: body(&two_uri_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_extra_sans" },
-        Case { name: "CSR with a bad signature", body: body(&bad_sig_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_bad_signature" },
-        Case { name: "RSA key", body: body(&rsa_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_unsupported_key" },
-        Case { name: "P-384 key", body: body(&p384_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_unsupported_key" },
-        Case { name: "Ed25519 key", body: body(&ed_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_unsupported_key" },
+        Case { name: "no credentials", body: body(&m.good_csr), bearer: None, client: None, method: "POST", path: "/v1/certify", status: 401, reason: "unauthenticated" },
+        Case { name: "garbage token", body: body(&m.good_csr), bearer: t("garbage"), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_malformed" },
+        Case { name: "forged token", body: body(&m.good_csr), bearer: t(&m.forged), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_forged" },
+        Case { name: "tampered token", body: body(&m.admin_csr), bearer: t(&m.tampered), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_tampered" },
+        Case { name: "expired token", body: body(&m.good_csr), bearer: t(&m.expired), client: None, method: "POST", path: "/v1/certify", status: 401, reason: "token_expired" },
+        Case { name: "token for another identity", body: serde_json::json!({"csr": m.good_csr, "identity": "spiffe://weft.local/ns/default/sa/admin"}).to_string(), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 403, reason: "token_wrong_identity" },
+        Case { name: "CSR for another identity", body: body(&m.admin_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 403, reason: "csr_wrong_identity" },
+        Case { name: "CSR with a DNS SAN", body: body(&m.dns_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_extra_sans" },
+        Case { name: "CSR with two URI SANs", body: body(&m.two_uri_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_extra_sans" },
+        Case { name: "CSR with a bad signature", body: body(&m.bad_sig_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_bad_signature" },
+        Case { name: "RSA key", body: body(&m.rsa_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_unsupported_key" },
+        Case { name: "P-384 key", body: body(&m.p384_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_unsupported_key" },
+        Case { name: "Ed25519 key", body: body(&m.ed_csr), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_unsupported_key" },
         Case { name: "garbage CSR", body: body("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "csr_malformed" },
         Case { name: "garbage body", body: "\u{0}\u{1}not json at all".into(), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 400, reason: "body_malformed" },
         Case { name: "oversized body", body: format!("{{\"csr\": \"{}\"}}", "A".repeat(200 * 1024)), bearer: t(&web_token), client: None, method: "POST", path: "/v1/certify", status: 413, reason: "body_too_large" },
-        Case { name: "expired client certificate", body: body(&good_csr), bearer: None, client: Some(expired_client.clone()), method: "POST", path: "/v1/certify", status: 401, reason: "client_cert_expired" },
-        Case { name: "client certificate from another CA", body: body(&good_csr), bearer: None, client: Some(untrusted_client.clone()), method: "POST", path: "/v1/certify", status: 401, reason: "client_cert_untrusted" },
+        Case { name: "expired client certificate", body: body(&m.good_csr), bearer: None, client: Some(m.expired_client.clone()), method: "POST", path: "/v1/certify", status: 401, reason: "client_cert_expired" },
+        Case { name: "client certificate from another CA", body: body(&m.good_csr), bearer: None, client: Some(m.untrusted_client.clone()), method: "POST", path: "/v1/certify", status: 401, reason: "client_cert_untrusted" },
         Case { name: "unknown path", body: String::new(), bearer: None, client: None, method: "GET", path: "/v1/nope", status: 404, reason: "not_found" },
         Case { name: "wrong method", body: String::new(), bearer: None, client: None, method: "GET", path: "/v1/certify", status: 405, reason: "method_not_allowed" },
     ];
 
-    each_case_is_refused_and_a_good_request_still_served(addr, bundle, &cases, good_csr, web_token)
-        .await;
+    each_case_is_refused_and_a_good_request_still_served(
+        addr, bundle, &cases, m.good_csr, web_token,
+    )
+    .await;
     each_refusal_is_counted(&running, &cases);
     running.stop().await;
 }

@@ -22,6 +22,14 @@ fn short_lived(dir: &std::path::Path) -> Authority {
     Authority::load_or_create(&cfg).unwrap()
 }
 
+/// The client's failed attempts in a row, from its metrics.
+fn consecutive_failures(registry: &Registry) -> Option<f64> {
+    metric(
+        &registry.render(),
+        "weft_identity_client_consecutive_failures",
+    )
+}
+
 /// Waits for the watch to publish a certificate other than `than`, up to `limit`.
 async fn next_cert(
     rx: &mut tokio::sync::watch::Receiver<Option<Arc<Credentials>>>,
@@ -96,12 +104,7 @@ async fn renews_repeatedly_and_survives_an_identity_outage() {
     let held = rx.borrow().clone().expect("a certificate is held");
     assert!(
         eventually(Duration::from_secs(20), || {
-            metric(
-                &registry.render(),
-                "weft_identity_client_consecutive_failures",
-            )
-            .unwrap_or(0.0)
-                >= 2.0
+            consecutive_failures(&registry).unwrap_or(0.0) >= 2.0
         })
         .await,
         "renewal attempts should fail while the service is down"
@@ -122,20 +125,13 @@ async fn renews_repeatedly_and_survives_an_identity_outage() {
     );
 
     // It comes back (same data directory, same port): renewal resumes.
-    let mut cfg = AuthorityConfig::new(dir.path());
-    cfg.leaf_lifetime = Duration::from_secs(3);
-    let restarted = Running::start(Authority::load_or_create(&cfg).unwrap(), addr)
-        .await
-        .unwrap();
+    let restarted = Running::start(short_lived(dir.path()), addr).await.unwrap();
     let after = next_cert(&mut rx, Some(&held), Duration::from_secs(20)).await;
     assert!(after.not_after > held.not_after);
     assert!(after.not_after > SystemTime::now());
     assert!(
         eventually(Duration::from_secs(5), || {
-            metric(
-                &registry.render(),
-                "weft_identity_client_consecutive_failures",
-            ) == Some(0.0)
+            consecutive_failures(&registry) == Some(0.0)
         })
         .await
     );
@@ -166,12 +162,7 @@ async fn client_reports_a_missing_identity_service_and_keeps_trying() {
     let mut client = IdentityClient::start(settings, &registry);
     assert!(
         eventually(Duration::from_secs(10), || {
-            metric(
-                &registry.render(),
-                "weft_identity_client_consecutive_failures",
-            )
-            .unwrap_or(0.0)
-                >= 3.0
+            consecutive_failures(&registry).unwrap_or(0.0) >= 3.0
         })
         .await
     );

@@ -35,8 +35,7 @@ fn weights(routes: &weft_policy::routes::ServiceRoutes) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_edit_reaches_a_watcher_within_one_second() {
-    let dir = resource_dir(RESOURCES);
-    let cp = ControlPlane::start(Settings::insecure(dir.path())).await;
+    let (dir, cp) = serve_resources(RESOURCES, |d| Settings::insecure(d)).await;
     let client = cp.client();
     let mut routes = client.watch_routes("default", "api");
     let mut inbound = client.watch_inbound("default", "api");
@@ -116,8 +115,7 @@ async fn invalid_edit_is_logged_and_shown_and_the_watcher_keeps_its_state() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let dir = resource_dir(RESOURCES);
-    let cp = ControlPlane::start(Settings::insecure(dir.path())).await;
+    let (dir, cp) = serve_resources(RESOURCES, |d| Settings::insecure(d)).await;
     let client = cp.client();
     let mut routes = client.watch_routes("default", "api");
     let before = wait_until(
@@ -202,8 +200,7 @@ fn registration(version: &str, port: u16, lease: Duration) -> Registration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_appear_in_watches_and_expire_with_their_lease() {
-    let dir = resource_dir(RESOURCES);
-    let cp = ControlPlane::start(Settings::insecure(dir.path())).await;
+    let (_dir, cp) = serve_resources(RESOURCES, |d| Settings::insecure(d)).await;
     let client = cp.client();
     let mut all = client.watch_endpoints("default", "api");
     let mut v1 = client.watch_endpoints("default", "api-v1");
@@ -308,8 +305,7 @@ async fn registrations_appear_in_watches_and_expire_with_their_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_the_last_state_then_reconnects_and_converges() {
-    let dir = resource_dir(RESOURCES);
-    let cp = ControlPlane::start(Settings::insecure(dir.path())).await;
+    let (dir, cp) = serve_resources(RESOURCES, |d| Settings::insecure(d)).await;
     let addr = cp.api;
     let client = cp.client();
     let mut routes = client.watch_routes("default", "api");
@@ -376,8 +372,7 @@ async fn restart_keeps_the_last_state_then_reconnects_and_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_answers_lists_resumes_and_errors() {
-    let dir = resource_dir(RESOURCES);
-    let cp = ControlPlane::start(Settings::insecure(dir.path())).await;
+    let (_dir, cp) = serve_resources(RESOURCES, |d| Settings::insecure(d)).await;
     // A list (no watch) is one snapshot.
     let (status, body) = cp.api_get("/v1/routes?namespace=default&service=api").await;
     assert_eq!(status, 200, "{body}");
@@ -450,8 +445,7 @@ async fn an_address_lookup_names_the_endpoints_at_an_ip_and_follows_registration
         "{RESOURCES}---\nkind: Service\nmetadata: {{name: legacy, namespace: default}}\n\
          spec:\n  ports: [{{port: 8080}}, {{port: 25, appProtocol: opaque}}]\n  endpoints:\n    - address: 10.0.0.7:8080\n"
     );
-    let dir = resource_dir(&resources);
-    let cp = ControlPlane::start(Settings::insecure(dir.path())).await;
+    let (_dir, cp) = serve_resources(&resources, |d| Settings::insecure(d)).await;
     let item = |body: &str| -> serde_json::Value {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["type"], "SNAPSHOT", "{body}");

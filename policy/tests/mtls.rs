@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::PrivatePkcs8KeyDer;
 use support::*;
 use weft_identity::SpiffeId;
 use weft_identity::authority::{Authority, AuthorityConfig};
@@ -16,20 +15,6 @@ use weft_identity::tls::{self, CertStore, ClientAuth, Credentials};
 use weft_policy::client::{ClientError, ClientTls, PolicyClient, service_identity};
 use weft_policy::registry::Registration;
 use weft_policy::server::{Security, Settings};
-
-fn credentials(ca: &Authority, id: &SpiffeId) -> Credentials {
-    let (key, csr) = weft_identity::client::generate_csr(id).unwrap();
-    let checked = weft_identity::csr::check(csr.as_bytes(), id).unwrap();
-    let issued = ca.issue(&checked, id).unwrap();
-    Credentials {
-        identity: id.clone(),
-        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
-        chain: issued.chain,
-        bundle: ca.bundle().clone(),
-        not_before: issued.not_before,
-        not_after: issued.not_after,
-    }
-}
 
 fn id(s: &str) -> SpiffeId {
     SpiffeId::parse(s).unwrap()
@@ -102,8 +87,7 @@ fn refusal(r: Result<impl std::fmt::Debug, ClientError>) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_claims_only_the_proven_identity() {
     let mesh = Mesh::new();
-    let dir = resource_dir(RESOURCES);
-    let cp = ControlPlane::start(mesh.settings(dir.path())).await;
+    let (_dir, cp) = serve_resources(RESOURCES, |d| mesh.settings(d)).await;
     let api_id = id("spiffe://weft.local/ns/default/sa/api");
     let api_creds = credentials(&mesh.ca, &api_id);
     let client = mesh.client(cp.api, Some(&api_creds));
@@ -186,8 +170,7 @@ async fn registration_claims_only_the_proven_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_refuses_a_control_plane_with_another_identity() {
     let mesh = Mesh::new();
-    let dir = resource_dir(RESOURCES);
-    let cp = ControlPlane::start(mesh.settings(dir.path())).await;
+    let (_dir, cp) = serve_resources(RESOURCES, |d| mesh.settings(d)).await;
     let creds = credentials(&mesh.ca, &id("spiffe://weft.local/ns/default/sa/api"));
     let certs: Arc<dyn rustls::client::ResolvesClientCert> =
         CertStore::new(creds.certified_key().unwrap());

@@ -8,11 +8,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::PrivatePkcs8KeyDer;
 use support::*;
 use weft_identity::authority::{Authority, AuthorityConfig};
 use weft_identity::config::ENV_TOKEN_FILE;
-use weft_identity::tls::{CertStore, Credentials};
+use weft_identity::tls::CertStore;
 use weft_policy::client::{ClientTls, PolicyClient, service_identity};
 use weft_policy::config::{ENV_DIR, PolicyArgs, run_on};
 use weft_policy::registry::Registration;
@@ -71,22 +70,8 @@ async fn default_mode_gets_a_certificate_and_serves_mtls() {
         )
         .unwrap();
     let api_id = weft_identity::SpiffeId::parse("spiffe://weft.local/ns/default/sa/api").unwrap();
-    let (key, csr) = weft_identity::client::generate_csr(&api_id).unwrap();
-    let issued = authority
-        .issue(
-            &weft_identity::csr::check(csr.as_bytes(), &api_id).unwrap(),
-            &api_id,
-        )
-        .unwrap();
+    let workload = credentials(&authority, &api_id);
     let bundle = authority.bundle().clone();
-    let workload = Credentials {
-        identity: api_id.clone(),
-        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
-        chain: issued.chain,
-        bundle: bundle.clone(),
-        not_before: issued.not_before,
-        not_after: issued.not_after,
-    };
     let identity = weft_identity::server::Running::start(authority, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();

@@ -12,22 +12,12 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
-use weft_policy::authz::DefaultPolicy;
 use weft_runtime::testing::{eventually, metric_sum};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_web_may_call_api() {
-    let mesh = Mesh::new(Duration::from_secs(3600)).await;
-    let app = http_app("api").await;
-    let api = mesh.proxy("api", app.port(), allow_only(&["web"])).await;
-    let web = mesh
-        .proxy("web", 1, default_policy(DefaultPolicy::AllAuthenticated))
-        .await;
-    let other = mesh
-        .proxy("other", 1, default_policy(DefaultPolicy::AllAuthenticated))
-        .await;
-    mesh.resolver
-        .set("api", vec![(api.inbound, Some(id("api")))]);
+    let (mesh, app, api, web) = api_and_web(Duration::from_secs(3600)).await;
+    let other = mesh.client_proxy("other").await;
     let url = format!("http://api.default:{}/v1/data", app.port());
 
     let (status, _, _) = get_via(web.outbound, &url).await;
@@ -75,20 +65,13 @@ async fn only_web_may_call_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_clients_are_refused_at_the_inbound_port_and_good_ones_keep_working() {
-    let mesh = Mesh::new(Duration::from_secs(3600)).await;
-    let app = http_app("api").await;
-    let api = mesh.proxy("api", app.port(), allow_only(&["web"])).await;
-    let web = mesh
-        .proxy("web", 1, default_policy(DefaultPolicy::AllAuthenticated))
-        .await;
-    mesh.resolver
-        .set("api", vec![(api.inbound, Some(id("api")))]);
+    let (mesh, app, api, web) = api_and_web(Duration::from_secs(3600)).await;
     let url = format!("http://api.default:{}/", app.port());
     let ok = || async { get_via(web.outbound, &url).await.0 };
     assert_eq!(ok().await, 200);
 
     // 1. Plaintext from outside the mesh: no identity, so the policy (web only) denies it.
-    let (status, headers, body) = plain_get(api.inbound, app.port()).await;
+    let (status, headers, body) = http1_get(api.inbound, "/", &format!("api:{}", app.port())).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(headers.get("weft-error").unwrap(), "forbidden");
     assert!(body.contains("no mesh identity"), "{body}");
@@ -101,17 +84,7 @@ async fn bad_clients_are_refused_at_the_inbound_port_and_good_ones_keep_working(
     )
     .unwrap();
     let foreign = issue(&other_ca, "web");
-    assert!(tls_get(&mesh, api.inbound, &foreign).await.is_err());
-    assert!(
-        eventually(Duration::from_secs(5), || metric_sum(
-            &api.metrics(),
-            "weft_proxy_tls_handshake_failures_total",
-            &["reason=\"untrusted_peer\""]
-        ) >= 1.0)
-        .await,
-        "{}",
-        api.metrics()
-    );
+    assert_refused(&mesh, &api, &foreign, "untrusted_peer").await;
     assert_eq!(ok().await, 200);
 
     // 3. An expired certificate from the right CA.
@@ -127,17 +100,7 @@ async fn bad_clients_are_refused_at_the_inbound_port_and_good_ones_keep_working(
             > expired.not_after + Duration::from_secs(1))
         .await
     );
-    assert!(tls_get(&mesh, api.inbound, &expired).await.is_err());
-    assert!(
-        eventually(Duration::from_secs(5), || metric_sum(
-            &api.metrics(),
-            "weft_proxy_tls_handshake_failures_total",
-            &["reason=\"certificate_expired\""]
-        ) >= 1.0)
-        .await,
-        "{}",
-        api.metrics()
-    );
+    assert_refused(&mesh, &api, &expired, "certificate_expired").await;
     assert_eq!(ok().await, 200);
 
     // 4. The right CA but another SPIFFE ID: authenticated, then denied by policy.
@@ -149,6 +112,27 @@ async fn bad_clients_are_refused_at_the_inbound_port_and_good_ones_keep_working(
         "{body}"
     );
     assert_eq!(ok().await, 200);
+}
+
+/// `api`'s inbound port refuses a handshake with `client` credentials, and counts the failure
+/// under `reason`.
+async fn assert_refused(
+    mesh: &Mesh,
+    api: &TestProxy,
+    client: &weft_identity::tls::Credentials,
+    reason: &str,
+) {
+    assert!(tls_get(mesh, api.inbound, client).await.is_err());
+    assert!(
+        eventually(Duration::from_secs(5), || metric_sum(
+            &api.metrics(),
+            "weft_proxy_tls_handshake_failures_total",
+            &[&format!("reason=\"{reason}\"")]
+        ) >= 1.0)
+        .await,
+        "{}",
+        api.metrics()
+    );
 }
 
 fn issue(a: &weft_identity::authority::Authority, name: &str) -> weft_identity::tls::Credentials {
@@ -164,24 +148,6 @@ fn issue(a: &weft_identity::authority::Authority, name: &str) -> weft_identity::
         not_before: issued.not_before,
         not_after: issued.not_after,
     }
-}
-
-/// A plaintext HTTP/1 GET straight to a proxy's inbound port.
-async fn plain_get(addr: std::net::SocketAddr, port: u16) -> (u16, http::HeaderMap, String) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get("/")
-        .header("host", format!("api:{port}"))
-        .body(http_body_util::Full::new(Bytes::new()))
-        .unwrap();
-    let rsp = sender.send_request(req).await.unwrap();
-    let status = rsp.status().as_u16();
-    let headers = rsp.headers().clone();
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// An mTLS connection (ALPN h2) to a proxy's inbound port with `client` credentials, verifying
@@ -234,16 +200,8 @@ async fn tls_get(
 async fn a_peer_with_the_wrong_identity_is_refused_and_counted() {
     let mesh = Mesh::new(Duration::from_secs(3600)).await;
     let app = http_app("api").await;
-    let api = mesh
-        .proxy(
-            "api",
-            app.port(),
-            default_policy(DefaultPolicy::AllAuthenticated),
-        )
-        .await;
-    let web = mesh
-        .proxy("web", 1, default_policy(DefaultPolicy::AllAuthenticated))
-        .await;
+    let api = mesh.open_proxy("api", app.port()).await;
+    let web = mesh.client_proxy("web").await;
     // Discovery says the endpoint is `db`, but the proxy there proves `api`.
     mesh.resolver.set("db", vec![(api.inbound, Some(id("db")))]);
     let (status, headers, body) =
@@ -287,14 +245,7 @@ async fn a_peer_with_the_wrong_identity_is_refused_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_rotate_under_load_with_zero_failed_requests() {
     // Certificates live 3 s: the proxies renew every ~2 s while traffic flows.
-    let mesh = Mesh::new(Duration::from_secs(3)).await;
-    let app = http_app("api").await;
-    let api = mesh.proxy("api", app.port(), allow_only(&["web"])).await;
-    let web = mesh
-        .proxy("web", 1, default_policy(DefaultPolicy::AllAuthenticated))
-        .await;
-    mesh.resolver
-        .set("api", vec![(api.inbound, Some(id("api")))]);
+    let (mesh, app, api, web) = api_and_web(Duration::from_secs(3)).await;
     let url = format!("http://api.default:{}/load", app.port());
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(9);

@@ -11,19 +11,11 @@ use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weft_policy::authz::DefaultPolicy;
 use weft_runtime::testing::{eventually, metric_sum};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_through_both_proxies_over_mtls() {
-    let mesh = Mesh::new(Duration::from_secs(3600)).await;
-    let app = http_app("api").await;
-    let api = mesh.proxy("api", app.port(), allow_only(&["web"])).await;
-    let web = mesh
-        .proxy("web", 1, default_policy(DefaultPolicy::AllAuthenticated))
-        .await;
-    mesh.resolver
-        .set("api", vec![(api.inbound, Some(id("api")))]);
+    let (_mesh, app, api, web) = api_and_web(Duration::from_secs(3600)).await;
 
     let url = format!("http://api.default:{}/hello", app.port());
     for _ in 0..3 {
@@ -90,19 +82,10 @@ async fn http1_through_both_proxies_over_mtls() {
     );
 
     // Host-based routing (origin-form with Host) works too, as for HTTP_PROXY-less clients.
-    let tcp = tokio::net::TcpStream::connect(web.outbound).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get("/origin-form")
-        .header("host", format!("api:{}", app.port()))
-        .body(http_body_util::Full::new(Bytes::new()))
-        .unwrap();
-    let rsp = sender.send_request(req).await.unwrap();
-    assert_eq!(rsp.status(), 200);
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    assert!(String::from_utf8_lossy(&body).contains("GET /origin-form"));
+    let (status, _, body) =
+        http1_get(web.outbound, "/origin-form", &format!("api:{}", app.port())).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("GET /origin-form"));
 
     web.stop().await;
     api.stop().await;
@@ -113,27 +96,11 @@ async fn http2_grpc_streaming_with_trailers_and_opaque_tcp_pass_intact() {
     let mesh = Mesh::new(Duration::from_secs(3600)).await;
     let app = http_app("api").await;
     let echo = echo_app().await;
-    let api = mesh
-        .proxy(
-            "api",
-            app.port(),
-            default_policy(DefaultPolicy::AllAuthenticated),
-        )
-        .await;
-    let echo_proxy = mesh
-        .proxy(
-            "echo",
-            echo.port(),
-            default_policy(DefaultPolicy::AllAuthenticated),
-        )
-        .await;
-    let web = mesh
-        .proxy("web", 1, default_policy(DefaultPolicy::AllAuthenticated))
-        .await;
-    mesh.resolver
-        .set("api", vec![(api.inbound, Some(id("api")))]);
-    mesh.resolver
-        .set("echo", vec![(echo_proxy.inbound, Some(id("echo")))]);
+    let api = mesh.open_proxy("api", app.port()).await;
+    let echo_proxy = mesh.open_proxy("echo", echo.port()).await;
+    let web = mesh.client_proxy("web").await;
+    mesh.resolver.set_proxies("api", [&api]);
+    mesh.resolver.set_proxies("echo", [&echo_proxy]);
 
     // HTTP/2 with prior knowledge, a streamed body with trailers, like a gRPC call.
     let tcp = tokio::net::TcpStream::connect(web.outbound).await.unwrap();
@@ -225,32 +192,16 @@ async fn endpoints_change_live_and_unmeshed_endpoints_get_labelled_plaintext() {
     let mesh = Mesh::new(Duration::from_secs(3600)).await;
     let a1 = http_app("api-1").await;
     let a2 = http_app("api-2").await;
-    let api1 = mesh
-        .proxy(
-            "api",
-            a1.port(),
-            default_policy(DefaultPolicy::AllAuthenticated),
-        )
-        .await;
-    let web = mesh
-        .proxy("web", 1, default_policy(DefaultPolicy::AllAuthenticated))
-        .await;
-    mesh.resolver
-        .set("api", vec![(api1.inbound, Some(id("api")))]);
+    let api1 = mesh.open_proxy("api", a1.port()).await;
+    let web = mesh.client_proxy("web").await;
+    mesh.resolver.set_proxies("api", [&api1]);
     let (status, _, body) = get_via(web.outbound, &format!("http://api:{}/", a1.port())).await;
     assert_eq!(status, 200);
     assert!(body.starts_with("hello from api-1"), "{body}");
 
     // The endpoint set changes: the next request goes to the new endpoint, no restart.
-    let api2 = mesh
-        .proxy(
-            "api",
-            a2.port(),
-            default_policy(DefaultPolicy::AllAuthenticated),
-        )
-        .await;
-    mesh.resolver
-        .set("api", vec![(api2.inbound, Some(id("api")))]);
+    let api2 = mesh.open_proxy("api", a2.port()).await;
+    mesh.resolver.set_proxies("api", [&api2]);
     let (status, _, body) = get_via(web.outbound, &format!("http://api:{}/", a2.port())).await;
     assert_eq!(status, 200);
     assert!(body.starts_with("hello from api-2"), "{body}");

@@ -9,36 +9,45 @@ use std::time::Duration;
 
 use support::*;
 use weft_policy::authz::DefaultPolicy;
+use weft_policy::routes::RouteRule;
 use weft_runtime::testing::{eventually, metric_sum};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// `web`'s proxy, and one `api` workload (proxy + app) per app, registered as `service`.
+/// One `api` workload (proxy + app) per app, registered as `service`.
 async fn api_endpoints(mesh: &Mesh, service: &str, apps: &[&TestApp]) -> Vec<TestProxy> {
     let mut proxies = Vec::new();
     for app in apps {
-        proxies.push(
-            mesh.proxy(
-                "api",
-                app.addr.port(),
-                default_policy(DefaultPolicy::AllAuthenticated),
-            )
-            .await,
-        );
+        proxies.push(mesh.open_proxy("api", app.addr.port()).await);
     }
-    mesh.resolver.set(
-        service,
-        proxies
-            .iter()
-            .map(|p| (p.inbound, Some(id("api"))))
-            .collect(),
-    );
+    mesh.resolver.set_proxies(service, &proxies);
     proxies
 }
 
-async fn web(mesh: &Mesh) -> TestProxy {
-    mesh.proxy("web", 1, default_policy(DefaultPolicy::AllAuthenticated))
-        .await
+/// The `api` workloads in front of `apps` (as `api_endpoints`), then `web`'s proxy, then
+/// `api`'s single route rule `rule` with `settings` (as `one_rule`).
+async fn api_with_rule(
+    mesh: &Mesh,
+    apps: &[&TestApp],
+    rule: &str,
+    settings: &str,
+) -> (Vec<TestProxy>, TestProxy) {
+    let api = api_endpoints(mesh, "api", apps).await;
+    let web = mesh.client_proxy("web").await;
+    mesh.resolver
+        .set_routes("api", one_rule("api", rule, settings));
+    (api, web)
+}
+
+/// The single route rule `name` of `service`, sending all of it to `service` itself, with the
+/// rule's `settings` (YAML lines: retry, timeouts, fault...).
+fn one_rule(service: &str, name: &str, settings: &str) -> Vec<RouteRule> {
+    rules(&format!(
+        r#"
+- route: default/{service}
+  name: {name}
+  backends: [{{namespace: default, service: {service}, weight: 1}}]{settings}"#
+    ))
 }
 
 fn metric(p: &TestProxy, name: &str, labels: &[&str]) -> f64 {
@@ -49,19 +58,15 @@ fn metric(p: &TestProxy, name: &str, labels: &[&str]) -> f64 {
 async fn retries_turn_a_fifth_of_failures_into_success_within_the_budget() {
     let mesh = Mesh::new(Duration::from_secs(3600)).await;
     let app = test_app("api", Duration::ZERO, 20).await;
-    let _api = api_endpoints(&mesh, "api", &[&app]).await;
-    let web = web(&mesh).await;
-    mesh.resolver.set_routes(
-        "api",
-        rules(
-            r#"
-- route: default/api
-  name: all
-  backends: [{namespace: default, service: api, weight: 1}]
+    let (_api, web) = api_with_rule(
+        &mesh,
+        &[&app],
+        "all",
+        r#"
   retry: {attempts: 3, codes: [503], budget: {ratio: 0.2, minPerSecond: 10, ttl: 60s}}
 "#,
-        ),
-    );
+    )
+    .await;
     let n = 1_000;
     let replies = drive(web.outbound, "http://api/", n, 8, &[], LIMIT).await;
     let ok = count(&replies, |r| r.status == 200);
@@ -91,21 +96,17 @@ async fn retries_turn_a_fifth_of_failures_into_success_within_the_budget() {
 async fn a_failing_backend_gets_at_most_the_budget_in_retries() {
     let mesh = Mesh::new(Duration::from_secs(3600)).await;
     let app = test_app("api", Duration::ZERO, 100).await;
-    let _api = api_endpoints(&mesh, "api", &[&app]).await;
-    let web = web(&mesh).await;
     // Three retries per request would be 4× the load; the budget allows 20 % more plus
     // 1/s × 60 s.
-    mesh.resolver.set_routes(
-        "api",
-        rules(
-            r#"
-- route: default/api
-  name: all
-  backends: [{namespace: default, service: api, weight: 1}]
+    let (_api, web) = api_with_rule(
+        &mesh,
+        &[&app],
+        "all",
+        r#"
   retry: {attempts: 3, conditions: [5xx], budget: {ratio: 0.2, minPerSecond: 1, ttl: 60s}}
 "#,
-        ),
-    );
+    )
+    .await;
     let n = 500;
     let replies = drive(web.outbound, "http://api/", n, 8, &[], LIMIT).await;
     assert_eq!(count(&replies, |r| r.status == 503), n);
@@ -132,20 +133,16 @@ async fn slow_endpoints_get_less_traffic_and_dead_ones_are_ejected_until_they_re
     let fast1 = test_app("fast-1", Duration::from_millis(5), 0).await;
     let fast2 = test_app("fast-2", Duration::from_millis(5), 0).await;
     let slow = test_app("slow", Duration::from_millis(50), 0).await;
-    let mut api = api_endpoints(&mesh, "api", &[&fast1, &fast2, &slow]).await;
-    let web = web(&mesh).await;
-    mesh.resolver.set_routes(
-        "api",
-        rules(
-            r#"
-- route: default/api
-  name: all
-  backends: [{namespace: default, service: api, weight: 1}]
+    let (mut api, web) = api_with_rule(
+        &mesh,
+        &[&fast1, &fast2, &slow],
+        "all",
+        r#"
   retry: {attempts: 2, conditions: [connect-failure, 5xx]}
   circuitBreaker: {consecutiveFailures: 3, ejectionTime: 500ms}
 "#,
-        ),
-    );
+    )
+    .await;
     let replies = drive(web.outbound, "http://api/", 600, 6, &[], LIMIT).await;
     assert_eq!(count(&replies, |r| r.status == 200), 600);
     let by = |name: &str| count(&replies, |r| r.app.as_deref() == Some(name));
@@ -204,7 +201,7 @@ async fn a_90_10_split_holds_over_10000_requests_and_mobile_goes_to_v3() {
     let _v1 = api_endpoints(&mesh, "api-v1", &[&v1]).await;
     let _v2 = api_endpoints(&mesh, "api-v2", &[&v2]).await;
     let _v3 = api_endpoints(&mesh, "api-v3", &[&v3]).await;
-    let web = web(&mesh).await;
+    let web = mesh.client_proxy("web").await;
     let routes = |w1: u32, w2: u32| {
         rules(&format!(
             r#"
@@ -260,20 +257,16 @@ async fn a_90_10_split_holds_over_10000_requests_and_mobile_goes_to_v3() {
 async fn injected_aborts_and_delays_hit_their_percentages_and_are_marked() {
     let mesh = Mesh::new(Duration::from_secs(3600)).await;
     let app = test_app("api", Duration::ZERO, 0).await;
-    let _api = api_endpoints(&mesh, "api", &[&app]).await;
-    let web = web(&mesh).await;
-    mesh.resolver.set_routes(
-        "api",
-        rules(
-            r#"
-- route: default/api
-  name: faulty
-  backends: [{namespace: default, service: api, weight: 1}]
+    let (_api, web) = api_with_rule(
+        &mesh,
+        &[&app],
+        "faulty",
+        r#"
   retry: {attempts: 2}
   fault: {abort: {httpStatus: 503, percentage: 10}, delay: {fixedDelay: 100ms, percentage: 10}}
 "#,
-        ),
-    );
+    )
+    .await;
     let n = 2_000;
     let replies = drive(web.outbound, "http://api/", n, 32, &[], LIMIT).await;
     let aborted: Vec<_> = replies
@@ -327,19 +320,15 @@ async fn injected_aborts_and_delays_hit_their_percentages_and_are_marked() {
 async fn a_route_timeout_answers_504_in_time() {
     let mesh = Mesh::new(Duration::from_secs(3600)).await;
     let app = test_app("api", Duration::from_secs(1), 0).await;
-    let _api = api_endpoints(&mesh, "api", &[&app]).await;
-    let web = web(&mesh).await;
-    mesh.resolver.set_routes(
-        "api",
-        rules(
-            r#"
-- route: default/api
-  name: slow
-  backends: [{namespace: default, service: api, weight: 1}]
+    let (_api, web) = api_with_rule(
+        &mesh,
+        &[&app],
+        "slow",
+        r#"
   timeouts: {request: 200ms}
 "#,
-        ),
-    );
+    )
+    .await;
     let replies = drive(web.outbound, "http://api/", 5, 1, &[], LIMIT).await;
     for r in &replies {
         eprintln!("timeout after {:?}", r.elapsed);
@@ -369,11 +358,10 @@ async fn a_route_timeout_answers_504_in_time() {
     let _fast = api_endpoints(&mesh, "fast", &[&fast]).await;
     mesh.resolver.set_routes(
         "fast",
-        rules(
+        one_rule(
+            "fast",
+            "delayed",
             r#"
-- route: default/fast
-  name: delayed
-  backends: [{namespace: default, service: fast, weight: 1}]
   timeouts: {request: 200ms}
   fault: {delay: {fixedDelay: 400ms, percentage: 100}}
 "#,

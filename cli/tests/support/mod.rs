@@ -68,8 +68,14 @@ pub fn start_identity_with(
 
 /// `weft token create` for `ns/workload`, written to `out`; returns the token.
 pub fn token(data: &Path, ns: &str, workload: &str, out: &Path) -> String {
+    token_with(data, ns, workload, &[], out)
+}
+
+/// [`token`] with more flags (`--ttl 1h`).
+pub fn token_with(data: &Path, ns: &str, workload: &str, extra: &[&str], out: &Path) -> String {
     let o = Command::new(WEFT)
         .args(["token", "create", "--namespace", ns, "--workload", workload])
+        .args(extra)
         .args(["--data-dir", data.to_str().unwrap()])
         .output()
         .unwrap();
@@ -234,54 +240,49 @@ impl NsControlPlane {
     /// them), the control plane serving `resources`; returns once both are ready.
     pub fn start(ns: &Netns, dir: &Path, listen_ip: &str, resources: &Path) -> Self {
         let data = dir.join("ca");
-        let (identity_api, identity_admin) = (
-            format!("{listen_ip}:{NS_IDENTITY_PORT}"),
-            format!("127.0.0.1:{}", NS_IDENTITY_PORT + 1),
-        );
-        let identity = ns.spawn(
-            &[
-                WEFT,
-                "identity",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                &identity_api,
-                "--admin-listen",
-                &identity_admin,
-            ],
+        let identity = Self::start_one(
+            ns,
+            dir,
+            &["identity", "--data-dir", data.to_str().unwrap()],
+            (listen_ip, NS_IDENTITY_PORT),
             &[],
-            &dir.join("identity.log"),
         );
-        ns.wait_ok(&format!("http://{identity_admin}/ready"), &identity);
         let policy_token = dir.join("policy.token");
         token(&data, "weft", "policy", &policy_token);
-        let (policy_api, policy_admin) = (
-            format!("{listen_ip}:{NS_POLICY_PORT}"),
-            format!("127.0.0.1:{}", NS_POLICY_PORT + 1),
-        );
-        let policy = ns.spawn(
-            &[
-                WEFT,
-                "policy",
-                "--dir",
-                resources.to_str().unwrap(),
-                "--listen",
-                &policy_api,
-                "--admin-listen",
-                &policy_admin,
-            ],
+        let policy = Self::start_one(
+            ns,
+            dir,
+            &["policy", "--dir", resources.to_str().unwrap()],
+            (listen_ip, NS_POLICY_PORT),
             &[
                 (ENV_TOKEN_FILE, policy_token.display().to_string()),
                 (ENV_IDENTITY_ADDR, format!("127.0.0.1:{NS_IDENTITY_PORT}")),
             ],
-            &dir.join("policy.log"),
         );
-        ns.wait_ok(&format!("http://{policy_admin}/ready"), &policy);
         Self {
             identity,
             policy,
             data,
         }
+    }
+
+    /// `weft <args>` in `ns` with `env`, its API on `listen` (IP, port) and its admin on the next
+    /// port on loopback, logging to `<dir>/<args[0]>.log`; returns once its admin is ready.
+    fn start_one(
+        ns: &Netns,
+        dir: &Path,
+        args: &[&str],
+        listen: (&str, u16),
+        env: &[(&str, String)],
+    ) -> Child {
+        let (ip, port) = listen;
+        let (api, admin) = (format!("{ip}:{port}"), format!("127.0.0.1:{}", port + 1));
+        let mut argv = vec![WEFT];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["--listen", &api, "--admin-listen", &admin]);
+        let child = ns.spawn(&argv, env, &dir.join(format!("{}.log", args[0])));
+        ns.wait_ok(&format!("http://{admin}/ready"), &child);
+        child
     }
 
     /// A bootstrap token for `default/<workload>` in `<dir>/<workload>.token`, readable by the

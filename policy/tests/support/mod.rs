@@ -1,5 +1,6 @@
 //! The control-plane test harness: a resource directory in a tempdir, the real server on
-//! 127.0.0.1 port 0, the real client, and bounded waits for conditions (never fixed sleeps).
+//! 127.0.0.1 port 0, the real client, workload credentials from a CA, and bounded waits for
+//! conditions (never fixed sleeps).
 
 #![allow(dead_code)]
 
@@ -7,8 +8,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::PrivatePkcs8KeyDer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use weft_identity::SpiffeId;
+use weft_identity::authority::Authority;
+use weft_identity::tls::Credentials;
 use weft_policy::client::{ClientSettings, PolicyClient};
 use weft_policy::server::{Listeners, Settings};
 use weft_runtime::testing::http_get_async;
@@ -134,6 +139,32 @@ pub fn fast_settings(addr: String) -> ClientSettings {
     s.min_backoff = Duration::from_millis(20);
     s.max_backoff = Duration::from_millis(300);
     s
+}
+
+/// A resource directory holding `resources`, and a control plane started on it with
+/// `settings(dir)` (`Settings::insecure` for plaintext).
+pub async fn serve_resources(
+    resources: &str,
+    settings: impl FnOnce(&Path) -> Settings,
+) -> (tempfile::TempDir, ControlPlane) {
+    let dir = resource_dir(resources);
+    let cp = ControlPlane::start(settings(dir.path())).await;
+    (dir, cp)
+}
+
+/// Credentials for `id` issued straight by `ca` (no identity service).
+pub fn credentials(ca: &Authority, id: &SpiffeId) -> Credentials {
+    let (key, csr) = weft_identity::client::generate_csr(id).unwrap();
+    let checked = weft_identity::csr::check(csr.as_bytes(), id).unwrap();
+    let issued = ca.issue(&checked, id).unwrap();
+    Credentials {
+        identity: id.clone(),
+        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+        chain: issued.chain,
+        bundle: ca.bundle().clone(),
+        not_before: issued.not_before,
+        not_after: issued.not_after,
+    }
 }
 
 /// A tempdir holding `resources.yaml`.

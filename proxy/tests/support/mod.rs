@@ -99,6 +99,15 @@ impl StaticResolver {
         self.sender("default", svc)
             .send_replace(Some(Arc::new(eps)));
     }
+
+    /// Points `svc` at these proxies' inbound ports, each proving its own workload's identity.
+    pub fn set_proxies<'a>(&self, svc: &str, proxies: impl IntoIterator<Item = &'a TestProxy>) {
+        let endpoints = proxies
+            .into_iter()
+            .map(|p| (p.inbound, Some(id(&p.name))))
+            .collect();
+        self.set(svc, endpoints);
+    }
 }
 
 impl Resolve for StaticResolver {
@@ -187,6 +196,21 @@ impl Mesh {
             .await
     }
 
+    /// Starts a proxy whose inbound port admits every authenticated peer.
+    pub async fn open_proxy(&self, name: &str, app_port: u16) -> TestProxy {
+        self.proxy(
+            name,
+            app_port,
+            default_policy(DefaultPolicy::AllAuthenticated),
+        )
+        .await
+    }
+
+    /// Starts the proxy of a workload that only calls out (no app behind its inbound port).
+    pub async fn client_proxy(&self, name: &str) -> TestProxy {
+        self.open_proxy(name, 1).await
+    }
+
     /// Starts a proxy whose inbound port listens on `inbound` (to bring back a stopped one).
     pub async fn proxy_at(
         &self,
@@ -262,6 +286,17 @@ impl Mesh {
             tasks,
         }
     }
+}
+
+/// `api` (an `http_app` behind a proxy that admits only `web`) and `web`'s proxy, discovery
+/// pointing `api` at `api`'s proxy: the mesh, `api`'s app, `api`'s proxy, `web`'s proxy.
+pub async fn api_and_web(leaf_lifetime: Duration) -> (Mesh, SocketAddr, TestProxy, TestProxy) {
+    let mesh = Mesh::new(leaf_lifetime).await;
+    let app = http_app("api").await;
+    let api = mesh.proxy("api", app.port(), allow_only(&["web"])).await;
+    let web = mesh.client_proxy("web").await;
+    mesh.resolver.set_proxies("api", [&api]);
+    (mesh, app, api, web)
 }
 
 pub struct TestProxy {
@@ -385,14 +420,24 @@ pub async fn echo_app() -> SocketAddr {
 
 /// An HTTP/1 client that uses `proxy` as its HTTP proxy (absolute-form requests).
 pub async fn get_via(proxy: SocketAddr, url: &str) -> (u16, http::HeaderMap, String) {
-    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let uri: http::Uri = url.parse().unwrap();
+    http1_get(proxy, url, uri.authority().unwrap().as_str()).await
+}
+
+/// One HTTP/1 GET of `target` (absolute or origin form) with `host`, on a new connection to
+/// `addr`: status, headers and body.
+pub async fn http1_get(
+    addr: SocketAddr,
+    target: &str,
+    host: &str,
+) -> (u16, http::HeaderMap, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .unwrap();
     tokio::spawn(conn);
-    let uri: http::Uri = url.parse().unwrap();
-    let req = http::Request::get(uri.clone())
-        .header("host", uri.authority().unwrap().as_str())
+    let req = http::Request::get(target)
+        .header("host", host)
         .body(Full::new(Bytes::new()))
         .unwrap();
     let rsp = sender.send_request(req).await.unwrap();
