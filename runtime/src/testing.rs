@@ -1,11 +1,13 @@
 //! What the tests of every crate (and the benchmarks) share, behind the cargo feature
 //! `testing`: plain HTTP/1 requests on loopback, sums over a Prometheus page, bounded waits
-//! for a condition, and the test-side handling of a [`Child`] (wait until it answers 200, stop
-//! it and get its exit status). No weft binary enables it.
+//! for a condition, the test-side handling of a [`Child`] (wait until it answers 200, stop
+//! it and get its exit status), and network namespaces deleted when dropped. No weft binary
+//! enables it.
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use crate::child::Child;
@@ -200,6 +202,56 @@ impl Child {
         match self.exited() {
             Some(status) => status,
             None => panic!("{} stopped but has no exit status", self.name()),
+        }
+    }
+}
+
+/// A network namespace made for a test or a benchmark (`ip netns add`), deleted when
+/// dropped, also on error and panic: the system tests' hosts and the interception
+/// benchmark's client and app.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Adds the namespace `name`; the error says what `ip` answered.
+    pub fn add(name: String) -> Result<Self, String> {
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .map_err(|e| {
+                format!("cannot run `ip netns add {name}`: {e} (is iproute2 installed?)")
+            })?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip netns add {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(Self { name })
+    }
+
+    /// `program` run in the namespace (`ip netns exec` execs it: a child's PID is the
+    /// program's).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        if !matches!(&out, Ok(o) if o.status.success()) {
+            eprintln!(
+                "warning: could not delete network namespace {}: {out:?}; delete it with \
+                 `ip netns del {}`",
+                self.name, self.name
+            );
         }
     }
 }

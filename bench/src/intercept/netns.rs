@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use weft_runtime::child::Child;
+pub(super) use weft_runtime::testing::Netns;
 
 use crate::Error;
 use crate::mesh;
@@ -14,46 +15,9 @@ use super::{APP_IP, CLIENT_IP, NS_PREFIX};
 
 const PREFIX_LEN: u8 = 24;
 
-/// A network namespace made by the benchmark (`ip netns add`), deleted when dropped, also on
-/// error and panic.
-#[derive(Debug)]
-pub(super) struct Netns {
-    pub(super) name: String,
-}
-
-impl Netns {
-    fn add(name: String) -> Result<Self, Error> {
-        run_ok(Command::new("ip").args(["netns", "add", &name]))?;
-        Ok(Self { name })
-    }
-
-    /// `program` run in the namespace (`ip netns exec` execs it: the child's PID is the
-    /// program's).
-    pub(super) fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
-        c
-    }
-
-    /// `ip -n <ns> <args>`, which must succeed.
-    fn ip(&self, args: &[&str]) -> Result<String, Error> {
-        run_ok(Command::new("ip").args(["-n", &self.name]).args(args))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let out = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-        if !matches!(&out, Ok(o) if o.status.success()) {
-            eprintln!(
-                "warning: could not delete network namespace {}: {out:?}; delete it with \
-                 `ip netns del {}`",
-                self.name, self.name
-            );
-        }
-    }
+/// `ip -n <ns> <args>`, which must succeed.
+fn ip(ns: &Netns, args: &[&str]) -> Result<String, Error> {
+    run_ok(Command::new("ip").args(["-n", &ns.name]).args(args))
 }
 
 /// Runs `cmd`, which must exit 0; its stdout.
@@ -145,10 +109,13 @@ impl Pair {
             "netns",
             &pair.app.name,
         ]))?;
-        for (ns, dev, ip) in [(&pair.client, &vc, CLIENT_IP), (&pair.app, &va, APP_IP)] {
-            ns.ip(&["addr", "add", &format!("{ip}/{PREFIX_LEN}"), "dev", dev])?;
-            ns.ip(&["link", "set", dev, "up"])?;
-            ns.ip(&["link", "set", "lo", "up"])?;
+        for (ns, dev, addr) in [(&pair.client, &vc, CLIENT_IP), (&pair.app, &va, APP_IP)] {
+            ip(
+                ns,
+                &["addr", "add", &format!("{addr}/{PREFIX_LEN}"), "dev", dev],
+            )?;
+            ip(ns, &["link", "set", dev, "up"])?;
+            ip(ns, &["link", "set", "lo", "up"])?;
         }
         Ok(pair)
     }

@@ -102,9 +102,15 @@ pub fn require_tools(tools: &[&str], packages: &str) {
 }
 
 /// A network namespace made for one test (`ip netns add`), deleted when dropped, also when
-/// the test panics.
-pub struct Netns {
-    pub name: String,
+/// the test panics ([`weft_runtime::testing::Netns`], with what the system tests run in it).
+pub struct Netns(weft_runtime::testing::Netns);
+
+impl std::ops::Deref for Netns {
+    type Target = weft_runtime::testing::Netns;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Netns {
@@ -116,16 +122,7 @@ impl Netns {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Netns { name }
+        Netns(weft_runtime::testing::Netns::add(name).unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// Runs a command in the namespace.
@@ -204,20 +201,6 @@ impl Netns {
             String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let out = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-        if !matches!(&out, Ok(o) if o.status.success()) {
-            eprintln!(
-                "warning: could not delete network namespace {}: {out:?}",
-                self.name
-            );
-        }
     }
 }
 
