@@ -234,3 +234,64 @@ async fn endpoints_change_live_and_unmeshed_endpoints_get_labelled_plaintext() {
         "{m}"
     );
 }
+
+/// Sends `request` as it is on a new connection to `addr`; the whole answer (the proxy
+/// closes after it: `Connection: close`).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+        .await
+        .expect("the proxy answers and closes within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_two_host_headers_is_refused_at_the_edge() {
+    let (_mesh, app, api, web) = api_and_web(Duration::from_secs(3600)).await;
+    let port = app.port();
+    // RFC 9112 §3.2: more than one Host field line is a 400, whether they differ or not.
+    for second in [
+        format!("evil.example:{port}"),
+        format!("api.default:{port}"),
+    ] {
+        let answer = raw_exchange(
+            web.outbound,
+            &format!(
+                "GET /x HTTP/1.1\r\nHost: api.default:{port}\r\nHost: {second}\r\n\
+                 Connection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(answer.contains("weft-error: bad_request"), "{answer}");
+        assert!(answer.contains("2 Host headers"), "{answer}");
+    }
+    let web_m = web.metrics();
+    assert_eq!(
+        metric_sum(
+            &web_m,
+            "weft_proxy_errors_total",
+            &["direction=\"outbound\"", "reason=\"bad_request\""]
+        ),
+        2.0,
+        "{web_m}"
+    );
+    // Nothing reached api; the next, well-formed request on the same proxy goes through.
+    let api_m = api.metrics();
+    assert_eq!(
+        metric_sum(&api_m, "weft_proxy_requests_total", &[]),
+        0.0,
+        "{api_m}"
+    );
+    let answer = raw_exchange(
+        web.outbound,
+        &format!("GET /x HTTP/1.1\r\nHost: api.default:{port}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    web.stop().await;
+    api.stop().await;
+}

@@ -52,8 +52,14 @@ where
             let _ = labels.dst.set(dst.clone());
         }
         req.extensions_mut().insert(labels.clone());
+        let fut = match more_than_one_host(&req) {
+            // Refused before any layer reads it: two `Host`s can name two destinations, one
+            // for the proxy and another for whatever reads the other (RFC 9112 §3.2: 400).
+            Some(e) => Err(e),
+            None => Ok(self.inner.call(req)),
+        };
         Box::pin(respond(
-            self.inner.call(req),
+            fut,
             start,
             labels,
             self.direction,
@@ -62,9 +68,18 @@ where
     }
 }
 
-/// Waits for the response (or error) of a request and records it.
+/// The error of a request with more than one `Host` field line.
+fn more_than_one_host(req: &Request<Body>) -> Option<ProxyError> {
+    let hosts = req.headers().get_all(http::header::HOST).iter().count();
+    (hosts > 1).then(|| ProxyError::BadRequest {
+        detail: format!("the request has {hosts} Host headers; one is allowed"),
+    })
+}
+
+/// Waits for the response (or error) of a request, or takes the error it was refused with
+/// before being sent on, and records it.
 async fn respond<F>(
-    fut: F,
+    fut: Result<F, ProxyError>,
     start: Instant,
     labels: Arc<Labels>,
     direction: &'static str,
@@ -73,7 +88,11 @@ async fn respond<F>(
 where
     F: std::future::Future<Output = Result<Response<Body>, BoxError>>,
 {
-    let rsp = match fut.await {
+    let outcome = match fut {
+        Ok(fut) => fut.await,
+        Err(refused) => Err(refused.into()),
+    };
+    let rsp = match outcome {
         Ok(rsp) => rsp,
         Err(e) => {
             let e = proxy_error(e.as_ref());
