@@ -93,8 +93,14 @@ impl Inbound {
         shutdown: impl Future<Output = ()>,
         grace: Duration,
     ) {
-        crate::listen::accept_loop(self, listener, DIRECTION, shutdown, grace, Self::connection)
-            .await;
+        crate::listen::accept_loop(
+            listener,
+            DIRECTION,
+            shutdown,
+            grace,
+            |tcp, remote, watcher| self.clone().connection(tcp, remote, watcher),
+        )
+        .await;
     }
 
     async fn connection(

@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -16,16 +15,15 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::svc::HttpService;
 
 /// Accepts on `listener` until `shutdown`; every connection gets `TCP_NODELAY` and its own
-/// task running `handle` on `side` (the inbound or the outbound proxy). Afterwards, waits up to
-/// `grace` for watched connections to finish.
-pub async fn accept_loop<T, F>(
-    side: Arc<T>,
+/// task running `handle`. Afterwards, waits up to `grace` for watched connections to finish.
+pub async fn accept_loop<H, F>(
     listener: TcpListener,
     direction: &'static str,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
-    handle: fn(Arc<T>, TcpStream, SocketAddr, Watcher) -> F,
+    handle: H,
 ) where
+    H: Fn(TcpStream, SocketAddr, Watcher) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
@@ -43,7 +41,7 @@ pub async fn accept_loop<T, F>(
             },
         };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(handle(side.clone(), tcp, remote, graceful.watcher()));
+        tokio::spawn(handle(tcp, remote, graceful.watcher()));
     }
     drop(listener);
     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;

@@ -22,6 +22,7 @@ use weft_policy::client::{
 };
 use weft_policy::registry::Registration;
 use weft_runtime::metrics::{Registry, unix_seconds};
+use weft_runtime::serve::bind;
 
 use crate::authz::PolicyWatch;
 use crate::authz::denials::DENIALS_PATH;
@@ -58,19 +59,15 @@ pub struct ProxyListeners {
 
 impl ProxyListeners {
     pub async fn bind(args: &ProxyArgs) -> Result<Self, String> {
-        let bind = |addr: SocketAddr, what: &'static str, env: &'static str| async move {
-            TcpListener::bind(addr).await.map_err(|e| {
-                format!("cannot listen on {addr} for the {what} listener: {e} (set {env})")
-            })
-        };
+        use crate::config::{ENV_ADMIN, ENV_INBOUND, ENV_OUTBOUND};
         let mut outbound = Vec::with_capacity(args.outbound_listen.len());
         for addr in &args.outbound_listen {
-            outbound.push(bind(*addr, "outbound", crate::config::ENV_OUTBOUND).await?);
+            outbound.push(bind(*addr, "outbound listener", ENV_OUTBOUND).await?);
         }
         Ok(Self {
-            inbound: bind(args.inbound_listen, "inbound", crate::config::ENV_INBOUND).await?,
+            inbound: bind(args.inbound_listen, "inbound listener", ENV_INBOUND).await?,
             outbound,
-            admin: bind(args.admin_listen, "admin", crate::config::ENV_ADMIN).await?,
+            admin: bind(args.admin_listen, "admin listener", ENV_ADMIN).await?,
         })
     }
 }
