@@ -238,7 +238,12 @@ mod tests {
             &dir.join("stubborn.log"),
         );
         // Both have started (and the trap is set) once they have written their logs.
+        let deadline = Instant::now() + Duration::from_secs(10);
         while polite.logs().lines().count() < 2 || stubborn.logs().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the children never wrote their logs"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(polite.log_tail(1), "err");

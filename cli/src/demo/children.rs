@@ -28,7 +28,6 @@ pub fn exit_with_parent_if_asked() {
 /// One child process.
 #[derive(Debug)]
 pub struct Proc {
-    pub name: String,
     /// `identity`, `policy`, `app` or `sidecar`.
     pub kind: &'static str,
     /// `what=addr` pairs, for the table.
@@ -39,6 +38,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// The name it was started with.
+    pub fn name(&self) -> &str {
+        self.child.name()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.pid()
     }
@@ -91,7 +95,6 @@ impl Fleet {
         };
         let child = Child::spawn(name, &self.exe, args, &env, &log, &options)?;
         self.procs.push(Proc {
-            name: name.to_string(),
             kind,
             addrs,
             child,
@@ -106,7 +109,7 @@ impl Fleet {
             if let Some(status) = p.child.exited() {
                 return Err(format!(
                     "{} ({}) exited with {status} during start-up; the end of its log ({}):\n{}",
-                    p.name,
+                    p.name(),
                     p.kind,
                     p.child.log().display(),
                     p.child.log_tail(15)
@@ -164,7 +167,7 @@ impl Fleet {
                 let log = self
                     .procs
                     .iter()
-                    .find(|p| p.name == what.split(' ').next().unwrap_or(what))
+                    .find(|p| p.name() == what.split(' ').next().unwrap_or(what))
                     .map(|p| format!(" (its log: {})", p.child.log().display()))
                     .unwrap_or_default();
                 return Err(format!("{what} did not become ready in time{log}"));
@@ -179,14 +182,14 @@ impl Fleet {
         tiers.sort_unstable();
         tiers.dedup();
         for tier in tiers {
-            let (mut children, names): (Vec<&mut Child>, Vec<(&str, &str)>) = self
+            let (mut children, kinds): (Vec<&mut Child>, Vec<&str>) = self
                 .procs
                 .iter_mut()
                 .filter(|p| p.tier == tier)
-                .map(|p| (&mut p.child, (p.name.as_str(), p.kind)))
+                .map(|p| (&mut p.child, p.kind))
                 .unzip();
             for i in child::stop(&mut children, grace).await {
-                let (name, kind) = names[i];
+                let (name, kind) = (children[i].name(), kinds[i]);
                 eprintln!("weft demo: {name} ({kind}) ignored SIGTERM; killing it");
             }
         }

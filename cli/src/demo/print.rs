@@ -34,7 +34,13 @@ pub(super) fn running(fleet: &Fleet, mesh: &Mesh, rate: u32, duration: Option<Du
     println!();
     println!("  {:<10} {:<9} {:<8} ADDRESSES", "NAME", "KIND", "PID");
     for p in &fleet.procs {
-        println!("  {:<10} {:<9} {:<8} {}", p.name, p.kind, p.pid(), p.addrs);
+        println!(
+            "  {:<10} {:<9} {:<8} {}",
+            p.name(),
+            p.kind,
+            p.pid(),
+            p.addrs
+        );
     }
     println!(
         "  {:<10} {:<9} {:<8} rate={}/s via=loadgen-sidecar (in this process)",

@@ -127,11 +127,7 @@ impl Netns {
 
     /// Runs a command in the namespace.
     pub fn exec(&self, argv: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(argv)
-            .output()
-            .unwrap()
+        self.command(argv[0]).args(&argv[1..]).output().unwrap()
     }
 
     /// A long-running process in the namespace (with `WEFT_LOG=info`), killed when dropped;
