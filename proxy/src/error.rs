@@ -12,6 +12,12 @@ use crate::body::{self, Body};
 /// The header naming why the proxy answered itself.
 pub const ERROR_HEADER: &str = "weft-error";
 
+/// The status the metrics record for a request whose client went away (nginx's 499 "client
+/// closed request"; nobody receives it).
+pub fn client_closed_status() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
 /// Why the proxy answered a request itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyError {
@@ -41,6 +47,19 @@ pub enum ProxyError {
     AppUnavailable { port: u16, detail: String },
     /// The request itself is not proxyable (400).
     BadRequest { detail: String },
+    /// The request's header block is over the mesh's limits (431), refused where it enters
+    /// the mesh ([`crate::limits`]).
+    HeadersTooLarge { detail: String },
+    /// The response's header block is over the mesh's limits (502), refused where it enters
+    /// the mesh: the proxy of the application that made it.
+    ResponseHeadersTooLarge { detail: String },
+    /// The client's request body could not be read: malformed (a bad chunk size, more or
+    /// less than its length says) (400). The client's fault, not the endpoint's.
+    BadRequestBody { detail: String },
+    /// The client went away (closed or reset its connection or stream) before its request
+    /// was complete or answered. Nobody gets this response: it is the 499 of the metrics, in
+    /// nginx's sense. The client's fault, not the endpoint's.
+    ClientClosed { detail: String },
     /// The upstream connection failed mid-request (502).
     Upstream { endpoint: String, detail: String },
     /// The proxy has no certificate or no policy yet (503).
@@ -61,6 +80,10 @@ impl ProxyError {
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::AppUnavailable { .. } => "app_unavailable",
             ProxyError::BadRequest { .. } => "bad_request",
+            ProxyError::HeadersTooLarge { .. } => "headers_too_large",
+            ProxyError::ResponseHeadersTooLarge { .. } => "response_headers_too_large",
+            ProxyError::BadRequestBody { .. } => "bad_request_body",
+            ProxyError::ClientClosed { .. } => "client_closed",
             ProxyError::Upstream { .. } => "upstream_failed",
             ProxyError::NotReady => "not_ready",
         }
@@ -77,6 +100,10 @@ impl ProxyError {
         "timeout",
         "app_unavailable",
         "bad_request",
+        "headers_too_large",
+        "response_headers_too_large",
+        "bad_request_body",
+        "client_closed",
         "upstream_failed",
         "not_ready",
     ];
@@ -88,13 +115,31 @@ impl ProxyError {
             | ProxyError::EndpointsEjected { .. }
             | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest { .. } | ProxyError::BadRequestBody { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::ClientClosed { .. } => client_closed_status(),
             ProxyError::UnknownDestination { .. }
             | ProxyError::ConnectFailed { .. }
             | ProxyError::IdentityMismatch { .. }
             | ProxyError::AppUnavailable { .. }
+            | ProxyError::ResponseHeadersTooLarge { .. }
             | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
+    }
+
+    /// Whether the client caused it: its request or its going away, not the endpoint or the
+    /// proxy. Such failures never count against an endpoint (circuit breaker, latency
+    /// estimate) and are never retried.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest { .. }
+                | ProxyError::HeadersTooLarge { .. }
+                | ProxyError::BadRequestBody { .. }
+                | ProxyError::ClientClosed { .. }
+        )
     }
 
     /// The response the application (or peer) gets.
@@ -159,6 +204,24 @@ impl fmt::Display for ProxyError {
                 "weft: the application on 127.0.0.1:{port} is not reachable: {detail}"
             ),
             ProxyError::BadRequest { detail } => write!(f, "weft: bad request: {detail}"),
+            ProxyError::HeadersTooLarge { detail } => write!(
+                f,
+                "weft: request header fields too large: {detail} (the mesh's limits: {} bytes of header list, counted as HTTP/2 does, and {} fields)",
+                crate::limits::MAX_HEADER_LIST_SIZE,
+                crate::limits::MAX_HEADER_FIELDS
+            ),
+            ProxyError::ResponseHeadersTooLarge { detail } => write!(
+                f,
+                "weft: the application's response header fields are too large: {detail} (the mesh's limits: {} bytes of header list, counted as HTTP/2 does, and {} fields)",
+                crate::limits::MAX_HEADER_LIST_SIZE,
+                crate::limits::MAX_HEADER_FIELDS
+            ),
+            ProxyError::BadRequestBody { detail } => {
+                write!(f, "weft: the request body is malformed: {detail}")
+            }
+            ProxyError::ClientClosed { detail } => {
+                write!(f, "weft: the client went away: {detail}")
+            }
             ProxyError::Upstream { endpoint, detail } => {
                 write!(f, "weft: the connection to {endpoint} failed: {detail}")
             }

@@ -211,7 +211,16 @@ impl Inbound {
         match protocol {
             Protocol::Http1 | Protocol::Http2 => {
                 let stack = self.stack.for_connection(ClientIdentity::new(peer), orig);
-                crate::listen::serve_http(io, stack, false, DIRECTION, remote, watcher).await
+                crate::listen::serve_http(
+                    io,
+                    stack,
+                    false,
+                    DIRECTION,
+                    remote,
+                    watcher,
+                    &self.metrics,
+                )
+                .await
             }
             Protocol::Opaque | Protocol::Tls => {
                 let port = orig.map_or(self.cfg.default_app_port, |o| o.0.port());

@@ -24,6 +24,7 @@
 //! - [`tls`]: the proxy's TLS state following its identity client ([`tls::MeshTls`]).
 //! - [`detect`]: protocol detection (TLS, HTTP/1, HTTP/2, opaque) with a replaying stream.
 //! - [`http`]: hop-by-hop headers, authority, the original-protocol header.
+//! - [`limits`]: the header limits of the mesh, one set, enforced where a message enters it.
 //! - [`listen`]: the accept loop and the HTTP connection serving both listeners share.
 //! - [`orig_dst`]: where a connection redirected by `weft init` was going (`SO_ORIGINAL_DST`).
 //! - [`user`]: the user and group the proxy runs as, which `weft init` must exempt from
@@ -52,6 +53,7 @@ pub mod fault;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod orig_dst;

@@ -12,6 +12,8 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::limits;
+use crate::metrics::ProxyMetrics;
 use crate::svc::HttpService;
 
 /// Accepts on `listener` until `shutdown`; every connection gets `TCP_NODELAY` and its own
@@ -49,6 +51,12 @@ pub async fn accept_loop<H, F>(
 
 /// Serves one HTTP/1 or HTTP/2 connection with `stack` until it ends, watched for graceful
 /// shutdown. `upgrades`: let HTTP/1 upgrades through (`CONNECT` tunnels).
+///
+/// The header limits are the mesh's ([`crate::limits`]): HTTP/2 clients may send a little more
+/// than the limit, so the edge answers an oversized request with its own 431 rather than the
+/// `h2` crate refusing the stream (or, at four times the setting, the whole connection); an
+/// HTTP/1 head over hyper's read buffer or with more than 100 fields gets the parser's own
+/// 431, counted here under the same reason.
 pub async fn serve_http<I>(
     io: I,
     stack: HttpService,
@@ -56,12 +64,19 @@ pub async fn serve_http<I>(
     direction: &'static str,
     remote: SocketAddr,
     watcher: Watcher,
+    metrics: &ProxyMetrics,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = crate::svc::to_hyper(stack);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(limits::HTTP1_MAX_BUF_SIZE);
+    builder
+        .http2()
+        .max_header_list_size(limits::H2_MAX_HEADER_LIST_SIZE);
     let io = TokioIo::new(io);
     let ended = if upgrades {
         watcher
@@ -73,6 +88,13 @@ pub async fn serve_http<I>(
             .await
     };
     if let Err(e) = ended {
-        tracing::debug!(direction, client.addr = %remote, error = %e, "HTTP connection ended");
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse_too_large)
+        {
+            metrics.error(direction, "headers_too_large");
+            tracing::info!(direction, client.addr = %remote, error = %e, "request head over the limits: 431");
+        } else {
+            tracing::debug!(direction, client.addr = %remote, error = %e, "HTTP connection ended");
+        }
     }
 }

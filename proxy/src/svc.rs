@@ -13,7 +13,7 @@
 //!
 //! | type | inserted by | read by | if it is missing |
 //! |---|---|---|---|
-//! | [`Arc<Labels>`](Labels) | [`Edge`](crate::edge::Edge), both directions, first | [`Labels::set_dst`] and [`Labels::set_peer`]: [`FindDestination`](crate::destination::FindDestination), [`Identity`](crate::identity::Identity), [`Balance`](crate::balance::Balance), [`Intercepted`](crate::unmeshed::Intercepted) | nothing is labelled (a layer's unit test); the edge keeps its own handle |
+//! | [`Arc<Labels>`](Labels) | [`to_hyper`], as the request arrives (with the body that notes a client's fault in them); else [`Edge`](crate::edge::Edge), both directions, first | [`Labels::set_dst`] and [`Labels::set_peer`]: [`FindDestination`](crate::destination::FindDestination), [`Identity`](crate::identity::Identity), [`Balance`](crate::balance::Balance), [`Intercepted`](crate::unmeshed::Intercepted); [`Labels::client_fault`]: [`Edge`](crate::edge::Edge), [`Balance`](crate::balance::Balance), [`Connect`](crate::endpoint::Connect), [`Forward`](crate::app::Forward) | nothing is labelled (a layer's unit test); the edge keeps its own handle |
 //! | [`OrigDst`](crate::orig_dst::OrigDst) | the outbound listener ([`Outbound`](crate::outbound::Outbound)) and [`InboundStack::for_connection`](crate::stack::InboundStack::for_connection), on connections `weft init` redirected | [`Intercepted`](crate::unmeshed::Intercepted) (outbound), [`Authorize`](crate::authz::Authorize) (inbound) | outbound: the request takes the mesh; inbound: authorization takes the port of the authority, else the default application port |
 //! | [`ClientIdentity`](crate::identity::ClientIdentity) | [`Identity`](crate::identity::Identity) (inbound) | [`Authorize`](crate::authz::Authorize) | the peer counts as unauthenticated |
 //! | [`AppPort`](crate::authz::AppPort) | [`Authorize`](crate::authz::Authorize) | [`Forward`](crate::app::Forward) | the default application port |
@@ -72,6 +72,11 @@ pub struct Labels {
     /// The peer's identity (`none`: plaintext endpoint, `unauthenticated`: no client
     /// certificate) and whether the hop to it is mTLS.
     pub peer: OnceLock<(Arc<str>, bool)>,
+    /// Set when the client caused the request to fail: its body could not be read
+    /// ([`ClientBody`](crate::body::ClientBody)), or it went away before the answer
+    /// ([`Edge`](crate::edge::Edge)). Whatever the layers below made of the failure, it is
+    /// this error, and no endpoint is blamed for it.
+    pub client_fault: OnceLock<crate::error::ProxyError>,
 }
 
 impl Labels {
@@ -91,6 +96,18 @@ impl Labels {
         }
     }
 
+    /// The client's fault, if the client caused the request to fail.
+    pub fn client_fault(&self) -> Option<&crate::error::ProxyError> {
+        self.client_fault.get()
+    }
+
+    /// The client's fault noted on the request `req`, if any.
+    pub fn client_fault_of<B>(req: &Request<B>) -> Option<crate::error::ProxyError> {
+        req.extensions()
+            .get::<Arc<Labels>>()
+            .and_then(|l| l.client_fault().cloned())
+    }
+
     /// Sets the destination label of the request `req` (no-op when the edge is absent, as in
     /// a layer's unit test).
     pub fn set_dst<B>(req: &Request<B>, dst: impl FnOnce() -> Arc<str>) {
@@ -107,7 +124,9 @@ impl Labels {
     }
 }
 
-/// Adapts a stack to hyper's server: boxes the incoming body on the way in.
+/// Adapts a stack to hyper's server: makes the request's [`Labels`] and boxes the incoming
+/// body on the way in, as a [`ClientBody`](crate::body::ClientBody) that notes in them a
+/// failure to read it.
 pub fn to_hyper(
     svc: HttpService,
 ) -> impl hyper::service::Service<
@@ -117,7 +136,13 @@ pub fn to_hyper(
     Future = impl std::future::Future<Output = Result<Response<Body>, BoxError>> + Send,
 > + Clone {
     use tower::ServiceExt;
-    hyper_util::service::TowerToHyperService::new(
-        svc.map_request(|req: Request<hyper::body::Incoming>| req.map(crate::body::boxed)),
-    )
+    hyper_util::service::TowerToHyperService::new(svc.map_request(
+        |req: Request<hyper::body::Incoming>| {
+            let labels = Arc::new(Labels::default());
+            let (mut parts, body) = req.into_parts();
+            let body = crate::body::boxed(crate::body::ClientBody::new(body, labels.clone()));
+            parts.extensions.insert(labels);
+            Request::from_parts(parts, body)
+        },
+    ))
 }

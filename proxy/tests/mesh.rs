@@ -235,19 +235,6 @@ async fn endpoints_change_live_and_unmeshed_endpoints_get_labelled_plaintext() {
     );
 }
 
-/// Sends `request` as it is on a new connection to `addr`; the whole answer (the proxy
-/// closes after it: `Connection: close`).
-async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
-        .await
-        .expect("the proxy answers and closes within 10 s")
-        .unwrap();
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_two_host_headers_is_refused_at_the_edge() {
     let (_mesh, app, api, web) = api_and_web(Duration::from_secs(3600)).await;

@@ -9,46 +9,9 @@ use std::time::Duration;
 
 use support::*;
 use weft_policy::authz::DefaultPolicy;
-use weft_policy::routes::RouteRule;
 use weft_runtime::testing::{eventually, metric_sum};
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// One `api` workload (proxy + app) per app, registered as `service`.
-async fn api_endpoints(mesh: &Mesh, service: &str, apps: &[&TestApp]) -> Vec<TestProxy> {
-    let mut proxies = Vec::new();
-    for app in apps {
-        proxies.push(mesh.open_proxy("api", app.addr.port()).await);
-    }
-    mesh.resolver.set_proxies(service, &proxies);
-    proxies
-}
-
-/// The `api` workloads in front of `apps` (as `api_endpoints`), then `web`'s proxy, then
-/// `api`'s single route rule `rule` with `settings` (as `one_rule`).
-async fn api_with_rule(
-    mesh: &Mesh,
-    apps: &[&TestApp],
-    rule: &str,
-    settings: &str,
-) -> (Vec<TestProxy>, TestProxy) {
-    let api = api_endpoints(mesh, "api", apps).await;
-    let web = mesh.client_proxy("web").await;
-    mesh.resolver
-        .set_routes("api", one_rule("api", rule, settings));
-    (api, web)
-}
-
-/// The single route rule `name` of `service`, sending all of it to `service` itself, with the
-/// rule's `settings` (YAML lines: retry, timeouts, fault...).
-fn one_rule(service: &str, name: &str, settings: &str) -> Vec<RouteRule> {
-    rules(&format!(
-        r#"
-- route: default/{service}
-  name: {name}
-  backends: [{{namespace: default, service: {service}, weight: 1}}]{settings}"#
-    ))
-}
 
 fn metric(p: &TestProxy, name: &str, labels: &[&str]) -> f64 {
     metric_sum(&p.metrics(), name, labels)

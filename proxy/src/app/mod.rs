@@ -21,7 +21,7 @@ use crate::body::{self, Body};
 use crate::edge::error_chain;
 use crate::error::ProxyError;
 use crate::http::{ORIG_PROTO, ORIG_PROTO_HTTP1, PlainClient, path_and_query, strip_hop_by_hop};
-use crate::svc::{BoxError, BoxFuture};
+use crate::svc::{BoxError, BoxFuture, Labels};
 
 /// How long connecting to the application may take.
 pub const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -84,6 +84,7 @@ impl Inner {
             .extensions()
             .get::<AppPort>()
             .map_or(self.default_port, |p| p.0);
+        let labels = req.extensions().get::<Arc<Labels>>().cloned();
         let (mut parts, body) = req.into_parts();
         let from_http1 = parts
             .headers
@@ -98,7 +99,12 @@ impl Inner {
             parts.headers.insert(http::header::HOST, v);
         }
         strip_hop_by_hop(&mut parts.headers);
-        let unavailable = |detail: String| ProxyError::AppUnavailable { port, detail };
+        // A failure while the client's body was being sent may be the client's (its body was
+        // malformed or cut short, or the peer's stream reset): then it is that.
+        let unavailable = |detail: String| match labels.as_ref().and_then(|l| l.client_fault()) {
+            Some(client) => client.clone(),
+            None => ProxyError::AppUnavailable { port, detail },
+        };
         let rsp = if http2 {
             parts.uri = Uri::builder()
                 .scheme("http")

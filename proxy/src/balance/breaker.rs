@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use weft_policy::routes::CircuitBreaker;
 
 use super::{EndpointState, lock};
+use crate::svc::Labels;
 
 /// Ejection times double at most this many times.
 pub const MAX_BACKOFF_DOUBLINGS: u32 = 6;
@@ -93,6 +94,8 @@ pub struct Outcome {
     /// The backend's number of endpoints.
     endpoints: usize,
     recorded: bool,
+    /// The request's labels: whether its client went away, when it is dropped unanswered.
+    labels: Option<Arc<Labels>>,
 }
 
 impl Outcome {
@@ -101,6 +104,7 @@ impl Outcome {
         state: Arc<EndpointState>,
         ejected: Arc<AtomicUsize>,
         endpoints: usize,
+        labels: Option<Arc<Labels>>,
     ) -> Self {
         Self {
             cb: cb.clone(),
@@ -108,7 +112,15 @@ impl Outcome {
             ejected,
             endpoints,
             recorded: false,
+            labels,
         }
+    }
+
+    /// The request failed by its client's fault: nothing is recorded, and if it was the
+    /// probe of an ejected endpoint, the next request probes instead.
+    pub fn discard(mut self) {
+        self.recorded = true;
+        lock(&self.state.health).probing = false;
     }
 
     /// Records success or failure; `true` when this failure ejected the endpoint (not
@@ -155,11 +167,20 @@ impl Outcome {
 }
 
 impl Drop for Outcome {
+    /// Unanswered: a probe that timed out fails; one whose client went away is released.
     fn drop(&mut self) {
         if !self.recorded {
+            let client_gone = self
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.client_fault().is_some());
             let mut h = lock(&self.state.health);
             if h.probing {
-                h.eject(&self.cb, Instant::now());
+                if client_gone {
+                    h.probing = false;
+                } else {
+                    h.eject(&self.cb, Instant::now());
+                }
             }
         }
     }

@@ -183,12 +183,26 @@ where
             Labels::set_peer(&req, || peer, ep.identity.is_some());
             req.extensions_mut().insert(picked);
             // With a circuit breaker, the outcome counts towards the endpoint's health, also
-            // if the request is dropped unanswered.
-            let mut outcome = breaker.map(|b| Outcome::new(b, state.clone(), ejected, n));
+            // if the request is dropped unanswered, unless the client went away.
+            let labels = req.extensions().get::<Arc<Labels>>().cloned();
+            let mut outcome =
+                breaker.map(|b| Outcome::new(b, state.clone(), ejected, n, labels.clone()));
             let _in_flight = state.load.start();
             let start = now();
             let res = crate::svc::call_boxed(&mut inner, req).await;
             let end = now();
+            // What the client caused (its body malformed or cut short, it went away) says
+            // nothing of the endpoint: no latency sample, no health record.
+            let client_fault = labels.as_ref().is_some_and(|l| l.client_fault().is_some())
+                || res
+                    .as_ref()
+                    .is_err_and(|e| crate::edge::proxy_error(e.as_ref()).is_client_fault());
+            if client_fault {
+                if let Some(o) = outcome.take() {
+                    o.discard();
+                }
+                return res;
+            }
             let ok = match &res {
                 Ok(rsp) => {
                     state

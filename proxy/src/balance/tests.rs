@@ -252,6 +252,8 @@ enum Mode {
     Ok,
     Fail,
     Hang,
+    /// The client's body fails while the request is sent (as `Connect` reports it).
+    ClientFault,
 }
 
 /// Endpoints that answer 200 or 500 after 1 ms, or never, as the test sets them; every request
@@ -287,6 +289,10 @@ impl Endpoints {
                     Mode::Ok => Ok::<_, BoxError>(crate::testing::status(200)),
                     Mode::Fail => Ok(crate::testing::status(500)),
                     Mode::Hang => std::future::pending().await,
+                    Mode::ClientFault => Err(ProxyError::BadRequestBody {
+                        detail: "invalid chunk size".into(),
+                    }
+                    .into()),
                 }
             }
         }))
@@ -415,6 +421,51 @@ async fn a_probe_dropped_unanswered_counts_as_failed() {
     send_breaker(&mut svc, 150, 100.0).await;
     let back = eps.take(BAD);
     assert!(back >= 15, "{back}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_whose_client_went_away_is_released_not_failed() {
+    let (mut svc, eps, _metrics) = with_bad_endpoint_ejected().await;
+    let ejected = Instant::now();
+    eps.set(BAD, Mode::Hang);
+    sleep_until(ejected + ms(1_100)).await;
+    let req = breaker_request(100.0);
+    let labels = Arc::new(crate::svc::Labels::default());
+    let mut req = req;
+    req.extensions_mut().insert(labels.clone());
+    let mut probe = Box::pin(svc.ready().await.unwrap().call(req));
+    assert!(futures_util::FutureExt::now_or_never(&mut probe).is_none());
+    assert_eq!(eps.take(BAD), 1);
+    // Its client goes away (the edge notes it before the layers below are dropped).
+    let _ = labels.client_fault.set(ProxyError::ClientClosed {
+        detail: "gone".into(),
+    });
+    drop(probe);
+    // Not ejected again: the next request is the probe, and it succeeds.
+    eps.set(BAD, Mode::Ok);
+    send_breaker(&mut svc, 150, 100.0).await;
+    let back = eps.take(BAD);
+    assert!(back >= 15, "{back}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_the_client_caused_never_eject_an_endpoint() {
+    let table = Arc::new(Table::default());
+    table.set("api", &[BAD]);
+    let eps = Endpoints::default();
+    eps.set(BAD, Mode::ClientFault);
+    let metrics = crate::testing::metrics();
+    let mut svc = BalanceLayer::new(table)
+        .with_metrics(metrics.clone())
+        .layer(eps.service());
+    for _ in 0..10 {
+        let err = call(&mut svc, breaker_request(100.0)).await.unwrap_err();
+        assert_eq!(proxy_error(err.as_ref()).code(), "bad_request_body");
+    }
+    assert_eq!(ejections(&metrics), 0);
+    eps.set(BAD, Mode::Ok);
+    send_breaker(&mut svc, 5, 100.0).await;
+    assert_eq!(eps.take(BAD), 15);
 }
 
 #[tokio::test(start_paused = true)]

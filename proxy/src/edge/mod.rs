@@ -47,24 +47,33 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let start = Instant::now();
-        let labels = Arc::new(Labels::default());
+        let labels = match req.extensions().get::<Arc<Labels>>() {
+            Some(l) => l.clone(),
+            None => {
+                let l = Arc::new(Labels::default());
+                req.extensions_mut().insert(l.clone());
+                l
+            }
+        };
         if let Some(dst) = &self.dst {
             let _ = labels.dst.set(dst.clone());
         }
-        req.extensions_mut().insert(labels.clone());
-        let fut = match more_than_one_host(&req) {
-            // Refused before any layer reads it: two `Host`s can name two destinations, one
-            // for the proxy and another for whatever reads the other (RFC 9112 §3.2: 400).
+        // Refused before any layer reads it: two `Host`s can name two destinations, one for
+        // the proxy and another for whatever reads the other (RFC 9112 §3.2: 400); a header
+        // block over the mesh's limits is refused where it enters the mesh (431).
+        let refused = more_than_one_host(&req).or_else(|| crate::limits::check_request(&req).err());
+        let fut = match refused {
             Some(e) => Err(e),
             None => Ok(self.inner.call(req)),
         };
-        Box::pin(respond(
-            fut,
+        let answer = Answer {
             start,
             labels,
-            self.direction,
-            self.metrics.clone(),
-        ))
+            direction: self.direction,
+            metrics: self.metrics.clone(),
+            answered: false,
+        };
+        Box::pin(respond(fut, answer))
     }
 }
 
@@ -76,43 +85,104 @@ fn more_than_one_host(req: &Request<Body>) -> Option<ProxyError> {
     })
 }
 
-/// Waits for the response (or error) of a request, or takes the error it was refused with
-/// before being sent on, and records it.
-async fn respond<F>(
-    fut: Result<F, ProxyError>,
+/// What the edge records of one request once it is answered, or, when the request's future is
+/// dropped unanswered (its client went away), as the client's 499 `client_closed`.
+struct Answer {
     start: Instant,
     labels: Arc<Labels>,
     direction: &'static str,
     metrics: Arc<ProxyMetrics>,
-) -> Result<Response<Body>, BoxError>
+    answered: bool,
+}
+
+impl Answer {
+    /// Records the response the client gets (or would have got).
+    fn record(&mut self, status: u16) {
+        self.answered = true;
+        let (peer, tls) = self.labels.peer();
+        self.metrics.request_answered(
+            self.direction,
+            (peer, self.labels.dst(), tls),
+            status,
+            self.start.elapsed().as_secs_f64(),
+        );
+    }
+
+    /// The response of a request that failed with `e`, recorded; the client's fault, when
+    /// the client caused the failure, whatever the layers below made of it.
+    fn failed(&mut self, e: ProxyError) -> Response<Body> {
+        let e = match self.labels.client_fault() {
+            Some(client) if !e.is_client_fault() => client.clone(),
+            _ => e,
+        };
+        self.metrics.error(self.direction, e.code());
+        // A denied request has its own log line, from authorization.
+        if !matches!(e, ProxyError::Forbidden { .. }) {
+            let (direction, dst) = (self.direction, self.labels.dst());
+            tracing::info!(direction, dst, reason = e.code(), error = %e, "request failed");
+        }
+        let rsp = e.response();
+        self.record(rsp.status().as_u16());
+        rsp
+    }
+
+    /// The request's future is being dropped unanswered: its client went away (hyper drops
+    /// it when the client's connection closes or its stream is reset). Noted in the labels,
+    /// for the layers below, and counted as the client's 499.
+    fn client_gone(&mut self) {
+        let gone = ProxyError::ClientClosed {
+            detail: "the client closed its connection or reset its stream before the response"
+                .into(),
+        };
+        let _ = self.labels.client_fault.set(gone);
+        self.metrics.error(self.direction, "client_closed");
+        self.record(crate::error::client_closed_status().as_u16());
+    }
+}
+
+/// Waits for the response (or error) of a request, or takes the error it was refused with
+/// before being sent on, and records it.
+async fn respond<F>(fut: Result<F, ProxyError>, answer: Answer) -> Result<Response<Body>, BoxError>
 where
     F: std::future::Future<Output = Result<Response<Body>, BoxError>>,
 {
     let outcome = match fut {
-        Ok(fut) => fut.await,
+        Ok(fut) => {
+            // Pinned here, before the answer: if the client goes away, this future is dropped
+            // with its locals in the reverse order of their declaration, so the answer notes
+            // whose fault it was before the layers below, in `fut`, are dropped (the circuit
+            // breaker's probe looks).
+            let fut = std::pin::pin!(fut);
+            let mut answer = answer;
+            let outcome = fut.await;
+            return Ok(answered(outcome, &mut answer));
+        }
         Err(refused) => Err(refused.into()),
     };
-    let rsp = match outcome {
-        Ok(rsp) => rsp,
-        Err(e) => {
-            let e = proxy_error(e.as_ref());
-            metrics.error(direction, e.code());
-            // A denied request has its own log line, from authorization.
-            if !matches!(e, ProxyError::Forbidden { .. }) {
-                let dst = labels.dst();
-                tracing::info!(direction, dst, reason = e.code(), error = %e, "request failed");
-            }
-            e.response()
+    let mut answer = answer;
+    Ok(answered(outcome, &mut answer))
+}
+
+/// The response to the client for `outcome`, recorded.
+fn answered(outcome: Result<Response<Body>, BoxError>, answer: &mut Answer) -> Response<Body> {
+    let checked = outcome
+        .map_err(|e| proxy_error(e.as_ref()))
+        .and_then(|rsp| crate::limits::check_response(&rsp).map(|()| rsp));
+    match checked {
+        Ok(rsp) => {
+            answer.record(rsp.status().as_u16());
+            rsp
         }
-    };
-    let (peer, tls) = labels.peer();
-    metrics.request_answered(
-        direction,
-        (peer, labels.dst(), tls),
-        rsp.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
-    Ok(rsp)
+        Err(e) => answer.failed(e),
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.client_gone();
+        }
+    }
 }
 
 /// The [`ProxyError`] an error is or wraps; any other error is an upstream failure.

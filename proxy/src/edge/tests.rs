@@ -76,3 +76,97 @@ fn unknown_errors_are_upstream_failures_with_their_chain() {
     assert_eq!(e.code(), "upstream_failed");
     assert!(e.to_string().contains("reset by peer"), "{e}");
 }
+
+#[tokio::test]
+async fn a_request_dropped_unanswered_is_the_clients_499_noted_before_the_layers_below_go() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// Held by the layer below; looks at the labels when dropped.
+    struct Below {
+        labels: Arc<Labels>,
+        saw_fault: Arc<AtomicBool>,
+    }
+    impl Drop for Below {
+        fn drop(&mut self) {
+            let noted = self
+                .labels
+                .client_fault()
+                .is_some_and(|e| e.code() == "client_closed");
+            self.saw_fault.store(noted, Ordering::SeqCst);
+        }
+    }
+    let m = metrics();
+    let saw_fault = Arc::new(AtomicBool::new(false));
+    let seen = saw_fault.clone();
+    let below = tower::service_fn(move |req: Request<Body>| {
+        let below = Below {
+            labels: req.extensions().get::<Arc<Labels>>().unwrap().clone(),
+            saw_fault: seen.clone(),
+        };
+        async move {
+            let _held = below;
+            std::future::pending::<Result<Response<Body>, BoxError>>().await
+        }
+    });
+    use tower::Service;
+    let mut svc = EdgeLayer::new("outbound", None, m.clone()).layer(below);
+    let fut = svc.call(Request::get("/").body(body::empty()).unwrap());
+    let mut fut = Box::pin(fut);
+    // Polled once (the layer below holds its state), then the client goes away.
+    assert!(futures_poll_once(&mut fut).await.is_none());
+    drop(fut);
+    assert!(
+        saw_fault.load(Ordering::SeqCst),
+        "the layer below did not see the 499 first"
+    );
+    let text = m.registry.render();
+    for want in [
+        r#"weft_proxy_errors_total{direction="outbound",reason="client_closed"} 1"#,
+        r#"status_class="4xx"} 1"#,
+    ] {
+        assert!(text.contains(want), "missing {want} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn oversized_requests_and_responses_are_refused_at_the_edge() {
+    let m = metrics();
+    let svc = tower::service_fn(|req: Request<Body>| async move {
+        let mut rsp = Response::new(body::empty());
+        if req.uri().path() == "/big" {
+            let big = http::HeaderValue::from_str(&"b".repeat(70 * 1024)).unwrap();
+            rsp.headers_mut().insert("x-big", big);
+        }
+        Ok::<_, BoxError>(rsp)
+    });
+    let svc = EdgeLayer::new("inbound", Some(Arc::from("default/api")), m.clone()).layer(svc);
+    let big = Request::get("/")
+        .header("x-big", "a".repeat(70 * 1024))
+        .body(body::empty())
+        .unwrap();
+    let rsp = svc.clone().oneshot(big).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(
+        rsp.headers()[crate::error::ERROR_HEADER],
+        "headers_too_large"
+    );
+    let rsp = svc
+        .oneshot(Request::get("/big").body(body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        rsp.headers()[crate::error::ERROR_HEADER],
+        "response_headers_too_large"
+    );
+}
+
+/// Polls `fut` once: its output if it was ready.
+async fn futures_poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut *fut).poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}

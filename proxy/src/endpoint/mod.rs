@@ -30,7 +30,7 @@ use crate::edge::error_chain;
 use crate::error::ProxyError;
 use crate::http::{ORIG_PROTO, ORIG_PROTO_HTTP1, PlainClient, path_and_query, strip_hop_by_hop};
 use crate::metrics::{ProxyMetrics, tls_failure_reason};
-use crate::svc::{BoxError, BoxFuture};
+use crate::svc::{BoxError, BoxFuture, Labels};
 use crate::tls::{ALPN_OPAQUE, MeshTls};
 
 const DIRECTION: &str = "outbound";
@@ -114,6 +114,7 @@ impl Inner {
         ep: &Endpoint,
         dst: &Destination,
     ) -> Result<Response<Body>, ProxyError> {
+        let req_labels = req.extensions().get::<Arc<Labels>>().cloned();
         let (mut parts, body) = req.into_parts();
         let from_http1 = parts.version != Version::HTTP_2;
         strip_hop_by_hop(&mut parts.headers);
@@ -128,10 +129,15 @@ impl Inner {
                 .plain
                 .request(Request::from_parts(parts, body))
                 .await
-                .map_err(|e| ProxyError::ConnectFailed {
-                    endpoint: ep.address.to_string(),
-                    detail: error_chain(&e),
-                })?;
+                .map_err(
+                    |e| match req_labels.as_ref().and_then(|l| l.client_fault()) {
+                        Some(client) => client.clone(),
+                        None => ProxyError::ConnectFailed {
+                            endpoint: ep.address.to_string(),
+                            detail: error_chain(&e),
+                        },
+                    },
+                )?;
             return Ok(finish(rsp));
         };
         parts.uri = absolute(dst.authority.clone(), &parts.uri)?;
@@ -143,10 +149,18 @@ impl Inner {
                 http::HeaderValue::from_static(ORIG_PROTO_HTTP1),
             );
         }
-        let upstream = |e: &hyper::Error| ProxyError::Upstream {
-            endpoint: ep.address.to_string(),
-            detail: error_chain(e),
+        // A failure while the client's body was being sent may be the client's (its body
+        // was malformed or cut short): then it is that, and the connection, which other
+        // requests share, is kept.
+        let fault = req_labels.clone();
+        let upstream = |e: &hyper::Error| match fault.as_ref().and_then(|l| l.client_fault()) {
+            Some(client) => client.clone(),
+            None => ProxyError::Upstream {
+                endpoint: ep.address.to_string(),
+                detail: error_chain(e),
+            },
         };
+        let client_fault = || fault.as_ref().is_some_and(|l| l.client_fault().is_some());
         let mut sender = self.peer(ep.address, identity).await?;
         let rsp = match sender
             .try_send_request(Request::from_parts(parts, body))
@@ -154,6 +168,9 @@ impl Inner {
         {
             Ok(rsp) => rsp,
             Err(mut e) => {
+                if client_fault() {
+                    return Err(upstream(e.error()));
+                }
                 self.forget(ep.address, identity);
                 // A pooled connection the peer was closing (it went away, or drains) took
                 // nothing: the request goes out once on a new connection, and where none can
@@ -163,7 +180,9 @@ impl Inner {
                 };
                 let mut sender = self.peer(ep.address, identity).await?;
                 sender.send_request(req).await.map_err(|e| {
-                    self.forget(ep.address, identity);
+                    if !client_fault() {
+                        self.forget(ep.address, identity);
+                    }
                     upstream(&e)
                 })?
             }
@@ -211,6 +230,8 @@ impl Inner {
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(PEER_KEEPALIVE)
+            // The mesh's limit and the room proxies add: what the peer's proxy checked.
+            .max_header_list_size(crate::limits::H2_MAX_HEADER_LIST_SIZE)
             // Boxed: hyper spawns a task per request whose future is sized by the connection's
             // (an enum of both), which held the TLS stream inline: 2.7 KB allocated and moved
             // per request (DHAT, callgrind); boxed, the stream is one pointer there.

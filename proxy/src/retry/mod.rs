@@ -246,11 +246,14 @@ where
         return Box::pin(attempts(inner, template, replay, route, metrics, kind));
     }
     Box::pin(async move {
-        let collected = body.collect().await.map_err(|e| ProxyError::BadRequest {
-            detail: format!(
-                "reading the request body failed: {}",
-                crate::edge::error_chain(e.as_ref())
-            ),
+        // The client's body failed (noted in its labels as what it was): malformed, or cut
+        // short by a client that went away.
+        let collected = body.collect().await.map_err(|e| {
+            crate::svc::Labels::client_fault_of(&template).unwrap_or_else(|| {
+                ProxyError::BadRequestBody {
+                    detail: crate::edge::error_chain(e.as_ref()),
+                }
+            })
         })?;
         let trailers = collected.trailers().cloned().map(Box::new);
         let replay = Replay {

@@ -268,6 +268,7 @@ impl Intercepted {
                 http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
                 http2: Client::builder(TokioExecutor::new())
                     .http2_only(true)
+                    .http2_max_header_list_size(crate::limits::H2_MAX_HEADER_LIST_SIZE)
                     .timer(TokioTimer::new())
                     .build(connector),
             }),

@@ -595,3 +595,52 @@ pub fn count(replies: &[Reply], f: impl Fn(&Reply) -> bool) -> usize {
 pub fn rules(yaml: &str) -> Vec<RouteRule> {
     serde_yaml_ng::from_str(yaml).unwrap()
 }
+
+/// Sends `request` as it is on a new connection to `addr`; the whole answer (the proxy
+/// closes after it: `Connection: close`).
+pub async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+        .await
+        .expect("the proxy answers and closes within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// One `api` workload (proxy + app) per app, registered as `service`.
+pub async fn api_endpoints(mesh: &Mesh, service: &str, apps: &[&TestApp]) -> Vec<TestProxy> {
+    let mut proxies = Vec::new();
+    for app in apps {
+        proxies.push(mesh.open_proxy("api", app.addr.port()).await);
+    }
+    mesh.resolver.set_proxies(service, &proxies);
+    proxies
+}
+
+/// The `api` workloads in front of `apps` (as `api_endpoints`), then `web`'s proxy, then
+/// `api`'s single route rule `rule` with `settings` (as `one_rule`).
+pub async fn api_with_rule(
+    mesh: &Mesh,
+    apps: &[&TestApp],
+    rule: &str,
+    settings: &str,
+) -> (Vec<TestProxy>, TestProxy) {
+    let api = api_endpoints(mesh, "api", apps).await;
+    let web = mesh.client_proxy("web").await;
+    mesh.resolver
+        .set_routes("api", one_rule("api", rule, settings));
+    (api, web)
+}
+
+/// The single route rule `name` of `service`, sending all of it to `service` itself, with the
+/// rule's `settings` (YAML lines: retry, timeouts, fault...).
+pub fn one_rule(service: &str, name: &str, settings: &str) -> Vec<RouteRule> {
+    rules(&format!(
+        r#"
+- route: default/{service}
+  name: {name}
+  backends: [{{namespace: default, service: {service}, weight: 1}}]{settings}"#
+    ))
+}
