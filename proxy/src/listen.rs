@@ -76,7 +76,10 @@ pub async fn serve_http<I>(
         .max_buf_size(limits::HTTP1_MAX_BUF_SIZE);
     builder
         .http2()
-        .max_header_list_size(limits::H2_MAX_HEADER_LIST_SIZE);
+        .max_header_list_size(limits::H2_MAX_HEADER_LIST_SIZE)
+        .max_concurrent_streams(limits::H2_MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(limits::H2_STREAM_WINDOW)
+        .initial_connection_window_size(limits::H2_CONNECTION_WINDOW);
     let io = TokioIo::new(io);
     let ended = if upgrades {
         watcher

@@ -38,6 +38,12 @@ async fn app_with_big_responses(delay: Duration) -> (SocketAddr, Arc<AtomicU64>)
                         let mut rsp = http::Response::builder().header("x-app", "api");
                         if req.uri().path() == "/big-response" {
                             rsp = rsp.header("x-big", "b".repeat(100 * 1024));
+                        } else if req.uri().path() == "/upload-stalls" {
+                            // Never reads the upload (nor answers, within the test).
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                        } else if req.uri().path() == "/download" {
+                            let body = Bytes::from(vec![b'd'; 16 << 20]);
+                            return Ok::<_, Infallible>(rsp.body(Full::new(body)).unwrap());
                         } else {
                             count.fetch_add(1, Ordering::Relaxed);
                             tokio::time::sleep(delay).await;
@@ -222,4 +228,69 @@ async fn a_clients_bad_or_abandoned_body_is_its_own_fault_and_ejects_no_endpoint
         0.0,
         "{web_m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_do_not_stall_the_shared_connection() {
+    let mesh = Mesh::new(Duration::from_secs(3600)).await;
+    let (app, _) = app_with_big_responses(Duration::ZERO).await;
+    let api = mesh.open_proxy("api", app.port()).await;
+    mesh.resolver.set_proxies("api", [&api]);
+    let web = mesh.client_proxy("web").await;
+    let first = drive(web.outbound, "http://api/", 1, 1, &[], LIMIT).await;
+    assert_eq!(first[0].status, 200, "{first:?}");
+    // Eight clients ask for 16 MiB each and never read it: their responses stop on the
+    // shared connection once their socket buffers are full.
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut tcp = tokio::net::TcpStream::connect(web.outbound).await.unwrap();
+        tcp.write_all(request("/download", "").as_bytes())
+            .await
+            .unwrap();
+        stalled.push(tcp);
+    }
+    // Time for the downloads to fill every buffer on the way (no condition to wait on: what
+    // is tested is that nothing else waits).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let replies = drive(
+        web.outbound,
+        "http://api/",
+        20,
+        4,
+        &[],
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(count(&replies, |r| r.status == 200), 20, "{replies:?}");
+
+    // The other way: eight clients upload 16 MiB each to an app that never reads them.
+    let mut uploads = Vec::new();
+    for _ in 0..8 {
+        let mut tcp = tokio::net::TcpStream::connect(web.outbound).await.unwrap();
+        uploads.push(tokio::spawn(async move {
+            let head =
+                "POST /upload-stalls HTTP/1.1\r\nHost: api\r\nContent-Length: 16777216\r\n\r\n";
+            tcp.write_all(head.as_bytes()).await.unwrap();
+            let _ = tcp.write_all(&vec![b'u'; 16 << 20]).await;
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Other clients' uploads still go through.
+    for _ in 0..5 {
+        let post =
+            "POST / HTTP/1.1\r\nHost: api\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n";
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            raw_exchange(web.outbound, &format!("{post}{}", "p".repeat(100_000))),
+        )
+        .await
+        .expect("an upload waited for the stalled ones");
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    }
+    for u in uploads {
+        u.abort();
+    }
+    drop(stalled);
+    web.stop().await;
+    api.stop().await;
 }

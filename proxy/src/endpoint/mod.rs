@@ -232,6 +232,10 @@ impl Inner {
             .keep_alive_interval(PEER_KEEPALIVE)
             // The mesh's limit and the room proxies add: what the peer's proxy checked.
             .max_header_list_size(crate::limits::H2_MAX_HEADER_LIST_SIZE)
+            // A response whose client stopped reading holds its stream's window, never the
+            // connection's.
+            .initial_stream_window_size(crate::limits::H2_STREAM_WINDOW)
+            .initial_connection_window_size(crate::limits::H2_CONNECTION_WINDOW)
             // Boxed: hyper spawns a task per request whose future is sized by the connection's
             // (an enum of both), which held the TLS stream inline: 2.7 KB allocated and moved
             // per request (DHAT, callgrind); boxed, the stream is one pointer there.

@@ -269,6 +269,8 @@ impl Intercepted {
                 http2: Client::builder(TokioExecutor::new())
                     .http2_only(true)
                     .http2_max_header_list_size(crate::limits::H2_MAX_HEADER_LIST_SIZE)
+                    .http2_initial_stream_window_size(crate::limits::H2_STREAM_WINDOW)
+                    .http2_initial_connection_window_size(crate::limits::H2_CONNECTION_WINDOW)
                     .timer(TokioTimer::new())
                     .build(connector),
             }),
