@@ -35,19 +35,23 @@ pub const H2_MAX_HEADER_LIST_SIZE: u32 = (MAX_HEADER_LIST_SIZE + 16 * 1024) as u
 /// reason; a longer one, the HTTP/1 parser's own 431 (counted the same).
 pub const HTTP1_MAX_BUF_SIZE: usize = 256 * 1024;
 
-/// The most requests in flight at once on one HTTP/2 connection a proxy serves (hyper's
-/// default, made explicit: the connection windows below are sized by it).
-pub const H2_MAX_CONCURRENT_STREAMS: u32 = 200;
+/// The most requests in flight at once on one HTTP/2 connection a proxy serves. hyper's
+/// default, 200, made the 201st request between two proxies wait behind the others, so 200
+/// long polls from one client stopped every other client of the service. A stream waiting
+/// for its response holds no flow-control window, only its state and the request to the app.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 2_000;
 /// How much of one HTTP/2 stream's body a receiver takes before its reader has consumed it
 /// (the protocol's default, and Linkerd's): what a stream whose reader stopped holds.
 pub const H2_STREAM_WINDOW: u32 = 64 * 1024;
-/// How much of all streams' bodies a receiver takes before they are consumed: every stream's
-/// window at once, so that streams whose readers stopped (a client that does not read its
-/// download, an app that does not read its upload) can never stop the others on a connection
-/// that many clients share. At most 12.5 MiB is held, and only while readers stall. (hyper's
-/// defaults, 1 or 5 MiB for the connection and 1 or 2 MiB per stream, let three stalled
-/// downloads stop every response between two proxies.)
-pub const H2_CONNECTION_WINDOW: u32 = H2_STREAM_WINDOW * H2_MAX_CONCURRENT_STREAMS;
+/// How many streams whose readers stopped (a client that does not read its download, an app
+/// that does not read its upload) a connection carries before the others wait.
+pub const H2_STALLED_STREAMS: u32 = 200;
+/// How much of all streams' bodies a receiver takes before they are consumed: the window of
+/// [`H2_STALLED_STREAMS`] streams, so that a few stalled readers can never stop the other
+/// streams of a connection that many clients share. At most 12.5 MiB is held, and only while
+/// readers stall. (hyper's defaults, 1 or 5 MiB per connection and 1 or 2 MiB per stream, let
+/// three stalled downloads stop every response between two proxies.)
+pub const H2_CONNECTION_WINDOW: u32 = H2_STREAM_WINDOW * H2_STALLED_STREAMS;
 
 /// What each field costs in an HTTP/2 header list, beside its name and value.
 const FIELD_OVERHEAD: usize = 32;

@@ -38,6 +38,8 @@ async fn app_with_big_responses(delay: Duration) -> (SocketAddr, Arc<AtomicU64>)
                         let mut rsp = http::Response::builder().header("x-app", "api");
                         if req.uri().path() == "/big-response" {
                             rsp = rsp.header("x-big", "b".repeat(100 * 1024));
+                        } else if req.uri().path() == "/hang" {
+                            tokio::time::sleep(Duration::from_secs(60)).await;
                         } else if req.uri().path() == "/upload-stalls" {
                             // Never reads the upload (nor answers, within the test).
                             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -231,7 +233,7 @@ async fn a_clients_bad_or_abandoned_body_is_its_own_fault_and_ejects_no_endpoint
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_that_stop_reading_do_not_stall_the_shared_connection() {
+async fn clients_that_stop_reading_or_wait_long_do_not_stall_the_shared_connection() {
     let mesh = Mesh::new(Duration::from_secs(3600)).await;
     let (app, _) = app_with_big_responses(Duration::ZERO).await;
     let api = mesh.open_proxy("api", app.port()).await;
@@ -290,6 +292,29 @@ async fn clients_that_stop_reading_do_not_stall_the_shared_connection() {
     for u in uploads {
         u.abort();
     }
+
+    // 300 requests that wait for a long time (long polls): more than hyper's default limit
+    // of requests in flight on one connection, which made the next ones queue behind them.
+    let mut polls = Vec::new();
+    for _ in 0..300 {
+        let mut tcp = tokio::net::TcpStream::connect(web.outbound).await.unwrap();
+        tcp.write_all(request("/hang", "").as_bytes())
+            .await
+            .unwrap();
+        polls.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let replies = drive(
+        web.outbound,
+        "http://api/",
+        10,
+        2,
+        &[],
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(count(&replies, |r| r.status == 200), 10, "{replies:?}");
+    drop(polls);
     drop(stalled);
     web.stop().await;
     api.stop().await;
