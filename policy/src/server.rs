@@ -11,7 +11,7 @@ use weft_runtime::metrics::Registry;
 use weft_runtime::process::wait_true;
 use weft_runtime::serve;
 
-use crate::api::{Api, ApiSettings, Auth};
+use crate::api::{Api, ApiSettings, Auth, Limits};
 use crate::authz::DefaultPolicy;
 use crate::load::{load_dir, render_errors};
 use crate::metrics::Metrics;
@@ -155,6 +155,10 @@ pub async fn serve(
         settings: settings.api.clone(),
         stop: stop_rx.clone(),
         started: tokio::time::Instant::now(),
+        limits: Limits::new(
+            settings.api.max_watches_per_identity,
+            settings.api.max_requests_per_identity,
+        ),
     });
     serve::serve(
         listeners.api,
