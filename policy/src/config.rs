@@ -41,6 +41,8 @@ pub const ENV_MAX_WATCHES: &str = "WEFT_POLICY_MAX_WATCHES_PER_IDENTITY";
 pub const DEFAULT_MAX_WATCHES: usize = crate::api::DEFAULT_MAX_WATCHES_PER_IDENTITY;
 pub const ENV_MAX_REQUESTS: &str = "WEFT_POLICY_MAX_REQUESTS_PER_IDENTITY";
 pub const DEFAULT_MAX_REQUESTS: usize = crate::api::DEFAULT_MAX_REQUESTS_PER_IDENTITY;
+pub const ENV_MAX_REGISTRATIONS: &str = "WEFT_POLICY_MAX_REGISTRATIONS_PER_IDENTITY";
+pub const DEFAULT_MAX_REGISTRATIONS: usize = crate::api::DEFAULT_MAX_REGISTRATIONS_PER_IDENTITY;
 pub const ENV_INSECURE_DEV: &str = "WEFT_POLICY_INSECURE_DEV";
 /// Where workloads find the control plane.
 pub const ENV_POLICY_ADDR: &str = "WEFT_POLICY_ADDR";
@@ -86,6 +88,10 @@ pub struct PolicyArgs {
     /// Requests one client may have in flight at once; past it, 429 too_many_requests.
     #[arg(long, env = ENV_MAX_REQUESTS, default_value_t = DEFAULT_MAX_REQUESTS, value_parser = parse_cap)]
     pub max_requests_per_identity: usize,
+    /// Live registrations (addresses) one identity may hold; past it, 429
+    /// too_many_registrations (with --insecure-dev: the identity a registration claims).
+    #[arg(long, env = ENV_MAX_REGISTRATIONS, default_value_t = DEFAULT_MAX_REGISTRATIONS, value_parser = parse_cap)]
+    pub max_registrations_per_identity: usize,
     /// Serve plain HTTP without mTLS, trusting registrations as sent. Development only.
     #[arg(long, env = ENV_INSECURE_DEV, value_parser = BoolishValueParser::new())]
     pub insecure_dev: bool,
@@ -114,6 +120,7 @@ impl PolicyArgs {
             registry_warmup: ApiSettings::warmup_for(self.default_lease),
             max_watches_per_identity: self.max_watches_per_identity,
             max_requests_per_identity: self.max_requests_per_identity,
+            max_registrations_per_identity: self.max_registrations_per_identity,
         }
     }
 }
@@ -300,6 +307,7 @@ mod tests {
         assert!(!args.insecure_dev);
         assert_eq!(args.max_watches_per_identity, 1000);
         assert_eq!(args.max_requests_per_identity, 100);
+        assert_eq!(args.max_registrations_per_identity, 1000);
         let args = PolicyArgs::from_lookup([
             (ENV_LISTEN.to_string(), "127.0.0.1:0".to_string()),
             (ENV_DEFAULT_POLICY.to_string(), "deny".to_string()),

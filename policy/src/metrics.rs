@@ -24,6 +24,7 @@ pub struct Metrics {
     watch_events: [Counter; WATCH_KINDS.len()],
     refused_watches: Counter,
     refused_requests: Counter,
+    pub refused_registrations: Counter,
 }
 
 impl Metrics {
@@ -32,7 +33,7 @@ impl Metrics {
         const REGISTRATIONS: &str = "Workload registrations and renewals, by result.";
         const ACTIVE: &str = "Open watch streams, by kind.";
         const EVENTS: &str = "Snapshots sent on watch streams, by kind.";
-        const REFUSED: &str = "Requests answered 429 because their caller held its cap, by reason (too_many_watches: open watches; too_many_requests: requests in flight).";
+        const REFUSED: &str = "Requests answered 429 because their caller held its cap, by reason (too_many_watches: open watches; too_many_requests: requests in flight; too_many_registrations: live registrations).";
         let active =
             WATCH_KINDS.map(|k| r.gauge("weft_policy_watches_active", ACTIVE, &[("kind", k)]));
         let events = WATCH_KINDS
@@ -76,6 +77,7 @@ impl Metrics {
             watch_events: events,
             refused_watches: r.counter("weft_policy_requests_refused_total", REFUSED, &[("reason", "too_many_watches")]),
             refused_requests: r.counter("weft_policy_requests_refused_total", REFUSED, &[("reason", "too_many_requests")]),
+            refused_registrations: r.counter("weft_policy_requests_refused_total", REFUSED, &[("reason", "too_many_registrations")]),
         }
     }
 

@@ -92,7 +92,12 @@ pub async fn serve(
     let metrics = Metrics::new(&registry);
     metrics.reload_ok.increment(1);
     let loaded_hash = config.summary.hash.clone();
-    let store = Store::new(config, settings.dir.display().to_string(), metrics);
+    let store = Store::new(
+        config,
+        settings.dir.display().to_string(),
+        metrics,
+        settings.api.max_registrations_per_identity,
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_signal = tokio::spawn({

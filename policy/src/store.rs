@@ -26,8 +26,8 @@ use tokio::sync::{Notify, watch};
 use crate::load::{Config, Summary, ValidationError};
 use crate::metrics::Metrics;
 use crate::registry::{
-    APP_LABEL, AddressEndpoint, AddressInfo, Conflict, Registry, ServiceEndpoints, Upsert,
-    Workload, selects,
+    APP_LABEL, AddressEndpoint, AddressInfo, Refusal, Registry, ServiceEndpoints, Upsert, Workload,
+    selects,
 };
 use crate::wire::fnv1a;
 
@@ -277,7 +277,14 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(config: Config, dir: String, metrics: Metrics) -> Arc<Self> {
+    /// The store serving `config` (loaded from `dir`), where one identity holds at most
+    /// `max_registrations_per_identity` registrations.
+    pub fn new(
+        config: Config,
+        dir: String,
+        metrics: Metrics,
+        max_registrations_per_identity: usize,
+    ) -> Arc<Self> {
         let status = ConfigStatus {
             dir,
             summary: config.summary.clone(),
@@ -292,7 +299,7 @@ impl Store {
         let state = State::new(1, Arc::new(config), Arc::new(Vec::new()));
         Arc::new(Self {
             tx: watch::Sender::new(Arc::new(state)),
-            registry: Mutex::new(Registry::default()),
+            registry: Mutex::new(Registry::new(max_registrations_per_identity)),
             status: Mutex::new(status),
             expiry: Notify::new(),
             metrics,
@@ -345,7 +352,7 @@ impl Store {
     }
 
     /// Registers or renews a workload for `lease`.
-    pub fn register(&self, w: Workload, lease: Duration) -> Result<(), Conflict> {
+    pub fn register(&self, w: Workload, lease: Duration) -> Result<(), Refusal> {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = reg.upsert(w, lease, Instant::now());
         match outcome {

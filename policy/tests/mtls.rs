@@ -386,3 +386,49 @@ async fn each_identity_has_its_own_caps_on_watches_and_requests() {
     drop((open, web, web2, api));
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_holds_at_most_its_cap_of_registrations() {
+    let mesh = Mesh::new();
+    let (_dir, cp) = serve_resources(RESOURCES, |d| {
+        let mut s = mesh.settings(d);
+        s.api.max_registrations_per_identity = 2;
+        s
+    })
+    .await;
+    let at = |port: u16| {
+        let mut r = registration(None, None);
+        r.address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        r
+    };
+    let web = mesh.client(
+        cp.api,
+        Some(&credentials(
+            &mesh.ca,
+            &id("spiffe://weft.local/ns/default/sa/web"),
+        )),
+    );
+    web.register(&at(7401)).await.unwrap();
+    web.register(&at(7402)).await.unwrap();
+    let r = web.register(&at(7403)).await;
+    assert_eq!(refusal(r), (429, "too_many_registrations".into()));
+    // Renewing what it holds goes on; another identity has its own cap.
+    web.register(&at(7401)).await.unwrap();
+    let api = mesh.client(
+        cp.api,
+        Some(&credentials(
+            &mesh.ca,
+            &id("spiffe://weft.local/ns/default/sa/api"),
+        )),
+    );
+    api.register(&at(7403)).await.unwrap();
+    // Removing one frees its place.
+    web.deregister("default", at(7402).address).await.unwrap();
+    web.register(&at(7404)).await.unwrap();
+    let (_, metrics) = cp.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("weft_policy_requests_refused_total{reason=\"too_many_registrations\"} 1"),
+        "{metrics}"
+    );
+    cp.stop().await;
+}

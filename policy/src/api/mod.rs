@@ -41,7 +41,7 @@ use weft_identity::tls::TrustBundle;
 use weft_runtime::serve::ConnInfo;
 use weft_runtime::serve::ErrorBody;
 
-use crate::registry::{APP_LABEL, Registered, Registration, Workload};
+use crate::registry::{APP_LABEL, Refusal, Registered, Registration, Workload};
 use crate::resources::DEFAULT_NAMESPACE;
 use crate::store::{Key, Store};
 use crate::wire::Dur;
@@ -94,6 +94,9 @@ pub struct ApiSettings {
     pub max_watches_per_identity: usize,
     /// Requests one caller may have in flight at once (a watch counts while it is opened).
     pub max_requests_per_identity: usize,
+    /// Live registrations one identity may hold (the proven one; in development mode, the one
+    /// a registration claims).
+    pub max_registrations_per_identity: usize,
 }
 
 impl ApiSettings {
@@ -111,6 +114,10 @@ pub const DEFAULT_MAX_WATCHES_PER_IDENTITY: usize = 1000;
 /// Default of [`ApiSettings::max_requests_per_identity`]: a proxy sends one registration at a
 /// time and opens its watches in bursts of a few.
 pub const DEFAULT_MAX_REQUESTS_PER_IDENTITY: usize = 100;
+/// Default of [`ApiSettings::max_registrations_per_identity`]: a proxy registers its one
+/// inbound address; the replicas of a workload share its identity, and a thousand of them
+/// is a large deployment.
+pub const DEFAULT_MAX_REGISTRATIONS_PER_IDENTITY: usize = 1000;
 
 /// Shortest lease granted, whatever is asked.
 pub const MIN_LEASE: Duration = Duration::from_millis(100);
@@ -124,6 +131,7 @@ impl Default for ApiSettings {
             registry_warmup: Self::warmup_for(Duration::from_secs(30)),
             max_watches_per_identity: DEFAULT_MAX_WATCHES_PER_IDENTITY,
             max_requests_per_identity: DEFAULT_MAX_REQUESTS_PER_IDENTITY,
+            max_registrations_per_identity: DEFAULT_MAX_REGISTRATIONS_PER_IDENTITY,
         }
     }
 }
@@ -412,9 +420,17 @@ impl Api {
             identity: identity.clone(),
             metrics: reg.metrics,
         };
-        self.store
-            .register(w, lease)
-            .map_err(|c| fail(StatusCode::CONFLICT, "address_taken", c.to_string()))?;
+        self.store.register(w, lease).map_err(|r| match r {
+            Refusal::Taken(c) => fail(StatusCode::CONFLICT, "address_taken", c.to_string()),
+            too_many @ Refusal::TooMany { .. } => {
+                self.store.metrics().refused_registrations.increment(1);
+                fail(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_registrations",
+                    too_many.to_string(),
+                )
+            }
+        })?;
         tracing::debug!(%namespace, service = %reg.service, address = %reg.address, ?lease, "registered");
         Ok(Registered {
             namespace,
