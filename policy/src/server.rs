@@ -165,9 +165,16 @@ pub async fn serve(
             settings.api.max_requests_per_identity,
         ),
     });
-    serve::serve(
+    // One connection may carry a client's whole allowance: past it the client is told so
+    // (429), rather than left waiting for a stream.
+    let streams = settings.api.max_watches_per_identity + settings.api.max_requests_per_identity;
+    let conn_limits = serve::ConnLimits {
+        max_concurrent_streams: u32::try_from(streams).unwrap_or(u32::MAX),
+    };
+    serve::serve_with(
         listeners.api,
         tls,
+        conn_limits,
         move |req, conn| api.clone().handle(req, conn),
         wait_true(stop_rx),
     )

@@ -1,6 +1,7 @@
 //! A client flooding the control plane with names that do not exist (issue 16, hole 4): the
 //! real `weft-policy` process, its memory read from `/proc`, stays flat, and its `/metrics`
-//! page grows no series.
+//! page grows no series. And a client holding many watches at once, as a busy proxy does, has
+//! them all served on its one connection.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -145,6 +146,41 @@ fn memory_stays_flat_under_a_flood_of_unknown_names() {
         "names that do not exist made new metric series"
     );
     drop(client);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    let status = child.terminate();
+    assert!(status.success(), "weft-policy exited with {status}");
+}
+
+/// Watches one client holds at once in [`one_connection_carries_a_busy_proxys_watches`]: more
+/// than HTTP/2's usual 200 streams per connection, as a proxy talking to a hundred-odd
+/// destinations (two watches each) with interception (one per address) holds.
+const HELD: usize = 400;
+
+#[test]
+fn one_connection_carries_a_busy_proxys_watches() {
+    let resources = resource_dir(RESOURCES);
+    let logs = tempfile::tempdir().unwrap();
+    let (child, api, _admin) = start_control_plane(resources.path(), logs.path());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = PolicyClient::new(fast_settings(api.to_string()));
+        let mut held: Vec<_> = (0..HELD)
+            .map(|i| client.watch_endpoints("default", &format!("destination-{i}")))
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        for (i, rx) in held.iter_mut().enumerate() {
+            let got = tokio::time::timeout_at(deadline, rx.wait_for(|v| v.is_some())).await;
+            assert!(
+                matches!(got, Ok(Ok(_))),
+                "watch {i} of {HELD} held at once on one connection got no snapshot within 30 s"
+            );
+        }
+        assert_eq!(client.connections(), 1);
+    });
     rt.shutdown_timeout(Duration::from_secs(5));
     let status = child.terminate();
     assert!(status.success(), "weft-policy exited with {status}");

@@ -42,12 +42,44 @@ pub struct ErrorBody {
 /// A response with a fully buffered body: what weft's control-side servers send.
 pub type FullResponse = Response<Full<Bytes>>;
 
+/// Per-connection limits of [`serve_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// HTTP/2 streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ConnLimits {
+    /// hyper's own: 200 streams.
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 200,
+        }
+    }
+}
+
 /// Serves `handler` on `listener` until `shutdown` completes, then lets open requests finish
 /// (up to [`SHUTDOWN_GRACE`]). With `tls`, every connection is TLS; ALPN picks HTTP/2 or 1.1.
 /// Response bodies may stream (`B` is any body of `Bytes`), e.g. for watches.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_with(listener, tls, ConnLimits::default(), handler, shutdown).await
+}
+
+/// [`serve`] with other per-connection `limits`.
+pub async fn serve_with<H, F, B>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ConnLimits,
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -82,6 +114,9 @@ pub async fn serve<H, F, B>(
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HANDSHAKE_TIMEOUT);
+            builder
+                .http2()
+                .max_concurrent_streams(limits.max_concurrent_streams);
             match acceptor {
                 None => {
                     let info = Arc::new(ConnInfo {
