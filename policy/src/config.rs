@@ -43,6 +43,8 @@ pub const ENV_MAX_REQUESTS: &str = "WEFT_POLICY_MAX_REQUESTS_PER_IDENTITY";
 pub const DEFAULT_MAX_REQUESTS: usize = crate::api::DEFAULT_MAX_REQUESTS_PER_IDENTITY;
 pub const ENV_MAX_REGISTRATIONS: &str = "WEFT_POLICY_MAX_REGISTRATIONS_PER_IDENTITY";
 pub const DEFAULT_MAX_REGISTRATIONS: usize = crate::api::DEFAULT_MAX_REGISTRATIONS_PER_IDENTITY;
+pub const ENV_MAX_CONNECTIONS: &str = "WEFT_POLICY_MAX_CONNECTIONS_PER_IP";
+pub const DEFAULT_MAX_CONNECTIONS: usize = crate::api::DEFAULT_MAX_CONNECTIONS_PER_IP;
 pub const ENV_INSECURE_DEV: &str = "WEFT_POLICY_INSECURE_DEV";
 /// Where workloads find the control plane.
 pub const ENV_POLICY_ADDR: &str = "WEFT_POLICY_ADDR";
@@ -92,6 +94,10 @@ pub struct PolicyArgs {
     /// too_many_registrations (with --insecure-dev: the identity a registration claims).
     #[arg(long, env = ENV_MAX_REGISTRATIONS, default_value_t = DEFAULT_MAX_REGISTRATIONS, value_parser = parse_cap)]
     pub max_registrations_per_identity: usize,
+    /// Connections open at once from one IP address; one more is closed as soon as it is
+    /// accepted.
+    #[arg(long, env = ENV_MAX_CONNECTIONS, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_cap)]
+    pub max_connections_per_ip: usize,
     /// Serve plain HTTP without mTLS, trusting registrations as sent. Development only.
     #[arg(long, env = ENV_INSECURE_DEV, value_parser = BoolishValueParser::new())]
     pub insecure_dev: bool,
@@ -121,6 +127,7 @@ impl PolicyArgs {
             max_watches_per_identity: self.max_watches_per_identity,
             max_requests_per_identity: self.max_requests_per_identity,
             max_registrations_per_identity: self.max_registrations_per_identity,
+            max_connections_per_ip: self.max_connections_per_ip,
         }
     }
 }
@@ -308,6 +315,7 @@ mod tests {
         assert_eq!(args.max_watches_per_identity, 1000);
         assert_eq!(args.max_requests_per_identity, 100);
         assert_eq!(args.max_registrations_per_identity, 1000);
+        assert_eq!(args.max_connections_per_ip, 1000);
         let args = PolicyArgs::from_lookup([
             (ENV_LISTEN.to_string(), "127.0.0.1:0".to_string()),
             (ENV_DEFAULT_POLICY.to_string(), "deny".to_string()),

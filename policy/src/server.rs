@@ -170,6 +170,7 @@ pub async fn serve(
     let streams = settings.api.max_watches_per_identity + settings.api.max_requests_per_identity;
     let conn_limits = serve::ConnLimits {
         max_concurrent_streams: u32::try_from(streams).unwrap_or(u32::MAX),
+        max_connections_per_ip: settings.api.max_connections_per_ip,
     };
     serve::serve_with(
         listeners.api,

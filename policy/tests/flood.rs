@@ -1,7 +1,7 @@
 //! A client flooding the control plane with names that do not exist (issue 16, hole 4): the
 //! real `weft-policy` process, its memory read from `/proc`, stays flat, and its `/metrics`
-//! page grows no series. And a client holding many watches at once, as a busy proxy does, has
-//! them all served on its one connection.
+//! page grows no series. A client holding many watches at once, as a busy proxy does, has
+//! them all served on its one connection; one address opening connections is capped.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -84,7 +84,13 @@ async fn flood(client: &PolicyClient, names: std::ops::Range<usize>) {
     }
 }
 
-fn start_control_plane(resources: &Path, logs: &Path) -> (Child, SocketAddr, SocketAddr) {
+/// `weft-policy --insecure-dev` on free ports, with `extra` flags, ready: it, its API and its
+/// admin addresses.
+fn start_control_plane(
+    resources: &Path,
+    logs: &Path,
+    extra: &[&str],
+) -> (Child, SocketAddr, SocketAddr) {
     let api = free_loopback_addr("the control plane API").unwrap();
     let admin = free_loopback_addr("the control plane admin").unwrap();
     let options = Options {
@@ -92,18 +98,20 @@ fn start_control_plane(resources: &Path, logs: &Path) -> (Child, SocketAddr, Soc
         clear_weft_env: true,
         ..Options::default()
     };
+    let mut args = vec![
+        "--insecure-dev".to_string(),
+        "--dir".to_string(),
+        resources.display().to_string(),
+        "--listen".to_string(),
+        api.to_string(),
+        "--admin-listen".to_string(),
+        admin.to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     let mut child = Child::spawn(
         "weft-policy",
         Path::new(env!("CARGO_BIN_EXE_weft-policy")),
-        &[
-            "--insecure-dev".to_string(),
-            "--dir".to_string(),
-            resources.display().to_string(),
-            "--listen".to_string(),
-            api.to_string(),
-            "--admin-listen".to_string(),
-            admin.to_string(),
-        ],
+        &args,
         &[],
         &logs.join("policy.log"),
         &options,
@@ -117,7 +125,7 @@ fn start_control_plane(resources: &Path, logs: &Path) -> (Child, SocketAddr, Soc
 fn memory_stays_flat_under_a_flood_of_unknown_names() {
     let resources = resource_dir(RESOURCES);
     let logs = tempfile::tempdir().unwrap();
-    let (child, api, admin) = start_control_plane(resources.path(), logs.path());
+    let (child, api, admin) = start_control_plane(resources.path(), logs.path(), &[]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -160,7 +168,7 @@ const HELD: usize = 400;
 fn one_connection_carries_a_busy_proxys_watches() {
     let resources = resource_dir(RESOURCES);
     let logs = tempfile::tempdir().unwrap();
-    let (child, api, _admin) = start_control_plane(resources.path(), logs.path());
+    let (child, api, _admin) = start_control_plane(resources.path(), logs.path(), &[]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -180,6 +188,88 @@ fn one_connection_carries_a_busy_proxys_watches() {
             );
         }
         assert_eq!(client.connections(), 1);
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    let status = child.terminate();
+    assert!(status.success(), "weft-policy exited with {status}");
+}
+
+/// `GET path` over HTTP/1.1 on a new connection from `source` to `addr`: the status, or
+/// `None` when the connection is closed without an answer (within 5 s).
+async fn get_from(source: Ipv4Addr, addr: SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&out)
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// An HTTP/2 connection from 127.0.0.1 held open without requests.
+async fn hold(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+#[test]
+fn one_address_holds_at_most_its_cap_of_connections() {
+    let resources = resource_dir(RESOURCES);
+    let logs = tempfile::tempdir().unwrap();
+    let (child, api, _admin) = start_control_plane(
+        resources.path(),
+        logs.path(),
+        &["--max-connections-per-ip", "2"],
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let local = Ipv4Addr::new(127, 0, 0, 1);
+        let path = "/v1/routes?service=api";
+        let first = hold(api).await;
+        let _second = hold(api).await;
+        // A third from the same address is closed unanswered; another address is served.
+        assert_eq!(get_from(local, api, path).await, None);
+        assert_eq!(
+            get_from(Ipv4Addr::new(127, 0, 0, 2), api, path).await,
+            Some(200)
+        );
+        // Closing one frees its place.
+        drop(first);
+        let mut got = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while got.is_none() && tokio::time::Instant::now() < deadline {
+            got = get_from(local, api, path).await;
+            if got.is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert_eq!(
+            got,
+            Some(200),
+            "closing a connection did not free its place"
+        );
     });
     rt.shutdown_timeout(Duration::from_secs(5));
     let status = child.terminate();

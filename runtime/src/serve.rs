@@ -2,10 +2,11 @@
 //! plain TCP or TLS, HTTP/1.1 and HTTP/2 on one port, graceful shutdown; and the JSON body of
 //! their refusals.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,18 +43,63 @@ pub struct ErrorBody {
 /// A response with a fully buffered body: what weft's control-side servers send.
 pub type FullResponse = Response<Full<Bytes>>;
 
-/// Per-connection limits of [`serve_with`].
+/// Connection limits of [`serve_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnLimits {
     /// HTTP/2 streams a client may have open at once on one connection.
     pub max_concurrent_streams: u32,
+    /// Connections open at once from one IP address; one more is closed as soon as it is
+    /// accepted.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ConnLimits {
-    /// hyper's own: 200 streams.
+    /// hyper's own 200 streams per connection, and no limit on connections.
     fn default() -> Self {
         Self {
             max_concurrent_streams: 200,
+            max_connections_per_ip: usize::MAX,
+        }
+    }
+}
+
+/// The connections open from each IP address; an address with none has no entry.
+#[derive(Debug)]
+struct PerIp {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection of an address, given back when dropped.
+#[derive(Debug)]
+struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn claim(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
         }
     }
 }
@@ -89,6 +135,10 @@ pub async fn serve_with<H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let acceptor = tls.map(TlsAcceptor::from);
+    let per_ip = Arc::new(PerIp {
+        max: limits.max_connections_per_ip,
+        open: Default::default(),
+    });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -104,11 +154,16 @@ pub async fn serve_with<H, F, B>(
                 }
             },
         };
+        let Some(slot) = per_ip.claim(remote.ip()) else {
+            tracing::debug!(%remote, max = limits.max_connections_per_ip, "connection closed: its address has as many open as it may");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let handler = handler.clone();
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()

@@ -97,6 +97,8 @@ pub struct ApiSettings {
     /// Live registrations one identity may hold (the proven one; in development mode, the one
     /// a registration claims).
     pub max_registrations_per_identity: usize,
+    /// Connections open at once from one IP address (before any identity is known).
+    pub max_connections_per_ip: usize,
 }
 
 impl ApiSettings {
@@ -118,6 +120,9 @@ pub const DEFAULT_MAX_REQUESTS_PER_IDENTITY: usize = 100;
 /// inbound address; the replicas of a workload share its identity, and a thousand of them
 /// is a large deployment.
 pub const DEFAULT_MAX_REGISTRATIONS_PER_IDENTITY: usize = 1000;
+/// Default of [`ApiSettings::max_connections_per_ip`]: a proxy holds one connection (two for
+/// a moment when it reconnects), and a host's proxies may share its address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1000;
 
 /// Shortest lease granted, whatever is asked.
 pub const MIN_LEASE: Duration = Duration::from_millis(100);
@@ -132,6 +137,7 @@ impl Default for ApiSettings {
             max_watches_per_identity: DEFAULT_MAX_WATCHES_PER_IDENTITY,
             max_requests_per_identity: DEFAULT_MAX_REQUESTS_PER_IDENTITY,
             max_registrations_per_identity: DEFAULT_MAX_REGISTRATIONS_PER_IDENTITY,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
         }
     }
 }
