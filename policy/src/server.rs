@@ -167,7 +167,10 @@ pub async fn serve(
     });
     // One connection may carry a client's whole allowance: past it the client is told so
     // (429), rather than left waiting for a stream.
-    let streams = settings.api.max_watches_per_identity + settings.api.max_requests_per_identity;
+    let streams = settings
+        .api
+        .max_watches_per_identity
+        .saturating_add(settings.api.max_requests_per_identity);
     let conn_limits = serve::ConnLimits {
         max_concurrent_streams: u32::try_from(streams).unwrap_or(u32::MAX),
         max_connections_per_ip: settings.api.max_connections_per_ip,
