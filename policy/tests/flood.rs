@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use weft_policy::client::{PolicyClient, Watched};
 use weft_runtime::child::{Child, Options, Stdin};
 use weft_runtime::process::free_loopback_addr;
-use weft_runtime::testing::http_get;
+use weft_runtime::testing::{http_get, metric_sum};
 
 /// Distinct names in the flood (the issue's number).
 const NAMES: usize = 20_000;
@@ -138,6 +138,19 @@ fn memory_stays_flat_under_a_flood_of_unknown_names() {
     let started = Instant::now();
     rt.block_on(flood(&client, WARM_UP..WARM_UP + NAMES));
     let took = started.elapsed();
+    // Every watch has ended on the control plane's side too.
+    let open = rt.block_on(weft_runtime::testing::eventually(
+        Duration::from_secs(10),
+        || {
+            let (_, page) = http_get(admin, "/metrics", "x").unwrap_or_default();
+            page.contains("weft_policy_watches_active")
+                && metric_sum(&page, "weft_policy_watches_active", &[]) == 0.0
+        },
+    ));
+    assert!(
+        open,
+        "watch streams were still open 10 s after their clients closed them"
+    );
     let (rss_after, series_after) = (rss_kib(child.pid()), series(admin));
     eprintln!(
         "{NAMES} unknown names in {took:?}: VmRSS {rss_before} KiB -> {rss_after} KiB, \
