@@ -37,6 +37,14 @@ pub const ENV_MAX_LEASE: &str = "WEFT_POLICY_MAX_LEASE";
 pub const DEFAULT_MAX_LEASE: &str = "5m";
 pub const ENV_HEARTBEAT: &str = "WEFT_POLICY_HEARTBEAT";
 pub const DEFAULT_HEARTBEAT: &str = "10s";
+pub const ENV_MAX_WATCHES: &str = "WEFT_POLICY_MAX_WATCHES_PER_IDENTITY";
+pub const DEFAULT_MAX_WATCHES: usize = crate::api::DEFAULT_MAX_WATCHES_PER_IDENTITY;
+pub const ENV_MAX_REQUESTS: &str = "WEFT_POLICY_MAX_REQUESTS_PER_IDENTITY";
+pub const DEFAULT_MAX_REQUESTS: usize = crate::api::DEFAULT_MAX_REQUESTS_PER_IDENTITY;
+pub const ENV_MAX_REGISTRATIONS: &str = "WEFT_POLICY_MAX_REGISTRATIONS_PER_IDENTITY";
+pub const DEFAULT_MAX_REGISTRATIONS: usize = crate::api::DEFAULT_MAX_REGISTRATIONS_PER_IDENTITY;
+pub const ENV_MAX_CONNECTIONS: &str = "WEFT_POLICY_MAX_CONNECTIONS_PER_IP";
+pub const DEFAULT_MAX_CONNECTIONS: usize = crate::api::DEFAULT_MAX_CONNECTIONS_PER_IP;
 pub const ENV_INSECURE_DEV: &str = "WEFT_POLICY_INSECURE_DEV";
 /// Where workloads find the control plane.
 pub const ENV_POLICY_ADDR: &str = "WEFT_POLICY_ADDR";
@@ -75,6 +83,21 @@ pub struct PolicyArgs {
     /// Interval of heartbeats on idle watch streams.
     #[arg(long, env = ENV_HEARTBEAT, default_value = DEFAULT_HEARTBEAT, value_parser = parse_duration)]
     pub heartbeat: Duration,
+    /// Watch streams one client may hold open at once (a client: the identity its certificate
+    /// proves, or its IP address with --insecure-dev); past it, 429 too_many_watches.
+    #[arg(long, env = ENV_MAX_WATCHES, default_value_t = DEFAULT_MAX_WATCHES, value_parser = parse_cap)]
+    pub max_watches_per_identity: usize,
+    /// Requests one client may have in flight at once; past it, 429 too_many_requests.
+    #[arg(long, env = ENV_MAX_REQUESTS, default_value_t = DEFAULT_MAX_REQUESTS, value_parser = parse_cap)]
+    pub max_requests_per_identity: usize,
+    /// Live registrations (addresses) one identity may hold; past it, 429
+    /// too_many_registrations (with --insecure-dev: the identity a registration claims).
+    #[arg(long, env = ENV_MAX_REGISTRATIONS, default_value_t = DEFAULT_MAX_REGISTRATIONS, value_parser = parse_cap)]
+    pub max_registrations_per_identity: usize,
+    /// Connections open at once from one IP address; one more is closed as soon as it is
+    /// accepted.
+    #[arg(long, env = ENV_MAX_CONNECTIONS, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_cap)]
+    pub max_connections_per_ip: usize,
     /// Serve plain HTTP without mTLS, trusting registrations as sent. Development only.
     #[arg(long, env = ENV_INSECURE_DEV, value_parser = BoolishValueParser::new())]
     pub insecure_dev: bool,
@@ -101,7 +124,19 @@ impl PolicyArgs {
             max_lease: self.max_lease,
             heartbeat: self.heartbeat,
             registry_warmup: ApiSettings::warmup_for(self.default_lease),
+            max_watches_per_identity: self.max_watches_per_identity,
+            max_requests_per_identity: self.max_requests_per_identity,
+            max_registrations_per_identity: self.max_registrations_per_identity,
+            max_connections_per_ip: self.max_connections_per_ip,
         }
+    }
+}
+
+/// A cap: a whole number of at least 1.
+fn parse_cap(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` is not a whole number of at least 1")),
     }
 }
 
@@ -277,13 +312,19 @@ mod tests {
         assert_eq!(args.default_policy, DefaultPolicy::AllAuthenticated);
         assert_eq!(args.poll_interval, Duration::from_millis(200));
         assert!(!args.insecure_dev);
+        assert_eq!(args.max_watches_per_identity, 1000);
+        assert_eq!(args.max_requests_per_identity, 100);
+        assert_eq!(args.max_registrations_per_identity, 1000);
+        assert_eq!(args.max_connections_per_ip, 1000);
         let args = PolicyArgs::from_lookup([
             (ENV_LISTEN.to_string(), "127.0.0.1:0".to_string()),
             (ENV_DEFAULT_POLICY.to_string(), "deny".to_string()),
             (ENV_INSECURE_DEV.to_string(), "true".to_string()),
             (ENV_DEFAULT_LEASE.to_string(), "5s".to_string()),
+            (ENV_MAX_WATCHES.to_string(), "20".to_string()),
         ])
         .unwrap();
+        assert_eq!(args.max_watches_per_identity, 20);
         assert_eq!(args.listen.port(), 0);
         assert_eq!(args.default_policy, DefaultPolicy::Deny);
         assert!(args.insecure_dev);
@@ -291,6 +332,7 @@ mod tests {
         let err = PolicyArgs::from_lookup([(ENV_POLL_INTERVAL.to_string(), "soon".to_string())])
             .unwrap_err();
         assert!(err.contains("soon"), "{err}");
+        assert!(PolicyArgs::from_lookup([(ENV_MAX_WATCHES.to_string(), "0".to_string())]).is_err());
     }
 
     #[test]

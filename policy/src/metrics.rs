@@ -22,6 +22,9 @@ pub struct Metrics {
     pub endpoints_registered: Gauge,
     watches_active: [Gauge; WATCH_KINDS.len()],
     watch_events: [Counter; WATCH_KINDS.len()],
+    refused_watches: Counter,
+    refused_requests: Counter,
+    pub refused_registrations: Counter,
 }
 
 impl Metrics {
@@ -30,6 +33,7 @@ impl Metrics {
         const REGISTRATIONS: &str = "Workload registrations and renewals, by result.";
         const ACTIVE: &str = "Open watch streams, by kind.";
         const EVENTS: &str = "Snapshots sent on watch streams, by kind.";
+        const REFUSED: &str = "Requests answered 429 because their caller held its cap, by reason (too_many_watches: open watches; too_many_requests: requests in flight; too_many_registrations: live registrations).";
         let active =
             WATCH_KINDS.map(|k| r.gauge("weft_policy_watches_active", ACTIVE, &[("kind", k)]));
         let events = WATCH_KINDS
@@ -71,6 +75,9 @@ impl Metrics {
             ),
             watches_active: active,
             watch_events: events,
+            refused_watches: r.counter("weft_policy_requests_refused_total", REFUSED, &[("reason", "too_many_watches")]),
+            refused_requests: r.counter("weft_policy_requests_refused_total", REFUSED, &[("reason", "too_many_requests")]),
+            refused_registrations: r.counter("weft_policy_requests_refused_total", REFUSED, &[("reason", "too_many_registrations")]),
         }
     }
 
@@ -80,5 +87,13 @@ impl Metrics {
 
     pub fn watch_event(&self, kind: usize) -> &Counter {
         &self.watch_events[kind]
+    }
+
+    /// Refusals of callers at their cap of `held`.
+    pub fn refused(&self, held: crate::api::Held) -> &Counter {
+        match held {
+            crate::api::Held::Watch => &self.refused_watches,
+            crate::api::Held::Request => &self.refused_requests,
+        }
     }
 }

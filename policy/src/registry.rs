@@ -155,12 +155,32 @@ pub struct Conflict {
     pub holder: String,
 }
 
+/// Why the registry refused a registration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Taken(#[from] Conflict),
+    #[error(
+        "{identity} holds {limit} registrations, the most one identity may hold (--max-registrations-per-identity of the control plane): remove some, or let their leases lapse"
+    )]
+    TooMany { identity: SpiffeId, limit: usize },
+}
+
 type Key = (String, SocketAddr);
 
 /// The leases.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     entries: HashMap<Key, (Workload, Instant)>,
+    /// Live registrations one identity may hold (workloads without identity are not counted:
+    /// only development mode has them).
+    max_per_identity: usize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new(usize::MAX)
+    }
 }
 
 /// What a registration changed.
@@ -173,14 +193,24 @@ pub enum Upsert {
 }
 
 impl Registry {
+    /// An empty registry where one identity holds at most `max_per_identity` live
+    /// registrations.
+    pub fn new(max_per_identity: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            max_per_identity,
+        }
+    }
+
     /// Registers or renews `w` until `now + lease`. An address held by another identity (or
-    /// another service) cannot be taken over before its lease lapses.
+    /// another service) cannot be taken over before its lease lapses, and an identity holding
+    /// its cap of registrations can only renew them.
     pub fn upsert(
         &mut self,
         w: Workload,
         lease: Duration,
         now: Instant,
-    ) -> Result<Upsert, Conflict> {
+    ) -> Result<Upsert, Refusal> {
         let key = (w.namespace.clone(), w.address);
         let expires = now + lease;
         match self.entries.get_mut(&key) {
@@ -193,7 +223,8 @@ impl Registry {
                             || "a workload without identity".into(),
                             |i| i.to_string(),
                         ),
-                    });
+                    }
+                    .into());
                 }
                 *old_expires = expires;
                 if *old == w {
@@ -203,6 +234,19 @@ impl Registry {
                 Ok(Upsert::Changed)
             }
             _ => {
+                if let Some(id) = &w.identity {
+                    let held = self
+                        .entries
+                        .values()
+                        .filter(|(o, e)| *e > now && o.identity.as_ref() == Some(id))
+                        .count();
+                    if held >= self.max_per_identity {
+                        return Err(Refusal::TooMany {
+                            identity: id.clone(),
+                            limit: self.max_per_identity,
+                        });
+                    }
+                }
                 self.entries.insert(key, (w, expires));
                 Ok(Upsert::Changed)
             }
@@ -316,6 +360,29 @@ mod tests {
         assert!(r.is_empty());
         // Once lapsed, the address is free.
         assert_eq!(upsert(&mut r, EVIL, "v1", 17), Ok(Upsert::Changed));
+    }
+
+    #[test]
+    fn an_identity_holds_at_most_its_cap_of_registrations() {
+        let mut r = Registry::new(2);
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(10);
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert!(r.upsert(w("10.0.0.1:80", API, "v1"), lease, at(0)).is_ok());
+        assert!(r.upsert(w("10.0.0.2:80", API, "v1"), lease, at(1)).is_ok());
+        let refused = r.upsert(w("10.0.0.3:80", API, "v1"), lease, at(2));
+        assert!(
+            matches!(&refused, Err(Refusal::TooMany { limit: 2, .. })),
+            "{refused:?}"
+        );
+        // Renewals and changes of what it holds go on; another identity has its own cap.
+        assert_eq!(
+            r.upsert(w("10.0.0.1:80", API, "v2"), lease, at(3)),
+            Ok(Upsert::Changed)
+        );
+        assert!(r.upsert(w("10.0.0.3:80", EVIL, "v1"), lease, at(3)).is_ok());
+        // A lapsed lease frees its place.
+        assert!(r.upsert(w("10.0.0.4:80", API, "v1"), lease, at(11)).is_ok());
     }
 
     #[test]

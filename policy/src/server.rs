@@ -11,7 +11,7 @@ use weft_runtime::metrics::Registry;
 use weft_runtime::process::wait_true;
 use weft_runtime::serve;
 
-use crate::api::{Api, ApiSettings, Auth};
+use crate::api::{Api, ApiSettings, Auth, Limits};
 use crate::authz::DefaultPolicy;
 use crate::load::{load_dir, render_errors};
 use crate::metrics::Metrics;
@@ -92,7 +92,12 @@ pub async fn serve(
     let metrics = Metrics::new(&registry);
     metrics.reload_ok.increment(1);
     let loaded_hash = config.summary.hash.clone();
-    let store = Store::new(config, settings.dir.display().to_string(), metrics);
+    let store = Store::new(
+        config,
+        settings.dir.display().to_string(),
+        metrics,
+        settings.api.max_registrations_per_identity,
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_signal = tokio::spawn({
@@ -155,10 +160,25 @@ pub async fn serve(
         settings: settings.api.clone(),
         stop: stop_rx.clone(),
         started: tokio::time::Instant::now(),
+        limits: Limits::new(
+            settings.api.max_watches_per_identity,
+            settings.api.max_requests_per_identity,
+        ),
     });
-    serve::serve(
+    // One connection may carry a client's whole allowance: past it the client is told so
+    // (429), rather than left waiting for a stream.
+    let streams = settings
+        .api
+        .max_watches_per_identity
+        .saturating_add(settings.api.max_requests_per_identity);
+    let conn_limits = serve::ConnLimits {
+        max_concurrent_streams: u32::try_from(streams).unwrap_or(u32::MAX),
+        max_connections_per_ip: settings.api.max_connections_per_ip,
+    };
+    serve::serve_with(
         listeners.api,
         tls,
+        conn_limits,
         move |req, conn| api.clone().handle(req, conn),
         wait_true(stop_rx),
     )

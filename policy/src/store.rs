@@ -7,7 +7,8 @@
 //!
 //! What a client watches (the endpoints, inbound policy or routes of one service) is rendered
 //! from a state once, whatever the number of watchers, and carries a version: the hash of its
-//! content. A client that resumes with the version it holds is told nothing changed, even
+//! content. Only names that exist are kept so: a name no resource defines and no workload
+//! registered is rendered for each request and dropped with it. A client that resumes with the version it holds is told nothing changed, even
 //! across control-plane restarts.
 //!
 //! `Store` is the seam where a replicated backend would go: everything else only calls
@@ -25,7 +26,8 @@ use tokio::sync::{Notify, watch};
 use crate::load::{Config, Summary, ValidationError};
 use crate::metrics::Metrics;
 use crate::registry::{
-    AddressEndpoint, AddressInfo, Conflict, Registry, ServiceEndpoints, Upsert, Workload, selects,
+    APP_LABEL, AddressEndpoint, AddressInfo, Refusal, Registry, ServiceEndpoints, Upsert, Workload,
+    selects,
 };
 use crate::wire::fnv1a;
 
@@ -163,7 +165,9 @@ impl State {
         AddressInfo { ip, endpoints }
     }
 
-    /// The item `key` names, rendered once per state.
+    /// The item `key` names: rendered once per state if the name exists (a resource defines
+    /// it or a workload registered it), for every request otherwise, so a client asking for
+    /// names that do not exist leaves nothing behind.
     pub fn render(&self, key: &Key) -> Arc<Rendered> {
         if let Some(r) = self.memo.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
             return r.clone();
@@ -180,12 +184,44 @@ impl State {
             }
             Key::Address { ip } => self.rendered(&self.address(*ip)),
         });
+        if !self.exists(key) {
+            return rendered;
+        }
         self.memo
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(key.clone())
             .or_insert(rendered)
             .clone()
+    }
+
+    /// Whether what `key` names exists in this state: a service some resource names or some
+    /// registered workload belongs to, or an address with an endpoint. Only these are
+    /// memoized: their number is bounded by the resources and the registry, not by what
+    /// clients ask.
+    fn exists(&self, key: &Key) -> bool {
+        match key {
+            Key::Endpoints { namespace, service }
+            | Key::Inbound { namespace, service }
+            | Key::Routes { namespace, service } => {
+                let name = (namespace.clone(), service.clone());
+                self.config.services.contains_key(&name)
+                    || self.config.inbound.contains_key(&name)
+                    || self.config.routes.contains_key(&name)
+                    || self.workloads.iter().any(|w| {
+                        w.namespace == *namespace
+                            && (w.service == *service || w.labels.get(APP_LABEL) == Some(service))
+                    })
+            }
+            Key::Address { ip } => {
+                self.workloads.iter().any(|w| w.address.ip() == *ip)
+                    || self
+                        .config
+                        .services
+                        .values()
+                        .any(|d| d.endpoints.iter().any(|e| e.address.ip() == *ip))
+            }
+        }
     }
 
     fn rendered<T: Serialize>(&self, item: &T) -> Rendered {
@@ -241,7 +277,14 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(config: Config, dir: String, metrics: Metrics) -> Arc<Self> {
+    /// The store serving `config` (loaded from `dir`), where one identity holds at most
+    /// `max_registrations_per_identity` registrations.
+    pub fn new(
+        config: Config,
+        dir: String,
+        metrics: Metrics,
+        max_registrations_per_identity: usize,
+    ) -> Arc<Self> {
         let status = ConfigStatus {
             dir,
             summary: config.summary.clone(),
@@ -256,7 +299,7 @@ impl Store {
         let state = State::new(1, Arc::new(config), Arc::new(Vec::new()));
         Arc::new(Self {
             tx: watch::Sender::new(Arc::new(state)),
-            registry: Mutex::new(Registry::default()),
+            registry: Mutex::new(Registry::new(max_registrations_per_identity)),
             status: Mutex::new(status),
             expiry: Notify::new(),
             metrics,
@@ -309,7 +352,7 @@ impl Store {
     }
 
     /// Registers or renews a workload for `lease`.
-    pub fn register(&self, w: Workload, lease: Duration) -> Result<(), Conflict> {
+    pub fn register(&self, w: Workload, lease: Duration) -> Result<(), Refusal> {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = reg.upsert(w, lease, Instant::now());
         match outcome {

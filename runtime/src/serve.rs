@@ -2,10 +2,11 @@
 //! plain TCP or TLS, HTTP/1.1 and HTTP/2 on one port, graceful shutdown; and the JSON body of
 //! their refusals.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,6 +43,67 @@ pub struct ErrorBody {
 /// A response with a fully buffered body: what weft's control-side servers send.
 pub type FullResponse = Response<Full<Bytes>>;
 
+/// Connection limits of [`serve_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// HTTP/2 streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Connections open at once from one IP address; one more is closed as soon as it is
+    /// accepted.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for ConnLimits {
+    /// hyper's own 200 streams per connection, and no limit on connections.
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 200,
+            max_connections_per_ip: usize::MAX,
+        }
+    }
+}
+
+/// The connections open from each IP address; an address with none has no entry.
+#[derive(Debug)]
+struct PerIp {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection of an address, given back when dropped.
+#[derive(Debug)]
+struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn claim(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves `handler` on `listener` until `shutdown` completes, then lets open requests finish
 /// (up to [`SHUTDOWN_GRACE`]). With `tls`, every connection is TLS; ALPN picks HTTP/2 or 1.1.
 /// Response bodies may stream (`B` is any body of `Bytes`), e.g. for watches.
@@ -56,7 +118,27 @@ pub async fn serve<H, F, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_with(listener, tls, ConnLimits::default(), handler, shutdown).await
+}
+
+/// [`serve`] with other per-connection `limits`.
+pub async fn serve_with<H, F, B>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ConnLimits,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let acceptor = tls.map(TlsAcceptor::from);
+    let per_ip = Arc::new(PerIp {
+        max: limits.max_connections_per_ip,
+        open: Default::default(),
+    });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -72,16 +154,24 @@ pub async fn serve<H, F, B>(
                 }
             },
         };
+        let Some(slot) = per_ip.claim(remote.ip()) else {
+            tracing::debug!(%remote, max = limits.max_connections_per_ip, "connection closed: its address has as many open as it may");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let handler = handler.clone();
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HANDSHAKE_TIMEOUT);
+            builder
+                .http2()
+                .max_concurrent_streams(limits.max_concurrent_streams);
             match acceptor {
                 None => {
                     let info = Arc::new(ConnInfo {

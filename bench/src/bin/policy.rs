@@ -294,6 +294,10 @@ async fn bench_fanout(args: &Args) -> Result<FanoutResult, String> {
     let addr = api.local_addr().map_err(|e| e.to_string())?;
     let mut settings = Settings::insecure(dir.path());
     settings.poll_interval = args.poll_interval;
+    // The watchers stand for as many proxies, but all come from 127.0.0.1 without identity,
+    // so the per-client caps (per IP address in this mode) would count them as one.
+    settings.api.max_watches_per_identity = usize::MAX;
+    settings.api.max_connections_per_ip = usize::MAX;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(weft_policy::server::serve(
         Listeners { api, admin },

@@ -16,10 +16,14 @@
 //! With mTLS, every caller must present a mesh certificate, and a registration may only claim
 //! the identity (and namespace) that certificate proves.
 //!
+//! Each caller (its identity; its IP address in development mode) may hold a bounded number of
+//! open watches and of requests in flight; past either it is answered 429.
+//!
 //! # Layout
 //! - this module: the settings, routing a request to its handler, authenticating the caller,
 //!   registration, and the error answers;
 //! - `watches`: the list+watch streams (newline-delimited JSON events);
+//! - `limits`: the caps per caller on open watches and requests in flight;
 //! - `query`: query strings (parsing, percent-decoding and [`encode`]).
 
 use std::convert::Infallible;
@@ -37,14 +41,16 @@ use weft_identity::tls::TrustBundle;
 use weft_runtime::serve::ConnInfo;
 use weft_runtime::serve::ErrorBody;
 
-use crate::registry::{APP_LABEL, Registered, Registration, Workload};
+use crate::registry::{APP_LABEL, Refusal, Registered, Registration, Workload};
 use crate::resources::DEFAULT_NAMESPACE;
 use crate::store::{Key, Store};
 use crate::wire::Dur;
 
+mod limits;
 mod query;
 mod watches;
 
+pub use limits::{Caller, Held, Limits, Permit, Refused};
 use query::Query;
 pub use query::encode;
 
@@ -84,6 +90,15 @@ pub struct ApiSettings {
     /// endpoints watch (it holds a version) keeps what it has instead of being sent a partial
     /// list; new clients get what there is.
     pub registry_warmup: Duration,
+    /// Watch streams one caller may hold open at once.
+    pub max_watches_per_identity: usize,
+    /// Requests one caller may have in flight at once (a watch counts while it is opened).
+    pub max_requests_per_identity: usize,
+    /// Live registrations one identity may hold (the proven one; in development mode, the one
+    /// a registration claims).
+    pub max_registrations_per_identity: usize,
+    /// Connections open at once from one IP address (before any identity is known).
+    pub max_connections_per_ip: usize,
 }
 
 impl ApiSettings {
@@ -93,6 +108,21 @@ impl ApiSettings {
         default_lease / 3 + Duration::from_secs(1)
     }
 }
+
+/// Default of [`ApiSettings::max_watches_per_identity`]: a proxy watches the endpoints and the
+/// routes of each destination it talks to (a few hundred at most), plus its own inbound policy;
+/// a thousand leaves room for that several times over.
+pub const DEFAULT_MAX_WATCHES_PER_IDENTITY: usize = 1000;
+/// Default of [`ApiSettings::max_requests_per_identity`]: a proxy sends one registration at a
+/// time and opens its watches in bursts of a few.
+pub const DEFAULT_MAX_REQUESTS_PER_IDENTITY: usize = 100;
+/// Default of [`ApiSettings::max_registrations_per_identity`]: a proxy registers its one
+/// inbound address; the replicas of a workload share its identity, and a thousand of them
+/// is a large deployment.
+pub const DEFAULT_MAX_REGISTRATIONS_PER_IDENTITY: usize = 1000;
+/// Default of [`ApiSettings::max_connections_per_ip`]: a proxy holds one connection (two for
+/// a moment when it reconnects), and a host's proxies may share its address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1000;
 
 /// Shortest lease granted, whatever is asked.
 pub const MIN_LEASE: Duration = Duration::from_millis(100);
@@ -104,6 +134,10 @@ impl Default for ApiSettings {
             max_lease: Duration::from_secs(300),
             heartbeat: Duration::from_secs(10),
             registry_warmup: Self::warmup_for(Duration::from_secs(30)),
+            max_watches_per_identity: DEFAULT_MAX_WATCHES_PER_IDENTITY,
+            max_requests_per_identity: DEFAULT_MAX_REQUESTS_PER_IDENTITY,
+            max_registrations_per_identity: DEFAULT_MAX_REGISTRATIONS_PER_IDENTITY,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
         }
     }
 }
@@ -118,6 +152,8 @@ pub struct Api {
     pub stop: watch::Receiver<bool>,
     /// When this instance started serving (see [`ApiSettings::registry_warmup`]).
     pub started: tokio::time::Instant,
+    /// What each caller holds, against the caps of `settings`.
+    pub limits: Arc<Limits>,
 }
 
 struct Failure {
@@ -165,6 +201,11 @@ impl Api {
         conn: &ConnInfo,
     ) -> Result<Response<ApiBody>, Failure> {
         let peer = self.peer(conn)?;
+        let caller = match &peer {
+            Some(id) => Caller::Identity(id.clone()),
+            None => Caller::Address(conn.remote.ip()),
+        };
+        let _in_flight = self.permit(&caller, Held::Request)?;
         let path = req.uri().path().to_string();
         let query = Query::parse(req.uri().query().unwrap_or(""));
         match (req.method(), path.as_str()) {
@@ -191,7 +232,8 @@ impl Api {
                 let watch = matches!(query.get("watch"), Some("true" | "1"));
                 let version = query.get("version").map(str::to_string);
                 if watch {
-                    Ok(self.watch(key, version))
+                    let permit = self.permit(&caller, Held::Watch)?;
+                    Ok(self.watch(key, version, permit))
                 } else {
                     let state = self.store.current();
                     let r = state.render(&key);
@@ -260,6 +302,32 @@ impl Api {
                 ),
             )),
         }
+    }
+
+    /// One more watch or request for `caller`, or the 429 that says which cap it reached.
+    fn permit(&self, caller: &Caller, held: Held) -> Result<Permit, Failure> {
+        self.limits.acquire(caller, held).map_err(|Refused { held, limit }| {
+            let (error, what, setting) = match held {
+                Held::Watch => (
+                    "too_many_watches",
+                    "watches open",
+                    "--max-watches-per-identity",
+                ),
+                Held::Request => (
+                    "too_many_requests",
+                    "requests in flight",
+                    "--max-requests-per-identity",
+                ),
+            };
+            self.store.metrics().refused(held).increment(1);
+            fail(
+                StatusCode::TOO_MANY_REQUESTS,
+                error,
+                format!(
+                    "{caller} has {limit} {what}, the most one client may have ({setting} of the control plane): close some first"
+                ),
+            )
+        })
     }
 
     /// The caller's verified identity (mTLS), or `None` in development mode.
@@ -358,9 +426,17 @@ impl Api {
             identity: identity.clone(),
             metrics: reg.metrics,
         };
-        self.store
-            .register(w, lease)
-            .map_err(|c| fail(StatusCode::CONFLICT, "address_taken", c.to_string()))?;
+        self.store.register(w, lease).map_err(|r| match r {
+            Refusal::Taken(c) => fail(StatusCode::CONFLICT, "address_taken", c.to_string()),
+            too_many @ Refusal::TooMany { .. } => {
+                self.store.metrics().refused_registrations.increment(1);
+                fail(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_registrations",
+                    too_many.to_string(),
+                )
+            }
+        })?;
         tracing::debug!(%namespace, service = %reg.service, address = %reg.address, ?lease, "registered");
         Ok(Registered {
             namespace,

@@ -13,12 +13,19 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 
-use super::{Api, ApiBody, NDJSON};
+use super::{Api, ApiBody, NDJSON, Permit};
 use crate::store::{Key, Store};
 use crate::wire::Event;
 
 impl Api {
-    pub(super) fn watch(&self, key: Key, version: Option<String>) -> Response<ApiBody> {
+    /// Opens a watch stream; `permit`, the caller's place for it, is given back when the
+    /// stream ends.
+    pub(super) fn watch(
+        &self,
+        key: Key,
+        version: Option<String>,
+        permit: Permit,
+    ) -> Response<ApiBody> {
         let (tx, rx) = mpsc::channel::<Bytes>(4);
         let store = self.store.clone();
         let stop = self.stop.clone();
@@ -28,7 +35,10 @@ impl Api {
             && version.is_some()
             && tokio::time::Instant::now() < warm)
             .then_some(warm);
-        tokio::spawn(stream(store, key, version, tx, stop, heartbeat, hold_until));
+        tokio::spawn(async move {
+            stream(store, key, version, tx, stop, heartbeat, hold_until).await;
+            drop(permit);
+        });
         let mut rsp = Response::new(ChannelBody { rx }.boxed());
         rsp.headers_mut().insert(
             http::header::CONTENT_TYPE,
