@@ -1,8 +1,11 @@
 //! The proxy's side of the API: watched items as `tokio::sync::watch` receivers, and
 //! registration kept alive.
 //!
-//! One HTTP/2 connection per [`PolicyClient`] carries every watch as its own stream. When the
-//! control plane is away, each receiver keeps the last state it got, and its watch reconnects
+//! One HTTP/2 connection per [`PolicyClient`] carries every watch as its own stream, which ends
+//! when the watch's last receiver is dropped. At most [`ClientSettings::max_watch_streams`]
+//! watches hold a stream at once, below the 200 concurrent streams the control plane allows on
+//! a connection: the others wait their turn in order (one dropped meanwhile leaves the line),
+//! and registrations always find a stream. When the control plane is away, each receiver keeps the last state it got, and its watch reconnects
 //! with jittered exponential back-off, resuming from the version it holds: if nothing changed
 //! meanwhile, the control plane says so and nothing is re-sent. Events are the
 //! [`crate::wire::Event`] lines of the API.
@@ -115,7 +118,13 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     /// A watch that receives nothing (not even a heartbeat) for this long is reconnected.
     pub idle_timeout: Duration,
+    /// At most this many watches hold a stream at once; the others wait for one to end.
+    pub max_watch_streams: usize,
 }
+
+/// The default [`ClientSettings::max_watch_streams`]: the control plane allows 200 concurrent
+/// streams on a connection (hyper's default), and registrations need a few.
+pub const MAX_WATCH_STREAMS: usize = 180;
 
 impl ClientSettings {
     pub fn new(addr: impl Into<String>, tls: Option<ClientTls>) -> Self {
@@ -126,6 +135,7 @@ impl ClientSettings {
             max_backoff: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(35),
+            max_watch_streams: MAX_WATCH_STREAMS,
         }
     }
 }
@@ -141,6 +151,8 @@ struct Inner {
     settings: ClientSettings,
     conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
     connections: AtomicU64,
+    /// One permit per watch stream allowed at once.
+    watch_streams: tokio::sync::Semaphore,
     /// Signalled on every new connection after the first: the control plane may have
     /// restarted with an empty registry, so registrations are renewed at once.
     reconnected: tokio::sync::Notify,
@@ -154,6 +166,7 @@ impl PolicyClient {
     pub fn new(settings: ClientSettings) -> Self {
         Self {
             inner: Arc::new(Inner {
+                watch_streams: tokio::sync::Semaphore::new(settings.max_watch_streams.max(1)),
                 settings,
                 conn: tokio::sync::Mutex::new(None),
                 connections: AtomicU64::new(0),
@@ -167,7 +180,8 @@ impl PolicyClient {
         self.inner.connections.load(Ordering::Relaxed)
     }
 
-    /// Follows the endpoints of a service. The watch runs until every receiver is dropped.
+    /// Follows the endpoints of a service. The watch runs until every receiver is dropped: its
+    /// stream ends then, also while it waits for one.
     pub fn watch_endpoints(&self, namespace: &str, service: &str) -> Watched<ServiceEndpoints> {
         self.watch(ENDPOINTS_PATH, namespace, service)
     }
@@ -479,6 +493,20 @@ async fn follow_once<T: DeserializeOwned>(
     backoff: &mut Backoff,
     failures: &mut u32,
 ) -> Result<(), ClientError> {
+    // Held while the stream is open. Waiting for one is in order and leaves the line when the
+    // watch is dropped; past the connection's stream limit, hyper would queue the request
+    // behind every other and hold the line even for a request given up.
+    let _stream = match inner.watch_streams.try_acquire() {
+        Ok(p) => p,
+        Err(_) => {
+            tracing::debug!(%path, %query, "every watch stream is in use: waiting for one to end");
+            inner
+                .watch_streams
+                .acquire()
+                .await
+                .map_err(|_| ClientError::Ended)?
+        }
+    };
     let mut sender = inner.sender().await?;
     let mut pq = format!("{path}?{query}&watch=true");
     if let Some(v) = version.as_deref() {

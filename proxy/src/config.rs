@@ -38,6 +38,12 @@ pub const ENV_OPAQUE_PORTS: &str = "WEFT_PROXY_OPAQUE_PORTS";
 pub const ENV_WORKERS: &str = "WEFT_PROXY_WORKERS";
 pub const ENV_PROXY_UID: &str = "WEFT_PROXY_UID";
 pub const ENV_PROXY_GID: &str = "WEFT_PROXY_GID";
+pub const ENV_DISCOVERY_IDLE_TIMEOUT: &str = "WEFT_PROXY_DISCOVERY_IDLE_TIMEOUT";
+/// See [`crate::discovery::cache::DEFAULT_IDLE_TIMEOUT`].
+pub const DEFAULT_DISCOVERY_IDLE_TIMEOUT: &str = "30s";
+pub const ENV_DISCOVERY_CAPACITY: &str = "WEFT_PROXY_DISCOVERY_CAPACITY";
+/// See [`crate::discovery::cache::DEFAULT_CAPACITY`].
+pub const DEFAULT_DISCOVERY_CAPACITY: &str = "50";
 /// One thread: a sidecar serves one workload, and on a busy node hopping between threads
 /// (wake-ups, cache misses) costs more CPU per request than a second core gains.
 pub const DEFAULT_WORKERS: &str = "1";
@@ -109,6 +115,17 @@ pub struct ProxyArgs {
     /// The group `weft init --proxy-gid` exempts (with --proxy-uid, either one will do).
     #[arg(long, env = ENV_PROXY_GID)]
     pub proxy_gid: Option<u32>,
+    /// A destination no request used for this long is released: its control-plane watches
+    /// and what the router and balancer learnt of it (a name the mesh does not know: after
+    /// 5 s, or this if shorter).
+    #[arg(long, env = ENV_DISCOVERY_IDLE_TIMEOUT, default_value = DEFAULT_DISCOVERY_IDLE_TIMEOUT, value_parser = parse_duration)]
+    pub discovery_idle_timeout: Duration,
+    /// At most this many destinations followed at once (each by the router and the balancer;
+    /// as many original destinations' addresses); past it, the least recently used go, names
+    /// the mesh does not know first. Each takes a stream on the connection to the control
+    /// plane, which allows 200: keep 3 × this under it.
+    #[arg(long, env = ENV_DISCOVERY_CAPACITY, default_value = DEFAULT_DISCOVERY_CAPACITY, value_parser = clap::value_parser!(u16).range(1..))]
+    pub discovery_capacity: u16,
 }
 
 impl ProxyArgs {
@@ -128,6 +145,14 @@ impl ProxyArgs {
                 .chain(self.outbound_listen.iter().map(SocketAddr::port))
                 .collect(),
             opaque_ports: self.opaque_ports.clone(),
+        }
+    }
+
+    /// How many destinations the outbound side follows, and for how long unused.
+    pub fn discovery_limits(&self) -> crate::discovery::Limits {
+        crate::discovery::Limits {
+            idle_timeout: self.discovery_idle_timeout,
+            capacity: usize::from(self.discovery_capacity),
         }
     }
 
@@ -161,6 +186,19 @@ mod tests {
         assert!(!a.policy_insecure_dev);
         assert!(a.opaque_ports.is_empty());
         assert_eq!(a.interception().own_ports, vec![4143, 4191, 4140]);
+        assert_eq!(a.discovery_limits(), crate::discovery::Limits::default());
+    }
+
+    #[test]
+    fn discovery_limits_are_settings() {
+        let a = ProxyArgs::from_lookup(&[
+            (ENV_DISCOVERY_IDLE_TIMEOUT, "2m"),
+            (ENV_DISCOVERY_CAPACITY, "20"),
+        ])
+        .unwrap();
+        assert_eq!(a.discovery_limits().idle_timeout, Duration::from_secs(120));
+        assert_eq!(a.discovery_limits().capacity, 20);
+        assert!(ProxyArgs::from_lookup(&[(ENV_DISCOVERY_CAPACITY, "0")]).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub use crate::discovery::{DISCOVERY_TIMEOUT, Resolve};
 pub use crate::endpoint::CONNECT_TIMEOUT;
 
 use crate::detect::{self, Protocol};
+use crate::discovery::Limits;
 use crate::endpoint::Connect;
 use crate::metrics::ProxyMetrics;
 use crate::orig_dst::{Interception, OrigDst};
@@ -35,6 +36,9 @@ pub struct OutboundConfig {
     pub detect_timeout: Duration,
     /// The proxy's own ports and the opaque ports (transparent interception).
     pub intercept: Interception,
+    /// How many destinations (and original destinations' addresses) the proxy follows, and
+    /// for how long unused.
+    pub discovery: Limits,
 }
 
 /// The outbound proxy.
@@ -66,7 +70,7 @@ impl Outbound {
     ) -> Arc<Self> {
         let own = OwnSockets::default();
         let connect = Connect::new(tls, metrics.clone());
-        let addresses = Arc::new(Addresses::new(resolver.clone()));
+        let addresses = Arc::new(Addresses::with_limits(resolver.clone(), cfg.discovery));
         let stack = crate::stack::outbound(
             &cfg.namespace,
             connect.clone(),
@@ -74,6 +78,7 @@ impl Outbound {
             addresses.clone(),
             metrics.clone(),
             own.clone(),
+            cfg.discovery,
         );
         Arc::new(Self {
             cfg,
@@ -111,8 +116,9 @@ impl Outbound {
     ) {
         let orig = crate::orig_dst::orig_dst(&tcp);
         // What the mesh knows of a redirected connection's destination IP: one control-plane
-        // watch per IP, kept, so only the first connection to an IP waits for it (at most
-        // DISCOVERY_TIMEOUT), as Linkerd resolves an original destination before detection.
+        // watch per IP, kept while in use, so only the first connection to an IP waits for it
+        // (at most DISCOVERY_TIMEOUT), as Linkerd resolves an original destination before
+        // detection.
         let mut known = None;
         if let Some(dst) = orig {
             if self.cfg.intercept.is_own_port(dst.port()) || self.own.contains(remote) {

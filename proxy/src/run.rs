@@ -366,6 +366,7 @@ fn outbound(
             namespace: namespace.to_string(),
             detect_timeout: args.detect_timeout,
             intercept: args.interception(),
+            discovery: args.discovery_limits(),
         },
         tls.clone(),
         Arc::new(PolicyResolver::new(policy_client.clone())),

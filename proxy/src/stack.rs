@@ -11,9 +11,9 @@ use tower::util::BoxCloneSyncService;
 
 use crate::app::Forward;
 use crate::authz::{AuthorizeLayer, CheckPolicy, PolicyWatch};
-use crate::balance::BalanceLayer;
+use crate::balance::{Backends, BalanceLayer};
 use crate::destination::{Destinations, FindDestinationLayer};
-use crate::discovery::Resolve;
+use crate::discovery::{Limits, Resolve};
 use crate::edge::EdgeLayer;
 use crate::endpoint::Connect;
 use crate::fault::InjectFaultsLayer;
@@ -30,7 +30,8 @@ use crate::unmeshed::{Addresses, Intercepted, OwnSockets};
 
 /// The outbound HTTP stack, shared by every connection from the application. `namespace`: the
 /// namespace of names given without one (the workload's own); `own`: the proxy's own sockets
-/// to original destinations (loop detection, [`OwnSockets`]).
+/// to original destinations (loop detection, [`OwnSockets`]); `limits`: how many destinations
+/// the router and the balancer each follow, and for how long unused.
 pub fn outbound(
     namespace: &str,
     connect: Connect,
@@ -38,14 +39,17 @@ pub fn outbound(
     addresses: Arc<Addresses>,
     metrics: Arc<ProxyMetrics>,
     own: OwnSockets,
+    limits: Limits,
 ) -> HttpService {
+    // The balancer's discovery cache, which the switch of intercepted traffic asks too.
+    let backends = Backends::new(resolver.clone(), limits);
     let mesh = BoxCloneSyncService::new(
         ServiceBuilder::new()
             // Which service the request is for: routing and everything after depends on it.
             .layer(FindDestinationLayer::new(Destinations::new(namespace)))
             // Which rule of the service's HTTPRoutes (or its default route): the settings of
             // every layer below.
-            .layer(RouterLayer::new(resolver.clone()))
+            .layer(RouterLayer::with_limits(resolver, limits))
             // Which backend of the rule, by weight.
             .layer(SplitLayer::new(ChooseBackend))
             // Golden signals per route and backend, once per request, whoever answered.
@@ -60,7 +64,7 @@ pub fn outbound(
             .layer(TimeoutLayer::per_try())
             // One endpoint of the backend, from discovery's current view, skipping endpoints
             // the circuit breaker ejected.
-            .layer(BalanceLayer::new(resolver.clone()).with_metrics(metrics.clone()))
+            .layer(BalanceLayer::over(backends.clone()).with_metrics(metrics.clone()))
             // The endpoint: pooled mTLS HTTP/2 to its proxy, or plaintext when unmeshed.
             .service(connect.clone()),
     );
@@ -77,7 +81,7 @@ pub fn outbound(
                 mesh,
                 BoxCloneSyncService::new(connect),
                 namespace,
-                resolver,
+                backends,
                 addresses,
                 own,
             )),

@@ -1,15 +1,14 @@
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use super::{Balance, Dst, Resolve};
+use super::{Backends, Balance, Resolve};
+use crate::discovery::Limits;
 use crate::metrics::ProxyMetrics;
 
-/// Builds [`Balance`] services over one resolver; every balancer shares what it learnt of
-/// each backend.
+/// Builds [`Balance`] services over one discovery cache ([`Backends`]); every balancer shares
+/// what it learnt of each backend.
 #[derive(Clone)]
 pub struct BalanceLayer {
-    resolver: Arc<dyn Resolve>,
-    dsts: Arc<Mutex<HashMap<Arc<str>, Dst>>>,
+    backends: Backends,
     metrics: Option<Arc<ProxyMetrics>>,
 }
 
@@ -20,10 +19,15 @@ impl std::fmt::Debug for BalanceLayer {
 }
 
 impl BalanceLayer {
+    /// Over a cache of its own with the default limits.
     pub fn new(resolver: Arc<dyn Resolve>) -> Self {
+        Self::over(Backends::new(resolver, Limits::default()))
+    }
+
+    /// Over `backends`, which others may share.
+    pub fn over(backends: Backends) -> Self {
         Self {
-            resolver,
-            dsts: Arc::default(),
+            backends,
             metrics: None,
         }
     }
@@ -41,8 +45,7 @@ impl<S> tower::Layer<S> for BalanceLayer {
     fn layer(&self, inner: S) -> Balance<S> {
         Balance {
             inner,
-            resolver: self.resolver.clone(),
-            dsts: self.dsts.clone(),
+            backends: self.backends.clone(),
             metrics: self.metrics.clone(),
         }
     }

@@ -6,7 +6,10 @@
 //! Discovery is a watch per backend that the control plane keeps current, so endpoints added
 //! or removed apply to the next request, and requests in flight keep the endpoint they have;
 //! an endpoint that stays keeps its load and its health. A request waits (bounded by
-//! [`DISCOVERY_TIMEOUT`]) only for the first answer about a backend.
+//! [`DISCOVERY_TIMEOUT`]) only for the first answer about a backend. What the balancer knows
+//! of each backend lives in a discovery [`Cache`] ([`Backends`]): a backend no request used
+//! for a while is forgotten, watch, loads and health together, and so are the least recently
+//! used ones past the cache's capacity, backends without endpoints first.
 
 pub mod breaker;
 pub mod ewma;
@@ -30,7 +33,8 @@ use self::ewma::Load;
 pub use self::layer::BalanceLayer;
 use crate::body::Body;
 use crate::destination::Destination;
-use crate::discovery::{DISCOVERY_TIMEOUT, Resolve};
+use crate::discovery::cache::{Cache, Followed, Shared};
+use crate::discovery::{DISCOVERY_TIMEOUT, Limits, Resolve};
 use crate::error::ProxyError;
 use crate::metrics::ProxyMetrics;
 use crate::retry::Tried;
@@ -41,10 +45,48 @@ use crate::svc::{BoxError, BoxFuture, Labels};
 #[derive(Clone)]
 pub struct Balance<S> {
     inner: S,
-    resolver: Arc<dyn Resolve>,
-    /// Every backend's endpoints, loads and health, shared by all clones.
-    dsts: Arc<Mutex<HashMap<Arc<str>, Dst>>>,
+    backends: Backends,
     metrics: Option<Arc<ProxyMetrics>>,
+}
+
+/// Every backend's endpoints, loads and health, by `<namespace>/<service>`: the balancer's
+/// discovery cache, shared by all its clones and by the switch of intercepted traffic
+/// ([`crate::unmeshed`]), which asks whether a name has endpoints.
+#[derive(Clone)]
+pub struct Backends {
+    resolver: Arc<dyn Resolve>,
+    dsts: Shared<Arc<str>, Dst>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends").finish_non_exhaustive()
+    }
+}
+
+impl Backends {
+    pub fn new(resolver: Arc<dyn Resolve>, limits: Limits) -> Self {
+        Self {
+            resolver,
+            dsts: Cache::shared(limits),
+        }
+    }
+
+    /// Whether `dst` has endpoints, waiting (bounded by [`DISCOVERY_TIMEOUT`]) for the first
+    /// answer about it.
+    pub async fn have_endpoints(&self, dst: &Destination) -> bool {
+        let mut rx = lock(&self.dsts).with(
+            dst.label(),
+            now(),
+            || Dst::new(self.resolver.resolve(&dst.namespace, &dst.service)),
+            |d| d.rx.clone(),
+        );
+        let answered = tokio::time::timeout(DISCOVERY_TIMEOUT, rx.wait_for(|v| v.is_some())).await;
+        match answered {
+            Ok(Ok(eps)) => eps.as_ref().is_some_and(|e| !e.endpoints.is_empty()),
+            _ => false,
+        }
+    }
 }
 
 /// What the balancer knows of one endpoint, kept across discovery updates.
@@ -68,7 +110,26 @@ struct Dst {
     peers: Vec<Arc<str>>,
 }
 
+impl Followed for Dst {
+    fn is_empty(&self) -> bool {
+        self.rx
+            .borrow()
+            .as_ref()
+            .is_some_and(|e| e.endpoints.is_empty())
+    }
+}
+
 impl Dst {
+    fn new(rx: watch::Receiver<Option<Arc<ServiceEndpoints>>>) -> Self {
+        Self {
+            rx,
+            snapshot: None,
+            states: Vec::new(),
+            ejected: Arc::default(),
+            peers: Vec::new(),
+        }
+    }
+
     /// Follows discovery: a new snapshot keeps the load and health of every endpoint still
     /// in it.
     fn refresh(&mut self, now: Instant) {
@@ -165,19 +226,12 @@ where
         // The inner service was made ready for this call: take it, leave a clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let dsts = self.dsts.clone();
-        let resolver = self.resolver.clone();
+        let backends = self.backends.clone();
         let metrics = self.metrics.clone();
         Box::pin(async move {
             let breaker = route.as_ref().and_then(|r| r.breaker.as_ref());
-            let (picked, state, ejected, peer) = pick(
-                &dsts,
-                &*resolver,
-                &backend,
-                breaker.is_some(),
-                tried.as_ref(),
-            )
-            .await?;
+            let (picked, state, ejected, peer) =
+                pick(&backends, &backend, breaker.is_some(), tried.as_ref()).await?;
             let n = picked.endpoints.endpoints.len();
             let ep = picked.endpoint();
             Labels::set_peer(&req, || peer, ep.identity.is_some());
@@ -256,75 +310,106 @@ type Choice = (Picked, Arc<EndpointState>, Arc<AtomicUsize>, Arc<str>);
 /// the endpoints `tried` lists while others remain), waiting (bounded) for the first
 /// discovery answer.
 async fn pick(
-    dsts: &Mutex<HashMap<Arc<str>, Dst>>,
-    resolver: &dyn Resolve,
+    backends: &Backends,
     backend: &RouteBackend,
     breaker: bool,
     tried: Option<&Tried>,
 ) -> Result<Choice, ProxyError> {
-    let mut waited = false;
-    let display = || format!("{}.{}", backend.service, backend.namespace);
+    // The watch waited on, which follows the backend again if the cache let it go meanwhile.
+    let mut waited: Option<watch::Receiver<Option<Arc<ServiceEndpoints>>>> = None;
     loop {
-        let mut rx = {
-            let mut dsts = lock(dsts);
-            // Keyed by the label the backend already holds: no key is built per request.
-            let state = dsts.entry(backend.label().clone()).or_insert_with(|| Dst {
-                rx: resolver.resolve(&backend.namespace, &backend.service),
-                snapshot: None,
-                states: Vec::new(),
-                ejected: Arc::default(),
-                peers: Vec::new(),
-            });
-            let now = now();
-            state.refresh(now);
-            if let Some(snapshot) = &state.snapshot {
-                if snapshot.endpoints.is_empty() {
-                    return Err(ProxyError::NoEndpoints {
-                        destination: display(),
-                    });
-                }
-                let states = &state.states;
-                let avoid = tried.and_then(Tried::get).unwrap_or_default();
-                let breaking = breaker && state.ejected.load(Ordering::Relaxed) > 0;
-                let index = if breaking || !avoid.is_empty() {
-                    let addr = |i: usize| snapshot.endpoints[i].address;
-                    let at = tokio::time::Instant::now();
-                    choose_healthy(states, at, breaking, |i| !avoid.contains(&addr(i)))
-                        .or_else(|| choose_healthy(states, at, breaking, |_| true))
-                        .ok_or_else(|| ProxyError::EndpointsEjected {
-                            destination: display(),
-                        })?
-                } else {
-                    ewma::p2c(
-                        states.len(),
-                        |i| states[i].load.cost(now),
-                        |n| fastrand::usize(..n),
-                    )
-                };
-                if let Some(t) = tried {
-                    t.record(snapshot.endpoints[index].address);
-                }
-                let picked = Picked {
-                    endpoints: snapshot.clone(),
-                    index,
-                };
-                let peer = state.peers[index].clone();
-                return Ok((picked, states[index].clone(), state.ejected.clone(), peer));
-            }
-            state.rx.clone()
+        let now = now();
+        // Keyed by the label the backend already holds: no key is built per request.
+        let step = lock(&backends.dsts).with(
+            backend.label(),
+            now,
+            || {
+                Dst::new(match &waited {
+                    Some(rx) => rx.clone(),
+                    None => backends
+                        .resolver
+                        .resolve(&backend.namespace, &backend.service),
+                })
+            },
+            |state| {
+                state.refresh(now);
+                state
+                    .choose(now, backend, breaker, tried)
+                    .ok_or_else(|| state.rx.clone())
+            },
+        );
+        let mut rx = match step {
+            Ok(chosen) => return chosen,
+            Err(rx) => rx,
         };
         // No answer yet about this backend: wait for one, once.
-        if waited
+        if waited.is_some()
             || !matches!(
                 tokio::time::timeout(DISCOVERY_TIMEOUT, rx.wait_for(|v| v.is_some())).await,
                 Ok(Ok(_))
             )
         {
             return Err(ProxyError::UnknownDestination {
-                destination: display(),
+                destination: backend.display(),
             });
         }
-        waited = true;
+        waited = Some(rx);
+    }
+}
+
+impl Dst {
+    /// The choice among the endpoints of the current snapshot (see [`pick`]); `None` before
+    /// the first answer.
+    fn choose(
+        &self,
+        now: Instant,
+        backend: &RouteBackend,
+        breaker: bool,
+        tried: Option<&Tried>,
+    ) -> Option<Result<Choice, ProxyError>> {
+        let snapshot = self.snapshot.as_ref()?;
+        if snapshot.endpoints.is_empty() {
+            return Some(Err(ProxyError::NoEndpoints {
+                destination: backend.display(),
+            }));
+        }
+        let states = &self.states;
+        let avoid = tried.and_then(Tried::get).unwrap_or_default();
+        let breaking = breaker && self.ejected.load(Ordering::Relaxed) > 0;
+        let index = if breaking || !avoid.is_empty() {
+            let addr = |i: usize| snapshot.endpoints[i].address;
+            let at = tokio::time::Instant::now();
+            let chosen = choose_healthy(states, at, breaking, |i| !avoid.contains(&addr(i)))
+                .or_else(|| choose_healthy(states, at, breaking, |_| true));
+            match chosen {
+                Some(i) => i,
+                None => {
+                    return Some(Err(ProxyError::EndpointsEjected {
+                        destination: backend.display(),
+                    }));
+                }
+            }
+        } else {
+            ewma::p2c(
+                states.len(),
+                |i| states[i].load.cost(now),
+                |n| fastrand::usize(..n),
+            )
+        };
+        if let Some(t) = tried {
+            t.record(snapshot.endpoints[index].address);
+        }
+        let picked = Picked {
+            endpoints: snapshot.clone(),
+            index,
+        };
+        let peer = self.peers[index].clone();
+        Some(Ok((
+            picked,
+            states[index].clone(),
+            self.ejected.clone(),
+            peer,
+        )))
     }
 }
 

@@ -536,3 +536,36 @@ fn ejections_double_up_to_the_cap() {
         Duration::from_millis(440)
     );
 }
+
+/// A backend no request used for the idle timeout is forgotten, its watch dropped (which ends
+/// it at the control plane) with its loads and health; its next request follows it again.
+/// Past the capacity, the least recently used backend goes.
+#[tokio::test(start_paused = true)]
+async fn an_idle_backend_is_forgotten_and_found_again() {
+    let table = Arc::new(Table::default());
+    table.set("api", &["127.0.0.1:1"]);
+    let limits = Limits {
+        idle_timeout: Duration::from_secs(30),
+        capacity: 2,
+    };
+    let watchers = || table.0.sender("api").receiver_count();
+    let backends = Backends::new(table.clone(), limits);
+    let mut svc = BalanceLayer::over(backends).layer(endpoints_answering(None));
+    send(&mut svc, 1, 1).await;
+    assert_eq!(watchers(), 1);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    send(&mut svc, 1, 1).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(watchers(), 1, "used 20 s ago: kept");
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(watchers(), 0, "idle 35 s: released");
+    assert_eq!(send(&mut svc, 1, 1).await.len(), 1);
+    assert_eq!(watchers(), 1);
+
+    // Two other backends fill the cache: `api`, used least recently, goes.
+    for other in ["web", "db"] {
+        table.set(other, &["127.0.0.1:2"]);
+        call(&mut svc, request(other)).await.unwrap();
+    }
+    assert_eq!(watchers(), 0);
+}

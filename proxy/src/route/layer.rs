@@ -1,8 +1,8 @@
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::{Router, Table};
-use crate::discovery::Resolve;
+use crate::discovery::cache::Cache;
+use crate::discovery::{Limits, Resolve};
 
 /// Builds [`Router`]s over one resolver; every router shares the routes it learnt.
 #[derive(Clone)]
@@ -18,10 +18,16 @@ impl std::fmt::Debug for RouterLayer {
 }
 
 impl RouterLayer {
+    /// With the default discovery limits.
     pub fn new(resolver: Arc<dyn Resolve>) -> Self {
+        Self::with_limits(resolver, Limits::default())
+    }
+
+    /// Keeping the routes of at most `limits.capacity` destinations, each while in use.
+    pub fn with_limits(resolver: Arc<dyn Resolve>, limits: Limits) -> Self {
         Self {
             resolver,
-            table: Arc::new(Mutex::new(HashMap::new())),
+            table: Cache::shared(limits),
         }
     }
 }

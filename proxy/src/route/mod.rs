@@ -1,7 +1,7 @@
 //! Routing: which rule of the destination's `HTTPRoute`s a request takes.
 //!
 //! The router follows each destination's routes from discovery (a watch per destination, kept
-//! for the proxy's life) and compiles every rule once per change into a [`Route`]: its
+//! in a discovery cache while requests use it, [`crate::discovery::cache`]) and compiles every rule once per change into a [`Route`]: its
 //! backends as a weighted split, its timeouts, retry policy and budget, circuit breaker and
 //! faults. A request takes the most specific matching rule (Gateway API precedence,
 //! [`ServiceRoutes::find_index`]); a request no rule matches, or any request to a service
@@ -18,8 +18,7 @@ mod retry_policy;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,6 +32,7 @@ pub use self::layer::RouterLayer;
 pub use self::retry_policy::{DEFAULT_BUDGET, RetryPolicy};
 use crate::destination::Destination;
 use crate::discovery::Resolve;
+use crate::discovery::cache::{Followed, Shared, lock, now};
 use crate::error::ProxyError;
 use crate::metrics::RouteLabels;
 use crate::svc::{BoxError, BoxFuture};
@@ -158,6 +158,11 @@ impl RouteBackend {
     pub fn label(&self) -> &Arc<str> {
         &self.label
     }
+
+    /// `<service>.<namespace>`, for messages.
+    pub fn display(&self) -> String {
+        format!("{}.{}", self.service, self.namespace)
+    }
 }
 
 /// A destination's routes, compiled.
@@ -214,6 +219,15 @@ struct DstRoutes {
     compiled: Option<Compiled>,
 }
 
+impl Followed for DstRoutes {
+    fn is_empty(&self) -> bool {
+        self.rx
+            .borrow()
+            .as_ref()
+            .is_some_and(|r| r.rules.is_empty())
+    }
+}
+
 impl DstRoutes {
     fn refresh(&mut self) {
         if !self.rx.has_changed().unwrap_or(false) && self.compiled.is_some() {
@@ -231,8 +245,8 @@ impl DstRoutes {
     }
 }
 
-/// The routes of every destination seen, shared by all clones of the router.
-type Table = Arc<Mutex<HashMap<Arc<str>, DstRoutes>>>;
+/// The routes of the destinations in use, shared by all clones of the router.
+type Table = Shared<Arc<str>, DstRoutes>;
 
 /// Picks the route of each request and attaches it ([`Arc<Route>`] extension).
 #[derive(Clone)]
@@ -270,7 +284,7 @@ where
             });
         };
         // Known routes: pick now, no await.
-        let rx = match pick(&self.table, &*self.resolver, dst, &req) {
+        let rx = match pick(&self.table, &*self.resolver, dst, &req, None) {
             Ok(route) => {
                 req.extensions_mut().insert(route);
                 return Box::pin(self.inner.call(req));
@@ -289,7 +303,8 @@ where
                 tokio::time::timeout(ROUTES_TIMEOUT, rx.wait_for(|v| v.is_some())).await,
                 Ok(Ok(_))
             );
-            let route = match answered.then(|| pick(&table, &*resolver, &dst, &req).ok()) {
+            let route = match answered.then(|| pick(&table, &*resolver, &dst, &req, Some(&rx)).ok())
+            {
                 Some(Some(route)) => route,
                 _ => {
                     tracing::debug!(dst = %dst.display(), "no routes known yet: default route");
@@ -307,22 +322,30 @@ where
 }
 
 /// The route of `req` if its destination's routes are known, else the watch to wait on.
+/// `waited`: the watch a request waited on, which follows the destination again if the cache
+/// let it go meanwhile.
 fn pick<B>(
-    table: &Mutex<HashMap<Arc<str>, DstRoutes>>,
+    table: &Table,
     resolver: &dyn Resolve,
     dst: &Destination,
     req: &Request<B>,
+    waited: Option<&watch::Receiver<Option<Arc<ServiceRoutes>>>>,
 ) -> Result<Arc<Route>, watch::Receiver<Option<Arc<ServiceRoutes>>>> {
-    let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
-    let state = table
-        .entry(dst.label().clone())
-        .or_insert_with(|| DstRoutes {
-            rx: resolver.routes(&dst.namespace, &dst.service),
+    lock(table).with(
+        dst.label(),
+        now(),
+        || DstRoutes {
+            rx: waited
+                .cloned()
+                .unwrap_or_else(|| resolver.routes(&dst.namespace, &dst.service)),
             compiled: None,
-        });
-    state.refresh();
-    match &state.compiled {
-        Some(c) => Ok(c.pick(req)),
-        None => Err(state.rx.clone()),
-    }
+        },
+        |state| {
+            state.refresh();
+            match &state.compiled {
+                Some(c) => Ok(c.pick(req)),
+                None => Err(state.rx.clone()),
+            }
+        },
+    )
 }

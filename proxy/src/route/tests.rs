@@ -206,3 +206,26 @@ async fn a_rules_retry_budget_survives_updates_that_keep_its_settings() {
     let third = route_of(&mut svc, &mut handle, request("api", None)).await;
     assert!(!std::ptr::eq(second.retry.budget(), third.retry.budget()));
 }
+
+/// A destination no request used for the idle timeout is forgotten with its compiled routes,
+/// its watch dropped; its next request follows it again.
+#[tokio::test(start_paused = true)]
+async fn idle_routes_are_forgotten_and_found_again() {
+    let table = Arc::new(Table::default());
+    table.set("api", vec![rule("all", &[("api", 1)])]);
+    let limits = crate::discovery::Limits {
+        idle_timeout: Duration::from_secs(30),
+        capacity: 10,
+    };
+    let (svc, mut handle) = mock::pair();
+    let mut svc = RouterLayer::with_limits(table.clone(), limits).layer(svc);
+    let watchers = || table.0.sender("api").receiver_count();
+    let route = route_of(&mut svc, &mut handle, request("api", None)).await;
+    assert_eq!(&*route.rule, "all");
+    assert_eq!(watchers(), 1);
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    assert_eq!(watchers(), 0);
+    let route = route_of(&mut svc, &mut handle, request("api", None)).await;
+    assert_eq!(&*route.rule, "all");
+    assert_eq!(watchers(), 1);
+}

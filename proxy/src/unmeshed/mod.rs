@@ -16,7 +16,7 @@
 //! held in [`OwnSockets`] while it lives, so a connection of the proxy's own that comes back to
 //! the outbound listener is recognised and refused instead of looping.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -36,10 +36,11 @@ use tokio::sync::watch;
 use weft_identity::SpiffeId;
 use weft_policy::registry::{AddressInfo, Endpoint, ServiceEndpoints};
 
-use crate::balance::Picked;
+use crate::balance::{Backends, Picked};
 use crate::body::{self, Body};
 use crate::destination::Destination;
-use crate::discovery::{DISCOVERY_TIMEOUT, Resolve};
+use crate::discovery::cache::{Cache, Followed, Shared, lock, now};
+use crate::discovery::{DISCOVERY_TIMEOUT, Limits, Resolve};
 use crate::edge::error_chain;
 use crate::error::ProxyError;
 use crate::http::{path_and_query, strip_hop_by_hop};
@@ -219,25 +220,18 @@ pub struct Intercepted {
     mesh: HttpService,
     /// The endpoint service: requests for a meshed workload's address go straight to it.
     endpoint: HttpService,
-    shared: Arc<Shared>,
+    shared: Arc<Switch>,
 }
 
-struct Shared {
+struct Switch {
     namespace: String,
-    resolver: Arc<dyn Resolve>,
+    /// Whether a service has endpoints: the balancer's discovery cache, so a name takes one
+    /// watch whichever of the two asks first.
+    backends: Backends,
     addresses: Arc<Addresses>,
-    /// Whether a service has endpoints: one watch per service named on intercepted
-    /// connections (bounded like the destination cache).
-    known: Mutex<HashMap<Arc<str>, EndpointsWatch>>,
     http1: Client<Connector, Body>,
     http2: Client<Connector, Body>,
 }
-
-/// A service's endpoints as discovery follows them.
-type EndpointsWatch = watch::Receiver<Option<Arc<ServiceEndpoints>>>;
-
-/// At most this many services are followed for the unmeshed decision; past it, start over.
-const KNOWN_CAPACITY: usize = 256;
 
 impl std::fmt::Debug for Intercepted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -247,12 +241,12 @@ impl std::fmt::Debug for Intercepted {
 
 impl Intercepted {
     /// `mesh`: the stack from the destination layer on; `endpoint`: its last service, which
-    /// sends a request to the endpoint [`Picked`] for it.
+    /// sends a request to the endpoint [`Picked`] for it; `backends`: the mesh's balancer's.
     pub fn new(
         mesh: HttpService,
         endpoint: HttpService,
         namespace: &str,
-        resolver: Arc<dyn Resolve>,
+        backends: Backends,
         addresses: Arc<Addresses>,
         own: OwnSockets,
     ) -> Self {
@@ -260,11 +254,10 @@ impl Intercepted {
         Self {
             mesh,
             endpoint,
-            shared: Arc::new(Shared {
+            shared: Arc::new(Switch {
                 namespace: namespace.to_string(),
-                resolver,
+                backends,
                 addresses,
-                known: Mutex::new(HashMap::new()),
                 http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
                 http2: Client::builder(TokioExecutor::new())
                     .http2_only(true)
@@ -278,27 +271,13 @@ impl Intercepted {
     }
 }
 
-impl Shared {
+impl Switch {
     /// Whether the mesh has endpoints for the request's authority (an IP address, or no
     /// authority, is never a service).
     async fn in_mesh(&self, authority: Option<http::uri::Authority>) -> bool {
-        let Some(dst) = authority.and_then(|a| Destination::parse(&a, &self.namespace)) else {
-            return false;
-        };
-        let mut rx = {
-            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            if known.len() >= KNOWN_CAPACITY && !known.contains_key(dst.label()) {
-                known.clear();
-            }
-            known
-                .entry(dst.label().clone())
-                .or_insert_with(|| self.resolver.resolve(&dst.namespace, &dst.service))
-                .clone()
-        };
-        let answered = tokio::time::timeout(DISCOVERY_TIMEOUT, rx.wait_for(|v| v.is_some())).await;
-        match answered {
-            Ok(Ok(eps)) => eps.as_ref().is_some_and(|e| !e.endpoints.is_empty()),
-            _ => false,
+        match authority.and_then(|a| Destination::parse(&a, &self.namespace)) {
+            Some(dst) => self.backends.have_endpoints(&dst).await,
+            None => false,
         }
     }
 
@@ -492,10 +471,10 @@ impl AtAddress {
 }
 
 /// What the mesh knows of the IP addresses of original destinations: one control-plane watch
-/// per address (bounded), and what each currently holds ([`AtAddress`]).
+/// per address in use, in a discovery cache, and what each currently holds ([`AtAddress`]).
 pub struct Addresses {
     resolver: Arc<dyn Resolve>,
-    watches: Mutex<HashMap<IpAddr, AddressWatch>>,
+    watches: Shared<IpAddr, AddressWatch>,
 }
 
 struct AddressWatch {
@@ -511,50 +490,72 @@ impl std::fmt::Debug for Addresses {
 }
 
 impl Addresses {
+    /// With the default discovery limits.
     pub fn new(resolver: Arc<dyn Resolve>) -> Self {
+        Self::with_limits(resolver, Limits::default())
+    }
+
+    /// Following at most `limits.capacity` addresses, each while in use.
+    pub fn with_limits(resolver: Arc<dyn Resolve>, limits: Limits) -> Self {
         Self {
             resolver,
-            watches: Mutex::new(HashMap::new()),
+            watches: Cache::shared(limits),
         }
     }
 
     /// What the mesh knows of `ip`, waiting (bounded) for the control plane's first answer
     /// about it; `None` when it did not answer in time.
     pub async fn lookup(&self, ip: IpAddr) -> Option<Arc<AtAddress>> {
-        let mut waited = false;
+        // The watch waited on, which follows the address again if the cache let it go.
+        let mut waited: Option<watch::Receiver<Option<Arc<AddressInfo>>>> = None;
         loop {
-            let mut rx = {
-                let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
-                if watches.len() >= KNOWN_CAPACITY && !watches.contains_key(&ip) {
-                    watches.clear();
-                }
-                let w = watches.entry(ip).or_insert_with(|| AddressWatch {
-                    rx: self.resolver.address(ip),
+            let step = lock(&self.watches).with(
+                &ip,
+                now(),
+                || AddressWatch {
+                    rx: waited.clone().unwrap_or_else(|| self.resolver.address(ip)),
                     seen: None,
-                });
-                let current = w.rx.borrow().clone();
-                if let Some(info) = current {
-                    return Some(match &w.seen {
+                },
+                |w| {
+                    let current = w.rx.borrow().clone();
+                    let Some(info) = current else {
+                        return Err(w.rx.clone());
+                    };
+                    Ok(match &w.seen {
                         Some((seen, at)) if Arc::ptr_eq(seen, &info) => at.clone(),
                         _ => {
                             let at = Arc::new(AtAddress::of(&info));
                             w.seen = Some((info, at.clone()));
                             at
                         }
-                    });
-                }
-                w.rx.clone()
+                    })
+                },
+            );
+            let mut rx = match step {
+                Ok(at) => return Some(at),
+                Err(rx) => rx,
             };
-            if waited {
+            if waited.is_some() {
                 return None;
             }
-            let answered =
-                tokio::time::timeout(DISCOVERY_TIMEOUT, rx.wait_for(|v| v.is_some())).await;
-            if !matches!(answered, Ok(Ok(_))) {
+            let answered = matches!(
+                tokio::time::timeout(DISCOVERY_TIMEOUT, rx.wait_for(|v| v.is_some())).await,
+                Ok(Ok(_))
+            );
+            if !answered {
                 tracing::warn!(%ip, "the control plane did not answer about an original destination in time: sent unmeshed");
                 return None;
             }
-            waited = true;
+            waited = Some(rx);
         }
+    }
+}
+
+impl Followed for AddressWatch {
+    fn is_empty(&self) -> bool {
+        self.rx
+            .borrow()
+            .as_ref()
+            .is_some_and(|a| a.endpoints.is_empty())
     }
 }

@@ -181,7 +181,7 @@ fn with_table(table: Arc<Table>) -> Intercepted {
         mesh(),
         endpoint(),
         "default",
-        table.clone(),
+        Backends::new(table.clone(), Limits::default()),
         Arc::new(Addresses::new(table)),
         OwnSockets::default(),
     )

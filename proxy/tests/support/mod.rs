@@ -255,6 +255,7 @@ impl Mesh {
                 namespace: "default".into(),
                 detect_timeout: Duration::from_millis(500),
                 intercept: Default::default(),
+                discovery: Default::default(),
             },
             tls.clone(),
             self.resolver.clone(),

@@ -1,7 +1,13 @@
 //! Discovery: what the outbound side learns from the control plane about a destination, its
 //! endpoints and its routes, each as a watch the control plane keeps current. The balancer and
-//! the router open one per destination on its first request and keep it for the proxy's life,
-//! so changes apply live and the last state survives a control-plane outage.
+//! the router open one per destination on its first request and keep it, in a [`cache`], while
+//! requests use it, so changes apply live and the last state survives a control-plane outage;
+//! a destination left idle, and first one the mesh does not know, is released, so a proxy can
+//! meet any number of names over its life.
+
+pub mod cache;
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,6 +18,8 @@ use weft_policy::client::PolicyClient;
 use weft_policy::registry::{AddressInfo, ServiceEndpoints};
 use weft_policy::routes::ServiceRoutes;
 
+pub use self::cache::Limits;
+
 /// How long a request waits for the first discovery answer about its destination (its
 /// endpoints, its routes, or what is at an original destination's address).
 pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -20,7 +28,8 @@ pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(3);
 /// a fixed table in tests.
 pub trait Resolve: Send + Sync + 'static {
     /// The endpoints of `namespace/service`, kept current. The value is `None` until the first
-    /// answer arrives. Called once per destination: the balancer keeps the watch.
+    /// answer arrives. Called once per destination while it is in use: the balancer keeps the
+    /// watch in its cache, and drops it (which ends the watch) when it releases the entry.
     fn resolve(
         &self,
         namespace: &str,
@@ -28,8 +37,9 @@ pub trait Resolve: Send + Sync + 'static {
     ) -> watch::Receiver<Option<Arc<ServiceEndpoints>>>;
 
     /// The routes of `namespace/service`, kept current (`None` until the first answer).
-    /// Called once per destination: the router keeps the watch. A resolver that knows no
-    /// routes answers at once with none, so every request takes the default route.
+    /// Called once per destination while it is in use: the router keeps the watch (in its
+    /// cache). A resolver that knows no routes answers at once with none, so every request
+    /// takes the default route.
     fn routes(
         &self,
         namespace: &str,
@@ -45,8 +55,9 @@ pub trait Resolve: Send + Sync + 'static {
 
     /// What the mesh knows of the IP address `ip` (`None` until the first answer): whether an
     /// original destination of transparent interception is a meshed workload. Called once per
-    /// address (bounded): the caller keeps the watch. A resolver that knows no addresses
-    /// answers at once that it knows nothing, so such destinations go unmeshed.
+    /// address while it is in use: the caller keeps the watch (in its cache). A resolver that
+    /// knows no addresses answers at once that it knows nothing, so such destinations go
+    /// unmeshed.
     fn address(&self, ip: IpAddr) -> watch::Receiver<Option<Arc<AddressInfo>>> {
         watch::channel(Some(Arc::new(AddressInfo {
             ip,
