@@ -81,6 +81,23 @@ fn http2_floods_end_only_the_flooding_connection() {
     let size = |frames: Box<dyn Iterator<Item = Vec<u8>>>| frames.map(|f| f.len()).sum::<usize>();
     let rapid_total = size(Box::new(rapid_reset(a.clone())));
     let cont_total = size(Box::new(continuation(a.clone())));
+    // The frame writer itself is sound: one plain request on it gets its response, no GOAWAY.
+    case(&mesh, &good, "one-good-request", || {
+        let one = |path: &str| {
+            let block = request_block(&a, path);
+            std::iter::once(frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
+        };
+        let limit = Duration::from_secs(2);
+        let (out, inb) = rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(mesh.web.outbound).await.unwrap();
+            let tls = mtls(mesh.api.inbound, &cert, b"h2").await;
+            (flood(tcp, one("/one-out"), limit).await, flood(tls, one("/one-in"), limit).await)
+        });
+        for o in [out, inb] {
+            assert!(o.responses == 1 && o.goaway.is_none() && !o.closed, "{o:?}");
+        }
+        assert_eq!(mesh.seen.count("/one-"), 2);
+    });
     case(&mesh, &good, "rapid-reset-outbound", || {
         let o = rt.block_on(async {
             let tcp = tokio::net::TcpStream::connect(mesh.web.outbound)
