@@ -74,6 +74,7 @@ pub async fn serve_http<I>(
     builder
         .http1()
         .timer(TokioTimer::new())
+        .header_read_timeout(limits::HTTP1_HEADER_READ_TIMEOUT)
         .max_buf_size(limits::HTTP1_MAX_BUF_SIZE);
     builder
         .http2()

@@ -89,9 +89,14 @@ fn http2_floods_end_only_the_flooding_connection() {
         };
         let limit = Duration::from_secs(2);
         let (out, inb) = rt.block_on(async {
-            let tcp = tokio::net::TcpStream::connect(mesh.web.outbound).await.unwrap();
+            let tcp = tokio::net::TcpStream::connect(mesh.web.outbound)
+                .await
+                .unwrap();
             let tls = mtls(mesh.api.inbound, &cert, b"h2").await;
-            (flood(tcp, one("/one-out"), limit).await, flood(tls, one("/one-in"), limit).await)
+            (
+                flood(tcp, one("/one-out"), limit).await,
+                flood(tls, one("/one-in"), limit).await,
+            )
         });
         for o in [out, inb] {
             assert!(o.responses == 1 && o.goaway.is_none() && !o.closed, "{o:?}");

@@ -11,9 +11,9 @@ use crate::mesh::{GoodClient, Mesh, case, errors, runtime, wait_errors};
 use crate::raw::read_until_closed;
 use crate::support::system_tests;
 
-/// How long the proxy gives a client to send a whole request head (hyper's HTTP/1 header read
-/// timeout, which the proxy keeps at its default).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the proxy gives a client to send a whole request head, or to start the next one
+/// on a kept-alive connection.
+const HEADER_READ_TIMEOUT: Duration = weft_proxy::limits::HTTP1_HEADER_READ_TIMEOUT;
 
 /// Sends `head` at once, then one byte of a header line a second, while reading: how long
 /// until the proxy closed the connection (`None`: still open after `limit`), and what it said.
@@ -39,29 +39,58 @@ where
     (closed.then(|| started.elapsed()), text)
 }
 
-/// A slowloris at each listener: both cut off once the header read timeout runs out.
+/// One request on a kept-alive connection, then silence: how long until the proxy closed it,
+/// and what it said.
+async fn idle_after_one<S>(mut io: S, req: String, limit: Duration) -> (Option<Duration>, String)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    io.write_all(req.as_bytes()).await.unwrap();
+    let (text, closed) = read_until_closed(&mut io, limit).await;
+    (closed.then(|| started.elapsed()), text)
+}
+
+/// A slowloris at each listener, and a kept-alive connection left idle at each: all cut off
+/// once the header read timeout runs out (the idle ones after their one answer).
 fn slowloris_case(mesh: &Mesh, rt: &tokio::runtime::Runtime, cert: &crate::certs::Cert) {
     let head = format!("GET /slowloris HTTP/1.1\r\nHost: {}\r\n", mesh.authority());
+    let req = format!(
+        "GET /idle-after-one HTTP/1.1\r\nHost: {}\r\n\r\n",
+        mesh.authority()
+    );
     let limit = HEADER_READ_TIMEOUT + Duration::from_secs(15);
-    let (out, inb) = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(mesh.web.outbound)
-            .await
-            .unwrap();
-        let tls = mtls(mesh.api.inbound, cert, b"http/1.1").await;
+    let results = rt.block_on(async {
+        let out = || tokio::net::TcpStream::connect(mesh.web.outbound);
+        let inb = || mtls(mesh.api.inbound, cert, b"http/1.1");
+        let (o1, o2) = (out().await.unwrap(), out().await.unwrap());
+        let (i1, i2) = (inb().await, inb().await);
         tokio::join!(
-            slowloris(tcp, head.clone(), limit),
-            slowloris(tls, head, limit)
+            slowloris(o1, head.clone(), limit),
+            slowloris(i1, head.clone(), limit),
+            idle_after_one(o2, req.clone(), limit),
+            idle_after_one(i2, req.clone(), limit),
         )
     });
-    for (listener, (took, text)) in [("outbound", out), ("inbound", inb)] {
-        let took = took
-            .unwrap_or_else(|| panic!("{listener}: a slowloris kept its connection for {limit:?}"));
-        eprintln!("slowloris at {listener}: cut off after {took:?}, answered {text:?}");
+    let (a, b, c, d) = results;
+    let named = [
+        ("slowloris at outbound", a, 0),
+        ("slowloris at inbound", b, 0),
+        ("idle after one request at outbound", c, 1),
+        ("idle after one request at inbound", d, 1),
+    ];
+    for (what, (took, text), answers) in named {
+        let took = took.unwrap_or_else(|| panic!("{what}: kept its connection for {limit:?}"));
+        eprintln!("{what}: cut off after {took:?}");
         assert!(
             took >= HEADER_READ_TIMEOUT - Duration::from_secs(1) && took < limit,
-            "{listener}: cut off after {took:?}"
+            "{what}: cut off after {took:?}"
         );
-        assert!(!text.contains(" 200 "), "{listener}: {text}");
+        assert_eq!(
+            text.matches("HTTP/1.1 200 ").count(),
+            answers,
+            "{what}: {text}"
+        );
     }
 }
 
