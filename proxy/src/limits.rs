@@ -34,6 +34,12 @@ pub const H2_MAX_HEADER_LIST_SIZE: u32 = (MAX_HEADER_LIST_SIZE + 16 * 1024) as u
 /// 400 KiB). A head over [`MAX_HEADER_LIST_SIZE`] and under this gets the proxy's 431 with its
 /// reason; a longer one, the HTTP/1 parser's own 431 (counted the same).
 pub const HTTP1_MAX_BUF_SIZE: usize = 256 * 1024;
+/// How long an HTTP/1 client has to send a whole request head, counted from when the proxy
+/// starts reading it: a slowloris (a head sent a byte at a time) is cut off then, and so is a
+/// kept-alive connection on which no next request starts (hyper cannot tell the two apart).
+/// hyper's default, set here so that it stays a decision of ours; nginx's
+/// `client_header_timeout` is 60 s.
+pub const HTTP1_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The most requests in flight at once on one HTTP/2 connection a proxy serves. hyper's
 /// default, 200, made the 201st request between two proxies wait behind the others, so 200

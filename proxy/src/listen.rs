@@ -56,7 +56,8 @@ pub async fn accept_loop<H, F>(
 /// than the limit, so the edge answers an oversized request with its own 431 rather than the
 /// `h2` crate refusing the stream (or, at four times the setting, the whole connection); an
 /// HTTP/1 head over hyper's read buffer or with more than 100 fields gets the parser's own
-/// 431, counted here under the same reason.
+/// 431, counted here under the same reason, and a malformed HTTP/1 head the parser's own 400,
+/// counted as `bad_request`.
 pub async fn serve_http<I>(
     io: I,
     stack: HttpService,
@@ -73,6 +74,7 @@ pub async fn serve_http<I>(
     builder
         .http1()
         .timer(TokioTimer::new())
+        .header_read_timeout(limits::HTTP1_HEADER_READ_TIMEOUT)
         .max_buf_size(limits::HTTP1_MAX_BUF_SIZE);
     builder
         .http2()
@@ -91,11 +93,14 @@ pub async fn serve_http<I>(
             .await
     };
     if let Err(e) = ended {
-        if e.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_parse_too_large)
-        {
+        let hyper_error = e.downcast_ref::<hyper::Error>();
+        if hyper_error.is_some_and(hyper::Error::is_parse_too_large) {
             metrics.error(direction, "headers_too_large");
             tracing::info!(direction, client.addr = %remote, error = %e, "request head over the limits: 431");
+        } else if hyper_error.is_some_and(hyper::Error::is_parse) {
+            // A malformed head (smuggling shapes among them): hyper's own 400.
+            metrics.error(direction, "bad_request");
+            tracing::info!(direction, client.addr = %remote, error = %e, "malformed request head: 400");
         } else {
             tracing::debug!(direction, client.addr = %remote, error = %e, "HTTP connection ended");
         }
