@@ -21,7 +21,6 @@
 //! - [`control`]: request and watch floods straight at the control plane's API with a workload
 //!   certificate.
 //!
-//! Tests whose name ends in `_pending_<work>` wait for work merged later (see their modules).
 //! System tests (`WEFT_SYSTEM_TESTS=1`): each starts five processes (a helper module holds the
 //! mesh: [`mesh`], certificates: [`certs`], raw bytes and HTTP/2 frames: [`raw`]).
 #![allow(clippy::unwrap_used)]

@@ -122,9 +122,10 @@ pub struct ClientSettings {
     pub max_watch_streams: usize,
 }
 
-/// The default [`ClientSettings::max_watch_streams`]: the control plane allows 200 concurrent
-/// streams on a connection (hyper's default), and registrations need a few.
-pub const MAX_WATCH_STREAMS: usize = 180;
+/// The default [`ClientSettings::max_watch_streams`]: the control plane's default cap of open
+/// watches per client identity (`--max-watches-per-identity`); its connections allow that many
+/// streams and its cap of requests in flight (1,100), so registrations always find a stream.
+pub const MAX_WATCH_STREAMS: usize = 1_000;
 
 impl ClientSettings {
     pub fn new(addr: impl Into<String>, tls: Option<ClientTls>) -> Self {

@@ -15,8 +15,9 @@ use weft_policy::registry::{Registration, ServiceEndpoints};
 use weft_policy::server::Settings;
 use weft_runtime::testing::{eventually_some, metric_sum};
 
-/// The streams the control plane allows at once on one connection (hyper's default).
-const SERVER_STREAMS: usize = 200;
+/// The streams the control plane allows at once on one connection: its caps of watches and of
+/// requests per identity.
+const SERVER_STREAMS: usize = 1_100;
 
 /// The watches of `ws` that got an answer.
 fn answered(ws: &[Option<Watched<ServiceEndpoints>>]) -> Vec<usize> {

@@ -3,9 +3,6 @@
 //! a thousand watches for names that do not exist. The control plane caps what one identity
 //! may hold open (429, a `too_many_*` JSON error), keeps no state for nonexistent names (its
 //! RSS stays bounded), and serves everyone else meanwhile.
-//!
-//! The 429 test waits for work merged later (the caps per identity): its name ends in
-//! `_pending_control_plane_caps`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -199,10 +196,8 @@ fn control_plane_floods_leave_it_bounded_and_serving() {
 /// Fails until the control plane keeps no state for names that do not exist: today each
 /// round of 10,000 new names grows it by about 5.5 MiB, for good.
 #[test]
-fn control_plane_keeps_no_state_for_nonexistent_names_pending_control_plane_caps() {
-    if !system_tests(
-        "control_plane_keeps_no_state_for_nonexistent_names_pending_control_plane_caps",
-    ) {
+fn control_plane_keeps_no_state_for_nonexistent_names() {
+    if !system_tests("control_plane_keeps_no_state_for_nonexistent_names") {
         return;
     }
     let mesh = Mesh::start();
@@ -222,8 +217,8 @@ fn control_plane_keeps_no_state_for_nonexistent_names_pending_control_plane_caps
 /// Fails until the control plane caps what one identity holds open: today all 1,000
 /// watches are served.
 #[test]
-fn control_plane_watch_floods_get_429_pending_control_plane_caps() {
-    if !system_tests("control_plane_watch_floods_get_429_pending_control_plane_caps") {
+fn control_plane_watch_floods_get_429() {
+    if !system_tests("control_plane_watch_floods_get_429") {
         return;
     }
     let mesh = Mesh::start();

@@ -1,8 +1,5 @@
 //! Many destinations: distinct unknown names through web's outbound are each answered at once
 //! with the proxy's error, and a service created afterwards is still found at once.
-//!
-//! The 2,000-name test waits for work merged later (a proxy releases destinations it no
-//! longer uses and bounds their set): its name ends in `_pending_discovery_release`.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -121,10 +118,8 @@ fn dozens_of_unknown_destinations_are_each_refused_at_once() {
 /// new service. Either code is a clean answer (the control plane may stop answering for names
 /// it does not have).
 #[test]
-fn after_2000_unknown_names_a_new_service_is_found_at_once_pending_discovery_release() {
-    if !system_tests(
-        "after_2000_unknown_names_a_new_service_is_found_at_once_pending_discovery_release",
-    ) {
+fn after_2000_unknown_names_a_new_service_is_found_at_once() {
+    if !system_tests("after_2000_unknown_names_a_new_service_is_found_at_once") {
         return;
     }
     let mesh = Mesh::start();
