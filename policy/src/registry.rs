@@ -54,6 +54,11 @@ pub struct ServiceEndpoints {
     pub opaque_ports: Vec<u16>,
     /// Sorted by address.
     pub endpoints: Vec<Endpoint>,
+    /// The mesh knows no such service: no resource names it and no workload registered for
+    /// it (as against a known service with no endpoints now). A proxy says so
+    /// (`unknown_destination`) and keeps no metric series under the name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unknown: bool,
 }
 
 /// What the mesh knows of one IP address (`GET /v1/address?ip=…`): the workloads registered

@@ -117,6 +117,7 @@ impl State {
             ports: def.map(|d| d.ports.clone()).unwrap_or_default(),
             opaque_ports: def.map(|d| d.opaque_ports.clone()).unwrap_or_default(),
             endpoints,
+            unknown: false,
         }
     }
 
@@ -172,9 +173,12 @@ impl State {
         if let Some(r) = self.memo.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
             return r.clone();
         }
+        let exists = self.exists(key);
         let rendered = Arc::new(match key {
             Key::Endpoints { namespace, service } => {
-                self.rendered(&self.endpoints(namespace, service))
+                let mut endpoints = self.endpoints(namespace, service);
+                endpoints.unknown = !exists;
+                self.rendered(&endpoints)
             }
             Key::Inbound { namespace, service } => {
                 self.rendered(&self.config.workload_policy(namespace, service))
@@ -184,7 +188,7 @@ impl State {
             }
             Key::Address { ip } => self.rendered(&self.address(*ip)),
         });
-        if !self.exists(key) {
+        if !exists {
             return rendered;
         }
         self.memo

@@ -245,7 +245,7 @@ async fn get(
 }
 
 /// Sends one request for each of `n` distinct unknown names through `proxy`, `CONCURRENCY` at
-/// a time. Each must get the proxy's clean answer (503 `no_endpoints`) within [`PROMPT`]; the
+/// a time. Each must get the proxy's clean answer (502 `unknown_destination`) within [`PROMPT`]; the
 /// first that does not stops the flood, and its description is returned.
 async fn flood(proxy: SocketAddr, n: usize) -> Result<Duration, String> {
     let next = Arc::new(AtomicUsize::new(0));
@@ -264,7 +264,7 @@ async fn flood(proxy: SocketAddr, n: usize) -> Result<Duration, String> {
                 let host = format!("nosuch-{i}.default");
                 let (status, error, took) = get(proxy, &mut conn, &host).await;
                 slowest = slowest.max(took);
-                if status != 503 || error != "no_endpoints" || took > PROMPT {
+                if status != 502 || error != "unknown_destination" || took > PROMPT {
                     failed.store(true, Ordering::Relaxed);
                     return Err(format!(
                         "unknown name #{i} ({host}): {status} {error:?} after {took:?}"
@@ -295,6 +295,15 @@ async fn after_2000_unknown_names_a_new_service_is_found_at_once() {
     let web = cp.proxy("web");
     let app = support::http_app("fresh").await;
 
+    // The series on the proxy's /metrics before: names the mesh does not know add none.
+    let series = |m: &str| {
+        m.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count()
+    };
+    let warm = flood(web.outbound, 5).await;
+    assert!(warm.is_ok(), "{warm:?}");
+    let before = series(&http_get_async(web.admin, "/metrics", "x").await.unwrap().1);
     let started = Instant::now();
     let flooded = flood(web.outbound, UNKNOWN_NAMES).await;
     let took = started.elapsed();
@@ -344,9 +353,25 @@ async fn after_2000_unknown_names_a_new_service_is_found_at_once() {
         metric_sum(
             &proxy_metrics,
             "weft_proxy_errors_total",
-            &["reason=\"no_endpoints\""]
+            &["reason=\"unknown_destination\""]
         ),
-        UNKNOWN_NAMES as f64,
+        (UNKNOWN_NAMES + 5) as f64,
         "{proxy_metrics}"
+    );
+    // Counted under one fixed label value, and no series per name (the new service's own
+    // requests add a few).
+    assert_eq!(
+        metric_sum(
+            &proxy_metrics,
+            "weft_proxy_requests_total",
+            &["dst_service=\"unknown\""]
+        ),
+        (UNKNOWN_NAMES + 5) as f64,
+        "{proxy_metrics}"
+    );
+    let after = series(&proxy_metrics);
+    assert!(
+        after <= before + 60,
+        "{before} series before 2,000 unknown names, {after} after:\n{proxy_metrics}"
     );
 }

@@ -9,10 +9,9 @@ use crate::raw::{header, status};
 use crate::support::system_tests;
 use weft_runtime::testing::http;
 
-/// What web's outbound answers today for a name the mesh does not know: the control plane
-/// answers a watch for any name with an empty list, so the proxy says `no_endpoints` (not
-/// `unknown_destination`, which it says when discovery gives no answer within 3 s).
-const UNKNOWN: (u16, &str) = (503, "no_endpoints");
+/// What web's outbound answers for a name the mesh does not know: the control plane says it
+/// knows no such service, and the proxy says so at once.
+const UNKNOWN: (u16, &str) = (502, "unknown_destination");
 /// How long an answer for an unknown name may take: well under the 3 s the proxy waits for
 /// discovery's first answer, which is what a name beyond its capacity costs.
 const ANSWER_WITHIN: Duration = Duration::from_secs(1);
@@ -125,13 +124,7 @@ fn after_2000_unknown_names_a_new_service_is_found_at_once() {
     let mesh = Mesh::start();
     let good = GoodClient::start(&mesh);
     case(&mesh, &good, "2000-unknown-names", || {
-        unknown_names(
-            &mesh,
-            "ghost",
-            2000,
-            16,
-            &[UNKNOWN, (502, "unknown_destination")],
-        );
+        unknown_names(&mesh, "ghost", 2000, 16, &[UNKNOWN]);
         let took = new_service_found(&mesh, "fresh");
         eprintln!("new service found after {took:?}");
         assert!(

@@ -368,6 +368,11 @@ impl Dst {
         tried: Option<&Tried>,
     ) -> Option<Result<Choice, ProxyError>> {
         let snapshot = self.snapshot.as_ref()?;
+        if snapshot.unknown {
+            return Some(Err(ProxyError::UnknownDestination {
+                destination: backend.display(),
+            }));
+        }
         if snapshot.endpoints.is_empty() {
             return Some(Err(ProxyError::NoEndpoints {
                 destination: backend.display(),

@@ -37,6 +37,7 @@ impl Table {
                 ports: vec![],
                 opaque_ports: vec![],
                 endpoints,
+                unknown: false,
             })));
     }
 }

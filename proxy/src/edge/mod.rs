@@ -98,11 +98,18 @@ struct Answer {
 impl Answer {
     /// Records the response the client gets (or would have got).
     fn record(&mut self, status: u16) {
+        self.record_as(None, status);
+    }
+
+    /// Records the response under the destination label `dst` (`None`: the one the layers
+    /// below learnt).
+    fn record_as(&mut self, dst: Option<&'static str>, status: u16) {
         self.answered = true;
         let (peer, tls) = self.labels.peer();
+        let dst = dst.unwrap_or_else(|| self.labels.dst());
         self.metrics.request_answered(
             self.direction,
-            (peer, self.labels.dst(), tls),
+            (peer, dst, tls),
             status,
             self.start.elapsed().as_secs_f64(),
         );
@@ -122,7 +129,10 @@ impl Answer {
             tracing::info!(direction, dst, reason = e.code(), error = %e, "request failed");
         }
         let rsp = e.response();
-        self.record(rsp.status().as_u16());
+        // A name the mesh does not know is no label value: its requests are counted under
+        // `unknown`, so what an application asks for cannot add series.
+        let dst = matches!(e, ProxyError::UnknownDestination { .. }).then_some("unknown");
+        self.record_as(dst, rsp.status().as_u16());
         rsp
     }
 

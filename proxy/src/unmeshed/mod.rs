@@ -383,6 +383,7 @@ impl Meshed {
                 ports: Vec::new(),
                 opaque_ports: Vec::new(),
                 endpoints: vec![found.endpoint.clone()],
+                unknown: false,
             }),
         })
     }

@@ -107,6 +107,7 @@ impl Resolve for Table {
             ports: Vec::new(),
             opaque_ports: Vec::new(),
             endpoints,
+            unknown: false,
         })))
         .1
     }

@@ -91,6 +91,7 @@ impl StaticResolver {
             service: svc.into(),
             ports: vec![],
             opaque_ports: vec![],
+            unknown: false,
             endpoints: endpoints
                 .into_iter()
                 .map(|(address, identity)| Endpoint {

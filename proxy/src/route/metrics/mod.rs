@@ -15,6 +15,7 @@ use super::{Route, RouteBackend};
 use crate::body::Body;
 use crate::destination::Destination;
 use crate::edge::proxy_error;
+use crate::error::ProxyError;
 use crate::metrics::ProxyMetrics;
 use crate::svc::{BoxError, BoxFuture};
 
@@ -54,7 +55,12 @@ where
             let res = fut.await;
             let status = match &res {
                 Ok(rsp) => rsp.status().as_u16(),
-                Err(e) => proxy_error(e.as_ref()).status().as_u16(),
+                Err(e) => match proxy_error(e.as_ref()) {
+                    // A name the mesh does not know has no route to count under: the edge
+                    // counts it, under `dst_service="unknown"`.
+                    ProxyError::UnknownDestination { .. } => return res,
+                    e => e.status().as_u16(),
+                },
             };
             metrics.route_response(
                 route.labels(&dst, backend.label()),
