@@ -78,6 +78,18 @@ pub enum ClientError {
 pub struct ClientTls {
     pub config: Arc<rustls::ClientConfig>,
     pub server_name: ServerName<'static>,
+    /// The client's certificates, as its handshakes present them: when they change (a
+    /// renewal), new requests go on a new connection, which presents the new one.
+    pub certs: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
+}
+
+impl ClientTls {
+    /// The certificate a handshake would present now.
+    fn current_cert(&self) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.certs
+            .as_ref()
+            .and_then(|c| c.resolve(&[], &[rustls::SignatureScheme::ECDSA_NISTP256_SHA256]))
+    }
 }
 
 impl ClientTls {
@@ -89,11 +101,17 @@ impl ClientTls {
         certs: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
     ) -> Result<Self, String> {
         let server_name = tls::server_name(&expected);
-        let config = tls::client_config(bundle, expected, certs, &[tls::ALPN_H2])
+        let mut config = tls::client_config(bundle, expected, certs.clone(), &[tls::ALPN_H2])
             .map_err(|e| e.to_string())?;
+        // No session resumption: a resumed session carries the certificate of the session it
+        // resumes, so a new connection after a renewal would present the old certificate
+        // again. The client makes a connection rarely (one for its life, and one per
+        // renewal or outage), so resumption saves nothing worth it.
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(Self {
             config: Arc::new(config),
             server_name,
+            certs,
         })
     }
 }
@@ -150,7 +168,8 @@ pub struct PolicyClient {
 #[derive(Debug)]
 struct Inner {
     settings: ClientSettings,
-    conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+    /// The shared connection and the certificate it presented.
+    conn: tokio::sync::Mutex<Option<(SendRequest<Full<Bytes>>, Presented)>>,
     connections: AtomicU64,
     /// One permit per watch stream allowed at once.
     watch_streams: tokio::sync::Semaphore,
@@ -348,11 +367,18 @@ impl Inner {
         format!("{scheme}://{}{path_and_query}", self.settings.addr)
     }
 
-    /// The shared connection, (re)established if needed.
+    /// The shared connection, (re)established if needed: also when the client's certificate
+    /// was renewed since it was made. The control plane checks the certificate of a
+    /// connection at every request, so one made with a certificate that has since expired
+    /// would refuse every registration (a proxy dropped out of discovery one certificate
+    /// lifetime after it started). Streams open on the old connection stay there until
+    /// they end.
     async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
         let mut guard = self.conn.lock().await;
-        if let Some(s) = guard.as_ref()
+        let cert = self.settings.tls.as_ref().and_then(ClientTls::current_cert);
+        if let Some((s, presented)) = guard.as_ref()
             && !s.is_closed()
+            && same_cert(presented.as_ref(), cert.as_ref())
         {
             return Ok(s.clone());
         }
@@ -364,7 +390,7 @@ impl Inner {
         if self.connections.fetch_add(1, Ordering::Relaxed) > 0 {
             self.reconnected.notify_waiters();
         }
-        *guard = Some(sender.clone());
+        *guard = Some((sender.clone(), cert));
         Ok(sender)
     }
 
@@ -567,5 +593,20 @@ async fn follow_once<T: DeserializeOwned>(
             }
             backoff.reset();
         }
+    }
+}
+
+/// The certificate a connection presented (none without TLS or without a certificate).
+type Presented = Option<Arc<rustls::sign::CertifiedKey>>;
+
+/// Whether two certificates are the one the client's store held (a renewal replaces it).
+fn same_cert(
+    a: Option<&Arc<rustls::sign::CertifiedKey>>,
+    b: Option<&Arc<rustls::sign::CertifiedKey>>,
+) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
     }
 }

@@ -432,3 +432,36 @@ async fn an_identity_holds_at_most_its_cap_of_registrations() {
     );
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_goes_on_registering_after_its_first_certificate_expires() {
+    let mesh = Mesh::new();
+    let (_dir, cp) = serve_resources(RESOURCES, |d| mesh.settings(d)).await;
+    let api_id = id("spiffe://weft.local/ns/default/sa/api");
+    // The same CA, issuing certificates that live 2 s: the client's first one.
+    let mut short = AuthorityConfig::new(mesh._ca_dir.path());
+    short.leaf_lifetime = Duration::from_secs(2);
+    let short = Authority::load_or_create(&short).unwrap();
+    let first = credentials(&short, &api_id);
+    let store = CertStore::new(first.certified_key().unwrap());
+    let certs: Arc<dyn rustls::client::ResolvesClientCert> = store.clone();
+    let tls = ClientTls::mesh(mesh.ca.bundle(), mesh.policy_id.clone(), Some(certs)).unwrap();
+    let mut s = fast_settings(cp.api.to_string());
+    s.tls = Some(tls);
+    let client = PolicyClient::new(s);
+    client.register(&registration(None, None)).await.unwrap();
+
+    // Renewed (as the identity client does, well before expiry); then the first expires.
+    store.set(credentials(&mesh.ca, &api_id).certified_key().unwrap());
+    // (Validity is checked to the second.)
+    let expired = first.not_after + Duration::from_millis(1_500);
+    if let Ok(wait) = expired.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    // The connection made with the first certificate is not used for new requests: the
+    // control plane checks the certificate at every request and would refuse it (401).
+    let renewed = client.register(&registration(None, None)).await;
+    assert!(renewed.is_ok(), "{renewed:?}");
+    assert_eq!(client.connections(), 2);
+    cp.stop().await;
+}
