@@ -70,6 +70,9 @@ enum Cmd {
     Load(LoadArgs),
     /// A tiny HTTP/1.1 + h2c server answering every request with a fixed body.
     App(AppArgs),
+    /// Draws a soak's memory plot again from its JSON: writes <same name>.svg beside it.
+    #[command(hide = true)]
+    SoakPlot { json: PathBuf },
     /// One `GET http://ADDR/PATH`: the status on the first line, then the body (`intercept`
     /// reads the proxies' admin endpoints inside its namespaces with it).
     #[command(hide = true)]
@@ -280,6 +283,7 @@ fn main() {
             weft_bench::intercept::fetch_main(&addr, &path).map(|text| print!("{text}"))
         }
         Cmd::Soak(a) => run_soak(a),
+        Cmd::SoakPlot { json } => soak_plot(&json),
         Cmd::Load(a) => run_load(a),
         Cmd::App(a) => weft_bench::app::serve(&AppConfig {
             listen: a.listen,
@@ -470,6 +474,24 @@ fn run_soak(a: SoakArgs) -> Result<(), Error> {
             report.verdict.reasons.join("; ")
         ))
     }
+}
+
+fn soak_plot(json: &Path) -> Result<(), Error> {
+    let text = std::fs::read_to_string(json)
+        .map_err(|e| format!("cannot read {}: {e}", json.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+    let part = |name: &str| v.get(name).cloned().unwrap_or_default();
+    let bad = |e: serde_json::Error| format!("{} is not a soak's report: {e}", json.display());
+    let svg = soak::memory_plot(
+        &serde_json::from_value(part("settings")).map_err(bad)?,
+        &serde_json::from_value(part("windows")).map_err(bad)?,
+        &serde_json::from_value::<Vec<soak::Memory>>(part("memory")).map_err(bad)?,
+    );
+    let out = json.with_extension("svg");
+    std::fs::write(&out, svg).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
 }
 
 fn file_name(path: &Path) -> String {

@@ -223,11 +223,12 @@ pub fn series_svg(
 }
 
 /// A tick step of 1, 2 or 5 × 10ⁿ giving about five ticks from `low` to `high`, and the
-/// first tick at or above `high`.
+/// first tick at or above `high` (or within 1 % of a step below it).
 fn linear_ticks(low: f64, high: f64) -> (f64, f64) {
     let span = (high - low).max(high.abs() * 0.01).max(1e-9);
     let step = nice_ceiling(span / 5.0);
-    let top = ((high / step).ceil() * step).max(step);
+    // A value a hair past a tick (a sample taken as a run ends) does not add a whole step.
+    let top = ((high / step - 0.01).ceil() * step).max(step);
     (step, top)
 }
 
@@ -399,5 +400,48 @@ mod tests {
             ((y("0.1") - y("0.2")) - (y("0.5") - y("1"))).abs() < 0.2,
             "{svg}"
         );
+    }
+
+    #[test]
+    fn a_series_plot_breaks_lines_at_gaps_and_ends_its_axes_on_round_numbers() {
+        let lines = [
+            Line {
+                name: "web proxy".into(),
+                points: vec![(0.0, 9.5), (15.0, 11.0), (30.002, 11.2)],
+            },
+            Line {
+                name: "api-2 proxy".into(),
+                points: vec![
+                    (0.0, 8.5),
+                    (1.0, 9.0),
+                    (2.0, f64::NAN),
+                    (3.0, 9.1),
+                    (4.0, 9.2),
+                ],
+            },
+        ];
+        let bands = [Band {
+            from: 2.0,
+            to: 5.0,
+            label: "after warm-up".into(),
+        }];
+        let svg = series_svg("Soak", "minutes", "VmRSS (MiB)", &lines, &bands);
+        assert_eq!(svg.matches("<polyline").count(), 3, "{svg}");
+        assert!(svg.contains(">after warm-up</text>"), "{svg}");
+        // The time axis ends at 30 (the last sample a hair past it), the memory axis spans
+        // 8 to 12 in steps of 1.
+        assert!(
+            svg.contains(">30</text>") && !svg.contains(">40</text>"),
+            "{svg}"
+        );
+        for mark in [">8</text>", ">12</text>"] {
+            assert!(svg.contains(mark), "{mark}: {svg}");
+        }
+        assert!(
+            !svg.contains(">7</text>") && !svg.contains(">13</text>"),
+            "{svg}"
+        );
+        assert_eq!(linear_ticks(0.0, 30.0), (10.0, 30.0));
+        assert_eq!(linear_ticks(0.0, 31.0), (10.0, 40.0));
     }
 }

@@ -5,7 +5,7 @@
 use crate::procstat;
 
 /// The windows the drift compares, in seconds from the soak's start.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Windows {
     /// Not compared: the processes fill their pools, caches and allocator arenas.
     pub warmup: f64,
@@ -35,7 +35,7 @@ impl Windows {
 }
 
 /// One process's memory over the run, as reported.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Memory {
     pub component: String,
     /// Whether its drift is judged: every process that lives the whole run (not the second

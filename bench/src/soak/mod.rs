@@ -39,7 +39,7 @@ mod report;
 
 pub use churn::{Life, ROUTE_FILE, ROUTE_NAME, SECOND_API, policy_variants, route_variants};
 pub use memory::{Memory, Windows, mean_in};
-pub use report::{Event, Renewals, SoakReport, SoakSettings, Verdict};
+pub use report::{Event, Renewals, SoakReport, SoakSettings, Verdict, memory_plot};
 
 use churn::{Edits, SecondApi};
 
@@ -249,7 +249,7 @@ pub fn run(cfg: &SoakConfig) -> Result<(SoakReport, Vec<(String, String)>), Erro
     Ok((report, logs))
 }
 
-/// The end of every process's log in `dir` (`<name>.log`), by file name.
+/// The end of every process's log in `dir` (`<name>.log`) that is not empty, by file name.
 fn logs(dir: &std::path::Path) -> Vec<(String, String)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -261,7 +261,7 @@ fn logs(dir: &std::path::Path) -> Vec<(String, String)> {
             if !name.ends_with(".log") {
                 return None;
             }
-            let bytes = std::fs::read(&path).ok()?;
+            let bytes = std::fs::read(&path).ok().filter(|b| !b.is_empty())?;
             let tail = &bytes[bytes.len().saturating_sub(LOG_TAIL_BYTES)..];
             Some((name, String::from_utf8_lossy(tail).into_owned()))
         })

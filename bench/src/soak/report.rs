@@ -26,7 +26,7 @@ pub struct Event {
 }
 
 /// The settings, as reported.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SoakSettings {
     pub rate: u64,
     pub duration_seconds: f64,
@@ -250,42 +250,7 @@ impl SoakReport {
 
     /// Every process's VmRSS (MiB) over the run (minutes), the windows compared shaded.
     pub fn plot(&self) -> String {
-        let min = |s: f64| s / 60.0;
-        let lines: Vec<Line> = self
-            .memory
-            .iter()
-            .map(|m| Line {
-                name: m.component.clone(),
-                points: m
-                    .samples
-                    .iter()
-                    .map(|(t, k)| (min(*t), k.map_or(f64::NAN, |k| k as f64 / 1024.0)))
-                    .collect(),
-            })
-            .collect();
-        let w = &self.windows;
-        let bands = [
-            Band {
-                from: min(w.baseline.0),
-                to: min(w.baseline.1),
-                label: "after warm-up".into(),
-            },
-            Band {
-                from: min(w.end.0),
-                to: min(w.end.1),
-                label: "end".into(),
-            },
-        ];
-        plot::series_svg(
-            &format!(
-                "Soak: memory at {} req/s, certificates every {:.0} s",
-                self.settings.rate, self.settings.rotate_every_seconds
-            ),
-            "minutes",
-            "VmRSS (MiB)",
-            &lines,
-            &bands,
-        )
+        memory_plot(&self.settings, &self.windows, &self.memory)
     }
 
     /// The summary, linking the plot `svg` and the JSON `json`.
@@ -499,6 +464,45 @@ impl SoakReport {
             out.push('\n');
         }
     }
+}
+
+/// [`SoakReport::plot`] from its parts (also of a report read back from its JSON: `weft-bench
+/// soak-plot`).
+pub fn memory_plot(settings: &SoakSettings, w: &Windows, memory: &[Memory]) -> String {
+    let min = |s: f64| s / 60.0;
+    let lines: Vec<Line> = memory
+        .iter()
+        .map(|m| Line {
+            name: m.component.clone(),
+            points: m
+                .samples
+                .iter()
+                .map(|(t, k)| (min(*t), k.map_or(f64::NAN, |k| k as f64 / 1024.0)))
+                .collect(),
+        })
+        .collect();
+    let bands = [
+        Band {
+            from: min(w.baseline.0),
+            to: min(w.baseline.1),
+            label: "after warm-up".into(),
+        },
+        Band {
+            from: min(w.end.0),
+            to: min(w.end.1),
+            label: "end".into(),
+        },
+    ];
+    plot::series_svg(
+        &format!(
+            "Soak: memory at {} req/s, certificates every {:.0} s",
+            settings.rate, settings.rotate_every_seconds
+        ),
+        "minutes",
+        "VmRSS (MiB)",
+        &lines,
+        &bands,
+    )
 }
 
 /// Failure episodes listed in the summary.
