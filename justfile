@@ -28,6 +28,13 @@ bench *FLAGS:
     cargo run --release -p weft-bench -- all --out-dir bench/results {{FLAGS}}
     cargo run --release -p weft-bench -- stack --json bench/results/stack-$(date +%F).json
 
+# The soak (release builds): 500 req/s for 30 minutes through the mesh while certificates
+# rotate, routes and policies change and an endpoint comes and goes; writes
+# bench/results/soak-<date>.{json,md,svg} and fails on a failed request or a memory drift over 5 %.
+soak *FLAGS:
+    cargo build --release -p weft -p weft-proxy -p weft-bench
+    cargo run --release -p weft-bench -- soak --out-dir bench/results {{FLAGS}}
+
 # The main job: a local mesh.
 demo:
     cargo run --release -p weft -- demo

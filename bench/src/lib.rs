@@ -3,8 +3,9 @@
 //! app → weft → weft → app over mTLS and against the same hop made by two HAProxies, side by
 //! side in one run), `stack` (the outbound
 //! proxy's full stack, every layer an HTTPRoute configures, against its minimal stack, in one
-//! run) and `intercept` (direct against both proxies with transparent interception, between
-//! two network namespaces; root only). `identity-bench` and
+//! run), `intercept` (direct against both proxies with transparent interception, between
+//! two network namespaces; root only) and `soak` (steady load for a long time while the mesh
+//! changes; failures and memory over time). `identity-bench` and
 //! `policy-bench` (`src/bin/`) measure the identity service and the control plane on their
 //! own. Everything runs on loopback (`intercept`: on a private veth pair) and is bounded in
 //! time and count; see `docs/benchmarks.md` for what each one measures and the numbers.
@@ -32,7 +33,8 @@
 //! - `peer`: the HAProxy pair of the peer scenario: certificates from the mesh's identity
 //!   service, the two configurations (`peer/config.rs`), the processes, the probes showing
 //!   the hop is mTLS over TLS 1.3 only (`peer/checks.rs`).
-//! - `plot`: the latency-distribution plot (SVG), one line per scenario.
+//! - `plot`: the plots (SVG): the latency distribution, one line per scenario; values over
+//!   time (the soak's memory), one line per process.
 //! - `procstat`: a process's CPU time and resident memory from `/proc`.
 //! - `report`: what the benchmarks report: the data model (`report/mod.rs`: scenarios, runs,
 //!   settings, medians and spreads over the repeats, differences and ratios paired repeat by
@@ -40,6 +42,11 @@
 //!   Markdown; `report/targets.rs` the goals, judged; `report/markdown.rs` the Markdown
 //!   helpers every report shares (`intercept/report.rs` too): numbers, tables, the latency
 //!   table, the checks.
+//! - `soak`: `weft-bench soak`: steady open-loop load through the mesh for a long time while
+//!   certificates rotate, the control plane's resources are edited and a second api instance
+//!   comes and goes; failed requests and every weft process's memory over time, judged.
+//!   `soak/churn.rs` the edits and the second instance, `soak/memory.rs` the samples and the
+//!   drift, `soak/report.rs` its report (JSON, Markdown, plot) and verdict.
 //! - `suite`: `weft-bench all` (`just bench`): the identity and control-plane benchmarks, then
 //!   the mesh benchmark; writes the JSON, the Markdown summary and the plot of one date.
 //! - `stack`: on the same mesh, direct, minimal stack and full stack alternately; writes and
@@ -55,6 +62,7 @@ pub mod peer;
 pub mod plot;
 pub mod procstat;
 pub mod report;
+pub mod soak;
 pub mod stack;
 pub mod suite;
 

@@ -34,6 +34,9 @@ use tokio::sync::Semaphore;
 
 use crate::Error;
 
+mod progress;
+pub use progress::{Episode, Progress, add_failure};
+
 /// How long one request may take before it counts as a transport error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long after its window a run may go on sending requests it is behind on.
@@ -165,6 +168,15 @@ pub fn intended_offset(c: usize, k: u64, conns: usize, rate: u64) -> Duration {
 
 /// Runs the load described by `cfg` over `window`, on the current tokio runtime.
 pub async fn run(cfg: &LoadConfig, window: Window) -> Result<RunResult, Error> {
+    run_observed(cfg, window, None).await
+}
+
+/// [`run`], with every outcome also reported to `progress` as it comes.
+pub async fn run_observed(
+    cfg: &LoadConfig,
+    window: Window,
+    progress: Option<Arc<Progress>>,
+) -> Result<RunResult, Error> {
     let target = Target::new(cfg)?;
     let conns = cfg.connections.max(1);
     let sent = Arc::new(AtomicU64::new(0));
@@ -186,6 +198,7 @@ pub async fn run(cfg: &LoadConfig, window: Window) -> Result<RunResult, Error> {
             window,
             sent: sent.clone(),
             permit,
+            progress: progress.clone(),
         };
         tasks.push(tokio::spawn(conn.drive(tally)));
     }
@@ -335,7 +348,8 @@ enum Sender {
 #[derive(Debug, Clone, PartialEq)]
 enum Outcome {
     Ok,
-    Status(u16),
+    /// A status other than 2xx, and the reason a weft proxy gave in its `weft-error` header.
+    Status(u16, Option<String>),
     Transport(String),
 }
 
@@ -357,13 +371,17 @@ impl Sender {
             Err(e) => return Outcome::Transport(format!("request: {e}")),
         };
         let status = rsp.status();
+        let reason = (!status.is_success())
+            .then(|| rsp.headers().get(weft_proxy::error::ERROR_HEADER))
+            .flatten()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         if let Err(e) = rsp.into_body().collect().await {
             return Outcome::Transport(format!("response body: {e}"));
         }
         if status.is_success() {
             Outcome::Ok
         } else {
-            Outcome::Status(status.as_u16())
+            Outcome::Status(status.as_u16(), reason)
         }
     }
 }
@@ -380,6 +398,7 @@ struct Connection {
     sent: Arc<AtomicU64>,
     /// Open loop: one permit per intended send, from the pacing thread.
     permit: Arc<Semaphore>,
+    progress: Option<Arc<Progress>>,
 }
 
 impl Connection {
@@ -427,6 +446,9 @@ impl Connection {
             let done = Instant::now();
             if intended >= self.window.measure_from {
                 tally.record(&outcome, done.saturating_duration_since(intended));
+            }
+            if let Some(p) = &self.progress {
+                p.record(&outcome, done.saturating_duration_since(self.window.start));
             }
             if sender.is_none() && self.rate.is_none() {
                 tokio::time::sleep(RECONNECT_PAUSE).await;
@@ -496,10 +518,9 @@ impl Tally {
             Outcome::Ok => self
                 .hist
                 .saturating_record((latency.as_micros() as u64).max(1)),
-            Outcome::Status(code) => {
+            Outcome::Status(..) => {
                 self.status_errors += 1;
-                self.first_error
-                    .get_or_insert_with(|| format!("answered with status {code}"));
+                self.first_error.get_or_insert_with(|| outcome.to_string());
             }
             Outcome::Transport(e) => {
                 self.transport_errors += 1;

@@ -11,6 +11,9 @@
 //! - `weft-bench intercept [--rates 500,1000,2000] [--rate 1000] [--repeat 3] [--quick]
 //!   [--json out.json]`: direct against both proxies with transparent interception, between
 //!   two network namespaces (root only);
+//! - `weft-bench soak [--rate 500] [--duration 30m] [--out-dir bench/results] [--rotate-every
+//!   60s] [--edit-every 15s] [--endpoint-every 60s] [--max-drift-percent 5]`: steady load
+//!   while the mesh changes; writes soak-<date>.{json,md,svg}, exits 1 unless it passed;
 //! - `weft-bench load --target http://127.0.0.1:PORT/ [--rate N | --max]`: the load generator
 //!   on its own;
 //! - `weft-bench app --listen 127.0.0.1:PORT`: the app the mesh benchmark runs behind weft.
@@ -26,6 +29,7 @@ use weft_bench::intercept::{self, InterceptReport};
 use weft_bench::load::{self, LoadConfig, Window};
 use weft_bench::mesh::{self, MeshConfig};
 use weft_bench::report::MeshReport;
+use weft_bench::soak::{self, SoakConfig};
 use weft_bench::stack;
 use weft_bench::suite::{self, SuiteConfig};
 use weft_runtime::config::parse_duration;
@@ -57,10 +61,18 @@ enum Cmd {
     /// app → iptables → weft → mTLS → weft → app, side by side, at several fixed rates and at
     /// the maximum. Needs root, `ip`, `iptables` and `setpriv`.
     Intercept(InterceptArgs),
+    /// Steady open-loop load through the mesh for a long time while certificates rotate,
+    /// routes and policies are edited and a second api endpoint comes and goes; reports the
+    /// failed requests and every weft process's memory over time (soak-<date>.json, .md, .svg
+    /// in --out-dir) and exits 1 if a request failed or a memory drift passed the threshold.
+    Soak(SoakArgs),
     /// The load generator: open loop at a fixed rate, or closed loop (--max).
     Load(LoadArgs),
     /// A tiny HTTP/1.1 + h2c server answering every request with a fixed body.
     App(AppArgs),
+    /// Draws a soak's memory plot again from its JSON: writes <same name>.svg beside it.
+    #[command(hide = true)]
+    SoakPlot { json: PathBuf },
     /// One `GET http://ADDR/PATH`: the status on the first line, then the body (`intercept`
     /// reads the proxies' admin endpoints inside its namespaces with it).
     #[command(hide = true)]
@@ -161,6 +173,49 @@ struct BenchArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct SoakArgs {
+    /// Requests per second, open loop, for the whole run.
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// Length of the run.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    duration: Duration,
+    /// Where the results go.
+    #[arg(long, default_value = "bench/results")]
+    out_dir: PathBuf,
+    /// About how often every certificate is renewed: the identity service's leaf lifetime is
+    /// set so that the clients, renewing at 70 % of it, renew this often.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    rotate_every: Duration,
+    /// How often api's HTTPRoute or its AuthorizationPolicy (in turn) is edited.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    edit_every: Duration,
+    /// The second api instance's cycle: up for half of it, then stopped with SIGTERM and down
+    /// for the other half.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    endpoint_every: Duration,
+    /// How often every process's memory is read.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    sample_every: Duration,
+    /// Memory before the end of the warm-up is not compared [default: 10 % of the run or 2
+    /// minutes, whichever is smaller].
+    #[arg(long, value_parser = parse_duration)]
+    warmup: Option<Duration>,
+    /// The largest memory drift (percent) of a process living the whole run that passes.
+    #[arg(long, default_value_t = 5.0)]
+    max_drift_percent: f64,
+    /// Keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Bytes in each response body.
+    #[arg(long, default_value_t = 64)]
+    body_size: usize,
+    /// The weft binary [default: `weft` beside this binary, e.g. target/release/weft].
+    #[arg(long)]
+    weft: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 struct LoadArgs {
     /// Where to send: http://IP:PORT/path on loopback or a private network.
     #[arg(long)]
@@ -227,6 +282,8 @@ fn main() {
         Cmd::Fetch { addr, path } => {
             weft_bench::intercept::fetch_main(&addr, &path).map(|text| print!("{text}"))
         }
+        Cmd::Soak(a) => run_soak(a),
+        Cmd::SoakPlot { json } => soak_plot(&json),
         Cmd::Load(a) => run_load(a),
         Cmd::App(a) => weft_bench::app::serve(&AppConfig {
             listen: a.listen,
@@ -379,6 +436,67 @@ fn mtls_ok(ok: bool) -> Result<(), Error> {
     } else {
         Err("the weft runs were not shown to go over mTLS (see the mTLS check)".into())
     }
+}
+
+fn run_soak(a: SoakArgs) -> Result<(), Error> {
+    let (report, logs) = soak::run(&SoakConfig {
+        rate: a.rate,
+        duration: a.duration,
+        connections: a.connections,
+        body_size: a.body_size,
+        rotate_every: a.rotate_every,
+        edit_every: a.edit_every,
+        endpoint_every: a.endpoint_every,
+        sample_every: a.sample_every,
+        warmup: a.warmup,
+        max_drift_percent: a.max_drift_percent,
+        weft: a.weft,
+    })?;
+    let written = report.write(&a.out_dir, &logs)?;
+    println!(
+        "\n{}",
+        report.markdown(&file_name(&written.plot), &file_name(&written.json))
+    );
+    for path in [&written.json, &written.markdown, &written.plot] {
+        println!("wrote {}", path.display());
+    }
+    if !report.verdict.passed {
+        println!(
+            "the processes' logs are in {}-logs/",
+            written.json.with_extension("").display()
+        );
+    }
+    if report.verdict.passed {
+        Ok(())
+    } else {
+        Err(format!(
+            "the soak failed: {}",
+            report.verdict.reasons.join("; ")
+        ))
+    }
+}
+
+fn soak_plot(json: &Path) -> Result<(), Error> {
+    let text = std::fs::read_to_string(json)
+        .map_err(|e| format!("cannot read {}: {e}", json.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+    let part = |name: &str| v.get(name).cloned().unwrap_or_default();
+    let bad = |e: serde_json::Error| format!("{} is not a soak's report: {e}", json.display());
+    let svg = soak::memory_plot(
+        &serde_json::from_value(part("settings")).map_err(bad)?,
+        &serde_json::from_value(part("windows")).map_err(bad)?,
+        &serde_json::from_value::<Vec<soak::Memory>>(part("memory")).map_err(bad)?,
+    );
+    let out = json.with_extension("svg");
+    std::fs::write(&out, svg).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
 }
 
 fn run_load(a: LoadArgs) -> Result<(), Error> {

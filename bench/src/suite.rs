@@ -201,7 +201,7 @@ pub const NOT_ROOT: &str = "not run as root: the interception benchmark creates 
     on its own as root)";
 
 /// `<date>`, or `<date>-2`, `-3`… when a run of the same day is there already.
-fn free_stem(dir: &Path, date: &str) -> String {
+pub(crate) fn free_stem(dir: &Path, date: &str) -> String {
     (1..)
         .map(|n| {
             if n == 1 {

@@ -35,11 +35,11 @@ mod start;
 
 pub(crate) use proxies::{proxy_cpu, sample_cpu};
 pub(crate) use scenarios::{Harness, settings};
-pub use start::resources_yaml;
 pub(crate) use start::{
-    Mesh, WORKLOADS, app_args, as_strs, free_addr, proxy_command, server_args, spawn, token,
+    Mesh, Proxy, WORKLOADS, app_args, as_strs, free_addr, proxy_command, server_args, spawn, token,
     write_file,
 };
+pub use start::{POLICY_NAME, RESOURCES_FILE, WEB_ID, resources_yaml, services_yaml};
 
 use proxies::at_rest;
 

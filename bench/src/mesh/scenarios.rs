@@ -33,7 +33,7 @@ impl Harness {
     pub(crate) fn start(cfg: &MeshConfig, extra: ExtraResources) -> Result<Self, Error> {
         let weft = find_weft(cfg.weft.as_deref())?;
         eprintln!("starting the mesh ({})", weft.display());
-        let mesh = Mesh::start(&weft, cfg.body_size, extra)?;
+        let mesh = Mesh::start(&weft, cfg.body_size, extra, &[])?;
         // The load generator gets one worker thread, in every scenario alike: the 2 cores
         // are shared by it, the app and the two proxies, and the same generator on every
         // path keeps the ratios fair.

@@ -51,7 +51,69 @@ pub(crate) fn spawn(
 pub(crate) struct Proxy {
     pub(crate) proc: Child,
     pub(crate) outbound: SocketAddr,
-    pub(super) admin: SocketAddr,
+    pub(crate) admin: SocketAddr,
+}
+
+impl Proxy {
+    /// Waits until `/ready` answers 200 (bounded; an error with its log otherwise).
+    pub(crate) fn wait_ready(&mut self) -> Result<(), Error> {
+        self.proc.wait_for_200(self.admin, "/ready", "localhost")
+    }
+
+    /// Whether `/ready` answers 200 now.
+    pub(crate) fn is_ready(&self) -> bool {
+        matches!(http_get(self.admin, "/ready", "localhost"), Some((200, _)))
+    }
+
+    /// Its `/metrics` page.
+    pub(crate) fn metrics(&self) -> Result<String, Error> {
+        get_200(
+            self.admin,
+            "/metrics",
+            &format!("{}'s metrics", self.proc.name()),
+        )
+    }
+}
+
+/// How the mesh's proxies are started: the program, and where each finds its token, the
+/// identity service and the control plane.
+#[derive(Debug, Clone)]
+pub(crate) struct ProxyLauncher {
+    /// The mesh's directory: `<workload>.token`, the logs.
+    dir: PathBuf,
+    command: (PathBuf, &'static [&'static str]),
+    identity_api: SocketAddr,
+    policy_api: SocketAddr,
+}
+
+impl ProxyLauncher {
+    /// Starts proxy `name` (its log `<name>.log`) with workload `workload`'s token, in front of
+    /// the app on `app_port`, its listeners on free ports; does not wait for it to be ready.
+    pub(crate) fn spawn(&self, name: &str, workload: &str, app_port: u16) -> Result<Proxy, Error> {
+        let (inbound, outbound, admin) = (free_addr()?, free_addr()?, free_addr()?);
+        let token = self.dir.join(format!("{workload}.token"));
+        let (program, args) = &self.command;
+        let proc = spawn(
+            &self.dir,
+            name,
+            program,
+            args,
+            &[
+                (ENV_TOKEN_FILE, token.display().to_string()),
+                (ENV_IDENTITY_ADDR, self.identity_api.to_string()),
+                (ENV_POLICY_ADDR, self.policy_api.to_string()),
+                (proxy_config::ENV_INBOUND, inbound.to_string()),
+                (proxy_config::ENV_OUTBOUND, outbound.to_string()),
+                (proxy_config::ENV_ADMIN, admin.to_string()),
+                (proxy_config::ENV_APP_PORT, app_port.to_string()),
+            ],
+        )?;
+        Ok(Proxy {
+            proc,
+            outbound,
+            admin,
+        })
+    }
 }
 
 /// The running mesh. Dropping it kills every process, then removes the directory.
@@ -66,18 +128,23 @@ pub(crate) struct Mesh {
     /// The control plane's resource directory, re-read every 200 ms.
     resources: PathBuf,
     policy_admin: SocketAddr,
-    _identity: Child,
+    identity_admin: SocketAddr,
+    /// Starts more proxies in this mesh (`weft-bench soak`'s second api instance).
+    pub(crate) launcher: ProxyLauncher,
+    pub(crate) identity: Child,
     _app: Child,
     _dir: tempfile::TempDir,
 }
 
 impl Mesh {
-    /// Starts every process. The resource directory holds `mesh.yaml` ([`resources_yaml`])
-    /// and the files of `extra` from the start.
-    pub(super) fn start(
+    /// Starts every process, the identity service with `identity_env` added to its
+    /// environment. The resource directory holds `mesh.yaml` ([`resources_yaml`]) and the
+    /// files of `extra` from the start.
+    pub(crate) fn start(
         weft: &Path,
         body_size: usize,
         extra: ExtraResources,
+        identity_env: &[(&str, String)],
     ) -> Result<Self, Error> {
         let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temp dir: {e}"))?;
         let d = dir.path();
@@ -90,7 +157,8 @@ impl Mesh {
         app_proc.wait_for_200(app, "/", "app")?;
 
         let data = d.join("ca");
-        let (identity, id_api, _) = start_server(d, weft, "identity", "--data-dir", &data, &[])?;
+        let (identity, id_api, identity_admin) =
+            start_server(d, weft, "identity", "--data-dir", &data, identity_env)?;
         for (ns, workload) in WORKLOADS {
             let out = d.join(format!("{workload}.token"));
             token(weft, &data, ns, workload, &out)?;
@@ -99,7 +167,7 @@ impl Mesh {
         let resources = d.join("resources");
         std::fs::create_dir_all(&resources)
             .map_err(|e| format!("cannot create {}: {e}", resources.display()))?;
-        write_file(&resources.join("mesh.yaml"), &resources_yaml(app.port()))?;
+        write_file(&resources.join(RESOURCES_FILE), &resources_yaml(app.port()))?;
         for (name, yaml) in extra(app.port()) {
             write_file(&resources.join(name), &yaml)?;
         }
@@ -115,30 +183,16 @@ impl Mesh {
             ],
         )?;
 
-        let (proxy_bin, proxy_args) = proxy_command(weft);
-        let proxy = |name: &'static str, app_port: u16| -> Result<Proxy, Error> {
-            let (inbound, outbound, admin) = (free_addr()?, free_addr()?, free_addr()?);
-            let mut proc = spawn(
-                d,
-                name,
-                &proxy_bin,
-                proxy_args,
-                &[
-                    (ENV_TOKEN_FILE, path(&d.join(format!("{name}.token")))),
-                    (ENV_IDENTITY_ADDR, id_api.to_string()),
-                    (ENV_POLICY_ADDR, pol_api.to_string()),
-                    (proxy_config::ENV_INBOUND, inbound.to_string()),
-                    (proxy_config::ENV_OUTBOUND, outbound.to_string()),
-                    (proxy_config::ENV_ADMIN, admin.to_string()),
-                    (proxy_config::ENV_APP_PORT, app_port.to_string()),
-                ],
-            )?;
-            proc.wait_for_200(admin, "/ready", "localhost")?;
-            Ok(Proxy {
-                proc,
-                outbound,
-                admin,
-            })
+        let launcher = ProxyLauncher {
+            dir: d.to_path_buf(),
+            command: proxy_command(weft),
+            identity_api: id_api,
+            policy_api: pol_api,
+        };
+        let proxy = |name: &str, app_port: u16| -> Result<Proxy, Error> {
+            let mut p = launcher.spawn(name, name, app_port)?;
+            p.wait_ready()?;
+            Ok(p)
         };
         let api = proxy("api", app.port())?;
         let mut web = proxy("web", 1)?;
@@ -155,7 +209,9 @@ impl Mesh {
             policy,
             resources,
             policy_admin,
-            _identity: identity,
+            identity_admin,
+            launcher,
+            identity,
             _app: app_proc,
             _dir: dir,
         })
@@ -203,6 +259,24 @@ impl Mesh {
     /// The control plane's `/status` page (JSON).
     pub(crate) fn policy_status(&self) -> Result<String, Error> {
         get_200(self.policy_admin, "/status", "the control plane's status")
+    }
+
+    /// The control plane's `/workloads` page (JSON): every registered workload.
+    pub(crate) fn policy_workloads(&self) -> Result<String, Error> {
+        get_200(
+            self.policy_admin,
+            "/workloads",
+            "the control plane's workloads",
+        )
+    }
+
+    /// The identity service's `/metrics` page.
+    pub(crate) fn identity_metrics(&self) -> Result<String, Error> {
+        get_200(
+            self.identity_admin,
+            "/metrics",
+            "the identity service's metrics",
+        )
     }
 
     /// `GET /` through web's outbound, as the load sends it: the status, `None` when nothing
@@ -283,15 +357,31 @@ pub(crate) fn proxy_command(weft: &Path) -> (PathBuf, &'static [&'static str]) {
     }
 }
 
-/// The resources: services api (the app's port) and web, and a policy letting web call api.
+/// The resources: services api (the app's port) and web ([`services_yaml`]), and a policy
+/// letting web call api.
 pub fn resources_yaml(port: u16) -> String {
     format!(
-        "kind: Service\nmetadata: {{name: api, namespace: default}}\nspec: {{ports: [{{port: {port}}}]}}\n---\n\
-         kind: Service\nmetadata: {{name: web, namespace: default}}\nspec: {{ports: [{{port: 8080}}]}}\n---\n\
-         kind: AuthorizationPolicy\nmetadata: {{name: api-from-web, namespace: default}}\nspec:\n  \
-         target: {{service: api, port: {port}}}\n  allow:\n    - identities: [\"spiffe://weft.local/ns/default/sa/web\"]\n"
+        "{}---\n\
+         kind: AuthorizationPolicy\nmetadata: {{name: {POLICY_NAME}, namespace: default}}\nspec:\n  \
+         target: {{service: api, port: {port}}}\n  allow:\n    - identities: [\"{WEB_ID}\"]\n",
+        services_yaml(port)
     )
 }
+
+/// The services of [`resources_yaml`]: api (the app's port) and web.
+pub fn services_yaml(port: u16) -> String {
+    format!(
+        "kind: Service\nmetadata: {{name: api, namespace: default}}\nspec: {{ports: [{{port: {port}}}]}}\n---\n\
+         kind: Service\nmetadata: {{name: web, namespace: default}}\nspec: {{ports: [{{port: 8080}}]}}\n"
+    )
+}
+
+/// The name of [`resources_yaml`]'s policy (namespace `default`).
+pub const POLICY_NAME: &str = "api-from-web";
+/// The identity of the web workload, whose proxy the load goes through.
+pub const WEB_ID: &str = "spiffe://weft.local/ns/default/sa/web";
+/// The file of [`resources_yaml`] in the control plane's directory.
+pub const RESOURCES_FILE: &str = "mesh.yaml";
 
 /// The workloads the mesh mints tokens for (`<workload>.token` in its directory): the control
 /// plane and the two proxies, as (namespace, workload).
