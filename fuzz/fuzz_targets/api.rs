@@ -13,7 +13,9 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use libfuzzer_sys::fuzz_target;
-use weft_policy::api::{Api, ApiSettings, Auth, encode, fuzzing::decode};
+use weft_policy::api::{
+    Api, ApiSettings, Auth, DEFAULT_MAX_REGISTRATIONS_PER_IDENTITY, Limits, encode, fuzzing::decode,
+};
 use weft_policy::authz::{DefaultPolicy, WorkloadPolicy};
 use weft_policy::client::decode_event;
 use weft_policy::metrics::Metrics;
@@ -45,19 +47,30 @@ static SETUP: LazyLock<Setup> = LazyLock::new(|| {
     let sources = [(PathBuf::from("mesh.yaml"), RESOURCES.to_string())];
     let config = weft_policy::load::compile(&sources, DefaultPolicy::default())
         .expect("the fuzz target's resources are valid");
-    let store = Store::new(config, "fuzz".into(), Metrics::new(&Registry::new()));
+    let store = Store::new(
+        config,
+        "fuzz".into(),
+        Metrics::new(&Registry::new()),
+        DEFAULT_MAX_REGISTRATIONS_PER_IDENTITY,
+    );
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    // No warm-up: a resumed endpoints watch would otherwise send nothing until its first
+    // heartbeat (as designed), and the target reads each watch's first event.
+    let settings = ApiSettings {
+        registry_warmup: Duration::ZERO,
+        ..ApiSettings::default()
+    };
+    let limits = Limits::new(
+        settings.max_watches_per_identity,
+        settings.max_requests_per_identity,
+    );
     let api = Arc::new(Api {
         store,
         auth: Auth::InsecureDev,
-        // No warm-up: a resumed endpoints watch would otherwise send nothing until its
-        // first heartbeat (as designed), and the target reads each watch's first event.
-        settings: ApiSettings {
-            registry_warmup: Duration::ZERO,
-            ..ApiSettings::default()
-        },
+        settings,
         stop,
         started: tokio::time::Instant::now(),
+        limits,
     });
     let conn = Arc::new(ConnInfo {
         remote: "127.0.0.1:40000".parse().expect("an address"),

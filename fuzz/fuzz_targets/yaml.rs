@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
+use weft_policy::api::DEFAULT_MAX_REGISTRATIONS_PER_IDENTITY;
 use weft_policy::authz::{DefaultPolicy, WorkloadPolicy};
 use weft_policy::client::decode_event;
 use weft_policy::load::{Config, compile};
@@ -64,7 +65,12 @@ fn serve(config: Config) {
             )
         })
         .collect();
-    let store = Store::new(config, "fuzz".into(), METRICS.clone());
+    let store = Store::new(
+        config,
+        "fuzz".into(),
+        METRICS.clone(),
+        DEFAULT_MAX_REGISTRATIONS_PER_IDENTITY,
+    );
     let state = store.current();
     for ((namespace, service), (policy, routes, ports)) in names.into_iter().zip(expected) {
         let (ns, svc) = (namespace.clone(), service.clone());
