@@ -13,6 +13,11 @@ check:
 test:
     cargo test --workspace
 
+# The fuzz targets (docs/fuzzing.md): build them all, run each for SECS seconds. Its own
+# workspace under fuzz/, with its own target directory.
+fuzz SECS="30" *TARGETS:
+    fuzz/run.sh {{SECS}} {{TARGETS}}
+
 # Everything CI runs, system tests included (needs root for some of them).
 ci:
     bash .ci/run

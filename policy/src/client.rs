@@ -459,6 +459,52 @@ impl Inner {
     }
 }
 
+/// The framing of a watch stream: events are JSON lines, each ended by `\n`. Bytes are kept
+/// until their line is complete. Public for the fuzz targets (`fuzz/`), not an API.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    buf: Vec<u8>,
+}
+
+impl LineBuffer {
+    /// Appends the bytes of a frame.
+    pub fn push(&mut self, mut data: impl Buf) {
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            self.buf.extend_from_slice(chunk);
+            let n = chunk.len();
+            data.advance(n);
+        }
+    }
+
+    /// Whether more than [`MAX_LINE`] bytes are kept (the stream is then refused).
+    pub fn over_limit(&self) -> bool {
+        self.buf.len() > MAX_LINE
+    }
+
+    /// The next complete line, without its `\n`.
+    pub fn next_line(&mut self) -> Option<Vec<u8>> {
+        let pos = self.buf.iter().position(|&b| b == b'\n')?;
+        let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+        line.pop();
+        Some(line)
+    }
+}
+
+/// Decodes one event line: its version and item when it carries both (a snapshot), `None`
+/// for the other events. Public for the fuzz targets (`fuzz/`), not an API.
+#[doc(hidden)]
+pub fn decode_event<T: DeserializeOwned>(
+    line: &[u8],
+) -> Result<Option<(String, T)>, serde_json::Error> {
+    let event: Line<T> = serde_json::from_slice(line)?;
+    Ok(match (event.version, event.item) {
+        (Some(v), Some(item)) => Some((v, item)),
+        _ => None,
+    })
+}
+
 /// A watch event as read: the fields of every [`crate::wire::Event`] kind. (Decoded as a plain
 /// struct: serde's internally tagged enums buffer their content, which loses serde_json's
 /// integer map keys, as in `WorkloadPolicy::ports`.)
@@ -558,32 +604,26 @@ async fn follow_once<T: DeserializeOwned>(
         return Err(rejected(status, &bytes));
     }
     let idle = inner.settings.idle_timeout;
-    let mut buf: Vec<u8> = Vec::new();
+    let mut lines = LineBuffer::default();
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(ClientError::Timeout(idle)),
             Ok(None) => return Err(ClientError::Ended),
             Ok(Some(f)) => f?,
         };
-        let Ok(mut data) = frame.into_data() else {
+        let Ok(data) = frame.into_data() else {
             continue;
         };
-        while data.has_remaining() {
-            let chunk = data.chunk();
-            buf.extend_from_slice(chunk);
-            let n = chunk.len();
-            data.advance(n);
-        }
-        if buf.len() > MAX_LINE {
+        lines.push(data);
+        if lines.over_limit() {
             return Err(ClientError::Decode(format!(
                 "{path}: an event is larger than {MAX_LINE} bytes"
             )));
         }
-        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            let event: Line<T> = serde_json::from_slice(&line[..line.len() - 1])
+        while let Some(line) = lines.next_line() {
+            let event = decode_event::<T>(&line)
                 .map_err(|e| ClientError::Decode(format!("{path}: {e}")))?;
-            if let (Some(v), Some(item)) = (event.version, event.item) {
+            if let Some((v, item)) = event {
                 *version = Some(v);
                 tx.send_replace(Some(Arc::new(item)));
             }

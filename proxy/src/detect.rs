@@ -137,7 +137,8 @@ pub fn classify(buf: &[u8], want_tls: bool) -> Option<Protocol> {
             None
         };
     }
-    // An HTTP/1 request line starts with a method token (uppercase letters) and a space.
+    // An HTTP/1 request line starts with a method token (at most 20 uppercase letters, `-` or
+    // `_`) and a space.
     for (i, b) in buf.iter().enumerate() {
         match b {
             b'A'..=b'Z' | b'-' | b'_' if i < 20 => continue,
@@ -145,11 +146,10 @@ pub fn classify(buf: &[u8], want_tls: bool) -> Option<Protocol> {
             _ => return Some(Protocol::Opaque),
         }
     }
-    if buf.len() >= 20 {
-        Some(Protocol::Opaque)
-    } else {
-        None
-    }
+    // Only method characters so far, at most 20 of them: the next byte decides (a 20-letter
+    // method is followed by its space at index 20). Deciding here would make the answer
+    // depend on where the client's bytes happened to be split.
+    None
 }
 
 /// Reads the first bytes of `io` until the protocol is known, the client stops sending, or
@@ -212,6 +212,25 @@ mod tests {
         assert_eq!(classify(b"\x00\x01", true), Some(Protocol::Opaque));
         assert_eq!(classify(b"GE", true), None);
         assert_eq!(classify(b"", true), None);
+    }
+
+    /// Found by the `detect` fuzz target: 20 method characters were opaque when a read ended
+    /// right after them, and HTTP/1 when the space came in the same read.
+    #[tokio::test]
+    async fn a_twenty_letter_method_is_http1_however_the_bytes_arrive() {
+        let input: &[u8] = b"EEMEE-EEEEEEEEEE-PRI * HTTP/2.0\r\n\rEEE0EE9\x00_S";
+        assert_eq!(classify(&input[..20], true), None);
+        assert_eq!(classify(input, true), Some(Protocol::Http1));
+        for split in [1, 19, 20, 21] {
+            // The first read returns `head`, the next `tail`.
+            let (head, tail) = input.split_at(split);
+            let io = AsyncReadExt::chain(head, tail);
+            let (p, mut s) = detect(io, true, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(p, Protocol::Http1, "split after {split} bytes");
+            let mut out = vec![0u8; input.len()];
+            s.read_exact(&mut out).await.unwrap();
+            assert_eq!(out, input);
+        }
     }
 
     #[tokio::test]

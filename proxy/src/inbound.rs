@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use weft_identity::SpiffeId;
 use weft_policy::authz::{Decision, authorize};
@@ -24,7 +24,7 @@ use crate::identity::ClientIdentity;
 use crate::metrics::{ProxyMetrics, tls_failure_reason};
 use crate::orig_dst::{Interception, OrigDst};
 use crate::stack::InboundStack;
-use crate::tls::{ALPN_OPAQUE, MeshTls};
+use crate::tls::{ALPN_OPAQUE, MeshTls, read_opaque_header};
 
 const DIRECTION: &str = "inbound";
 /// How long a peer may take to complete its TLS handshake.
@@ -169,13 +169,10 @@ impl Inbound {
         if opaque {
             let _open = self.metrics.tcp_open(DIRECTION, "opaque");
             let mut tls = tls;
-            let mut port = [0u8; 2];
-            if tls.read_exact(&mut port).await.is_err() {
+            let Ok(port) = read_opaque_header(&mut tls).await else {
                 return;
-            }
-            return self
-                .tcp(tls, u16::from_be_bytes(port), peer.as_ref(), remote)
-                .await;
+            };
+            return self.tcp(tls, port, peer.as_ref(), remote).await;
         }
         let (protocol, io) = match detect::detect(tls, false, self.cfg.detect_timeout).await {
             Ok(d) => d,

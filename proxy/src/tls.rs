@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use rustls::{ClientConfig, ServerConfig};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 use weft_identity::SpiffeId;
 use weft_identity::tls::{self, CertStore, ClientAuth, Credentials};
@@ -13,6 +14,19 @@ use weft_identity::tls::{self, CertStore, ClientAuth, Credentials};
 /// ALPN id of an opaque TCP tunnel between proxies; the first two bytes on the tunnel are the
 /// destination port (big-endian).
 pub const ALPN_OPAQUE: &[u8] = b"weft.opaque/1";
+
+/// The header of an opaque tunnel ([`ALPN_OPAQUE`]): the destination port, big-endian.
+pub fn opaque_header(port: u16) -> [u8; 2] {
+    port.to_be_bytes()
+}
+
+/// Reads an opaque tunnel's header ([`opaque_header`]) off the front of `io`, leaving the
+/// tunnelled bytes after it; fails if the stream ends first.
+pub async fn read_opaque_header<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<u16> {
+    let mut port = [0u8; 2];
+    io.read_exact(&mut port).await?;
+    Ok(u16::from_be_bytes(port))
+}
 
 /// Current TLS material of a proxy.
 #[derive(Debug)]

@@ -87,7 +87,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             }
         };
         rest = &rest[unit_len..];
-        total += Duration::from_secs_f64(value * unit);
+        // Checked: a duration past `Duration::MAX` (about 584 billion years) is an error in
+        // what the operator or a client wrote, not a panic in the process reading it.
+        total = Duration::try_from_secs_f64(value * unit)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(|| format!("`{s}` is too long a duration"))?;
     }
     Ok(total)
 }
@@ -154,5 +159,24 @@ mod tests {
         for bad in ["", "h", "10x", "ten seconds", "5 m"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Durations past `Duration::MAX` panicked (`Duration::from_secs_f64`, then `+=`): reached
+    /// from a registration's `lease` and from resource files' timeouts.
+    #[test]
+    fn durations_too_long_are_errors_not_panics() {
+        for long in [
+            "99999999999999999999999s",
+            &format!("{}s", "9".repeat(400)),
+            "10000000000000000000s10000000000000000000s",
+            "213503982334602d",
+        ] {
+            let e = parse_duration(long).unwrap_err();
+            assert!(e.contains("too long"), "{long}: {e}");
+        }
+        assert_eq!(
+            parse_duration("18446744073709551615").unwrap(),
+            Duration::from_secs(u64::MAX)
+        );
     }
 }

@@ -32,9 +32,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use tokio::sync::watch;
 use weft_identity::SpiffeId;
 use weft_identity::tls::TrustBundle;
@@ -53,6 +53,14 @@ mod watches;
 pub use limits::{Caller, Held, Limits, Permit, Refused};
 use query::Query;
 pub use query::encode;
+
+/// What the fuzz targets (`fuzz/`) reach besides [`Api::handle`]: not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::query::decode;
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub const ENDPOINTS_PATH: &str = "/v1/endpoints";
 pub const INBOUND_PATH: &str = "/v1/inbound";
@@ -171,12 +179,17 @@ fn fail(status: StatusCode, error: &'static str, message: impl Into<String>) -> 
 }
 
 impl Api {
-    /// Answers one request.
-    pub async fn handle(
+    /// Answers one request. Generic over the request body so the fuzz targets (`fuzz/`) can
+    /// call it without a connection; the server passes hyper's `Incoming`.
+    pub async fn handle<B>(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<B>,
         conn: Arc<ConnInfo>,
-    ) -> Response<ApiBody> {
+    ) -> Response<ApiBody>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
         match self.route(req, &conn).await {
             Ok(rsp) => rsp,
             Err(f) => {
@@ -195,11 +208,11 @@ impl Api {
         }
     }
 
-    async fn route(
-        &self,
-        req: Request<Incoming>,
-        conn: &ConnInfo,
-    ) -> Result<Response<ApiBody>, Failure> {
+    async fn route<B>(&self, req: Request<B>, conn: &ConnInfo) -> Result<Response<ApiBody>, Failure>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
         let peer = self.peer(conn)?;
         let caller = match &peer {
             Some(id) => Caller::Identity(id.clone()),
@@ -486,7 +499,11 @@ fn service_key(path: &str, query: &Query) -> Result<Key, Failure> {
     })
 }
 
-async fn read_body(body: Incoming) -> Result<Bytes, Failure> {
+async fn read_body<B>(body: B) -> Result<Bytes, Failure>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => Err(fail(

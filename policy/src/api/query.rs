@@ -24,7 +24,9 @@ impl Query {
     }
 }
 
-fn decode(s: &str) -> String {
+/// Percent-decodes a query key or value (`+` is a space). Public (through `api::fuzzing`)
+/// for the fuzz targets.
+pub fn decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -148,6 +148,16 @@ fn bad_duration_is_named() {
     );
 }
 
+/// A duration past `Duration::MAX` panicked while loading (found by review beside the fuzz
+/// targets: `parse_duration` used `Duration::from_secs_f64`).
+#[test]
+fn a_duration_too_long_is_named_not_a_panic() {
+    let e = error_with(
+        "kind: HTTPRoute\nmetadata: {name: r2}\nspec:\n  parentRefs: [{name: api}]\n  rules:\n    - timeouts: {request: 99999999999999999999999s}\n",
+    );
+    assert_names(&e, "spec.rules[0].timeouts.request", &["too long"]);
+}
+
 #[test]
 fn zero_weight_sum_is_named() {
     let e = error_with(

@@ -374,7 +374,8 @@ impl Inner {
     {
         match self.connect_tls(addr, identity, ALPN_OPAQUE).await {
             Ok(mut tls) => {
-                if tls.write_all(&port.to_be_bytes()).await.is_ok() {
+                let header = crate::tls::opaque_header(port);
+                if tls.write_all(&header).await.is_ok() {
                     crate::tcp::relay(&mut client, &mut tls, DIRECTION, &self.metrics).await;
                 }
             }
