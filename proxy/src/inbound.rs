@@ -72,7 +72,7 @@ impl Inbound {
         let stack = InboundStack::new(
             &cfg.service,
             cfg.app_ip,
-            cfg.default_app_port,
+            (cfg.default_app_port, &cfg.intercept.own_ports),
             policy.clone(),
             metrics.clone(),
         );
@@ -232,6 +232,13 @@ impl Inbound {
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let peer_label = peer.map_or("unauthenticated", |p| p.as_str());
+        if self.cfg.intercept.is_own_port(port) {
+            // A tunnel names its port: never one of the proxy's own, through which a peer
+            // would act as this workload (its outbound) or reach its admin endpoint.
+            self.metrics.error(DIRECTION, "forbidden");
+            tracing::warn!(client.addr = %remote, client.id = peer_label, port, "TCP tunnel refused: the port is one of the proxy's own");
+            return;
+        }
         let Some(policy) = self.policy.borrow().clone() else {
             self.metrics.error(DIRECTION, "not_ready");
             return;

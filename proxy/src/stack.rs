@@ -106,11 +106,13 @@ impl std::fmt::Debug for InboundStack {
 impl InboundStack {
     /// `service`: the local workload's service (`<namespace>/<name>`), the destination label
     /// of every request; the application listens on `app_ip`, and requests whose authority
-    /// names no port go to `default_app_port`.
+    /// names no port go to `default_app_port`. Requests for `own_ports` (the proxy's own
+    /// listeners) are refused whatever the policy says: through them a peer would act as this
+    /// workload (its outbound) or reach its admin endpoint.
     pub fn new(
         service: &str,
         app_ip: IpAddr,
-        default_app_port: u16,
+        (default_app_port, own_ports): (u16, &[u16]),
         policy: PolicyWatch,
         metrics: Arc<ProxyMetrics>,
     ) -> Self {
@@ -118,11 +120,9 @@ impl InboundStack {
         let authorized = BoxCloneSyncService::new(
             ServiceBuilder::new()
                 // Before anything reaches the application: a denied request costs it nothing.
-                .layer(AuthorizeLayer::new(CheckPolicy::new(
-                    policy,
-                    default_app_port,
-                    metrics,
-                )))
+                .layer(AuthorizeLayer::new(
+                    CheckPolicy::new(policy, default_app_port, metrics).refusing(own_ports),
+                ))
                 .service(Forward::new(app_ip, default_app_port)),
         );
         Self { edge, authorized }

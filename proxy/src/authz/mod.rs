@@ -47,6 +47,8 @@ pub struct CheckPolicy {
     policy: PolicyWatch,
     default_port: u16,
     metrics: Arc<ProxyMetrics>,
+    /// Ports no request may reach: the proxy's own.
+    refused: Arc<[u16]>,
 }
 
 impl CheckPolicy {
@@ -56,7 +58,14 @@ impl CheckPolicy {
             policy,
             default_port,
             metrics,
+            refused: Arc::from([]),
         }
+    }
+
+    /// Refuses requests for `ports` (403) whatever the policy says.
+    pub fn refusing(mut self, ports: &[u16]) -> Self {
+        self.refused = Arc::from(ports);
+        self
     }
 }
 
@@ -73,6 +82,20 @@ impl<B> Predicate<Request<B>> for CheckPolicy {
                 .unwrap_or(self.default_port),
         };
         req.extensions_mut().insert(AppPort(port));
+        if self.refused.contains(&port) {
+            let peer = req
+                .extensions()
+                .get::<ClientIdentity>()
+                .map_or_else(|| "unauthenticated".to_string(), |c| c.label.to_string());
+            return Err(ProxyError::Forbidden {
+                policy: "weft-proxy".into(),
+                reason: format!(
+                    "port {port} is one of the proxy's own (inbound, outbound or admin), not the application's"
+                ),
+                peer,
+            }
+            .into());
+        }
         self.decide(&req, port)?;
         Ok(req)
     }

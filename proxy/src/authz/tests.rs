@@ -174,3 +174,21 @@ async fn the_original_destination_port_picks_the_policy_and_the_app_port() {
     let err = svc.oneshot(req).await.unwrap_err();
     assert_eq!(proxy_error(&*err).code(), "forbidden");
 }
+
+#[tokio::test]
+async fn the_proxys_own_ports_are_never_reached_whatever_the_policy() {
+    let (svc, _handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let everyone = WorkloadPolicy {
+        default: InboundPolicy::default_policy(DefaultPolicy::AllAuthenticated),
+        ..policy()
+    };
+    let (_tx, rx) = watch::channel(Some(Arc::new(everyone)));
+    let metrics = ProxyMetrics::new(weft_runtime::metrics::Registry::new());
+    let check = CheckPolicy::new(rx, 8080, metrics).refusing(&[4143, 4140, 4191]);
+    let mut svc = AuthorizeLayer::new(check).layer(svc);
+    // The outbound listener (acting as this workload) and the admin endpoint.
+    for port in [4140, 4191] {
+        let req = request(Some("web"), &format!("api:{port}"));
+        assert_eq!(refused(&mut svc, req).await, "forbidden");
+    }
+}
