@@ -465,6 +465,9 @@ impl Inner {
 #[derive(Debug, Default)]
 pub struct LineBuffer {
     buf: Vec<u8>,
+    /// How much of `buf` is known to hold no `\n`: each byte is looked at once, however many
+    /// frames a long line arrives in.
+    scanned: usize,
 }
 
 impl LineBuffer {
@@ -485,7 +488,12 @@ impl LineBuffer {
 
     /// The next complete line, without its `\n`.
     pub fn next_line(&mut self) -> Option<Vec<u8>> {
-        let pos = self.buf.iter().position(|&b| b == b'\n')?;
+        let Some(at) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') else {
+            self.scanned = self.buf.len();
+            return None;
+        };
+        let pos = self.scanned + at;
+        self.scanned = 0;
         let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
         line.pop();
         Some(line)
@@ -648,5 +656,27 @@ fn same_cert(
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         (None, None) => true,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::LineBuffer;
+
+    #[test]
+    fn lines_come_out_whole_however_their_bytes_arrive() {
+        let mut b = LineBuffer::default();
+        let text = format!("{}\nsecond\n\nthird-", "x".repeat(10_000));
+        let mut lines = Vec::new();
+        for byte in text.as_bytes().chunks(7) {
+            b.push(byte);
+            while let Some(l) = b.next_line() {
+                lines.push(String::from_utf8(l).unwrap());
+            }
+        }
+        assert_eq!(lines, ["x".repeat(10_000), "second".into(), String::new()]);
+        b.push(&b"end\n"[..]);
+        assert_eq!(b.next_line().unwrap(), b"third-end");
+        assert!(b.next_line().is_none());
     }
 }
