@@ -33,8 +33,10 @@ pub fn decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
+                // Two hex digits exactly (`from_str_radix` alone also takes `+5`).
+                let hex = Some(&b[i + 1..i + 3])
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(v) => {
@@ -87,5 +89,8 @@ mod tests {
         assert_eq!(q.get("x"), Some(""));
         assert_eq!(decode(&encode("spiffe://a b/%")), "spiffe://a b/%");
         assert_eq!(decode("%4"), "%4");
+        // Two hex digits, nothing else: `%+5` is not byte 5.
+        assert_eq!(decode("%+5x"), "% 5x");
+        assert_eq!(decode("%2b"), "+");
     }
 }
