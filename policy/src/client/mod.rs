@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
@@ -29,6 +29,9 @@ use weft_identity::client::Backoff;
 use weft_identity::tls::{self, TrustBundle};
 use weft_runtime::serve::ErrorBody;
 
+mod lines;
+
+pub use self::lines::{LineBuffer, decode_event};
 use crate::api::{ADDRESS_PATH, ENDPOINTS_PATH, INBOUND_PATH, REGISTER_PATH, ROUTES_PATH, encode};
 use crate::authz::WorkloadPolicy;
 use crate::registry::{AddressInfo, Registered, Registration, ServiceEndpoints};
@@ -459,77 +462,6 @@ impl Inner {
     }
 }
 
-/// The framing of a watch stream: events are JSON lines, each ended by `\n`. Bytes are kept
-/// until their line is complete. Public for the fuzz targets (`fuzz/`), not an API.
-#[doc(hidden)]
-#[derive(Debug, Default)]
-pub struct LineBuffer {
-    buf: Vec<u8>,
-    /// How much of `buf` is known to hold no `\n`: each byte is looked at once, however many
-    /// frames a long line arrives in.
-    scanned: usize,
-}
-
-impl LineBuffer {
-    /// Appends the bytes of a frame.
-    pub fn push(&mut self, mut data: impl Buf) {
-        while data.has_remaining() {
-            let chunk = data.chunk();
-            self.buf.extend_from_slice(chunk);
-            let n = chunk.len();
-            data.advance(n);
-        }
-    }
-
-    /// Whether more than [`MAX_LINE`] bytes are kept (the stream is then refused).
-    pub fn over_limit(&self) -> bool {
-        self.buf.len() > MAX_LINE
-    }
-
-    /// The next complete line, without its `\n`.
-    pub fn next_line(&mut self) -> Option<Vec<u8>> {
-        let Some(at) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') else {
-            self.scanned = self.buf.len();
-            return None;
-        };
-        let pos = self.scanned + at;
-        self.scanned = 0;
-        let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-        line.pop();
-        Some(line)
-    }
-}
-
-/// Decodes one event line: its version and item when it carries both (a snapshot), `None`
-/// for the other events. Public for the fuzz targets (`fuzz/`), not an API.
-#[doc(hidden)]
-pub fn decode_event<T: DeserializeOwned>(
-    line: &[u8],
-) -> Result<Option<(String, T)>, serde_json::Error> {
-    let event: Line<T> = serde_json::from_slice(line)?;
-    Ok(match (event.version, event.item) {
-        (Some(v), Some(item)) => Some((v, item)),
-        _ => None,
-    })
-}
-
-/// A watch event as read: the fields of every [`crate::wire::Event`] kind. (Decoded as a plain
-/// struct: serde's internally tagged enums buffer their content, which loses serde_json's
-/// integer map keys, as in `WorkloadPolicy::ports`.)
-#[derive(serde::Deserialize)]
-struct Line<T> {
-    #[serde(rename = "type")]
-    _kind: String,
-    #[serde(default)]
-    version: Option<String>,
-    #[serde(default = "none")]
-    item: Option<T>,
-}
-
-fn none<T>() -> Option<T> {
-    None
-}
-
 /// Runs one watch until its receivers are all dropped.
 async fn follow<T: DeserializeOwned>(
     inner: Arc<Inner>,
@@ -656,27 +588,5 @@ fn same_cert(
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         (None, None) => true,
         _ => false,
-    }
-}
-
-#[cfg(test)]
-mod line_tests {
-    use super::LineBuffer;
-
-    #[test]
-    fn lines_come_out_whole_however_their_bytes_arrive() {
-        let mut b = LineBuffer::default();
-        let text = format!("{}\nsecond\n\nthird-", "x".repeat(10_000));
-        let mut lines = Vec::new();
-        for byte in text.as_bytes().chunks(7) {
-            b.push(byte);
-            while let Some(l) = b.next_line() {
-                lines.push(String::from_utf8(l).unwrap());
-            }
-        }
-        assert_eq!(lines, ["x".repeat(10_000), "second".into(), String::new()]);
-        b.push(&b"end\n"[..]);
-        assert_eq!(b.next_line().unwrap(), b"third-end");
-        assert!(b.next_line().is_none());
     }
 }
