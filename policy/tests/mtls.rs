@@ -450,6 +450,11 @@ async fn a_client_goes_on_registering_after_its_first_certificate_expires() {
     s.tls = Some(tls);
     let client = PolicyClient::new(s);
     client.register(&registration(None, None)).await.unwrap();
+    let mut watch = client.watch_endpoints("default", "api");
+    wait_until(&mut watch, Duration::from_secs(5), "api registered", |e| {
+        e.endpoints.len() == 1
+    })
+    .await;
 
     // Renewed (as the identity client does, well before expiry); then the first expires.
     store.set(credentials(&mesh.ca, &api_id).certified_key().unwrap());
@@ -463,5 +468,41 @@ async fn a_client_goes_on_registering_after_its_first_certificate_expires() {
     let renewed = client.register(&registration(None, None)).await;
     assert!(renewed.is_ok(), "{renewed:?}");
     assert_eq!(client.connections(), 2);
+    // The watch moved to the new connection, and the old one closed: one connection from
+    // the client, not one more per renewal.
+    eventually_some(
+        Duration::from_secs(10),
+        "one connection to the control plane",
+        || {
+            let open = established_to(cp.api.port());
+            async move { (open == 1).then_some(()) }
+        },
+    )
+    .await;
+    let mut second = registration(None, None);
+    second.address = "127.0.0.1:7202".parse().unwrap();
+    client.register(&second).await.unwrap();
+    // Updates still arrive, on the new connection (after the control plane's registry
+    // warm-up, which holds a resumed watch's endpoints for its first seconds).
+    wait_until(
+        &mut watch,
+        Duration::from_secs(30),
+        "the second address",
+        |e| e.endpoints.iter().any(|e| e.address == second.address),
+    )
+    .await;
     cp.stop().await;
+}
+
+/// Established TCP connections (IPv4) from this process to local port `port`.
+fn established_to(port: u16) -> usize {
+    let tcp = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+    tcp.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote_port = f[2].rsplit(':').next().unwrap();
+            f[3] == "01" && u16::from_str_radix(remote_port, 16).unwrap() == port
+        })
+        .count()
 }

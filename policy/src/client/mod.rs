@@ -179,6 +179,12 @@ struct Inner {
     /// Signalled on every new connection after the first: the control plane may have
     /// restarted with an empty registry, so registrations are renewed at once.
     reconnected: tokio::sync::Notify,
+    /// Counts the connections made because the client's certificate was renewed: every watch
+    /// then moves to the new connection (resuming, so nothing is sent again), and the old
+    /// one, left without streams, closes. Without it, each renewal left one more connection
+    /// open in both the proxy and the control plane (the 30-minute soak, renewing every
+    /// minute, showed their memory creeping up).
+    moved: watch::Sender<u64>,
 }
 
 /// A watched item: `None` until the first snapshot arrives, then always the last one
@@ -194,6 +200,7 @@ impl PolicyClient {
                 conn: tokio::sync::Mutex::new(None),
                 connections: AtomicU64::new(0),
                 reconnected: tokio::sync::Notify::new(),
+                moved: watch::channel(0).0,
             }),
         }
     }
@@ -374,16 +381,19 @@ impl Inner {
     /// was renewed since it was made. The control plane checks the certificate of a
     /// connection at every request, so one made with a certificate that has since expired
     /// would refuse every registration (a proxy dropped out of discovery one certificate
-    /// lifetime after it started). Streams open on the old connection stay there until
-    /// they end.
+    /// lifetime after it started). The watches on the old connection then move to the new
+    /// one ([`Inner::moved`]).
     async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
         let mut guard = self.conn.lock().await;
         let cert = self.settings.tls.as_ref().and_then(ClientTls::current_cert);
+        let mut renewed = false;
         if let Some((s, presented)) = guard.as_ref()
             && !s.is_closed()
-            && same_cert(presented.as_ref(), cert.as_ref())
         {
-            return Ok(s.clone());
+            if same_cert(presented.as_ref(), cert.as_ref()) {
+                return Ok(s.clone());
+            }
+            renewed = true;
         }
         *guard = None;
         let timeout = self.settings.connect_timeout;
@@ -394,6 +404,9 @@ impl Inner {
             self.reconnected.notify_waiters();
         }
         *guard = Some((sender.clone(), cert));
+        if renewed {
+            self.moved.send_modify(|n| *n += 1);
+        }
         Ok(sender)
     }
 
@@ -474,9 +487,13 @@ async fn follow<T: DeserializeOwned>(
     let mut backoff = Backoff::new(s.min_backoff, s.max_backoff);
     let mut version: Option<String> = None;
     let mut failures = 0u32;
+    let mut moved = inner.moved.subscribe();
     loop {
+        moved.borrow_and_update();
         let result = tokio::select! {
             r = follow_once(&inner, path, &query, &mut version, &tx, &mut backoff, &mut failures) => r,
+            // The certificate was renewed: to the new connection, at once, resuming.
+            _ = moved.changed() => continue,
             _ = tx.closed() => return,
         };
         let e = match result {
