@@ -101,6 +101,18 @@ impl Labels {
         self.client_fault.get()
     }
 
+    /// The client's fault noted in `labels`, if any, else `otherwise()`: what a failure to
+    /// send a request on is, when the client's body may have caused it.
+    pub fn fault_or(
+        labels: Option<&Arc<Labels>>,
+        otherwise: impl FnOnce() -> crate::error::ProxyError,
+    ) -> crate::error::ProxyError {
+        match labels.and_then(|l| l.client_fault()) {
+            Some(client) => client.clone(),
+            None => otherwise(),
+        }
+    }
+
     /// The client's fault noted on the request `req`, if any.
     pub fn client_fault_of<B>(req: &Request<B>) -> Option<crate::error::ProxyError> {
         req.extensions()

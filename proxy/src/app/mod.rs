@@ -101,9 +101,11 @@ impl Inner {
         strip_hop_by_hop(&mut parts.headers);
         // A failure while the client's body was being sent may be the client's (its body was
         // malformed or cut short, or the peer's stream reset): then it is that.
-        let unavailable = |detail: String| match labels.as_ref().and_then(|l| l.client_fault()) {
-            Some(client) => client.clone(),
-            None => ProxyError::AppUnavailable { port, detail },
+        let unavailable = |detail: String| {
+            Labels::fault_or(labels.as_ref(), || ProxyError::AppUnavailable {
+                port,
+                detail,
+            })
         };
         let rsp = if http2 {
             parts.uri = Uri::builder()

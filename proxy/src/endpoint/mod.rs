@@ -129,15 +129,12 @@ impl Inner {
                 .plain
                 .request(Request::from_parts(parts, body))
                 .await
-                .map_err(
-                    |e| match req_labels.as_ref().and_then(|l| l.client_fault()) {
-                        Some(client) => client.clone(),
-                        None => ProxyError::ConnectFailed {
-                            endpoint: ep.address.to_string(),
-                            detail: error_chain(&e),
-                        },
-                    },
-                )?;
+                .map_err(|e| {
+                    Labels::fault_or(req_labels.as_ref(), || ProxyError::ConnectFailed {
+                        endpoint: ep.address.to_string(),
+                        detail: error_chain(&e),
+                    })
+                })?;
             return Ok(finish(rsp));
         };
         parts.uri = absolute(dst.authority.clone(), &parts.uri)?;
@@ -152,15 +149,14 @@ impl Inner {
         // A failure while the client's body was being sent may be the client's (its body
         // was malformed or cut short): then it is that, and the connection, which other
         // requests share, is kept.
-        let fault = req_labels.clone();
-        let upstream = |e: &hyper::Error| match fault.as_ref().and_then(|l| l.client_fault()) {
-            Some(client) => client.clone(),
-            None => ProxyError::Upstream {
+        let fault = req_labels.as_ref();
+        let upstream = |e: &hyper::Error| {
+            Labels::fault_or(fault, || ProxyError::Upstream {
                 endpoint: ep.address.to_string(),
                 detail: error_chain(e),
-            },
+            })
         };
-        let client_fault = || fault.as_ref().is_some_and(|l| l.client_fault().is_some());
+        let client_fault = || fault.is_some_and(|l| l.client_fault().is_some());
         let mut sender = self.peer(ep.address, identity).await?;
         let rsp = match sender
             .try_send_request(Request::from_parts(parts, body))
