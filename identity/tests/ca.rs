@@ -388,3 +388,73 @@ async fn rustls_accepts_the_leaf_as_server_and_client_certificate() {
     let mismatch = tls::identity_mismatch(inner).unwrap();
     assert_eq!(mismatch.found, id("api").to_string());
 }
+
+/// No session resumption on either side: a second connection after a renewal is a full
+/// handshake, and the server sees the certificate the client holds now, not the one of a
+/// session it could have resumed.
+#[tokio::test]
+async fn every_connection_is_a_full_handshake_with_the_current_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let a = authority(dir.path());
+    let server = issue_direct(&a, &id("api"));
+    let server_cfg = Arc::new(
+        tls::server_config(
+            CertStore::new(server.certified_key().unwrap()),
+            ClientAuth::Required(a.bundle().clone()),
+            &[],
+        )
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_cfg);
+    let server_task = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut buf = [0u8; 4];
+            tls.read_exact(&mut buf).await.unwrap();
+            let (_, conn) = tls.get_ref();
+            let leaf = conn.peer_certificates().unwrap()[0].clone();
+            seen.push((conn.handshake_kind(), leaf));
+            // The answer comes after the server's session tickets, were it to send any, so
+            // the client has them before its second connection.
+            tls.write_all(b"pong").await.unwrap();
+            tls.flush().await.unwrap();
+        }
+        seen
+    });
+
+    let first = issue_direct(&a, &id("web"));
+    let certs = CertStore::new(first.certified_key().unwrap());
+    let client_cfg =
+        Arc::new(tls::client_config(a.bundle(), id("api"), Some(certs.clone()), &[]).unwrap());
+    let connector = tokio_rustls::TlsConnector::from(client_cfg);
+    let renewed = issue_direct(&a, &id("web"));
+    assert_ne!(first.leaf(), renewed.leaf());
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut stream = connector
+            .connect(tls::server_name(&id("api")), tcp)
+            .await
+            .unwrap();
+        stream.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        stream.read_exact(&mut buf).await.unwrap();
+        kinds.push(stream.get_ref().1.handshake_kind());
+        // The client renews between its two connections.
+        certs.set(renewed.certified_key().unwrap());
+    }
+    let full = Some(rustls::HandshakeKind::Full);
+    assert_eq!(kinds, [full, full], "the client's side");
+    let seen = server_task.await.unwrap();
+    assert_eq!(seen[0], (full, first.leaf().clone()));
+    assert_eq!(
+        seen[1],
+        (full, renewed.leaf().clone()),
+        "the second connection"
+    );
+}

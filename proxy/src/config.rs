@@ -117,7 +117,7 @@ pub struct ProxyArgs {
     pub proxy_gid: Option<u32>,
     /// A destination no request used for this long is released: its control-plane watches
     /// and what the router and balancer learnt of it (a name the mesh does not know: after
-    /// 5 s, or this if shorter).
+    /// 5 s, or this if shorter). So is a connection to a peer proxy.
     #[arg(long, env = ENV_DISCOVERY_IDLE_TIMEOUT, default_value = DEFAULT_DISCOVERY_IDLE_TIMEOUT, value_parser = parse_duration)]
     pub discovery_idle_timeout: Duration,
     /// At most this many destinations followed at once (each by the router and the balancer;

@@ -69,7 +69,7 @@ impl Outbound {
         metrics: Arc<ProxyMetrics>,
     ) -> Arc<Self> {
         let own = OwnSockets::default();
-        let connect = Connect::new(tls, metrics.clone());
+        let connect = Connect::new(tls, metrics.clone(), cfg.discovery.idle_timeout);
         let addresses = Arc::new(Addresses::with_limits(resolver.clone(), cfg.discovery));
         let stack = crate::stack::outbound(
             &cfg.namespace,

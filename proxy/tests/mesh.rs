@@ -282,3 +282,48 @@ async fn a_request_with_two_host_headers_is_refused_at_the_edge() {
     web.stop().await;
     api.stop().await;
 }
+
+/// A proxy keeps a connection to a peer proxy only while it is used: the connection to an
+/// endpoint that went away leaves, and one no request took for the idle timeout closes. (The
+/// soak of issue 16 found a proxy holding on to every endpoint it ever reached, and endpoints
+/// come back at new addresses.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_peers_that_went_away_or_sat_idle_are_closed() {
+    let mut mesh = Mesh::new(Duration::from_secs(3600)).await;
+    mesh.discovery.idle_timeout = Duration::from_secs(2);
+    let app = http_app("api").await;
+    let first = mesh.open_proxy("api", app.port()).await;
+    let second = mesh.open_proxy("api", app.port()).await;
+    let web = mesh.client_proxy("web").await;
+    let url = format!("http://api.default:{}/", app.port());
+    let peers = |p: &TestProxy| metric_sum(&p.metrics(), "weft_proxy_peer_connections", &[]);
+    let inbound_open = |p: &TestProxy| {
+        metric_sum(
+            &p.metrics(),
+            "weft_proxy_tcp_open_connections",
+            &["direction=\"inbound\""],
+        )
+    };
+
+    mesh.resolver.set_proxies("api", [&first]);
+    assert_eq!(get_via(web.outbound, &url).await.0, 200);
+    assert_eq!((peers(&web), inbound_open(&first)), (1.0, 1.0));
+
+    // The first endpoint goes away; the second, at another address, takes its place.
+    mesh.resolver.set_proxies("api", [&second]);
+    first.stop().await;
+    assert_eq!(get_via(web.outbound, &url).await.0, 200);
+    let one = eventually(Duration::from_secs(10), || {
+        peers(&web) == 1.0 && inbound_open(&second) == 1.0
+    });
+    assert!(one.await, "one connection, to the second: {}", peers(&web));
+
+    // Unused for the idle timeout, it is closed on both sides.
+    let closed = eventually(Duration::from_secs(10), || {
+        peers(&web) == 0.0 && inbound_open(&second) == 0.0
+    });
+    assert!(closed.await, "the idle connection closed: {}", peers(&web));
+    // And the next request connects again.
+    assert_eq!(get_via(web.outbound, &url).await.0, 200);
+    assert_eq!((peers(&web), inbound_open(&second)), (1.0, 1.0));
+}

@@ -51,6 +51,9 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(certs);
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // No session resumption, here or in any client config (see `client_config`).
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(cfg)
 }
 
@@ -73,6 +76,16 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // No session resumption in the mesh, on either side:
+    // - A resumed session skips the certificates: the server takes the client's identity from
+    //   the session resumed, not from a certificate checked now, so a peer could go on
+    //   connecting on a leaf it no longer holds, or one that has expired, for as long as its
+    //   ticket lives; and a client would present its old certificate after a renewal.
+    // - Mesh connections live long (pooled, reused for every request), so a full handshake
+    //   is rare and resumption saves little.
+    // - The caches cost memory that grows with the peers seen (256 sessions, each holding a
+    //   certificate chain, per server config and per client config).
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
 }
 
@@ -136,5 +149,6 @@ pub(crate) fn unverified_client_config() -> Result<ClientConfig, TlsError> {
         .with_custom_certificate_verifier(Arc::new(AcceptAny))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
 }

@@ -34,13 +34,10 @@ impl ClientTls {
         certs: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
     ) -> Result<Self, String> {
         let server_name = tls::server_name(&expected);
-        let mut config = tls::client_config(bundle, expected, certs.clone(), &[tls::ALPN_H2])
+        // Without session resumption (`tls::client_config`): a resumed session would present
+        // the certificate of the session it resumes again after a renewal.
+        let config = tls::client_config(bundle, expected, certs.clone(), &[tls::ALPN_H2])
             .map_err(|e| e.to_string())?;
-        // No session resumption: a resumed session carries the certificate of the session it
-        // resumes, so a new connection after a renewal would present the old certificate
-        // again. The client makes a connection rarely (one for its life, and one per
-        // renewal or outage), so resumption saves nothing worth it.
-        config.resumption = rustls::client::Resumption::disabled();
         Ok(Self {
             config: Arc::new(config),
             server_name,

@@ -7,9 +7,8 @@
 //! speaks HTTP/1 to its application again. An endpoint without a proxy gets plaintext in the
 //! protocol the application spoke. `CONNECT` opens an opaque tunnel to the endpoint.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,6 +32,10 @@ use crate::metrics::{ProxyMetrics, tls_failure_reason};
 use crate::svc::{BoxError, BoxFuture, Labels};
 use crate::tls::{ALPN_OPAQUE, MeshTls};
 
+mod pool;
+
+use pool::Pool;
+
 const DIRECTION: &str = "outbound";
 /// How long connecting (TCP + TLS + HTTP/2) to a peer proxy may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,7 +54,7 @@ struct Inner {
     /// HTTP/2 connections to peer proxies, one per address, with the identity it proved
     /// (a lookup by address copies no identity; a connection to an address whose identity
     /// changed is replaced).
-    pool: Mutex<HashMap<SocketAddr, (SpiffeId, SendRequest<Body>)>>,
+    pool: Pool,
     /// Endpoints without a proxy.
     plain: PlainClient,
 }
@@ -63,12 +66,13 @@ impl std::fmt::Debug for Connect {
 }
 
 impl Connect {
-    pub fn new(tls: Arc<MeshTls>, metrics: Arc<ProxyMetrics>) -> Self {
+    /// Connections to peer proxies that no request took for `idle_timeout` are closed.
+    pub fn new(tls: Arc<MeshTls>, metrics: Arc<ProxyMetrics>, idle_timeout: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 tls,
+                pool: Pool::new(&metrics, idle_timeout),
                 metrics,
-                pool: Mutex::new(HashMap::new()),
                 plain: PlainClient::new(CONNECT_TIMEOUT),
             }),
         }
@@ -196,14 +200,7 @@ impl Inner {
         addr: SocketAddr,
         identity: &SpiffeId,
     ) -> Result<SendRequest<Body>, ProxyError> {
-        let pooled = self
-            .pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&addr)
-            .filter(|(id, s)| id == identity && !s.is_closed())
-            .map(|(_, s)| s.clone());
-        if let Some(mut s) = pooled
+        if let Some(mut s) = self.pool.get(addr, identity)
             && s.ready().await.is_ok()
         {
             return Ok(s);
@@ -241,23 +238,12 @@ impl Inner {
                 endpoint: addr.to_string(),
                 detail: error_chain(&e),
             })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "connection to peer proxy ended");
-            }
-        });
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(addr, (identity.clone(), sender.clone()));
+        self.pool.insert(addr, identity, sender.clone(), conn);
         Ok(sender)
     }
 
     fn forget(&self, addr: SocketAddr, identity: &SpiffeId) {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.get(&addr).is_some_and(|(id, _)| id == identity) {
-            pool.remove(&addr);
-        }
+        self.pool.forget(addr, identity);
     }
 
     /// TCP + mTLS to a peer proxy, requiring `identity`.

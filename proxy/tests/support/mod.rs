@@ -161,6 +161,9 @@ pub struct Mesh {
     pub authority_cfg: AuthorityConfig,
     pub identity: Running,
     pub resolver: Arc<StaticResolver>,
+    /// The outbound side's discovery limits (and peer connections' idle timeout) of the
+    /// proxies started from now on.
+    pub discovery: weft_proxy::discovery::Limits,
 }
 
 impl Mesh {
@@ -177,6 +180,7 @@ impl Mesh {
             authority_cfg: cfg,
             identity,
             resolver: Arc::new(StaticResolver::default()),
+            discovery: Default::default(),
         }
     }
 
@@ -261,7 +265,7 @@ impl Mesh {
                 namespace: "default".into(),
                 detect_timeout: Duration::from_millis(500),
                 intercept: Default::default(),
-                discovery: Default::default(),
+                discovery: self.discovery,
             },
             tls.clone(),
             self.resolver.clone(),
