@@ -18,6 +18,26 @@ pub fn client_closed_status() -> StatusCode {
     StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
+/// Whether `req` is a gRPC call (`content-type: application/grpc`, alone or with a `+format`
+/// or parameters; gRPC-Web is not: its errors travel in its own body).
+pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("application/grpc"))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+}
+
+/// gRPC status codes (grpc/doc/statuscodes.md) the proxy's errors map to.
+mod grpc_code {
+    pub const CANCELLED: u8 = 1;
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const PERMISSION_DENIED: u8 = 7;
+    pub const RESOURCE_EXHAUSTED: u8 = 8;
+    pub const INTERNAL: u8 = 13;
+    pub const UNAVAILABLE: u8 = 14;
+}
+
 /// Why the proxy answered a request itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyError {
@@ -142,6 +162,52 @@ impl ProxyError {
         )
     }
 
+    /// The gRPC status a gRPC client gets for it, as Envoy and Linkerd map such failures
+    /// (and gRPC's own HTTP-to-gRPC mapping: 400 is INTERNAL, 502, 503 and 504 UNAVAILABLE):
+    /// the proxy could not reach a server (no endpoints, connect or TLS failure, unknown name,
+    /// a peer gone mid-call, not ready) is UNAVAILABLE, which clients may retry.
+    pub fn grpc_status(&self) -> u8 {
+        use grpc_code::*;
+        match self {
+            ProxyError::Forbidden { .. } => PERMISSION_DENIED,
+            ProxyError::Timeout { .. } => DEADLINE_EXCEEDED,
+            ProxyError::HeadersTooLarge { .. } | ProxyError::ResponseHeadersTooLarge { .. } => {
+                RESOURCE_EXHAUSTED
+            }
+            ProxyError::BadRequest { .. } | ProxyError::BadRequestBody { .. } => INTERNAL,
+            ProxyError::ClientClosed { .. } => CANCELLED,
+            ProxyError::NoEndpoints { .. }
+            | ProxyError::EndpointsEjected { .. }
+            | ProxyError::UnknownDestination { .. }
+            | ProxyError::ConnectFailed { .. }
+            | ProxyError::IdentityMismatch { .. }
+            | ProxyError::AppUnavailable { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::NotReady => UNAVAILABLE,
+        }
+    }
+
+    /// The response a gRPC client gets: trailers-only (HTTP 200, `grpc-status` and
+    /// `grpc-message` in the only header block, which ends the stream), with the `weft-error`
+    /// header as on every answer of the proxy's own.
+    pub fn grpc_response(&self) -> Response<Body> {
+        let mut rsp = Response::new(body::empty());
+        let h = rsp.headers_mut();
+        h.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_status())),
+        );
+        if let Ok(v) = HeaderValue::from_str(&grpc_message(&self.to_string())) {
+            h.insert("grpc-message", v);
+        }
+        rsp
+    }
+
     /// The response the application (or peer) gets.
     pub fn response(&self) -> Response<Body> {
         let mut rsp = Response::new(body::full(Bytes::from(format!("{self}\n"))));
@@ -234,3 +300,18 @@ impl fmt::Display for ProxyError {
 }
 
 impl std::error::Error for ProxyError {}
+
+/// `text` as a `grpc-message` value: percent-encoded, every byte outside printable ASCII and
+/// `%` itself (the gRPC HTTP/2 protocol's rule).
+fn grpc_message(text: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}

@@ -20,13 +20,14 @@ pub const ORIG_PROTO_HEADER: &str = "weft-orig-proto";
 pub const ORIG_PROTO_HTTP1: &str = "HTTP/1.1";
 
 /// Connection-specific headers, which must not be forwarded (RFC 9110 §7.6.1) and are illegal
-/// in HTTP/2.
+/// in HTTP/2. `Trailer` is not one (RFC 9110 §6.6.2: it names the trailer fields end to end),
+/// and must pass: hyper writes an HTTP/1.1 response's trailer fields only when its `Trailer`
+/// header names them.
 const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -85,6 +86,18 @@ pub fn authority<B>(req: &Request<B>) -> Option<Authority> {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.parse().ok())
+}
+
+/// `uri` in origin-form, as an HTTP/1 client sends it to a server: its path and query only
+/// (shared, not copied; `/` when empty).
+pub fn origin_form(uri: &Uri) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// The path and query of a request's URI (`/` when empty).

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_identity::SpiffeId;
 use weft_policy::authz::{Decision, authorize};
@@ -24,7 +24,7 @@ use crate::identity::ClientIdentity;
 use crate::metrics::{ProxyMetrics, tls_failure_reason};
 use crate::orig_dst::{Interception, OrigDst};
 use crate::stack::InboundStack;
-use crate::tls::{ALPN_OPAQUE, MeshTls, read_opaque_header};
+use crate::tls::{ALPN_OPAQUE, ALPN_OPAQUE_V1, MeshTls, TunnelReply, read_opaque_header};
 
 const DIRECTION: &str = "inbound";
 /// How long a peer may take to complete its TLS handshake.
@@ -120,7 +120,7 @@ impl Inbound {
             if self.cfg.intercept.is_opaque(dst.port()) || self.declared_opaque(dst.port()) {
                 // Server-speaks-first: no detection, no waiting for the client.
                 let _open = self.metrics.tcp_open(DIRECTION, "opaque");
-                return self.tcp(tcp, dst.port(), None, remote).await;
+                return self.tcp(tcp, dst.port(), Tunnel::plain(None, remote)).await;
             }
         }
         let (protocol, io) = match detect::detect(tcp, true, self.cfg.detect_timeout).await {
@@ -162,7 +162,10 @@ impl Inbound {
         };
         let (_, conn) = tls.get_ref();
         let peer = weft_identity::tls::client_identity(conn);
-        let opaque = conn.alpn_protocol() == Some(ALPN_OPAQUE);
+        let alpn = conn.alpn_protocol();
+        let opaque = alpn == Some(ALPN_OPAQUE) || alpn == Some(ALPN_OPAQUE_V1);
+        // The first tunnel version gets no reply.
+        let reply = alpn == Some(ALPN_OPAQUE);
         let peer_label = peer.as_ref().map_or("unknown", |p| p.as_str()).to_string();
         self.metrics
             .tls_handshake(DIRECTION, &peer_label, conn.protocol_version());
@@ -172,7 +175,12 @@ impl Inbound {
             let Ok(port) = read_opaque_header(&mut tls).await else {
                 return;
             };
-            return self.tcp(tls, port, peer.as_ref(), remote).await;
+            let tunnel = Tunnel {
+                peer: peer.as_ref(),
+                remote,
+                reply,
+            };
+            return self.tcp(tls, port, tunnel).await;
         }
         let (protocol, io) = match detect::detect(tls, false, self.cfg.detect_timeout).await {
             Ok(d) => d,
@@ -208,51 +216,103 @@ impl Inbound {
         match protocol {
             Protocol::Http1 | Protocol::Http2 => {
                 let stack = self.stack.for_connection(ClientIdentity::new(peer), orig);
-                crate::listen::serve_http(
-                    io,
-                    stack,
-                    false,
-                    DIRECTION,
-                    remote,
-                    watcher,
-                    &self.metrics,
-                )
-                .await
+                crate::listen::serve_http(io, stack, DIRECTION, remote, watcher, &self.metrics)
+                    .await
             }
             Protocol::Opaque | Protocol::Tls => {
                 let port = orig.map_or(self.cfg.default_app_port, |o| o.0.port());
-                self.tcp(io, port, peer.as_ref(), remote).await
+                self.tcp(io, port, Tunnel::plain(peer.as_ref(), remote))
+                    .await
             }
         }
     }
 
-    /// Authorizes an opaque TCP connection at connect and forwards its bytes to the app.
-    async fn tcp<I>(&self, io: I, port: u16, peer: Option<&SpiffeId>, remote: SocketAddr)
+    /// Authorizes an opaque TCP connection at connect and forwards its bytes to the app; a
+    /// tunnel that asks for it ([`ALPN_OPAQUE`]) is told whether the app was reached first.
+    async fn tcp<I>(&self, mut io: I, port: u16, tunnel: Tunnel<'_>)
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
+        let Tunnel {
+            peer,
+            remote,
+            reply,
+        } = tunnel;
         let peer_label = peer.map_or("unauthenticated", |p| p.as_str());
-        if self.cfg.intercept.is_own_port(port) {
+        let refused = if self.cfg.intercept.is_own_port(port) {
             // A tunnel names its port: never one of the proxy's own, through which a peer
             // would act as this workload (its outbound) or reach its admin endpoint.
             self.metrics.error(DIRECTION, "forbidden");
             tracing::warn!(client.addr = %remote, client.id = peer_label, port, "TCP tunnel refused: the port is one of the proxy's own");
-            return;
-        }
-        let Some(policy) = self.policy.borrow().clone() else {
-            self.metrics.error(DIRECTION, "not_ready");
-            return;
-        };
-        match authorize(policy.port(port), peer, &http::Method::CONNECT, "") {
-            Decision::Allow { policy } => self.metrics.authz(true, &policy, peer_label),
-            Decision::Deny { policy, reason } => {
-                self.metrics.authz(false, &policy, peer_label);
-                self.metrics.error(DIRECTION, "forbidden");
-                tracing::info!(client.addr = %remote, client.id = peer_label, policy = %policy, reason = %reason, port, "TCP connection denied");
-                return;
+            Some(TunnelReply::Forbidden(format!(
+                "port {port} is the proxy's own"
+            )))
+        } else {
+            match self.policy.borrow().clone() {
+                None => {
+                    self.metrics.error(DIRECTION, "not_ready");
+                    Some(TunnelReply::Unavailable(
+                        "the proxy has no policy yet".into(),
+                    ))
+                }
+                Some(policy) => {
+                    match authorize(policy.port(port), peer, &http::Method::CONNECT, "") {
+                        Decision::Allow { policy } => {
+                            self.metrics.authz(true, &policy, peer_label);
+                            None
+                        }
+                        Decision::Deny { policy, reason } => {
+                            self.metrics.authz(false, &policy, peer_label);
+                            self.metrics.error(DIRECTION, "forbidden");
+                            tracing::info!(client.addr = %remote, client.id = peer_label, policy = %policy, reason = %reason, port, "TCP connection denied");
+                            Some(TunnelReply::Forbidden(policy.to_string()))
+                        }
+                    }
+                }
             }
+        };
+        if let Some(r) = refused {
+            if reply {
+                let _ = io.write_all(&r.encode()).await;
+                let _ = io.shutdown().await;
+            }
+            return;
         }
         let app = SocketAddr::new(self.cfg.app_ip, port);
-        crate::tcp::forward(io, app, DIRECTION, &self.metrics).await;
+        match crate::tcp::connect(app).await {
+            Ok(mut server) => {
+                let connected = TunnelReply::Connected.encode();
+                if reply && (io.write_all(&connected).await.is_err() || io.flush().await.is_err()) {
+                    return;
+                }
+                crate::tcp::relay(&mut io, &mut server, DIRECTION, &self.metrics).await;
+            }
+            Err(e) => {
+                self.metrics.error(DIRECTION, "app_unavailable");
+                tracing::info!(%app, error = %e, "TCP forward: connect failed");
+                if reply {
+                    let _ = io.write_all(&TunnelReply::Unavailable(e).encode()).await;
+                    let _ = io.shutdown().await;
+                }
+            }
+        }
+    }
+}
+
+/// Who an opaque connection is from, and whether it is a tunnel that wants a reply.
+struct Tunnel<'a> {
+    peer: Option<&'a SpiffeId>,
+    remote: SocketAddr,
+    reply: bool,
+}
+
+impl<'a> Tunnel<'a> {
+    /// A connection that gets no reply.
+    fn plain(peer: Option<&'a SpiffeId>, remote: SocketAddr) -> Self {
+        Self {
+            peer,
+            remote,
+            reply: false,
+        }
     }
 }

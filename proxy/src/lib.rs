@@ -70,4 +70,5 @@ mod testing;
 pub mod timeout;
 pub mod tls;
 pub mod unmeshed;
+pub mod upgrade;
 pub mod user;

@@ -50,7 +50,8 @@ pub async fn accept_loop<H, F>(
 }
 
 /// Serves one HTTP/1 or HTTP/2 connection with `stack` until it ends, watched for graceful
-/// shutdown. `upgrades`: let HTTP/1 upgrades through (`CONNECT` tunnels).
+/// shutdown. An HTTP/1 connection may switch protocols ([`crate::upgrade`]) or become a
+/// `CONNECT` tunnel: hyper then hands it over and this returns.
 ///
 /// The header limits are the mesh's ([`crate::limits`]): HTTP/2 clients may send a little more
 /// than the limit, so the edge answers an oversized request with its own 431 rather than the
@@ -61,7 +62,6 @@ pub async fn accept_loop<H, F>(
 pub async fn serve_http<I>(
     io: I,
     stack: HttpService,
-    upgrades: bool,
     direction: &'static str,
     remote: SocketAddr,
     watcher: Watcher,
@@ -75,7 +75,10 @@ pub async fn serve_http<I>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits::HTTP1_HEADER_READ_TIMEOUT)
-        .max_buf_size(limits::HTTP1_MAX_BUF_SIZE);
+        .max_buf_size(limits::HTTP1_MAX_BUF_SIZE)
+        // A client that shuts its sending side after its request (netcat, some HTTP/1.0
+        // clients, scripts) still gets the answer, as from the server directly.
+        .half_close(true);
     builder
         .http2()
         .max_header_list_size(limits::H2_MAX_HEADER_LIST_SIZE)
@@ -83,15 +86,9 @@ pub async fn serve_http<I>(
         .initial_stream_window_size(limits::H2_STREAM_WINDOW)
         .initial_connection_window_size(limits::H2_CONNECTION_WINDOW);
     let io = TokioIo::new(io);
-    let ended = if upgrades {
-        watcher
-            .watch(builder.serve_connection_with_upgrades(io, svc).into_owned())
-            .await
-    } else {
-        watcher
-            .watch(builder.serve_connection(io, svc).into_owned())
-            .await
-    };
+    let ended = watcher
+        .watch(builder.serve_connection_with_upgrades(io, svc).into_owned())
+        .await;
     if let Err(e) = ended {
         let hyper_error = e.downcast_ref::<hyper::Error>();
         if hyper_error.is_some_and(hyper::Error::is_parse_too_large) {

@@ -168,7 +168,7 @@ impl Outbound {
                 ))
             }
         };
-        crate::listen::serve_http(io, stack, true, DIRECTION, remote, watcher, &self.metrics).await;
+        crate::listen::serve_http(io, stack, DIRECTION, remote, watcher, &self.metrics).await;
     }
 
     /// An opaque connection to the original destination `dst`: through an mTLS tunnel to the

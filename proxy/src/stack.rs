@@ -72,7 +72,7 @@ pub fn outbound(
         ServiceBuilder::new()
             // First, so that whatever fails below becomes the response the error describes
             // (`weft-error` header), and every request is counted once, however it ends.
-            .layer(EdgeLayer::new("outbound", None, metrics))
+            .layer(EdgeLayer::new("outbound", None, metrics.clone()))
             // On a connection `weft init` redirected: a request for a meshed workload's
             // address goes to that workload over mTLS; one for an address or a name the mesh
             // does not know goes, as it is, to the original destination; the rest, and every
@@ -84,6 +84,7 @@ pub fn outbound(
                 backends,
                 addresses,
                 own,
+                metrics,
             )),
     )
 }
@@ -121,9 +122,9 @@ impl InboundStack {
             ServiceBuilder::new()
                 // Before anything reaches the application: a denied request costs it nothing.
                 .layer(AuthorizeLayer::new(
-                    CheckPolicy::new(policy, default_app_port, metrics).refusing(own_ports),
+                    CheckPolicy::new(policy, default_app_port, metrics.clone()).refusing(own_ports),
                 ))
-                .service(Forward::new(app_ip, default_app_port)),
+                .service(Forward::new(app_ip, default_app_port, metrics)),
         );
         Self { edge, authorized }
     }

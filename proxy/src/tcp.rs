@@ -11,27 +11,33 @@ use crate::metrics::ProxyMetrics;
 /// How long connecting to a local application may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Connects to `addr` (at most [`CONNECT_TIMEOUT`], `TCP_NODELAY` set); the error says why
+/// not.
+pub async fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(format!("connecting to {addr}: {e}")),
+        Err(_) => Err(format!(
+            "no connection to {addr} within {CONNECT_TIMEOUT:?}"
+        )),
+    }
+}
+
 /// Connects to `addr` and copies bytes between it and `client` until both directions close.
 pub async fn forward<I>(mut client: I, addr: SocketAddr, direction: &str, metrics: &ProxyMetrics)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let server = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    match connect(addr).await {
+        Ok(mut server) => relay(&mut client, &mut server, direction, metrics).await,
+        Err(e) => {
             metrics.error(direction, "app_unavailable");
             tracing::info!(%addr, error = %e, "TCP forward: connect failed");
-            return;
         }
-        Err(_) => {
-            metrics.error(direction, "app_unavailable");
-            tracing::info!(%addr, "TCP forward: connect timed out");
-            return;
-        }
-    };
-    let _ = server.set_nodelay(true);
-    let mut server = server;
-    relay(&mut client, &mut server, direction, metrics).await;
+    }
 }
 
 /// Copies bytes both ways between two connected streams and counts them.

@@ -11,9 +11,16 @@ use tokio::sync::watch;
 use weft_identity::SpiffeId;
 use weft_identity::tls::{self, CertStore, ClientAuth, Credentials};
 
-/// ALPN id of an opaque TCP tunnel between proxies; the first two bytes on the tunnel are the
-/// destination port (big-endian).
-pub const ALPN_OPAQUE: &[u8] = b"weft.opaque/1";
+/// ALPN id of an opaque TCP tunnel between proxies. The client's first two bytes are the
+/// destination port ([`opaque_header`]); the server answers with a [`TunnelReply`] once the
+/// tunnel's far end (its application) is connected, or refused, before any tunnelled byte.
+pub const ALPN_OPAQUE: &[u8] = b"weft.opaque/2";
+/// The first version of the opaque tunnel: the same without the reply, so a `CONNECT` was
+/// answered before its far end was reached. Still accepted, and offered after
+/// [`ALPN_OPAQUE`], so proxies of both versions tunnel to each other during an upgrade.
+pub const ALPN_OPAQUE_V1: &[u8] = b"weft.opaque/1";
+/// What a client offers for an opaque tunnel, preferred first.
+pub const ALPN_OPAQUE_ANY: &[&[u8]] = &[ALPN_OPAQUE, ALPN_OPAQUE_V1];
 
 /// The header of an opaque tunnel ([`ALPN_OPAQUE`]): the destination port, big-endian.
 pub fn opaque_header(port: u16) -> [u8; 2] {
@@ -28,6 +35,62 @@ pub async fn read_opaque_header<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Re
     Ok(u16::from_be_bytes(port))
 }
 
+/// The server's answer on an opaque tunnel ([`ALPN_OPAQUE`]): a status byte, then the length
+/// (big-endian `u16`) and UTF-8 text of what refused it (empty when connected).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TunnelReply {
+    /// The far end is connected: tunnelled bytes follow.
+    Connected,
+    /// The receiving proxy's policy denies the tunnel; the text names the policy.
+    Forbidden(String),
+    /// The far end could not be reached (its application refused or did not answer).
+    Unavailable(String),
+}
+
+/// The longest reply text read; longer is cut.
+const MAX_REPLY_TEXT: usize = 1024;
+
+impl TunnelReply {
+    pub fn encode(&self) -> Vec<u8> {
+        let (status, text) = match self {
+            TunnelReply::Connected => (0u8, ""),
+            TunnelReply::Forbidden(t) => (1, t.as_str()),
+            TunnelReply::Unavailable(t) => (2, t.as_str()),
+        };
+        let mut end = text.len().min(MAX_REPLY_TEXT);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let text = &text.as_bytes()[..end];
+        let mut out = Vec::with_capacity(3 + text.len());
+        out.push(status);
+        out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+        out.extend_from_slice(text);
+        out
+    }
+
+    /// Reads a reply off the front of `io`; an unknown status or an over-long text is an
+    /// `InvalidData` error.
+    pub async fn read<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Self> {
+        let mut head = [0u8; 3];
+        io.read_exact(&mut head).await?;
+        let len = usize::from(u16::from_be_bytes([head[1], head[2]]));
+        let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        if len > MAX_REPLY_TEXT {
+            return Err(invalid("tunnel reply text too long"));
+        }
+        let mut text = vec![0u8; len];
+        io.read_exact(&mut text).await?;
+        let text = String::from_utf8_lossy(&text).into_owned();
+        match head[0] {
+            0 => Ok(TunnelReply::Connected),
+            1 => Ok(TunnelReply::Forbidden(text)),
+            2 => Ok(TunnelReply::Unavailable(text)),
+            _ => Err(invalid("unknown tunnel reply status")),
+        }
+    }
+}
+
 /// Current TLS material of a proxy.
 #[derive(Debug)]
 pub struct MeshTls {
@@ -40,7 +103,7 @@ struct State {
     identity: Option<SpiffeId>,
     anchors: Vec<String>,
     server: Option<Arc<ServerConfig>>,
-    clients: HashMap<(SpiffeId, &'static [u8]), Arc<ClientConfig>>,
+    clients: HashMap<(SpiffeId, &'static [&'static [u8]]), Arc<ClientConfig>>,
     bundle: Option<tls::TrustBundle>,
 }
 
@@ -64,7 +127,7 @@ impl MeshTls {
             let server = tls::server_config(
                 self.certs.clone(),
                 ClientAuth::Required(creds.bundle.clone()),
-                &[tls::ALPN_H2, tls::ALPN_HTTP11, ALPN_OPAQUE],
+                &[tls::ALPN_H2, tls::ALPN_HTTP11, ALPN_OPAQUE, ALPN_OPAQUE_V1],
             )
             .map_err(|e| e.to_string())?;
             st.server = Some(Arc::new(server));
@@ -98,11 +161,12 @@ impl MeshTls {
             .clone()
     }
 
-    /// A client config that accepts only a peer proving `expected`, offering `alpn`.
+    /// A client config that accepts only a peer proving `expected`, offering `alpn` (preferred
+    /// first).
     pub fn client_config(
         &self,
         expected: &SpiffeId,
-        alpn: &'static [u8],
+        alpn: &'static [&'static [u8]],
     ) -> Option<Arc<ClientConfig>> {
         let key = (expected.clone(), alpn);
         {
@@ -113,8 +177,8 @@ impl MeshTls {
         }
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         let bundle = st.bundle.clone()?;
-        let cfg = tls::client_config(&bundle, expected.clone(), Some(self.certs.clone()), &[alpn])
-            .ok()?;
+        let cfg =
+            tls::client_config(&bundle, expected.clone(), Some(self.certs.clone()), alpn).ok()?;
         let cfg = Arc::new(cfg);
         st.clients.insert(key, cfg.clone());
         Some(cfg)
@@ -140,5 +204,39 @@ impl MeshTls {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn tunnel_replies_read_back_as_written_and_bad_ones_are_refused() {
+        for reply in [
+            TunnelReply::Connected,
+            TunnelReply::Forbidden("default/api-from-web".into()),
+            TunnelReply::Unavailable("connecting to 127.0.0.1:9: refused".into()),
+        ] {
+            let bytes = reply.encode();
+            let mut io: &[u8] = &[bytes.as_slice(), b"tunnelled"].concat();
+            assert_eq!(TunnelReply::read(&mut io).await.unwrap(), reply);
+            assert_eq!(io, b"tunnelled", "nothing after the reply is consumed");
+        }
+        // Text is cut at the limit, on a character boundary.
+        let long = TunnelReply::Unavailable("é".repeat(MAX_REPLY_TEXT));
+        let bytes = long.encode();
+        assert_eq!(bytes.len(), 3 + MAX_REPLY_TEXT);
+        let TunnelReply::Unavailable(text) =
+            TunnelReply::read(&mut bytes.as_slice()).await.unwrap()
+        else {
+            panic!("not unavailable");
+        };
+        assert_eq!(text.chars().count(), MAX_REPLY_TEXT / 2);
+        // An unknown status, a length over the limit, or a stream cut short: errors.
+        for bad in [&[9u8, 0, 0][..], &[1, 0xff, 0xff], &[2, 0, 5, b'a']] {
+            assert!(TunnelReply::read(&mut &bad[..]).await.is_err(), "{bad:?}");
+        }
     }
 }

@@ -375,3 +375,35 @@ async fn after_2000_unknown_names_a_new_service_is_found_at_once() {
         "{before} series before 2,000 unknown names, {after} after:\n{proxy_metrics}"
     );
 }
+
+/// `CONNECT` to a name the mesh does not know gets its answer at once (it took the 5 s of
+/// discovery's timeout when the control plane answered nothing for such a name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_an_unknown_service_is_answered_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cp = ControlPlane::start(
+        "kind: Service\nmetadata: {name: web, namespace: default}\nspec: {ports: [{port: 8080}]}\n",
+    )
+    .await;
+    let web = cp.proxy("web");
+    let started = Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(web.outbound).await.unwrap();
+    tcp.write_all(b"CONNECT nosuch.default:5432 HTTP/1.1\r\nHost: nosuch.default:5432\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let took = started.elapsed();
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(head.contains("weft-error: unknown_destination"), "{head}");
+    assert!(took < PROMPT, "{took:?}");
+}

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 
 use self::pool::Http1Pool;
@@ -20,7 +19,10 @@ use crate::authz::AppPort;
 use crate::body::{self, Body};
 use crate::edge::error_chain;
 use crate::error::ProxyError;
-use crate::http::{ORIG_PROTO, ORIG_PROTO_HTTP1, PlainClient, path_and_query, strip_hop_by_hop};
+use crate::http::{
+    ORIG_PROTO, ORIG_PROTO_HTTP1, PlainClient, origin_form, path_and_query, strip_hop_by_hop,
+};
+use crate::metrics::ProxyMetrics;
 use crate::svc::{BoxError, BoxFuture, Labels};
 
 /// How long connecting to the application may take.
@@ -39,6 +41,8 @@ struct Inner {
     http1: Arc<Http1Pool>,
     /// HTTP/2 requests (h2c prior knowledge).
     client: PlainClient,
+    /// Upgraded connections' bytes are counted here.
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl std::fmt::Debug for Forward {
@@ -51,13 +55,14 @@ impl std::fmt::Debug for Forward {
 
 impl Forward {
     /// The application at `ip`; requests without an [`AppPort`] go to `default_port`.
-    pub fn new(ip: IpAddr, default_port: u16) -> Self {
+    pub fn new(ip: IpAddr, default_port: u16, metrics: Arc<ProxyMetrics>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 ip,
                 default_port,
                 http1: Http1Pool::new(APP_CONNECT_TIMEOUT),
                 client: PlainClient::new(APP_CONNECT_TIMEOUT),
+                metrics,
             }),
         }
     }
@@ -85,6 +90,9 @@ impl Inner {
             .get::<AppPort>()
             .map_or(self.default_port, |p| p.0);
         let labels = req.extensions().get::<Arc<Labels>>().cloned();
+        if crate::upgrade::is_upgrade(&req) {
+            return self.upgrade(req, port, labels.as_ref()).await;
+        }
         let (mut parts, body) = req.into_parts();
         let from_http1 = parts
             .headers
@@ -123,18 +131,7 @@ impl Inner {
                 .map_err(|e| unavailable(error_chain(&e)))?
                 .map(body::boxed)
         } else {
-            // Origin-form, as an HTTP/1 client sends it to a server (no copy of the path).
-            let mut uri = http::uri::Parts::default();
-            uri.path_and_query = Some(
-                parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            );
-            parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::BadRequest {
-                detail: e.to_string(),
-            })?;
+            parts.uri = origin_form(&parts.uri);
             parts.version = Version::HTTP_11;
             let addr = SocketAddr::new(self.ip, port);
             if !parts.headers.contains_key(http::header::HOST)
@@ -150,5 +147,49 @@ impl Inner {
         let (mut parts, body) = rsp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+impl Inner {
+    /// An upgrade request (WebSocket, say) on a connection of its own to the application,
+    /// relayed once the application switches protocols ([`crate::upgrade`]).
+    async fn upgrade(
+        &self,
+        mut req: Request<Body>,
+        port: u16,
+        labels: Option<&Arc<Labels>>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let client = hyper::upgrade::on(&mut req);
+        let (mut parts, body) = req.into_parts();
+        parts.headers.remove(&ORIG_PROTO);
+        let addr = SocketAddr::new(self.ip, port);
+        let host = match parts.uri.authority() {
+            Some(a) => http::HeaderValue::from_str(a.as_str()).ok(),
+            None if !parts.headers.contains_key(http::header::HOST) => {
+                http::HeaderValue::from_str(&addr.to_string()).ok()
+            }
+            None => None,
+        };
+        if let Some(v) = host {
+            parts.headers.insert(http::header::HOST, v);
+        }
+        parts.uri = origin_form(&parts.uri);
+        let unavailable = |detail: String| {
+            Labels::fault_or(labels, || ProxyError::AppUnavailable { port, detail })
+        };
+        let tcp = tokio::time::timeout(APP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| unavailable(format!("no connection within {APP_CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let rsp = crate::upgrade::send(tcp, Request::from_parts(parts, body))
+            .await
+            .map_err(|e| unavailable(error_chain(&e)))?;
+        Ok(crate::upgrade::answer(
+            client,
+            rsp,
+            "inbound",
+            &self.metrics,
+        ))
     }
 }

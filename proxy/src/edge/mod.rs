@@ -62,6 +62,7 @@ where
         // the proxy and another for whatever reads the other (RFC 9112 §3.2: 400); a header
         // block over the mesh's limits is refused where it enters the mesh (431).
         let refused = more_than_one_host(&req).or_else(|| crate::limits::check_request(&req).err());
+        let grpc = crate::error::is_grpc(&req);
         let fut = match refused {
             Some(e) => Err(e),
             None => Ok(self.inner.call(req)),
@@ -72,6 +73,7 @@ where
             direction: self.direction,
             metrics: self.metrics.clone(),
             answered: false,
+            grpc,
         };
         Box::pin(respond(fut, answer))
     }
@@ -93,6 +95,8 @@ struct Answer {
     direction: &'static str,
     metrics: Arc<ProxyMetrics>,
     answered: bool,
+    /// A gRPC request: the proxy's own answers are gRPC-shaped ([`ProxyError::grpc_response`]).
+    grpc: bool,
 }
 
 impl Answer {
@@ -128,12 +132,16 @@ impl Answer {
             let (direction, dst) = (self.direction, self.labels.dst());
             tracing::info!(direction, dst, reason = e.code(), error = %e, "request failed");
         }
-        let rsp = e.response();
         // A name the mesh does not know is no label value: its requests are counted under
-        // `unknown`, so what an application asks for cannot add series.
+        // `unknown`, so what an application asks for cannot add series. A gRPC answer is
+        // counted under the status the error stands for, not its HTTP 200.
         let dst = matches!(e, ProxyError::UnknownDestination { .. }).then_some("unknown");
-        self.record_as(dst, rsp.status().as_u16());
-        rsp
+        self.record_as(dst, e.status().as_u16());
+        if self.grpc {
+            e.grpc_response()
+        } else {
+            e.response()
+        }
     }
 
     /// The request's future is being dropped unanswered: its client went away (hyper drops

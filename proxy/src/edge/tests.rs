@@ -170,3 +170,71 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Optio
     })
     .await
 }
+
+/// A gRPC client gets the proxy's own answers as gRPC statuses (trailers-only), counted under
+/// the HTTP status the error stands for.
+#[tokio::test]
+async fn a_grpc_call_gets_a_grpc_status_for_each_proxy_error() {
+    let cases = [
+        (
+            ProxyError::Timeout {
+                destination: "api.default:80".into(),
+                after_ms: 100,
+            },
+            "4",
+            "5xx",
+        ),
+        (
+            ProxyError::NoEndpoints {
+                destination: "api.default:80".into(),
+            },
+            "14",
+            "5xx",
+        ),
+        (
+            ProxyError::Forbidden {
+                policy: "default/api-from-web".into(),
+                reason: "not allowed: 100%".into(),
+                peer: "spiffe://weft.local/ns/default/sa/db".into(),
+            },
+            "7",
+            "4xx",
+        ),
+    ];
+    for (error, status, class) in cases {
+        let m = metrics();
+        let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let svc = EdgeLayer::new("outbound", None, m.clone()).layer(svc);
+        let req = Request::post("/helloworld.Greeter/SayHello")
+            .header("content-type", "application/grpc+proto")
+            .body(body::empty())
+            .unwrap();
+        let call = tokio::spawn(svc.oneshot(req));
+        let (_, send) = handle.next_request().await.unwrap();
+        let message = error.to_string();
+        send.send_error(error.clone());
+        let rsp = call.await.unwrap().unwrap();
+        assert_eq!(rsp.status(), StatusCode::OK, "{error:?}");
+        let h = rsp.headers();
+        assert_eq!(h["content-type"], "application/grpc");
+        assert_eq!(h["grpc-status"], status, "{error:?}");
+        assert_eq!(h[crate::error::ERROR_HEADER], error.code());
+        let grpc_message = h["grpc-message"].to_str().unwrap();
+        assert_eq!(
+            grpc_message.replace("%25", "%"),
+            message,
+            "percent-encoded only where it must be"
+        );
+        use http_body::Body as _;
+        assert!(rsp.body().is_end_stream(), "trailers-only: no body");
+        let text = m.registry.render();
+        let want = format!("status_class=\"{class}\"}} 1");
+        assert!(text.contains(&want), "{want} in\n{text}");
+    }
+    // gRPC-Web and other content types get the plain answer.
+    let web = Request::post("/x")
+        .header("content-type", "application/grpc-web+proto")
+        .body(())
+        .unwrap();
+    assert!(!crate::error::is_grpc(&web));
+}

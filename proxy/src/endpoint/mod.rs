@@ -27,10 +27,12 @@ use crate::body::{self, Body};
 use crate::destination::Destination;
 use crate::edge::error_chain;
 use crate::error::ProxyError;
-use crate::http::{ORIG_PROTO, ORIG_PROTO_HTTP1, PlainClient, path_and_query, strip_hop_by_hop};
+use crate::http::{
+    ORIG_PROTO, ORIG_PROTO_HTTP1, PlainClient, origin_form, path_and_query, strip_hop_by_hop,
+};
 use crate::metrics::{ProxyMetrics, tls_failure_reason};
 use crate::svc::{BoxError, BoxFuture, Labels};
-use crate::tls::{ALPN_OPAQUE, MeshTls};
+use crate::tls::{ALPN_OPAQUE, ALPN_OPAQUE_ANY, MeshTls, TunnelReply};
 
 mod pool;
 
@@ -102,7 +104,9 @@ impl tower::Service<Request<Body>> for Connect {
             };
             let ep = picked.endpoint();
             let rsp = if req.method() == Method::CONNECT {
-                inner.tunnel(req, ep, &dst)
+                inner.tunnel(req, ep, &dst).await?
+            } else if crate::upgrade::is_upgrade(&req) {
+                inner.upgrade(req, ep, &dst).await?
             } else {
                 inner.forward(req, ep, &dst).await?
             };
@@ -194,6 +198,55 @@ impl Inner {
         Ok(rsp)
     }
 
+    /// An upgrade request (WebSocket, say) on a connection of its own: mTLS speaking
+    /// HTTP/1.1 to the peer proxy, plaintext to an endpoint without one; relayed once the
+    /// server switches protocols ([`crate::upgrade`]).
+    async fn upgrade(
+        &self,
+        mut req: Request<Body>,
+        ep: &Endpoint,
+        dst: &Destination,
+    ) -> Result<Response<Body>, ProxyError> {
+        let client = hyper::upgrade::on(&mut req);
+        let labels = req.extensions().get::<Arc<Labels>>().cloned();
+        let (mut parts, body) = req.into_parts();
+        parts.headers.remove(&ORIG_PROTO);
+        parts.uri = origin_form(&parts.uri);
+        if let Ok(v) = http::HeaderValue::from_str(dst.authority.as_str()) {
+            parts.headers.insert(http::header::HOST, v);
+        }
+        let req = Request::from_parts(parts, body);
+        let sent = match &ep.identity {
+            Some(identity) => {
+                let tls = self
+                    .connect_tls(ep.address, identity, &[weft_identity::tls::ALPN_HTTP11])
+                    .await?;
+                crate::upgrade::send(tls, req).await
+            }
+            None => {
+                let tcp = crate::tcp::connect(ep.address).await.map_err(|detail| {
+                    ProxyError::ConnectFailed {
+                        endpoint: ep.address.to_string(),
+                        detail,
+                    }
+                })?;
+                crate::upgrade::send(tcp, req).await
+            }
+        };
+        let rsp = sent.map_err(|e| {
+            Labels::fault_or(labels.as_ref(), || ProxyError::Upstream {
+                endpoint: ep.address.to_string(),
+                detail: error_chain(&e),
+            })
+        })?;
+        Ok(crate::upgrade::answer(
+            client,
+            rsp,
+            DIRECTION,
+            &self.metrics,
+        ))
+    }
+
     /// A pooled HTTP/2 connection to the peer proxy at `addr` proving `identity`.
     async fn peer(
         &self,
@@ -218,7 +271,7 @@ impl Inner {
         identity: &SpiffeId,
     ) -> Result<SendRequest<Body>, ProxyError> {
         let tls = self
-            .connect_tls(addr, identity, weft_identity::tls::ALPN_H2)
+            .connect_tls(addr, identity, &[weft_identity::tls::ALPN_H2])
             .await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -251,7 +304,7 @@ impl Inner {
         &self,
         addr: SocketAddr,
         identity: &SpiffeId,
-        alpn: &'static [u8],
+        alpn: &'static [&'static [u8]],
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
         let Some(cfg) = self.tls.client_config(identity, alpn) else {
             return Err(ProxyError::NotReady);
@@ -307,62 +360,113 @@ impl Inner {
         }
     }
 
-    /// `CONNECT host:port`: answers 200, then relays the upgraded connection to the endpoint
-    /// (over an mTLS opaque tunnel to its proxy, or plaintext to an unmeshed endpoint).
-    fn tunnel(
-        self: &Arc<Self>,
-        req: Request<Body>,
+    /// `CONNECT host:port`: once the tunnel's far end is connected (through an mTLS opaque
+    /// tunnel to the endpoint's proxy, which connects to its application first; or plaintext
+    /// to an endpoint without a proxy), answers 200 and relays the client's upgraded
+    /// connection to it; else the error, so a client can tell a refused tunnel from a closed
+    /// one.
+    async fn tunnel(
+        &self,
+        mut req: Request<Body>,
         ep: &Endpoint,
         dst: &Destination,
-    ) -> Response<Body> {
-        let this = self.clone();
-        let (addr, identity) = (ep.address, ep.identity.clone());
-        let port = dst.port;
+    ) -> Result<Response<Body>, ProxyError> {
+        let client = hyper::upgrade::on(&mut req);
+        let far = match &ep.identity {
+            Some(id) => Far::Peer(Box::new(self.open_tunnel(ep.address, id, dst.port).await?)),
+            None => Far::Plain(crate::tcp::connect(ep.address).await.map_err(|detail| {
+                ProxyError::ConnectFailed {
+                    endpoint: ep.address.to_string(),
+                    detail,
+                }
+            })?),
+        };
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            let upgraded = match hyper::upgrade::on(req).await {
+            let client = match client.await {
                 Ok(u) => u,
                 Err(e) => {
                     tracing::debug!(error = %e, "CONNECT upgrade failed");
                     return;
                 }
             };
-            let client = TokioIo::new(upgraded);
-            match identity {
-                Some(id) => this.opaque(client, addr, &id, port).await,
-                None => crate::tcp::forward(client, addr, DIRECTION, &this.metrics).await,
+            let mut client = TokioIo::new(client);
+            match far {
+                Far::Peer(mut tls) => {
+                    crate::tcp::relay(&mut client, &mut tls, DIRECTION, &metrics).await;
+                }
+                Far::Plain(mut tcp) => {
+                    crate::tcp::relay(&mut client, &mut tcp, DIRECTION, &metrics).await;
+                }
             }
         });
         let mut rsp = Response::new(body::empty());
         *rsp.status_mut() = StatusCode::OK;
-        rsp
+        Ok(rsp)
     }
+
+    /// An opaque tunnel to port `port` of the meshed workload whose proxy is at `addr`,
+    /// proving `identity`: open once that proxy has connected to its application (a peer of
+    /// the first tunnel version, [`ALPN_OPAQUE_V1`], says nothing: open once it is reached).
+    async fn open_tunnel(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+        port: u16,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+        let mut tls = self.connect_tls(addr, identity, ALPN_OPAQUE_ANY).await?;
+        let failed = |detail: String| ProxyError::ConnectFailed {
+            endpoint: addr.to_string(),
+            detail,
+        };
+        let header = crate::tls::opaque_header(port);
+        let sent = match tls.write_all(&header).await {
+            Ok(()) => tls.flush().await,
+            Err(e) => Err(e),
+        };
+        sent.map_err(|e| failed(format!("the tunnel closed: {e}")))?;
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN_OPAQUE) {
+            return Ok(tls);
+        }
+        // The peer proxy connects to its application within its own connect timeout.
+        let reply = tokio::time::timeout(2 * CONNECT_TIMEOUT, TunnelReply::read(&mut tls))
+            .await
+            .map_err(|_| failed("the peer proxy did not answer the tunnel in time".into()))?
+            .map_err(|e| failed(format!("the peer proxy closed the tunnel: {e}")))?;
+        match reply {
+            TunnelReply::Connected => Ok(tls),
+            TunnelReply::Forbidden(policy) => Err(ProxyError::Forbidden {
+                policy,
+                reason: format!("the proxy at {addr} refused a tunnel to port {port}"),
+                peer: self
+                    .tls
+                    .identity()
+                    .map_or_else(String::new, |i| i.to_string()),
+            }),
+            TunnelReply::Unavailable(detail) => Err(ProxyError::AppUnavailable { port, detail }),
+        }
+    }
+}
+
+/// The far end of a `CONNECT` tunnel (the TLS stream boxed: it is a kilobyte).
+enum Far {
+    Peer(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Plain(TcpStream),
 }
 
 impl Connect {
     /// Relays the opaque connection `client` to port `port` of the meshed workload whose
-    /// proxy is at `addr`, proving `identity`, through an mTLS tunnel (the port goes first).
-    pub async fn opaque<I>(&self, client: I, addr: SocketAddr, identity: &SpiffeId, port: u16)
+    /// proxy is at `addr`, proving `identity`, through an mTLS tunnel.
+    pub async fn opaque<I>(&self, mut client: I, addr: SocketAddr, identity: &SpiffeId, port: u16)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        self.inner.opaque(client, addr, identity, port).await;
-    }
-}
-
-impl Inner {
-    async fn opaque<I>(&self, mut client: I, addr: SocketAddr, identity: &SpiffeId, port: u16)
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
-        match self.connect_tls(addr, identity, ALPN_OPAQUE).await {
+        match self.inner.open_tunnel(addr, identity, port).await {
             Ok(mut tls) => {
-                let header = crate::tls::opaque_header(port);
-                if tls.write_all(&header).await.is_ok() {
-                    crate::tcp::relay(&mut client, &mut tls, DIRECTION, &self.metrics).await;
-                }
+                crate::tcp::relay(&mut client, &mut tls, DIRECTION, &self.inner.metrics).await;
             }
             Err(e) => {
-                self.metrics.error(DIRECTION, e.code());
+                self.inner.metrics.error(DIRECTION, e.code());
                 tracing::info!(endpoint = %addr, error = %e, "opaque mTLS tunnel failed");
             }
         }

@@ -224,6 +224,8 @@ pub struct Intercepted {
 }
 
 struct Switch {
+    /// Upgraded connections' bytes are counted here.
+    metrics: Arc<ProxyMetrics>,
     namespace: String,
     /// Whether a service has endpoints: the balancer's discovery cache, so a name takes one
     /// watch whichever of the two asks first.
@@ -249,12 +251,14 @@ impl Intercepted {
         backends: Backends,
         addresses: Arc<Addresses>,
         own: OwnSockets,
+        metrics: Arc<ProxyMetrics>,
     ) -> Self {
         let connector = Connector(own);
         Self {
             mesh,
             endpoint,
             shared: Arc::new(Switch {
+                metrics,
                 namespace: namespace.to_string(),
                 backends,
                 addresses,
@@ -284,13 +288,19 @@ impl Switch {
     /// Sends `req` as it is to `dst`.
     async fn unmeshed(
         &self,
-        req: Request<Body>,
+        mut req: Request<Body>,
         dst: SocketAddr,
     ) -> Result<Response<Body>, BoxError> {
         Labels::set_dst(&req, || Arc::from(UNMESHED));
         Labels::set_peer(&req, || Arc::from("none"), false);
+        // An upgrade (WebSocket, say) keeps its headers and, on a 101, is relayed.
+        let client = crate::upgrade::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        if client.is_some() {
+            crate::upgrade::strip_keeping_upgrade(&mut parts.headers);
+        } else {
+            strip_hop_by_hop(&mut parts.headers);
+        }
         parts.uri = format!("http://{dst}{}", path_and_query(&parts.uri))
             .parse()
             .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest {
@@ -306,6 +316,14 @@ impl Switch {
             endpoint: dst.to_string(),
             detail: error_chain(&e),
         })?;
+        if let Some(client) = client {
+            return Ok(crate::upgrade::answer(
+                client,
+                rsp,
+                "outbound",
+                &self.metrics,
+            ));
+        }
         let (mut parts, body) = rsp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body::boxed(body)))

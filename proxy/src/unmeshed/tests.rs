@@ -185,6 +185,7 @@ fn with_table(table: Arc<Table>) -> Intercepted {
         Backends::new(table.clone(), Limits::default()),
         Arc::new(Addresses::new(table)),
         OwnSockets::default(),
+        crate::metrics::ProxyMetrics::new(weft_runtime::metrics::Registry::new()),
     )
 }
 
