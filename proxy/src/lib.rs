@@ -49,6 +49,7 @@ pub mod discovery;
 pub mod edge;
 pub mod endpoint;
 pub mod error;
+pub mod expect;
 pub mod fault;
 pub mod http;
 pub mod identity;

@@ -56,13 +56,12 @@ pub fn strip_keeping_upgrade(headers: &mut HeaderMap) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
-/// Sends the upgrade request `req` (origin-form, with its `Host`) on a new HTTP/1.1 connection
-/// over `io`, which can then switch protocols.
+/// Sends `req` (origin-form, with its `Host`, its headers ready for the hop) on a new
+/// HTTP/1.1 connection over `io`, which can then switch protocols.
 pub async fn send<I>(io: I, mut req: Request<Body>) -> Result<Response<Incoming>, hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    strip_keeping_upgrade(req.headers_mut());
     *req.version_mut() = Version::HTTP_11;
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(io))

@@ -31,35 +31,52 @@ async fn upgrade_app() -> SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = l.accept().await {
-            let svc = hyper::service::service_fn(|mut req: http::Request<_>| async move {
-                match req.uri().path() {
-                    "/trailers" => return Ok::<_, Infallible>(trailers_response()),
-                    "/hello" => {
-                        let body = http_body_util::Full::new(Bytes::from_static(b"hello from api"));
-                        return Ok(response(200, BodyExt::boxed(body)));
+            let svc = hyper::service::service_fn(
+                |mut req: http::Request<hyper::body::Incoming>| async move {
+                    match req.uri().path() {
+                        "/trailers" => return Ok::<_, Infallible>(trailers_response()),
+                        // Refuses an upload before reading it (as a server over its size limit).
+                        "/upload" => {
+                            return Ok(response(413, http_body_util::Empty::new().boxed()));
+                        }
+                        // Reads the body (hyper then says `100 Continue`) and counts it.
+                        "/count" => {
+                            let n = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map_or(0, |b| b.to_bytes().len());
+                            let body = http_body_util::Full::new(Bytes::from(format!("{n} bytes")));
+                            return Ok(response(200, BodyExt::boxed(body)));
+                        }
+                        "/hello" => {
+                            let body =
+                                http_body_util::Full::new(Bytes::from_static(b"hello from api"));
+                            return Ok(response(200, BodyExt::boxed(body)));
+                        }
+                        _ => {}
                     }
-                    _ => {}
-                }
-                let Some(token) = req.headers().get("upgrade").cloned() else {
-                    return Ok(response(426, http_body_util::Empty::new().boxed()));
-                };
-                let upgrade = hyper::upgrade::on(&mut req);
-                tokio::spawn(async move {
-                    let Ok(upgraded) = upgrade.await else { return };
-                    let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                    let _ = w.shutdown().await;
-                });
-                let mut rsp = response(101, http_body_util::Empty::new().boxed());
-                rsp.headers_mut()
-                    .insert("connection", "upgrade".parse().unwrap());
-                rsp.headers_mut().insert("upgrade", token);
-                rsp.headers_mut().insert(
-                    "sec-websocket-accept",
-                    "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap(),
-                );
-                Ok(rsp)
-            });
+                    let Some(token) = req.headers().get("upgrade").cloned() else {
+                        return Ok(response(426, http_body_util::Empty::new().boxed()));
+                    };
+                    let upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let Ok(upgraded) = upgrade.await else { return };
+                        let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                        let _ = w.shutdown().await;
+                    });
+                    let mut rsp = response(101, http_body_util::Empty::new().boxed());
+                    rsp.headers_mut()
+                        .insert("connection", "upgrade".parse().unwrap());
+                    rsp.headers_mut().insert("upgrade", token);
+                    rsp.headers_mut().insert(
+                        "sec-websocket-accept",
+                        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap(),
+                    );
+                    Ok(rsp)
+                },
+            );
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .half_close(true)
@@ -346,4 +363,51 @@ async fn connect_answers_200_only_once_the_far_end_is_connected() {
     let (_, head, _) = connect(web.outbound, &format!("api.default:{}", echo.port())).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert!(head.contains("weft-error: forbidden"), "{head}");
+}
+
+/// Sends the head of a `PUT` of `length` bytes with `Expect: 100-continue` on a new connection
+/// to `addr`: the connection and the first response head (interim or final).
+async fn expect_continue(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    length: usize,
+) -> (TcpStream, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\nExpect: 100-continue\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let first = read_head(&mut tcp).await;
+    (tcp, first)
+}
+
+/// `Expect: 100-continue`: the `100 Continue` comes from the server, so a server that refuses
+/// an upload before reading it answers before the client sends any of it; one that reads it
+/// gets it after its own `100`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_100_continue_comes_from_the_server() {
+    let (_mesh, app, _api, web) = mesh_allowing("web").await;
+    let authority = format!("api.default:{}", app.port());
+    for (addr, host, via) in [
+        (app, "localhost", "directly"),
+        (web.outbound, authority.as_str(), "through the mesh"),
+    ] {
+        // 10 MB announced, refused: the 413 is the first thing the client hears.
+        let (_, first) = expect_continue(addr, host, "/upload", 10 << 20).await;
+        assert!(first.starts_with("HTTP/1.1 413"), "{via}: {first}");
+
+        // Accepted: `100 Continue`, then the body, then the answer.
+        let (mut tcp, first) = expect_continue(addr, host, "/count", 1000).await;
+        assert!(first.starts_with("HTTP/1.1 100"), "{via}: {first}");
+        tcp.write_all(&[b'x'; 1000]).await.unwrap();
+        let head = read_head(&mut tcp).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{via}: {head}");
+        let mut body = [0u8; 10];
+        tokio::time::timeout(STEP, tcp.read_exact(&mut body))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&body, b"1000 bytes", "{via}");
+    }
 }

@@ -93,6 +93,9 @@ impl Inner {
         if crate::upgrade::is_upgrade(&req) {
             return self.upgrade(req, port, labels.as_ref()).await;
         }
+        if crate::expect::expects_continue(&req) {
+            return self.expect_continue(req, port, labels.as_ref()).await;
+        }
         let (mut parts, body) = req.into_parts();
         let from_http1 = parts
             .headers
@@ -151,8 +154,9 @@ impl Inner {
 }
 
 impl Inner {
-    /// An upgrade request (WebSocket, say) on a connection of its own to the application,
-    /// relayed once the application switches protocols ([`crate::upgrade`]).
+    /// An upgrade request (WebSocket, say) on a connection of its own to the application
+    /// ([`Self::alone`]), relayed once the application switches protocols
+    /// ([`crate::upgrade`]).
     async fn upgrade(
         &self,
         mut req: Request<Body>,
@@ -160,6 +164,41 @@ impl Inner {
         labels: Option<&Arc<Labels>>,
     ) -> Result<Response<Body>, ProxyError> {
         let client = hyper::upgrade::on(&mut req);
+        crate::upgrade::strip_keeping_upgrade(req.headers_mut());
+        let rsp = self.alone(req, port, labels).await?;
+        Ok(crate::upgrade::answer(
+            client,
+            rsp,
+            "inbound",
+            &self.metrics,
+        ))
+    }
+
+    /// A request whose client waits for `100 Continue`: on a connection of its own to the
+    /// application ([`Self::alone`]), where its `100` is heard; the body held back until then
+    /// ([`crate::expect`]), so the `100` the client gets is the application's.
+    async fn expect_continue(
+        &self,
+        mut req: Request<Body>,
+        port: u16,
+        labels: Option<&Arc<Labels>>,
+    ) -> Result<Response<Body>, ProxyError> {
+        strip_hop_by_hop(req.headers_mut());
+        let gate = crate::expect::Gate::hold(&mut req);
+        let rsp = self.alone(req, port, labels).await;
+        gate.answered();
+        let (mut parts, body) = rsp?.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body::boxed(body)))
+    }
+
+    /// Sends `req` to the application on a new HTTP/1.1 connection of its own.
+    async fn alone(
+        &self,
+        req: Request<Body>,
+        port: u16,
+        labels: Option<&Arc<Labels>>,
+    ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         parts.headers.remove(&ORIG_PROTO);
         let addr = SocketAddr::new(self.ip, port);
@@ -177,19 +216,9 @@ impl Inner {
         let unavailable = |detail: String| {
             Labels::fault_or(labels, || ProxyError::AppUnavailable { port, detail })
         };
-        let tcp = tokio::time::timeout(APP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        let tcp = crate::tcp::connect(addr).await.map_err(unavailable)?;
+        crate::upgrade::send(tcp, Request::from_parts(parts, body))
             .await
-            .map_err(|_| unavailable(format!("no connection within {APP_CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| unavailable(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let rsp = crate::upgrade::send(tcp, Request::from_parts(parts, body))
-            .await
-            .map_err(|e| unavailable(error_chain(&e)))?;
-        Ok(crate::upgrade::answer(
-            client,
-            rsp,
-            "inbound",
-            &self.metrics,
-        ))
+            .map_err(|e| unavailable(error_chain(&e)))
     }
 }

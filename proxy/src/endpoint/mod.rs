@@ -27,6 +27,7 @@ use crate::body::{self, Body};
 use crate::destination::Destination;
 use crate::edge::error_chain;
 use crate::error::ProxyError;
+use crate::expect::Gate;
 use crate::http::{
     ORIG_PROTO, ORIG_PROTO_HTTP1, PlainClient, origin_form, path_and_query, strip_hop_by_hop,
 };
@@ -107,6 +108,8 @@ impl tower::Service<Request<Body>> for Connect {
                 inner.tunnel(req, ep, &dst).await?
             } else if crate::upgrade::is_upgrade(&req) {
                 inner.upgrade(req, ep, &dst).await?
+            } else if crate::expect::expects_continue(&req) {
+                inner.expect_continue(req, ep, &dst).await?
             } else {
                 inner.forward(req, ep, &dst).await?
             };
@@ -198,9 +201,8 @@ impl Inner {
         Ok(rsp)
     }
 
-    /// An upgrade request (WebSocket, say) on a connection of its own: mTLS speaking
-    /// HTTP/1.1 to the peer proxy, plaintext to an endpoint without one; relayed once the
-    /// server switches protocols ([`crate::upgrade`]).
+    /// An upgrade request (WebSocket, say) on a connection of its own ([`Self::alone`]);
+    /// relayed once the server switches protocols ([`crate::upgrade`]).
     async fn upgrade(
         &self,
         mut req: Request<Body>,
@@ -208,6 +210,40 @@ impl Inner {
         dst: &Destination,
     ) -> Result<Response<Body>, ProxyError> {
         let client = hyper::upgrade::on(&mut req);
+        crate::upgrade::strip_keeping_upgrade(req.headers_mut());
+        let rsp = self.alone(req, ep, dst).await?;
+        Ok(crate::upgrade::answer(
+            client,
+            rsp,
+            DIRECTION,
+            &self.metrics,
+        ))
+    }
+
+    /// A request whose client waits for `100 Continue` before its body: on a connection of
+    /// its own ([`Self::alone`]), where the server's `100` is heard, its body held back until
+    /// then ([`crate::expect`]).
+    async fn expect_continue(
+        &self,
+        mut req: Request<Body>,
+        ep: &Endpoint,
+        dst: &Destination,
+    ) -> Result<Response<Body>, ProxyError> {
+        strip_hop_by_hop(req.headers_mut());
+        let gate = Gate::hold(&mut req);
+        let rsp = self.alone(req, ep, dst).await;
+        gate.answered();
+        Ok(finish(rsp?))
+    }
+
+    /// Sends `req` on a new connection of its own, speaking HTTP/1.1: mTLS to the peer proxy
+    /// (ALPN `http/1.1`), plaintext to an endpoint without one.
+    async fn alone(
+        &self,
+        req: Request<Body>,
+        ep: &Endpoint,
+        dst: &Destination,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let labels = req.extensions().get::<Arc<Labels>>().cloned();
         let (mut parts, body) = req.into_parts();
         parts.headers.remove(&ORIG_PROTO);
@@ -233,18 +269,12 @@ impl Inner {
                 crate::upgrade::send(tcp, req).await
             }
         };
-        let rsp = sent.map_err(|e| {
+        sent.map_err(|e| {
             Labels::fault_or(labels.as_ref(), || ProxyError::Upstream {
                 endpoint: ep.address.to_string(),
                 detail: error_chain(&e),
             })
-        })?;
-        Ok(crate::upgrade::answer(
-            client,
-            rsp,
-            DIRECTION,
-            &self.metrics,
-        ))
+        })
     }
 
     /// A pooled HTTP/2 connection to the peer proxy at `addr` proving `identity`.
