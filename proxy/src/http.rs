@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName};
 use http::uri::Authority;
-use http::{Request, Uri, Version};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -98,6 +99,14 @@ pub fn origin_form(uri: &Uri) -> Uri {
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     );
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// A response from upstream (endpoint, peer proxy, app) as it goes back: hop-by-hop headers
+/// removed, the body boxed.
+pub fn forwarded(rsp: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = rsp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, crate::body::boxed(body))
 }
 
 /// The path and query of a request's URI (`/` when empty).

@@ -271,15 +271,16 @@ impl Inbound {
                 }
             }
         };
-        if let Some(r) = refused {
-            if reply {
-                let _ = io.write_all(&r.encode()).await;
-                let _ = io.shutdown().await;
-            }
-            return;
-        }
         let app = SocketAddr::new(self.cfg.app_ip, port);
-        match crate::tcp::connect(app).await {
+        let server = match refused {
+            Some(r) => Err(r),
+            None => crate::tcp::connect(app).await.map_err(|e| {
+                self.metrics.error(DIRECTION, "app_unavailable");
+                tracing::info!(%app, error = %e, "TCP forward: connect failed");
+                TunnelReply::Unavailable(e)
+            }),
+        };
+        match server {
             Ok(mut server) => {
                 let connected = TunnelReply::Connected.encode();
                 if reply && (io.write_all(&connected).await.is_err() || io.flush().await.is_err()) {
@@ -287,14 +288,11 @@ impl Inbound {
                 }
                 crate::tcp::relay(&mut io, &mut server, DIRECTION, &self.metrics).await;
             }
-            Err(e) => {
-                self.metrics.error(DIRECTION, "app_unavailable");
-                tracing::info!(%app, error = %e, "TCP forward: connect failed");
-                if reply {
-                    let _ = io.write_all(&TunnelReply::Unavailable(e).encode()).await;
-                    let _ = io.shutdown().await;
-                }
+            Err(refused) if reply => {
+                let _ = io.write_all(&refused.encode()).await;
+                let _ = io.shutdown().await;
             }
+            Err(_) => {}
         }
     }
 }

@@ -26,20 +26,6 @@ pub async fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
     }
 }
 
-/// Connects to `addr` and copies bytes between it and `client` until both directions close.
-pub async fn forward<I>(mut client: I, addr: SocketAddr, direction: &str, metrics: &ProxyMetrics)
-where
-    I: AsyncRead + AsyncWrite + Unpin,
-{
-    match connect(addr).await {
-        Ok(mut server) => relay(&mut client, &mut server, direction, metrics).await,
-        Err(e) => {
-            metrics.error(direction, "app_unavailable");
-            tracing::info!(%addr, error = %e, "TCP forward: connect failed");
-        }
-    }
-}
-
 /// Copies bytes both ways between two connected streams and counts them.
 pub async fn relay<A, B>(a: &mut A, b: &mut B, direction: &str, metrics: &ProxyMetrics)
 where

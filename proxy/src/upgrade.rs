@@ -84,9 +84,7 @@ pub fn answer(
     metrics: &Arc<ProxyMetrics>,
 ) -> Response<Body> {
     if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let (mut parts, body) = rsp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        return Response::from_parts(parts, body::boxed(body));
+        return crate::http::forwarded(rsp);
     }
     let server = hyper::upgrade::on(&mut rsp);
     let metrics = metrics.clone();

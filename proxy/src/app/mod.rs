@@ -102,13 +102,6 @@ impl Inner {
             .remove(&ORIG_PROTO)
             .is_some_and(|v| v == ORIG_PROTO_HTTP1);
         let http2 = parts.version == Version::HTTP_2 && !from_http1;
-        // Keep the authority the client used as the Host the application sees.
-        if let Some(a) = parts.uri.authority().cloned()
-            && !http2
-            && let Ok(v) = http::HeaderValue::from_str(a.as_str())
-        {
-            parts.headers.insert(http::header::HOST, v);
-        }
         strip_hop_by_hop(&mut parts.headers);
         // A failure while the client's body was being sent may be the client's (its body was
         // malformed or cut short, or the peer's stream reset): then it is that.
@@ -134,14 +127,9 @@ impl Inner {
                 .map_err(|e| unavailable(error_chain(&e)))?
                 .map(body::boxed)
         } else {
-            parts.uri = origin_form(&parts.uri);
             parts.version = Version::HTTP_11;
             let addr = SocketAddr::new(self.ip, port);
-            if !parts.headers.contains_key(http::header::HOST)
-                && let Ok(v) = http::HeaderValue::from_str(&addr.to_string())
-            {
-                parts.headers.insert(http::header::HOST, v);
-            }
+            for_http1_app(&mut parts, addr);
             self.http1
                 .request(addr, Request::from_parts(parts, body))
                 .await
@@ -187,9 +175,7 @@ impl Inner {
         let gate = crate::expect::Gate::hold(&mut req);
         let rsp = self.alone(req, port, labels).await;
         gate.answered();
-        let (mut parts, body) = rsp?.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body::boxed(body)))
+        Ok(crate::http::forwarded(rsp?))
     }
 
     /// Sends `req` to the application on a new HTTP/1.1 connection of its own.
@@ -202,17 +188,7 @@ impl Inner {
         let (mut parts, body) = req.into_parts();
         parts.headers.remove(&ORIG_PROTO);
         let addr = SocketAddr::new(self.ip, port);
-        let host = match parts.uri.authority() {
-            Some(a) => http::HeaderValue::from_str(a.as_str()).ok(),
-            None if !parts.headers.contains_key(http::header::HOST) => {
-                http::HeaderValue::from_str(&addr.to_string()).ok()
-            }
-            None => None,
-        };
-        if let Some(v) = host {
-            parts.headers.insert(http::header::HOST, v);
-        }
-        parts.uri = origin_form(&parts.uri);
+        for_http1_app(&mut parts, addr);
         let unavailable = |detail: String| {
             Labels::fault_or(labels, || ProxyError::AppUnavailable { port, detail })
         };
@@ -221,4 +197,21 @@ impl Inner {
             .await
             .map_err(|e| unavailable(error_chain(&e)))
     }
+}
+
+/// A request's head as an HTTP/1 application at `addr` gets it: origin-form (no copy of the
+/// path), with the authority the client used as its `Host`, else the `Host` it sent, else the
+/// application's address.
+fn for_http1_app(parts: &mut http::request::Parts, addr: SocketAddr) {
+    let host = match parts.uri.authority() {
+        Some(a) => http::HeaderValue::from_str(a.as_str()).ok(),
+        None if !parts.headers.contains_key(http::header::HOST) => {
+            http::HeaderValue::from_str(&addr.to_string()).ok()
+        }
+        None => None,
+    };
+    if let Some(v) = host {
+        parts.headers.insert(http::header::HOST, v);
+    }
+    parts.uri = origin_form(&parts.uri);
 }

@@ -29,7 +29,8 @@ use crate::edge::error_chain;
 use crate::error::ProxyError;
 use crate::expect::Gate;
 use crate::http::{
-    ORIG_PROTO, ORIG_PROTO_HTTP1, PlainClient, origin_form, path_and_query, strip_hop_by_hop,
+    ORIG_PROTO, ORIG_PROTO_HTTP1, PlainClient, forwarded, origin_form, path_and_query,
+    strip_hop_by_hop,
 };
 use crate::metrics::{ProxyMetrics, tls_failure_reason};
 use crate::svc::{BoxError, BoxFuture, Labels};
@@ -146,7 +147,7 @@ impl Inner {
                         detail: error_chain(&e),
                     })
                 })?;
-            return Ok(finish(rsp));
+            return Ok(forwarded(rsp));
         };
         parts.uri = absolute(dst.authority.clone(), &parts.uri)?;
         parts.version = Version::HTTP_2;
@@ -194,7 +195,7 @@ impl Inner {
                 })?
             }
         };
-        let mut rsp = finish(rsp);
+        let mut rsp = forwarded(rsp);
         if from_http1 {
             *rsp.version_mut() = Version::HTTP_11;
         }
@@ -233,7 +234,7 @@ impl Inner {
         let gate = Gate::hold(&mut req);
         let rsp = self.alone(req, ep, dst).await;
         gate.answered();
-        Ok(finish(rsp?))
+        Ok(forwarded(rsp?))
     }
 
     /// Sends `req` on a new connection of its own, speaking HTTP/1.1: mTLS to the peer proxy
@@ -529,10 +530,4 @@ fn uri(authority: &str, uri: &Uri) -> Result<Uri, ProxyError> {
         .map_err(|e| ProxyError::BadRequest {
             detail: e.to_string(),
         })
-}
-
-fn finish(rsp: Response<Incoming>) -> Response<Body> {
-    let (mut parts, body) = rsp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body::boxed(body))
 }

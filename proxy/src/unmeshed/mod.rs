@@ -37,7 +37,7 @@ use weft_identity::SpiffeId;
 use weft_policy::registry::{AddressInfo, Endpoint, ServiceEndpoints};
 
 use crate::balance::{Backends, Picked};
-use crate::body::{self, Body};
+use crate::body::Body;
 use crate::destination::Destination;
 use crate::discovery::cache::{Cache, Followed, Shared, lock, now};
 use crate::discovery::{DISCOVERY_TIMEOUT, Limits, Resolve};
@@ -324,9 +324,7 @@ impl Switch {
                 &self.metrics,
             ));
         }
-        let (mut parts, body) = rsp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body::boxed(body)))
+        Ok(crate::http::forwarded(rsp))
     }
 }
 

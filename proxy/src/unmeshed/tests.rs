@@ -7,6 +7,7 @@ use tower::{Service, ServiceExt};
 use weft_policy::registry::{Endpoint, EndpointSource};
 
 use super::*;
+use crate::body;
 use crate::svc::Labels;
 
 /// Endpoints by `<namespace>/<service>`; unknown services answer with none. Addresses: what
