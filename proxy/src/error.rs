@@ -65,6 +65,10 @@ pub enum ProxyError {
     Timeout { destination: String, after_ms: u64 },
     /// The local application could not be reached (502).
     AppUnavailable { port: u16, detail: String },
+    /// The client spoke HTTP/2 to an application that does not (502): it answered the
+    /// connection's preface with bytes that are not HTTP/2 frames (an HTTP/1 server's
+    /// `HTTP/1.1 400`, read as a frame, is one far over the size limit).
+    ProtocolMismatch { port: u16, detail: String },
     /// The request itself is not proxyable (400).
     BadRequest { detail: String },
     /// The request's header block is over the mesh's limits (431), refused where it enters
@@ -99,6 +103,7 @@ impl ProxyError {
             ProxyError::IdentityMismatch { .. } => "identity_mismatch",
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::AppUnavailable { .. } => "app_unavailable",
+            ProxyError::ProtocolMismatch { .. } => "protocol_mismatch",
             ProxyError::BadRequest { .. } => "bad_request",
             ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::ResponseHeadersTooLarge { .. } => "response_headers_too_large",
@@ -119,6 +124,7 @@ impl ProxyError {
         "identity_mismatch",
         "timeout",
         "app_unavailable",
+        "protocol_mismatch",
         "bad_request",
         "headers_too_large",
         "response_headers_too_large",
@@ -144,6 +150,7 @@ impl ProxyError {
             | ProxyError::ConnectFailed { .. }
             | ProxyError::IdentityMismatch { .. }
             | ProxyError::AppUnavailable { .. }
+            | ProxyError::ProtocolMismatch { .. }
             | ProxyError::ResponseHeadersTooLarge { .. }
             | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -182,6 +189,7 @@ impl ProxyError {
             | ProxyError::ConnectFailed { .. }
             | ProxyError::IdentityMismatch { .. }
             | ProxyError::AppUnavailable { .. }
+            | ProxyError::ProtocolMismatch { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::NotReady => UNAVAILABLE,
         }
@@ -268,6 +276,10 @@ impl fmt::Display for ProxyError {
             ProxyError::AppUnavailable { port, detail } => write!(
                 f,
                 "weft: the application on 127.0.0.1:{port} is not reachable: {detail}"
+            ),
+            ProxyError::ProtocolMismatch { port, detail } => write!(
+                f,
+                "weft: the client speaks HTTP/2 and the application on 127.0.0.1:{port} does not: it answered HTTP/2's preface with something else ({detail}); serve HTTP/2 cleartext (h2c, prior knowledge) there, or have the client speak HTTP/1.1"
             ),
             ProxyError::BadRequest { detail } => write!(f, "weft: bad request: {detail}"),
             ProxyError::HeadersTooLarge { detail } => write!(

@@ -70,6 +70,7 @@ pub mod tcp;
 mod testing;
 pub mod timeout;
 pub mod tls;
+pub mod trailers;
 pub mod unmeshed;
 pub mod upgrade;
 pub mod user;

@@ -138,7 +138,8 @@ impl Labels {
 
 /// Adapts a stack to hyper's server: makes the request's [`Labels`] and boxes the incoming
 /// body on the way in, as a [`ClientBody`](crate::body::ClientBody) that notes in them a
-/// failure to read it.
+/// failure to read it; on the way out, declares the response's trailer fields for an HTTP/1.1
+/// client that takes them ([`crate::trailers`]).
 pub fn to_hyper(
     svc: HttpService,
 ) -> impl hyper::service::Service<
@@ -147,14 +148,32 @@ pub fn to_hyper(
     Error = BoxError,
     Future = impl std::future::Future<Output = Result<Response<Body>, BoxError>> + Send,
 > + Clone {
-    use tower::ServiceExt;
-    hyper_util::service::TowerToHyperService::new(svc.map_request(
-        |req: Request<hyper::body::Incoming>| {
-            let labels = Arc::new(Labels::default());
-            let (mut parts, body) = req.into_parts();
-            let body = crate::body::boxed(crate::body::ClientBody::new(body, labels.clone()));
-            parts.extensions.insert(labels);
-            Request::from_parts(parts, body)
-        },
-    ))
+    hyper_util::service::TowerToHyperService::new(FromHyper(svc))
+}
+
+/// The stack as [`to_hyper`] serves it.
+#[derive(Clone)]
+struct FromHyper(HttpService);
+
+impl tower::Service<Request<hyper::body::Incoming>> for FromHyper {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        tower::Service::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        let client = crate::trailers::Client::of(&req);
+        let labels = Arc::new(Labels::default());
+        let (mut parts, body) = req.into_parts();
+        let body = crate::body::boxed(crate::body::ClientBody::new(body, labels.clone()));
+        parts.extensions.insert(labels);
+        let fut = tower::Service::call(&mut self.0, Request::from_parts(parts, body));
+        Box::pin(async move { Ok(client.declare(fut.await?)) })
+    }
 }

@@ -356,6 +356,16 @@ async fn connect_answers_200_only_once_the_far_end_is_connected() {
         .unwrap()
         .unwrap();
     assert_eq!(&got, b"ping\n");
+    // The tunnel is counted as what it is, opaque TCP, by both proxies (the refused one not).
+    let tunnels = |p: &TestProxy, direction: &str| {
+        metric_sum(
+            &p.metrics(),
+            "weft_proxy_tcp_connections_total",
+            &[&format!("direction=\"{direction}\""), "protocol=\"opaque\""],
+        )
+    };
+    assert_eq!(tunnels(&web, "outbound"), 1.0, "{}", web.metrics());
+    assert_eq!(tunnels(&api, "inbound"), 2.0, "{}", api.metrics());
 
     // A tunnel the receiving proxy's policy denies: 403, naming the policy.
     let denied = mesh.proxy("api", echo.port(), allow_only(&["admin"])).await;
@@ -410,4 +420,113 @@ async fn the_100_continue_comes_from_the_server() {
             .unwrap();
         assert_eq!(&body, b"1000 bytes", "{via}");
     }
+}
+
+/// An HTTP/1.1 app that writes its responses itself: `/unary`, `hello` and the trailer
+/// `x-checksum: 5`, undeclared (no `Trailer` header: RFC 9110 only asks a sender to declare);
+/// `/stream`, a gRPC-shaped response whose trailers (`grpc-status: 0`) follow 200 ms after its
+/// first message, undeclared too.
+async fn undeclared_trailers_app() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let head = read_head(&mut tcp).await;
+                let stream = head.starts_with("GET /stream");
+                let content_type = if stream {
+                    "application/grpc"
+                } else {
+                    "text/plain"
+                };
+                let first = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n"
+                );
+                let _ = tcp.write_all(first.as_bytes()).await;
+                let last = if stream {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    "0\r\ngrpc-status: 0\r\n\r\n"
+                } else {
+                    "0\r\nx-checksum: 5\r\n\r\n"
+                };
+                let _ = tcp.write_all(last.as_bytes()).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Trailers an app sends without declaring them in `Trailer` reach an HTTP/1.1 client that
+/// takes trailers (`TE: trailers`) as they do directly: a complete body's, and a streaming
+/// gRPC response's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeclared_trailers_arrive_as_sent() {
+    let mesh = Mesh::new(Duration::from_secs(3600)).await;
+    let app = undeclared_trailers_app().await;
+    let api = mesh.proxy("api", app.port(), allow_only(&["web"])).await;
+    let web = mesh.client_proxy("web").await;
+    mesh.resolver.set_proxies("api", [&api]);
+    let authority = format!("api.default:{}", app.port());
+    for (addr, host) in [(app, "localhost"), (web.outbound, authority.as_str())] {
+        for (path, name, value) in [
+            ("/unary", "x-checksum", "5"),
+            ("/stream", "grpc-status", "0"),
+        ] {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::get(path)
+                .header("host", host)
+                .header("te", "trailers")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let rsp = sender.send_request(req).await.unwrap();
+            assert_eq!(rsp.status(), 200, "{addr}{path}");
+            let body = tokio::time::timeout(STEP, rsp.into_body().collect())
+                .await
+                .unwrap()
+                .unwrap();
+            let trailers = body.trailers().cloned();
+            assert_eq!(body.to_bytes(), "hello", "{addr}{path}");
+            let trailers = trailers.unwrap_or_else(|| panic!("{addr}{path}: no trailers"));
+            assert_eq!(trailers[name], value, "{addr}{path}");
+        }
+    }
+}
+
+/// An HTTP/2 client (prior knowledge) whose requests reach an HTTP/1-only app is told so:
+/// `502 protocol_mismatch`, not a frame error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_to_an_http1_only_app_is_told_of_the_mismatch() {
+    let (_mesh, app, api, web) = mesh_allowing("web").await;
+    let tcp = TcpStream::connect(web.outbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://api.default:{}/hello", app.port()))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let rsp = tokio::time::timeout(STEP, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let (parts, body) = rsp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(parts.status, 502, "{text}");
+    assert_eq!(parts.headers["weft-error"], "protocol_mismatch", "{text}");
+    assert!(text.contains("speaks HTTP/2"), "{text}");
+    let mismatches = metric_sum(
+        &api.metrics(),
+        "weft_proxy_errors_total",
+        &["direction=\"inbound\"", "reason=\"protocol_mismatch\""],
+    );
+    assert_eq!(mismatches, 1.0, "{}", api.metrics());
 }

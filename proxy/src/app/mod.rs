@@ -121,11 +121,28 @@ impl Inner {
                     detail: e.to_string(),
                 })?;
             parts.version = Version::HTTP_2;
-            self.client
+            let sent = self
+                .client
                 .request(Request::from_parts(parts, body))
                 .await
-                .map_err(|e| unavailable(error_chain(&e)))?
-                .map(body::boxed)
+                .map(|rsp| rsp.map(body::boxed));
+            match sent {
+                Ok(rsp) => rsp,
+                // Not reached, or the client's own failure: nothing to ask the application.
+                Err(e)
+                    if e.is_connect()
+                        || labels.as_ref().is_some_and(|l| l.client_fault().is_some()) =>
+                {
+                    return Err(unavailable(error_chain(&e)));
+                }
+                Err(e) => {
+                    let addr = SocketAddr::new(self.ip, port);
+                    return Err(match speaks_http2(addr).await {
+                        Err(detail) => ProxyError::ProtocolMismatch { port, detail },
+                        Ok(()) => unavailable(error_chain(&e)),
+                    });
+                }
+            }
         } else {
             parts.version = Version::HTTP_11;
             let addr = SocketAddr::new(self.ip, port);
@@ -198,6 +215,53 @@ impl Inner {
             .map_err(|e| unavailable(error_chain(&e)))
     }
 }
+
+/// Whether the application at `addr` speaks HTTP/2 cleartext, asked after an HTTP/2 request
+/// to it failed: a new connection gets HTTP/2's preface and an empty SETTINGS frame, and an
+/// HTTP/2 server answers with its SETTINGS (RFC 9113 §3.4). `Err` says what it did instead
+/// (answered something else, such as an HTTP/1 `400`, or closed the connection); `Ok` also
+/// when it could not be told (not reachable, no answer within [`PROBE_TIMEOUT`]).
+async fn speaks_http2(addr: SocketAddr) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        tcp.write_all(&hello).await.ok()?;
+        let mut first = [0u8; 16];
+        let mut n = 0;
+        while n < 9 {
+            match tcp.read(&mut first[n..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(m) => n += m,
+            }
+        }
+        Some(first[..n].to_vec())
+    };
+    let Ok(Some(first)) = tokio::time::timeout(PROBE_TIMEOUT, probe).await else {
+        return Ok(());
+    };
+    if first.len() >= 9 && first[3] == 0x4 {
+        return Ok(());
+    }
+    if first.is_empty() {
+        return Err("it closed the connection".into());
+    }
+    let shown: String = first
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                char::from(b)
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    Err(format!("it answered `{shown}...`"))
+}
+
+/// How long [`speaks_http2`] waits for the application's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A request's head as an HTTP/1 application at `addr` gets it: origin-form (no copy of the
 /// path), with the authority the client used as its `Host`, else the `Host` it sent, else the

@@ -421,6 +421,9 @@ impl Inner {
                     return;
                 }
             };
+            // The tunnel is counted as what it carries, opaque TCP, as the peer proxy counts
+            // it (the client's connection that asked for it was counted as HTTP).
+            let _open = metrics.tcp_open(DIRECTION, "opaque");
             let mut client = TokioIo::new(client);
             match far {
                 Far::Peer(mut tls) => {
