@@ -7,8 +7,22 @@
 //!   and in absolute form (curl through web's outbound as its HTTP proxy); a policy that denies
 //!   the caller refuses the upgrade with 403.
 //!
-//! System tests (`WEFT_SYSTEM_TESTS=1`): they need python3 with `websockets` and
-//! `websocket-client`, and curl (`.ci/run` installs them).
+//! - gRPC ([`grpc`]): a grpcio server and client, every call shape (unary with trailing
+//!   metadata, a 1 MB message, the server's own error status, server, client and bidirectional
+//!   streaming, the client's deadline), and the errors the proxies make themselves seen by the
+//!   client as gRPC statuses: a route timeout `DEADLINE_EXCEEDED`, a policy's denial
+//!   `PERMISSION_DENIED`, an unknown service `UNAVAILABLE`.
+//! - HTTP/1.1 ([`http1`]): python's `http.server` and curl: response trailers (declared and
+//!   not), a client that half-closes after its request, `Expect: 100-continue` to a server that
+//!   refuses the upload (the client sends none of it) and to one that takes it, HEAD, 204, 304,
+//!   HTTP/1.0; `CONNECT` through curl's `--proxytunnel` to an open port, a closed one and an
+//!   unknown service, answered promptly.
+//!
+//! The same clients under transparent interception, and the opaque-TCP ones (redis, postgres),
+//! are in `compat_intercept.rs`.
+//!
+//! System tests (`WEFT_SYSTEM_TESTS=1`): they need python3 with `websockets`,
+//! `websocket-client` and `grpcio`, and curl (`.ci/run` installs them).
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -16,6 +30,11 @@ mod support;
 #[path = "hostile/mesh.rs"]
 #[allow(dead_code)]
 mod mesh;
+
+#[path = "compat/grpc.rs"]
+mod grpc;
+#[path = "compat/http1.rs"]
+mod http1;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -27,67 +46,15 @@ use support::*;
 use weft_runtime::child::{Child, Options};
 
 /// A python `websockets` echo server on `port`: every message comes back as it was sent.
-const ECHO_SERVER: &str = r#"
-import asyncio, sys
-from websockets.asyncio.server import serve
-
-async def echo(ws):
-    async for message in ws:
-        await ws.send(message)
-
-async def main():
-    async with serve(echo, "127.0.0.1", int(sys.argv[1]), max_size=4 << 20):
-        print("ready", flush=True)
-        await asyncio.get_running_loop().create_future()
-
-asyncio.run(main())
-"#;
+const ECHO_SERVER: &str = include_str!("compat/ws_echo_server.py");
 
 /// A python `websockets` client: connects to `ws://<host>/chat` over a socket connected to
 /// `addr` (so the `Host` header names the service while the bytes go to the proxy), sends 100
 /// echoes and a 1 MB message, prints `ok`; a refused handshake prints `status <code>`.
-const WEBSOCKETS_CLIENT: &str = r#"
-import asyncio, socket, sys
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
-
-async def main():
-    host, port = sys.argv[1].rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    try:
-        async with connect(f"ws://{sys.argv[2]}/chat", sock=sock, max_size=4 << 20, open_timeout=10) as ws:
-            for i in range(100):
-                await ws.send(f"message {i}")
-                assert await ws.recv() == f"message {i}"
-            big = bytes(i % 251 for i in range(1 << 20))
-            await ws.send(big)
-            assert await ws.recv() == big
-    except InvalidStatus as e:
-        print(f"status {e.response.status_code}")
-        return
-    print("ok")
-
-asyncio.run(asyncio.wait_for(main(), 30))
-"#;
+const WEBSOCKETS_CLIENT: &str = include_str!("compat/ws_websockets_client.py");
 
 /// A python `websocket-client` client, the same exchange through `addr` with `Host: <host>`.
-const WEBSOCKET_CLIENT: &str = r#"
-import sys, websocket
-host, port = sys.argv[1].rsplit(":", 1)
-try:
-    ws = websocket.create_connection(f"ws://{host}:{port}/chat", host=sys.argv[2], timeout=10)
-except websocket.WebSocketBadStatusException as e:
-    print(f"status {e.status_code}")
-    sys.exit(0)
-for i in range(100):
-    ws.send(f"message {i}")
-    assert ws.recv() == f"message {i}"
-big = bytes(i % 251 for i in range(1 << 20))
-ws.send_binary(big)
-assert ws.recv() == big
-ws.close()
-print("ok")
-"#;
+const WEBSOCKET_CLIENT: &str = include_str!("compat/ws_websocket_client.py");
 
 fn python(dir: &Path, name: &str, script: &str, args: &[&str]) -> String {
     let path = dir.join(name);
@@ -107,26 +74,49 @@ fn python(dir: &Path, name: &str, script: &str, args: &[&str]) -> String {
     stdout
 }
 
-/// The echo server on a free port, ready.
-fn echo_server(dir: &Path) -> (Child, u16) {
-    let path = dir.join("echo_server.py");
-    std::fs::write(&path, ECHO_SERVER).unwrap();
+/// A python server (`script`, run with its port as its argument) on a free port, once it
+/// accepts connections.
+fn py_server(dir: &Path, name: &str, script: &str) -> (Child, u16) {
+    let path = dir.join(name);
+    std::fs::write(&path, script).unwrap();
     let port = free_addr().port();
     let child = Child::spawn(
-        "websockets-server",
+        name,
         Path::new("python3"),
         &[path.to_str().unwrap(), &port.to_string()],
         &[],
-        &dir.join("websockets-server.log"),
+        &dir.join(format!("{name}.log")),
         &Options::default(),
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the echo server did not start");
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not start:\n{}",
+            child.logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     (child, port)
+}
+
+/// Api's policy changed to admit only `admin`, not web: once web's requests get 403.
+fn admit_only_admin(mesh: &Mesh) {
+    let port = mesh.port;
+    mesh.write_resource(
+        "mesh.yaml",
+        &format!(
+            "kind: Service\nmetadata: {{name: api, namespace: default}}\nspec: {{ports: [{{port: {port}}}]}}\n---\n\
+             kind: Service\nmetadata: {{name: web, namespace: default}}\nspec: {{ports: [{{port: 8080}}]}}\n---\n\
+             kind: AuthorizationPolicy\nmetadata: {{name: api-from-admin, namespace: default}}\nspec:\n  target: {{service: api, port: {port}}}\n  allow:\n    - identities: [\"spiffe://weft.local/ns/default/sa/admin\"]\n"
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mesh.get("/").0 != 403 {
+        assert!(Instant::now() < deadline, "the new policy never applied");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// curl's upgrade request, absolute-form through `proxy` as its HTTP proxy (or straight to
@@ -163,7 +153,7 @@ fn websocket_clients_through_the_mesh_as_directly() {
         "python3 (with websockets, websocket-client), curl",
     );
     let tmp = tempfile::tempdir().unwrap();
-    let (_server, port) = echo_server(tmp.path());
+    let (_server, port) = py_server(tmp.path(), "ws_echo_server.py", ECHO_SERVER);
     let mesh = Mesh::start_with(port, Seen::default());
     let authority = mesh.authority();
     let direct = format!("127.0.0.1:{port}");
@@ -214,19 +204,7 @@ fn websocket_clients_through_the_mesh_as_directly() {
     );
 
     // A policy that no longer lets web in: the upgrade gets 403, both clients see it.
-    mesh.write_resource(
-        "mesh.yaml",
-        &format!(
-            "kind: Service\nmetadata: {{name: api, namespace: default}}\nspec: {{ports: [{{port: {port}}}]}}\n---\n\
-             kind: Service\nmetadata: {{name: web, namespace: default}}\nspec: {{ports: [{{port: 8080}}]}}\n---\n\
-             kind: AuthorizationPolicy\nmetadata: {{name: api-from-admin, namespace: default}}\nspec:\n  target: {{service: api, port: {port}}}\n  allow:\n    - identities: [\"spiffe://weft.local/ns/default/sa/admin\"]\n"
-        ),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while mesh.get("/").0 != 403 {
-        assert!(Instant::now() < deadline, "the new policy never applied");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    admit_only_admin(&mesh);
     for (name, script) in [
         ("websockets_client.py", WEBSOCKETS_CLIENT),
         ("websocket_client.py", WEBSOCKET_CLIENT),

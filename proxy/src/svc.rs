@@ -174,6 +174,6 @@ impl tower::Service<Request<hyper::body::Incoming>> for FromHyper {
         let body = crate::body::boxed(crate::body::ClientBody::new(body, labels.clone()));
         parts.extensions.insert(labels);
         let fut = tower::Service::call(&mut self.0, Request::from_parts(parts, body));
-        Box::pin(async move { Ok(client.declare(fut.await?)) })
+        Box::pin(async move { Ok(client.declare(fut.await?).await) })
     }
 }

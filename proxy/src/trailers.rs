@@ -5,29 +5,39 @@
 //! them; HTTP/2 has no such rule, and gRPC servers never declare theirs). So that the fields an
 //! HTTP/2 application sends reach such a client, a response to it that has none declared gets a
 //! `Trailer` header naming them, as far as they can be known when its head is written:
-//! - the ones it ends with, when its whole body has already arrived (a unary call, a small
-//!   response: the frames already received are read without waiting, at most
-//!   [`PREFETCH_FRAMES`] of them, then handed on unchanged);
-//! - otherwise, for a gRPC response, gRPC's own (`grpc-status`, `grpc-message`,
-//!   `grpc-status-details-bin`).
+//! - for a gRPC response, gRPC's own (`grpc-status`, `grpc-message`,
+//!   `grpc-status-details-bin`), and any others its frames already received end with;
+//! - for any other, the ones it ends with, when its body ends soon after its head: a small
+//!   response, whose last frames may cross the hop between the proxies a moment after its
+//!   head. The body is read ahead until it ends, for at most [`READ_AHEAD_WAIT`],
+//!   [`READ_AHEAD_FRAMES`] frames and [`READ_AHEAD_BYTES`], then handed on unchanged.
 //!
-//! What is left: a streaming response that is not gRPC, from an HTTP/2 application that does
-//! not declare its trailers, reaches an HTTP/1.1 client without them (the head cannot wait for
+//! What is left: a response that is neither gRPC nor over within that, whose application does
+//! not declare its trailers, reaches an HTTP/1.1 client without them (its head cannot wait for
 //! the end of a stream); and a client that did not send `TE: trailers` gets none (hyper's
-//! rule, RFC 9110 §10.1.4).
+//! rule, RFC 9110 §10.1.4). Only clients that take trailers wait: any other's response is
+//! handed on as it comes.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
 
 use crate::body::{Body, BoxError};
 
-/// How many frames of a response are read ahead, without waiting, to learn its trailers.
-pub const PREFETCH_FRAMES: usize = 16;
+/// How long a response whose trailers are not known is read ahead, waiting for its end.
+pub const READ_AHEAD_WAIT: Duration = Duration::from_millis(50);
+
+/// At most this many frames of a response are read ahead.
+pub const READ_AHEAD_FRAMES: usize = 16;
+
+/// At most this many bytes of a response's body are read ahead.
+pub const READ_AHEAD_BYTES: usize = 64 * 1024;
 
 /// The trailer fields a gRPC server may send.
 const GRPC_TRAILERS: &str = "grpc-status, grpc-message, grpc-status-details-bin";
@@ -59,7 +69,7 @@ impl Client {
     }
 
     /// `rsp`, with its trailer fields declared for this client where they can be known.
-    pub fn declare(self, rsp: Response<Body>) -> Response<Body> {
+    pub async fn declare(self, rsp: Response<Body>) -> Response<Body> {
         if !self.takes_trailers
             || rsp.headers().contains_key(header::TRAILER)
             || rsp.headers().contains_key(header::CONTENT_LENGTH)
@@ -73,16 +83,24 @@ impl Client {
             return rsp;
         }
         let (mut parts, body) = rsp.into_parts();
-        let mut body = Prefetched::read_ahead(body);
-        let names = match &body.trailers {
-            Some(names) => HeaderValue::from_str(names).ok(),
-            None if is_grpc(&parts.headers) => Some(HeaderValue::from_static(GRPC_TRAILERS)),
-            None => None,
+        let grpc = is_grpc(&parts.headers);
+        // gRPC's names are known: only the frames already there are read, for any others.
+        let wait = if grpc {
+            Duration::ZERO
+        } else {
+            READ_AHEAD_WAIT
         };
-        if let Some(v) = names {
+        let mut body = Prefetched::read_ahead(body, wait).await;
+        let mut names = std::mem::take(&mut body.trailers);
+        if grpc {
+            names.retain(|n| !GRPC_TRAILERS.split(", ").any(|g| g == n));
+            names.insert(0, GRPC_TRAILERS.to_string());
+        }
+        if let Ok(v) = HeaderValue::from_str(&names.join(", "))
+            && !names.is_empty()
+        {
             parts.headers.insert(header::TRAILER, v);
         }
-        body.trailers = None;
         Response::from_parts(parts, crate::body::boxed(body))
     }
 }
@@ -94,50 +112,55 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-/// A body whose first frames were read ahead (those already received), then the rest of it.
+/// A body whose first frames were read ahead, then the rest of it.
 struct Prefetched {
     ahead: VecDeque<Result<Frame<Bytes>, BoxError>>,
     /// Whether the frames read ahead are the whole body.
     complete: bool,
     /// The names of the trailer fields the body ends with, if it was read to its end.
-    trailers: Option<String>,
+    trailers: Vec<String>,
     inner: Body,
 }
 
 impl Prefetched {
-    fn read_ahead(mut inner: Body) -> Self {
-        let mut ahead = VecDeque::new();
-        let mut complete = false;
-        let mut trailers = None;
-        // Only what is there: a waker that nobody needs (the next poll, by the connection,
-        // registers its own).
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        while ahead.len() < PREFETCH_FRAMES {
-            match Pin::new(&mut inner).poll_frame(&mut cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(t) = frame.trailers_ref() {
-                        let names: Vec<&str> = t.keys().map(|k| k.as_str()).collect();
-                        trailers = Some(names.join(", "));
-                    }
-                    ahead.push_back(Ok(frame));
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    ahead.push_back(Err(e));
-                    complete = true;
-                    break;
-                }
-                Poll::Ready(None) => {
-                    complete = true;
-                    break;
-                }
-                Poll::Pending => break,
-            }
-        }
-        Self {
-            ahead,
-            complete,
-            trailers: trailers.filter(|_| complete),
+    /// Reads `inner` ahead until it ends, for at most `wait` (zero: only the frames already
+    /// there) and the read-ahead bounds.
+    async fn read_ahead(inner: Body, wait: Duration) -> Self {
+        let mut body = Self {
+            ahead: VecDeque::new(),
+            complete: false,
+            trailers: Vec::new(),
             inner,
+        };
+        // Cancel-safe: a frame is taken only when it is there.
+        let _ = tokio::time::timeout(wait, body.read_to_end()).await;
+        if !body.complete {
+            body.trailers.clear();
+        }
+        body
+    }
+
+    async fn read_to_end(&mut self) {
+        let mut bytes = 0;
+        while self.ahead.len() < READ_AHEAD_FRAMES && bytes <= READ_AHEAD_BYTES {
+            match self.inner.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(t) = frame.trailers_ref() {
+                        self.trailers = t.keys().map(|k| k.as_str().to_string()).collect();
+                    }
+                    bytes += frame.data_ref().map_or(0, |d| d.len());
+                    self.ahead.push_back(Ok(frame));
+                }
+                Some(Err(e)) => {
+                    self.ahead.push_back(Err(e));
+                    self.complete = true;
+                    return;
+                }
+                None => {
+                    self.complete = true;
+                    return;
+                }
+            }
         }
     }
 }
@@ -176,7 +199,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use http_body_util::BodyExt;
 
     fn req(version: Version, te: Option<&str>) -> Request<()> {
         let mut b = Request::get("/").version(version);
@@ -204,7 +226,9 @@ mod tests {
     #[tokio::test]
     async fn a_complete_body_gets_its_trailers_declared_and_is_unchanged() {
         let rsp = Response::new(ready_body(&[("x-checksum", "5"), ("x-count", "1")]));
-        let rsp = Client::of(&req(Version::HTTP_11, Some("trailers"))).declare(rsp);
+        let rsp = Client::of(&req(Version::HTTP_11, Some("trailers")))
+            .declare(rsp)
+            .await;
         assert_eq!(rsp.headers()["trailer"], "x-checksum, x-count");
         let collected = rsp.into_body().collect().await.unwrap();
         let trailers = collected.trailers().cloned().unwrap();
@@ -224,7 +248,9 @@ mod tests {
         let mut rsp = Response::new(crate::body::boxed(body));
         rsp.headers_mut()
             .insert("content-type", HeaderValue::from_static("application/grpc"));
-        let rsp = Client::of(&req(Version::HTTP_11, Some("trailers"))).declare(rsp);
+        let rsp = Client::of(&req(Version::HTTP_11, Some("trailers")))
+            .declare(rsp)
+            .await;
         assert_eq!(rsp.headers()["trailer"], GRPC_TRAILERS);
         let mut t = http::HeaderMap::new();
         t.insert("grpc-status", HeaderValue::from_static("0"));
@@ -238,8 +264,48 @@ mod tests {
         assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
     }
 
-    #[test]
-    fn nothing_is_declared_for_clients_that_take_no_trailers_or_when_declared() {
+    /// A body fed by the test: `hello`, then after `after`, the trailer `x-checksum: 5`.
+    fn later_body(after: Duration) -> Body {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
+        tokio::spawn(async move {
+            tx.send(Ok(Frame::data(Bytes::from_static(b"hello"))))
+                .await
+                .unwrap();
+            tokio::time::sleep(after).await;
+            let mut t = http::HeaderMap::new();
+            t.insert("x-checksum", HeaderValue::from_static("5"));
+            tx.send(Ok(Frame::trailers(t))).await.unwrap();
+        });
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
+        crate::body::boxed(http_body_util::StreamBody::new(stream))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trailers_a_moment_behind_the_head_are_waited_for_a_stream_is_not() {
+        let client = Client::of(&req(Version::HTTP_11, Some("trailers")));
+        let soon = client
+            .declare(Response::new(later_body(Duration::from_millis(5))))
+            .await;
+        assert_eq!(soon.headers()["trailer"], "x-checksum");
+
+        let started = tokio::time::Instant::now();
+        let stream = client
+            .declare(Response::new(later_body(Duration::from_secs(10))))
+            .await;
+        assert_eq!(started.elapsed(), READ_AHEAD_WAIT);
+        assert!(!stream.headers().contains_key("trailer"));
+        // Handed on whole: what was read ahead, then the rest.
+        let collected = stream.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-checksum"], "5");
+        assert_eq!(collected.to_bytes(), "hello");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_declared_for_clients_that_take_no_trailers_or_when_declared() {
         for (version, te) in [
             (Version::HTTP_11, None),
             (Version::HTTP_11, Some("gzip")),
@@ -247,13 +313,15 @@ mod tests {
             (Version::HTTP_2, Some("trailers")),
         ] {
             let rsp = Response::new(ready_body(&[("x-checksum", "5")]));
-            let rsp = Client::of(&req(version, te)).declare(rsp);
+            let rsp = Client::of(&req(version, te)).declare(rsp).await;
             assert!(!rsp.headers().contains_key("trailer"), "{version:?} {te:?}");
         }
         let mut rsp = Response::new(ready_body(&[("x-checksum", "5")]));
         rsp.headers_mut()
             .insert("trailer", HeaderValue::from_static("x-other"));
-        let rsp = Client::of(&req(Version::HTTP_11, Some("trailers"))).declare(rsp);
+        let rsp = Client::of(&req(Version::HTTP_11, Some("trailers")))
+            .declare(rsp)
+            .await;
         assert_eq!(rsp.headers()["trailer"], "x-other");
     }
 }

@@ -140,6 +140,23 @@ impl Mesh {
     /// The mesh in front of an app of the caller's on `port` (`seen` stays empty); ready once
     /// web's requests reach the app (any answer the proxies did not make).
     pub fn start_with(port: u16, seen: Seen) -> Self {
+        let mesh = Self::start_unready(port, seen);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(mesh.get("/").0, 0 | 500..) {
+            assert!(
+                Instant::now() < deadline,
+                "web never reached api:\n{}",
+                mesh.web.child.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        mesh
+    }
+
+    /// The mesh in front of an app of the caller's on `port`, its processes ready, but not
+    /// yet known to reach the app: for an app that does not answer `GET /` over HTTP/1 (a
+    /// gRPC server), whose caller waits its own way.
+    pub fn start_unready(port: u16, seen: Seen) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
         let data = d.join("ca");
@@ -194,7 +211,7 @@ impl Mesh {
         };
         let api = start("api", port);
         let web = start("web", 1);
-        let mesh = Self {
+        Self {
             dir,
             data,
             _identity: identity,
@@ -205,17 +222,7 @@ impl Mesh {
             web,
             port,
             seen,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while matches!(mesh.get("/").0, 0 | 500..) {
-            assert!(
-                Instant::now() < deadline,
-                "web never reached api:\n{}",
-                mesh.web.child.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        mesh
     }
 
     /// `http://api.default:<port>` as web's app names it.
