@@ -45,16 +45,12 @@ use std::time::{Duration, Instant};
 
 use capture::{Capture, packets};
 use hosts::{Host, Lan};
-use support::{
-    NS_IDENTITY_PORT, NS_POLICY_PORT, NsControlPlane, require_tools, spawn_proxy_as, system_tests,
-};
-use weft_identity::config::{ENV_IDENTITY_ADDR, ENV_TOKEN_FILE};
-use weft_policy::config::ENV_POLICY_ADDR;
-use weft_proxy::config as proxy_config;
+use support::{NS_IDENTITY_PORT, NS_POLICY_PORT, NsControlPlane, require_tools, system_tests};
 use weft_runtime::child::Child;
 use weft_runtime::testing::metric_sum;
 
-/// Every host's app: HTTP on 8080 (meshed), the same on 8081 (skipped by `weft init`: plain
+/// Every host's app, on IPv4 and IPv6 (each proxy reaches its app at the address its client
+/// dialled): HTTP on 8080 (meshed), the same on 8081 (skipped by `weft init`: plain
 /// on the wire), a line echo on 7000, a banner on 2525 (declared opaque) and on 2526 (not).
 const HTTP_PORT: &str = "8080";
 const PLAIN_PORT: &str = "8081";
@@ -78,10 +74,13 @@ def serve_http(port, body):
             self.wfile.write(body)
         def log_message(self, *args):
             pass
-    http.server.ThreadingHTTPServer(("0.0.0.0", port), H).serve_forever()
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+    Server(("::", port), H).serve_forever()
 def listen(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(16)
+    s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port)); s.listen(16)
     return s
 def echo(c):
     f = c.makefile("rb")
@@ -102,34 +101,6 @@ for port in (2525, 2526):
 threading.Thread(target=serve_http, args=(8081, b"plain hello from " + host.encode() + b"\n"), daemon=True).start()
 serve_http(8080, b"hello from " + host.encode() + b"\n")
 "#;
-
-// A host's proxy is set up for this mesh (where C's services listen, which ports it takes), so
-// it starts here, beside the rest of the mesh's set-up.
-impl Host {
-    /// `weft proxy` as the host's own UID (exempt from its `weft init`), ready.
-    fn start_proxy(&self, dir: &Path, c_ip: &str, log: &str) -> Child {
-        let env = [
-            (
-                ENV_TOKEN_FILE,
-                dir.join(format!("{}.token", self.name))
-                    .display()
-                    .to_string(),
-            ),
-            (ENV_IDENTITY_ADDR, format!("{c_ip}:{NS_IDENTITY_PORT}")),
-            (ENV_POLICY_ADDR, format!("{c_ip}:{NS_POLICY_PORT}")),
-            (proxy_config::ENV_PROXY_UID, self.uid.to_string()),
-            // Both families, as `weft init --ipv6` redirects them.
-            (proxy_config::ENV_INBOUND, "[::]:4143".to_string()),
-            (
-                proxy_config::ENV_OUTBOUND,
-                "127.0.0.1:4140,[::1]:4140".to_string(),
-            ),
-        ];
-        let proxy = spawn_proxy_as(&self.ns, self.uid, &env, &dir.join(log));
-        self.ns.wait_ok("http://127.0.0.1:4191/ready", &proxy);
-        proxy
-    }
-}
 
 /// The resources: the three services, and who may call B.
 fn resources(b_callers: &[&Host]) -> String {

@@ -145,6 +145,7 @@ impl ProxyArgs {
                 .chain(self.outbound_listen.iter().map(SocketAddr::port))
                 .collect(),
             opaque_ports: self.opaque_ports.clone(),
+            transparent: self.proxy_uid.is_some() || self.proxy_gid.is_some(),
         }
     }
 

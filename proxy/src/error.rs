@@ -64,11 +64,11 @@ pub enum ProxyError {
     /// The request did not complete in time (504).
     Timeout { destination: String, after_ms: u64 },
     /// The local application could not be reached (502).
-    AppUnavailable { port: u16, detail: String },
+    AppUnavailable { app: String, detail: String },
     /// The client spoke HTTP/2 to an application that does not (502): it answered the
     /// connection's preface with bytes that are not HTTP/2 frames (an HTTP/1 server's
     /// `HTTP/1.1 400`, read as a frame, is one far over the size limit).
-    ProtocolMismatch { port: u16, detail: String },
+    ProtocolMismatch { app: String, detail: String },
     /// The request itself is not proxyable (400).
     BadRequest { detail: String },
     /// The request's header block is over the mesh's limits (431), refused where it enters
@@ -273,13 +273,13 @@ impl fmt::Display for ProxyError {
                 f,
                 "weft: request to {destination} timed out after {after_ms} ms"
             ),
-            ProxyError::AppUnavailable { port, detail } => write!(
+            ProxyError::AppUnavailable { app, detail } => write!(
                 f,
-                "weft: the application on 127.0.0.1:{port} is not reachable: {detail}"
+                "weft: the application at {app} is not reachable: {detail}"
             ),
-            ProxyError::ProtocolMismatch { port, detail } => write!(
+            ProxyError::ProtocolMismatch { app, detail } => write!(
                 f,
-                "weft: the client speaks HTTP/2 and the application on 127.0.0.1:{port} does not: it answered HTTP/2's preface with something else ({detail}); serve HTTP/2 cleartext (h2c, prior knowledge) there, or have the client speak HTTP/1.1"
+                "weft: the client speaks HTTP/2 and the application at {app} does not: it answered HTTP/2's preface with something else ({detail}); serve HTTP/2 cleartext (h2c, prior knowledge) there, or have the client speak HTTP/1.1"
             ),
             ProxyError::BadRequest { detail } => write!(f, "weft: bad request: {detail}"),
             ProxyError::HeadersTooLarge { detail } => write!(

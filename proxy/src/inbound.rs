@@ -3,7 +3,8 @@
 //! accept → TLS detection (peek the ClientHello) → mTLS termination, peer identity from its
 //! certificate → HTTP detection (HTTP/1, HTTP/2 preface, or opaque) → authorization against
 //! the control plane's policy (HTTP deny = 403 naming the policy; TCP deny = connection
-//! closed) → metrics → the application on `127.0.0.1:<port>`.
+//! closed) → metrics → the application on `127.0.0.1:<port>` (under interception: at the
+//! address the client dialled, [`Interception::app_ip`]).
 //!
 //! Plaintext is accepted only where the policy allows unauthenticated peers: a plaintext
 //! connection simply has no peer identity, and authorization decides.
@@ -18,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use weft_identity::SpiffeId;
 use weft_policy::authz::{Decision, authorize};
 
+use crate::app::AppIp;
 use crate::authz::PolicyWatch;
 use crate::detect::{self, Protocol};
 use crate::identity::ClientIdentity;
@@ -111,6 +113,11 @@ impl Inbound {
     ) {
         // Redirected by `weft init`: the port the peer dialled is the application's.
         let orig = crate::orig_dst::orig_dst(&tcp).map(OrigDst);
+        let app_ip = self
+            .cfg
+            .intercept
+            .app_ip(orig, tcp.local_addr().ok(), self.cfg.app_ip);
+        let at = Conn { remote, app_ip };
         if let Some(OrigDst(dst)) = orig {
             if self.cfg.intercept.is_own_port(dst.port()) {
                 self.metrics.error(DIRECTION, "loop");
@@ -120,7 +127,7 @@ impl Inbound {
             if self.cfg.intercept.is_opaque(dst.port()) || self.declared_opaque(dst.port()) {
                 // Server-speaks-first: no detection, no waiting for the client.
                 let _open = self.metrics.tcp_open(DIRECTION, "opaque");
-                return self.tcp(tcp, dst.port(), Tunnel::plain(None, remote)).await;
+                return self.tcp(tcp, dst.port(), Tunnel::plain(None, at)).await;
             }
         }
         let (protocol, io) = match detect::detect(tcp, true, self.cfg.detect_timeout).await {
@@ -133,7 +140,7 @@ impl Inbound {
         if protocol != Protocol::Tls {
             let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
             return self
-                .plain_or_http(io, protocol, None, orig, remote, watcher)
+                .plain_or_http(io, protocol, None, orig, at, watcher)
                 .await;
         }
         let Some(cfg) = self.tls.server_config() else {
@@ -177,7 +184,7 @@ impl Inbound {
             };
             let tunnel = Tunnel {
                 peer: peer.as_ref(),
-                remote,
+                conn: at,
                 reply,
             };
             return self.tcp(tls, port, tunnel).await;
@@ -190,7 +197,7 @@ impl Inbound {
             self.metrics.error(DIRECTION, "detect_timeout");
         }
         let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
-        self.plain_or_http(io, protocol, peer, orig, remote, watcher)
+        self.plain_or_http(io, protocol, peer, orig, at, watcher)
             .await
     }
 
@@ -208,21 +215,22 @@ impl Inbound {
         protocol: Protocol,
         peer: Option<SpiffeId>,
         orig: Option<OrigDst>,
-        remote: SocketAddr,
+        conn: Conn,
         watcher: hyper_util::server::graceful::Watcher,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         match protocol {
             Protocol::Http1 | Protocol::Http2 => {
-                let stack = self.stack.for_connection(ClientIdentity::new(peer), orig);
-                crate::listen::serve_http(io, stack, DIRECTION, remote, watcher, &self.metrics)
+                let stack =
+                    self.stack
+                        .for_connection(ClientIdentity::new(peer), orig, AppIp(conn.app_ip));
+                crate::listen::serve_http(io, stack, DIRECTION, conn.remote, watcher, &self.metrics)
                     .await
             }
             Protocol::Opaque | Protocol::Tls => {
                 let port = orig.map_or(self.cfg.default_app_port, |o| o.0.port());
-                self.tcp(io, port, Tunnel::plain(peer.as_ref(), remote))
-                    .await
+                self.tcp(io, port, Tunnel::plain(peer.as_ref(), conn)).await
             }
         }
     }
@@ -233,11 +241,8 @@ impl Inbound {
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
-        let Tunnel {
-            peer,
-            remote,
-            reply,
-        } = tunnel;
+        let Tunnel { peer, conn, reply } = tunnel;
+        let remote = conn.remote;
         let peer_label = peer.map_or("unauthenticated", |p| p.as_str());
         let refused = if self.cfg.intercept.is_own_port(port) {
             // A tunnel names its port: never one of the proxy's own, through which a peer
@@ -271,7 +276,7 @@ impl Inbound {
                 }
             }
         };
-        let app = SocketAddr::new(self.cfg.app_ip, port);
+        let app = SocketAddr::new(conn.app_ip, port);
         let server = match refused {
             Some(r) => Err(r),
             None => crate::tcp::connect(app).await.map_err(|e| {
@@ -297,19 +302,27 @@ impl Inbound {
     }
 }
 
+/// Where a connection is from, and where its application is
+/// ([`Interception::app_ip`]).
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    remote: SocketAddr,
+    app_ip: IpAddr,
+}
+
 /// Who an opaque connection is from, and whether it is a tunnel that wants a reply.
 struct Tunnel<'a> {
     peer: Option<&'a SpiffeId>,
-    remote: SocketAddr,
+    conn: Conn,
     reply: bool,
 }
 
 impl<'a> Tunnel<'a> {
     /// A connection that gets no reply.
-    fn plain(peer: Option<&'a SpiffeId>, remote: SocketAddr) -> Self {
+    fn plain(peer: Option<&'a SpiffeId>, conn: Conn) -> Self {
         Self {
             peer,
-            remote,
+            conn,
             reply: false,
         }
     }

@@ -5,7 +5,7 @@
 //! Read through `socket2` (`Socket::original_dst_v4` / `original_dst_v6`, feature `all`), so
 //! the proxy needs no `unsafe` of its own.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::TcpStream;
 
@@ -19,6 +19,10 @@ pub struct Interception {
     /// server-speaks-first protocols (MySQL, SMTP) would otherwise wait for the detection
     /// timeout.
     pub opaque_ports: Vec<u16>,
+    /// Whether the proxy runs under `weft init`'s interception (`--proxy-uid`/`--proxy-gid`):
+    /// then the application is reached at the address a connection was for, not on loopback
+    /// ([`Interception::app_ip`]).
+    pub transparent: bool,
 }
 
 impl Interception {
@@ -28,6 +32,27 @@ impl Interception {
 
     pub fn is_opaque(&self, port: u16) -> bool {
         self.opaque_ports.contains(&port)
+    }
+
+    /// Where an inbound connection's application is, as without the mesh: at the address the
+    /// client dialled. A connection `weft init` redirected goes to its original destination's
+    /// address; under interception, a peer proxy's connection to the inbound listener goes to
+    /// the address the peer reached the proxy at (the workload's registered address, `local`);
+    /// otherwise (the sidecar layout, no interception) to `loopback`, where the application
+    /// listens. So under interception an application bound to its host's address works, and a
+    /// port bound only to loopback is not opened to the network by the proxy (as Linkerd and
+    /// Istio forward to the pod's address).
+    pub fn app_ip(
+        &self,
+        orig: Option<OrigDst>,
+        local: Option<SocketAddr>,
+        loopback: IpAddr,
+    ) -> IpAddr {
+        match (orig, local) {
+            (Some(OrigDst(dst)), _) => dst.ip().to_canonical(),
+            (None, Some(local)) if self.transparent => local.ip().to_canonical(),
+            _ => loopback,
+        }
     }
 }
 
@@ -98,10 +123,34 @@ mod tests {
         let i = Interception {
             own_ports: vec![4143, 4140, 4191],
             opaque_ports: vec![3306, 25],
+            transparent: true,
         };
         assert!(i.is_own_port(4140) && !i.is_own_port(8080));
         assert!(i.is_opaque(3306) && !i.is_opaque(8080));
         assert!(!Interception::default().is_opaque(3306));
+    }
+
+    #[test]
+    fn the_application_is_at_the_address_the_client_dialled() {
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let dst = OrigDst("10.0.0.1:5432".parse().unwrap());
+        let local: SocketAddr = "[::ffff:10.0.0.1]:4143".parse().unwrap();
+        let sidecar = Interception::default();
+        let transparent = Interception {
+            transparent: true,
+            ..Interception::default()
+        };
+        for i in [&sidecar, &transparent] {
+            // Redirected: its original destination.
+            assert_eq!(i.app_ip(Some(dst), Some(local), loopback), dst.0.ip());
+        }
+        // A peer at the inbound listener: loopback in the sidecar layout; under interception
+        // the address it reached the proxy at (an IPv4-mapped one as IPv4).
+        assert_eq!(sidecar.app_ip(None, Some(local), loopback), loopback);
+        assert_eq!(
+            transparent.app_ip(None, Some(local), loopback),
+            IpAddr::from([10, 0, 0, 1])
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
-use crate::app::Forward;
+use crate::app::{AppIp, Forward};
 use crate::authz::{AuthorizeLayer, CheckPolicy, PolicyWatch};
 use crate::balance::{Backends, BalanceLayer};
 use crate::destination::{Destinations, FindDestinationLayer};
@@ -131,8 +131,14 @@ impl InboundStack {
 
     /// The stack for one connection whose peer proved `client` (or nothing, over plaintext)
     /// and, when `weft init` redirected it, its original destination (whose port is then the
-    /// application port, for authorization and forwarding).
-    pub fn for_connection(&self, client: ClientIdentity, orig: Option<OrigDst>) -> HttpService {
+    /// application port, for authorization and forwarding); its requests go to the
+    /// application at `app`.
+    pub fn for_connection(
+        &self,
+        client: ClientIdentity,
+        orig: Option<OrigDst>,
+        app: AppIp,
+    ) -> HttpService {
         BoxCloneSyncService::new(
             ServiceBuilder::new()
                 // First: errors become responses (403 naming the policy), every request counted.
@@ -142,6 +148,7 @@ impl InboundStack {
                     if let Some(o) = orig {
                         req.extensions_mut().insert(o);
                     }
+                    req.extensions_mut().insert(app);
                     req
                 })
                 // The peer identity from the connection's mTLS handshake, for authz and labels.

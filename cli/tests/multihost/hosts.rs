@@ -1,10 +1,16 @@
 //! The test hosts: network namespaces on one bridge, each with a link to it, and what a
 //! host's app does from there (HTTP with `curl`, TCP with bash, its proxy's metrics).
 
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::support::Netns;
+use weft_identity::config::{ENV_IDENTITY_ADDR, ENV_TOKEN_FILE};
+use weft_policy::config::ENV_POLICY_ADDR;
+use weft_proxy::config as proxy_config;
+use weft_runtime::child::Child;
+
+use crate::support::{NS_IDENTITY_PORT, NS_POLICY_PORT, Netns, spawn_proxy_as};
 
 const SUBNET: &str = "10.79.0";
 const SUBNET6: &str = "fd79::";
@@ -110,6 +116,33 @@ impl Host {
         let started = Instant::now();
         let out = self.ns.exec(&argv);
         (out, started.elapsed())
+    }
+}
+
+impl Host {
+    /// `weft proxy` as the host's own UID (exempt from its `weft init`), its token in `dir`,
+    /// the identity service and the control plane at `c_ip`, listening on both families (as
+    /// `weft init --ipv6` redirects them); ready.
+    pub fn start_proxy(&self, dir: &Path, c_ip: &str, log: &str) -> Child {
+        let env = [
+            (
+                ENV_TOKEN_FILE,
+                dir.join(format!("{}.token", self.name))
+                    .display()
+                    .to_string(),
+            ),
+            (ENV_IDENTITY_ADDR, format!("{c_ip}:{NS_IDENTITY_PORT}")),
+            (ENV_POLICY_ADDR, format!("{c_ip}:{NS_POLICY_PORT}")),
+            (proxy_config::ENV_PROXY_UID, self.uid.to_string()),
+            (proxy_config::ENV_INBOUND, "[::]:4143".to_string()),
+            (
+                proxy_config::ENV_OUTBOUND,
+                "127.0.0.1:4140,[::1]:4140".to_string(),
+            ),
+        ];
+        let proxy = spawn_proxy_as(&self.ns, self.uid, &env, &dir.join(log));
+        self.ns.wait_ok("http://127.0.0.1:4191/ready", &proxy);
+        proxy
     }
 }
 

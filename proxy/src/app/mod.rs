@@ -25,6 +25,12 @@ use crate::http::{
 use crate::metrics::ProxyMetrics;
 use crate::svc::{BoxError, BoxFuture, Labels};
 
+/// The address of the application a request goes to, when it is not the one [`Forward`] was
+/// made with ([`Interception::app_ip`](crate::orig_dst::Interception::app_ip)): a request
+/// extension, per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppIp(pub IpAddr);
+
 /// How long connecting to the application may take.
 pub const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -89,12 +95,14 @@ impl Inner {
             .extensions()
             .get::<AppPort>()
             .map_or(self.default_port, |p| p.0);
+        let ip = req.extensions().get::<AppIp>().map_or(self.ip, |a| a.0);
+        let addr = SocketAddr::new(ip, port);
         let labels = req.extensions().get::<Arc<Labels>>().cloned();
         if crate::upgrade::is_upgrade(&req) {
-            return self.upgrade(req, port, labels.as_ref()).await;
+            return self.upgrade(req, addr, labels.as_ref()).await;
         }
         if crate::expect::expects_continue(&req) {
-            return self.expect_continue(req, port, labels.as_ref()).await;
+            return self.expect_continue(req, addr, labels.as_ref()).await;
         }
         let (mut parts, body) = req.into_parts();
         let from_http1 = parts
@@ -107,14 +115,14 @@ impl Inner {
         // malformed or cut short, or the peer's stream reset): then it is that.
         let unavailable = |detail: String| {
             Labels::fault_or(labels.as_ref(), || ProxyError::AppUnavailable {
-                port,
+                app: addr.to_string(),
                 detail,
             })
         };
         let rsp = if http2 {
             parts.uri = Uri::builder()
                 .scheme("http")
-                .authority(format!("{}:{port}", self.ip).as_str())
+                .authority(addr.to_string().as_str())
                 .path_and_query(path_and_query(&parts.uri))
                 .build()
                 .map_err(|e| ProxyError::BadRequest {
@@ -136,16 +144,17 @@ impl Inner {
                     return Err(unavailable(error_chain(&e)));
                 }
                 Err(e) => {
-                    let addr = SocketAddr::new(self.ip, port);
                     return Err(match speaks_http2(addr).await {
-                        Err(detail) => ProxyError::ProtocolMismatch { port, detail },
+                        Err(detail) => ProxyError::ProtocolMismatch {
+                            app: addr.to_string(),
+                            detail,
+                        },
                         Ok(()) => unavailable(error_chain(&e)),
                     });
                 }
             }
         } else {
             parts.version = Version::HTTP_11;
-            let addr = SocketAddr::new(self.ip, port);
             for_http1_app(&mut parts, addr);
             self.http1
                 .request(addr, Request::from_parts(parts, body))
@@ -165,12 +174,12 @@ impl Inner {
     async fn upgrade(
         &self,
         mut req: Request<Body>,
-        port: u16,
+        addr: SocketAddr,
         labels: Option<&Arc<Labels>>,
     ) -> Result<Response<Body>, ProxyError> {
         let client = hyper::upgrade::on(&mut req);
         crate::upgrade::strip_keeping_upgrade(req.headers_mut());
-        let rsp = self.alone(req, port, labels).await?;
+        let rsp = self.alone(req, addr, labels).await?;
         Ok(crate::upgrade::answer(
             client,
             rsp,
@@ -185,12 +194,12 @@ impl Inner {
     async fn expect_continue(
         &self,
         mut req: Request<Body>,
-        port: u16,
+        addr: SocketAddr,
         labels: Option<&Arc<Labels>>,
     ) -> Result<Response<Body>, ProxyError> {
         strip_hop_by_hop(req.headers_mut());
         let gate = crate::expect::Gate::hold(&mut req);
-        let rsp = self.alone(req, port, labels).await;
+        let rsp = self.alone(req, addr, labels).await;
         gate.answered();
         Ok(crate::http::forwarded(rsp?))
     }
@@ -199,15 +208,17 @@ impl Inner {
     async fn alone(
         &self,
         req: Request<Body>,
-        port: u16,
+        addr: SocketAddr,
         labels: Option<&Arc<Labels>>,
     ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         parts.headers.remove(&ORIG_PROTO);
-        let addr = SocketAddr::new(self.ip, port);
         for_http1_app(&mut parts, addr);
         let unavailable = |detail: String| {
-            Labels::fault_or(labels, || ProxyError::AppUnavailable { port, detail })
+            Labels::fault_or(labels, || ProxyError::AppUnavailable {
+                app: addr.to_string(),
+                detail,
+            })
         };
         let tcp = crate::tcp::connect(addr).await.map_err(unavailable)?;
         crate::upgrade::send(tcp, Request::from_parts(parts, body))

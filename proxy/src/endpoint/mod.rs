@@ -477,7 +477,10 @@ impl Inner {
                     .identity()
                     .map_or_else(String::new, |i| i.to_string()),
             }),
-            TunnelReply::Unavailable(detail) => Err(ProxyError::AppUnavailable { port, detail }),
+            TunnelReply::Unavailable(detail) => Err(ProxyError::AppUnavailable {
+                app: format!("port {port} behind the proxy at {addr}"),
+                detail,
+            }),
         }
     }
 }
