@@ -92,6 +92,7 @@ fn third_party_clients_through_an_intercepting_mesh_as_directly() {
         mesh.through_the_mesh(case);
     }
     mesh.loopback_only_stays_closed(true);
+    mesh.traffic_routed_through_b_is_not_relayed();
     eprintln!("done in {:?}", started.elapsed());
 }
 
@@ -296,6 +297,31 @@ impl Mesh {
             !served.contains("GET /"),
             "the loopback-only server was reached:\n{served}"
         );
+    }
+
+    /// A connection routed through B rather than to it (B as A's gateway to a network B is
+    /// not on): B's interception takes it, and B's proxy relays it nowhere (not to that
+    /// address, not to its own loopback), counting it as `not_local`.
+    fn traffic_routed_through_b_is_not_relayed(&self) {
+        let [a, b, _] = self.lan.abc();
+        a.ns.ok(&["ip", "route", "add", "192.0.2.0/24", "via", &b.ip]);
+        let before = b.metrics();
+        let (out, _) = a.tcp("192.0.2.7", REDIS_PORT, "PING\r\n", "-c 7");
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let wanted = ["direction=\"inbound\"", "reason=\"not_local\""];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while delta(&before, &b.metrics(), "weft_proxy_errors_total", &wanted) < 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "B's proxy never refused it:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// A case on the plain network: what it must print.

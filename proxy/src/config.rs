@@ -32,6 +32,8 @@ pub const DEFAULT_APP_PORT: &str = "8080";
 pub const ENV_ADVERTISE: &str = "WEFT_PROXY_ADVERTISE_ADDR";
 pub const ENV_DETECT_TIMEOUT: &str = "WEFT_PROXY_DETECT_TIMEOUT";
 pub const DEFAULT_DETECT_TIMEOUT: &str = "1s";
+pub const ENV_HTTP1_TRAILERS_WAIT: &str = "WEFT_PROXY_HTTP1_TRAILERS_WAIT";
+pub const DEFAULT_HTTP1_TRAILERS_WAIT: &str = "50ms";
 pub const ENV_SHUTDOWN_GRACE: &str = "WEFT_PROXY_SHUTDOWN_GRACE";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "10s";
 pub const ENV_OPAQUE_PORTS: &str = "WEFT_PROXY_OPAQUE_PORTS";
@@ -96,6 +98,11 @@ pub struct ProxyArgs {
     /// connection as opaque TCP.
     #[arg(long, env = ENV_DETECT_TIMEOUT, default_value = DEFAULT_DETECT_TIMEOUT, value_parser = parse_duration)]
     pub detect_timeout: Duration,
+    /// How long a response to an HTTP/1.1 client that takes trailers (`TE: trailers`), whose
+    /// trailer fields are not declared, is read ahead waiting for its end, to declare them
+    /// (hyper writes only declared ones). Only such clients wait.
+    #[arg(long, env = ENV_HTTP1_TRAILERS_WAIT, default_value = DEFAULT_HTTP1_TRAILERS_WAIT, value_parser = parse_duration)]
+    pub http1_trailers_wait: Duration,
     /// On SIGTERM, how long requests in flight get to finish.
     #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = parse_duration)]
     pub shutdown_grace: Duration,

@@ -21,7 +21,12 @@ pub fn client_closed_status() -> StatusCode {
 /// Whether `req` is a gRPC call (`content-type: application/grpc`, alone or with a `+format`
 /// or parameters; gRPC-Web is not: its errors travel in its own body).
 pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
-    req.headers()
+    is_grpc_content(req.headers())
+}
+
+/// Whether a message with `headers` carries gRPC (not gRPC-Web): see [`is_grpc`].
+pub fn is_grpc_content(headers: &http::HeaderMap) -> bool {
+    headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("application/grpc"))

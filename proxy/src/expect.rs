@@ -4,7 +4,9 @@
 //!
 //! hyper's server sends `100 Continue` the first time a request's body is polled, so a proxy
 //! holds the body back behind a [`Gate`] until the server it forwards to says `100`, then lets
-//! it through; if the server answers first, the body is never read. A server that ignores
+//! it through; if the server answers first, the body is never read. The request (its body
+//! declared but never sent) is ended only once that answer has been read to its end: ended
+//! before, its connection would fail with the answer's body still on it. A server that ignores
 //! `Expect` (many do, and HTTP/2 ones cannot be heard: hyper carries no 1xx over HTTP/2) gets
 //! the body after [`WAIT`], as curl itself sends it after 1 s without an answer. Between the
 //! proxies such a request crosses on a connection of its own speaking HTTP/1.1, as an upgrade
@@ -17,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Version};
+use http::{HeaderValue, Request, Response, Version};
 use http_body::{Frame, SizeHint};
 use tokio::sync::watch;
 
@@ -44,6 +46,8 @@ enum State {
     Open,
     /// The final answer came first: the body is never read.
     Answered,
+    /// That answer has been read to its end (or dropped): the request can end.
+    Read,
 }
 
 /// The proxy's side of a gate: told what the server said.
@@ -66,7 +70,8 @@ impl Gate {
         let body = std::mem::replace(req.body_mut(), crate::body::empty());
         *req.body_mut() = http_body_util::BodyExt::boxed_unsync(Gated {
             inner: body,
-            wait: Some(Box::pin(wait(rx))),
+            wait: Some(Box::pin(wait(rx.clone()))),
+            read: Some(Box::pin(read(rx))),
             answered: false,
         });
         // The server is asked too; it is a request header, not a hop-by-hop one.
@@ -77,9 +82,23 @@ impl Gate {
         gate
     }
 
-    /// The server answered: a body still held back is never read.
-    pub fn answered(&self) {
+    /// The server answered with `rsp`: a body still held back is never read, and the request
+    /// ends once `rsp`'s body has been read to its end (or dropped).
+    pub fn answered(&self, rsp: Response<Body>) -> Response<Body> {
         self.set(State::Answered);
+        let gate = self.clone();
+        rsp.map(|inner| http_body_util::BodyExt::boxed_unsync(Reading { inner, gate }))
+    }
+
+    /// The server's answer has been read: an answered request can end.
+    fn read(&self) {
+        self.0.send_if_modified(|s| {
+            let change = *s == State::Answered;
+            if change {
+                *s = State::Read;
+            }
+            change
+        });
     }
 
     fn set(&self, state: State) {
@@ -103,11 +122,51 @@ async fn wait(mut rx: watch::Receiver<State>) -> State {
     }
 }
 
+/// Until the server's answer has been read (or the gate is gone).
+async fn read(mut rx: watch::Receiver<State>) {
+    let _ = rx.wait_for(|s| *s == State::Read).await;
+}
+
 /// A body held back behind a [`Gate`].
 struct Gated {
     inner: Body,
     wait: Option<Pin<Box<dyn Future<Output = State> + Send>>>,
+    /// Until the answer has been read, for a request answered before its body went.
+    read: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     answered: bool,
+}
+
+/// The body of the answer to a request behind a [`Gate`]: once it has been read (dropped, by
+/// whoever read it), the request can end.
+struct Reading {
+    inner: Body,
+    gate: Gate,
+}
+
+impl http_body::Body for Reading {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.gate.read();
+    }
 }
 
 impl http_body::Body for Gated {
@@ -124,22 +183,24 @@ impl http_body::Body for Gated {
             self.answered = state == State::Answered;
         }
         if self.answered {
-            // Never read: the client's proxy (hyper) sends no `100 Continue` for it.
+            // Never read (the client's proxy, hyper, sends no `100 Continue` for it); the
+            // request ends, short, once its answer has been read.
+            if let Some(read) = self.read.as_mut() {
+                std::task::ready!(read.as_mut().poll(cx));
+                self.read = None;
+            }
             return Poll::Ready(None);
         }
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.answered || (self.wait.is_none() && self.inner.is_end_stream())
+        (self.answered && self.read.is_none())
+            || (self.wait.is_none() && !self.answered && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.answered {
-            SizeHint::with_exact(0)
-        } else {
-            self.inner.size_hint()
-        }
+        self.inner.size_hint()
     }
 }
 
@@ -167,11 +228,18 @@ mod tests {
         let body = req.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "data");
 
-        // The answer came first: nothing is read.
+        // The answer came first: nothing is read, and the request ends only once the answer
+        // has been read.
         let mut req = upload();
         let gate = Gate::hold(&mut req);
-        gate.answered();
-        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let answer = gate.answered(http::Response::new(crate::body::full("no")));
+        let mut body = req.into_body();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(http_body::Body::poll_frame(Pin::new(&mut body), &mut cx).is_pending());
+        assert!(!http_body::Body::is_end_stream(&body));
+        let read = answer.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(read, "no");
+        let body = body.collect().await.unwrap().to_bytes();
         assert!(body.is_empty());
 
         // The server says nothing: the body goes after WAIT, not before.

@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -41,6 +42,9 @@ pub struct InboundConfig {
     pub default_app_port: u16,
     /// How long protocol detection waits for a client's first bytes.
     pub detect_timeout: Duration,
+    /// How long an HTTP/1.1 client's response is read ahead for its trailers
+    /// ([`crate::trailers`]).
+    pub http1_trailers_wait: Duration,
     /// The local workload's service, `<namespace>/<name>`, for metric labels.
     pub service: String,
     /// The proxy's own ports and the opaque ports (transparent interception).
@@ -50,6 +54,8 @@ pub struct InboundConfig {
 /// The inbound proxy.
 pub struct Inbound {
     cfg: InboundConfig,
+    /// Whether the warning about interception without `--proxy-uid` was logged.
+    warned: AtomicBool,
     tls: Arc<MeshTls>,
     policy: PolicyWatch,
     metrics: Arc<ProxyMetrics>,
@@ -80,6 +86,7 @@ impl Inbound {
         );
         Arc::new(Self {
             cfg,
+            warned: AtomicBool::new(false),
             tls,
             policy,
             metrics,
@@ -117,6 +124,16 @@ impl Inbound {
             .cfg
             .intercept
             .app_ip(orig, tcp.local_addr().ok(), self.cfg.app_ip);
+        let Some(app_ip) = app_ip else {
+            self.metrics.error(DIRECTION, "not_local");
+            tracing::warn!(client.addr = %remote, orig_dst = ?orig, "inbound connection refused: it was redirected to the proxy, but its original destination is not one of this host's addresses (traffic routed through the host, or a loopback address from the network)");
+            return;
+        };
+        if orig.is_some() && !self.cfg.intercept.transparent && !self.warned.swap(true, Relaxed) {
+            tracing::warn!(
+                "inbound connections are redirected (`weft init`), but the proxy was not given --proxy-uid or --proxy-gid: peers' connections go to the application on 127.0.0.1, redirected ones to the address their client dialled; give the proxy the flag `weft init` was given"
+            );
+        }
         let at = Conn { remote, app_ip };
         if let Some(OrigDst(dst)) = orig {
             if self.cfg.intercept.is_own_port(dst.port()) {
@@ -225,8 +242,12 @@ impl Inbound {
                 let stack =
                     self.stack
                         .for_connection(ClientIdentity::new(peer), orig, AppIp(conn.app_ip));
-                crate::listen::serve_http(io, stack, DIRECTION, conn.remote, watcher, &self.metrics)
-                    .await
+                let served = crate::listen::Served {
+                    direction: DIRECTION,
+                    remote: conn.remote,
+                    trailers_wait: self.cfg.http1_trailers_wait,
+                };
+                crate::listen::serve_http(io, stack, served, watcher, &self.metrics).await
             }
             Protocol::Opaque | Protocol::Tls => {
                 let port = orig.map_or(self.cfg.default_app_port, |o| o.0.port());
@@ -282,7 +303,7 @@ impl Inbound {
             None => crate::tcp::connect(app).await.map_err(|e| {
                 self.metrics.error(DIRECTION, "app_unavailable");
                 tracing::info!(%app, error = %e, "TCP forward: connect failed");
-                TunnelReply::Unavailable(e)
+                TunnelReply::Unavailable(crate::app::unreachable_detail(app, e))
             }),
         };
         match server {

@@ -30,6 +30,9 @@
 //! - [`user`]: the user and group the proxy runs as, which `weft init` must exempt from
 //!   redirection.
 //! - [`tcp`]: opaque byte forwarding.
+//! - [`upgrade`] (HTTP/1.1 upgrades, WebSocket), [`expect`] (`Expect: 100-continue`),
+//!   [`trailers`] (trailer fields declared for HTTP/1.1 clients): HTTP features that cross the
+//!   mesh as they would cross no proxy.
 //! - [`unmeshed`]: on redirected connections, what the mesh does not know goes to its original
 //!   destination as it is; the proxy's own sockets, to refuse its own traffic coming back.
 //! - [`error`]: responses the proxy makes itself (`weft-error` header, reason codes).

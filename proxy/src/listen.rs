@@ -49,6 +49,17 @@ pub async fn accept_loop<H, F>(
     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
 }
 
+/// What [`serve_http`] serves a connection as.
+#[derive(Debug, Clone, Copy)]
+pub struct Served {
+    pub direction: &'static str,
+    /// The client's address, for logs.
+    pub remote: SocketAddr,
+    /// How long an HTTP/1.1 client's response is read ahead for its trailers
+    /// ([`crate::trailers`]).
+    pub trailers_wait: Duration,
+}
+
 /// Serves one HTTP/1 or HTTP/2 connection with `stack` until it ends, watched for graceful
 /// shutdown. An HTTP/1 connection may switch protocols ([`crate::upgrade`]) or become a
 /// `CONNECT` tunnel: hyper then hands it over and this returns.
@@ -62,14 +73,18 @@ pub async fn accept_loop<H, F>(
 pub async fn serve_http<I>(
     io: I,
     stack: HttpService,
-    direction: &'static str,
-    remote: SocketAddr,
+    served: Served,
     watcher: Watcher,
     metrics: &ProxyMetrics,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = crate::svc::to_hyper(stack);
+    let Served {
+        direction,
+        remote,
+        trailers_wait,
+    } = served;
+    let svc = crate::svc::to_hyper(stack, trailers_wait);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

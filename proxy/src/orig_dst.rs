@@ -42,18 +42,31 @@ impl Interception {
     /// listens. So under interception an application bound to its host's address works, and a
     /// port bound only to loopback is not opened to the network by the proxy (as Linkerd and
     /// Istio forward to the pod's address).
+    ///
+    /// `None`: a redirected connection that was not for this host (routed through it, the host
+    /// being a gateway; or a loopback address arriving from the network, which the kernel
+    /// would drop without the redirection). The proxy connects to nothing on its behalf.
     pub fn app_ip(
         &self,
         orig: Option<OrigDst>,
         local: Option<SocketAddr>,
         loopback: IpAddr,
-    ) -> IpAddr {
+    ) -> Option<IpAddr> {
         match (orig, local) {
-            (Some(OrigDst(dst)), _) => dst.ip().to_canonical(),
-            (None, Some(local)) if self.transparent => local.ip().to_canonical(),
-            _ => loopback,
+            (Some(OrigDst(dst)), _) => {
+                let ip = dst.ip().to_canonical();
+                is_own_address(ip).then_some(ip)
+            }
+            (None, Some(local)) if self.transparent => Some(local.ip().to_canonical()),
+            _ => Some(loopback),
         }
     }
+}
+
+/// Whether `ip` is one of this host's own addresses, and not a loopback one: a socket can be
+/// bound to it (no `IP_FREEBIND`, so binding a foreign address fails).
+fn is_own_address(ip: IpAddr) -> bool {
+    !ip.is_loopback() && !ip.is_unspecified() && std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// A connection's original destination, as a request extension of the connections that had
@@ -130,26 +143,46 @@ mod tests {
         assert!(!Interception::default().is_opaque(3306));
     }
 
+    /// One of this machine's own non-loopback addresses, if it has one.
+    fn own_address() -> Option<IpAddr> {
+        // The address a UDP socket would send from towards a documentation address: no
+        // packet is sent.
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        s.connect("192.0.2.1:9").ok()?;
+        let ip = s.local_addr().ok()?.ip();
+        (!ip.is_loopback()).then_some(ip)
+    }
+
     #[test]
     fn the_application_is_at_the_address_the_client_dialled() {
         let loopback = IpAddr::from([127, 0, 0, 1]);
-        let dst = OrigDst("10.0.0.1:5432".parse().unwrap());
-        let local: SocketAddr = "[::ffff:10.0.0.1]:4143".parse().unwrap();
+        let Some(own) = own_address() else {
+            return; // no network here
+        };
+        let dst = OrigDst(SocketAddr::new(own, 5432));
+        let local = SocketAddr::new(own, 4143);
         let sidecar = Interception::default();
         let transparent = Interception {
             transparent: true,
             ..Interception::default()
         };
         for i in [&sidecar, &transparent] {
-            // Redirected: its original destination.
-            assert_eq!(i.app_ip(Some(dst), Some(local), loopback), dst.0.ip());
+            // Redirected to this host: its original destination.
+            assert_eq!(i.app_ip(Some(dst), Some(local), loopback), Some(own));
+            // Redirected, but not for this host (routed through it), or for loopback from the
+            // network: nowhere.
+            let foreign = OrigDst("192.0.2.7:5432".parse().unwrap());
+            assert_eq!(i.app_ip(Some(foreign), Some(local), loopback), None);
+            let lo = OrigDst("127.0.0.1:5432".parse().unwrap());
+            assert_eq!(i.app_ip(Some(lo), Some(local), loopback), None);
         }
         // A peer at the inbound listener: loopback in the sidecar layout; under interception
         // the address it reached the proxy at (an IPv4-mapped one as IPv4).
-        assert_eq!(sidecar.app_ip(None, Some(local), loopback), loopback);
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:4143".parse().unwrap();
+        assert_eq!(sidecar.app_ip(None, Some(mapped), loopback), Some(loopback));
         assert_eq!(
-            transparent.app_ip(None, Some(local), loopback),
-            IpAddr::from([10, 0, 0, 1])
+            transparent.app_ip(None, Some(mapped), loopback),
+            Some(IpAddr::from([10, 0, 0, 1]))
         );
     }
 

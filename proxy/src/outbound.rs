@@ -34,6 +34,9 @@ pub struct OutboundConfig {
     /// Namespace of names given without one (`http://api:8080`).
     pub namespace: String,
     pub detect_timeout: Duration,
+    /// How long an HTTP/1.1 client's response is read ahead for its trailers
+    /// ([`crate::trailers`]).
+    pub http1_trailers_wait: Duration,
     /// The proxy's own ports and the opaque ports (transparent interception).
     pub intercept: Interception,
     /// How many destinations (and original destinations' addresses) the proxy follows, and
@@ -168,7 +171,12 @@ impl Outbound {
                 ))
             }
         };
-        crate::listen::serve_http(io, stack, DIRECTION, remote, watcher, &self.metrics).await;
+        let served = crate::listen::Served {
+            direction: DIRECTION,
+            remote,
+            trailers_wait: self.cfg.http1_trailers_wait,
+        };
+        crate::listen::serve_http(io, stack, served, watcher, &self.metrics).await;
     }
 
     /// An opaque connection to the original destination `dst`: through an mTLS tunnel to the

@@ -344,6 +344,7 @@ fn inbound(
             app_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             default_app_port: args.app_port,
             detect_timeout: args.detect_timeout,
+            http1_trailers_wait: args.http1_trailers_wait,
             service: format!("{namespace}/{service}"),
             intercept: args.interception(),
         },
@@ -365,6 +366,7 @@ fn outbound(
         OutboundConfig {
             namespace: namespace.to_string(),
             detect_timeout: args.detect_timeout,
+            http1_trailers_wait: args.http1_trailers_wait,
             intercept: args.interception(),
             discovery: args.discovery_limits(),
         },

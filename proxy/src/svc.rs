@@ -143,18 +143,20 @@ impl Labels {
 /// client that takes them ([`crate::trailers`]).
 pub fn to_hyper(
     svc: HttpService,
+    trailers_wait: std::time::Duration,
 ) -> impl hyper::service::Service<
     Request<hyper::body::Incoming>,
     Response = Response<Body>,
     Error = BoxError,
     Future = impl std::future::Future<Output = Result<Response<Body>, BoxError>> + Send,
 > + Clone {
-    hyper_util::service::TowerToHyperService::new(FromHyper(svc))
+    hyper_util::service::TowerToHyperService::new(FromHyper(svc, trailers_wait))
 }
 
-/// The stack as [`to_hyper`] serves it.
+/// The stack as [`to_hyper`] serves it, and how long an HTTP/1.1 client's response is read
+/// ahead for its trailers.
 #[derive(Clone)]
-struct FromHyper(HttpService);
+struct FromHyper(HttpService, std::time::Duration);
 
 impl tower::Service<Request<hyper::body::Incoming>> for FromHyper {
     type Response = Response<Body>;
@@ -175,6 +177,10 @@ impl tower::Service<Request<hyper::body::Incoming>> for FromHyper {
         let body = crate::body::boxed(crate::body::ClientBody::new(body, labels.clone()));
         parts.extensions.insert(labels);
         let fut = tower::Service::call(&mut self.0, Request::from_parts(parts, body));
-        Box::pin(async move { Ok(client.declare(fut.await?).await) })
+        if !client.takes_trailers() {
+            return fut;
+        }
+        let wait = self.1;
+        Box::pin(async move { Ok(client.declare(fut.await?, wait).await) })
     }
 }

@@ -37,7 +37,8 @@ async fn upgrade_app() -> SocketAddr {
                         "/trailers" => return Ok::<_, Infallible>(trailers_response()),
                         // Refuses an upload before reading it (as a server over its size limit).
                         "/upload" => {
-                            return Ok(response(413, http_body_util::Empty::new().boxed()));
+                            let body = http_body_util::Full::new(Bytes::from_static(b"too large"));
+                            return Ok(response(413, BodyExt::boxed(body)));
                         }
                         // Reads the body (hyper then says `100 Continue`) and counts it.
                         "/count" => {
@@ -356,7 +357,8 @@ async fn connect_answers_200_only_once_the_far_end_is_connected() {
         .unwrap()
         .unwrap();
     assert_eq!(&got, b"ping\n");
-    // The tunnel is counted as what it is, opaque TCP, by both proxies (the refused one not).
+    // The tunnel is counted as what it is, opaque TCP, by both proxies: outbound only once it
+    // is open; inbound every tunnel that arrived, the refused one too.
     let tunnels = |p: &TestProxy, direction: &str| {
         metric_sum(
             &p.metrics(),
@@ -403,9 +405,15 @@ async fn the_100_continue_comes_from_the_server() {
         (app, "localhost", "directly"),
         (web.outbound, authority.as_str(), "through the mesh"),
     ] {
-        // 10 MB announced, refused: the 413 is the first thing the client hears.
-        let (_, first) = expect_continue(addr, host, "/upload", 10 << 20).await;
+        // 10 MB announced, refused: the 413 is the first thing the client hears, all of it.
+        let (mut tcp, first) = expect_continue(addr, host, "/upload", 10 << 20).await;
         assert!(first.starts_with("HTTP/1.1 413"), "{via}: {first}");
+        let mut body = [0u8; 9];
+        tokio::time::timeout(STEP, tcp.read_exact(&mut body))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&body, b"too large", "{via}");
 
         // Accepted: `100 Continue`, then the body, then the answer.
         let (mut tcp, first) = expect_continue(addr, host, "/count", 1000).await;

@@ -199,6 +199,8 @@ impl Mesh {
                 (proxy_config::ENV_OUTBOUND, outbound.to_string()),
                 (proxy_config::ENV_ADMIN, admin.to_string()),
                 (proxy_config::ENV_APP_PORT, app_port.to_string()),
+                // No case depends on how fast trailers cross the proxies.
+                (proxy_config::ENV_HTTP1_TRAILERS_WAIT, "5s".to_string()),
             ];
             let mut child = start_weft(&d, name, &["proxy"], &env);
             child.wait_ready(admin);

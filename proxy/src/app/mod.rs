@@ -4,6 +4,7 @@
 //! application as HTTP/1 again, with the authority the client used as its `Host`; an HTTP/2
 //! request stays HTTP/2 (h2c prior knowledge), trailers included.
 
+mod h2c;
 mod pool;
 
 use std::net::{IpAddr, SocketAddr};
@@ -49,6 +50,8 @@ struct Inner {
     client: PlainClient,
     /// Upgraded connections' bytes are counted here.
     metrics: Arc<ProxyMetrics>,
+    /// Whether the application speaks HTTP/2, asked after HTTP/2 requests to it failed.
+    probes: h2c::Probes,
 }
 
 impl std::fmt::Debug for Forward {
@@ -69,6 +72,7 @@ impl Forward {
                 http1: Http1Pool::new(APP_CONNECT_TIMEOUT),
                 client: PlainClient::new(APP_CONNECT_TIMEOUT),
                 metrics,
+                probes: h2c::Probes::default(),
             }),
         }
     }
@@ -116,7 +120,7 @@ impl Inner {
         let unavailable = |detail: String| {
             Labels::fault_or(labels.as_ref(), || ProxyError::AppUnavailable {
                 app: addr.to_string(),
-                detail,
+                detail: unreachable_detail(addr, detail),
             })
         };
         let rsp = if http2 {
@@ -144,7 +148,7 @@ impl Inner {
                     return Err(unavailable(error_chain(&e)));
                 }
                 Err(e) => {
-                    return Err(match speaks_http2(addr).await {
+                    return Err(match self.probes.speaks_http2(addr).await {
                         Err(detail) => ProxyError::ProtocolMismatch {
                             app: addr.to_string(),
                             detail,
@@ -199,9 +203,8 @@ impl Inner {
     ) -> Result<Response<Body>, ProxyError> {
         strip_hop_by_hop(req.headers_mut());
         let gate = crate::expect::Gate::hold(&mut req);
-        let rsp = self.alone(req, addr, labels).await;
-        gate.answered();
-        Ok(crate::http::forwarded(rsp?))
+        let rsp = self.alone(req, addr, labels).await?;
+        Ok(gate.answered(crate::http::forwarded(rsp)))
     }
 
     /// Sends `req` to the application on a new HTTP/1.1 connection of its own.
@@ -217,7 +220,7 @@ impl Inner {
         let unavailable = |detail: String| {
             Labels::fault_or(labels, || ProxyError::AppUnavailable {
                 app: addr.to_string(),
-                detail,
+                detail: unreachable_detail(addr, detail),
             })
         };
         let tcp = crate::tcp::connect(addr).await.map_err(unavailable)?;
@@ -227,52 +230,17 @@ impl Inner {
     }
 }
 
-/// Whether the application at `addr` speaks HTTP/2 cleartext, asked after an HTTP/2 request
-/// to it failed: a new connection gets HTTP/2's preface and an empty SETTINGS frame, and an
-/// HTTP/2 server answers with its SETTINGS (RFC 9113 §3.4). `Err` says what it did instead
-/// (answered something else, such as an HTTP/1 `400`, or closed the connection); `Ok` also
-/// when it could not be told (not reachable, no answer within [`PROBE_TIMEOUT`]).
-async fn speaks_http2(addr: SocketAddr) -> Result<(), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let probe = async {
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
-        tcp.write_all(&hello).await.ok()?;
-        let mut first = [0u8; 16];
-        let mut n = 0;
-        while n < 9 {
-            match tcp.read(&mut first[n..]).await {
-                Ok(0) | Err(_) => break,
-                Ok(m) => n += m,
-            }
-        }
-        Some(first[..n].to_vec())
-    };
-    let Ok(Some(first)) = tokio::time::timeout(PROBE_TIMEOUT, probe).await else {
-        return Ok(());
-    };
-    if first.len() >= 9 && first[3] == 0x4 {
-        return Ok(());
+/// `detail` of a failure to reach the application at `addr`, with a hint when the application
+/// is reached on an address other than loopback (under interception) and refused the
+/// connection: it most likely listens on 127.0.0.1 only.
+pub fn unreachable_detail(addr: SocketAddr, detail: String) -> String {
+    if addr.ip().is_loopback() || !detail.contains("Connection refused") {
+        return detail;
     }
-    if first.is_empty() {
-        return Err("it closed the connection".into());
-    }
-    let shown: String = first
-        .iter()
-        .map(|&b| {
-            if b.is_ascii_graphic() || b == b' ' {
-                char::from(b)
-            } else {
-                '.'
-            }
-        })
-        .collect();
-    Err(format!("it answered `{shown}...`"))
+    format!(
+        "{detail} (under interception the application is reached at the address its client dialled: does it listen there, or on every address, rather than on 127.0.0.1 only? See docs/init.md)"
+    )
 }
-
-/// How long [`speaks_http2`] waits for the application's answer.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A request's head as an HTTP/1 application at `addr` gets it: origin-form (no copy of the
 /// path), with the authority the client used as its `Host`, else the `Host` it sent, else the

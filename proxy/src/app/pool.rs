@@ -25,13 +25,14 @@ use tokio::net::TcpStream;
 
 use crate::body::{self, Body, BoxError};
 
-/// At most this many idle connections are kept per application port.
+/// At most this many idle connections are kept per application address.
 const MAX_IDLE: usize = 64;
 
-/// Idle connections to the application, by port.
+/// Idle connections to the application, by address (under interception the application is
+/// reached at the address each client dialled, so one port may be at several addresses).
 #[derive(Debug)]
 pub struct Http1Pool {
-    idle: Mutex<HashMap<u16, Vec<SendRequest<Body>>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Body>>>>,
     connect_timeout: Duration,
 }
 
@@ -51,8 +52,7 @@ impl Http1Pool {
         addr: SocketAddr,
         req: Request<Body>,
     ) -> Result<Response<Body>, BoxError> {
-        let port = addr.port();
-        let (sender, rsp) = match self.checkout(port) {
+        let (sender, rsp) = match self.checkout(addr) {
             Some(mut s) => match s.try_send_request(req).await {
                 Ok(rsp) => (s, rsp),
                 Err(mut e) => {
@@ -75,17 +75,17 @@ impl Http1Pool {
                 inner,
                 sender: Some(sender),
                 pool: self.clone(),
-                port,
+                addr,
                 done: false,
             })
         }))
     }
 
-    /// An idle connection to `port` ready for a request: closed ones are dropped, busy ones
+    /// An idle connection to `addr` ready for a request: closed ones are dropped, busy ones
     /// (still finishing a response) stay.
-    fn checkout(&self, port: u16) -> Option<SendRequest<Body>> {
+    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let conns = idle.get_mut(&port)?;
+        let conns = idle.get_mut(&addr)?;
         let mut busy = Vec::new();
         let mut found = None;
         while let Some(s) = conns.pop() {
@@ -102,12 +102,12 @@ impl Http1Pool {
         found
     }
 
-    fn put(&self, port: u16, sender: SendRequest<Body>) {
+    fn put(&self, addr: SocketAddr, sender: SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let conns = idle.entry(port).or_default();
+        let conns = idle.entry(addr).or_default();
         if conns.len() < MAX_IDLE {
             conns.push(sender);
         }
@@ -134,7 +134,7 @@ struct Returning {
     inner: Incoming,
     sender: Option<SendRequest<Body>>,
     pool: Arc<Http1Pool>,
-    port: u16,
+    addr: SocketAddr,
     done: bool,
 }
 
@@ -167,7 +167,10 @@ impl Drop for Returning {
         if (self.done || http_body::Body::is_end_stream(&self.inner))
             && let Some(s) = self.sender.take()
         {
-            self.pool.put(self.port, s);
+            self.pool.put(self.addr, s);
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -232,9 +232,8 @@ impl Inner {
     ) -> Result<Response<Body>, ProxyError> {
         strip_hop_by_hop(req.headers_mut());
         let gate = Gate::hold(&mut req);
-        let rsp = self.alone(req, ep, dst).await;
-        gate.answered();
-        Ok(forwarded(rsp?))
+        let rsp = self.alone(req, ep, dst).await?;
+        Ok(gate.answered(forwarded(rsp)))
     }
 
     /// Sends `req` on a new connection of its own, speaking HTTP/1.1: mTLS to the peer proxy

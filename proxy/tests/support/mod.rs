@@ -253,6 +253,7 @@ impl Mesh {
                 app_ip: "127.0.0.1".parse().unwrap(),
                 default_app_port: app_port,
                 detect_timeout: Duration::from_millis(500),
+                http1_trailers_wait: TRAILERS_WAIT,
                 service: format!("default/{name}"),
                 intercept: Default::default(),
             },
@@ -264,6 +265,7 @@ impl Mesh {
             OutboundConfig {
                 namespace: "default".into(),
                 detect_timeout: Duration::from_millis(500),
+                http1_trailers_wait: TRAILERS_WAIT,
                 intercept: Default::default(),
                 discovery: self.discovery,
             },
@@ -301,6 +303,10 @@ impl Mesh {
 
 /// `api` (an `http_app` behind a proxy that admits only `web`) and `web`'s proxy, discovery
 /// pointing `api` at `api`'s proxy: the mesh, `api`'s app, `api`'s proxy, `web`'s proxy.
+/// How long the test proxies read a response ahead for its trailers: far longer than the
+/// default, so that no test depends on how fast the trailers cross the proxies.
+pub const TRAILERS_WAIT: Duration = Duration::from_secs(5);
+
 pub async fn api_and_web(leaf_lifetime: Duration) -> (Mesh, SocketAddr, TestProxy, TestProxy) {
     let mesh = Mesh::new(leaf_lifetime).await;
     let app = http_app("api").await;
