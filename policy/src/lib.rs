@@ -21,6 +21,8 @@
 //!   renewal, reconnection with jittered back-off.
 //! - [`wire`]: value types shared by YAML and JSON (durations, regexes, matches, events).
 //! - [`metrics`]: the control plane's Prometheus series.
+//! - [`etcd`]: the client of the etcd store control-plane replicas share (etcd's v3 JSON
+//!   gateway over hyper).
 //! - [`server`]: the control plane assembled on bound listeners (store, directory follower,
 //!   lease expiry, API, admin endpoint with `/status`).
 //! - [`config`]: flags and environment of `weft policy` / `weft policy check`, `run`,
@@ -36,6 +38,7 @@ pub mod api;
 pub mod authz;
 pub mod client;
 pub mod config;
+pub mod etcd;
 pub mod files;
 pub mod load;
 pub mod metrics;

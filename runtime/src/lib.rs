@@ -16,12 +16,15 @@
 //! - [`admin`]: the `/metrics`, `/live`, `/ready` endpoint every weft process serves.
 //! - [`child`]: child processes (the demo's, the benchmarks', the tests'): started with a log
 //!   file, stopped with SIGTERM then SIGKILL after a grace, killed when dropped.
+//! - [`etcd`]: a real etcd cluster of loopback members (`etcd` processes), for `weft demo
+//!   --store etcd` and the tests.
 //! - `testing` (cargo feature `testing`, for tests and benchmarks only): plain HTTP/1 GETs on
 //!   loopback, sums over a Prometheus page, bounded waits, and waiting for a child to answer.
 
 pub mod admin;
 pub mod child;
 pub mod config;
+pub mod etcd;
 pub mod metrics;
 pub mod process;
 pub mod serve;

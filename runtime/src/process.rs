@@ -135,6 +135,18 @@ pub fn free_loopback_addr(what: &str) -> Result<SocketAddr, String> {
     Err(format!("cannot find a free port for {what}"))
 }
 
+/// An error and its sources, as one line (`a: b: c`), for logs and messages.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

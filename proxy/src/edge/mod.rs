@@ -218,14 +218,4 @@ pub fn proxy_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
     }
 }
 
-/// An error and its sources, as one line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use weft_runtime::process::error_chain;
