@@ -27,6 +27,13 @@ pub const ENV_ADMIN: &str = "WEFT_POLICY_ADMIN_LISTEN";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9991";
 pub const ENV_DIR: &str = "WEFT_POLICY_DIR";
 pub const DEFAULT_DIR: &str = "/etc/weft/policy";
+pub const ENV_STORE: &str = "WEFT_POLICY_STORE";
+pub const DEFAULT_STORE: &str = "dir";
+pub const ENV_STORE_PREFIX: &str = "WEFT_POLICY_STORE_PREFIX";
+pub const DEFAULT_STORE_PREFIX: &str = "/weft/";
+pub const ENV_ETCD_CA: &str = "WEFT_POLICY_ETCD_CA";
+pub const ENV_ETCD_CERT: &str = "WEFT_POLICY_ETCD_CERT";
+pub const ENV_ETCD_KEY: &str = "WEFT_POLICY_ETCD_KEY";
 pub const ENV_DEFAULT_POLICY: &str = "WEFT_POLICY_DEFAULT_POLICY";
 pub const DEFAULT_DEFAULT_POLICY: &str = "all-authenticated";
 pub const ENV_POLL_INTERVAL: &str = "WEFT_POLICY_POLL_INTERVAL";
@@ -69,6 +76,23 @@ pub struct PolicyArgs {
     pub dir: PathBuf,
     /// Policy of ports no Server or AuthorizationPolicy covers, unless a MeshConfig sets one:
     /// all-authenticated, all-unauthenticated or deny.
+    /// Where the resources are: `dir` (the directory `--dir`), or an etcd cluster
+    /// (`etcd://host:2379,host:2379,...`) that every replica of the control plane follows.
+    #[arg(long, env = ENV_STORE, default_value = DEFAULT_STORE)]
+    pub store: String,
+    /// The prefix of every key the mesh keeps in etcd.
+    #[arg(long, env = ENV_STORE_PREFIX, default_value = DEFAULT_STORE_PREFIX)]
+    pub store_prefix: String,
+    /// TLS to etcd: the CA that signed its members' certificates (the store is then reached
+    /// over TLS).
+    #[arg(long, env = ENV_ETCD_CA)]
+    pub etcd_ca: Option<PathBuf>,
+    /// TLS to etcd: the control plane's client certificate (PEM), with --etcd-key.
+    #[arg(long, env = ENV_ETCD_CERT)]
+    pub etcd_cert: Option<PathBuf>,
+    /// TLS to etcd: the client certificate's private key (PEM).
+    #[arg(long, env = ENV_ETCD_KEY)]
+    pub etcd_key: Option<PathBuf>,
     #[arg(long, env = ENV_DEFAULT_POLICY, default_value = DEFAULT_DEFAULT_POLICY)]
     pub default_policy: DefaultPolicy,
     /// How often the directory is checked for changes.
@@ -116,6 +140,35 @@ impl PolicyArgs {
     /// ([`weft_runtime::config::parse_from_vars`]).
     pub fn from_lookup(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, String> {
         parse_from_vars(vars)
+    }
+
+    /// The resources in etcd, when `--store` names an etcd cluster.
+    pub fn etcd_resources(&self) -> Result<Option<crate::etcd::follow::EtcdResources>, String> {
+        use crate::etcd::{Etcd, EtcdConfig, EtcdTls};
+        if self.store == DEFAULT_STORE {
+            return Ok(None);
+        }
+        let members = EtcdConfig::members(&self.store)
+            .map_err(|e| format!("--store ({ENV_STORE}): {e}, or `dir`"))?;
+        let tls = self.etcd_ca.clone().map(|ca| EtcdTls {
+            ca,
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+        });
+        if tls.is_none() && (self.etcd_cert.is_some() || self.etcd_key.is_some()) {
+            return Err("--etcd-cert and --etcd-key need --etcd-ca (the members' CA)".into());
+        }
+        let etcd = Etcd::new(&EtcdConfig {
+            members,
+            tls,
+            timeout: crate::etcd::DEFAULT_TIMEOUT,
+        })
+        .map_err(|e| e.to_string())?;
+        let mut prefix = self.store_prefix.clone();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Ok(Some(crate::etcd::follow::EtcdResources { etcd, prefix }))
     }
 
     fn api_settings(&self) -> ApiSettings {
@@ -229,6 +282,7 @@ pub async fn run_on(
     };
     let settings = Settings {
         dir: args.dir.clone(),
+        etcd: args.etcd_resources()?,
         default_policy: args.default_policy,
         poll_interval: args.poll_interval,
         api: args.api_settings(),

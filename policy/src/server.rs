@@ -13,6 +13,7 @@ use weft_runtime::serve;
 
 use crate::api::{Api, ApiSettings, Auth, Limits};
 use crate::authz::DefaultPolicy;
+use crate::etcd::follow::{EtcdResources, Files};
 use crate::load::{load_dir, render_errors};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -55,7 +56,10 @@ impl std::fmt::Debug for Security {
 /// Everything [`serve`] needs besides listeners.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The resource directory, when the resources are not in etcd.
     pub dir: PathBuf,
+    /// The resources in etcd (`--store etcd://...`) instead of the directory.
+    pub etcd: Option<EtcdResources>,
     pub default_policy: DefaultPolicy,
     pub poll_interval: Duration,
     pub api: ApiSettings,
@@ -67,6 +71,7 @@ impl Settings {
     pub fn insecure(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
+            etcd: None,
             default_policy: DefaultPolicy::default(),
             poll_interval: crate::files::DEFAULT_POLL_INTERVAL,
             api: ApiSettings::default(),
@@ -75,30 +80,13 @@ impl Settings {
     }
 }
 
-/// Loads the directory (failing if it is invalid), then serves until `shutdown`.
+/// Loads the resources (failing if they are invalid; from etcd, once it answers), then
+/// serves until `shutdown`.
 pub async fn serve(
     listeners: Listeners,
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let config = load_dir(&settings.dir, settings.default_policy).map_err(|errors| {
-        format!(
-            "the resources in {} are invalid, nothing is served:\n{}",
-            settings.dir.display(),
-            render_errors(&errors)
-        )
-    })?;
-    let registry = Registry::new();
-    let metrics = Metrics::new(&registry);
-    metrics.reload_ok.increment(1);
-    let loaded_hash = config.summary.hash.clone();
-    let store = Store::new(
-        config,
-        settings.dir.display().to_string(),
-        metrics,
-        settings.api.max_registrations_per_identity,
-    );
-
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_signal = tokio::spawn({
         let stop_tx = stop_tx.clone();
@@ -107,6 +95,33 @@ pub async fn serve(
             let _ = stop_tx.send(true);
         }
     });
+    let loaded = match &settings.etcd {
+        None => Loaded::dir(&settings),
+        Some(res) => {
+            let stopped = wait_true(stop_rx.clone());
+            tokio::select! {
+                loaded = Loaded::etcd(res, &settings) => loaded,
+                _ = stopped => return Ok(()),
+            }
+        }
+    };
+    let loaded = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            stop_signal.abort();
+            return Err(e);
+        }
+    };
+    let registry = Registry::new();
+    let metrics = Metrics::new(&registry);
+    metrics.reload_ok.increment(1);
+    let loaded_hash = loaded.config.summary.hash.clone();
+    let store = Store::new(
+        loaded.config,
+        loaded.source,
+        metrics,
+        settings.api.max_registrations_per_identity,
+    );
 
     let (auth, tls) = match &settings.security {
         Security::InsecureDev => {
@@ -128,14 +143,22 @@ pub async fn serve(
         "control plane ready"
     );
 
-    let follower = tokio::spawn(crate::files::follow(
-        store.clone(),
-        settings.dir.clone(),
-        settings.default_policy,
-        settings.poll_interval,
-        loaded_hash,
-        wait_true(stop_rx.clone()),
-    ));
+    let follower = match (&settings.etcd, loaded.files) {
+        (Some(res), Some(files)) => tokio::spawn(res.clone().follow(
+            store.clone(),
+            settings.default_policy,
+            files,
+            wait_true(stop_rx.clone()),
+        )),
+        _ => tokio::spawn(crate::files::follow(
+            store.clone(),
+            settings.dir.clone(),
+            settings.default_policy,
+            settings.poll_interval,
+            loaded_hash,
+            wait_true(stop_rx.clone()),
+        )),
+    };
     let expiry = tokio::spawn(store.clone().expire_leases(wait_true(stop_rx.clone())));
 
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(true);
@@ -190,6 +213,62 @@ pub async fn serve(
     let _ = admin_task.await;
     stop_signal.abort();
     Ok(())
+}
+
+/// The first resource set served, and where it came from.
+struct Loaded {
+    config: crate::load::Config,
+    /// The directory, or the store's members and prefix (for `/status`).
+    source: String,
+    /// The files as read from etcd, which the follower goes on from.
+    files: Option<Files>,
+}
+
+impl Loaded {
+    fn dir(settings: &Settings) -> Result<Self, String> {
+        let config = load_dir(&settings.dir, settings.default_policy).map_err(|errors| {
+            format!(
+                "the resources in {} are invalid, nothing is served:\n{}",
+                settings.dir.display(),
+                render_errors(&errors)
+            )
+        })?;
+        Ok(Self {
+            config,
+            source: settings.dir.display().to_string(),
+            files: None,
+        })
+    }
+
+    /// The resources in etcd, once it answers (every failure logged, tried again with
+    /// back-off): nothing can be served before.
+    async fn etcd(res: &EtcdResources, settings: &Settings) -> Result<Self, String> {
+        let mut pause = Duration::from_millis(100);
+        let files = loop {
+            match res.load().await {
+                Ok(files) => break files,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the resources from etcd yet; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let source = format!("etcd {}", res.resources_prefix());
+        let config = res
+            .compile(&files.files, settings.default_policy)
+            .map_err(|errors| {
+                format!(
+                    "the resources in {source} are invalid, nothing is served:\n{}",
+                    render_errors(&errors)
+                )
+            })?;
+        Ok(Self {
+            config,
+            source,
+            files: Some(files),
+        })
+    }
 }
 
 fn workloads_page(store: &Store) -> serve::FullResponse {

@@ -260,6 +260,9 @@ pub struct ConfigStatus {
     pub loaded_at: String,
     /// The last rejected change, if it is still the directory's current content.
     pub last_error: Option<LoadError>,
+    /// Why the store (etcd) cannot be followed now, if it cannot: the last valid resources
+    /// stay served meanwhile.
+    pub store_error: Option<String>,
 }
 
 /// A rejected change.
@@ -294,6 +297,7 @@ impl Store {
             summary: config.summary.clone(),
             loaded_at: weft_identity::rfc3339(SystemTime::now()),
             last_error: None,
+            store_error: None,
         };
         metrics.config_valid.set(1.0);
         metrics
@@ -343,6 +347,12 @@ impl Store {
             .set(weft_runtime::metrics::unix_seconds(SystemTime::now()));
         let config = Arc::new(config);
         self.publish(|old| (config, old.workloads.clone()));
+    }
+
+    /// Records whether the store can be followed (`None`: it can), for `/status`.
+    pub fn store_unavailable(&self, error: Option<String>) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.store_error = error;
     }
 
     /// Records a rejected change; the served state does not change.

@@ -11,11 +11,13 @@
 //! A request goes to the member that last answered; a member that cannot be reached (the
 //! request was not sent) is skipped for the next, so one member down costs a connect attempt,
 //! not an error. A request that may be sent twice (all but transactions) is also sent again,
-//! once, to the next member when the first gave no answer in time or had no leader (a
-//! member's proposals hang while its leader is gone, until a new one is elected). An answer
+//! once, to the next member when the first gave no answer in time, had no leader (a member's
+//! proposals hang while its leader is gone, until a new one is elected) or its connection
+//! failed under the request. An answer
 //! of etcd's own otherwise (a refused request, a failed transaction) is returned as it is.
 
 mod conn;
+pub mod follow;
 #[cfg(test)]
 mod tests;
 pub mod wire;
@@ -396,8 +398,10 @@ impl Etcd {
                     ));
                     continue;
                 }
+                // The connection failed under the request (the member went away): it may or
+                // may not have been taken.
                 Ok(Err(e)) => {
-                    return Err(EtcdError::Protocol {
+                    return Err(EtcdError::Unreachable {
                         member,
                         detail: weft_runtime::process::error_chain(&e),
                     });

@@ -1,0 +1,203 @@
+//! The resources in etcd, as a replica of the control plane serves them: every key under
+//! `<prefix>resources/` is a resource file (its name the rest of the key, its value the
+//! YAML), the same files a directory holds. The whole set is read at start and after any
+//! break in the watch, then followed: each change compiles the whole set, served if valid
+//! (exactly as the directory's, [`crate::load::compile`]), else rejected with its errors while
+//! the last valid set stays served. While etcd cannot be reached the last set stays served,
+//! and the follower tries again with back-off.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::authz::DefaultPolicy;
+use crate::etcd::wire::EventKind;
+use crate::etcd::{Etcd, EtcdError};
+use crate::load::{Config, ValidationError, compile};
+use crate::store::Store;
+
+/// The longest pause between two attempts to reach etcd.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The resource files of a store: etcd and the prefix of its keys.
+#[derive(Debug, Clone)]
+pub struct EtcdResources {
+    pub etcd: Etcd,
+    /// The prefix of every key of the mesh (`/weft/`).
+    pub prefix: String,
+}
+
+/// The resource files as read at one revision of the store.
+#[derive(Debug, Clone, Default)]
+pub struct Files {
+    pub revision: i64,
+    /// File name → YAML.
+    pub files: BTreeMap<String, String>,
+}
+
+impl EtcdResources {
+    /// The prefix of the resource files' keys.
+    pub fn resources_prefix(&self) -> String {
+        format!("{}resources/", self.prefix)
+    }
+
+    /// Reads every resource file.
+    pub async fn load(&self) -> Result<Files, EtcdError> {
+        let prefix = self.resources_prefix();
+        let (revision, kvs) = self.etcd.get_prefix(prefix.as_bytes(), false).await?;
+        let files = kvs
+            .into_iter()
+            .filter_map(|kv| {
+                let name = kv.key.strip_prefix(prefix.as_bytes())?;
+                let name = String::from_utf8(name.to_vec()).ok()?;
+                Some((name, String::from_utf8_lossy(&kv.value).into_owned()))
+            })
+            .collect();
+        Ok(Files { revision, files })
+    }
+
+    /// Compiles `files` as a directory of them would be compiled; errors name each file by its
+    /// key.
+    pub fn compile(
+        &self,
+        files: &BTreeMap<String, String>,
+        default_policy: DefaultPolicy,
+    ) -> Result<Config, Vec<ValidationError>> {
+        let prefix = self.resources_prefix();
+        let sources: Vec<(PathBuf, String)> = files
+            .iter()
+            .map(|(name, text)| (PathBuf::from(format!("{prefix}{name}")), text.clone()))
+            .collect();
+        compile(&sources, default_policy)
+    }
+
+    /// Follows the resource files from `loaded` on until `shutdown`, serving every valid set
+    /// in `store`.
+    pub async fn follow(
+        self,
+        store: Arc<Store>,
+        default_policy: DefaultPolicy,
+        loaded: Files,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut current = loaded;
+        let mut failures = 0u32;
+        loop {
+            let ended = tokio::select! {
+                _ = &mut shutdown => return,
+                ended = self.watch(&store, default_policy, &mut current) => ended,
+            };
+            match ended {
+                Ok(()) => tracing::info!("the etcd watch ended; reading the resources again"),
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(error = %e, failures, "cannot follow the resources in etcd; the last valid resources stay served");
+                    }
+                    store.store_unavailable(Some(e.to_string()));
+                }
+            }
+            let backoff = Duration::from_millis(100 * u64::from(failures.min(50))).min(MAX_BACKOFF);
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            // Whatever happened while the watch was down: the whole set again.
+            let reloaded = tokio::select! {
+                _ = &mut shutdown => return,
+                r = self.load() => r,
+            };
+            match reloaded {
+                Ok(files) => {
+                    failures = 0;
+                    store.store_unavailable(None);
+                    if files.files != current.files {
+                        self.serve(&store, default_policy, &files.files);
+                    }
+                    current = files;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    store.store_unavailable(Some(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Watches from `current`'s revision on, keeping `current` up to date and serving each
+    /// change, until the watch ends (`Ok`) or fails.
+    async fn watch(
+        &self,
+        store: &Store,
+        default_policy: DefaultPolicy,
+        current: &mut Files,
+    ) -> Result<(), EtcdError> {
+        let prefix = self.resources_prefix();
+        let mut watch = self
+            .etcd
+            .watch_prefix(prefix.as_bytes(), current.revision + 1)
+            .await?;
+        store.store_unavailable(None);
+        while let Some(batch) = watch.next().await? {
+            if batch.canceled || batch.compact_revision > 0 {
+                // Compacted past the revision asked for: read everything again.
+                return Ok(());
+            }
+            current.revision = current.revision.max(batch.header.revision);
+            if batch.events.is_empty() {
+                continue;
+            }
+            for event in batch.events {
+                let Some(name) = event.kv.key.strip_prefix(prefix.as_bytes()) else {
+                    continue;
+                };
+                let name = String::from_utf8_lossy(name).into_owned();
+                match event.kind {
+                    EventKind::Put => {
+                        let text = String::from_utf8_lossy(&event.kv.value).into_owned();
+                        current.files.insert(name, text);
+                    }
+                    EventKind::Delete => {
+                        current.files.remove(&name);
+                    }
+                }
+            }
+            self.serve(store, default_policy, &current.files);
+        }
+        Ok(())
+    }
+
+    /// Compiles `files` and serves them if valid; else records the errors.
+    fn serve(
+        &self,
+        store: &Store,
+        default_policy: DefaultPolicy,
+        files: &BTreeMap<String, String>,
+    ) {
+        match self.compile(files, default_policy) {
+            Ok(config) => {
+                tracing::info!(
+                    files = config.summary.files,
+                    documents = config.summary.documents,
+                    hash = %config.summary.hash,
+                    "resources changed in etcd: new set served"
+                );
+                store.metrics().reload_ok.increment(1);
+                store.set_config(config);
+            }
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("invalid resource: {e}");
+                }
+                tracing::error!(
+                    errors = errors.len(),
+                    "the change to the resources in etcd is rejected as a whole; the last valid resources stay served"
+                );
+                store.metrics().reload_error.increment(1);
+                store.config_rejected(&errors);
+            }
+        }
+    }
+}
