@@ -69,14 +69,7 @@ pub async fn follow(
             Ok(config) => {
                 last_hash = hash;
                 unsettled = None;
-                tracing::info!(
-                    files = config.summary.files,
-                    documents = config.summary.documents,
-                    hash = %config.summary.hash,
-                    "resources changed: new set served"
-                );
-                store.metrics().reload_ok.increment(1);
-                store.set_config(config);
+                store.serve_changed(Ok(config), "the resource directory");
             }
             // A file caught in the middle of being written looks invalid: report an invalid
             // content only once it is the same on the next poll.
@@ -87,15 +80,7 @@ pub async fn follow(
             Err(errors) => {
                 last_hash = hash;
                 unsettled = None;
-                for e in &errors {
-                    tracing::error!("invalid resource: {e}");
-                }
-                tracing::error!(
-                    errors = errors.len(),
-                    "the change to the resource directory is rejected as a whole; the last valid resources stay served"
-                );
-                store.metrics().reload_error.increment(1);
-                store.config_rejected(&errors);
+                store.serve_changed(Err(errors), "the resource directory");
             }
         }
     }

@@ -349,6 +349,34 @@ impl Store {
         self.publish(|old| (config, old.workloads.clone()));
     }
 
+    /// A changed resource set from `source`: served if it compiled, else rejected as a whole
+    /// (the last valid set stays served), logged either way.
+    pub fn serve_changed(&self, compiled: Result<Config, Vec<ValidationError>>, source: &str) {
+        match compiled {
+            Ok(config) => {
+                tracing::info!(
+                    files = config.summary.files,
+                    documents = config.summary.documents,
+                    hash = %config.summary.hash,
+                    "{source} changed: new set served"
+                );
+                self.metrics.reload_ok.increment(1);
+                self.set_config(config);
+            }
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("invalid resource: {e}");
+                }
+                tracing::error!(
+                    errors = errors.len(),
+                    "the change to {source} is rejected as a whole; the last valid resources stay served"
+                );
+                self.metrics.reload_error.increment(1);
+                self.config_rejected(&errors);
+            }
+        }
+    }
+
     /// Records whether the store can be followed (`None`: it can), for `/status`.
     pub fn store_unavailable(&self, error: Option<String>) {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());

@@ -25,14 +25,6 @@ use weft_policy::server::Settings;
 use weft_policy::wire::Dur;
 use weft_runtime::testing::eventually_some;
 
-fn weights(routes: &weft_policy::routes::ServiceRoutes) -> Vec<u32> {
-    routes
-        .rules
-        .first()
-        .map(|r| r.backends.iter().map(|b| b.weight).collect())
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_edit_reaches_a_watcher_within_one_second() {
     let (dir, cp) = serve_resources(RESOURCES, |d| Settings::insecure(d)).await;

@@ -21,14 +21,6 @@ use weft_runtime::etcd::EtcdCluster;
 
 const FILE: &[u8] = b"/weft/resources/mesh.yaml";
 
-fn weights(routes: &weft_policy::routes::ServiceRoutes) -> Vec<u32> {
-    routes
-        .rules
-        .first()
-        .map(|r| r.backends.iter().map(|b| b.weight).collect())
-        .unwrap_or_default()
-}
-
 fn etcd(cluster: &EtcdCluster) -> Etcd {
     Etcd::new(&EtcdConfig {
         members: EtcdConfig::members(&cluster.store_url()).unwrap(),

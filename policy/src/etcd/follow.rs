@@ -176,28 +176,6 @@ impl EtcdResources {
         default_policy: DefaultPolicy,
         files: &BTreeMap<String, String>,
     ) {
-        match self.compile(files, default_policy) {
-            Ok(config) => {
-                tracing::info!(
-                    files = config.summary.files,
-                    documents = config.summary.documents,
-                    hash = %config.summary.hash,
-                    "resources changed in etcd: new set served"
-                );
-                store.metrics().reload_ok.increment(1);
-                store.set_config(config);
-            }
-            Err(errors) => {
-                for e in &errors {
-                    tracing::error!("invalid resource: {e}");
-                }
-                tracing::error!(
-                    errors = errors.len(),
-                    "the change to the resources in etcd is rejected as a whole; the last valid resources stay served"
-                );
-                store.metrics().reload_error.increment(1);
-                store.config_rejected(&errors);
-            }
-        }
+        store.serve_changed(self.compile(files, default_policy), "the resources in etcd");
     }
 }

@@ -55,6 +55,15 @@ pub fn resources_with_weights(v1: u32, v2: u32) -> String {
         .replace("weight: V1}", &format!("weight: {v1}}}"))
 }
 
+/// The weights of the first rule of a service's routes.
+pub fn weights(routes: &weft_policy::routes::ServiceRoutes) -> Vec<u32> {
+    routes
+        .rules
+        .first()
+        .map(|r| r.backends.iter().map(|b| b.weight).collect())
+        .unwrap_or_default()
+}
+
 /// A running control plane.
 pub struct ControlPlane {
     pub api: SocketAddr,
