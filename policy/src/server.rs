@@ -14,6 +14,7 @@ use weft_runtime::serve;
 use crate::api::{Api, ApiSettings, Auth, Limits};
 use crate::authz::DefaultPolicy;
 use crate::etcd::follow::{EtcdResources, Files};
+use crate::etcd::registry::EtcdRegistry;
 use crate::load::{load_dir, render_errors};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -160,6 +161,26 @@ pub async fn serve(
         )),
     };
     let expiry = tokio::spawn(store.clone().expire_leases(wait_true(stop_rx.clone())));
+    // Registrations shared with the other replicas through etcd: followed, and written.
+    let mut shared_tasks = Vec::new();
+    if let Some(res) = &settings.etcd {
+        let registry = EtcdRegistry {
+            etcd: res.etcd.clone(),
+            prefix: res.prefix.clone(),
+        };
+        let writes = store.share();
+        shared_tasks.push(tokio::spawn(
+            registry
+                .clone()
+                .follow(store.clone(), wait_true(stop_rx.clone())),
+        ));
+        let held = store.clone();
+        shared_tasks.push(tokio::spawn(registry.write(
+            writes,
+            move || held.held_workloads(),
+            wait_true(stop_rx.clone()),
+        )));
+    }
 
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(true);
     let status_store = store.clone();
@@ -177,10 +198,16 @@ pub async fn serve(
         wait_true(stop_rx.clone()),
     ));
 
+    let mut api_settings = settings.api.clone();
+    if settings.etcd.is_some() {
+        // The registry is in etcd: a replica that starts has it whole at once, nothing to
+        // wait for.
+        api_settings.registry_warmup = Duration::ZERO;
+    }
     let api = Arc::new(Api {
         store,
         auth,
-        settings: settings.api.clone(),
+        settings: api_settings,
         stop: stop_rx.clone(),
         started: tokio::time::Instant::now(),
         limits: Limits::new(
@@ -210,6 +237,9 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = follower.await;
     let _ = expiry.await;
+    for t in shared_tasks {
+        let _ = t.await;
+    }
     let _ = admin_task.await;
     stop_signal.abort();
     Ok(())

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
+use crate::etcd::registry::{Unchanged, Write};
 use crate::load::{Config, Summary, ValidationError};
 use crate::metrics::Metrics;
 use crate::registry::{
@@ -30,6 +31,9 @@ use crate::registry::{
     selects,
 };
 use crate::wire::fnv1a;
+
+mod shared;
+use self::shared::Shared;
 
 /// What a client can watch.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -277,7 +281,10 @@ pub struct LoadError {
 #[derive(Debug)]
 pub struct Store {
     tx: watch::Sender<Arc<State>>,
+    /// The workloads' leases held by this replica.
     registry: Mutex<Registry>,
+    /// Registrations shared with other replicas through etcd ([`Store::share`]).
+    shared: std::sync::OnceLock<Shared>,
     status: Mutex<ConfigStatus>,
     expiry: Notify,
     metrics: Metrics,
@@ -308,6 +315,7 @@ impl Store {
         Arc::new(Self {
             tx: watch::Sender::new(Arc::new(state)),
             registry: Mutex::new(Registry::new(max_registrations_per_identity)),
+            shared: std::sync::OnceLock::new(),
             status: Mutex::new(status),
             expiry: Notify::new(),
             metrics,
@@ -393,9 +401,52 @@ impl Store {
         });
     }
 
+    /// Shares the registrations with other replicas through etcd: from now on this replica
+    /// serves what [`Store::set_shared_workloads`] gives it (every replica's registrations),
+    /// and what it registers, removes or lets lapse is sent on the channel returned, for
+    /// etcd ([`crate::etcd::registry`]).
+    pub fn share(&self) -> tokio::sync::mpsc::UnboundedReceiver<Write> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = self.shared.set(Shared {
+            writes: tx,
+            view: Mutex::new(HashMap::new()),
+        });
+        rx
+    }
+
+    /// Every replica's registrations, as etcd has them (each with the revision it was last
+    /// written at): served.
+    pub fn set_shared_workloads(&self, registered: Vec<(Workload, i64)>) {
+        let Some(shared) = self.shared.get() else {
+            return;
+        };
+        let mut workloads: Vec<Workload> = registered.iter().map(|(w, _)| w.clone()).collect();
+        workloads.sort_by(|a, b| (&a.namespace, a.address).cmp(&(&b.namespace, b.address)));
+        *shared.view.lock().unwrap_or_else(|e| e.into_inner()) = registered
+            .into_iter()
+            .map(|(w, revision)| ((w.namespace.clone(), w.address), (w, revision)))
+            .collect();
+        self.metrics
+            .endpoints_registered
+            .set(workloads.len() as f64);
+        let workloads = Arc::new(workloads);
+        self.publish(|old| (old.config.clone(), workloads));
+    }
+
+    /// The registrations this replica holds (their workloads renew them here).
+    pub fn held_workloads(&self) -> Vec<Workload> {
+        let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        reg.workloads()
+    }
+
     /// Registers or renews a workload for `lease`.
     pub fn register(&self, w: Workload, lease: Duration) -> Result<(), Refusal> {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = self.shared.get() {
+            let registered = shared.register(&mut reg, w, lease);
+            self.expiry.notify_one();
+            return registered;
+        }
         let outcome = reg.upsert(w, lease, Instant::now());
         match outcome {
             Ok(Upsert::Changed) => {
@@ -421,6 +472,9 @@ impl Store {
         holder: Option<Option<&weft_identity::SpiffeId>>,
     ) -> bool {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = self.shared.get() {
+            return shared.deregister(&mut reg, namespace, address, holder);
+        }
         let removed = reg.remove(namespace, address, holder);
         if removed {
             let workloads = Arc::new(reg.workloads());
@@ -450,11 +504,25 @@ impl Store {
                         );
                     }
                     self.metrics.leases_expired.increment(gone.len() as u64);
-                    let workloads = Arc::new(reg.workloads());
-                    self.metrics
-                        .endpoints_registered
-                        .set(workloads.len() as f64);
-                    self.publish(|old| (old.config.clone(), workloads));
+                    match self.shared.get() {
+                        // Served once etcd has them removed.
+                        Some(shared) => {
+                            for w in gone {
+                                shared.send(Write::Delete {
+                                    namespace: w.namespace,
+                                    address: w.address,
+                                    only_if: Unchanged::OnMyLease,
+                                });
+                            }
+                        }
+                        None => {
+                            let workloads = Arc::new(reg.workloads());
+                            self.metrics
+                                .endpoints_registered
+                                .set(workloads.len() as f64);
+                            self.publish(|old| (old.config.clone(), workloads));
+                        }
+                    }
                 }
                 reg.next_expiry()
             };

@@ -11,12 +11,16 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use support::*;
+use weft_identity::SpiffeId;
 use weft_policy::etcd::follow::EtcdResources;
 use weft_policy::etcd::{Etcd, EtcdConfig};
+use weft_policy::registry::Registration;
 use weft_policy::server::Settings;
+use weft_policy::wire::Dur;
 use weft_runtime::etcd::EtcdCluster;
 
 const FILE: &[u8] = b"/weft/resources/mesh.yaml";
@@ -28,6 +32,27 @@ fn etcd(cluster: &EtcdCluster) -> Etcd {
         timeout: Duration::from_secs(2),
     })
     .unwrap()
+}
+
+/// Three etcd members under `dir` holding [`RESOURCES`], and two replicas of the control
+/// plane over them.
+async fn two_replicas(dir: &std::path::Path) -> (EtcdCluster, ControlPlane, ControlPlane) {
+    let cluster = EtcdCluster::start(dir, 3).unwrap();
+    etcd(&cluster)
+        .put(FILE, RESOURCES.as_bytes(), 0)
+        .await
+        .unwrap();
+    let replica = || {
+        let mut s = Settings::insecure(dir.join("unused"));
+        s.etcd = Some(EtcdResources {
+            etcd: etcd(&cluster),
+            prefix: "/weft/".into(),
+        });
+        s
+    };
+    let a = ControlPlane::start(replica()).await;
+    let b = ControlPlane::start(replica()).await;
+    (cluster, a, b)
 }
 
 /// Waits until every one of `replicas` has `what` on its `/status` page, at most 20 s.
@@ -57,21 +82,8 @@ async fn replicas_serve_the_resources_in_etcd() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = EtcdCluster::start(dir.path(), 3).unwrap();
+    let (mut cluster, a, b) = two_replicas(dir.path()).await;
     let writer = etcd(&cluster);
-    writer.put(FILE, RESOURCES.as_bytes(), 0).await.unwrap();
-    let replica = || {
-        let mut s = Settings::insecure(dir.path().join("unused"));
-        s.etcd = Some(EtcdResources {
-            etcd: etcd(&cluster),
-            prefix: "/weft/".into(),
-        });
-        s
-    };
-    let (a, b) = (
-        ControlPlane::start(replica()).await,
-        ControlPlane::start(replica()).await,
-    );
     let (ca, cb) = (a.client(), b.client());
     let mut watches = [
         ca.watch_routes("default", "api"),
@@ -131,5 +143,101 @@ async fn replicas_serve_the_resources_in_etcd() {
         wait_until(w, limit, "10/90", |r| weights(r) == [10, 90]).await;
     }
     a.stop().await;
+    b.stop().await;
+}
+
+fn registration(identity: &str, lease: Duration) -> Registration {
+    Registration {
+        service: "api".into(),
+        namespace: None,
+        labels: BTreeMap::from([("version".to_string(), "v1".to_string())]),
+        address: "127.0.0.1:7001".parse().unwrap(),
+        identity: Some(SpiffeId::parse(identity).unwrap()),
+        lease: Some(Dur(lease)),
+        metrics: None,
+    }
+}
+
+const API: &str = "spiffe://weft.local/ns/default/sa/api";
+
+/// Registrations made through one replica are served by every one (they are in etcd, on the
+/// lease of the replica they were made through); removed through another, they are gone from
+/// all; a workload whose replica stopped registers again through another, and its
+/// registration outlives the stopped replica's lease; an address one identity holds cannot
+/// be taken by another through another replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_made_through_one_replica_are_served_by_every_one() {
+    if std::env::var("WEFT_SYSTEM_TESTS").map_or(true, |v| v != "1") {
+        eprintln!(
+            "registrations_made_through_one_replica_are_served_by_every_one: skipped, a system test (set WEFT_SYSTEM_TESTS=1 to run it)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_cluster, a, b) = two_replicas(dir.path()).await;
+    let (ca, cb) = (a.client(), b.client());
+    let mut at_b = cb.watch_endpoints("default", "api");
+    let limit = Duration::from_secs(10);
+    wait_until(&mut at_b, limit, "no endpoint", |e| e.endpoints.is_empty()).await;
+
+    // Through A, served by B.
+    ca.register(&registration(API, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let got = wait_until(&mut at_b, limit, "A's registration at B", |e| {
+        e.endpoints.len() == 1
+    })
+    .await;
+    assert_eq!(got.endpoints[0].address.port(), 7001);
+
+    // Another identity cannot take the address through B.
+    let other = registration(
+        "spiffe://weft.local/ns/default/sa/intruder",
+        Duration::from_secs(30),
+    );
+    let refused = cb.register(&other).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("is registered by"),
+        "{refused}"
+    );
+
+    // Removed through B: gone from A too.
+    let mut at_a = ca.watch_endpoints("default", "api");
+    wait_until(&mut at_a, limit, "the endpoint at A", |e| {
+        e.endpoints.len() == 1
+    })
+    .await;
+    cb.deregister("default", "127.0.0.1:7001".parse().unwrap())
+        .await
+        .unwrap();
+    wait_until(&mut at_a, limit, "the removal at A", |e| {
+        e.endpoints.is_empty()
+    })
+    .await;
+    wait_until(&mut at_b, limit, "the removal at B", |e| {
+        e.endpoints.is_empty()
+    })
+    .await;
+
+    // Kept registered through A; A stops (the workload is not told: its registration stays,
+    // on A's lease); the workload registers through B: its registration outlives A's lease.
+    let _through_a = ca.keep_registered(registration(API, Duration::from_secs(3)));
+    wait_until(&mut at_b, limit, "the renewed registration", |e| {
+        e.endpoints.len() == 1
+    })
+    .await;
+    a.stop().await;
+    let _through_b = cb.keep_registered(registration(API, Duration::from_secs(3)));
+    let past_a = tokio::time::Instant::now()
+        + weft_policy::etcd::registry::REPLICA_LEASE
+        + Duration::from_secs(2);
+    while tokio::time::Instant::now() < past_a {
+        assert_eq!(
+            at_b.borrow().as_ref().map(|e| e.endpoints.len()),
+            Some(1),
+            "the registration was lost when A's lease lapsed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     b.stop().await;
 }

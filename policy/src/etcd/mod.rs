@@ -18,6 +18,7 @@
 
 mod conn;
 pub mod follow;
+pub mod registry;
 #[cfg(test)]
 mod tests;
 pub mod wire;

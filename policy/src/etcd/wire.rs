@@ -26,8 +26,28 @@ pub mod b64 {
 pub mod int64 {
     use super::*;
 
-    pub fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&v.to_string())
+    pub fn serialize<S: Serializer, V: Int64>(v: &V, s: S) -> Result<S::Ok, S::Error> {
+        match v.value() {
+            Some(v) => s.serialize_str(&v.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// An `int64`, or an optional one (left out when `None`).
+    pub trait Int64 {
+        fn value(&self) -> Option<i64>;
+    }
+
+    impl Int64 for i64 {
+        fn value(&self) -> Option<i64> {
+            Some(*self)
+        }
+    }
+
+    impl Int64 for Option<i64> {
+        fn value(&self) -> Option<i64> {
+            *self
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
@@ -112,17 +132,20 @@ pub enum RequestOp {
     Delete(DeleteRangeRequest),
 }
 
-/// A condition of a transaction on a key's `mod_revision` (0: the key does not exist).
+/// A condition of a transaction: a key's `mod_revision` (0: the key does not exist), or the
+/// lease it is attached to.
 #[derive(Debug, Serialize)]
 pub struct Compare {
     /// Always `EQUAL`.
     pub result: &'static str,
-    /// Always `MOD`.
+    /// `MOD` or `LEASE`.
     pub target: &'static str,
     #[serde(with = "b64")]
     pub key: Vec<u8>,
-    #[serde(with = "int64")]
-    pub mod_revision: i64,
+    #[serde(with = "int64", skip_serializing_if = "Option::is_none")]
+    pub mod_revision: Option<i64>,
+    #[serde(with = "int64", skip_serializing_if = "Option::is_none")]
+    pub lease: Option<i64>,
 }
 
 impl Compare {
@@ -132,7 +155,19 @@ impl Compare {
             result: "EQUAL",
             target: "MOD",
             key,
-            mod_revision: revision,
+            mod_revision: Some(revision),
+            lease: None,
+        }
+    }
+
+    /// `key` is attached to `lease`.
+    pub fn leased_by(key: Vec<u8>, lease: i64) -> Self {
+        Self {
+            result: "EQUAL",
+            target: "LEASE",
+            key,
+            mod_revision: None,
+            lease: Some(lease),
         }
     }
 }
