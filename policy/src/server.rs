@@ -144,43 +144,8 @@ pub async fn serve(
         "control plane ready"
     );
 
-    let follower = match (&settings.etcd, loaded.files) {
-        (Some(res), Some(files)) => tokio::spawn(res.clone().follow(
-            store.clone(),
-            settings.default_policy,
-            files,
-            wait_true(stop_rx.clone()),
-        )),
-        _ => tokio::spawn(crate::files::follow(
-            store.clone(),
-            settings.dir.clone(),
-            settings.default_policy,
-            settings.poll_interval,
-            loaded_hash,
-            wait_true(stop_rx.clone()),
-        )),
-    };
     let expiry = tokio::spawn(store.clone().expire_leases(wait_true(stop_rx.clone())));
-    // Registrations shared with the other replicas through etcd: followed, and written.
-    let mut shared_tasks = Vec::new();
-    if let Some(res) = &settings.etcd {
-        let registry = EtcdRegistry {
-            etcd: res.etcd.clone(),
-            prefix: res.prefix.clone(),
-        };
-        let writes = store.share();
-        shared_tasks.push(tokio::spawn(
-            registry
-                .clone()
-                .follow(store.clone(), wait_true(stop_rx.clone())),
-        ));
-        let held = store.clone();
-        shared_tasks.push(tokio::spawn(registry.write(
-            writes,
-            move || held.held_workloads(),
-            wait_true(stop_rx.clone()),
-        )));
-    }
+    let followers = follow(&store, &settings, loaded.files, loaded_hash, &stop_rx);
 
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(true);
     let status_store = store.clone();
@@ -235,14 +200,58 @@ pub async fn serve(
     .await;
     let _ = ready_tx.send(false);
     let _ = stop_tx.send(true);
-    let _ = follower.await;
     let _ = expiry.await;
-    for t in shared_tasks {
+    for t in followers {
         let _ = t.await;
     }
     let _ = admin_task.await;
     stop_signal.abort();
     Ok(())
+}
+
+/// The tasks that follow the store until `stop`: the resources (from the directory or etcd)
+/// and, over etcd, the registrations shared with the other replicas (followed, and written).
+fn follow(
+    store: &Arc<Store>,
+    settings: &Settings,
+    files: Option<Files>,
+    loaded_hash: String,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let Some((res, files)) = settings.etcd.as_ref().zip(files) else {
+        return vec![tokio::spawn(crate::files::follow(
+            store.clone(),
+            settings.dir.clone(),
+            settings.default_policy,
+            settings.poll_interval,
+            loaded_hash,
+            wait_true(stop.clone()),
+        ))];
+    };
+    let registry = EtcdRegistry {
+        etcd: res.etcd.clone(),
+        prefix: res.prefix.clone(),
+    };
+    let writes = store.share();
+    let held = store.clone();
+    vec![
+        tokio::spawn(res.clone().follow(
+            store.clone(),
+            settings.default_policy,
+            files,
+            wait_true(stop.clone()),
+        )),
+        tokio::spawn(
+            registry
+                .clone()
+                .follow(store.clone(), wait_true(stop.clone())),
+        ),
+        tokio::spawn(registry.write(
+            writes,
+            move || held.held_workloads(),
+            wait_true(stop.clone()),
+        )),
+    ]
 }
 
 /// The first resource set served, and where it came from.
