@@ -75,7 +75,8 @@ pub struct ProxyArgs {
     /// The bootstrap token file: the proxy's whole identity configuration.
     #[arg(long, env = ENV_TOKEN_FILE, default_value = DEFAULT_TOKEN_FILE)]
     pub token_file: PathBuf,
-    /// The control plane.
+    /// The control plane: `host:port`, or each of its replicas' (`a:8090,b:8090`), among which
+    /// the proxy starts on one at random and moves to another when its own goes away.
     #[arg(long, env = ENV_POLICY_ADDR, default_value = DEFAULT_POLICY_ADDR)]
     pub policy_addr: String,
     /// Talk to a control plane running with --insecure-dev (plain HTTP/2, no mTLS).

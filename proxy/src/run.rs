@@ -439,13 +439,15 @@ async fn shut_down(
     let _ = admin.task.await;
 }
 /// The address peers should use: the inbound port on the local address that routes to the
-/// control plane (when the inbound listener is on a wildcard address).
+/// control plane (its first replica, when it has several), when the inbound listener is on a
+/// wildcard address.
 fn advertise_addr(inbound: SocketAddr, policy_addr: &str) -> SocketAddr {
     if !inbound.ip().is_unspecified() {
         return inbound;
     }
+    let first = policy_addr.split(',').next().unwrap_or(policy_addr).trim();
     let ip = std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| s.connect(policy_addr).map(|_| s))
+        .and_then(|s| s.connect(first).map(|_| s))
         .and_then(|s| s.local_addr())
         .map(|a| a.ip())
         .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());

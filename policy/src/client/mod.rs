@@ -9,6 +9,11 @@
 //! with jittered exponential back-off, resuming from the version it holds: if nothing changed
 //! meanwhile, the control plane says so and nothing is re-sent. Events are the
 //! [`crate::wire::Event`] lines of the API.
+//!
+//! The control plane may be several replicas (`a:8090,b:8090`): a client starts on one of them
+//! at random (so clients spread over the replicas), and when its connection is lost it
+//! connects again to that one if it can, else to the next, so its watches resume, and its
+//! registrations are renewed at once, on another replica within a connect attempt.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -79,7 +84,7 @@ pub enum ClientError {
 /// Client settings.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
-    /// `host:port` of the control plane.
+    /// `host:port` of the control plane, or of each of its replicas, comma-separated.
     pub addr: String,
     /// `None`: h2c (the control plane's development mode).
     pub tls: Option<ClientTls>,
@@ -122,6 +127,10 @@ struct Inner {
     settings: ClientSettings,
     /// The shared connection and the certificate it presented.
     conn: tokio::sync::Mutex<Option<(SendRequest<Full<Bytes>>, Presented)>>,
+    /// The replicas' addresses (one, without replicas).
+    addrs: Vec<String>,
+    /// The replica connected to last: tried first.
+    preferred: std::sync::atomic::AtomicUsize,
     connections: AtomicU64,
     /// One permit per watch stream allowed at once.
     watch_streams: tokio::sync::Semaphore,
@@ -142,9 +151,22 @@ pub type Watched<T> = watch::Receiver<Option<Arc<T>>>;
 
 impl PolicyClient {
     pub fn new(settings: ClientSettings) -> Self {
+        let mut addrs: Vec<String> = settings
+            .addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(String::from)
+            .collect();
+        if addrs.is_empty() {
+            addrs.push(settings.addr.clone());
+        }
+        let first = fastrand::usize(..addrs.len());
         Self {
             inner: Arc::new(Inner {
                 watch_streams: tokio::sync::Semaphore::new(settings.max_watch_streams.max(1)),
+                preferred: std::sync::atomic::AtomicUsize::new(first),
+                addrs,
                 settings,
                 conn: tokio::sync::Mutex::new(None),
                 connections: AtomicU64::new(0),
@@ -323,7 +345,8 @@ impl Inner {
         } else {
             "http"
         };
-        format!("{scheme}://{}{path_and_query}", self.settings.addr)
+        let addr = &self.addrs[self.preferred.load(Ordering::Relaxed) % self.addrs.len()];
+        format!("{scheme}://{addr}{path_and_query}")
     }
 
     /// The shared connection, (re)established if needed: also when the client's certificate
@@ -345,10 +368,7 @@ impl Inner {
             renewed = true;
         }
         *guard = None;
-        let timeout = self.settings.connect_timeout;
-        let sender = tokio::time::timeout(timeout, self.connect())
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))??;
+        let sender = self.connect().await?;
         if self.connections.fetch_add(1, Ordering::Relaxed) > 0 {
             self.reconnected.notify_waiters();
         }
@@ -359,8 +379,31 @@ impl Inner {
         Ok(sender)
     }
 
+    /// A connection to the preferred replica, else to the next that takes one.
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
-        let addr = &self.settings.addr;
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut failed = None;
+        for n in 0..self.addrs.len() {
+            let i = (first + n) % self.addrs.len();
+            let timeout = self.settings.connect_timeout;
+            let connected = tokio::time::timeout(timeout, self.connect_to(&self.addrs[i]))
+                .await
+                .unwrap_or(Err(ClientError::Timeout(timeout)));
+            match connected {
+                Ok(sender) => {
+                    if n > 0 {
+                        tracing::info!(addr = %self.addrs[i], "connected to another replica of the control plane");
+                    }
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(sender);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        Err(failed.unwrap_or(ClientError::Timeout(Duration::ZERO)))
+    }
+
+    async fn connect_to(&self, addr: &String) -> Result<SendRequest<Full<Bytes>>, ClientError> {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect {
