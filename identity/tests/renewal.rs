@@ -175,3 +175,42 @@ async fn client_reports_a_missing_identity_service_and_keeps_trying() {
     assert_eq!(creds.identity, id("web"));
     running.stop().await;
 }
+
+/// Two replicas of the identity service over the same CA material (`a:8443,b:8443`): while
+/// certificates renew every few seconds, one replica goes away and renewal goes on through the
+/// other without one failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_goes_on_through_another_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = token(&short_lived(dir.path()), "web", Duration::from_secs(3600));
+    let a = Running::start(short_lived(dir.path()), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let b = Running::start(short_lived(dir.path()), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let registry = Registry::new();
+    let mut settings = ClientSettings::new(format!("{},{}", a.addr, b.addr), tok);
+    settings.min_backoff = Duration::from_millis(100);
+    settings.max_backoff = Duration::from_millis(800);
+    let client = IdentityClient::start(settings, &registry);
+    let mut rx = client.credentials();
+    let first = next_cert(&mut rx, None, Duration::from_secs(20)).await;
+    a.stop().await;
+    let mut last = first;
+    for _ in 0..3 {
+        last = next_cert(&mut rx, Some(&last), Duration::from_secs(20)).await;
+        assert_eq!(last.identity, id("web"));
+    }
+    let text = registry.render();
+    assert_eq!(
+        metric(
+            &text,
+            "weft_identity_client_certify_total{kind=\"any\",result=\"error\"}"
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "a renewal failed though a replica was up:\n{text}"
+    );
+    b.stop().await;
+}

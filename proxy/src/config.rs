@@ -69,7 +69,7 @@ pub struct ProxyArgs {
     /// Admin endpoint: /metrics, /live, /ready.
     #[arg(long, env = ENV_ADMIN, default_value = DEFAULT_ADMIN)]
     pub admin_listen: SocketAddr,
-    /// The identity service.
+    /// The identity service: `host:port`, or each of its replicas' (`a:8443,b:8443`).
     #[arg(long, env = ENV_IDENTITY_ADDR, default_value = DEFAULT_IDENTITY_ADDR)]
     pub identity_addr: String,
     /// The bootstrap token file: the proxy's whole identity configuration.

@@ -31,12 +31,14 @@ pub async fn fetch_trust_bundle(addr: &str, pinned: &str) -> Result<TrustBundle,
         .map_err(|e| ClientError::Key(e.to_string()))?;
     let (status, body) = request(
         addr,
-        Arc::new(cfg),
-        name,
-        Method::GET,
-        TRUST_BUNDLE_PATH,
-        None,
-        Bytes::new(),
+        Exchange {
+            cfg: Arc::new(cfg),
+            name,
+            method: Method::GET,
+            path: TRUST_BUNDLE_PATH,
+            authorization: None,
+            body: Bytes::new(),
+        },
     )
     .await?;
     if status != StatusCode::OK {
@@ -98,12 +100,14 @@ pub async fn certify(
     };
     let (status, body) = request(
         addr,
-        Arc::new(cfg),
-        tls::server_name(&server_id),
-        Method::POST,
-        CERTIFY_PATH,
-        bearer.as_deref(),
-        Bytes::from(body),
+        Exchange {
+            cfg: Arc::new(cfg),
+            name: tls::server_name(&server_id),
+            method: Method::POST,
+            path: CERTIFY_PATH,
+            authorization: bearer.as_deref(),
+            body: Bytes::from(body),
+        },
     )
     .await?;
     if !status.is_success() {
@@ -196,16 +200,59 @@ pub async fn bootstrap(settings: &ClientSettings) -> Result<Credentials, ClientE
     .await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn request(
-    addr: &str,
+/// One exchange with the identity service at `addrs`: its address, or each of its replicas'
+/// (`a:8443,b:8443`, sharing the CA). The replicas are tried from one at random (so clients
+/// spread over them), the next when one cannot be reached (the request was not sent); an
+/// answer, or a failure after the request went, is returned as it is.
+async fn request(addrs: &str, ex: Exchange<'_>) -> Result<(StatusCode, Bytes), ClientError> {
+    let replicas: Vec<&str> = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if replicas.len() <= 1 {
+        let addr = replicas.first().copied().unwrap_or(addrs);
+        return request_at(addr, ex).await;
+    }
+    let first = fastrand::usize(..replicas.len());
+    let mut unreachable = None;
+    for n in 0..replicas.len() {
+        let addr = replicas[(first + n) % replicas.len()];
+        let sent = request_at(addr, ex.clone()).await;
+        match sent {
+            Err(e @ (ClientError::Connect { .. } | ClientError::Tls { .. })) => {
+                tracing::debug!(error = %e, "identity service replica unreachable; trying the next");
+                unreachable = Some(e);
+            }
+            other => return other,
+        }
+    }
+    Err(unreachable.unwrap_or(ClientError::Timeout {
+        addr: addrs.to_string(),
+    }))
+}
+
+/// What one exchange with the identity service sends, and how.
+#[derive(Clone)]
+struct Exchange<'a> {
     cfg: Arc<rustls::ClientConfig>,
     name: rustls::pki_types::ServerName<'static>,
     method: Method,
-    path: &str,
-    authorization: Option<&str>,
+    path: &'a str,
+    authorization: Option<&'a str>,
     body: Bytes,
-) -> Result<(StatusCode, Bytes), ClientError> {
+}
+
+/// One exchange with the identity service at `addr`, on a connection of its own.
+async fn request_at(addr: &str, ex: Exchange<'_>) -> Result<(StatusCode, Bytes), ClientError> {
+    let Exchange {
+        cfg,
+        name,
+        method,
+        path,
+        authorization,
+        body,
+    } = ex;
     let exchange = async {
         let tcp = TcpStream::connect(addr)
             .await

@@ -24,14 +24,13 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use weft_identity::SpiffeId;
 use weft_identity::client::Backoff;
 use weft_runtime::serve::ErrorBody;
 
+mod conn;
 mod lines;
 mod tls;
 
@@ -386,9 +385,12 @@ impl Inner {
         for n in 0..self.addrs.len() {
             let i = (first + n) % self.addrs.len();
             let timeout = self.settings.connect_timeout;
-            let connected = tokio::time::timeout(timeout, self.connect_to(&self.addrs[i]))
-                .await
-                .unwrap_or(Err(ClientError::Timeout(timeout)));
+            let connected = tokio::time::timeout(
+                timeout,
+                conn::connect_to(&self.addrs[i], self.settings.tls.as_ref()),
+            )
+            .await
+            .unwrap_or(Err(ClientError::Timeout(timeout)));
             match connected {
                 Ok(sender) => {
                     if n > 0 {
@@ -401,44 +403,6 @@ impl Inner {
             }
         }
         Err(failed.unwrap_or(ClientError::Timeout(Duration::ZERO)))
-    }
-
-    async fn connect_to(&self, addr: &String) -> Result<SendRequest<Full<Bytes>>, ClientError> {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
-        let _ = tcp.set_nodelay(true);
-        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(20)))
-            .keep_alive_timeout(Duration::from_secs(10));
-        match &self.settings.tls {
-            None => {
-                let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok(sender)
-            }
-            Some(t) => {
-                let tls = tokio_rustls::TlsConnector::from(t.config.clone())
-                    .connect(t.server_name.clone(), tcp)
-                    .await
-                    .map_err(|e| ClientError::Tls {
-                        addr: addr.clone(),
-                        detail: e.to_string(),
-                    })?;
-                let (sender, conn) = builder.handshake(TokioIo::new(tls)).await?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok(sender)
-            }
-        }
     }
 
     async fn request(
