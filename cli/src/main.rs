@@ -10,6 +10,7 @@
 //! - [`stat`]: `weft stat` and `weft routes`, golden signals from every proxy.
 //! - [`token`]: `weft token create`.
 //! - [`cert`]: `weft cert issue`.
+//! - [`resources`]: `weft apply`, `weft get`, `weft delete`, through the control plane.
 
 mod admin;
 mod cert;
@@ -17,6 +18,7 @@ mod check;
 mod dashboard;
 mod demo;
 mod init;
+mod resources;
 mod stat;
 mod token;
 
@@ -65,6 +67,12 @@ enum Command {
     /// Certificates for workloads without a proxy.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Create or change resources from YAML files, through the control plane (as an operator).
+    Apply(resources::ApplyArgs),
+    /// Show resources as the control plane stores them.
+    Get(resources::GetArgs),
+    /// Delete a resource, through the control plane (as an operator).
+    Delete(resources::DeleteArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +106,9 @@ fn main() -> ExitCode {
         Command::Dashboard(args) => report(dashboard::run(args)),
         Command::Token(cmd) => report(token::run(cmd)),
         Command::Cert(cmd) => report(cert::run(cmd)),
+        Command::Apply(args) => report(resources::apply(args)),
+        Command::Get(args) => report(resources::get(args)),
+        Command::Delete(args) => report(resources::delete(args)),
     }
 }
 

@@ -30,7 +30,6 @@ impl Mesh {
         let data = d.join("ca");
         let (identity, id_api, identity_admin) =
             start_identity_with(d, &data, &["--leaf-lifetime", "2h"]);
-        token(&data, "weft", "policy", &d.join("policy.token"));
         token(&data, "default", "api", &d.join("api.token"));
         let resources = d.join("resources");
         std::fs::create_dir_all(&resources).unwrap();
@@ -39,25 +38,7 @@ impl Mesh {
             "kind: Service\nmetadata: {name: api, namespace: default}\nspec: {ports: [{port: 8080}]}\n",
         )
         .unwrap();
-        let (pol_api, policy_admin) = (free_addr(), free_addr());
-        let mut policy = start_weft(
-            d,
-            "policy",
-            &[
-                "policy",
-                "--dir",
-                resources.to_str().unwrap(),
-                "--listen",
-                &pol_api.to_string(),
-                "--admin-listen",
-                &policy_admin.to_string(),
-            ],
-            &[
-                (ENV_TOKEN_FILE, d.join("policy.token").display().to_string()),
-                (ENV_IDENTITY_ADDR, id_api.to_string()),
-            ],
-        );
-        policy.wait_ready(policy_admin);
+        let (policy, pol_api, policy_admin) = start_policy(d, &data, id_api, &resources);
         let proxy_admin = free_addr();
         let mut proxy = start_weft(
             d,

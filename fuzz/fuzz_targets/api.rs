@@ -71,6 +71,7 @@ static SETUP: LazyLock<Setup> = LazyLock::new(|| {
         stop,
         started: tokio::time::Instant::now(),
         limits,
+        manage: None,
     });
     let conn = Arc::new(ConnInfo {
         remote: "127.0.0.1:40000".parse().expect("an address"),

@@ -21,10 +21,13 @@ use crate::store::Store;
 /// How often the directory is read by default.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Follows `dir` until `shutdown`. `loaded_hash` is the hash of what the store serves.
+/// Follows `dir` until `shutdown`. `loaded_hash` is the hash of what the store serves. The
+/// directory is read under `lock`, which `weft apply` writes it under, so a change of several
+/// files is seen whole.
 pub async fn follow(
     store: Arc<Store>,
     dir: PathBuf,
+    lock: Arc<tokio::sync::Mutex<()>>,
     default_policy: DefaultPolicy,
     interval: Duration,
     loaded_hash: String,
@@ -40,7 +43,10 @@ pub async fn follow(
             _ = tokio::time::sleep(interval) => {}
         }
         let read_dir = dir.clone();
-        let sources = match tokio::task::spawn_blocking(move || read_sources(&read_dir)).await {
+        let reading = lock.lock().await;
+        let read = tokio::task::spawn_blocking(move || read_sources(&read_dir)).await;
+        drop(reading);
+        let sources = match read {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 let text = e.to_string();

@@ -20,6 +20,8 @@
 //! - [`client`]: the proxy's side: watches as `tokio::sync::watch` receivers, registration
 //!   renewal, reconnection with jittered back-off.
 //! - [`wire`]: value types shared by YAML and JSON (durations, regexes, matches, events).
+//! - [`manage`]: changing the resources through the API (`weft apply`, `get`, `delete`):
+//!   validation of the whole new set, and the compare-and-swap write to either store.
 //! - [`metrics`]: the control plane's Prometheus series.
 //! - [`etcd`]: the client of the etcd store control-plane replicas share (etcd's v3 JSON
 //!   gateway over hyper).
@@ -41,6 +43,7 @@ pub mod config;
 pub mod etcd;
 pub mod files;
 pub mod load;
+pub mod manage;
 pub mod metrics;
 pub mod registry;
 pub mod resources;

@@ -232,4 +232,9 @@ pub struct MeshConfigSpec {
     /// The policy of ports no `Server` or `AuthorizationPolicy` covers.
     #[serde(default)]
     pub default_inbound_policy: Option<DefaultPolicy>,
+    /// The identities (SPIFFE IDs) that may change the resources through the control plane's
+    /// API (`weft apply`, `weft delete`), besides the bootstrap operator
+    /// `spiffe://<trust-domain>/ns/weft-system/sa/operator`.
+    #[serde(default)]
+    pub operators: Vec<String>,
 }

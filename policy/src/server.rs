@@ -16,6 +16,7 @@ use crate::authz::DefaultPolicy;
 use crate::etcd::follow::{EtcdResources, Files};
 use crate::etcd::registry::EtcdRegistry;
 use crate::load::{load_dir, render_errors};
+use crate::manage::{Backend, Manage};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -145,7 +146,24 @@ pub async fn serve(
     );
 
     let expiry = tokio::spawn(store.clone().expire_leases(wait_true(stop_rx.clone())));
-    let followers = follow(&store, &settings, loaded.files, loaded_hash, &stop_rx);
+    let dir_lock = Arc::new(tokio::sync::Mutex::new(()));
+    let manage = Manage {
+        backend: match &settings.etcd {
+            Some(res) => Backend::Etcd(res.clone()),
+            None => Backend::Dir {
+                dir: settings.dir.clone(),
+                lock: dir_lock.clone(),
+            },
+        },
+        default_policy: settings.default_policy,
+    };
+    let followers = follow(
+        &store,
+        &settings,
+        loaded.files,
+        (loaded_hash, dir_lock),
+        &stop_rx,
+    );
 
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(true);
     let status_store = store.clone();
@@ -179,6 +197,7 @@ pub async fn serve(
             settings.api.max_watches_per_identity,
             settings.api.max_requests_per_identity,
         ),
+        manage: Some(Arc::new(manage)),
     });
     // One connection may carry a client's whole allowance: past it the client is told so
     // (429), rather than left waiting for a stream.
@@ -215,13 +234,14 @@ fn follow(
     store: &Arc<Store>,
     settings: &Settings,
     files: Option<Files>,
-    loaded_hash: String,
+    (loaded_hash, dir_lock): (String, Arc<tokio::sync::Mutex<()>>),
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let Some((res, files)) = settings.etcd.as_ref().zip(files) else {
         return vec![tokio::spawn(crate::files::follow(
             store.clone(),
             settings.dir.clone(),
+            dir_lock,
             settings.default_policy,
             settings.poll_interval,
             loaded_hash,

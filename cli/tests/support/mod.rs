@@ -84,6 +84,39 @@ pub fn token_with(data: &Path, ns: &str, workload: &str, extra: &[&str], out: &P
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// `weft policy` over the resource directory `resources`, with mTLS (its token minted from
+/// the CA in `data`, its certificate from the identity service at `identity`), ready; returns
+/// it, its API and admin addresses.
+pub fn start_policy(
+    dir: &Path,
+    data: &Path,
+    identity: SocketAddr,
+    resources: &Path,
+) -> (Child, SocketAddr, SocketAddr) {
+    let token_file = dir.join("policy.token");
+    token(data, "weft", "policy", &token_file);
+    let (api, admin) = (free_addr(), free_addr());
+    let mut policy = start_weft(
+        dir,
+        "policy",
+        &[
+            "policy",
+            "--dir",
+            resources.to_str().unwrap(),
+            "--listen",
+            &api.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ],
+        &[
+            (ENV_TOKEN_FILE, token_file.display().to_string()),
+            (ENV_IDENTITY_ADDR, identity.to_string()),
+        ],
+    );
+    policy.wait_ready(admin);
+    (policy, api, admin)
+}
+
 /// With system tests on, a missing tool is a failure, never a skip: each of `tools` must be on
 /// `PATH`; `packages` says what to install.
 pub fn require_tools(tools: &[&str], packages: &str) {

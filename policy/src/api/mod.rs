@@ -41,6 +41,7 @@ use weft_identity::tls::TrustBundle;
 use weft_runtime::serve::ConnInfo;
 use weft_runtime::serve::ErrorBody;
 
+use crate::manage::{Manage, RESOURCES_PATH};
 use crate::registry::{APP_LABEL, Refusal, Registered, Registration, Workload};
 use crate::resources::DEFAULT_NAMESPACE;
 use crate::store::{Key, Store};
@@ -48,6 +49,7 @@ use crate::wire::Dur;
 
 mod limits;
 mod query;
+mod resources;
 mod watches;
 
 pub use limits::{Caller, Held, Limits, Permit, Refused};
@@ -162,6 +164,8 @@ pub struct Api {
     pub started: tokio::time::Instant,
     /// What each caller holds, against the caps of `settings`.
     pub limits: Arc<Limits>,
+    /// The stored resources, read and changed through `/v1/resources` (`None`: not served).
+    pub manage: Option<Arc<Manage>>,
 }
 
 struct Failure {
@@ -221,6 +225,9 @@ impl Api {
         let _in_flight = self.permit(&caller, Held::Request)?;
         let path = req.uri().path().to_string();
         let query = Query::parse(req.uri().query().unwrap_or(""));
+        if path == RESOURCES_PATH {
+            return self.resources(req, &query, peer.as_ref()).await;
+        }
         match (req.method(), path.as_str()) {
             (&Method::GET, ENDPOINTS_PATH | INBOUND_PATH | ROUTES_PATH | ADDRESS_PATH) => {
                 let key = if path == ADDRESS_PATH {
@@ -311,7 +318,7 @@ impl Api {
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!(
-                    "no such path `{path}`: the API serves {ENDPOINTS_PATH}, {INBOUND_PATH}, {ROUTES_PATH}, {ADDRESS_PATH} and {REGISTER_PATH}"
+                    "no such path `{path}`: the API serves {ENDPOINTS_PATH}, {INBOUND_PATH}, {ROUTES_PATH}, {ADDRESS_PATH}, {REGISTER_PATH} and {RESOURCES_PATH}"
                 ),
             )),
         }

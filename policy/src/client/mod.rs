@@ -32,6 +32,7 @@ use weft_runtime::serve::ErrorBody;
 
 mod conn;
 mod lines;
+mod resources;
 mod tls;
 
 pub use self::lines::{LineBuffer, decode_event};
@@ -90,6 +91,8 @@ pub struct ClientSettings {
     pub min_backoff: Duration,
     pub max_backoff: Duration,
     pub connect_timeout: Duration,
+    /// How long a request (not a watch) may take once connected.
+    pub request_timeout: Duration,
     /// A watch that receives nothing (not even a heartbeat) for this long is reconnected.
     pub idle_timeout: Duration,
     /// At most this many watches hold a stream at once; the others wait for one to end.
@@ -109,6 +112,7 @@ impl ClientSettings {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(35),
             max_watch_streams: MAX_WATCH_STREAMS,
         }
@@ -418,7 +422,7 @@ impl Inner {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| ClientError::Decode(e.to_string()))?;
-        let timeout = self.settings.connect_timeout;
+        let timeout = self.settings.request_timeout;
         let work = async {
             let rsp = sender.send_request(req).await?;
             let status = rsp.status();

@@ -34,6 +34,19 @@ pub struct Files {
     pub revision: i64,
     /// File name → YAML.
     pub files: BTreeMap<String, String>,
+    /// The last revision at which any key under the resources' prefix changed (0: none is
+    /// there): the resources' own version, which an apply compares against.
+    pub changed: i64,
+    /// The revision of the last apply's marker ([`EtcdResources::marker_key`]; 0: none yet).
+    /// Every apply and delete rewrites it, so a delete, which leaves no key behind to compare,
+    /// still makes the applies validated before it fail.
+    pub marker: i64,
+}
+
+/// Whether a key's name under the prefix is hidden (a part starts with `.`): skipped, as a
+/// directory's hidden files are.
+fn hidden(name: &str) -> bool {
+    name.split('/').any(|part| part.starts_with('.'))
 }
 
 impl EtcdResources {
@@ -42,19 +55,37 @@ impl EtcdResources {
         format!("{}resources/", self.prefix)
     }
 
-    /// Reads every resource file.
+    /// The key every apply rewrites (hidden: not a resource file).
+    pub fn marker_key(&self) -> String {
+        format!("{}.applied", self.resources_prefix())
+    }
+
+    /// Reads every resource file (a linearizable read: what a quorum has).
     pub async fn load(&self) -> Result<Files, EtcdError> {
         let prefix = self.resources_prefix();
+        let marker = self.marker_key();
         let (revision, kvs) = self.etcd.get_prefix(prefix.as_bytes(), false).await?;
-        let files = kvs
-            .into_iter()
-            .filter_map(|kv| {
-                let name = kv.key.strip_prefix(prefix.as_bytes())?;
-                let name = String::from_utf8(name.to_vec()).ok()?;
-                Some((name, String::from_utf8_lossy(&kv.value).into_owned()))
-            })
-            .collect();
-        Ok(Files { revision, files })
+        let mut out = Files {
+            revision,
+            ..Files::default()
+        };
+        for kv in kvs {
+            out.changed = out.changed.max(kv.mod_revision);
+            if kv.key == marker.as_bytes() {
+                out.marker = kv.mod_revision;
+            }
+            let Some(name) = kv.key.strip_prefix(prefix.as_bytes()) else {
+                continue;
+            };
+            let Ok(name) = String::from_utf8(name.to_vec()) else {
+                continue;
+            };
+            if !hidden(&name) {
+                out.files
+                    .insert(name, String::from_utf8_lossy(&kv.value).into_owned());
+            }
+        }
+        Ok(out)
     }
 
     /// Compiles `files` as a directory of them would be compiled; errors name each file by its
@@ -154,6 +185,9 @@ impl EtcdResources {
                     continue;
                 };
                 let name = String::from_utf8_lossy(name).into_owned();
+                if hidden(&name) {
+                    continue;
+                }
                 match event.kind {
                     EventKind::Put => {
                         let text = String::from_utf8_lossy(&event.kv.value).into_owned();

@@ -152,6 +152,11 @@ struct Inner {
 }
 
 impl Etcd {
+    /// The members' URLs.
+    pub fn members(&self) -> &[String] {
+        &self.inner.members
+    }
+
     pub fn new(cfg: &EtcdConfig) -> Result<Self, EtcdError> {
         if cfg.members.is_empty() {
             return Err(EtcdError::Config("no member given".into()));

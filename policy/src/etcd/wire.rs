@@ -133,15 +133,17 @@ pub enum RequestOp {
 }
 
 /// A condition of a transaction: a key's `mod_revision` (0: the key does not exist), or the
-/// lease it is attached to.
+/// lease it is attached to; or the `mod_revision` of every key of a range.
 #[derive(Debug, Serialize)]
 pub struct Compare {
-    /// Always `EQUAL`.
+    /// `EQUAL` or `LESS`.
     pub result: &'static str,
     /// `MOD` or `LEASE`.
     pub target: &'static str,
     #[serde(with = "b64")]
     pub key: Vec<u8>,
+    #[serde(with = "b64", skip_serializing_if = "Vec::is_empty")]
+    pub range_end: Vec<u8>,
     #[serde(with = "int64", skip_serializing_if = "Option::is_none")]
     pub mod_revision: Option<i64>,
     #[serde(with = "int64", skip_serializing_if = "Option::is_none")]
@@ -155,7 +157,21 @@ impl Compare {
             result: "EQUAL",
             target: "MOD",
             key,
+            range_end: Vec::new(),
             mod_revision: Some(revision),
+            lease: None,
+        }
+    }
+
+    /// No key under `prefix` was modified after `revision` (etcd compares every key of the
+    /// range; an empty range holds).
+    pub fn prefix_unchanged_since(prefix: &[u8], revision: i64) -> Self {
+        Self {
+            result: "LESS",
+            target: "MOD",
+            key: prefix.to_vec(),
+            range_end: prefix_end(prefix),
+            mod_revision: Some(revision.saturating_add(1)),
             lease: None,
         }
     }
@@ -166,6 +182,7 @@ impl Compare {
             result: "EQUAL",
             target: "LEASE",
             key,
+            range_end: Vec::new(),
             mod_revision: None,
             lease: Some(lease),
         }

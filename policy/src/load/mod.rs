@@ -89,6 +89,8 @@ pub struct Config {
     /// Services with an `HTTPRoute`.
     pub routes: BTreeMap<Name, ServiceRoutes>,
     pub default_policy: DefaultPolicy,
+    /// The identities a `MeshConfig` names as operators.
+    pub operators: Vec<weft_identity::SpiffeId>,
     pub summary: Summary,
 }
 

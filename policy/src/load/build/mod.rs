@@ -216,10 +216,20 @@ impl<'a> Builder<'a> {
                 ));
             }
         }
-        if let Some((_, m)) = p.mesh.first()
-            && let Some(d) = m.spec.default_inbound_policy
-        {
+        let Some((o, m)) = p.mesh.first() else {
+            return;
+        };
+        if let Some(d) = m.spec.default_inbound_policy {
             self.config.default_policy = d;
+        }
+        for (i, op) in m.spec.operators.iter().enumerate() {
+            match weft_identity::SpiffeId::parse(op) {
+                Ok(id) => self.config.operators.push(id),
+                Err(e) => self.errors.push(o.error(
+                    format!("spec.operators[{i}]"),
+                    format!("`{op}` is not a SPIFFE ID (spiffe://<trust-domain>/ns/<namespace>/sa/<name>): {e}"),
+                )),
+            }
         }
     }
 
