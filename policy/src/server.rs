@@ -173,6 +173,7 @@ pub async fn serve(
             registry,
             ready: ready_rx,
             extra: Some(Arc::new(move |path: &str| match path {
+                "/ready" => store_unavailable_page(&status_store),
                 STATUS_PATH => Some(status_page(&status_store)),
                 WORKLOADS_PATH => Some(workloads_page(&status_store)),
                 _ => None,
@@ -337,6 +338,21 @@ fn workloads_page(store: &Store) -> serve::FullResponse {
         "application/json",
         serde_json::to_vec_pretty(&*state.workloads).unwrap_or_default(),
     )
+}
+
+/// `/ready` while the store (etcd) cannot be followed: 503, saying so. The replica goes on
+/// serving the last valid resources to proxies meanwhile.
+fn store_unavailable_page(store: &Store) -> Option<serve::FullResponse> {
+    let status = store.status();
+    let error = status.store_error?;
+    Some(serve::respond(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "text/plain",
+        format!(
+            "not ready: the store ({}) is unavailable: {error}; the last valid resources stay served to proxies, and changes (`weft apply`) are refused until it is back\n",
+            status.dir
+        ),
+    ))
 }
 
 fn status_page(store: &Store) -> serve::FullResponse {

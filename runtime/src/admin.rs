@@ -22,8 +22,11 @@ pub type ExtraPage = Arc<dyn Fn(&str) -> Option<FullResponse> + Send + Sync>;
 #[derive(Clone)]
 pub struct Admin {
     pub registry: Registry,
-    /// `/ready` answers 200 while this holds `true`, 503 otherwise.
+    /// `/ready` answers 200 while this holds `true` (and `extra` has nothing to say of it),
+    /// 503 otherwise.
     pub ready: watch::Receiver<bool>,
+    /// Pages of the component's own, asked first: one may answer `/ready` with why the
+    /// component is not ready.
     pub extra: Option<ExtraPage>,
 }
 
@@ -63,6 +66,9 @@ fn handle(admin: &Admin, method: &Method, path: &str) -> FullResponse {
     if method != Method::GET && method != Method::HEAD {
         return serve::respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
     }
+    if let Some(page) = admin.extra.as_ref().and_then(|extra| extra(path)) {
+        return page;
+    }
     match path {
         "/metrics" => serve::respond(StatusCode::OK, PROMETHEUS_TEXT, admin.registry.render()),
         "/live" => serve::respond(StatusCode::OK, "text/plain", "live\n"),
@@ -73,16 +79,10 @@ fn handle(admin: &Admin, method: &Method, path: &str) -> FullResponse {
                 serve::respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
             }
         }
-        other => admin
-            .extra
-            .as_ref()
-            .and_then(|extra| extra(other))
-            .unwrap_or_else(|| {
-                serve::respond(
-                    StatusCode::NOT_FOUND,
-                    "text/plain",
-                    "not found: the admin endpoint serves /metrics, /live and /ready\n",
-                )
-            }),
+        _ => serve::respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: the admin endpoint serves /metrics, /live and /ready\n",
+        ),
     }
 }

@@ -274,6 +274,7 @@ fn control_plane(args: &CheckArgs, clocks: &mut Vec<Clock>) -> (Group, Option<Ve
     );
     let mut workloads = None;
     if reachable_and_ready("control plane", addr, &start, &mut checks, clocks) {
+        checks.push(store_followed(addr));
         match stat::workloads(addr) {
             Err(e) => checks.push(Check::failure(
                 "control plane lists its workloads",
@@ -308,6 +309,30 @@ fn control_plane(args: &CheckArgs, clocks: &mut Vec<Clock>) -> (Group, Option<Ve
         },
         workloads,
     )
+}
+
+/// Whether the control plane follows its store (`/status`): a directory, or etcd.
+fn store_followed(addr: &str) -> Check {
+    let what = "control plane follows its store";
+    let status = crate::admin::get_ok(addr, weft_policy::server::STATUS_PATH)
+        .ok()
+        .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok());
+    let Some(config) = status.as_ref().map(|s| &s["config"]) else {
+        return Check::failure(
+            what,
+            format!("{addr}{} cannot be read", weft_policy::server::STATUS_PATH),
+            "is this a weft control plane's admin?",
+        );
+    };
+    let source = config["dir"].as_str().unwrap_or("?");
+    match config["store_error"].as_str() {
+        None => Check::ok(format!("{what} ({source})")),
+        Some(error) => Check::failure(
+            what,
+            format!("the store ({source}) is unavailable: {error}"),
+            "bring the store back (for etcd: its quorum, `etcdctl endpoint health --cluster`); meanwhile the proxies are served the last valid resources, and `weft apply` is refused",
+        ),
+    }
 }
 
 /// A proxy's name for people: the workloads it serves (`namespace/service`), or its address.

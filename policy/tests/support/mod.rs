@@ -18,6 +18,8 @@ use weft_policy::client::{ClientSettings, PolicyClient};
 use weft_policy::server::{Listeners, Settings};
 use weft_runtime::testing::http_get_async;
 
+pub mod replicas;
+
 pub const RESOURCES: &str = r#"
 kind: Service
 metadata: {name: api, namespace: default}
