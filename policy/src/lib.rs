@@ -19,6 +19,8 @@
 //!   (`api/query.rs`).
 //! - [`client`]: the proxy's side: watches as `tokio::sync::watch` receivers, registration
 //!   renewal, reconnection with jittered back-off.
+//! - [`stream`]: the discovery stream's messages (one stream per proxy, endpoints sent as
+//!   deltas), and computing and applying a delta.
 //! - [`wire`]: value types shared by YAML and JSON (durations, regexes, matches, events).
 //! - [`manage`]: changing the resources through the API (`weft apply`, `get`, `delete`):
 //!   validation of the whole new set, and the compare-and-swap write to either store.
@@ -51,4 +53,5 @@ pub mod routes;
 pub mod server;
 pub mod split;
 pub mod store;
+pub mod stream;
 pub mod wire;

@@ -25,6 +25,18 @@ pub struct Metrics {
     refused_watches: Counter,
     refused_requests: Counter,
     pub refused_registrations: Counter,
+    /// Open discovery streams (one per proxy).
+    pub streams: Gauge,
+    /// Bytes of events sent on discovery streams, by type.
+    pub stream_bytes: StreamBytes,
+}
+
+/// `weft_policy_discovery_bytes_total{type}`.
+#[derive(Clone, Debug)]
+pub struct StreamBytes {
+    pub snapshot: Counter,
+    pub delta: Counter,
+    pub other: Counter,
 }
 
 impl Metrics {
@@ -33,6 +45,7 @@ impl Metrics {
         const REGISTRATIONS: &str = "Workload registrations and renewals, by result.";
         const ACTIVE: &str = "Open watch streams, by kind.";
         const EVENTS: &str = "Snapshots sent on watch streams, by kind.";
+        const BYTES: &str = "Bytes of events sent on discovery streams, by type (snapshot: whole items; delta: endpoint changes; other: unchanged, refused, heartbeat).";
         const REFUSED: &str = "Requests answered 429 because their caller held its cap, by reason (too_many_watches: open watches; too_many_requests: requests in flight; too_many_registrations: live registrations).";
         let active =
             WATCH_KINDS.map(|k| r.gauge("weft_policy_watches_active", ACTIVE, &[("kind", k)]));
@@ -78,6 +91,16 @@ impl Metrics {
             refused_watches: r.counter("weft_policy_requests_refused_total", REFUSED, &[("reason", "too_many_watches")]),
             refused_requests: r.counter("weft_policy_requests_refused_total", REFUSED, &[("reason", "too_many_requests")]),
             refused_registrations: r.counter("weft_policy_requests_refused_total", REFUSED, &[("reason", "too_many_registrations")]),
+            streams: r.gauge(
+                "weft_policy_discovery_streams",
+                "Open discovery streams (one per connected proxy).",
+                &[],
+            ),
+            stream_bytes: StreamBytes {
+                snapshot: r.counter("weft_policy_discovery_bytes_total", BYTES, &[("type", "snapshot")]),
+                delta: r.counter("weft_policy_discovery_bytes_total", BYTES, &[("type", "delta")]),
+                other: r.counter("weft_policy_discovery_bytes_total", BYTES, &[("type", "other")]),
+            },
         }
     }
 

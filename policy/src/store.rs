@@ -30,13 +30,16 @@ use crate::registry::{
     APP_LABEL, AddressEndpoint, AddressInfo, Refusal, Registry, ServiceEndpoints, Upsert, Workload,
     selects,
 };
-use crate::wire::fnv1a;
 
+mod rendered;
 mod shared;
+
+pub use self::rendered::Rendered;
 use self::shared::Shared;
 
 /// What a client can watch.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Key {
     Endpoints {
         namespace: String,
@@ -69,15 +72,6 @@ impl Key {
     }
 }
 
-/// An item rendered for the wire.
-#[derive(Debug)]
-pub struct Rendered {
-    /// Hash of the item's JSON, hex.
-    pub version: String,
-    /// The `SNAPSHOT` event line, newline included.
-    pub line: Bytes,
-}
-
 /// One immutable version of everything served.
 #[derive(Debug)]
 pub struct State {
@@ -86,6 +80,8 @@ pub struct State {
     /// Live registrations, sorted by namespace and address.
     pub workloads: Arc<Vec<Workload>>,
     memo: Mutex<HashMap<Key, Arc<Rendered>>>,
+    /// The `DELTA` lines made in this state: (key, base version) → line.
+    deltas: Mutex<HashMap<(Key, String), Bytes>>,
 }
 
 impl State {
@@ -95,6 +91,7 @@ impl State {
             config,
             workloads,
             memo: Mutex::new(HashMap::new()),
+            deltas: Mutex::new(HashMap::new()),
         }
     }
 
@@ -182,7 +179,9 @@ impl State {
             Key::Endpoints { namespace, service } => {
                 let mut endpoints = self.endpoints(namespace, service);
                 endpoints.unknown = !exists;
-                self.rendered(&endpoints)
+                let mut r = self.rendered(&endpoints);
+                r.endpoints = Some(Arc::new(endpoints));
+                r
             }
             Key::Inbound { namespace, service } => {
                 self.rendered(&self.config.workload_policy(namespace, service))
@@ -229,26 +228,6 @@ impl State {
                         .values()
                         .any(|d| d.endpoints.iter().any(|e| e.address.ip() == *ip))
             }
-        }
-    }
-
-    fn rendered<T: Serialize>(&self, item: &T) -> Rendered {
-        let json = serde_json::to_vec(item).unwrap_or_else(|_| b"null".to_vec());
-        let version = format!("{:016x}", fnv1a(&json));
-        // The `Event::Snapshot` encoding, written directly so the item is serialized once.
-        let mut line = Vec::with_capacity(json.len() + 80);
-        line.extend_from_slice(
-            format!(
-                "{{\"type\":\"SNAPSHOT\",\"version\":\"{version}\",\"revision\":{},\"item\":",
-                self.revision
-            )
-            .as_bytes(),
-        );
-        line.extend_from_slice(&json);
-        line.extend_from_slice(b"}\n");
-        Rendered {
-            version,
-            line: Bytes::from(line),
         }
     }
 }

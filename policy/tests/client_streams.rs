@@ -1,7 +1,6 @@
-//! The client's streams on its one connection to the control plane (issue 16, hole 3): a
-//! watch's stream ends when its last receiver is dropped, watches past the stream budget wait
-//! their turn without holding up registrations, and one given up while waiting holds up no
-//! other.
+//! The client's one discovery stream (issue 18; issue 16, hole 3): an item is unsubscribed
+//! when its last receiver is dropped, subscriptions past the control plane's cap are asked
+//! for again later without holding up registrations, and one given up meanwhile is not.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -10,13 +9,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use support::*;
-use weft_policy::client::{MAX_WATCH_STREAMS, Watched};
+use weft_policy::client::Watched;
 use weft_policy::registry::{Registration, ServiceEndpoints};
 use weft_policy::server::Settings;
 use weft_runtime::testing::{eventually_some, metric_sum};
 
-/// The streams the control plane allows at once on one connection: its caps of watches and of
-/// requests per identity.
+/// More watches than the control plane takes from one caller.
 const SERVER_STREAMS: usize = 1_100;
 
 /// The watches of `ws` that got an answer.
@@ -42,27 +40,34 @@ async fn wait_active(cp: &ControlPlane, n: f64) {
     .await;
 }
 
+/// The control plane's default cap of watches per caller.
+const CAP: usize = weft_policy::api::DEFAULT_MAX_WATCHES_PER_IDENTITY;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watches_past_the_stream_budget_wait_their_turn_and_registrations_still_pass() {
+async fn subscriptions_past_the_cap_wait_their_turn_and_registrations_still_pass() {
     let (_dir, cp) = serve_resources(RESOURCES, |d| Settings::insecure(d)).await;
     let client = cp.client();
-    // As many watches as the connection allows streams: the budget's worth answer (in the
-    // order their tasks ask, not necessarily the order they were made).
+    // More watches than the control plane takes from one caller: the cap's worth answer, on
+    // one stream.
     let mut watches: Vec<_> = (0..SERVER_STREAMS)
         .map(|i| Some(client.watch_endpoints("default", &format!("svc-{i}"))))
         .collect();
     eventually_some(
         Duration::from_secs(10),
-        "the budget's worth of watches answered",
+        "the cap's worth of watches answered",
         || {
             let n = answered(&watches).len();
-            async move { (n >= MAX_WATCH_STREAMS).then_some(()) }
+            async move { (n >= CAP).then_some(()) }
         },
     )
     .await;
+    let (_, metrics) = cp.admin_get("/metrics").await;
+    assert_eq!(
+        metric_sum(&metrics, "weft_policy_discovery_streams", &[]),
+        1.0
+    );
 
-    // A registration still gets a stream at once (it used to wait behind the queued watches
-    // until its timeout, and the lease lapsed).
+    // A registration passes at once beside them.
     let registered = tokio::time::timeout(
         Duration::from_secs(2),
         client.register(&Registration {
@@ -76,14 +81,14 @@ async fn watches_past_the_stream_budget_wait_their_turn_and_registrations_still_
         }),
     )
     .await
-    .expect("a registration answers within 2 s with every watch stream in use");
+    .expect("a registration answers within 2 s with every watch place in use");
     assert!(registered.is_ok(), "{registered:?}");
-    wait_active(&cp, MAX_WATCH_STREAMS as f64).await;
+    wait_active(&cp, CAP as f64).await;
     let served = answered(&watches);
-    assert_eq!(served.len(), MAX_WATCH_STREAMS);
+    assert_eq!(served.len(), CAP);
 
-    // Watches given up while waiting leave the line: once a stream ends, the last one still
-    // waiting gets it.
+    // Refused ones are asked for again: once places are freed (watches dropped, so
+    // unsubscribed), the ones still wanted get them; those given up are not asked for.
     let waiting: Vec<usize> = (0..SERVER_STREAMS)
         .filter(|i| !served.contains(i))
         .collect();
@@ -93,13 +98,13 @@ async fn watches_past_the_stream_budget_wait_their_turn_and_registrations_still_
     }
     watches[served[0]] = None;
     let w = watches[last].as_mut().unwrap();
-    tokio::time::timeout(Duration::from_secs(2), w.wait_for(|v| v.is_some()))
+    tokio::time::timeout(Duration::from_secs(5), w.wait_for(|v| v.is_some()))
         .await
-        .expect("a freed stream goes to the watch still waiting")
+        .expect("a freed place goes to the watch still waiting")
         .unwrap();
-    wait_active(&cp, MAX_WATCH_STREAMS as f64).await;
+    wait_active(&cp, CAP as f64).await;
 
-    // A clone keeps the watch; dropping every receiver ends every stream.
+    // A clone keeps the watch; dropping every receiver unsubscribes every item.
     let clone = watches[served[1]].clone().unwrap();
     watches.clear();
     wait_active(&cp, 1.0).await;

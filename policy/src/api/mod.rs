@@ -45,8 +45,10 @@ use crate::manage::{Manage, RESOURCES_PATH};
 use crate::registry::{APP_LABEL, Refusal, Registered, Registration, Workload};
 use crate::resources::DEFAULT_NAMESPACE;
 use crate::store::{Key, Store};
+use crate::stream::DISCOVER_PATH;
 use crate::wire::Dur;
 
+mod discover;
 mod limits;
 mod query;
 mod resources;
@@ -191,8 +193,8 @@ impl Api {
         conn: Arc<ConnInfo>,
     ) -> Response<ApiBody>
     where
-        B: Body<Data = Bytes>,
-        B::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError> + Send,
     {
         match self.route(req, &conn).await {
             Ok(rsp) => rsp,
@@ -214,8 +216,8 @@ impl Api {
 
     async fn route<B>(&self, req: Request<B>, conn: &ConnInfo) -> Result<Response<ApiBody>, Failure>
     where
-        B: Body<Data = Bytes>,
-        B::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError> + Send,
     {
         let peer = self.peer(conn)?;
         let caller = match &peer {
@@ -227,6 +229,16 @@ impl Api {
         let query = Query::parse(req.uri().query().unwrap_or(""));
         if path == RESOURCES_PATH {
             return self.resources(req, &query, peer.as_ref()).await;
+        }
+        if path == DISCOVER_PATH {
+            if req.method() != Method::POST {
+                return Err(fail(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "/v1/discover takes POST: the request body is the stream of commands",
+                ));
+            }
+            return Ok(self.discover(req.into_body(), caller));
         }
         match (req.method(), path.as_str()) {
             (&Method::GET, ENDPOINTS_PATH | INBOUND_PATH | ROUTES_PATH | ADDRESS_PATH) => {

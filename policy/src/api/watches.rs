@@ -1,20 +1,17 @@
 //! The list+watch streams: a snapshot (or `UNCHANGED`), a new snapshot at every change of
 //! the item, `HEARTBEAT`s in between.
 
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
-use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 
 use super::{Api, ApiBody, NDJSON, Permit};
 use crate::store::{Key, Store};
+pub(super) use crate::stream::ChannelBody;
 use crate::wire::Event;
 
 impl Api {
@@ -114,14 +111,18 @@ async fn stream(
 
 /// Queues a line for the client; `false` when the client is gone or the server stops (a client
 /// that stopped reading must not hold up shutdown).
-async fn send(tx: &mpsc::Sender<Bytes>, line: Bytes, stop: &mut watch::Receiver<bool>) -> bool {
+pub(super) async fn send(
+    tx: &mpsc::Sender<Bytes>,
+    line: Bytes,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
     tokio::select! {
         sent = tx.send(line) => sent.is_ok(),
         _ = stopped(stop) => false,
     }
 }
 
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
@@ -129,21 +130,4 @@ fn event_line<T: serde::Serialize>(e: &Event<T>) -> Bytes {
     let mut v = serde_json::to_vec(e).unwrap_or_default();
     v.push(b'\n');
     Bytes::from(v)
-}
-
-/// A response body fed by a channel.
-struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
-    }
 }

@@ -3,19 +3,17 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::{ClientError, ClientTls};
+use super::{ClientError, ClientTls, ReqBody};
 
 /// A new HTTP/2 connection to the replica at `addr`.
 pub(super) async fn connect_to(
     addr: &str,
     tls: Option<&ClientTls>,
-) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+) -> Result<SendRequest<ReqBody>, ClientError> {
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|source| ClientError::Connect {

@@ -32,6 +32,12 @@ impl LineBuffer {
         self.buf.len() > MAX_LINE
     }
 
+    /// How many bytes are kept: after every complete line was taken, the length of the line
+    /// still arriving.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
     /// The next complete line, without its `\n`.
     pub fn next_line(&mut self) -> Option<Vec<u8>> {
         let Some(at) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') else {

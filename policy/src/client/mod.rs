@@ -1,21 +1,18 @@
 //! The proxy's side of the API: watched items as `tokio::sync::watch` receivers, and
 //! registration kept alive.
 //!
-//! One HTTP/2 connection per [`PolicyClient`] carries every watch as its own stream, which ends
-//! when the watch's last receiver is dropped. At most [`ClientSettings::max_watch_streams`]
-//! watches hold a stream at once, below the 200 concurrent streams the control plane allows on
-//! a connection: the others wait their turn in order (one dropped meanwhile leaves the line),
-//! and registrations always find a stream. When the control plane is away, each receiver keeps the last state it got, and its watch reconnects
-//! with jittered exponential back-off, resuming from the version it holds: if nothing changed
-//! meanwhile, the control plane says so and nothing is re-sent. Events are the
-//! [`crate::wire::Event`] lines of the API.
+//! One HTTP/2 connection per [`PolicyClient`] carries one discovery stream
+//! ([`crate::stream`]), on which every watched item is a subscription, unsubscribed when its
+//! last receiver is dropped (`discover.rs`), and the registrations. When the control plane is
+//! away, each receiver keeps the last state it got, and the stream reconnects with jittered
+//! exponential back-off, subscribing again with the version each item holds: what did not
+//! change meanwhile is not sent again. Endpoints arrive as deltas.
 //!
 //! The control plane may be several replicas (`a:8090,b:8090`): a client starts on one of them
 //! at random (so clients spread over the replicas), and when its connection is lost it
 //! connects again to that one if it can, else to the next, so its watches resume, and its
 //! registrations are renewed at once, on another replica within a connect attempt.
 
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,23 +21,24 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
-use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use weft_identity::SpiffeId;
 use weft_identity::client::Backoff;
 use weft_runtime::serve::ErrorBody;
 
 mod conn;
+mod discover;
 mod lines;
 mod resources;
 mod tls;
 
 pub use self::lines::{LineBuffer, decode_event};
 pub use self::tls::ClientTls;
-use crate::api::{ADDRESS_PATH, ENDPOINTS_PATH, INBOUND_PATH, REGISTER_PATH, ROUTES_PATH, encode};
+use crate::api::{REGISTER_PATH, encode};
 use crate::authz::WorkloadPolicy;
 use crate::registry::{AddressInfo, Registered, Registration, ServiceEndpoints};
 use crate::routes::ServiceRoutes;
+use crate::store::Key;
 
 /// Largest watch event accepted.
 pub const MAX_LINE: usize = 64 * 1024 * 1024;
@@ -93,16 +91,9 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     /// How long a request (not a watch) may take once connected.
     pub request_timeout: Duration,
-    /// A watch that receives nothing (not even a heartbeat) for this long is reconnected.
+    /// A stream that receives nothing (not even a heartbeat) for this long is reconnected.
     pub idle_timeout: Duration,
-    /// At most this many watches hold a stream at once; the others wait for one to end.
-    pub max_watch_streams: usize,
 }
-
-/// The default [`ClientSettings::max_watch_streams`]: the control plane's default cap of open
-/// watches per client identity (`--max-watches-per-identity`); its connections allow that many
-/// streams and its cap of requests in flight (1,100), so registrations always find a stream.
-pub const MAX_WATCH_STREAMS: usize = 1_000;
 
 impl ClientSettings {
     pub fn new(addr: impl Into<String>, tls: Option<ClientTls>) -> Self {
@@ -114,7 +105,6 @@ impl ClientSettings {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(35),
-            max_watch_streams: MAX_WATCH_STREAMS,
         }
     }
 }
@@ -129,14 +119,14 @@ pub struct PolicyClient {
 struct Inner {
     settings: ClientSettings,
     /// The shared connection and the certificate it presented.
-    conn: tokio::sync::Mutex<Option<(SendRequest<Full<Bytes>>, Presented)>>,
+    conn: tokio::sync::Mutex<Option<(SendRequest<ReqBody>, Presented)>>,
     /// The replicas' addresses (one, without replicas).
     addrs: Vec<String>,
     /// The replica connected to last: tried first.
     preferred: std::sync::atomic::AtomicUsize,
     connections: AtomicU64,
-    /// One permit per watch stream allowed at once.
-    watch_streams: tokio::sync::Semaphore,
+    /// Every watched item, on the discovery stream.
+    discovery: discover::Discovery,
     /// Signalled on every new connection after the first: the control plane may have
     /// restarted with an empty registry, so registrations are renewed at once.
     reconnected: tokio::sync::Notify,
@@ -147,6 +137,9 @@ struct Inner {
     /// minute, showed their memory creeping up).
     moved: watch::Sender<u64>,
 }
+
+/// The body of a request to the control plane: buffered, or the discovery stream's commands.
+pub(crate) type ReqBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
 /// A watched item: `None` until the first snapshot arrives, then always the last one
 /// received, also while the control plane is away.
@@ -167,7 +160,7 @@ impl PolicyClient {
         let first = fastrand::usize(..addrs.len());
         Self {
             inner: Arc::new(Inner {
-                watch_streams: tokio::sync::Semaphore::new(settings.max_watch_streams.max(1)),
+                discovery: discover::Discovery::new(),
                 preferred: std::sync::atomic::AtomicUsize::new(first),
                 addrs,
                 settings,
@@ -184,56 +177,43 @@ impl PolicyClient {
         self.inner.connections.load(Ordering::Relaxed)
     }
 
-    /// Follows the endpoints of a service. The watch runs until every receiver is dropped: its
-    /// stream ends then, also while it waits for one.
+    /// Follows the endpoints of a service, until every receiver is dropped.
     pub fn watch_endpoints(&self, namespace: &str, service: &str) -> Watched<ServiceEndpoints> {
-        self.watch(ENDPOINTS_PATH, namespace, service)
+        discover::watch(
+            &self.inner,
+            Key::Endpoints {
+                namespace: namespace.to_string(),
+                service: service.to_string(),
+            },
+        )
     }
 
     /// Follows the inbound policy of a service's workloads.
     pub fn watch_inbound(&self, namespace: &str, service: &str) -> Watched<WorkloadPolicy> {
-        self.watch(INBOUND_PATH, namespace, service)
+        discover::watch(
+            &self.inner,
+            Key::Inbound {
+                namespace: namespace.to_string(),
+                service: service.to_string(),
+            },
+        )
     }
 
     /// Follows the routes of a service.
     pub fn watch_routes(&self, namespace: &str, service: &str) -> Watched<ServiceRoutes> {
-        self.watch(ROUTES_PATH, namespace, service)
+        discover::watch(
+            &self.inner,
+            Key::Routes {
+                namespace: namespace.to_string(),
+                service: service.to_string(),
+            },
+        )
     }
 
     /// Follows what the mesh knows of an IP address: the workloads and static endpoints
     /// there, with their services (transparent interception's original destinations).
     pub fn watch_address(&self, ip: std::net::IpAddr) -> Watched<AddressInfo> {
-        self.watch_query(ADDRESS_PATH, format!("ip={}", encode(&ip.to_string())))
-    }
-
-    fn watch<T: DeserializeOwned + Send + Sync + 'static>(
-        &self,
-        path: &'static str,
-        namespace: &str,
-        service: &str,
-    ) -> Watched<T> {
-        let query = format!(
-            "namespace={}&service={}",
-            encode(namespace),
-            encode(service)
-        );
-        self.watch_query(path, query)
-    }
-
-    fn watch_query<T: DeserializeOwned + Send + Sync + 'static>(
-        &self,
-        path: &'static str,
-        query: String,
-    ) -> Watched<T> {
-        let (tx, rx) = watch::channel(None);
-        tokio::spawn(follow(
-            self.inner.clone(),
-            path,
-            query,
-            tx,
-            PhantomData::<T>,
-        ));
-        rx
+        discover::watch(&self.inner, Key::Address { ip })
     }
 
     /// Registers (or renews) once.
@@ -358,7 +338,7 @@ impl Inner {
     /// would refuse every registration (a proxy dropped out of discovery one certificate
     /// lifetime after it started). The watches on the old connection then move to the new
     /// one ([`Inner::moved`]).
-    async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+    async fn sender(&self) -> Result<SendRequest<ReqBody>, ClientError> {
         let mut guard = self.conn.lock().await;
         let cert = self.settings.tls.as_ref().and_then(ClientTls::current_cert);
         let mut renewed = false;
@@ -383,7 +363,7 @@ impl Inner {
     }
 
     /// A connection to the preferred replica, else to the next that takes one.
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+    async fn connect(&self) -> Result<SendRequest<ReqBody>, ClientError> {
         let first = self.preferred.load(Ordering::Relaxed);
         let mut failed = None;
         for n in 0..self.addrs.len() {
@@ -420,7 +400,7 @@ impl Inner {
             .method(method)
             .uri(self.uri(path))
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
+            .body(Full::new(body).boxed())
             .map_err(|e| ClientError::Decode(e.to_string()))?;
         let timeout = self.settings.request_timeout;
         let work = async {
@@ -432,124 +412,6 @@ impl Inner {
         tokio::time::timeout(timeout, work)
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
-    }
-}
-
-/// Runs one watch until its receivers are all dropped.
-async fn follow<T: DeserializeOwned>(
-    inner: Arc<Inner>,
-    path: &'static str,
-    query: String,
-    tx: watch::Sender<Option<Arc<T>>>,
-    _item: PhantomData<T>,
-) {
-    let s = &inner.settings;
-    let mut backoff = Backoff::new(s.min_backoff, s.max_backoff);
-    let mut version: Option<String> = None;
-    let mut failures = 0u32;
-    let mut moved = inner.moved.subscribe();
-    loop {
-        moved.borrow_and_update();
-        let result = tokio::select! {
-            r = follow_once(&inner, path, &query, &mut version, &tx, &mut backoff, &mut failures) => r,
-            // The certificate was renewed: to the new connection, at once, resuming.
-            _ = moved.changed() => continue,
-            _ = tx.closed() => return,
-        };
-        let e = match result {
-            Ok(()) => ClientError::Ended,
-            Err(e) => e,
-        };
-        failures += 1;
-        if failures == 1 {
-            tracing::warn!(%path, %query, error = %e, "control plane watch interrupted; keeping the last state and reconnecting");
-        } else {
-            tracing::debug!(%path, %query, error = %e, failures, "control plane watch still down");
-        }
-        let delay = backoff.next_delay();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = tx.closed() => return,
-        }
-    }
-}
-
-async fn follow_once<T: DeserializeOwned>(
-    inner: &Inner,
-    path: &str,
-    query: &str,
-    version: &mut Option<String>,
-    tx: &watch::Sender<Option<Arc<T>>>,
-    backoff: &mut Backoff,
-    failures: &mut u32,
-) -> Result<(), ClientError> {
-    // Held while the stream is open. Waiting for one is in order and leaves the line when the
-    // watch is dropped; past the connection's stream limit, hyper would queue the request
-    // behind every other and hold the line even for a request given up.
-    let _stream = match inner.watch_streams.try_acquire() {
-        Ok(p) => p,
-        Err(_) => {
-            tracing::debug!(%path, %query, "every watch stream is in use: waiting for one to end");
-            inner
-                .watch_streams
-                .acquire()
-                .await
-                .map_err(|_| ClientError::Ended)?
-        }
-    };
-    let mut sender = inner.sender().await?;
-    let mut pq = format!("{path}?{query}&watch=true");
-    if let Some(v) = version.as_deref() {
-        pq.push_str(&format!("&version={}", encode(v)));
-    }
-    let req = Request::builder()
-        .method(Method::GET)
-        .uri(inner.uri(&pq))
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| ClientError::Decode(e.to_string()))?;
-    let timeout = inner.settings.connect_timeout;
-    let rsp = tokio::time::timeout(timeout, sender.send_request(req))
-        .await
-        .map_err(|_| ClientError::Timeout(timeout))??;
-    let status = rsp.status();
-    let mut body = rsp.into_body();
-    if !status.is_success() {
-        let bytes = tokio::time::timeout(timeout, body.collect())
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))??
-            .to_bytes();
-        return Err(rejected(status, &bytes));
-    }
-    let idle = inner.settings.idle_timeout;
-    let mut lines = LineBuffer::default();
-    loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err(ClientError::Timeout(idle)),
-            Ok(None) => return Err(ClientError::Ended),
-            Ok(Some(f)) => f?,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        lines.push(data);
-        if lines.over_limit() {
-            return Err(ClientError::Decode(format!(
-                "{path}: an event is larger than {MAX_LINE} bytes"
-            )));
-        }
-        while let Some(line) = lines.next_line() {
-            let event = decode_event::<T>(&line)
-                .map_err(|e| ClientError::Decode(format!("{path}: {e}")))?;
-            if let Some((v, item)) = event {
-                *version = Some(v);
-                tx.send_replace(Some(Arc::new(item)));
-            }
-            if *failures > 0 {
-                tracing::info!(%path, %query, "control plane watch resumed");
-                *failures = 0;
-            }
-            backoff.reset();
-        }
     }
 }
 
