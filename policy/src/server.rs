@@ -26,6 +26,9 @@ pub const STATUS_PATH: &str = "/status";
 /// addresses: how `weft stat` and the dashboard find every proxy.
 pub const WORKLOADS_PATH: &str = "/workloads";
 
+/// How often a replica checks that etcd has its quorum.
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
 /// The listeners the control plane serves on.
 #[derive(Debug)]
 pub struct Listeners {
@@ -136,10 +139,11 @@ pub async fn serve(
     };
     let api_addr = listeners.api.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = listeners.admin.local_addr().map_err(|e| e.to_string())?;
+    let source = store.status().dir;
     tracing::info!(
         api = %api_addr,
         admin = %admin_addr,
-        dir = %settings.dir.display(),
+        store = %source,
         security = ?settings.security,
         default_policy = settings.default_policy.as_str(),
         "control plane ready"
@@ -260,6 +264,11 @@ fn follow(
             store.clone(),
             settings.default_policy,
             files,
+            wait_true(stop.clone()),
+        )),
+        tokio::spawn(res.clone().probe(
+            store.clone(),
+            STORE_PROBE_INTERVAL,
             wait_true(stop.clone()),
         )),
         tokio::spawn(

@@ -37,6 +37,8 @@ impl EtcdCluster {
     /// until the cluster has a leader.
     pub fn start(dir: &Path, size: usize) -> Result<Self, String> {
         let binary = find_etcd()?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let mut members = Vec::new();
         for i in 0..size {
             let name = format!("etcd-{i}");

@@ -203,6 +203,46 @@ impl EtcdResources {
         Ok(())
     }
 
+    /// Checks every `every` that etcd answers a linearizable read (which needs its quorum),
+    /// until `shutdown`: a watch stays open on a member that lost its quorum, silent, so only
+    /// asking tells. A failure marks the store unavailable (`/ready`, `/status`); the next
+    /// success clears it.
+    pub async fn probe(
+        self,
+        store: Arc<Store>,
+        every: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let key = self.marker_key();
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let read = tokio::select! {
+                _ = &mut shutdown => return,
+                r = self.etcd.get(key.as_bytes()) => r,
+            };
+            match read {
+                Ok(_) if failing => {
+                    tracing::info!("etcd answers again");
+                    failing = false;
+                    store.store_unavailable(None);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "etcd does not answer (no quorum, or no member reachable); the last valid resources stay served");
+                    }
+                    failing = true;
+                    store.store_unavailable(Some(e.to_string()));
+                }
+            }
+        }
+    }
+
     /// Compiles `files` and serves them if valid; else records the errors.
     fn serve(
         &self,
