@@ -16,7 +16,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -31,39 +30,6 @@ use weft_proxy::config as proxy_config;
 use weft_runtime::child::Child;
 use weft_runtime::etcd::EtcdCluster;
 use weft_runtime::testing::{http, metric_sum};
-
-/// An HTTP/1 app in a thread answering `hello from <name>`.
-fn app(name: &'static str) -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut byte = [0u8; 1];
-                loop {
-                    while !buf.ends_with(b"\r\n\r\n") {
-                        match conn.read(&mut byte) {
-                            Ok(1) => buf.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let body = format!("hello from {name}");
-                    let rsp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if conn.write_all(rsp.as_bytes()).is_err() {
-                        return;
-                    }
-                    buf.clear();
-                }
-            });
-        }
-    });
-    addr
-}
 
 /// Requests at a steady rate through a proxy, every answer kept.
 struct Traffic {

@@ -4,6 +4,7 @@
 //! HTTP/1 and metric sums come from `weft_runtime::testing`.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -317,4 +318,51 @@ pub fn spawn_proxy_as(ns: &Netns, uid: u32, env: &[(&str, String)], log: &Path) 
         env,
         log,
     )
+}
+
+/// A tiny HTTP/1 app in a thread: answers `hello from <name>: <request line>` (after 1.5 s
+/// for `/slow`, 80 ms for `/sleep80`; 503 for `/fail`).
+pub fn app(name: &'static str) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut byte = [0u8; 1];
+                loop {
+                    while !buf.ends_with(b"\r\n\r\n") {
+                        match conn.read(&mut byte) {
+                            Ok(1) => buf.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let line = head.lines().next().unwrap_or("").to_string();
+                    if line.contains(" /slow") {
+                        std::thread::sleep(Duration::from_millis(1500));
+                    }
+                    if line.contains(" /sleep80") {
+                        std::thread::sleep(Duration::from_millis(80));
+                    }
+                    let status = if line.contains(" /fail") {
+                        "503 Service Unavailable"
+                    } else {
+                        "200 OK"
+                    };
+                    let body = format!("hello from {name}: {line}");
+                    let rsp = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if conn.write_all(rsp.as_bytes()).is_err() {
+                        return;
+                    }
+                    buf.clear();
+                }
+            });
+        }
+    });
+    addr
 }
