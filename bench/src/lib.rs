@@ -62,6 +62,7 @@ pub mod peer;
 pub mod plot;
 pub mod procstat;
 pub mod report;
+pub mod scale;
 pub mod soak;
 pub mod stack;
 pub mod suite;

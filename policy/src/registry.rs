@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -52,8 +53,9 @@ pub struct ServiceEndpoints {
     /// Those of its ports declared opaque (`appProtocol: opaque`): no protocol detection.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub opaque_ports: Vec<u16>,
-    /// Sorted by address.
-    pub endpoints: Vec<Endpoint>,
+    /// Sorted by address. Each shared (`Arc`): a change to one endpoint of thousands makes a
+    /// new list of the same endpoints, which costs a pointer each, not a copy.
+    pub endpoints: Vec<Arc<Endpoint>>,
     /// The mesh knows no such service: no resource names it and no workload registered for
     /// it (as against a known service with no endpoints now). A proxy says so
     /// (`unknown_destination`) and keeps no metric series under the name.

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -72,6 +72,9 @@ impl Key {
     }
 }
 
+/// A line of the discovery stream (and what it carries), made once.
+type OnceLine = Arc<OnceLock<(Bytes, crate::stream::Sent)>>;
+
 /// One immutable version of everything served.
 #[derive(Debug)]
 pub struct State {
@@ -79,9 +82,13 @@ pub struct State {
     pub config: Arc<Config>,
     /// Live registrations, sorted by namespace and address.
     pub workloads: Arc<Vec<Workload>>,
-    memo: Mutex<HashMap<Key, Arc<Rendered>>>,
-    /// The `DELTA` lines made in this state: (key, base version) → line.
-    deltas: Mutex<HashMap<(Key, String), Bytes>>,
+    /// Each existing item, rendered once: the first to ask renders it while the others wait
+    /// for it (thousands of streams wake at a change, and an item of 5,000 endpoints takes
+    /// milliseconds to render: each rendering it was most of a change's delivery time).
+    memo: Mutex<HashMap<Key, Arc<OnceLock<Arc<Rendered>>>>>,
+    /// The `DELTA` lines made in this state: (key, base version) → line, made once (as
+    /// `memo`).
+    deltas: Mutex<HashMap<(Key, String), OnceLine>>,
 }
 
 impl State {
@@ -108,7 +115,7 @@ impl State {
             self.workloads
                 .iter()
                 .filter(|w| w.namespace == namespace && selects(&selector, &w.labels))
-                .map(Workload::endpoint),
+                .map(|w| Arc::new(w.endpoint())),
         );
         endpoints.sort_by_key(|e| e.address);
         endpoints.dedup_by_key(|e| e.address);
@@ -136,7 +143,7 @@ impl State {
                     .map(|e| AddressEndpoint {
                         namespace: namespace.clone(),
                         service: service.clone(),
-                        endpoint: e.clone(),
+                        endpoint: (**e).clone(),
                         opaque_ports: def.opaque_ports.clone(),
                     })
             })
@@ -171,11 +178,30 @@ impl State {
     /// it or a workload registered it), for every request otherwise, so a client asking for
     /// names that do not exist leaves nothing behind.
     pub fn render(&self, key: &Key) -> Arc<Rendered> {
-        if let Some(r) = self.memo.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
-            return r.clone();
+        let memoized = self
+            .memo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned();
+        if let Some(cell) = memoized {
+            return cell.get_or_init(|| self.render_now(key, true)).clone();
         }
-        let exists = self.exists(key);
-        let rendered = Arc::new(match key {
+        if !self.exists(key) {
+            return self.render_now(key, false);
+        }
+        let cell = self
+            .memo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        cell.get_or_init(|| self.render_now(key, true)).clone()
+    }
+
+    fn render_now(&self, key: &Key, exists: bool) -> Arc<Rendered> {
+        Arc::new(match key {
             Key::Endpoints { namespace, service } => {
                 let mut endpoints = self.endpoints(namespace, service);
                 endpoints.unknown = !exists;
@@ -190,16 +216,7 @@ impl State {
                 self.rendered(&self.config.service_routes(namespace, service))
             }
             Key::Address { ip } => self.rendered(&self.address(*ip)),
-        });
-        if !exists {
-            return rendered;
-        }
-        self.memo
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key.clone())
-            .or_insert(rendered)
-            .clone()
+        })
     }
 
     /// Whether what `key` names exists in this state: a service some resource names or some

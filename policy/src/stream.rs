@@ -8,9 +8,11 @@
 //! - `DELTA` (endpoints only): what changed since `base`, the version the proxy holds: the
 //!   endpoints added or changed (`upsert`), the addresses removed (`remove`), and the
 //!   service's small fields (`ports`, `opaque_ports`, `unknown`) as they are now. A change to
-//!   one of a service's thousands of endpoints sends one endpoint. The proxy applies it, and
-//!   checks that what it holds now hashes to `version`; otherwise it subscribes again
-//!   without a version and gets a snapshot;
+//!   one of a service's thousands of endpoints sends one endpoint. The proxy applies it to
+//!   the version it holds (`base` must be that version), and checks the count of endpoints it
+//!   ends with (`count`); otherwise it subscribes again without a version and gets a
+//!   snapshot. (Hashing the whole result to check `version` would cost each proxy the
+//!   serialization of every endpoint per change);
 //! - `REFUSED`: the subscription is not taken (`error`, `message`: e.g. too many);
 //! - `HEARTBEAT` while nothing changes.
 //!
@@ -20,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -79,14 +82,16 @@ pub struct EndpointsDelta {
     /// Addresses no longer endpoints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove: Vec<SocketAddr>,
+    /// How many endpoints there are after the change (a check of the result).
+    pub count: usize,
 }
 
 /// What changed from `old` to `new`.
 pub fn diff(old: &ServiceEndpoints, new: &ServiceEndpoints) -> EndpointsDelta {
     let before: BTreeMap<SocketAddr, &Endpoint> =
-        old.endpoints.iter().map(|e| (e.address, e)).collect();
+        old.endpoints.iter().map(|e| (e.address, &**e)).collect();
     let after: BTreeMap<SocketAddr, &Endpoint> =
-        new.endpoints.iter().map(|e| (e.address, e)).collect();
+        new.endpoints.iter().map(|e| (e.address, &**e)).collect();
     EndpointsDelta {
         ports: new.ports.clone(),
         opaque_ports: new.opaque_ports.clone(),
@@ -94,8 +99,8 @@ pub fn diff(old: &ServiceEndpoints, new: &ServiceEndpoints) -> EndpointsDelta {
         upsert: new
             .endpoints
             .iter()
-            .filter(|e| before.get(&e.address) != Some(e))
-            .cloned()
+            .filter(|e| before.get(&e.address) != Some(&&***e))
+            .map(|e| (**e).clone())
             .collect(),
         remove: old
             .endpoints
@@ -103,29 +108,38 @@ pub fn diff(old: &ServiceEndpoints, new: &ServiceEndpoints) -> EndpointsDelta {
             .map(|e| e.address)
             .filter(|a| !after.contains_key(a))
             .collect(),
+        count: new.endpoints.len(),
     }
 }
 
 /// `old` with `delta` applied: endpoints stay sorted by address, as the control plane sorts
-/// them, so the result hashes as the control plane's own.
+/// them, so the result is the control plane's own. One pass over `old` (both lists are sorted
+/// by address), each unchanged endpoint shared, not copied.
 pub fn apply(old: &ServiceEndpoints, delta: EndpointsDelta) -> ServiceEndpoints {
-    let mut by_address: BTreeMap<SocketAddr, Endpoint> = old
+    let removed: std::collections::BTreeSet<SocketAddr> = delta.remove.into_iter().collect();
+    let mut upsert = delta.upsert;
+    upsert.sort_by_key(|e| e.address);
+    let replaced: std::collections::BTreeSet<SocketAddr> =
+        upsert.iter().map(|e| e.address).collect();
+    let mut endpoints = Vec::with_capacity(old.endpoints.len() + upsert.len());
+    let mut new = upsert.into_iter().peekable();
+    for e in old
         .endpoints
         .iter()
-        .map(|e| (e.address, e.clone()))
-        .collect();
-    for a in &delta.remove {
-        by_address.remove(a);
+        .filter(|e| !removed.contains(&e.address) && !replaced.contains(&e.address))
+    {
+        while let Some(n) = new.next_if(|n| n.address < e.address) {
+            endpoints.push(Arc::new(n));
+        }
+        endpoints.push(e.clone());
     }
-    for e in delta.upsert {
-        by_address.insert(e.address, e);
-    }
+    endpoints.extend(new.map(Arc::new));
     ServiceEndpoints {
         namespace: old.namespace.clone(),
         service: old.service.clone(),
         ports: delta.ports,
         opaque_ports: delta.opaque_ports,
-        endpoints: by_address.into_values().collect(),
+        endpoints,
         unknown: delta.unknown,
     }
 }
@@ -198,7 +212,7 @@ mod tests {
             service: "api".into(),
             ports: vec![8080],
             opaque_ports: vec![],
-            endpoints,
+            endpoints: endpoints.into_iter().map(Arc::new).collect(),
             unknown: false,
         }
     }
@@ -207,7 +221,7 @@ mod tests {
     fn one_changed_endpoint_of_thousands_is_one_endpoint_in_the_delta() {
         let old = service((1..=5000).map(|p| ep(p, "v1")).collect());
         let mut new = old.clone();
-        new.endpoints[2000] = ep(2001, "v2");
+        new.endpoints[2000] = Arc::new(ep(2001, "v2"));
         new.endpoints.remove(10);
         let delta = diff(&old, &new);
         assert_eq!(delta.upsert, vec![ep(2001, "v2")]);

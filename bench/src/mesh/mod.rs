@@ -31,7 +31,7 @@ use crate::report::{MeshReport, ProxyFootprint, Scenario};
 
 mod proxies;
 mod scenarios;
-mod start;
+pub(crate) mod start;
 
 pub(crate) use proxies::{proxy_cpu, sample_cpu};
 pub(crate) use scenarios::{Harness, settings};

@@ -9,7 +9,8 @@
 //!   replica it was on if it can, else the next), subscribes again to every entry with the
 //!   version it holds, so whatever did not change meanwhile is answered `UNCHANGED`, and then
 //!   passes on new subscriptions and applies what arrives: snapshots, and endpoint deltas
-//!   (checked against the version they lead to; a mismatch asks for a snapshot).
+//!   (applied only to the version they start from, and checked by the count of endpoints
+//!   they lead to; a mismatch asks for a snapshot).
 //! - A subscription the control plane refuses (the caller holds its cap of watches) is asked
 //!   for again after a back-off, while it is still wanted.
 
@@ -28,7 +29,7 @@ use crate::authz::WorkloadPolicy;
 use crate::registry::{AddressInfo, ServiceEndpoints};
 use crate::routes::ServiceRoutes;
 use crate::store::Key;
-use crate::stream::{ChannelBody, Command, DISCOVER_PATH, EndpointsDelta, Incoming, version_of};
+use crate::stream::{ChannelBody, Command, DISCOVER_PATH, EndpointsDelta, Incoming};
 
 pub(super) type Sender<T> = Arc<watch::Sender<Option<Arc<T>>>>;
 
@@ -338,8 +339,9 @@ fn take(inner: &Arc<Inner>, line: &[u8]) -> Result<Option<Key>, ClientError> {
             let current = tx.borrow().clone();
             let applied = match current {
                 Some(old) if event.base.is_some() && event.base == entry.version => {
+                    let count = delta.count;
                     let new = crate::stream::apply(&old, delta);
-                    (Some(version_of(&new)) == event.version).then_some(new)
+                    (new.endpoints.len() == count).then_some(new)
                 }
                 _ => None,
             };

@@ -77,7 +77,7 @@ pub struct ServiceDef {
     /// The ports whose `appProtocol` is `opaque` (or `tcp`).
     pub opaque_ports: Vec<u16>,
     pub selector: BTreeMap<String, String>,
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<std::sync::Arc<Endpoint>>,
 }
 
 /// What a valid directory defines, compiled for serving.

@@ -91,34 +91,37 @@ impl State {
             return (to.keyed_line(key), Sent::Snapshot);
         };
         let memo_key = (key.clone(), from.version.clone());
-        if let Some(line) = self
-            .deltas
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&memo_key)
-        {
-            return (line.clone(), Sent::Delta);
+        let cell = {
+            let mut deltas = self.deltas.lock().unwrap_or_else(|e| e.into_inner());
+            match deltas.get(&memo_key) {
+                Some(cell) => Some(cell.clone()),
+                None if deltas.len() < MAX_DELTAS => {
+                    Some(deltas.entry(memo_key).or_default().clone())
+                }
+                None => None,
+            }
+        };
+        let make = || {
+            let delta = crate::stream::diff(old, new);
+            let line = serde_json::json!({
+                "type": "DELTA",
+                "key": key,
+                "base": from.version,
+                "version": to.version,
+                "revision": to.revision,
+                "delta": delta,
+            });
+            let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+            bytes.push(b'\n');
+            // A delta larger than the snapshot is not worth it.
+            if bytes.len() >= to.json.len() {
+                return (to.keyed_line(key), Sent::Snapshot);
+            }
+            (Bytes::from(bytes), Sent::Delta)
+        };
+        match cell {
+            Some(cell) => cell.get_or_init(make).clone(),
+            None => make(),
         }
-        let delta = crate::stream::diff(old, new);
-        let line = serde_json::json!({
-            "type": "DELTA",
-            "key": key,
-            "base": from.version,
-            "version": to.version,
-            "revision": to.revision,
-            "delta": delta,
-        });
-        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-        bytes.push(b'\n');
-        let bytes = Bytes::from(bytes);
-        // A delta larger than the snapshot is not worth it.
-        if bytes.len() >= to.json.len() {
-            return (to.keyed_line(key), Sent::Snapshot);
-        }
-        let mut deltas = self.deltas.lock().unwrap_or_else(|e| e.into_inner());
-        if deltas.len() < MAX_DELTAS {
-            deltas.insert(memo_key, bytes.clone());
-        }
-        (bytes, Sent::Delta)
     }
 }

@@ -22,11 +22,13 @@ impl Table {
     fn set(&self, service: &str, addrs: &[&str]) {
         let endpoints = addrs
             .iter()
-            .map(|a| Endpoint {
-                address: a.parse().unwrap(),
-                identity: None,
-                labels: BTreeMap::new(),
-                source: EndpointSource::Static,
+            .map(|a| {
+                std::sync::Arc::new(Endpoint {
+                    address: a.parse().unwrap(),
+                    identity: None,
+                    labels: BTreeMap::new(),
+                    source: EndpointSource::Static,
+                })
             })
             .collect();
         self.0

@@ -398,7 +398,7 @@ impl Meshed {
                 service: found.service.clone(),
                 ports: Vec::new(),
                 opaque_ports: Vec::new(),
-                endpoints: vec![found.endpoint.clone()],
+                endpoints: vec![std::sync::Arc::new(found.endpoint.clone())],
                 unknown: false,
             }),
         })

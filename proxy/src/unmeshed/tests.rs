@@ -95,11 +95,13 @@ impl Resolve for Table {
             .cloned()
             .unwrap_or_default()
             .into_iter()
-            .map(|address| Endpoint {
-                address,
-                identity: None,
-                labels: Default::default(),
-                source: EndpointSource::Static,
+            .map(|address| {
+                Arc::new(Endpoint {
+                    address,
+                    identity: None,
+                    labels: Default::default(),
+                    source: EndpointSource::Static,
+                })
             })
             .collect();
         watch::channel(Some(Arc::new(ServiceEndpoints {

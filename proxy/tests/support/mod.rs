@@ -94,11 +94,13 @@ impl StaticResolver {
             unknown: false,
             endpoints: endpoints
                 .into_iter()
-                .map(|(address, identity)| Endpoint {
-                    address,
-                    identity,
-                    labels: Default::default(),
-                    source: EndpointSource::Registered,
+                .map(|(address, identity)| {
+                    std::sync::Arc::new(Endpoint {
+                        address,
+                        identity,
+                        labels: Default::default(),
+                        source: EndpointSource::Registered,
+                    })
                 })
                 .collect(),
         };

@@ -141,15 +141,17 @@ impl<'a> Builder<'a> {
             Some(s) => s.clone(),
             None => [(APP_LABEL.to_string(), d.metadata.name.clone())].into(),
         };
-        let mut endpoints: Vec<Endpoint> = d
+        let mut endpoints: Vec<std::sync::Arc<Endpoint>> = d
             .spec
             .endpoints
             .iter()
-            .map(|e| Endpoint {
-                address: e.address,
-                identity: e.identity.clone(),
-                labels: e.labels.clone(),
-                source: EndpointSource::Static,
+            .map(|e| {
+                std::sync::Arc::new(Endpoint {
+                    address: e.address,
+                    identity: e.identity.clone(),
+                    labels: e.labels.clone(),
+                    source: EndpointSource::Static,
+                })
             })
             .collect();
         endpoints.sort_by_key(|e| e.address);
