@@ -40,6 +40,12 @@ soak *FLAGS:
     cargo build --release -p weft -p weft-proxy -p weft-bench
     cargo run --release -p weft-bench -- soak --out-dir bench/results {{FLAGS}}
 
+# The control plane at scale (release builds, needs etcd): 10,000 simulated proxies on two
+# replicas over a three-member etcd; writes bench/results/scale-<date>.json.
+bench-scale *FLAGS:
+    cargo build --release -p weft -p weft-bench
+    cargo run --release -p weft-bench -- scale --json bench/results/scale-$(date +%F).json {{FLAGS}}
+
 # The main job: a local mesh.
 demo:
     cargo run --release -p weft -- demo
