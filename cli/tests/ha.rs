@@ -439,6 +439,17 @@ fn nothing_fails_while_parts_of_the_control_plane_die() {
                 .is_some_and(|r| r.0 == 503 && r.1.contains("the store (etcd"))
         },
     );
+    // `weft check` says so, and what to do.
+    let check = Command::new(WEFT)
+        .args(["check", "--policy-admin", &admin.to_string()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(!check.status.success());
+    assert!(
+        said.contains("control plane follows its store") && said.contains("etcd"),
+        "{said}"
+    );
     traffic.assert_none_failed("etcd without quorum");
     // It comes back: the change applied afterwards arrives.
     mesh.etcd.restart(1).unwrap();
