@@ -89,7 +89,8 @@ async fn issue(args: &IssueArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn write(path: &Path, contents: &str, mode: u32) -> Result<(), String> {
+/// Writes `contents` to `path` with permissions `mode` (0600 for a key).
+pub(crate) fn write(path: &Path, contents: &str, mode: u32) -> Result<(), String> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -62,6 +62,18 @@ pub struct DemoArgs {
     /// Lifetime of workload certificates.
     #[arg(long, default_value = "1h", value_parser = weft_runtime::config::parse_duration)]
     pub leaf_lifetime: Duration,
+    /// Where the control plane keeps the resources and registrations: `dir` (one control
+    /// plane, the resources directory) or `etcd` (a three-member etcd cluster on loopback, two
+    /// control-plane replicas over it: kill one and watch nothing happen; needs `etcd`).
+    #[arg(long, value_enum, default_value = "dir")]
+    pub store: DemoStore,
+}
+
+/// The demo's store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoStore {
+    Dir,
+    Etcd,
 }
 
 /// A demo workload: an app and its sidecar.
@@ -164,6 +176,8 @@ struct SidecarAddrs {
 struct Files {
     /// One token per account, in a file named after it.
     tokens: PathBuf,
+    /// The bootstrap operator's certificate (`weft apply --cert-dir`).
+    operator: PathBuf,
     resources: PathBuf,
     /// The resources were there already (the user's, kept) rather than written now.
     kept: bool,
@@ -172,6 +186,10 @@ struct Files {
 /// The running mesh: what the table, the hints and the load generator need.
 struct Mesh {
     policy_admin: SocketAddr,
+    /// Every control-plane replica's API, comma-separated (`WEFT_POLICY_ADDR`).
+    policy_addrs: String,
+    /// The etcd cluster, with `--store etcd` (stopped when dropped).
+    etcd: Option<weft_runtime::etcd::EtcdCluster>,
     dashboard: SocketAddr,
     sidecars: Vec<(&'static Workload, SidecarAddrs)>,
 }
@@ -223,9 +241,9 @@ async fn start_and_run(
     fleet: &mut Fleet,
 ) -> Result<(), String> {
     let files = write_files(dir, args.leaf_lifetime)?;
-    print::directories(dir, temporary, &files);
+    print::directories(dir, temporary, &files, args.store == DemoStore::Etcd);
     let mesh = start_mesh(args, dir, &files, fleet).await?;
-    print::running(fleet, &mesh, args.rate, args.duration);
+    print::running(fleet, &mesh, &files, args.rate, args.duration);
 
     let loadgen = mesh
         .sidecar("loadgen")
@@ -250,6 +268,8 @@ fn write_files(dir: &Path, leaf_lifetime: Duration) -> Result<Files, String> {
     let trust_domain = authority.trust_domain().to_string();
     let tokens = dir.join("tokens");
     mint_tokens(&authority, &tokens)?;
+    let operator = dir.join("operator");
+    operator_cert(&authority, &operator)?;
     let resources = dir.join("resources");
     let kept = resources.exists();
     if !kept {
@@ -257,6 +277,7 @@ fn write_files(dir: &Path, leaf_lifetime: Duration) -> Result<Files, String> {
     }
     Ok(Files {
         tokens,
+        operator,
         resources,
         kept,
     })
@@ -266,7 +287,13 @@ fn write_files(dir: &Path, leaf_lifetime: Duration) -> Result<Files, String> {
 fn mint_tokens(authority: &Authority, tokens: &Path) -> Result<(), String> {
     std::fs::create_dir_all(tokens)
         .map_err(|e| format!("cannot create {}: {e}", tokens.display()))?;
-    let mut accounts: Vec<(&str, &str)> = vec![("weft", "policy")];
+    let mut accounts: Vec<(&str, &str)> = vec![
+        ("weft", "policy"),
+        (
+            weft_policy::manage::OPERATOR_NAMESPACE,
+            weft_policy::manage::OPERATOR_WORKLOAD,
+        ),
+    ];
     for w in WORKLOADS {
         if !accounts.contains(&("default", w.account)) {
             accounts.push(("default", w.account));
@@ -286,6 +313,39 @@ fn mint_tokens(authority: &Authority, tokens: &Path) -> Result<(), String> {
         let path = tokens.join(account);
         std::fs::write(&path, token)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The bootstrap operator's certificate, straight from the CA, as `weft cert issue` writes
+/// it: what `weft apply --cert-dir` reads.
+fn operator_cert(authority: &Authority, out: &Path) -> Result<(), String> {
+    use weft_identity::tls::der_to_pem;
+    let id = authority
+        .trust_domain()
+        .workload(
+            weft_policy::manage::OPERATOR_NAMESPACE,
+            weft_policy::manage::OPERATOR_WORKLOAD,
+        )
+        .map_err(|e| e.to_string())?;
+    let (key, csr) = weft_identity::client::generate_csr(&id).map_err(|e| e.to_string())?;
+    let checked = weft_identity::csr::check(csr.as_bytes(), &id).map_err(|e| e.to_string())?;
+    let issued = authority.issue(&checked, &id)?;
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let pem = |certs: &[rustls::pki_types::CertificateDer<'static>]| -> String {
+        certs.iter().map(|c| der_to_pem("CERTIFICATE", c)).collect()
+    };
+    for (name, text, mode) in [
+        (
+            "key.pem",
+            der_to_pem("PRIVATE KEY", &key.serialize_der()),
+            0o600,
+        ),
+        ("cert.pem", pem(&issued.chain[..1]), 0o644),
+        ("chain.pem", pem(&issued.chain[1..]), 0o644),
+        ("bundle.pem", authority.bundle().to_pem(), 0o644),
+    ] {
+        crate::cert::write(&out.join(name), &text, mode)?;
     }
     Ok(())
 }
@@ -317,7 +377,7 @@ async fn start_mesh(
     let (id_api, _) = start_component(
         fleet,
         &mut ports,
-        "identity",
+        ("identity", "identity"),
         2,
         &[
             exe_arg("--data-dir"),
@@ -329,27 +389,55 @@ async fn start_mesh(
         deadline,
     )
     .await?;
-    let (pol_api, pol_admin) = start_component(
-        fleet,
-        &mut ports,
-        "policy",
-        1,
-        &[exe_arg("--dir"), files.resources.display().to_string()],
-        &[
-            (
-                weft_identity::config::ENV_TOKEN_FILE,
-                files.tokens.join("policy").display().to_string(),
-            ),
-            (weft_identity::config::ENV_IDENTITY_ADDR, addr(id_api)),
-        ],
-        deadline,
-    )
-    .await?;
+    let env = [
+        (
+            weft_identity::config::ENV_TOKEN_FILE,
+            files.tokens.join("policy").display().to_string(),
+        ),
+        (weft_identity::config::ENV_IDENTITY_ADDR, addr(id_api)),
+    ];
+    let (pol_api, pol_admin, etcd) = match args.store {
+        DemoStore::Dir => {
+            let dir_args = [exe_arg("--dir"), files.resources.display().to_string()];
+            let (api, admin) = start_component(
+                fleet,
+                &mut ports,
+                ("policy", "policy"),
+                1,
+                &dir_args,
+                &env,
+                deadline,
+            )
+            .await?;
+            (addr(api), admin, None)
+        }
+        DemoStore::Etcd => {
+            let etcd = start_etcd(dir, &files.resources).await?;
+            let store_args = [exe_arg("--store"), etcd.store_url()];
+            let mut apis = Vec::new();
+            let mut admins = Vec::new();
+            for name in ["policy-a", "policy-b"] {
+                let (api, admin) = start_component(
+                    fleet,
+                    &mut ports,
+                    ("policy", name),
+                    1,
+                    &store_args,
+                    &env,
+                    deadline,
+                )
+                .await?;
+                apis.push(addr(api));
+                admins.push(admin);
+            }
+            (apis.join(","), admins[0], Some(etcd))
+        }
+    };
 
     // 3. The workloads: apps and sidecars, all at once.
     let mut sidecars = Vec::new();
     for w in WORKLOADS {
-        let a = start_workload(fleet, &mut ports, w, &files.tokens, id_api, pol_api)?;
+        let a = start_workload(fleet, &mut ports, w, &files.tokens, id_api, &pol_api)?;
         sidecars.push((w, a));
     }
     for (w, a) in &sidecars {
@@ -374,6 +462,8 @@ async fn start_mesh(
     .await?;
     Ok(Mesh {
         policy_admin: pol_admin,
+        policy_addrs: pol_api,
+        etcd,
         dashboard: dash,
         sidecars,
     })
@@ -386,7 +476,7 @@ fn start_workload(
     w: &Workload,
     tokens: &Path,
     id_api: SocketAddr,
-    pol_api: SocketAddr,
+    pol_api: &str,
 ) -> Result<SidecarAddrs, String> {
     let a = SidecarAddrs {
         app: match w.app {
@@ -448,7 +538,7 @@ fn spawn_sidecar(
     a: &SidecarAddrs,
     tokens: &Path,
     id_api: SocketAddr,
-    pol_api: SocketAddr,
+    pol_api: &str,
 ) -> Result<(), String> {
     let mut env = vec![
         (
@@ -456,7 +546,7 @@ fn spawn_sidecar(
             tokens.join(w.account).display().to_string(),
         ),
         (weft_identity::config::ENV_IDENTITY_ADDR, addr(id_api)),
-        (weft_proxy::config::ENV_POLICY_ADDR, addr(pol_api)),
+        (weft_proxy::config::ENV_POLICY_ADDR, pol_api.to_string()),
         (weft_proxy::config::ENV_INBOUND, addr(a.inbound)),
         (weft_proxy::config::ENV_OUTBOUND, addr(a.outbound)),
         (weft_proxy::config::ENV_ADMIN, addr(a.admin)),
@@ -490,6 +580,44 @@ fn spawn_sidecar(
 
 /// `weft dashboard` on `listen` or a new port, reading the control plane's list of proxies;
 /// waits until it is ready.
+/// A three-member etcd cluster on loopback under `dir/etcd` (new at every run: its members'
+/// ports are), holding the resource files of `resources`.
+async fn start_etcd(
+    dir: &Path,
+    resources: &Path,
+) -> Result<weft_runtime::etcd::EtcdCluster, String> {
+    let data = dir.join("etcd");
+    let _ = std::fs::remove_dir_all(&data);
+    let cluster =
+        tokio::task::spawn_blocking(move || weft_runtime::etcd::EtcdCluster::start(&data, 3))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("weft demo --store etcd: {e}"))?;
+    let client = weft_policy::etcd::Etcd::new(&weft_policy::etcd::EtcdConfig {
+        members: weft_policy::etcd::EtcdConfig::members(&cluster.store_url())?,
+        tls: None,
+        timeout: Duration::from_secs(10),
+    })
+    .map_err(|e| e.to_string())?;
+    let files = weft_policy::load::read_sources(resources).map_err(|e| e.to_string())?;
+    for (path, text) in files {
+        let name = path
+            .strip_prefix(resources)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        client
+            .put(
+                format!("/weft/resources/{name}").as_bytes(),
+                text.as_bytes(),
+                0,
+            )
+            .await
+            .map_err(|e| format!("cannot write {name} into etcd: {e}"))?;
+    }
+    Ok(cluster)
+}
+
 async fn start_dashboard(
     fleet: &mut Fleet,
     ports: &mut Ports,
@@ -519,13 +647,13 @@ async fn start_dashboard(
     Ok(dash)
 }
 
-/// Starts `weft <name> --listen A --admin-listen B <args>` on two new ports and waits until it
-/// is ready; returns both addresses.
+/// Starts `weft <command> --listen A --admin-listen B <args>` (named `name`) on two new ports
+/// and waits until it is ready; returns both addresses.
 #[allow(clippy::too_many_arguments)]
 async fn start_component(
     fleet: &mut Fleet,
     ports: &mut Ports,
-    name: &'static str,
+    (command, name): (&'static str, &'static str),
     tier: u8,
     args: &[String],
     env: &[(&str, String)],
@@ -534,7 +662,7 @@ async fn start_component(
     let api = ports.take(&format!("the {name} service"))?;
     let admin = ports.take(&format!("the {name} admin endpoint"))?;
     let mut argv = vec![
-        name.to_string(),
+        command.to_string(),
         "--listen".into(),
         api.to_string(),
         "--admin-listen".into(),
@@ -543,7 +671,7 @@ async fn start_component(
     argv.extend_from_slice(args);
     fleet.spawn(
         name,
-        name,
+        command,
         tier,
         format!("api={api} admin={admin}"),
         &argv,

@@ -8,7 +8,7 @@ use super::children::Fleet;
 use super::{Files, Mesh, resources};
 
 /// Where the demo keeps its files, before anything starts.
-pub(super) fn directories(dir: &Path, temporary: bool, files: &Files) {
+pub(super) fn directories(dir: &Path, temporary: bool, files: &Files, in_etcd: bool) {
     println!("weft demo: a local mesh on 127.0.0.1 (free ports, no root)");
     println!(
         "  data directory  {}{}",
@@ -19,8 +19,13 @@ pub(super) fn directories(dir: &Path, temporary: bool, files: &Files) {
             ""
         }
     );
+    let how = if in_etcd {
+        "  ← copied into etcd at start: change them with `weft apply` (below)"
+    } else {
+        "  ← edit live: a valid change applies within a second"
+    };
     println!(
-        "  resources       {}{}  ← edit live: a valid change applies within a second",
+        "  resources       {}{}{how}",
         files.resources.display(),
         if files.kept { " (yours, kept)" } else { "" }
     );
@@ -29,7 +34,13 @@ pub(super) fn directories(dir: &Path, temporary: bool, files: &Files) {
 
 /// Once the mesh is up: what runs where, one process a line, the traffic it carries, and
 /// where to look at it.
-pub(super) fn running(fleet: &Fleet, mesh: &Mesh, rate: u32, duration: Option<Duration>) {
+pub(super) fn running(
+    fleet: &Fleet,
+    mesh: &Mesh,
+    files: &Files,
+    rate: u32,
+    duration: Option<Duration>,
+) {
     let (dash, pol_admin) = (mesh.dashboard, mesh.policy_admin);
     println!();
     println!("  {:<10} {:<9} {:<8} ADDRESSES", "NAME", "KIND", "PID");
@@ -66,6 +77,25 @@ pub(super) fn running(fleet: &Fleet, mesh: &Mesh, rate: u32, duration: Option<Du
     println!(
         "  stats:     weft stat --policy-admin {pol_admin}   (per route: weft routes api --backends --policy-admin {pol_admin})"
     );
+    println!(
+        "  change:    weft apply -f FILE --policy-addr {} --cert-dir {}   (weft get httproute -o yaml: what is served)",
+        mesh.policy_addrs,
+        files.operator.display()
+    );
+    if let Some(etcd) = &mesh.etcd {
+        let members: Vec<String> = etcd.clients().iter().map(|a| a.to_string()).collect();
+        let replicas: Vec<String> = fleet
+            .procs
+            .iter()
+            .filter(|p| p.kind == "policy")
+            .map(|p| format!("{} (pid {})", p.name(), p.pid()))
+            .collect();
+        println!(
+            "  store:     etcd, 3 members on {}; control-plane replicas {}: kill one and nothing stops",
+            members.join(","),
+            replicas.join(" and ")
+        );
+    }
     println!(
         "  metrics:   curl -s http://{}/metrics | grep weft_route_",
         mesh.sidecar("web")
