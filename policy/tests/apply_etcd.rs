@@ -3,7 +3,8 @@
 //! applies validated against the same revision, through different replicas: one lands, the
 //! other is told to retry, and applies sent at once through both lose nothing; an invalid set
 //! changes nothing in etcd; without a quorum an apply is refused naming the store, `/ready`
-//! says why, and the proxies' watches keep the last set; once it is back, the next apply
+//! says why, the proxies' watches keep the last set, and a registration is still taken; once
+//! it is back, the registration is written and reaches the other replica, and the next apply
 //! arrives.
 //!
 //! A system test: it runs with WEFT_SYSTEM_TESTS=1 and then needs `etcd`, failing loudly
@@ -160,8 +161,24 @@ async fn applies_through_replicas_over_etcd() {
         assert!(body.contains("the store (etcd"), "{body}");
     }
     assert_eq!(weights(at_b.borrow().as_deref().unwrap()), [60, 40]);
+    // A workload registers meanwhile: the replica takes it (the proxy's side keeps it, and
+    // renews it), and writes it to etcd once etcd is back.
+    let mut v1_at_b = b.client().watch_endpoints("default", "api-v1");
+    let registered = pa
+        .register(&weft_policy::registry::Registration {
+            service: "api".into(),
+            namespace: None,
+            labels: std::collections::BTreeMap::from([("version".to_string(), "v1".to_string())]),
+            address: "127.0.0.1:7501".parse().unwrap(),
+            identity: None,
+            lease: Some(weft_policy::wire::Dur(Duration::from_secs(120))),
+            metrics: None,
+        })
+        .await;
+    assert!(registered.is_ok(), "{registered:?}");
 
-    // Back: the next apply arrives.
+    // Back: the registration made meanwhile reaches the other replica; the next apply
+    // arrives.
     cluster.restart(0).unwrap();
     cluster.restart(1).unwrap();
     cluster.wait_healthy(Duration::from_secs(30)).unwrap();
@@ -172,6 +189,13 @@ async fn applies_through_replicas_over_etcd() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     wait_until(&mut at_b, limit, "20/80", |r| weights(r) == [20, 80]).await;
+    wait_until(
+        &mut v1_at_b,
+        limit,
+        "the registration made without quorum",
+        |e| e.endpoints.iter().any(|x| x.address.port() == 7501),
+    )
+    .await;
     assert_eq!(b.admin_get("/ready").await.0, 200);
     a.stop().await;
     b.stop().await;
