@@ -69,7 +69,7 @@ enum Cmd {
     /// The control plane at scale: simulated proxies (each a real mTLS client with its own
     /// discovery stream) on two replicas over a three-member etcd; endpoint-change delivery,
     /// bytes per change, memory per proxy, a replica restart. Needs `etcd`.
-    Scale(ScaleArgs),
+    Scale(weft_bench::scale::ScaleArgs),
     /// The load generator: open loop at a fixed rate, or closed loop (--max).
     Load(LoadArgs),
     /// A tiny HTTP/1.1 + h2c server answering every request with a fixed body.
@@ -85,32 +85,6 @@ enum Cmd {
         #[arg(default_value = "/")]
         path: String,
     },
-}
-
-#[derive(Debug, clap::Args)]
-struct ScaleArgs {
-    #[arg(long, default_value_t = 10_000)]
-    proxies: u32,
-    #[arg(long, default_value_t = 1_000)]
-    services: u32,
-    /// Endpoints of the big service (the other services have 5 each).
-    #[arg(long, default_value_t = 5_000)]
-    big_endpoints: u32,
-    /// Proxies that call the big service.
-    #[arg(long, default_value_t = 1_000)]
-    big_callers: u32,
-    /// Endpoint changes measured.
-    #[arg(long, default_value_t = 20)]
-    rounds: u32,
-    /// New proxies a second while they connect.
-    #[arg(long, default_value_t = 1_000)]
-    connect_rate: u32,
-    /// The `weft` binary (default: beside this one).
-    #[arg(long)]
-    weft: Option<PathBuf>,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -313,7 +287,7 @@ fn main() {
             weft_bench::intercept::fetch_main(&addr, &path).map(|text| print!("{text}"))
         }
         Cmd::Soak(a) => run_soak(a),
-        Cmd::Scale(a) => run_scale(a),
+        Cmd::Scale(a) => weft_bench::scale::main(a),
         Cmd::SoakPlot { json } => soak_plot(&json),
         Cmd::Load(a) => run_load(a),
         Cmd::App(a) => weft_bench::app::serve(&AppConfig {
@@ -467,30 +441,6 @@ fn mtls_ok(ok: bool) -> Result<(), Error> {
     } else {
         Err("the weft runs were not shown to go over mTLS (see the mTLS check)".into())
     }
-}
-
-fn run_scale(a: ScaleArgs) -> Result<(), Error> {
-    let weft = mesh::find_weft(a.weft.as_deref())?;
-    let cfg = weft_bench::scale::ScaleConfig {
-        proxies: a.proxies,
-        services: a.services,
-        big_endpoints: a.big_endpoints,
-        big_callers: a.big_callers,
-        rounds: a.rounds,
-        connect_rate: a.connect_rate,
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let report = rt.block_on(weft_bench::scale::run(&weft, &cfg))?;
-    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    println!("{json}");
-    if let Some(path) = a.json {
-        std::fs::write(&path, &json)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    Ok(())
 }
 
 fn run_soak(a: SoakArgs) -> Result<(), Error> {

@@ -23,7 +23,7 @@ mod sim;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,58 @@ use weft_runtime::testing::{http_get_async, metric_sum};
 
 use self::plane::{BIG, Plane};
 use crate::Error;
+
+/// The command line of `weft-bench scale`.
+#[derive(Debug, clap::Args)]
+pub struct ScaleArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pub proxies: u32,
+    #[arg(long, default_value_t = 1_000)]
+    pub services: u32,
+    /// Endpoints of the big service (the other services have 5 each).
+    #[arg(long, default_value_t = 5_000)]
+    pub big_endpoints: u32,
+    /// Proxies that call the big service.
+    #[arg(long, default_value_t = 1_000)]
+    pub big_callers: u32,
+    /// Endpoint changes measured.
+    #[arg(long, default_value_t = 20)]
+    pub rounds: u32,
+    /// New proxies a second while they connect.
+    #[arg(long, default_value_t = 1_000)]
+    pub connect_rate: u32,
+    /// The `weft` binary (default: beside this one).
+    #[arg(long)]
+    pub weft: Option<PathBuf>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `weft-bench scale`: runs the benchmark and prints (and writes) its report as JSON.
+pub fn main(a: ScaleArgs) -> Result<(), Error> {
+    let weft = crate::mesh::find_weft(a.weft.as_deref())?;
+    let cfg = ScaleConfig {
+        proxies: a.proxies,
+        services: a.services,
+        big_endpoints: a.big_endpoints,
+        big_callers: a.big_callers,
+        rounds: a.rounds,
+        connect_rate: a.connect_rate,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let report = rt.block_on(run(&weft, &cfg))?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    println!("{json}");
+    if let Some(path) = a.json {
+        std::fs::write(&path, &json)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
