@@ -139,3 +139,35 @@ fn restart_keeps_the_anchor_and_a_corrupt_key_stops_start_up() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("issuer.key is corrupt"), "{stderr}");
 }
+
+/// `weft token create` for another trust domain than the CA's is refused at once, naming the
+/// one the CA serves (it used to mint tokens no identity service would honour).
+#[test]
+fn a_token_for_another_trust_domain_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ca");
+    let create = |td: &str| {
+        std::process::Command::new(support::WEFT)
+            .args([
+                "token",
+                "create",
+                "--workload",
+                "web",
+                "--trust-domain",
+                td,
+                "--data-dir",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    assert!(create("weft.local").status.success());
+    let refused = create("corp.example");
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("serves the trust domain weft.local, not corp.example"),
+        "{said}"
+    );
+    assert!(refused.stdout.is_empty(), "no token is printed");
+}

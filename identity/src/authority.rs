@@ -9,6 +9,7 @@
 //! | `trust-anchor.key` | the anchor's key, only when weft created the anchor (move it offline if you like; it is needed only to create a new issuer) |
 //! | `issuer.pem`, `issuer.key` | the intermediate that signs workload certificates |
 //! | `token-signing.key` | the key that signs bootstrap tokens |
+//! | `trust-domain` | the trust domain the CA serves (written when the CA is created) |
 //!
 //! An operator can hand their own anchor and issuer instead (`--trust-anchor`, `--issuer-cert`,
 //! `--issuer-key`); they are used where they are and never copied.
@@ -31,11 +32,16 @@ use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::tls::{self, TrustBundle};
 use crate::token::TokenKey;
 
+mod trust_domain;
+
+use self::trust_domain::{ANCHOR_NAME, settle_trust_domain};
+
 pub const ANCHOR_CERT_FILE: &str = "trust-anchor.pem";
 pub const ANCHOR_KEY_FILE: &str = "trust-anchor.key";
 pub const ISSUER_CERT_FILE: &str = "issuer.pem";
 pub const ISSUER_KEY_FILE: &str = "issuer.key";
 pub const TOKEN_KEY_FILE: &str = "token-signing.key";
+pub const TRUST_DOMAIN_FILE: &str = "trust-domain";
 
 /// Default lifetime of a workload certificate.
 pub const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -50,7 +56,10 @@ pub const ISSUER_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Where the authority's material comes from.
 #[derive(Debug, Clone)]
 pub struct AuthorityConfig {
-    pub trust_domain: TrustDomain,
+    /// The trust domain asked for (`--trust-domain`): `None` for the one the data directory
+    /// records (the default, `weft.local`, for a new CA). A CA serves one trust domain: asking
+    /// another of it is an error that names the one it serves.
+    pub trust_domain: Option<TrustDomain>,
     pub data_dir: PathBuf,
     /// Operator-supplied anchor/issuer: all three or none.
     pub anchor_file: Option<PathBuf>,
@@ -63,7 +72,7 @@ pub struct AuthorityConfig {
 impl AuthorityConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
-            trust_domain: TrustDomain::default(),
+            trust_domain: None,
             data_dir: data_dir.into(),
             anchor_file: None,
             issuer_cert_file: None,
@@ -115,6 +124,14 @@ pub enum AuthorityError {
     Incomplete(String),
     #[error("creating certificates failed: {0}")]
     Generate(String),
+    #[error(
+        "the CA in {dir} serves the trust domain {serves}, not {asked}: leave --trust-domain (WEFT_TRUST_DOMAIN) out, or give {serves}; a CA for another trust domain needs a data directory of its own"
+    )]
+    OtherTrustDomain {
+        dir: PathBuf,
+        serves: String,
+        asked: String,
+    },
 }
 
 /// A loaded, checked authority, ready to issue.
@@ -155,6 +172,7 @@ impl Authority {
     /// data directory on first start. Refuses, with what to fix, anything it cannot trust.
     pub fn load_or_create(cfg: &AuthorityConfig) -> Result<Self, AuthorityError> {
         let dir = &cfg.data_dir;
+        let trust_domain = settle_trust_domain(cfg)?;
         let supplied = [
             &cfg.anchor_file,
             &cfg.issuer_cert_file,
@@ -176,10 +194,10 @@ impl Authority {
                         )));
                     }
                     tracing::info!(dir = %dir.display(), "creating a new trust anchor and issuer");
-                    create_anchor(cfg)?;
+                    create_anchor(cfg, &trust_domain)?;
                 }
                 if !issuer.exists() && !issuer_key.exists() {
-                    create_issuer(cfg)?;
+                    create_issuer(cfg, &trust_domain)?;
                 }
                 (anchor, issuer, issuer_key)
             }
@@ -190,11 +208,19 @@ impl Authority {
             }
         };
         let token_key = load_or_create_token_key(&dir.join(TOKEN_KEY_FILE), dir)?;
-        Self::load(cfg, &anchor_path, &issuer_path, &issuer_key_path, token_key)
+        Self::load(
+            cfg,
+            trust_domain,
+            &anchor_path,
+            &issuer_path,
+            &issuer_key_path,
+            token_key,
+        )
     }
 
     fn load(
         cfg: &AuthorityConfig,
+        trust_domain: TrustDomain,
         anchor_path: &Path,
         issuer_path: &Path,
         issuer_key_path: &Path,
@@ -252,7 +278,7 @@ impl Authority {
             Issuer::from_ca_cert_der(&issuer_der, key).map_err(|e| corrupt(issuer_path, e))?;
 
         Ok(Self {
-            trust_domain: cfg.trust_domain.clone(),
+            trust_domain,
             bundle,
             issuer_der,
             issuer,
@@ -487,10 +513,10 @@ fn generate_key() -> Result<KeyPair, AuthorityError> {
         .map_err(|e| AuthorityError::Generate(e.to_string()))
 }
 
-fn create_anchor(cfg: &AuthorityConfig) -> Result<(), AuthorityError> {
+fn create_anchor(cfg: &AuthorityConfig, trust_domain: &TrustDomain) -> Result<(), AuthorityError> {
     let key = generate_key()?;
     let params = ca_params(
-        format!("weft trust anchor ({})", cfg.trust_domain),
+        format!("{ANCHOR_NAME} ({trust_domain})"),
         ANCHOR_LIFETIME,
         1,
     );
@@ -510,7 +536,7 @@ fn create_anchor(cfg: &AuthorityConfig) -> Result<(), AuthorityError> {
 }
 
 /// Creates a new issuer signed by the anchor key in the data directory.
-fn create_issuer(cfg: &AuthorityConfig) -> Result<(), AuthorityError> {
+fn create_issuer(cfg: &AuthorityConfig, trust_domain: &TrustDomain) -> Result<(), AuthorityError> {
     let dir = &cfg.data_dir;
     let anchor_key_path = dir.join(ANCHOR_KEY_FILE);
     if !anchor_key_path.exists() {
@@ -530,11 +556,7 @@ fn create_issuer(cfg: &AuthorityConfig) -> Result<(), AuthorityError> {
     let anchor =
         Issuer::from_ca_cert_pem(&anchor_pem, anchor_key).map_err(|e| corrupt(&anchor_path, e))?;
     let key = generate_key()?;
-    let params = ca_params(
-        format!("weft issuer ({})", cfg.trust_domain),
-        ISSUER_LIFETIME,
-        0,
-    );
+    let params = ca_params(format!("weft issuer ({trust_domain})"), ISSUER_LIFETIME, 0);
     let cert = params
         .signed_by(&key, &anchor)
         .map_err(|e| AuthorityError::Generate(e.to_string()))?;

@@ -56,9 +56,10 @@ pub struct CaArgs {
     /// [default: $HOME/.local/share/weft/identity]
     #[arg(long, env = ENV_DATA_DIR)]
     pub data_dir: Option<PathBuf>,
-    /// Trust domain of every identity issued.
-    #[arg(long, env = ENV_TRUST_DOMAIN, default_value = crate::spiffe::DEFAULT_TRUST_DOMAIN)]
-    pub trust_domain: TrustDomain,
+    /// Trust domain of every identity issued [default: the one the data directory records;
+    /// `weft.local` for a new CA]. A CA serves one: another is refused.
+    #[arg(long, env = ENV_TRUST_DOMAIN)]
+    pub trust_domain: Option<TrustDomain>,
     /// Operator-supplied trust anchor certificate(s), PEM (with --issuer-cert and --issuer-key).
     #[arg(long, env = ENV_TRUST_ANCHOR, requires_all = ["issuer_cert", "issuer_key"])]
     pub trust_anchor: Option<PathBuf>,
@@ -123,6 +124,7 @@ pub async fn run(args: IdentityArgs, shutdown: impl Future<Output = ()>) -> Resu
         Authority::load_or_create(&args.authority_config()).map_err(|e| e.to_string())?;
     let registry = Registry::new();
     let fingerprint = authority.anchor_fingerprint();
+    let trust_domain = authority.trust_domain().to_string();
     let svc = IdentityService::new(authority, &registry, args.dns_name.clone())?;
     let api = bind(
         args.listen,
@@ -136,7 +138,7 @@ pub async fn run(args: IdentityArgs, shutdown: impl Future<Output = ()>) -> Resu
     tracing::info!(
         api = %local(&api),
         admin = %local(&admin),
-        trust_domain = %args.ca.trust_domain,
+        trust_domain = %trust_domain,
         trust_anchor = %fingerprint,
         leaf_lifetime = ?args.leaf_lifetime,
         "identity service ready"

@@ -458,3 +458,37 @@ async fn every_connection_is_a_full_handshake_with_the_current_certificate() {
         "the second connection"
     );
 }
+
+/// The data directory records the trust domain its CA serves: asking the CA for another is
+/// refused, naming the one it serves; a directory from before it recorded one has it from its
+/// anchor's name (issue 19).
+#[test]
+fn the_data_directory_records_its_trust_domain_and_refuses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ca");
+    let with = |td: Option<&str>| {
+        let mut cfg = AuthorityConfig::new(&data);
+        cfg.trust_domain = td.map(|t| weft_identity::TrustDomain::new(t).unwrap());
+        Authority::load_or_create(&cfg)
+    };
+    let created = with(Some("corp.example")).unwrap();
+    assert_eq!(created.trust_domain().as_str(), "corp.example");
+    let recorded = std::fs::read_to_string(data.join(authority::TRUST_DOMAIN_FILE)).unwrap();
+    assert_eq!(recorded.trim(), "corp.example");
+    // Left out: the recorded one.
+    assert_eq!(with(None).unwrap().trust_domain().as_str(), "corp.example");
+    // Another: refused at once, naming both.
+    let refused = with(Some("weft.local")).unwrap_err();
+    assert!(matches!(refused, AuthorityError::OtherTrustDomain { .. }));
+    let said = refused.to_string();
+    assert!(
+        said.contains("serves the trust domain corp.example, not weft.local"),
+        "{said}"
+    );
+
+    // A directory from before the file: the anchor's name says it, and it is recorded.
+    std::fs::remove_file(data.join(authority::TRUST_DOMAIN_FILE)).unwrap();
+    assert_eq!(with(None).unwrap().trust_domain().as_str(), "corp.example");
+    assert!(with(Some("other.example")).is_err());
+    assert!(data.join(authority::TRUST_DOMAIN_FILE).exists());
+}
