@@ -64,6 +64,13 @@ pub enum ClientError {
         "the trust bundle at {addr} does not contain the anchor pinned by the token ({pinned}): this is not the identity service that created the token"
     )]
     AnchorMismatch { addr: String, pinned: String },
+    #[error(
+        "the identity service sent a trust bundle that keeps none of the anchors this workload trusts (it trusts {trusted:?}, it was sent {offered:?}): refused; the current bundle and certificate stay in use. A rotation adds the new anchor first and drops the old one only later"
+    )]
+    BundleRefused {
+        trusted: Vec<String>,
+        offered: Vec<String>,
+    },
     #[error("{0}")]
     Token(#[from] TokenError),
     #[error("cannot create a key or CSR: {0}")]

@@ -53,7 +53,32 @@ pub fn renewal_time(received: SystemTime, not_after: SystemTime) -> SystemTime {
     received + left.mul_f64(fraction)
 }
 
+/// Whether a renewal's trust bundle `offered` may replace `trusted`: it must keep at least
+/// one of the anchors trusted now. It arrived over TLS that `trusted` verified, from the
+/// identity service; a rotation adds the new anchor before it drops the old one, so each of
+/// its steps keeps one. A bundle that keeps none (another CA's, or an anchor file replaced
+/// at once) would cut this workload off from every peer still on the old anchor: refused.
+/// `Ok(true)` when it changes the bundle.
+pub(crate) fn accept_bundle(
+    trusted: &TrustBundle,
+    offered: &TrustBundle,
+) -> Result<bool, ClientError> {
+    let (now, new) = (trusted.fingerprints(), offered.fingerprints());
+    if now == new {
+        return Ok(false);
+    }
+    if new.iter().any(|f| now.contains(f)) {
+        return Ok(true);
+    }
+    Err(ClientError::BundleRefused {
+        trusted: now,
+        offered: new,
+    })
+}
+
 struct ClientMetrics {
+    bundle_changed: Counter,
+    bundle_refused: Counter,
     ok_bootstrap: Counter,
     ok_renewal: Counter,
     failed: Counter,
@@ -65,7 +90,18 @@ impl ClientMetrics {
     fn new(registry: &Registry) -> Self {
         const NAME: &str = "weft_identity_client_certify_total";
         const HELP: &str = "Certificate requests this workload made, by kind and result.";
+        const BUNDLE: &str = "Changes of the trust bundle a renewal brought, by result (accepted: it keeps an anchor trusted now; refused: it keeps none, and the current bundle stays).";
         Self {
+            bundle_changed: registry.counter(
+                "weft_identity_client_bundle_changes_total",
+                BUNDLE,
+                &[("result", "accepted")],
+            ),
+            bundle_refused: registry.counter(
+                "weft_identity_client_bundle_changes_total",
+                BUNDLE,
+                &[("result", "refused")],
+            ),
             ok_bootstrap: registry.counter(NAME, HELP, &[("kind", "bootstrap"), ("result", "ok")]),
             ok_renewal: registry.counter(NAME, HELP, &[("kind", "renewal"), ("result", "ok")]),
             failed: registry.counter(NAME, HELP, &[("kind", "any"), ("result", "error")]),
@@ -165,6 +201,30 @@ async fn maintain(
                 .await
                 .map(|c| (c, true)),
         };
+        // A renewal that brings another trust bundle: only one that keeps an anchor trusted now.
+        let result = match result {
+            Ok((creds, false)) => match current.as_ref() {
+                Some(held) => match accept_bundle(&held.bundle, &creds.bundle) {
+                    Ok(changed) => {
+                        if changed {
+                            metrics.bundle_changed.increment(1);
+                            tracing::info!(
+                                from = ?held.bundle.fingerprints(),
+                                to = ?creds.bundle.fingerprints(),
+                                "the trust bundle changed"
+                            );
+                        }
+                        Ok((creds, false))
+                    }
+                    Err(e) => {
+                        metrics.bundle_refused.increment(1);
+                        Err(e)
+                    }
+                },
+                None => Ok((creds, false)),
+            },
+            other => other,
+        };
         match result {
             Ok((creds, bootstrapped)) => {
                 if bootstrapped {
@@ -253,6 +313,39 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_bundle_is_accepted_only_when_it_keeps_a_trusted_anchor() {
+        let anchor = |name: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = crate::authority::AuthorityConfig::new(dir.path());
+            cfg.trust_domain = Some(crate::TrustDomain::new(name).unwrap());
+            let a = crate::authority::Authority::load_or_create(&cfg).unwrap();
+            a.bundle().certs()[0].clone()
+        };
+        let (old, new, other) = (
+            anchor("a.example"),
+            anchor("a.example"),
+            anchor("b.example"),
+        );
+        let bundle = |certs: &[&rustls::pki_types::CertificateDer<'static>]| {
+            TrustBundle::from_der(certs.iter().map(|c| (*c).clone()).collect()).unwrap()
+        };
+        let start = bundle(&[&old]);
+        // The same: no change.
+        assert!(!accept_bundle(&start, &bundle(&[&old])).unwrap());
+        // The steps of an anchor rotation: add the new one, then drop the old one.
+        let both = bundle(&[&old, &new]);
+        assert!(accept_bundle(&start, &both).unwrap());
+        assert!(accept_bundle(&both, &bundle(&[&new])).unwrap());
+        // Straight to another anchor, skipping the overlap: refused, naming both.
+        let refused = accept_bundle(&start, &bundle(&[&other])).unwrap_err();
+        assert!(matches!(refused, ClientError::BundleRefused { .. }));
+        assert!(
+            refused.to_string().contains("keeps none of the anchors"),
+            "{refused}"
+        );
     }
 
     #[test]
