@@ -53,33 +53,7 @@ async fn issue(args: &IssueArgs) -> Result<(), String> {
     let creds = client::bootstrap(&settings)
         .await
         .map_err(|e| e.to_string())?;
-    fs::create_dir_all(&args.out_dir)
-        .map_err(|e| format!("cannot create {}: {e}", args.out_dir.display()))?;
-    let pem = |ders: &[rustls::pki_types::CertificateDer<'static>]| -> String {
-        ders.iter()
-            .map(|c| tls::der_to_pem("CERTIFICATE", c))
-            .collect()
-    };
-    write(
-        &args.out_dir.join("key.pem"),
-        &tls::der_to_pem("PRIVATE KEY", creds.key.secret_pkcs8_der()),
-        0o600,
-    )?;
-    write(
-        &args.out_dir.join("cert.pem"),
-        &pem(&creds.chain[..1]),
-        0o644,
-    )?;
-    write(
-        &args.out_dir.join("chain.pem"),
-        &pem(&creds.chain[1..]),
-        0o644,
-    )?;
-    write(
-        &args.out_dir.join("bundle.pem"),
-        &creds.bundle.to_pem(),
-        0o644,
-    )?;
+    write_credentials(&args.out_dir, &creds)?;
     println!(
         "{} certified until {}: wrote key.pem, cert.pem, chain.pem, bundle.pem to {}",
         creds.identity,
@@ -87,6 +61,29 @@ async fn issue(args: &IssueArgs) -> Result<(), String> {
         args.out_dir.display()
     );
     Ok(())
+}
+
+/// Writes `creds` into `out` as `key.pem` (0600), `cert.pem` (the leaf), `chain.pem` (its
+/// issuers) and `bundle.pem` (the trust anchors): what `weft cert issue` writes and
+/// `weft apply --cert-dir` reads.
+pub(crate) fn write_credentials(
+    out: &Path,
+    creds: &weft_identity::tls::Credentials,
+) -> Result<(), String> {
+    fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let pem = |ders: &[rustls::pki_types::CertificateDer<'static>]| -> String {
+        ders.iter()
+            .map(|c| tls::der_to_pem("CERTIFICATE", c))
+            .collect()
+    };
+    write(
+        &out.join("key.pem"),
+        &tls::der_to_pem("PRIVATE KEY", creds.key.secret_pkcs8_der()),
+        0o600,
+    )?;
+    write(&out.join("cert.pem"), &pem(&creds.chain[..1]), 0o644)?;
+    write(&out.join("chain.pem"), &pem(&creds.chain[1..]), 0o644)?;
+    write(&out.join("bundle.pem"), &creds.bundle.to_pem(), 0o644)
 }
 
 /// Writes `contents` to `path` with permissions `mode` (0600 for a key).

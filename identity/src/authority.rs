@@ -32,6 +32,7 @@ use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::tls::{self, TrustBundle};
 use crate::token::TokenKey;
 
+mod direct;
 mod trust_domain;
 
 use self::trust_domain::{ANCHOR_NAME, settle_trust_domain};

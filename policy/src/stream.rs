@@ -53,10 +53,15 @@ pub enum Command {
 impl Command {
     /// The command as one line of the request body.
     pub fn line(&self) -> bytes::Bytes {
-        let mut v = serde_json::to_vec(self).unwrap_or_default();
-        v.push(b'\n');
-        bytes::Bytes::from(v)
+        json_line(self)
     }
+}
+
+/// `value` as one line of a newline-delimited JSON stream (commands, events), `\n` included.
+pub(crate) fn json_line<T: Serialize + ?Sized>(value: &T) -> bytes::Bytes {
+    let mut v = serde_json::to_vec(value).unwrap_or_default();
+    v.push(b'\n');
+    bytes::Bytes::from(v)
 }
 
 /// What a line sent on a stream carries (how its bytes are counted).

@@ -52,10 +52,7 @@ fn status_of(e: &ClientError) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applies_through_replicas_over_etcd() {
-    if std::env::var("WEFT_SYSTEM_TESTS").map_or(true, |v| v != "1") {
-        eprintln!(
-            "applies_through_replicas_over_etcd: skipped, a system test (set WEFT_SYSTEM_TESTS=1 to run it)"
-        );
+    if !system_tests("applies_through_replicas_over_etcd") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -15,13 +15,8 @@ use weft_policy::etcd::wire::{Compare, EventKind, PutRequest, RequestOp};
 use weft_policy::etcd::{Etcd, EtcdConfig};
 use weft_runtime::etcd::EtcdCluster;
 
-fn system_tests(test: &str) -> bool {
-    let on = std::env::var("WEFT_SYSTEM_TESTS").is_ok_and(|v| v == "1");
-    if !on {
-        eprintln!("{test}: skipped, a system test (set WEFT_SYSTEM_TESTS=1 to run it)");
-    }
-    on
-}
+mod support;
+use support::system_tests;
 
 fn client(cluster: &EtcdCluster, timeout: Duration) -> Etcd {
     let members = EtcdConfig::members(&cluster.store_url()).unwrap();

@@ -22,10 +22,7 @@ use weft_policy::wire::Dur;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_serve_the_resources_in_etcd() {
-    if std::env::var("WEFT_SYSTEM_TESTS").map_or(true, |v| v != "1") {
-        eprintln!(
-            "replicas_serve_the_resources_in_etcd: skipped, a system test (set WEFT_SYSTEM_TESTS=1 to run it)"
-        );
+    if !system_tests("replicas_serve_the_resources_in_etcd") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -114,10 +111,7 @@ const API: &str = "spiffe://weft.local/ns/default/sa/api";
 /// be taken by another through another replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_made_through_one_replica_are_served_by_every_one() {
-    if std::env::var("WEFT_SYSTEM_TESTS").map_or(true, |v| v != "1") {
-        eprintln!(
-            "registrations_made_through_one_replica_are_served_by_every_one: skipped, a system test (set WEFT_SYSTEM_TESTS=1 to run it)"
-        );
+    if !system_tests("registrations_made_through_one_replica_are_served_by_every_one") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -38,18 +38,7 @@ impl SimProxy {
 
 /// Credentials for `id` straight from the CA.
 pub(crate) fn credentials(plane: &Plane, id: &SpiffeId) -> Result<Credentials, Error> {
-    let ca = &plane.authority;
-    let (key, csr) = weft_identity::client::generate_csr(id).map_err(|e| e.to_string())?;
-    let checked = weft_identity::csr::check(csr.as_bytes(), id).map_err(|e| e.to_string())?;
-    let issued = ca.issue(&checked, id)?;
-    Ok(Credentials {
-        identity: id.clone(),
-        key: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
-        chain: issued.chain,
-        bundle: ca.bundle().clone(),
-        not_before: issued.not_before,
-        not_after: issued.not_after,
-    })
+    plane.authority.issue_credentials(id)
 }
 
 /// A client of the replicas presenting `creds`.

@@ -70,7 +70,6 @@ fn mint_tokens(authority: &Authority, tokens: &Path) -> Result<(), String> {
 /// The bootstrap operator's certificate, straight from the CA, as `weft cert issue` writes
 /// it: what `weft apply --cert-dir` reads.
 fn operator_cert(authority: &Authority, out: &Path) -> Result<(), String> {
-    use weft_identity::tls::der_to_pem;
     let id = authority
         .trust_domain()
         .workload(
@@ -78,26 +77,7 @@ fn operator_cert(authority: &Authority, out: &Path) -> Result<(), String> {
             weft_policy::manage::OPERATOR_WORKLOAD,
         )
         .map_err(|e| e.to_string())?;
-    let (key, csr) = weft_identity::client::generate_csr(&id).map_err(|e| e.to_string())?;
-    let checked = weft_identity::csr::check(csr.as_bytes(), &id).map_err(|e| e.to_string())?;
-    let issued = authority.issue(&checked, &id)?;
-    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    let pem = |certs: &[rustls::pki_types::CertificateDer<'static>]| -> String {
-        certs.iter().map(|c| der_to_pem("CERTIFICATE", c)).collect()
-    };
-    for (name, text, mode) in [
-        (
-            "key.pem",
-            der_to_pem("PRIVATE KEY", &key.serialize_der()),
-            0o600,
-        ),
-        ("cert.pem", pem(&issued.chain[..1]), 0o644),
-        ("chain.pem", pem(&issued.chain[1..]), 0o644),
-        ("bundle.pem", authority.bundle().to_pem(), 0o644),
-    ] {
-        crate::cert::write(&out.join(name), &text, mode)?;
-    }
-    Ok(())
+    crate::cert::write_credentials(out, &authority.issue_credentials(&id)?)
 }
 
 /// A three-member etcd cluster on loopback under `dir/etcd` (new at every run: its members'

@@ -9,10 +9,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::PrivatePkcs8KeyDer;
+use weft_identity::SpiffeId;
 use weft_identity::authority::{Authority, AuthorityConfig};
 use weft_identity::tls::{self, CertStore, Credentials, TrustBundle};
-use weft_identity::{SpiffeId, csr};
 
 pub fn authority(dir: &Path) -> Authority {
     Authority::load_or_create(&AuthorityConfig::new(dir)).unwrap()
@@ -30,17 +29,7 @@ pub fn token(a: &Authority, name: &str, ttl: Duration) -> String {
 
 /// Issues credentials for `identity` straight from the authority (no API).
 pub fn issue_direct(a: &Authority, identity: &SpiffeId) -> Credentials {
-    let (key, csr_pem) = weft_identity::client::generate_csr(identity).unwrap();
-    let checked = csr::check(csr_pem.as_bytes(), identity).unwrap();
-    let issued = a.issue(&checked, identity).unwrap();
-    Credentials {
-        identity: identity.clone(),
-        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
-        chain: issued.chain,
-        bundle: a.bundle().clone(),
-        not_before: issued.not_before,
-        not_after: issued.not_after,
-    }
+    a.issue_credentials(identity).unwrap()
 }
 
 /// The answer of a raw API call: status and JSON (or text) body.

@@ -17,7 +17,7 @@ use super::watches::{ChannelBody, send, stopped};
 use super::{Api, ApiBody, BoxError, Caller, Held, Limits, NDJSON, Permit};
 use crate::client::LineBuffer;
 use crate::store::{Key, Rendered, State, Store};
-use crate::stream::{Command, MAX_COMMAND, Sent};
+use crate::stream::{Command, MAX_COMMAND, Sent, json_line};
 
 /// One item a stream follows.
 struct Sub {
@@ -249,7 +249,7 @@ impl Stream {
                 "version": now.version,
                 "revision": now.revision,
             });
-            return self.line(line_of(&event), Sent::Other).await;
+            return self.line(json_line(&event), Sent::Other).await;
         } else if warming && sub.resumed && matches!(key, Key::Endpoints { .. }) {
             // After a start the registry is still filling: the client keeps its list.
             return true;
@@ -271,7 +271,7 @@ impl Stream {
             "error": error,
             "message": message,
         });
-        self.line(line_of(&event), Sent::Other).await
+        self.line(json_line(&event), Sent::Other).await
     }
 
     /// Queues a line (counted by what it is); `false` when the client is gone or the server
@@ -286,10 +286,4 @@ impl Stream {
         counter.increment(line.len() as u64);
         send(&self.tx, line, &mut self.stop).await
     }
-}
-
-fn line_of(event: &serde_json::Value) -> Bytes {
-    let mut v = serde_json::to_vec(event).unwrap_or_default();
-    v.push(b'\n');
-    Bytes::from(v)
 }

@@ -127,7 +127,5 @@ pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 fn event_line<T: serde::Serialize>(e: &Event<T>) -> Bytes {
-    let mut v = serde_json::to_vec(e).unwrap_or_default();
-    v.push(b'\n');
-    Bytes::from(v)
+    crate::stream::json_line(e)
 }

@@ -135,12 +135,11 @@ impl Backend {
                         read: read.revision.clone(),
                     });
                 }
-                let dir = dir.clone();
-                let changes = changes.clone();
-                tokio::task::spawn_blocking(move || write_dir(&dir, &changes))
+                let (target, changes) = (dir.clone(), changes.clone());
+                tokio::task::spawn_blocking(move || write_dir(&target, &changes))
                     .await
                     .map_err(|e| StoreError::Refused(e.to_string()))??;
-                let (after, _) = read_dir(self.dir()).await?;
+                let (after, _) = read_dir(dir).await?;
                 Ok(after)
             }
             (Backend::Etcd(res), Cas::Etcd { changed, marker }) => {
@@ -203,13 +202,6 @@ impl Backend {
             _ => Err(StoreError::Refused(
                 "the snapshot is not of this store".into(),
             )),
-        }
-    }
-
-    fn dir(&self) -> &Path {
-        match self {
-            Backend::Dir { dir, .. } => dir,
-            Backend::Etcd(_) => Path::new("."),
         }
     }
 

@@ -111,13 +111,12 @@ impl State {
                 "revision": to.revision,
                 "delta": delta,
             });
-            let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-            bytes.push(b'\n');
+            let bytes = crate::stream::json_line(&line);
             // A delta larger than the snapshot is not worth it.
             if bytes.len() >= to.json.len() {
                 return (to.keyed_line(key), Sent::Snapshot);
             }
-            (Bytes::from(bytes), Sent::Delta)
+            (bytes, Sent::Delta)
         };
         match cell {
             Some(cell) => cell.get_or_init(make).clone(),

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::PrivatePkcs8KeyDer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_identity::SpiffeId;
@@ -19,6 +18,15 @@ use weft_policy::server::{Listeners, Settings};
 use weft_runtime::testing::http_get_async;
 
 pub mod replicas;
+
+/// True when system tests are on; otherwise says why `test` does nothing.
+pub fn system_tests(test: &str) -> bool {
+    let on = std::env::var("WEFT_SYSTEM_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("{test}: skipped, a system test (set WEFT_SYSTEM_TESTS=1 to run it)");
+    }
+    on
+}
 
 pub const RESOURCES: &str = r#"
 kind: Service
@@ -165,17 +173,7 @@ pub async fn serve_resources(
 
 /// Credentials for `id` issued straight by `ca` (no identity service).
 pub fn credentials(ca: &Authority, id: &SpiffeId) -> Credentials {
-    let (key, csr) = weft_identity::client::generate_csr(id).unwrap();
-    let checked = weft_identity::csr::check(csr.as_bytes(), id).unwrap();
-    let issued = ca.issue(&checked, id).unwrap();
-    Credentials {
-        identity: id.clone(),
-        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
-        chain: issued.chain,
-        bundle: ca.bundle().clone(),
-        not_before: issued.not_before,
-        not_after: issued.not_after,
-    }
+    ca.issue_credentials(id).unwrap()
 }
 
 /// A tempdir holding `resources.yaml`.
