@@ -15,14 +15,12 @@
 //! `--issuer-key`); they are used where they are and never copied.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::CertificateDer;
 use x509_parser::prelude::*;
@@ -33,9 +31,20 @@ use crate::tls::{self, TrustBundle};
 use crate::token::TokenKey;
 
 mod direct;
+mod files;
+pub mod links;
+pub mod rotate;
+pub mod state;
 mod trust_domain;
 
-use self::trust_domain::{ANCHOR_NAME, settle_trust_domain};
+pub(crate) use self::files::write_file;
+use self::files::{
+    create_anchor, create_issuer, ensure_dir, load_or_create_token_key, warn_if_readable_by_others,
+};
+pub(crate) use self::files::{key_signs_for, read_key};
+use self::links::{AnchorLink, LINKS_FILE, links_from_pem};
+use self::state::CaState;
+use self::trust_domain::settle_trust_domain;
 
 pub const ANCHOR_CERT_FILE: &str = "trust-anchor.pem";
 pub const ANCHOR_KEY_FILE: &str = "trust-anchor.key";
@@ -139,8 +148,12 @@ pub enum AuthorityError {
 pub struct Authority {
     trust_domain: TrustDomain,
     bundle: TrustBundle,
+    /// Which of the bundle's anchors signed the issuer.
+    active_anchor: usize,
     issuer_der: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
+    links: Vec<AnchorLink>,
+    state: CaState,
     issuer_not_after: SystemTime,
     anchor_not_after: SystemTime,
     token_key: TokenKey,
@@ -252,17 +265,28 @@ impl Authority {
             X509Certificate::from_der(&issuer_der).map_err(|e| corrupt(issuer_path, e))?;
         check_ca(&issuer_x, issuer_path)?;
         let issuer_not_after = check_validity(&issuer_x, issuer_path, now, "issuer")?;
-        let chained = anchors.iter().any(|a| {
+        let Some(active_anchor) = anchors.iter().position(|a| {
             X509Certificate::from_der(a)
                 .map(|(_, ax)| issuer_x.verify_signature(Some(ax.public_key())).is_ok())
                 .unwrap_or(false)
-        });
-        if !chained {
+        }) else {
             return Err(AuthorityError::NotChained {
                 issuer: issuer_path.to_path_buf(),
                 anchor: anchor_path.to_path_buf(),
             });
-        }
+        };
+        let links_path = cfg.data_dir.join(LINKS_FILE);
+        let links = match std::fs::read(&links_path) {
+            Ok(pem) => links_from_pem(&pem).map_err(|e| corrupt(&links_path, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(AuthorityError::Unreadable {
+                    path: links_path,
+                    source,
+                });
+            }
+        };
+        let state = CaState::load(&cfg.data_dir)?;
 
         let key_pem = read(issuer_key_path)?;
         let key_pem = String::from_utf8(key_pem)
@@ -281,8 +305,11 @@ impl Authority {
         Ok(Self {
             trust_domain,
             bundle,
+            active_anchor,
             issuer_der,
             issuer,
+            links,
+            state,
             issuer_not_after,
             anchor_not_after: anchor_not_after.unwrap_or(now),
             token_key,
@@ -315,9 +342,34 @@ impl Authority {
         self.anchor_not_after
     }
 
-    /// The fingerprint bootstrap tokens pin: that of the first trust anchor.
+    /// The fingerprint bootstrap tokens pin: that of the anchor that signed the issuer.
     pub fn anchor_fingerprint(&self) -> String {
-        tls::fingerprint(&self.bundle.certs()[0])
+        tls::fingerprint(self.active_anchor())
+    }
+
+    /// The anchor that signed the issuer.
+    pub fn active_anchor(&self) -> &CertificateDer<'static> {
+        &self.bundle.certs()[self.active_anchor]
+    }
+
+    /// The issuer's certificate.
+    pub fn issuer_cert(&self) -> &CertificateDer<'static> {
+        &self.issuer_der
+    }
+
+    /// The issuer's fingerprint, as clients report it.
+    pub fn issuer_fingerprint(&self) -> String {
+        tls::fingerprint(&self.issuer_der)
+    }
+
+    /// The links from rotated-out anchors to their successors.
+    pub fn links(&self) -> &[AnchorLink] {
+        &self.links
+    }
+
+    /// The rotation state recorded with the CA.
+    pub fn state(&self) -> &CaState {
+        &self.state
     }
 
     /// Issues an X.509-SVID for `identity` to the key of a checked CSR.
@@ -379,7 +431,7 @@ fn truncate_secs(t: SystemTime) -> SystemTime {
 }
 
 /// A positive random 128-bit serial (RFC 5280 allows up to 20 octets).
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 16];
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
@@ -388,14 +440,14 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-fn corrupt(path: &Path, what: impl std::fmt::Display) -> AuthorityError {
+pub(crate) fn corrupt(path: &Path, what: impl std::fmt::Display) -> AuthorityError {
     AuthorityError::Corrupt {
         path: path.to_path_buf(),
         what: what.to_string(),
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, AuthorityError> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, AuthorityError> {
     fs::read(path).map_err(|source| AuthorityError::Unreadable {
         path: path.to_path_buf(),
         source,
@@ -445,141 +497,3 @@ pub(crate) fn asn1_to_system(t: ASN1Time) -> SystemTime {
         SystemTime::UNIX_EPOCH
     }
 }
-
-fn ensure_dir(dir: &Path) -> Result<(), AuthorityError> {
-    if !dir.exists() {
-        fs::create_dir_all(dir).map_err(|source| AuthorityError::Unwritable {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
-    }
-    Ok(())
-}
-
-/// Writes a file atomically (temp file + rename) with the given mode.
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), AuthorityError> {
-    let err = |source| AuthorityError::Unwritable {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(contents).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(err)?;
-    fs::rename(&tmp, path).map_err(err)
-}
-
-fn warn_if_readable_by_others(path: &Path) {
-    if let Ok(meta) = fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(
-            path = %path.display(),
-            mode = format!("{:o}", meta.permissions().mode() & 0o777),
-            "private key is readable by other users: chmod 600 it"
-        );
-    }
-}
-
-fn ca_params(cn: String, lifetime: Duration, path_len: u8) -> CertificateParams {
-    let now = SystemTime::now();
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "weft");
-    dn.push(DnType::CommonName, cn);
-    params.distinguished_name = dn;
-    params.not_before = (now - DEFAULT_CLOCK_SKEW).into();
-    params.not_after = (now + lifetime).into();
-    params.serial_number = Some(random_serial());
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.use_authority_key_identifier_extension = true;
-    params
-}
-
-fn generate_key() -> Result<KeyPair, AuthorityError> {
-    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| AuthorityError::Generate(e.to_string()))
-}
-
-fn create_anchor(cfg: &AuthorityConfig, trust_domain: &TrustDomain) -> Result<(), AuthorityError> {
-    let key = generate_key()?;
-    let params = ca_params(
-        format!("{ANCHOR_NAME} ({trust_domain})"),
-        ANCHOR_LIFETIME,
-        1,
-    );
-    let cert = params
-        .self_signed(&key)
-        .map_err(|e| AuthorityError::Generate(e.to_string()))?;
-    write_file(
-        &cfg.data_dir.join(ANCHOR_KEY_FILE),
-        key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_file(
-        &cfg.data_dir.join(ANCHOR_CERT_FILE),
-        cert.pem().as_bytes(),
-        0o644,
-    )
-}
-
-/// Creates a new issuer signed by the anchor key in the data directory.
-fn create_issuer(cfg: &AuthorityConfig, trust_domain: &TrustDomain) -> Result<(), AuthorityError> {
-    let dir = &cfg.data_dir;
-    let anchor_key_path = dir.join(ANCHOR_KEY_FILE);
-    if !anchor_key_path.exists() {
-        return Err(AuthorityError::Incomplete(format!(
-            "there is no issuer ({}) and no trust anchor key ({}) to create one: hand weft an issuer signed by the trust anchor",
-            dir.join(ISSUER_CERT_FILE).display(),
-            anchor_key_path.display()
-        )));
-    }
-    let anchor_path = dir.join(ANCHOR_CERT_FILE);
-    let anchor_key_pem = String::from_utf8(read(&anchor_key_path)?)
-        .map_err(|_| corrupt(&anchor_key_path, "it is not a PEM text"))?;
-    let anchor_key =
-        KeyPair::from_pem(&anchor_key_pem).map_err(|e| corrupt(&anchor_key_path, e))?;
-    let anchor_pem = String::from_utf8(read(&anchor_path)?)
-        .map_err(|_| corrupt(&anchor_path, "it is not a PEM text"))?;
-    let anchor =
-        Issuer::from_ca_cert_pem(&anchor_pem, anchor_key).map_err(|e| corrupt(&anchor_path, e))?;
-    let key = generate_key()?;
-    let params = ca_params(format!("weft issuer ({trust_domain})"), ISSUER_LIFETIME, 0);
-    let cert = params
-        .signed_by(&key, &anchor)
-        .map_err(|e| AuthorityError::Generate(e.to_string()))?;
-    write_file(
-        &dir.join(ISSUER_KEY_FILE),
-        key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_file(&dir.join(ISSUER_CERT_FILE), cert.pem().as_bytes(), 0o644)
-}
-
-fn load_or_create_token_key(path: &Path, dir: &Path) -> Result<TokenKey, AuthorityError> {
-    if !path.exists() {
-        ensure_dir(dir)?;
-        let key = generate_key()?;
-        write_file(path, key.serialize_pem().as_bytes(), 0o600)?;
-    }
-    let pem = read(path)?;
-    let der = rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|e| corrupt(path, format!("not a PEM private key: {e}")))?;
-    warn_if_readable_by_others(path);
-    TokenKey::from_pkcs8(der.secret_der()).map_err(|e| corrupt(path, e))
-}
-
-use rustls::pki_types::pem::PemObject as _;

@@ -36,6 +36,9 @@ pub const DEFAULT_DNS_NAMES: &str = "localhost";
 /// Where workloads find the identity service.
 pub const ENV_IDENTITY_ADDR: &str = "WEFT_IDENTITY_ADDR";
 pub const DEFAULT_IDENTITY_ADDR: &str = "127.0.0.1:8443";
+/// How often a workload asks the CA for its bundle and issuer between renewals.
+pub const ENV_TRUST_REFRESH: &str = "WEFT_IDENTITY_TRUST_REFRESH";
+pub const DEFAULT_TRUST_REFRESH: &str = "60s";
 /// Where a workload's bootstrap token is.
 pub const ENV_TOKEN_FILE: &str = "WEFT_TOKEN_FILE";
 pub const DEFAULT_TOKEN_FILE: &str = "/var/run/weft/token";
@@ -120,8 +123,8 @@ impl IdentityArgs {
 
 /// Binds and runs the identity service until `shutdown`.
 pub async fn run(args: IdentityArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
-    let authority =
-        Authority::load_or_create(&args.authority_config()).map_err(|e| e.to_string())?;
+    let cfg = args.authority_config();
+    let authority = Authority::load_or_create(&cfg).map_err(|e| e.to_string())?;
     let registry = Registry::new();
     let fingerprint = authority.anchor_fingerprint();
     let trust_domain = authority.trust_domain().to_string();
@@ -154,7 +157,9 @@ pub async fn run(args: IdentityArgs, shutdown: impl Future<Output = ()>) -> Resu
         },
         wait_true(stop_rx),
     ));
+    let follower = svc.follow_files(cfg, crate::server::CA_FILES_CHECK);
     svc.run(api, shutdown).await;
+    follower.abort();
     let _ = ready_tx.send(false);
     let _ = stop_tx.send(true);
     let _ = admin_task.await;

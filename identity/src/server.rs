@@ -6,6 +6,11 @@
 //!   `{"identity", "certificate", "chain", "trust_bundle", "not_before", "not_after",
 //!   "not_after_unix"}` (PEM texts, RFC 3339 times).
 //! - `GET /v1/trust-bundle`: the trust anchors, PEM.
+//! - `GET /v1/ca`: what clients follow between renewals (JSON [`CaInfo`]): the bundle, the
+//!   current issuer, the anchor links, and when leaves of other issuers should be re-issued.
+//!
+//! The CA's files are read again when they change (`follow_files`), so a rotation
+//! (`weft ca rotate`) takes effect without a restart.
 //!
 //! Every refusal is a 4xx JSON `{"error": "<reason code>", "message": "<what to fix>"}`,
 //! counted in `weft_identity_rejections_total{reason}`.
@@ -24,11 +29,16 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::authority::Authority;
+
+mod reload;
+mod running;
+
 use crate::csr;
 use crate::reject::{Reason, Rejection};
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::tls::{self, CertStore, ClientAuth};
 use crate::token::TokenError;
+pub use running::Running;
 use weft_runtime::metrics::{Registry, unix_seconds};
 use weft_runtime::serve::{self, ConnInfo, ErrorBody, FullResponse};
 
@@ -42,6 +52,27 @@ const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 pub const CERTIFY_PATH: &str = "/v1/certify";
 pub const TRUST_BUNDLE_PATH: &str = "/v1/trust-bundle";
+pub const CA_PATH: &str = "/v1/ca";
+/// How often the service looks whether the CA's files changed.
+pub const CA_FILES_CHECK: Duration = Duration::from_secs(1);
+
+/// The `/v1/ca` answer: what a client needs to follow the CA between renewals.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaInfo {
+    /// The trust anchors, PEM.
+    pub trust_bundle: String,
+    /// Their fingerprints.
+    pub anchors: Vec<String>,
+    /// The fingerprint of the issuer signing leaves now.
+    pub issuer: String,
+    /// Links from rotated-out anchors to their successors (PEM pairs; see
+    /// `authority::links`), for clients whose token pins an anchor no longer in the bundle.
+    #[serde(default)]
+    pub anchor_links: String,
+    /// Leaves from another issuer should be re-issued before this (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reissue_before: Option<u64>,
+}
 
 /// The SPIFFE ID the identity service proves to its clients.
 pub fn service_identity(td: &TrustDomain) -> Result<SpiffeId, crate::spiffe::SpiffeIdError> {
@@ -78,8 +109,10 @@ struct Metrics {
     issued_renewal: Counter,
     rejections: Vec<(Reason, Counter)>,
     latency: Histogram,
-    _issuer_expiry: Gauge,
-    _anchor_expiry: Gauge,
+    issuer_expiry: Gauge,
+    anchor_expiry: Gauge,
+    reload_ok: Counter,
+    reload_failed: Counter,
 }
 
 impl Metrics {
@@ -104,13 +137,13 @@ impl Metrics {
             "When the issuer certificate expires, in Unix seconds.",
             &[],
         );
-        issuer_expiry.set(unix_seconds(authority.issuer_not_after()));
         let anchor_expiry = registry.gauge(
             "weft_identity_trust_anchor_expiry_timestamp_seconds",
             "When the earliest trust anchor expires, in Unix seconds.",
             &[],
         );
-        anchor_expiry.set(unix_seconds(authority.anchor_not_after()));
+        const RELOADS: &str = "weft_identity_ca_reloads_total";
+        const RELOADS_HELP: &str = "Times the CA's files changed and were read again, by result (error: the files in place now are refused, and the CA they replaced stays in use).";
         Self {
             issued_token: registry.counter(ISSUED, ISSUED_HELP, &[("method", "token")]),
             issued_renewal: registry.counter(ISSUED, ISSUED_HELP, &[("method", "renewal")]),
@@ -120,9 +153,20 @@ impl Metrics {
                 "Time to check a certify request and issue its certificate.",
                 &[],
             ),
-            _issuer_expiry: issuer_expiry,
-            _anchor_expiry: anchor_expiry,
+            issuer_expiry,
+            anchor_expiry,
+            reload_ok: registry.counter(RELOADS, RELOADS_HELP, &[("result", "ok")]),
+            reload_failed: registry.counter(RELOADS, RELOADS_HELP, &[("result", "error")]),
         }
+        .with_expiries(authority)
+    }
+
+    fn with_expiries(self, authority: &Authority) -> Self {
+        self.issuer_expiry
+            .set(unix_seconds(authority.issuer_not_after()));
+        self.anchor_expiry
+            .set(unix_seconds(authority.anchor_not_after()));
+        self
     }
 
     fn reject(&self, reason: Reason) {
@@ -134,7 +178,7 @@ impl Metrics {
 
 /// The running identity service.
 pub struct IdentityService {
-    authority: Arc<Authority>,
+    authority: std::sync::RwLock<Arc<Authority>>,
     metrics: Metrics,
     serving: Arc<CertStore>,
     identity: SpiffeId,
@@ -166,7 +210,7 @@ impl IdentityService {
         let identity = service_identity(authority.trust_domain()).map_err(|e| e.to_string())?;
         let metrics = Metrics::new(registry, &authority);
         let svc = Arc::new(Self {
-            authority: Arc::new(authority),
+            authority: std::sync::RwLock::new(Arc::new(authority)),
             metrics,
             serving: CertStore::empty(),
             identity,
@@ -176,8 +220,12 @@ impl IdentityService {
         Ok(svc)
     }
 
-    pub fn authority(&self) -> &Authority {
-        &self.authority
+    /// The CA as loaded now.
+    pub fn authority(&self) -> Arc<Authority> {
+        self.authority
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The service's TLS config: TLS 1.3, HTTP/2 or 1.1, client certificates asked for but
@@ -195,17 +243,18 @@ impl IdentityService {
     fn refresh_serving_cert(&self) -> Result<(), String> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| e.to_string())?;
-        let issued = self.authority.issue_for(
+        let ca = self.authority();
+        let issued = ca.issue_for(
             &key,
             &self.identity,
             &self.dns_names,
-            SERVING_CERT_LIFETIME.min(self.authority.leaf_lifetime()),
+            SERVING_CERT_LIFETIME.min(ca.leaf_lifetime()),
         )?;
         let creds = tls::Credentials {
             identity: issued.identity,
             key: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
             chain: issued.chain,
-            bundle: self.authority.bundle().clone(),
+            bundle: ca.bundle().clone(),
             not_before: issued.not_before,
             not_after: issued.not_after,
         };
@@ -227,7 +276,7 @@ impl IdentityService {
             let svc = self.clone();
             tokio::spawn(async move {
                 let period = SERVING_CERT_LIFETIME
-                    .min(svc.authority.leaf_lifetime())
+                    .min(svc.authority().leaf_lifetime())
                     .mul_f64(0.7)
                     .max(Duration::from_secs(1));
                 loop {
@@ -263,16 +312,21 @@ impl IdentityService {
             (&Method::GET, TRUST_BUNDLE_PATH) => Ok(serve::respond(
                 StatusCode::OK,
                 "application/x-pem-file",
-                self.authority.bundle().to_pem(),
+                self.authority().bundle().to_pem(),
             )),
-            (_, CERTIFY_PATH | TRUST_BUNDLE_PATH) => Err(Rejection::new(
+            (&Method::GET, CA_PATH) => Ok(serve::respond(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec(&self.ca_info()).unwrap_or_default(),
+            )),
+            (_, CERTIFY_PATH | TRUST_BUNDLE_PATH | CA_PATH) => Err(Rejection::new(
                 Reason::MethodNotAllowed,
-                format!("use POST {CERTIFY_PATH} or GET {TRUST_BUNDLE_PATH}"),
+                format!("use POST {CERTIFY_PATH}, GET {TRUST_BUNDLE_PATH} or GET {CA_PATH}"),
             )),
             (_, path) => Err(Rejection::new(
                 Reason::NotFound,
                 format!(
-                    "no such API: {path} (the identity service serves POST {CERTIFY_PATH} and GET {TRUST_BUNDLE_PATH})"
+                    "no such API: {path} (the identity service serves POST {CERTIFY_PATH}, GET {TRUST_BUNDLE_PATH} and GET {CA_PATH})"
                 ),
             )),
         };
@@ -359,7 +413,8 @@ impl IdentityService {
             ));
         }
         let checked = csr::check(req.csr.as_bytes(), &proven)?;
-        let issued = self.authority.issue(&checked, &proven).map_err(|e| {
+        let ca = self.authority();
+        let issued = ca.issue(&checked, &proven).map_err(|e| {
             Rejection::new(
                 Reason::CsrMalformed,
                 format!("cannot issue for this CSR: {e}"),
@@ -377,7 +432,7 @@ impl IdentityService {
                 .iter()
                 .map(|c| tls::der_to_pem("CERTIFICATE", c))
                 .collect(),
-            trust_bundle: self.authority.bundle().to_pem(),
+            trust_bundle: ca.bundle().to_pem(),
             not_before: crate::rfc3339(issued.not_before),
             not_after: crate::rfc3339(issued.not_after),
             not_after_unix: issued
@@ -389,7 +444,8 @@ impl IdentityService {
     }
 
     fn check_token(&self, token: &str, now: SystemTime) -> Result<SpiffeId, Rejection> {
-        let claims = self.authority.token_key().verify(token, now).map_err(|e| {
+        let ca = self.authority();
+        let claims = ca.token_key().verify(token, now).map_err(|e| {
             let reason = match e {
                 TokenError::Malformed(_) => Reason::TokenMalformed,
                 TokenError::Forged(_) => Reason::TokenForged,
@@ -398,13 +454,13 @@ impl IdentityService {
             };
             Rejection::new(reason, e.to_string())
         })?;
-        if claims.sub.trust_domain() != self.authority.trust_domain().as_str() {
+        if claims.sub.trust_domain() != ca.trust_domain().as_str() {
             return Err(Rejection::new(
                 Reason::TokenWrongIdentity,
                 format!(
                     "the token is for {}, outside this trust domain ({})",
                     claims.sub,
-                    self.authority.trust_domain()
+                    ca.trust_domain()
                 ),
             ));
         }
@@ -417,7 +473,8 @@ impl IdentityService {
         now: SystemTime,
     ) -> Result<SpiffeId, Rejection> {
         use crate::tls::PeerCertError as E;
-        let id = tls::verify_client_chain(self.authority.bundle(), chain, now).map_err(|e| {
+        let ca = self.authority();
+        let id = tls::verify_client_chain(ca.bundle(), chain, now).map_err(|e| {
             let reason = match e {
                 E::Expired | E::NotYetValid => Reason::ClientCertExpired,
                 E::Untrusted => Reason::ClientCertUntrusted,
@@ -432,7 +489,7 @@ impl IdentityService {
             };
             Rejection::new(reason, format!("client certificate refused: {e}{hint}"))
         })?;
-        if id.trust_domain() != self.authority.trust_domain().as_str() {
+        if id.trust_domain() != ca.trust_domain().as_str() {
             return Err(Rejection::new(
                 Reason::ClientCertInvalid,
                 format!("the client certificate is for {id}, outside this trust domain"),
@@ -463,45 +520,4 @@ fn error_response(rejection: &Rejection) -> FullResponse {
     };
     let json = serde_json::to_vec(&body).unwrap_or_default();
     serve::respond(rejection.reason.status(), "application/json", json)
-}
-
-/// An identity service running in this process (tests, `weft demo`).
-#[derive(Debug)]
-pub struct Running {
-    pub addr: std::net::SocketAddr,
-    pub service: Arc<IdentityService>,
-    pub registry: Registry,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    /// Starts `authority`'s API on `listen` (port 0 picks a free port).
-    pub async fn start(authority: Authority, listen: std::net::SocketAddr) -> Result<Self, String> {
-        let registry = Registry::new();
-        let service = IdentityService::new(authority, &registry, vec!["localhost".into()])?;
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(
-            service
-                .clone()
-                .run(listener, weft_runtime::process::wait_true(stop_rx)),
-        );
-        Ok(Self {
-            addr,
-            service,
-            registry,
-            stop,
-            task,
-        })
-    }
-
-    /// Stops accepting, lets open requests finish, and waits until the listener is closed.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
 }

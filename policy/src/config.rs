@@ -11,7 +11,8 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser};
 use weft_identity::config::{
-    DEFAULT_IDENTITY_ADDR, DEFAULT_TOKEN_FILE, ENV_IDENTITY_ADDR, ENV_TOKEN_FILE,
+    DEFAULT_IDENTITY_ADDR, DEFAULT_TOKEN_FILE, DEFAULT_TRUST_REFRESH, ENV_IDENTITY_ADDR,
+    ENV_TOKEN_FILE, ENV_TRUST_REFRESH,
 };
 use weft_runtime::config::{parse_duration, parse_from_vars};
 use weft_runtime::process::shutdown_signal;
@@ -131,6 +132,10 @@ pub struct PolicyArgs {
     /// Bootstrap token of the control plane (for spiffe://<td>/ns/weft/sa/policy).
     #[arg(long, env = ENV_TOKEN_FILE, default_value = DEFAULT_TOKEN_FILE)]
     pub token_file: PathBuf,
+    /// How often to ask the identity service for the CA's bundle and issuer between renewals,
+    /// so a CA rotation reaches this process within about this long.
+    #[arg(long, env = ENV_TRUST_REFRESH, default_value = DEFAULT_TRUST_REFRESH, value_parser = parse_duration)]
+    pub identity_trust_refresh: Duration,
 }
 
 impl PolicyArgs {
@@ -301,10 +306,11 @@ async fn mesh_security(
             args.token_file.display()
         )
     })?;
-    let settings = weft_identity::client::ClientSettings::new(
+    let mut settings = weft_identity::client::ClientSettings::new(
         args.identity_addr.clone(),
         token.trim().to_string(),
     );
+    settings.trust_refresh = args.identity_trust_refresh;
     let claims = settings
         .claims()
         .map_err(|e| format!("the bootstrap token is unusable: {e}"))?;
@@ -339,11 +345,13 @@ async fn mesh_security(
             }
         }
     });
+    let bundle =
+        weft_identity::tls::TrustSource::following(client.credentials(), creds.bundle.clone());
     Ok((
         client,
         Security::Mtls {
             tls: Arc::new(tls),
-            bundle: creds.bundle.clone(),
+            bundle,
         },
     ))
 }

@@ -111,6 +111,52 @@ pub struct Registration {
     /// (`weft stat`, the dashboard) find every proxy through the control plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<SocketAddr>,
+    /// What the workload's proxy trusts, so operators' tools can tell which proxies follow a
+    /// CA rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustReport>,
+}
+
+/// What a proxy trusts, as it reports it when it registers (and again when it changes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustReport {
+    /// SHA-256 fingerprints (`sha256:<hex>`) of the trust anchors it verifies peers with.
+    pub anchors: Vec<String>,
+    /// SHA-256 fingerprint of the issuer of its current certificate.
+    pub issuer: String,
+}
+
+impl TrustReport {
+    /// At most this many anchors in a report.
+    pub const MAX_ANCHORS: usize = 16;
+
+    /// Whether the report is well-formed: a few fingerprints, each `sha256:` and 64 hex digits.
+    pub fn check(&self) -> Result<(), String> {
+        let fp = |f: &str| {
+            f.strip_prefix("sha256:")
+                .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        if self.anchors.len() > Self::MAX_ANCHORS {
+            return Err(format!(
+                "`trust.anchors` lists {} anchors; at most {} are taken",
+                self.anchors.len(),
+                Self::MAX_ANCHORS
+            ));
+        }
+        if let Some(bad) = self
+            .anchors
+            .iter()
+            .chain(std::iter::once(&self.issuer))
+            .find(|f| !fp(f))
+        {
+            let shown: String = bad.chars().take(80).collect();
+            return Err(format!(
+                "`trust` holds `{shown}`, which is not a fingerprint (sha256:<64 hex digits>)"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The answer to a registration.
@@ -138,6 +184,9 @@ pub struct Workload {
     /// Its proxy's `/metrics` address, if it told.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// What its proxy trusts, if it told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustReport>,
 }
 
 impl Workload {
@@ -333,6 +382,7 @@ mod tests {
             address: addr.parse().unwrap(),
             identity: Some(SpiffeId::parse(id).unwrap()),
             metrics: None,
+            trust: None,
         }
     }
 

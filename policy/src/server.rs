@@ -42,10 +42,10 @@ pub enum Security {
     /// Plain HTTP (h2c or HTTP/1.1); registrations are trusted as sent. Development only.
     InsecureDev,
     /// TLS 1.3 with the given server config (ALPN h2 and http/1.1); callers are verified
-    /// against `bundle` by their client certificates.
+    /// by their client certificates against the bundle `bundle` holds at each request.
     Mtls {
         tls: Arc<rustls::ServerConfig>,
-        bundle: weft_identity::tls::TrustBundle,
+        bundle: weft_identity::tls::TrustSource,
     },
 }
 

@@ -163,6 +163,7 @@ async fn applies_through_replicas_over_etcd() {
     let mut v1_at_b = b.client().watch_endpoints("default", "api-v1");
     let registered = pa
         .register(&weft_policy::registry::Registration {
+            trust: None,
             service: "api".into(),
             namespace: None,
             labels: std::collections::BTreeMap::from([("version".to_string(), "v1".to_string())]),

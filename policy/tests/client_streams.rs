@@ -71,6 +71,7 @@ async fn subscriptions_past_the_cap_wait_their_turn_and_registrations_still_pass
     let registered = tokio::time::timeout(
         Duration::from_secs(2),
         client.register(&Registration {
+            trust: None,
             service: "api".into(),
             namespace: None,
             labels: BTreeMap::new(),

@@ -180,6 +180,7 @@ async fn invalid_edit_is_logged_and_shown_and_the_watcher_keeps_its_state() {
 
 fn registration(version: &str, port: u16, lease: Duration) -> Registration {
     Registration {
+        trust: None,
         service: "api".into(),
         namespace: None,
         labels: BTreeMap::from([("version".to_string(), version.to_string())]),

@@ -71,6 +71,7 @@ async fn one_endpoint_changed_of_five_thousand_sends_one_endpoint() {
     // One workload registers for the big service: one endpoint more.
     let before = bytes(&cp, "delta").await;
     let _reg = client.keep_registered(Registration {
+        trust: None,
         service: "big".into(),
         namespace: None,
         labels: BTreeMap::from([("zone".to_string(), "z9".to_string())]),

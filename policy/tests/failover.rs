@@ -32,6 +32,7 @@ async fn a_client_moves_to_another_replica_when_its_own_goes_away() {
     })
     .await;
     let registration = Registration {
+        trust: None,
         service: "api".into(),
         namespace: None,
         labels: BTreeMap::from([("version".to_string(), "v1".to_string())]),

@@ -60,7 +60,7 @@ impl Mesh {
         let mut s = Settings::insecure(dir);
         s.security = Security::Mtls {
             tls: Arc::new(tls),
-            bundle: self.ca.bundle().clone(),
+            bundle: self.ca.bundle().clone().into(),
         };
         s
     }
@@ -78,6 +78,7 @@ impl Mesh {
 
 fn registration(identity: Option<&str>, namespace: Option<&str>) -> Registration {
     Registration {
+        trust: None,
         service: "api".into(),
         namespace: namespace.map(str::to_string),
         labels: BTreeMap::from([("version".to_string(), "v1".to_string())]),

@@ -105,6 +105,7 @@ async fn default_mode_gets_a_certificate_and_serves_mtls() {
     settings.tls = Some(ClientTls::mesh(&bundle, policy_id, Some(certs)).unwrap());
     let client = PolicyClient::new(settings);
     let _lease = client.keep_registered(Registration {
+        trust: None,
         service: "api".into(),
         namespace: None,
         labels: [("version".to_string(), "v1".to_string())].into(),

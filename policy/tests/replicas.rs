@@ -92,6 +92,7 @@ async fn replicas_serve_the_resources_in_etcd() {
 
 fn registration(identity: &str, lease: Duration) -> Registration {
     Registration {
+        trust: None,
         service: "api".into(),
         namespace: None,
         labels: BTreeMap::from([("version".to_string(), "v1".to_string())]),

@@ -19,7 +19,8 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:4191";
 /// Where the identity service and the bootstrap token are: the variables every workload
 /// shares, defined by `weft identity`.
 pub use weft_identity::config::{
-    DEFAULT_IDENTITY_ADDR, DEFAULT_TOKEN_FILE, ENV_IDENTITY_ADDR, ENV_TOKEN_FILE,
+    DEFAULT_IDENTITY_ADDR, DEFAULT_TOKEN_FILE, DEFAULT_TRUST_REFRESH, ENV_IDENTITY_ADDR,
+    ENV_TOKEN_FILE, ENV_TRUST_REFRESH,
 };
 /// The control plane's address and its development mode: the variables `weft policy` defines.
 pub use weft_policy::config::{
@@ -75,6 +76,10 @@ pub struct ProxyArgs {
     /// The bootstrap token file: the proxy's whole identity configuration.
     #[arg(long, env = ENV_TOKEN_FILE, default_value = DEFAULT_TOKEN_FILE)]
     pub token_file: PathBuf,
+    /// How often to ask the identity service for the CA's bundle and issuer between renewals,
+    /// so a CA rotation reaches this process within about this long.
+    #[arg(long, env = ENV_TRUST_REFRESH, default_value = DEFAULT_TRUST_REFRESH, value_parser = parse_duration)]
+    pub identity_trust_refresh: Duration,
     /// The control plane: `host:port`, or each of its replicas' (`a:8090,b:8090`), among which
     /// the proxy starts on one at random and moves to another when its own goes away.
     #[arg(long, env = ENV_POLICY_ADDR, default_value = DEFAULT_POLICY_ADDR)]

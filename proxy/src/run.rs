@@ -16,11 +16,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_identity::SpiffeId;
 use weft_identity::client::{ClientSettings as IdentitySettings, IdentityClient};
-use weft_identity::tls::Credentials;
+use weft_identity::tls::{Credentials, TrustSource};
 use weft_policy::client::{
     ClientSettings as PolicySettings, ClientTls, PolicyClient, RegistrationHandle,
 };
-use weft_policy::registry::Registration;
+use weft_policy::registry::{Registration, TrustReport};
 use weft_runtime::metrics::{Registry, unix_seconds};
 use weft_runtime::serve::bind;
 
@@ -132,7 +132,7 @@ pub async fn run_on(
         .unwrap_or_else(|| me.workload().to_string());
 
     // 2. The control plane.
-    let policy_client = policy_client(&args, &creds, &tls)?;
+    let policy_client = policy_client(&args, &identity, &creds, &tls)?;
     let mut policy = policy_client.watch_inbound(&namespace, &service);
     tracing::info!(control_plane = %args.policy_addr, %namespace, %service, "waiting for the inbound policy");
     tokio::select! {
@@ -145,9 +145,9 @@ pub async fn run_on(
         Some(a) => a,
         None => advertise_addr(inbound_addr, &args.policy_addr),
     };
-    let registration = policy_client.keep_registered(registration(
-        &args, &me, &namespace, &service, advertise, admin_addr,
-    )?);
+    let registration = registration(&args, &me, &namespace, &service, advertise, admin_addr)?;
+    let (registration, _trust_reporter) = report_trust(registration, identity.credentials());
+    let registration = policy_client.keep_registered_following(registration);
 
     // 4. The data path.
     let inbound = inbound(&args, &namespace, &service, &tls, policy, &metrics);
@@ -254,7 +254,8 @@ fn start_identity_client(
     token: String,
     registry: &Registry,
 ) -> Result<IdentityClient, String> {
-    let id_settings = IdentitySettings::new(args.identity_addr.clone(), token);
+    let mut id_settings = IdentitySettings::new(args.identity_addr.clone(), token);
+    id_settings.trust_refresh = args.identity_trust_refresh;
     let claims = id_settings.claims().map_err(|e| {
         format!(
             "the bootstrap token {} is unusable: {e}",
@@ -282,6 +283,7 @@ fn mesh_tls(
 /// `--policy-insecure-dev`.
 fn policy_client(
     args: &ProxyArgs,
+    identity: &IdentityClient,
     creds: &Credentials,
     tls: &MeshTls,
 ) -> Result<PolicyClient, String> {
@@ -292,16 +294,40 @@ fn policy_client(
     } else {
         let td = weft_identity::TrustDomain::new(me.trust_domain()).map_err(|e| e.to_string())?;
         let expected = weft_policy::client::service_identity(&td)?;
-        Some(ClientTls::mesh(
-            &creds.bundle,
-            expected,
-            Some(tls.cert_store()),
-        )?)
+        // Verified against the bundle the proxy holds at each handshake: a CA rotation reaches
+        // this connection as it reaches the data path.
+        let trust = TrustSource::following(identity.credentials(), creds.bundle.clone());
+        Some(ClientTls::mesh(trust, expected, Some(tls.cert_store()))?)
     };
     Ok(PolicyClient::new(PolicySettings::new(
         args.policy_addr.clone(),
         policy_tls,
     )))
+}
+
+/// The registration with what the proxy trusts now, kept current as its credentials change
+/// (a CA rotation), so the control plane's `/workloads` says which proxies follow it.
+fn report_trust(
+    mut reg: Registration,
+    mut creds: watch::Receiver<Option<Arc<Credentials>>>,
+) -> (watch::Receiver<Registration>, tokio::task::JoinHandle<()>) {
+    let trust_of = |c: &Credentials| TrustReport {
+        anchors: c.bundle.fingerprints(),
+        issuer: weft_identity::client::leaf_issuer(c),
+    };
+    reg.trust = creds.borrow_and_update().as_deref().map(trust_of);
+    let (tx, rx) = watch::channel(reg);
+    let task = tokio::spawn(async move {
+        while creds.changed().await.is_ok() {
+            let now = creds.borrow_and_update().as_deref().map(trust_of);
+            tx.send_if_modified(|r| {
+                let changed = r.trust != now;
+                r.trust = now;
+                changed
+            });
+        }
+    });
+    (rx, task)
 }
 
 /// Step 3: what the proxy registers: its inbound address under its identity.
@@ -314,6 +340,7 @@ fn registration(
     admin_addr: SocketAddr,
 ) -> Result<Registration, String> {
     Ok(Registration {
+        trust: None,
         service: service.to_string(),
         namespace: Some(namespace.to_string()),
         labels: args.label_map()?,

@@ -297,6 +297,7 @@ async fn change(
 ) -> Result<(), Error> {
     if adding {
         let reg = Registration {
+            trust: None,
             service: BIG.into(),
             namespace: None,
             labels: BTreeMap::new(),

@@ -13,15 +13,18 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::{ClientError, ClientSettings, REQUEST_TIMEOUT};
+use crate::authority::links::{links_from_pem, pin_reaches};
 use crate::server::{
-    CERTIFY_PATH, CertifyRequest, CertifyResponse, TRUST_BUNDLE_PATH, service_identity,
+    CA_PATH, CERTIFY_PATH, CaInfo, CertifyRequest, CertifyResponse, service_identity,
 };
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::tls::{self, CertStore, Credentials, TrustBundle};
 use weft_runtime::serve::ErrorBody;
 
-/// Fetches the trust bundle and accepts it only if it holds the anchor `pinned`
-/// (`sha256:<hex>`).
+/// Fetches the trust bundle for a workload that holds nothing but its token, and accepts it
+/// only if it holds the anchor `pinned` (`sha256:<hex>`), or if the CA's anchor links lead from
+/// the pinned anchor to one of its anchors (the pinned one was rotated out since the token
+/// was made; see `authority::links`).
 pub async fn fetch_trust_bundle(addr: &str, pinned: &str) -> Result<TrustBundle, ClientError> {
     let cfg = tls::unverified_client_config().map_err(|e| ClientError::Tls {
         addr: addr.to_string(),
@@ -29,13 +32,52 @@ pub async fn fetch_trust_bundle(addr: &str, pinned: &str) -> Result<TrustBundle,
     })?;
     let name = rustls::pki_types::ServerName::try_from("identity.weft.invalid")
         .map_err(|e| ClientError::Key(e.to_string()))?;
+    let info = get_ca(addr, Arc::new(cfg), name).await?;
+    let bundle = TrustBundle::from_pem(info.trust_bundle.as_bytes())
+        .map_err(|e| ClientError::BadResponse(e.to_string()))?;
+    let links = links_from_pem(info.anchor_links.as_bytes()).map_err(ClientError::BadResponse)?;
+    if !pin_reaches(pinned, &bundle, &links) {
+        return Err(ClientError::AnchorMismatch {
+            addr: addr.to_string(),
+            pinned: pinned.to_string(),
+        });
+    }
+    Ok(bundle)
+}
+
+/// What the CA says now (`GET /v1/ca`), from the identity service verified by `bundle` as the
+/// service of `identity`'s trust domain.
+pub async fn fetch_ca(
+    addr: &str,
+    bundle: &TrustBundle,
+    identity: &SpiffeId,
+) -> Result<CaInfo, ClientError> {
+    let server_id = service_identity(
+        &TrustDomain::new(identity.trust_domain()).map_err(|e| ClientError::Key(e.to_string()))?,
+    )
+    .map_err(|e| ClientError::Key(e.to_string()))?;
+    let cfg =
+        tls::client_config(bundle, server_id.clone(), None, &[tls::ALPN_HTTP11]).map_err(|e| {
+            ClientError::Tls {
+                addr: addr.to_string(),
+                detail: e.to_string(),
+            }
+        })?;
+    get_ca(addr, Arc::new(cfg), tls::server_name(&server_id)).await
+}
+
+async fn get_ca(
+    addr: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+) -> Result<CaInfo, ClientError> {
     let (status, body) = request(
         addr,
         Exchange {
-            cfg: Arc::new(cfg),
+            cfg,
             name,
             method: Method::GET,
-            path: TRUST_BUNDLE_PATH,
+            path: CA_PATH,
             authorization: None,
             body: Bytes::new(),
         },
@@ -43,18 +85,10 @@ pub async fn fetch_trust_bundle(addr: &str, pinned: &str) -> Result<TrustBundle,
     .await?;
     if status != StatusCode::OK {
         return Err(ClientError::BadResponse(format!(
-            "GET {TRUST_BUNDLE_PATH} answered {status}"
+            "GET {CA_PATH} answered {status}"
         )));
     }
-    let bundle =
-        TrustBundle::from_pem(&body).map_err(|e| ClientError::BadResponse(e.to_string()))?;
-    if !bundle.fingerprints().iter().any(|f| f == pinned) {
-        return Err(ClientError::AnchorMismatch {
-            addr: addr.to_string(),
-            pinned: pinned.to_string(),
-        });
-    }
-    Ok(bundle)
+    serde_json::from_slice(&body).map_err(|e| ClientError::BadResponse(e.to_string()))
 }
 
 /// How a certify request authenticates.

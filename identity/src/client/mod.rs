@@ -17,6 +17,8 @@
 //! - this module: the settings ([`ClientSettings`]) and [`ClientError`];
 //! - `certify`: one exchange with the service: fetching the trust bundle, certifying a fresh key
 //!   ([`certify`], [`bootstrap`]);
+//! - `follow`: between renewals, following the CA's bundle and issuer (`GET /v1/ca`), and
+//!   the metrics of what the client trusts;
 //! - `renew`: the background client ([`IdentityClient`]): the renewal loop, its back-off and
 //!   its metrics.
 
@@ -28,9 +30,11 @@ use crate::token::{self, Claims, TokenError};
 use weft_runtime::serve::ErrorBody;
 
 mod certify;
+mod follow;
 mod renew;
 
-pub use certify::{Auth, bootstrap, certify, fetch_trust_bundle, generate_csr, validity};
+pub use certify::{Auth, bootstrap, certify, fetch_ca, fetch_trust_bundle, generate_csr, validity};
+pub use follow::leaf_issuer;
 pub use renew::{Backoff, IdentityClient, renewal_time};
 
 /// How long one request to the identity service may take.
@@ -39,6 +43,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RENEW_FRACTION: f64 = 0.7;
 pub const DEFAULT_MIN_BACKOFF: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How often a client asks the CA for its bundle between renewals.
+pub const DEFAULT_TRUST_REFRESH: Duration = Duration::from_secs(60);
 
 /// Why a request to the identity service failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +102,9 @@ pub struct ClientSettings {
     pub token: String,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// How often the client asks the CA for its bundle and issuer between renewals (jittered),
+    /// so a rotation reaches it in about this long.
+    pub trust_refresh: Duration,
 }
 
 impl std::fmt::Debug for ClientSettings {
@@ -105,6 +114,7 @@ impl std::fmt::Debug for ClientSettings {
             .field("token", &"<secret>")
             .field("min_backoff", &self.min_backoff)
             .field("max_backoff", &self.max_backoff)
+            .field("trust_refresh", &self.trust_refresh)
             .finish()
     }
 }
@@ -116,6 +126,7 @@ impl ClientSettings {
             token: token.into().trim().to_string(),
             min_backoff: DEFAULT_MIN_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
+            trust_refresh: DEFAULT_TRUST_REFRESH,
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use metrics::{Counter, Gauge};
 use tokio::sync::watch;
 
+use super::follow::{self, TrustMetrics, accept_bundle};
 use super::{Auth, ClientError, ClientSettings, RENEW_FRACTION, certify, fetch_trust_bundle};
 use crate::tls::{Credentials, TrustBundle};
 use weft_runtime::metrics::{Registry, unix_seconds};
@@ -51,29 +52,6 @@ pub fn renewal_time(received: SystemTime, not_after: SystemTime) -> SystemTime {
     let left = not_after.duration_since(received).unwrap_or_default();
     let fraction = RENEW_FRACTION + (fastrand::f64() - 0.5) * 0.1;
     received + left.mul_f64(fraction)
-}
-
-/// Whether a renewal's trust bundle `offered` may replace `trusted`: it must keep at least
-/// one of the anchors trusted now. It arrived over TLS that `trusted` verified, from the
-/// identity service; a rotation adds the new anchor before it drops the old one, so each of
-/// its steps keeps one. A bundle that keeps none (another CA's, or an anchor file replaced
-/// at once) would cut this workload off from every peer still on the old anchor: refused.
-/// `Ok(true)` when it changes the bundle.
-pub(crate) fn accept_bundle(
-    trusted: &TrustBundle,
-    offered: &TrustBundle,
-) -> Result<bool, ClientError> {
-    let (now, new) = (trusted.fingerprints(), offered.fingerprints());
-    if now == new {
-        return Ok(false);
-    }
-    if new.iter().any(|f| now.contains(f)) {
-        return Ok(true);
-    }
-    Err(ClientError::BundleRefused {
-        trusted: now,
-        offered: new,
-    })
 }
 
 struct ClientMetrics {
@@ -132,7 +110,8 @@ impl IdentityClient {
     pub fn start(settings: ClientSettings, registry: &Registry) -> Self {
         let (tx, rx) = watch::channel(None);
         let metrics = ClientMetrics::new(registry);
-        let task = tokio::spawn(maintain(settings, tx, metrics));
+        let trust = TrustMetrics::new(registry);
+        let task = tokio::spawn(maintain(settings, tx, metrics, trust));
         Self { creds: rx, task }
     }
 
@@ -164,17 +143,43 @@ async fn maintain(
     settings: ClientSettings,
     tx: watch::Sender<Option<Arc<Credentials>>>,
     metrics: ClientMetrics,
+    mut trust: TrustMetrics,
 ) {
     let mut backoff = Backoff::new(settings.min_backoff, settings.max_backoff);
     let mut bundle: Option<TrustBundle> = None;
     let mut current: Option<Arc<Credentials>> = None;
     let mut due = SystemTime::now();
+    let mut look_at = SystemTime::now() + jittered(settings.trust_refresh);
     let mut failures = 0u64;
     loop {
-        if let Ok(wait) = due.duration_since(SystemTime::now()) {
+        let wake = if current.is_some() {
+            due.min(look_at)
+        } else {
+            due
+        };
+        if let Ok(wait) = wake.duration_since(SystemTime::now()) {
             tokio::time::sleep(wait).await;
         }
         let now = SystemTime::now();
+        if now < due
+            && let Some(creds) = &current
+        {
+            // Between renewals: what does the CA serve now?
+            look_at = now + jittered(settings.trust_refresh);
+            let (next, renew_by) = look_between(&settings, creds, &metrics).await;
+            if let Some(next) = next {
+                trust.report(&next);
+                current = Some(next.clone());
+                tx.send_replace(Some(next));
+            }
+            if let Some(by) = renew_by
+                && due > by
+            {
+                due = follow::spread_until(by);
+                tracing::info!(re_issue_at = %crate::rfc3339(due), "the CA has a new issuer and asks for leaves of the old one to be replaced: renewing early");
+            }
+            continue;
+        }
         let result = match &current {
             Some(creds) if now < creds.not_after => {
                 let r = certify(
@@ -241,6 +246,7 @@ async fn maintain(
                     "certificate {}", if bootstrapped { "obtained" } else { "renewed" }
                 );
                 let creds = Arc::new(creds);
+                trust.report(&creds);
                 due = renewal_time(SystemTime::now(), creds.not_after);
                 current = Some(creds.clone());
                 backoff.reset();
@@ -271,6 +277,39 @@ async fn maintain(
             }
         }
     }
+}
+
+/// One look at the CA between renewals: the credentials with the new bundle if it changed
+/// (and was accepted), and when to renew if the CA asks for early re-issuing.
+async fn look_between(
+    settings: &ClientSettings,
+    creds: &Credentials,
+    metrics: &ClientMetrics,
+) -> (Option<Arc<Credentials>>, Option<SystemTime>) {
+    match follow::look(&settings.addr, creds).await {
+        Ok(seen) => {
+            let next = seen.bundle.map(|b| {
+                metrics.bundle_changed.increment(1);
+                tracing::info!(from = ?creds.bundle.fingerprints(), to = ?b.fingerprints(), "the trust bundle changed");
+                follow::with_bundle(creds, b)
+            });
+            (next, seen.reissue_by)
+        }
+        Err(e @ ClientError::BundleRefused { .. }) => {
+            metrics.bundle_refused.increment(1);
+            tracing::warn!(error = %e, "trust bundle refused");
+            (None, None)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot ask the CA what it serves; asking again later");
+            (None, None)
+        }
+    }
+}
+
+/// `d` jittered by ±20 %.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.8 + fastrand::f64() * 0.4)
 }
 
 async fn bootstrap_cached(
@@ -317,6 +356,7 @@ mod tests {
 
     #[test]
     fn a_bundle_is_accepted_only_when_it_keeps_a_trusted_anchor() {
+        use crate::client::follow::accept_bundle;
         let anchor = |name: &str| {
             let dir = tempfile::tempdir().unwrap();
             let mut cfg = crate::authority::AuthorityConfig::new(dir.path());

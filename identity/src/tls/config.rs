@@ -11,8 +11,8 @@ use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme}
 
 use super::verify::DeferredClientVerifier;
 use super::{
-    ALPN_HTTP11, SpiffeServerVerifier, TlsError, TrustBundle, algorithms, provider, refuse_tls12,
-    verify_tls13,
+    ALPN_HTTP11, SpiffeServerVerifier, TlsError, TrustBundle, TrustSource, algorithms, provider,
+    refuse_tls12, verify_tls13,
 };
 use crate::spiffe::SpiffeId;
 
@@ -58,14 +58,15 @@ pub fn server_config(
 }
 
 /// A TLS 1.3 client config that accepts only a server proving `expected`, and presents
-/// `client_cert` when one is given.
+/// `client_cert` when one is given. The server's chain is verified against the bundle `trust`
+/// holds at the time of each handshake.
 pub fn client_config(
-    bundle: &TrustBundle,
+    trust: impl Into<TrustSource>,
     expected: SpiffeId,
     client_cert: Option<Arc<dyn ResolvesClientCert>>,
     alpn: &[&[u8]],
 ) -> Result<ClientConfig, TlsError> {
-    let verifier = Arc::new(SpiffeServerVerifier::new(bundle, expected)?);
+    let verifier = Arc::new(SpiffeServerVerifier::new(trust, expected)?);
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Config)?

@@ -14,6 +14,7 @@
 //! - `bundle`: [`TrustBundle`] and PEM/DER helpers;
 //! - `credentials`: [`Credentials`] and the swappable [`CertStore`];
 //! - `config`: the server and client configs, [`ClientAuth`], SNI names;
+//! - `trust`: [`TrustSource`], the bundle a long-lived config verifies with, fixed or live;
 //! - `verify`: the SPIFFE verifiers, [`verify_client_chain`], [`peer_identity`].
 
 use std::sync::{Arc, OnceLock};
@@ -26,12 +27,14 @@ use rustls::pki_types::CertificateDer;
 mod bundle;
 mod config;
 mod credentials;
+mod trust;
 mod verify;
 
 pub use bundle::{TrustBundle, certs_from_pem, der_to_pem, fingerprint};
 pub(crate) use config::unverified_client_config;
 pub use config::{ClientAuth, client_config, server_config, server_name};
 pub use credentials::{CertStore, Credentials};
+pub use trust::TrustSource;
 pub use verify::{
     IdentityMismatch, PeerCertError, SpiffeServerVerifier, classify_cert_error, client_identity,
     identity_mismatch, peer_identity, verify_client_chain,

@@ -12,21 +12,22 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
 
-use super::{TlsError, TrustBundle, algorithms, provider, refuse_tls12, verify_tls13};
+use super::{TlsError, TrustBundle, TrustSource, algorithms, provider, refuse_tls12, verify_tls13};
 use crate::spiffe::SpiffeId;
 
 /// Verifies a server's chain against the trust bundle, then requires its SPIFFE ID to be
 /// exactly the expected one. Hostnames play no part.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
+    trust: TrustSource,
     expected: SpiffeId,
 }
 
 impl SpiffeServerVerifier {
-    pub fn new(bundle: &TrustBundle, expected: SpiffeId) -> Result<Self, TlsError> {
+    /// Verifies against whatever bundle `trust` holds at the time of each handshake.
+    pub fn new(trust: impl Into<TrustSource>, expected: SpiffeId) -> Result<Self, TlsError> {
         Ok(Self {
-            roots: bundle.roots(),
+            trust: trust.into(),
             expected,
         })
     }
@@ -50,9 +51,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        let roots: Arc<RootCertStore> = self.trust.current().roots();
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            &roots,
             intermediates,
             now,
             algorithms().all,

@@ -37,7 +37,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::watch;
 use weft_identity::SpiffeId;
-use weft_identity::tls::TrustBundle;
+use weft_identity::tls::TrustSource;
 use weft_runtime::serve::ConnInfo;
 use weft_runtime::serve::ErrorBody;
 
@@ -84,8 +84,9 @@ pub type ApiBody = BoxBody<Bytes, Infallible>;
 pub enum Auth {
     /// Development mode: plain HTTP, registrations are trusted as sent.
     InsecureDev,
-    /// Callers present mesh certificates verified against this bundle.
-    Mtls(TrustBundle),
+    /// Callers present mesh certificates verified against the bundle this holds at the time
+    /// of each request (followed live through a CA rotation).
+    Mtls(TrustSource),
 }
 
 /// API limits and timings.
@@ -374,7 +375,7 @@ impl Api {
                         "present your mesh certificate (mTLS): the control plane only talks to workloads with an identity",
                     )
                 })?;
-                weft_identity::tls::verify_client_chain(bundle, chain, SystemTime::now())
+                weft_identity::tls::verify_client_chain(&bundle.current(), chain, SystemTime::now())
                     .map(Some)
                     .map_err(|e| {
                         fail(
@@ -442,6 +443,11 @@ impl Api {
                 "`service` is empty",
             ));
         }
+        if let Some(trust) = &reg.trust {
+            trust
+                .check()
+                .map_err(|e| fail(StatusCode::BAD_REQUEST, "bad_registration", e))?;
+        }
         let lease = reg
             .lease
             .map_or(self.settings.default_lease, |l| l.0)
@@ -457,6 +463,7 @@ impl Api {
             address: reg.address,
             identity: identity.clone(),
             metrics: reg.metrics,
+            trust: reg.trust.clone(),
         };
         self.store.register(w, lease).map_err(|r| match r {
             Refusal::Taken(c) => fail(StatusCode::CONFLICT, "address_taken", c.to_string()),

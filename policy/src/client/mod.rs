@@ -255,13 +255,27 @@ impl PolicyClient {
     /// failures with jittered back-off. Stops (and the lease then lapses) when the handle is
     /// dropped.
     pub fn keep_registered(&self, reg: Registration) -> RegistrationHandle {
+        let (source, regs) = watch::channel(reg);
+        let mut handle = self.keep_registered_following(regs);
+        handle._source = Some(source);
+        handle
+    }
+
+    /// Like [`keep_registered`](Self::keep_registered), for a registration that changes (what
+    /// the proxy trusts, after a CA rotation): a change is sent at once.
+    pub fn keep_registered_following(
+        &self,
+        mut regs: watch::Receiver<Registration>,
+    ) -> RegistrationHandle {
         let (tx, rx) = watch::channel(None);
         let client = self.clone();
         let task = tokio::spawn(async move {
             let s = &client.inner.settings;
             let mut backoff = Backoff::new(s.min_backoff, s.max_backoff);
             let mut failing = false;
+            let mut open = true;
             loop {
+                let reg = regs.borrow_and_update().clone();
                 let delay = match client.register(&reg).await {
                     Ok(granted) => {
                         if failing {
@@ -286,10 +300,20 @@ impl PolicyClient {
                     _ = client.inner.reconnected.notified() => {
                         tracing::debug!(service = %reg.service, "reconnected to the control plane: renewing the registration now");
                     }
+                    changed = async {
+                        if open { regs.changed().await } else { std::future::pending().await }
+                    } => {
+                        // The source went away: keep renewing what it last said.
+                        open = changed.is_ok();
+                    }
                 }
             }
         });
-        RegistrationHandle { granted: rx, task }
+        RegistrationHandle {
+            granted: rx,
+            task,
+            _source: None,
+        }
     }
 }
 
@@ -298,6 +322,8 @@ impl PolicyClient {
 pub struct RegistrationHandle {
     granted: watch::Receiver<Option<Registered>>,
     task: tokio::task::JoinHandle<()>,
+    /// The registration's source, when it is fixed.
+    _source: Option<watch::Sender<Registration>>,
 }
 
 impl RegistrationHandle {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
 use weft_identity::SpiffeId;
-use weft_identity::tls::{self, TrustBundle};
+use weft_identity::tls::{self, TrustSource};
 
 /// How the client reaches the control plane over TLS.
 #[derive(Clone)]
@@ -26,10 +26,11 @@ impl ClientTls {
 }
 
 impl ClientTls {
-    /// Mesh TLS: the control plane must prove `expected`; the client presents the certificate
-    /// `certs` resolves (its workload identity, needed to register).
+    /// Mesh TLS: the control plane must prove `expected`, verified against the bundle `bundle`
+    /// holds at each handshake; the client presents the certificate `certs` resolves (its
+    /// workload identity, needed to register).
     pub fn mesh(
-        bundle: &TrustBundle,
+        bundle: impl Into<TrustSource>,
         expected: SpiffeId,
         certs: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
     ) -> Result<Self, String> {
