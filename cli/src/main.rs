@@ -10,9 +10,11 @@
 //! - [`stat`]: `weft stat` and `weft routes`, golden signals from every proxy.
 //! - [`token`]: `weft token create`.
 //! - [`cert`]: `weft cert issue`.
+//! - [`ca`]: `weft ca rotate issuer|anchor`, `weft ca status`.
 //! - [`resources`]: `weft apply`, `weft get`, `weft delete`, through the control plane.
 
 mod admin;
+mod ca;
 mod cert;
 mod check;
 mod dashboard;
@@ -67,6 +69,9 @@ enum Command {
     /// Certificates for workloads without a proxy.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Rotate the CA's issuer or trust anchor; show its state.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Create or change resources from YAML files, through the control plane (as an operator).
     Apply(resources::ApplyArgs),
     /// Show resources as the control plane stores them.
@@ -106,6 +111,7 @@ fn main() -> ExitCode {
         Command::Dashboard(args) => report(dashboard::run(args)),
         Command::Token(cmd) => report(token::run(cmd)),
         Command::Cert(cmd) => report(cert::run(cmd)),
+        Command::Ca(cmd) => report(ca::run(cmd)),
         Command::Apply(args) => report(resources::apply(args)),
         Command::Get(args) => report(resources::get(args)),
         Command::Delete(args) => report(resources::delete(args)),

@@ -25,6 +25,10 @@ pub const STATUS_PATH: &str = "/status";
 /// The admin path listing the registered workloads (JSON), with their proxies' metrics
 /// addresses: how `weft stat` and the dashboard find every proxy.
 pub const WORKLOADS_PATH: &str = "/workloads";
+/// The admin path saying what this replica trusts (JSON [`TrustReport`]): the anchors it
+/// verifies proxies with and the issuer of its own certificate, so `weft ca rotate` can wait
+/// for the control plane as it waits for the proxies. Not served in development mode.
+pub const TRUST_PATH: &str = "/trust";
 
 /// How often a replica checks that etcd has its quorum.
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -171,6 +175,10 @@ pub async fn serve(
 
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(true);
     let status_store = store.clone();
+    let trust = match &settings.security {
+        Security::Mtls { bundle, .. } => Some(bundle.clone()),
+        Security::InsecureDev => None,
+    };
     let admin_task = tokio::spawn(admin::run(
         listeners.admin,
         Admin {
@@ -180,6 +188,7 @@ pub async fn serve(
                 "/ready" => store_unavailable_page(&status_store),
                 STATUS_PATH => Some(status_page(&status_store)),
                 WORKLOADS_PATH => Some(workloads_page(&status_store)),
+                TRUST_PATH => trust.as_ref().map(trust_page),
                 _ => None,
             })),
         },
@@ -346,6 +355,21 @@ fn workloads_page(store: &Store) -> serve::FullResponse {
         http::StatusCode::OK,
         "application/json",
         serde_json::to_vec_pretty(&*state.workloads).unwrap_or_default(),
+    )
+}
+
+fn trust_page(trust: &weft_identity::tls::TrustSource) -> serve::FullResponse {
+    let report = crate::registry::TrustReport {
+        anchors: trust.current().fingerprints(),
+        issuer: trust
+            .credentials()
+            .map(|c| weft_identity::client::leaf_issuer(&c))
+            .unwrap_or_default(),
+    };
+    serve::respond(
+        http::StatusCode::OK,
+        "application/json",
+        serde_json::to_vec_pretty(&report).unwrap_or_default(),
     )
 }
 

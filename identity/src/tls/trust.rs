@@ -35,6 +35,14 @@ impl TrustSource {
         Self(Source::Credentials { rx, initial })
     }
 
+    /// The credentials followed, when there are any.
+    pub fn credentials(&self) -> Option<Arc<Credentials>> {
+        match &self.0 {
+            Source::Fixed(_) => None,
+            Source::Credentials { rx, .. } => rx.borrow().clone(),
+        }
+    }
+
     /// The bundle to verify with now.
     pub fn current(&self) -> TrustBundle {
         match &self.0 {
