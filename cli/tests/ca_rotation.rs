@@ -11,8 +11,14 @@
 //!   alone succeeds, and a certificate of the old anchor is refused;
 //! - a proxy down during the whole rotation starts with its token made before it (pinning the
 //!   old anchor), bootstraps through the anchor link, and serves.
+//!
+//! And a bundle that keeps none of the anchors a proxy trusts, served by an impostor holding
+//! the identity service's certificate, is refused and counted while traffic goes on
+//! (`ca_rotation/refused.rs`).
 #![allow(clippy::unwrap_used)]
 
+#[path = "ca_rotation/refused.rs"]
+mod refused;
 mod support;
 
 use std::net::SocketAddr;
@@ -109,18 +115,19 @@ struct Mesh {
     policy_api: SocketAddr,
 }
 
+/// How long leaves live in the rotation test: every proxy re-issues several times.
 const LEAF: &str = "5s";
 const REFRESH: &str = "1s";
 
 impl Mesh {
-    fn start() -> Self {
+    fn start(leaf: &'static str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
         let data = d.join("ca");
         let mut identities = Vec::new();
         for name in ["identity-a", "identity-b"] {
             let (api, admin) = (free_addr(), free_addr());
-            let p = start_identity_at(&d, &data, name, api, admin);
+            let p = start_identity_at(&d, &data, name, api, admin, leaf);
             identities.push((Some(p), api, admin));
         }
         let addrs = |ids: &[(Option<Child>, SocketAddr, SocketAddr)]| {
@@ -184,6 +191,11 @@ impl Mesh {
     }
 
     fn start_proxy(&self, name: &str, app_port: u16) -> Proxy {
+        self.start_proxy_with(name, app_port, &self.identity_addrs())
+    }
+
+    /// A proxy asking the identity service at `identity` (replicas comma-separated).
+    fn start_proxy_with(&self, name: &str, app_port: u16, identity: &str) -> Proxy {
         let d = self.dir.path();
         let (inbound, outbound, admin) = (free_addr(), free_addr(), free_addr());
         let env = vec![
@@ -191,7 +203,7 @@ impl Mesh {
                 ENV_TOKEN_FILE,
                 d.join(format!("{name}.token")).display().to_string(),
             ),
-            (ENV_IDENTITY_ADDR, self.identity_addrs()),
+            (ENV_IDENTITY_ADDR, identity.to_string()),
             (ENV_TRUST_REFRESH, REFRESH.to_string()),
             (ENV_POLICY_ADDR, self.policy_api.to_string()),
             (proxy_config::ENV_INBOUND, inbound.to_string()),
@@ -240,13 +252,15 @@ impl Mesh {
     }
 }
 
-/// `weft identity` replica `name` over the CA in `data`, at `api` and `admin`, ready.
+/// `weft identity` replica `name` over the CA in `data`, at `api` and `admin`, with leaves
+/// living `leaf`, ready.
 fn start_identity_at(
     dir: &Path,
     data: &Path,
     name: &str,
     api: SocketAddr,
     admin: SocketAddr,
+    leaf: &str,
 ) -> Child {
     let mut p = start_weft(
         dir,
@@ -260,7 +274,7 @@ fn start_identity_at(
             "--admin-listen",
             &admin.to_string(),
             "--leaf-lifetime",
-            LEAF,
+            leaf,
         ],
         &[],
     );
@@ -352,7 +366,7 @@ fn a_full_anchor_and_issuer_rotation_fails_no_request() {
     if !system_tests("a_full_anchor_and_issuer_rotation_fails_no_request") {
         return;
     }
-    let mut mesh = Mesh::start();
+    let mut mesh = Mesh::start(LEAF);
     let old_ca = mesh.ca();
     let old_anchor = old_ca.anchor_fingerprint();
     // A certificate of the old anchor, valid for a day: refused by everyone at the end.
@@ -402,6 +416,7 @@ fn a_full_anchor_and_issuer_rotation_fails_no_request() {
         "identity-a-again",
         api_a,
         admin_a,
+        LEAF,
     );
     mesh.identities[0].0 = Some(again);
     signal(&idle.child, "-CONT");
