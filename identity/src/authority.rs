@@ -77,6 +77,8 @@ pub struct AuthorityConfig {
     pub issuer_key_file: Option<PathBuf>,
     pub leaf_lifetime: Duration,
     pub clock_skew: Duration,
+    /// Lifetime of an issuer weft creates (the first one, and each rotation's).
+    pub issuer_lifetime: Duration,
 }
 
 impl AuthorityConfig {
@@ -89,6 +91,7 @@ impl AuthorityConfig {
             issuer_key_file: None,
             leaf_lifetime: DEFAULT_LEAF_LIFETIME,
             clock_skew: DEFAULT_CLOCK_SKEW,
+            issuer_lifetime: ISSUER_LIFETIME,
         }
     }
 }
@@ -154,6 +157,7 @@ pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
     links: Vec<AnchorLink>,
     state: CaState,
+    issuer_not_before: SystemTime,
     issuer_not_after: SystemTime,
     anchor_not_after: SystemTime,
     token_key: TokenKey,
@@ -265,6 +269,7 @@ impl Authority {
             X509Certificate::from_der(&issuer_der).map_err(|e| corrupt(issuer_path, e))?;
         check_ca(&issuer_x, issuer_path)?;
         let issuer_not_after = check_validity(&issuer_x, issuer_path, now, "issuer")?;
+        let issuer_not_before = asn1_to_system(issuer_x.validity().not_before);
         let Some(active_anchor) = anchors.iter().position(|a| {
             X509Certificate::from_der(a)
                 .map(|(_, ax)| issuer_x.verify_signature(Some(ax.public_key())).is_ok())
@@ -310,6 +315,7 @@ impl Authority {
             issuer,
             links,
             state,
+            issuer_not_before,
             issuer_not_after,
             anchor_not_after: anchor_not_after.unwrap_or(now),
             token_key,
@@ -332,6 +338,10 @@ impl Authority {
 
     pub fn leaf_lifetime(&self) -> Duration {
         self.leaf_lifetime
+    }
+
+    pub fn issuer_not_before(&self) -> SystemTime {
+        self.issuer_not_before
     }
 
     pub fn issuer_not_after(&self) -> SystemTime {

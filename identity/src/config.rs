@@ -31,6 +31,10 @@ pub const DEFAULT_CLOCK_SKEW_STR: &str = "60s";
 pub const ENV_TRUST_ANCHOR: &str = "WEFT_IDENTITY_TRUST_ANCHOR";
 pub const ENV_ISSUER_CERT: &str = "WEFT_IDENTITY_ISSUER_CERT";
 pub const ENV_ISSUER_KEY: &str = "WEFT_IDENTITY_ISSUER_KEY";
+pub const ENV_ISSUER_LIFETIME: &str = "WEFT_IDENTITY_ISSUER_LIFETIME";
+pub const DEFAULT_ISSUER_LIFETIME: &str = "365d";
+pub const ENV_ROTATE_AT: &str = "WEFT_IDENTITY_ROTATE_AT";
+pub const DEFAULT_ROTATE_AT: &str = "80%";
 pub const ENV_DNS_NAMES: &str = "WEFT_IDENTITY_DNS_NAMES";
 pub const DEFAULT_DNS_NAMES: &str = "localhost";
 /// Where workloads find the identity service.
@@ -107,6 +111,13 @@ pub struct IdentityArgs {
     /// How far NotBefore is back-dated for peers with slow clocks.
     #[arg(long, env = ENV_CLOCK_SKEW, default_value = DEFAULT_CLOCK_SKEW_STR, value_parser = parse_duration)]
     pub clock_skew: Duration,
+    /// Lifetime of the issuers the service creates (the first one, and each rotation's).
+    #[arg(long, env = ENV_ISSUER_LIFETIME, default_value = DEFAULT_ISSUER_LIFETIME, value_parser = parse_duration)]
+    pub issuer_lifetime: Duration,
+    /// Replace the issuer once this share of its lifetime has passed (`80%`, `0.8`), when the
+    /// anchor's key is in the data directory; `never` to leave it to `weft ca rotate issuer`.
+    #[arg(long, env = ENV_ROTATE_AT, default_value = DEFAULT_ROTATE_AT, value_parser = parse_rotate_at)]
+    pub rotate_at: RotateAt,
     /// DNS names for the service's own certificate, besides its SPIFFE ID (comma-separated).
     #[arg(long, env = ENV_DNS_NAMES, default_value = DEFAULT_DNS_NAMES, value_delimiter = ',')]
     pub dns_name: Vec<String>,
@@ -117,7 +128,30 @@ impl IdentityArgs {
         let mut cfg = self.ca.authority_config();
         cfg.leaf_lifetime = self.leaf_lifetime;
         cfg.clock_skew = self.clock_skew;
+        cfg.issuer_lifetime = self.issuer_lifetime;
         cfg
+    }
+}
+
+/// When the service replaces its issuer: a share of the issuer's lifetime, or never.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RotateAt(pub Option<f64>);
+
+/// `80%`, `0.8` or `never`.
+pub fn parse_rotate_at(s: &str) -> Result<RotateAt, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("never") {
+        return Ok(RotateAt(None));
+    }
+    let (num, scale) = match s.strip_suffix('%') {
+        Some(p) => (p, 100.0),
+        None => (s, 1.0),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if (v / scale) > 0.0 && (v / scale) < 1.0 => Ok(RotateAt(Some(v / scale))),
+        _ => Err(format!(
+            "`{s}` is not a share of the issuer's lifetime: give one between 0 and 1 (`0.8`), a percentage (`80%`), or `never`"
+        )),
     }
 }
 
@@ -157,7 +191,7 @@ pub async fn run(args: IdentityArgs, shutdown: impl Future<Output = ()>) -> Resu
         },
         wait_true(stop_rx),
     ));
-    let follower = svc.follow_files(cfg, crate::server::CA_FILES_CHECK);
+    let follower = svc.follow_files(cfg, crate::server::CA_FILES_CHECK, args.rotate_at.0);
     svc.run(api, shutdown).await;
     follower.abort();
     let _ = ready_tx.send(false);
@@ -182,5 +216,18 @@ mod tests {
         assert_eq!(args.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(args.leaf_lifetime, Duration::from_secs(86400));
         assert_eq!(args.clock_skew, crate::authority::DEFAULT_CLOCK_SKEW);
+        assert_eq!(args.rotate_at, RotateAt(Some(0.8)));
+        assert_eq!(args.issuer_lifetime, Duration::from_secs(365 * 86400));
+    }
+
+    #[test]
+    fn rotate_at_takes_a_share_a_percentage_or_never() {
+        assert_eq!(parse_rotate_at("0.5"), Ok(RotateAt(Some(0.5))));
+        assert_eq!(parse_rotate_at("90%"), Ok(RotateAt(Some(0.9))));
+        assert_eq!(parse_rotate_at("never"), Ok(RotateAt(None)));
+        for bad in ["0", "1", "150%", "soon", "-0.2"] {
+            let e = parse_rotate_at(bad).unwrap_err();
+            assert!(e.contains("between 0 and 1"), "{e}");
+        }
     }
 }

@@ -25,6 +25,7 @@ pub mod authority;
 pub mod client;
 pub mod config;
 pub mod csr;
+mod info;
 pub mod reject;
 pub mod server;
 pub mod spiffe;

@@ -113,6 +113,11 @@ struct Metrics {
     anchor_expiry: Gauge,
     reload_ok: Counter,
     reload_failed: Counter,
+    rotated: Counter,
+    rotation_failed: Counter,
+    /// The anchors served (1) and served before (0); the issuer signing (1) and before (0).
+    anchors: std::sync::Mutex<crate::info::InfoSeries>,
+    issuers: std::sync::Mutex<crate::info::InfoSeries>,
 }
 
 impl Metrics {
@@ -144,7 +149,9 @@ impl Metrics {
         );
         const RELOADS: &str = "weft_identity_ca_reloads_total";
         const RELOADS_HELP: &str = "Times the CA's files changed and were read again, by result (error: the files in place now are refused, and the CA they replaced stays in use).";
-        Self {
+        const ROTATIONS: &str = "weft_identity_issuer_rotations_total";
+        const ROTATIONS_HELP: &str = "Issuer rotations the service made by itself (--rotate-at), by result (error: it is due but cannot be made, e.g. the anchor key is not in the data directory).";
+        let metrics = Self {
             issued_token: registry.counter(ISSUED, ISSUED_HELP, &[("method", "token")]),
             issued_renewal: registry.counter(ISSUED, ISSUED_HELP, &[("method", "renewal")]),
             rejections,
@@ -157,16 +164,37 @@ impl Metrics {
             anchor_expiry,
             reload_ok: registry.counter(RELOADS, RELOADS_HELP, &[("result", "ok")]),
             reload_failed: registry.counter(RELOADS, RELOADS_HELP, &[("result", "error")]),
-        }
-        .with_expiries(authority)
+            rotated: registry.counter(ROTATIONS, ROTATIONS_HELP, &[("result", "ok")]),
+            rotation_failed: registry.counter(ROTATIONS, ROTATIONS_HELP, &[("result", "error")]),
+            anchors: std::sync::Mutex::new(crate::info::InfoSeries::new(
+                registry,
+                "weft_identity_trust_anchor",
+                "1 for each trust anchor the CA serves now (by SHA-256 fingerprint), 0 for those it served before.",
+            )),
+            issuers: std::sync::Mutex::new(crate::info::InfoSeries::new(
+                registry,
+                "weft_identity_issuer",
+                "1 for the issuer signing leaves now (by SHA-256 fingerprint), 0 for earlier ones.",
+            )),
+        };
+        metrics.show(authority);
+        metrics
     }
 
-    fn with_expiries(self, authority: &Authority) -> Self {
+    /// The gauges describing the CA in use.
+    fn show(&self, authority: &Authority) {
         self.issuer_expiry
             .set(unix_seconds(authority.issuer_not_after()));
         self.anchor_expiry
             .set(unix_seconds(authority.anchor_not_after()));
-        self
+        self.anchors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(&authority.bundle().fingerprints());
+        self.issuers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(&[authority.issuer_fingerprint()]);
     }
 
     fn reject(&self, reason: Reason) {

@@ -15,8 +15,7 @@ use rcgen::{
 use super::trust_domain::ANCHOR_NAME;
 use super::{
     ANCHOR_CERT_FILE, ANCHOR_KEY_FILE, ANCHOR_LIFETIME, AuthorityConfig, AuthorityError,
-    DEFAULT_CLOCK_SKEW, ISSUER_CERT_FILE, ISSUER_KEY_FILE, ISSUER_LIFETIME, corrupt, random_serial,
-    read,
+    DEFAULT_CLOCK_SKEW, ISSUER_CERT_FILE, ISSUER_KEY_FILE, corrupt, random_serial, read,
 };
 use rustls::pki_types::CertificateDer;
 
@@ -141,7 +140,7 @@ pub(super) fn create_issuer(
             key: anchor_key_path.clone(),
             cert: anchor_path.clone(),
         })?;
-    write_issuer(dir, trust_domain, anchor, anchor_key, ISSUER_LIFETIME).map(|_| ())
+    write_issuer(dir, trust_domain, anchor, anchor_key, cfg.issuer_lifetime).map(|_| ())
 }
 
 /// Writes a new issuer (key, then certificate) signed by `anchor` (whose key is `anchor_key`),

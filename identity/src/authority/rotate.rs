@@ -144,6 +144,48 @@ fn new_issuer(
     Ok(fp)
 }
 
+/// Whether `at` (a fraction, 0 to 1) of the issuer's lifetime has passed.
+pub fn issuer_due(ca: &Authority, at: f64) -> bool {
+    // Its life starts after the back-dating weft gives a CA certificate for slow clocks.
+    let na = ca.issuer_not_after();
+    let nb = (ca.issuer_not_before() + super::DEFAULT_CLOCK_SKEW).min(na);
+    let life = na.duration_since(nb).unwrap_or_default();
+    SystemTime::now() >= nb + life.mul_f64(at.clamp(0.0, 1.0))
+}
+
+/// The identity service's own rotation (`--rotate-at`): a new issuer under the current anchor
+/// once `at` of the issuer's lifetime has passed, with the anchor key in the data directory.
+/// Checked again under the CA's lock, so replicas sharing the directory rotate once. `Ok(None)`
+/// when it is not due, or another process is changing the CA now.
+pub fn rotate_issuer_when_due(
+    cfg: &AuthorityConfig,
+    at: f64,
+) -> Result<Option<String>, AuthorityError> {
+    own_files(cfg)?;
+    let Ok(_lock) = CaLock::acquire(&cfg.data_dir) else {
+        return Ok(None);
+    };
+    let ca = Authority::load_or_create(cfg)?;
+    if !issuer_due(&ca, at) {
+        return Ok(None);
+    }
+    let anchor = ca.active_anchor().clone();
+    let key = AnchorKeys::gather(&cfg.data_dir, &[])?.key_for(&anchor)?;
+    let opts = IssuerOptions {
+        lifetime: cfg.issuer_lifetime,
+        reissue_within: None,
+    };
+    new_issuer(
+        cfg,
+        &ca,
+        &anchor,
+        key,
+        &opts,
+        "issuer rotated by the identity service (--rotate-at)",
+    )
+    .map(Some)
+}
+
 /// Step 1: a new anchor beside the old ones. Refused while a rotation is under way.
 pub fn anchor_start(
     cfg: &AuthorityConfig,

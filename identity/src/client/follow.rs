@@ -8,9 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use metrics::Gauge;
-
 use super::{ClientError, fetch_ca};
+use crate::info::InfoSeries;
 use crate::tls::{Credentials, TrustBundle, fingerprint};
 use weft_runtime::metrics::Registry;
 
@@ -81,51 +80,31 @@ pub(super) fn spread_until(by: SystemTime) -> SystemTime {
 }
 
 /// The series saying what a workload trusts and which issuer signed its leaf: 1 for what holds
-/// now, 0 for what held before (one series per anchor or issuer the workload ever had, a
-/// handful over its life).
+/// now, 0 for what held before.
 pub(super) struct TrustMetrics {
-    registry: Registry,
-    anchors: Vec<(String, Gauge)>,
-    issuers: Vec<(String, Gauge)>,
+    anchors: InfoSeries,
+    issuers: InfoSeries,
 }
 
 impl TrustMetrics {
     pub fn new(registry: &Registry) -> Self {
         Self {
-            registry: registry.clone(),
-            anchors: Vec::new(),
-            issuers: Vec::new(),
+            anchors: InfoSeries::new(
+                registry,
+                "weft_identity_client_trust_anchor",
+                "1 for each trust anchor this workload trusts now (by SHA-256 fingerprint), 0 for those it trusted before.",
+            ),
+            issuers: InfoSeries::new(
+                registry,
+                "weft_identity_client_leaf_issuer",
+                "1 for the issuer (by SHA-256 fingerprint) of this workload's current certificate, 0 for earlier ones.",
+            ),
         }
     }
 
     pub fn report(&mut self, creds: &Credentials) {
-        let anchors = creds.bundle.fingerprints();
-        set_only(&mut self.anchors, &anchors, |fp| {
-            self.registry.gauge(
-                "weft_identity_client_trust_anchor",
-                "1 for each trust anchor this workload trusts now (by SHA-256 fingerprint), 0 for those it trusted before.",
-                &[("fingerprint", fp)],
-            )
-        });
-        let issuer = [leaf_issuer(creds)];
-        set_only(&mut self.issuers, &issuer, |fp| {
-            self.registry.gauge(
-                "weft_identity_client_leaf_issuer",
-                "1 for the issuer (by SHA-256 fingerprint) of this workload's current certificate, 0 for earlier ones.",
-                &[("fingerprint", fp)],
-            )
-        });
-    }
-}
-
-fn set_only(series: &mut Vec<(String, Gauge)>, now: &[String], make: impl Fn(&str) -> Gauge) {
-    for fp in now {
-        if !series.iter().any(|(f, _)| f == fp) {
-            series.push((fp.clone(), make(fp)));
-        }
-    }
-    for (fp, g) in series.iter() {
-        g.set(if now.contains(fp) { 1.0 } else { 0.0 });
+        self.anchors.set(&creds.bundle.fingerprints());
+        self.issuers.set(&[leaf_issuer(creds)]);
     }
 }
 
