@@ -3,8 +3,8 @@
 //! plane, and proxies for `api` and `web` calling each other every few milliseconds over
 //! mTLS. Through a whole anchor rotation and then an issuer rotation not one request fails:
 //! - the rotation waits for a proxy that does not follow (stopped), names it (`weft ca
-//!   rotate anchor` refuses the step, `weft ca status` lists it as lagging), and stays at its
-//!   step;
+//!   rotate anchor` refuses the step, `weft ca status` lists it as lagging, `weft check`
+//!   fails on it), and stays at its step;
 //! - an identity replica is killed between steps and started again; the rotation, run again,
 //!   goes on from its step and completes, while the other replica keeps issuing;
 //! - afterwards every proxy trusts the new anchor only, a handshake verified by the new anchor
@@ -166,6 +166,8 @@ impl Mesh {
                 (ENV_TOKEN_FILE, d.join("policy.token").display().to_string()),
                 (ENV_IDENTITY_ADDR, addrs(&identities)),
                 (ENV_TRUST_REFRESH, REFRESH.to_string()),
+                // A stopped proxy stays registered while the test looks at it.
+                (weft_policy::config::ENV_DEFAULT_LEASE, "60s".to_string()),
             ],
         );
         policy.wait_ready(admin);
@@ -405,6 +407,33 @@ fn a_full_anchor_and_issuer_rotation_fails_no_request() {
         "{st}"
     );
     let new_anchor = mesh.ca().state().anchor_rotation.clone().unwrap().new;
+    // `weft check` fails naming it too, once the others trust the new anchor.
+    let check = || {
+        Command::new(WEFT)
+            .args(["check", "--identity-admin"])
+            .arg(mesh.identities[1].2.to_string())
+            .arg("--policy-admin")
+            .arg(mesh.policy_admin.to_string())
+            .output()
+            .unwrap()
+    };
+    for p in [&api, &web] {
+        wait(
+            "api and web trusting the new anchor",
+            Duration::from_secs(15),
+            || trusts(p.admin, &new_anchor),
+        );
+    }
+    let checked = check();
+    let out = text(&checked);
+    assert!(!checked.status.success(), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("× proxy default/idle") && l.contains("trusts the CA's anchors")),
+        "{out}"
+    );
+    assert!(out.contains("it lacks sha256:"), "{out}");
+    assert!(out.contains("√ proxy default/api"), "{out}");
 
     // An identity replica dies between steps, and comes back.
     let (api_a, admin_a) = (mesh.identities[0].1, mesh.identities[0].2);

@@ -2,10 +2,12 @@
 //! problem with what to do about it.
 //!
 //! 1. identity service: its admin answers, `/ready` is 200, its metrics parse, the issuer
-//!    certificate and the trust anchor are valid (from its expiry gauges).
+//!    certificate and the trust anchor are valid and not close to expiry
+//!    (`--issuer-expiry-warning`, `--anchor-expiry-warning`; from its expiry gauges).
 //! 2. control plane: its admin answers, `/ready` is 200, `/workloads` parses.
 //! 3. proxies (`--proxy-admin`, else every workload the control plane lists): `/ready` is 200,
-//!    the certificate is valid and not close to expiry (`--expiry-warning`).
+//!    the certificate is valid and not close to expiry (`--expiry-warning`), and (`trust.rs`)
+//!    it trusts exactly the anchors the CA serves, with a certificate of its current issuer.
 //! 4. clock skew: every component's clock, read from the `Date` of its answers, is within
 //!    `--max-skew` of this machine's.
 //!
@@ -15,6 +17,7 @@ pub mod judge;
 pub mod report;
 #[cfg(test)]
 mod tests;
+pub mod trust;
 
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +34,9 @@ pub const ENV_IDENTITY_ADMIN: &str = "WEFT_IDENTITY_ADMIN";
 pub const DEFAULT_IDENTITY_ADMIN: &str = weft_identity::config::DEFAULT_ADMIN;
 /// A certificate expiring sooner than this is a warning.
 pub const DEFAULT_EXPIRY_WARNING: &str = "1h";
+/// The issuer and the anchor: warned of well ahead, as replacing them takes a rotation.
+pub const DEFAULT_ISSUER_EXPIRY_WARNING: &str = "30d";
+pub const DEFAULT_ANCHOR_EXPIRY_WARNING: &str = "180d";
 /// A component clock further than this from ours is a failure: the identity service back-dates
 /// certificates by 60 s (`--clock-skew`), so a few seconds are harmless and more is a symptom.
 pub const DEFAULT_MAX_SKEW: &str = "5s";
@@ -50,9 +56,15 @@ pub struct CheckArgs {
     /// Check these proxy admin addresses instead of those the control plane lists (repeatable).
     #[arg(long = "proxy-admin")]
     pub proxies: Vec<String>,
-    /// A certificate expiring sooner than this is a warning (`1h`, `30m`, `7d`).
-    #[arg(long, default_value = DEFAULT_EXPIRY_WARNING, value_parser = parse_duration)]
+    /// A proxy certificate expiring sooner than this is a warning (`1h`, `30m`, `7d`).
+    #[arg(long, alias = "leaf-expiry-warning", default_value = DEFAULT_EXPIRY_WARNING, value_parser = parse_duration)]
     pub expiry_warning: Duration,
+    /// The CA's issuer expiring sooner than this is a warning.
+    #[arg(long, default_value = DEFAULT_ISSUER_EXPIRY_WARNING, value_parser = parse_duration)]
+    pub issuer_expiry_warning: Duration,
+    /// The CA's trust anchor expiring sooner than this is a warning.
+    #[arg(long, default_value = DEFAULT_ANCHOR_EXPIRY_WARNING, value_parser = parse_duration)]
+    pub anchor_expiry_warning: Duration,
     /// A component clock further than this from this machine's is a failure.
     #[arg(long, default_value = DEFAULT_MAX_SKEW, value_parser = parse_duration)]
     pub max_skew: Duration,
@@ -76,9 +88,9 @@ pub fn run(args: CheckArgs) -> Result<bool, String> {
 /// Runs every check.
 pub fn check(args: &CheckArgs) -> Report {
     let mut clocks = Vec::new();
-    let identity = identity(args, &mut clocks);
+    let (identity, ca) = identity(args, &mut clocks);
     let (control_plane, workloads) = control_plane(args, &mut clocks);
-    let proxies = proxies(args, workloads.as_deref(), &mut clocks);
+    let proxies = proxies(args, workloads.as_deref(), ca.as_ref(), &mut clocks);
     let skew = Group {
         name: "clock skew".into(),
         checks: clocks
@@ -162,9 +174,10 @@ fn reachable_and_ready(
     true
 }
 
-fn identity(args: &CheckArgs, clocks: &mut Vec<Clock>) -> Group {
+fn identity(args: &CheckArgs, clocks: &mut Vec<Clock>) -> (Group, Option<trust::CaView>) {
     let addr = &args.identity_admin;
     let mut checks = Vec::new();
+    let mut ca = None;
     let start = format!(
         "start it with `weft identity` (its admin listens on --admin-listen, default {DEFAULT_IDENTITY_ADMIN}), or point this check at it with --identity-admin or {ENV_IDENTITY_ADMIN}"
     );
@@ -184,24 +197,28 @@ fn identity(args: &CheckArgs, clocks: &mut Vec<Clock>) -> Group {
                     ISSUER_EXPIRY,
                     gauge(ISSUER_EXPIRY),
                     now,
-                    args.expiry_warning,
-                    "issue a new issuer certificate signed by the trust anchor and restart `weft identity` with --issuer-cert and --issuer-key",
+                    args.issuer_expiry_warning,
+                    "run `weft ca rotate issuer --data-dir DIR` (no restart; the identity service does it by itself at --rotate-at when the anchor's key is in its data directory; see docs/identity.md)",
                 ));
                 checks.push(ca_check(
                     "trust anchor",
                     ANCHOR_EXPIRY,
                     gauge(ANCHOR_EXPIRY),
                     now,
-                    args.expiry_warning,
-                    "create a new trust anchor and issuer, give every workload the new anchor, and restart `weft identity` with --trust-anchor, --issuer-cert and --issuer-key",
+                    args.anchor_expiry_warning,
+                    "run `weft ca rotate anchor --data-dir DIR`: it adds a new anchor, waits for every proxy to trust it, switches the issuer and drops the old one, without a restart (docs/identity.md)",
                 ));
+                ca = trust::ca_view(&samples);
             }
         }
     }
-    Group {
-        name: "identity service".into(),
-        checks,
-    }
+    (
+        Group {
+            name: "identity service".into(),
+            checks,
+        },
+        ca,
+    )
 }
 
 /// The identity service's own certificates: expired or close to it.
@@ -352,7 +369,12 @@ fn proxy_name(addr: &str, workloads: Option<&[Workload]>) -> String {
     }
 }
 
-fn proxies(args: &CheckArgs, workloads: Option<&[Workload]>, clocks: &mut Vec<Clock>) -> Group {
+fn proxies(
+    args: &CheckArgs,
+    workloads: Option<&[Workload]>,
+    ca: Option<&trust::CaView>,
+    clocks: &mut Vec<Clock>,
+) -> Group {
     let mut checks = Vec::new();
     let targets = if !args.proxies.is_empty() {
         args.proxies.clone()
@@ -377,6 +399,15 @@ fn proxies(args: &CheckArgs, workloads: Option<&[Workload]>, clocks: &mut Vec<Cl
     let now = unix_now();
     for addr in &targets {
         let name = proxy_name(addr, workloads);
+        // What it trusts is in its registration: judged even when the proxy does not answer.
+        let registered = workloads
+            .unwrap_or_default()
+            .iter()
+            .find(|w| w.metrics.is_some_and(|m| m.to_string() == *addr));
+        let trust_check = match (ca, registered) {
+            (Some(ca), Some(w)) => Some(trust::proxy_trust(&name, w.trust.as_ref(), ca)),
+            _ => None,
+        };
         match probe(&name, addr, "/ready", clocks) {
             Err(e) => {
                 checks.push(Check::failure(
@@ -387,6 +418,7 @@ fn proxies(args: &CheckArgs, workloads: Option<&[Workload]>, clocks: &mut Vec<Cl
                         weft_proxy::config::ENV_ADMIN
                     ),
                 ));
+                checks.extend(trust_check);
                 continue;
             }
             Ok(rsp) if rsp.status != 200 => checks.push(Check::failure(
@@ -409,6 +441,7 @@ fn proxies(args: &CheckArgs, workloads: Option<&[Workload]>, clocks: &mut Vec<Cl
                     .map(|s| s.value)
             });
         checks.push(proxy_cert_check(&name, expiry, now, args.expiry_warning));
+        checks.extend(trust_check);
     }
     Group {
         name: "proxies".into(),

@@ -185,3 +185,49 @@ fn the_report_reads_like_linkerd_check() {
     assert_eq!(json["groups"][0]["checks"][1]["status"], "warning");
     assert_eq!(json["groups"][0]["checks"][0].get("fix"), None);
 }
+
+#[test]
+fn a_proxy_trusting_other_anchors_than_the_ca_fails_and_an_old_issuer_warns() {
+    use super::trust::{CaView, ca_view, proxy_trust};
+    use weft_policy::registry::TrustReport;
+    let fp = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let (old, new, issuer, old_issuer) = (fp('a'), fp('b'), fp('c'), fp('d'));
+    let text = format!(
+        "weft_identity_trust_anchor{{fingerprint=\"{old}\"}} 0\n\
+         weft_identity_trust_anchor{{fingerprint=\"{new}\"}} 1\n\
+         weft_identity_issuer{{fingerprint=\"{old_issuer}\"}} 0\n\
+         weft_identity_issuer{{fingerprint=\"{issuer}\"}} 1\n"
+    );
+    let ca = ca_view(&crate::stat::prom::parse(&text).unwrap()).unwrap();
+    assert_eq!(
+        ca,
+        CaView {
+            anchors: vec![new.clone()],
+            issuer: Some(issuer.clone()),
+        }
+    );
+    let report = |anchors: &[&String], issuer: &String| TrustReport {
+        anchors: anchors.iter().map(|a| (*a).clone()).collect(),
+        issuer: issuer.clone(),
+    };
+    let name = "proxy default/web (127.0.0.1:4191)";
+    let fine = proxy_trust(name, Some(&report(&[&new], &issuer)), &ca);
+    assert_eq!(fine.status, Status::Ok);
+    let lagging = proxy_trust(name, Some(&report(&[&old], &old_issuer)), &ca);
+    assert_eq!(lagging.status, Status::Failure);
+    assert!(
+        lagging
+            .detail
+            .unwrap()
+            .contains("it lacks sha256:bbbbbbbbbbbb…")
+    );
+    let stale = proxy_trust(name, Some(&report(&[&old, &new], &issuer)), &ca);
+    assert_eq!(stale.status, Status::Failure);
+    assert!(stale.detail.unwrap().contains("no longer uses"));
+    let old_leaf = proxy_trust(name, Some(&report(&[&new], &old_issuer)), &ca);
+    assert_eq!(old_leaf.status, Status::Warning);
+    assert!(old_leaf.fix.unwrap().contains("--reissue-within"));
+    assert_eq!(proxy_trust(name, None, &ca).status, Status::Warning);
+    // An identity service that does not say: nothing to compare with.
+    assert_eq!(ca_view(&[]), None);
+}
