@@ -97,6 +97,9 @@ pub fn anchor(args: &AnchorArgs) -> Result<(), String> {
                 );
             }
             AnchorStep::Issuing => {
+                if let Some(within) = args.issuer.reissue_within {
+                    rotate::ask_reissue(&cfg, within).map_err(|e| e.to_string())?;
+                }
                 let need = Need::Issuer {
                     issuer: current_issuer(&cfg)?,
                     anchor: rotation.new.clone(),

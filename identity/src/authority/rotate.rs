@@ -144,6 +144,19 @@ fn new_issuer(
     Ok(fp)
 }
 
+/// Asks every client to replace a leaf of another issuer than the current one within `within`
+/// (served as `reissue_before` by `/v1/ca`).
+pub fn ask_reissue(cfg: &AuthorityConfig, within: Duration) -> Result<(), AuthorityError> {
+    let _lock = CaLock::acquire(&cfg.data_dir)?;
+    let mut st = CaState::load(&cfg.data_dir)?;
+    st.reissue_before = Some(unix(SystemTime::now() + within));
+    st.record(format!(
+        "leaves of other issuers asked to be re-issued within {}s",
+        within.as_secs()
+    ));
+    st.save(&cfg.data_dir)
+}
+
 /// Whether `at` (a fraction, 0 to 1) of the issuer's lifetime has passed.
 pub fn issuer_due(ca: &Authority, at: f64) -> bool {
     // Its life starts after the back-dating weft gives a CA certificate for slow clocks.
