@@ -94,33 +94,44 @@ impl tower::Service<Request<Body>> for Connect {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let inner = self.inner.clone();
-        Box::pin(async move {
-            let (Some(picked), Some(dst)) = (
-                req.extensions().get::<Picked>().cloned(),
-                req.extensions().get::<Destination>().cloned(),
-            ) else {
-                return Err(ProxyError::BadRequest {
-                    detail: "no endpoint chosen".into(),
-                }
-                .into());
+        let (Some(picked), Some(dst)) = (
+            req.extensions().get::<Picked>().cloned(),
+            req.extensions().get::<Destination>().cloned(),
+        ) else {
+            return Box::pin(std::future::ready(Err(ProxyError::BadRequest {
+                detail: "no endpoint chosen".into(),
+            }
+            .into())));
+        };
+        // The way is chosen before the future is made, so each request allocates the future
+        // of its own way only: one future holding every way was sized by the largest (the
+        // plaintext client's and the tunnels'), 4.6 KB allocated and moved per request
+        // (DHAT).
+        macro_rules! way {
+            ($method:ident) => {
+                Box::pin(async move {
+                    let ep = picked.endpoint();
+                    Ok(inner.$method(req, ep, &dst).await?)
+                })
             };
-            let ep = picked.endpoint();
-            let rsp = if req.method() == Method::CONNECT {
-                inner.tunnel(req, ep, &dst).await?
-            } else if crate::upgrade::is_upgrade(&req) {
-                inner.upgrade(req, ep, &dst).await?
-            } else if crate::expect::expects_continue(&req) {
-                inner.expect_continue(req, ep, &dst).await?
-            } else {
-                inner.forward(req, ep, &dst).await?
-            };
-            Ok(rsp)
-        })
+        }
+        if req.method() == Method::CONNECT {
+            way!(tunnel)
+        } else if crate::upgrade::is_upgrade(&req) {
+            way!(upgrade)
+        } else if crate::expect::expects_continue(&req) {
+            way!(expect_continue)
+        } else if picked.endpoint().identity.is_none() {
+            way!(forward_plain)
+        } else {
+            way!(forward)
+        }
     }
 }
 
 impl Inner {
-    async fn forward(
+    /// To an endpoint without a proxy: plaintext, in the protocol the app spoke.
+    async fn forward_plain(
         &self,
         req: Request<Body>,
         ep: &Endpoint,
@@ -131,24 +142,38 @@ impl Inner {
         let from_http1 = parts.version != Version::HTTP_2;
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(&ORIG_PROTO);
+        parts.uri = uri(&ep.address.to_string(), &parts.uri)?;
+        if from_http1 && let Ok(v) = http::HeaderValue::from_str(dst.authority.as_str()) {
+            parts.headers.insert(http::header::HOST, v);
+        }
+        let rsp = self
+            .plain
+            .request(Request::from_parts(parts, body))
+            .await
+            .map_err(|e| {
+                Labels::fault_or(req_labels.as_ref(), || ProxyError::ConnectFailed {
+                    endpoint: ep.address.to_string(),
+                    detail: error_chain(&e),
+                })
+            })?;
+        Ok(forwarded(rsp))
+    }
+
+    /// To the peer proxy of an endpoint, over a pooled HTTP/2 connection.
+    async fn forward(
+        &self,
+        req: Request<Body>,
+        ep: &Endpoint,
+        dst: &Destination,
+    ) -> Result<Response<Body>, ProxyError> {
         let Some(identity) = &ep.identity else {
-            // An endpoint without a proxy: plaintext, in the protocol the app spoke.
-            parts.uri = uri(&ep.address.to_string(), &parts.uri)?;
-            if from_http1 && let Ok(v) = http::HeaderValue::from_str(dst.authority.as_str()) {
-                parts.headers.insert(http::header::HOST, v);
-            }
-            let rsp = self
-                .plain
-                .request(Request::from_parts(parts, body))
-                .await
-                .map_err(|e| {
-                    Labels::fault_or(req_labels.as_ref(), || ProxyError::ConnectFailed {
-                        endpoint: ep.address.to_string(),
-                        detail: error_chain(&e),
-                    })
-                })?;
-            return Ok(forwarded(rsp));
+            return Box::pin(self.forward_plain(req, ep, dst)).await;
         };
+        let req_labels = req.extensions().get::<Arc<Labels>>().cloned();
+        let (mut parts, body) = req.into_parts();
+        let from_http1 = parts.version != Version::HTTP_2;
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(&ORIG_PROTO);
         parts.uri = absolute(dst.authority.clone(), &parts.uri)?;
         parts.version = Version::HTTP_2;
         parts.headers.remove(http::header::HOST);
@@ -186,13 +211,17 @@ impl Inner {
                 let Some(req) = e.take_message() else {
                     return Err(upstream(e.error()));
                 };
-                let mut sender = self.peer(ep.address, identity).await?;
-                sender.send_request(req).await.map_err(|e| {
-                    if !client_fault() {
-                        self.forget(ep.address, identity);
-                    }
-                    upstream(&e)
-                })?
+                // Boxed: rare, and its futures would otherwise size every request's.
+                Box::pin(async {
+                    let mut sender = self.peer(ep.address, identity).await?;
+                    sender.send_request(req).await.map_err(|e| {
+                        if !client_fault() {
+                            self.forget(ep.address, identity);
+                        }
+                        upstream(&e)
+                    })
+                })
+                .await?
             }
         };
         let mut rsp = forwarded(rsp);
