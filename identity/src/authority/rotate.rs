@@ -323,7 +323,7 @@ fn write_bundle(dir: &Path, anchors: &[CertificateDer<'_>]) -> Result<(), Author
     write_file(&dir.join(ANCHOR_CERT_FILE), pem.as_bytes(), 0o644)
 }
 
-/// The rotation under way, or an error saying there is none.
+/// The anchor rotation under way, if any.
 pub fn under_way(cfg: &AuthorityConfig) -> Result<Option<AnchorRotation>, AuthorityError> {
     Ok(CaState::load(&cfg.data_dir)?.anchor_rotation)
 }
