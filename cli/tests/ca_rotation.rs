@@ -24,9 +24,8 @@ mod support;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use support::*;
 use weft_identity::authority::{Authority, AuthorityConfig};
@@ -35,68 +34,7 @@ use weft_identity::tls::{self, CertStore, Credentials, TrustBundle};
 use weft_policy::config::ENV_POLICY_ADDR;
 use weft_proxy::config as proxy_config;
 use weft_runtime::child::Child;
-use weft_runtime::testing::{http, metric_sum};
-
-/// Requests through `outbound` to `host` every few milliseconds, every status kept.
-struct Traffic {
-    answers: Arc<Mutex<Vec<(u16, String)>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(outbound: SocketAddr, host: &'static str) -> Self {
-        let answers = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (a, s) = (answers.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            // At most about 5 minutes of it.
-            for _ in 0..30_000 {
-                if s.load(Ordering::Relaxed) {
-                    return;
-                }
-                let url = format!("http://{host}/");
-                let answer = http(outbound, "GET", &url, host).unwrap_or((0, "no answer".into()));
-                a.lock().unwrap().push(answer);
-                std::thread::sleep(Duration::from_millis(8));
-            }
-        });
-        Self {
-            answers,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.answers.lock().unwrap().len()
-    }
-
-    fn failures(&self) -> (Vec<(u16, String)>, usize) {
-        let all = self.answers.lock().unwrap();
-        (
-            all.iter().filter(|a| a.0 != 200).cloned().collect(),
-            all.len(),
-        )
-    }
-
-    fn go_on_for(&self, n: usize) {
-        let until = self.count() + n;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.count() < until {
-            assert!(Instant::now() < deadline, "the traffic stalled");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn finish(mut self) -> (Vec<(u16, String)>, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.failures()
-    }
-}
+use weft_runtime::testing::http;
 
 struct Proxy {
     child: Child,
@@ -118,6 +56,9 @@ struct Mesh {
 /// How long leaves live in the rotation test: every proxy re-issues several times.
 const LEAF: &str = "5s";
 const REFRESH: &str = "1s";
+/// Requests every few milliseconds, at most about 5 minutes of them.
+const EVERY: Duration = Duration::from_millis(8);
+const MAX: usize = 30_000;
 
 impl Mesh {
     fn start(leaf: &'static str) -> Self {
@@ -148,29 +89,17 @@ impl Mesh {
             format!("{}{}{}", service("api"), service("web"), service("idle")),
         )
         .unwrap();
-        token(&data, "weft", "policy", &d.join("policy.token"));
-        let (api, admin) = (free_addr(), free_addr());
-        let mut policy = start_weft(
+        let (policy, api, admin) = start_policy_with(
             &d,
-            "policy",
+            &data,
+            &addrs(&identities),
+            &resources,
             &[
-                "policy",
-                "--dir",
-                resources.to_str().unwrap(),
-                "--listen",
-                &api.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ],
-            &[
-                (ENV_TOKEN_FILE, d.join("policy.token").display().to_string()),
-                (ENV_IDENTITY_ADDR, addrs(&identities)),
                 (ENV_TRUST_REFRESH, REFRESH.to_string()),
                 // A stopped proxy stays registered while the test looks at it.
                 (weft_policy::config::ENV_DEFAULT_LEASE, "60s".to_string()),
             ],
         );
-        policy.wait_ready(admin);
         for w in ["api", "web", "idle", "late"] {
             token(&data, "default", w, &d.join(format!("{w}.token")));
         }
@@ -237,20 +166,7 @@ impl Mesh {
     }
 
     fn logs(&self) -> String {
-        let mut out = String::new();
-        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
-            let p: PathBuf = entry.unwrap().path();
-            if p.extension().is_some_and(|e| e == "log") {
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(12).collect();
-                out.push_str(&format!(
-                    "--- {}\n{}\n",
-                    p.display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                ));
-            }
-        }
-        out
+        log_tails(self.dir.path(), 12)
     }
 }
 
@@ -284,17 +200,10 @@ fn start_identity_at(
     p
 }
 
-fn metric(admin: SocketAddr, name: &str, labels: &[&str]) -> f64 {
-    let text = http(admin, "GET", "/metrics", "x")
-        .map(|r| r.1)
-        .unwrap_or_default();
-    metric_sum(&text, name, labels)
-}
-
 /// Whether the proxy at `admin` trusts `anchor` (and only it, with `only`).
 fn trusts(admin: SocketAddr, anchor: &str) -> bool {
     let label = format!("fingerprint=\"{anchor}\"");
-    metric(admin, "weft_identity_client_trust_anchor", &[&label]) == 1.0
+    admin_metric(admin, "weft_identity_client_trust_anchor", &[&label]) == 1.0
 }
 
 fn text(o: &Output) -> String {
@@ -304,14 +213,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -436,8 +337,8 @@ fn a_full_anchor_and_issuer_rotation_fails_no_request() {
     let api = mesh.start_proxy("api", api_app);
     let web = mesh.start_proxy("web", web_app);
     let idle = mesh.start_proxy("idle", app("idle").port());
-    let to_api = Traffic::start(web.outbound, "api.default");
-    let to_web = Traffic::start(api.outbound, "web.default");
+    let to_api = Traffic::start(web.outbound, "api.default", EVERY, MAX);
+    let to_web = Traffic::start(api.outbound, "web.default", EVERY, MAX);
     to_api.go_on_for(50);
     to_web.go_on_for(50);
 
@@ -486,7 +387,7 @@ fn a_full_anchor_and_issuer_rotation_fails_no_request() {
         wait(
             "every proxy on the new issuer",
             Duration::from_secs(15),
-            || metric(p.admin, "weft_identity_client_leaf_issuer", &[&label]) == 1.0,
+            || admin_metric(p.admin, "weft_identity_client_leaf_issuer", &[&label]) == 1.0,
         );
     }
     to_api.go_on_for(100);
@@ -526,7 +427,7 @@ fn a_full_anchor_and_issuer_rotation_fails_no_request() {
         &failed_web[..failed_web.len().min(5)],
         mesh.logs()
     );
-    let renewals = metric(
+    let renewals = admin_metric(
         api.admin,
         "weft_identity_client_certify_total",
         &["kind=\"renewal\""],

@@ -17,10 +17,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -29,101 +26,7 @@ use weft_policy::config::ENV_POLICY_ADDR;
 use weft_proxy::config as proxy_config;
 use weft_runtime::child::Child;
 use weft_runtime::etcd::EtcdCluster;
-use weft_runtime::testing::{http, metric_sum};
-
-/// Requests at a steady rate through a proxy, every answer kept.
-struct Traffic {
-    answers: Arc<Mutex<Vec<(u16, String)>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(outbound: SocketAddr) -> Self {
-        let answers = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (a, s) = (answers.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            // No port: the service's port 80, and each backend's own app behind its proxy.
-            let (url, host) = ("http://api.default/", "api.default");
-            // At most 10 minutes of it, 25 requests a second.
-            for _ in 0..15_000 {
-                if s.load(Ordering::Relaxed) {
-                    return;
-                }
-                let answer = http(outbound, "GET", url, host).unwrap_or((0, "no answer".into()));
-                a.lock().unwrap().push(answer);
-                std::thread::sleep(Duration::from_millis(40));
-            }
-        });
-        Self {
-            answers,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.answers.lock().unwrap().len()
-    }
-
-    /// The answers that were not 200, with how many there were in all.
-    fn failures(&self) -> (Vec<(u16, String)>, usize) {
-        let all = self.answers.lock().unwrap();
-        (
-            all.iter().filter(|a| a.0 != 200).cloned().collect(),
-            all.len(),
-        )
-    }
-
-    fn assert_none_failed(&self, step: &str) {
-        let (failed, all) = self.failures();
-        assert!(
-            failed.is_empty(),
-            "{step}: {} of {all} requests failed: {:?}",
-            failed.len(),
-            &failed[..failed.len().min(5)]
-        );
-    }
-
-    /// Waits (at most `limit`) until the last 10 answers all come from `app`.
-    fn wait_all_from(&self, app: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            {
-                let all = self.answers.lock().unwrap();
-                if all.len() >= 10 && all[all.len() - 10..].iter().all(|a| a.1.contains(app)) {
-                    return;
-                }
-            }
-            if Instant::now() >= deadline {
-                let all = self.answers.lock().unwrap();
-                let last = &all[all.len().saturating_sub(10)..];
-                panic!("the answers never all came from {app}: the last ones: {last:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits until `n` more requests were answered.
-    fn go_on_for(&self, n: usize) {
-        let until = self.count() + n;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.count() < until {
-            assert!(Instant::now() < deadline, "the traffic stalled");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+use weft_runtime::testing::http;
 
 struct Mesh {
     dir: tempfile::TempDir,
@@ -310,15 +213,8 @@ impl Mesh {
         }
     }
 
-    fn metric(admin: SocketAddr, name: &str, labels: &[&str]) -> f64 {
-        let text = http(admin, "GET", "/metrics", "x")
-            .map(|r| r.1)
-            .unwrap_or_default();
-        metric_sum(&text, name, labels)
-    }
-
     fn streams(&self, i: usize) -> f64 {
-        Self::metric(self.policies[i].2, "weft_policy_discovery_streams", &[])
+        admin_metric(self.policies[i].2, "weft_policy_discovery_streams", &[])
     }
 
     /// Renewals made so far by every proxy.
@@ -326,7 +222,7 @@ impl Mesh {
         self.proxies
             .iter()
             .map(|(_, admin)| {
-                Self::metric(
+                admin_metric(
                     *admin,
                     "weft_identity_client_certify_total",
                     &["kind=\"renewal\"", "result=\"ok\""],
@@ -336,30 +232,8 @@ impl Mesh {
     }
 
     fn logs(&self) -> String {
-        let mut out = String::new();
-        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
-            let p: PathBuf = entry.unwrap().path();
-            if p.extension().is_some_and(|e| e == "log") {
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                out.push_str(&format!(
-                    "--- {}\n{}\n",
-                    p.display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                ));
-            }
-        }
-        out
+        log_tails(self.dir.path(), 15)
     }
-}
-
-fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    started.elapsed()
 }
 
 #[test]
@@ -379,7 +253,7 @@ fn nothing_fails_while_parts_of_the_control_plane_die() {
         web_replica.is_some()
     });
     let web_replica = web_replica.unwrap();
-    let traffic = Traffic::start(outbound);
+    let traffic = Traffic::start(outbound, "api.default", Duration::from_millis(40), 15_000);
     traffic.go_on_for(20);
     assert!(
         traffic.failures().0.is_empty(),

@@ -131,6 +131,14 @@ impl TrustReport {
     /// At most this many anchors in a report.
     pub const MAX_ANCHORS: usize = 16;
 
+    /// What a workload holding `creds` trusts.
+    pub fn of(creds: &weft_identity::tls::Credentials) -> Self {
+        Self {
+            anchors: creds.bundle.fingerprints(),
+            issuer: weft_identity::client::leaf_issuer(creds),
+        }
+    }
+
     /// Whether the report is well-formed: a few fingerprints, each `sha256:` and 64 hex digits.
     pub fn check(&self) -> Result<(), String> {
         let fp = |f: &str| {

@@ -359,12 +359,12 @@ fn workloads_page(store: &Store) -> serve::FullResponse {
 }
 
 fn trust_page(trust: &weft_identity::tls::TrustSource) -> serve::FullResponse {
-    let report = crate::registry::TrustReport {
-        anchors: trust.current().fingerprints(),
-        issuer: trust
-            .credentials()
-            .map(|c| weft_identity::client::leaf_issuer(&c))
-            .unwrap_or_default(),
+    let report = match trust.credentials() {
+        Some(c) => crate::registry::TrustReport::of(&c),
+        None => crate::registry::TrustReport {
+            anchors: trust.current().fingerprints(),
+            issuer: String::new(),
+        },
     };
     serve::respond(
         http::StatusCode::OK,

@@ -311,15 +311,11 @@ fn report_trust(
     mut reg: Registration,
     mut creds: watch::Receiver<Option<Arc<Credentials>>>,
 ) -> (watch::Receiver<Registration>, tokio::task::JoinHandle<()>) {
-    let trust_of = |c: &Credentials| TrustReport {
-        anchors: c.bundle.fingerprints(),
-        issuer: weft_identity::client::leaf_issuer(c),
-    };
-    reg.trust = creds.borrow_and_update().as_deref().map(trust_of);
+    reg.trust = creds.borrow_and_update().as_deref().map(TrustReport::of);
     let (tx, rx) = watch::channel(reg);
     let task = tokio::spawn(async move {
         while creds.changed().await.is_ok() {
-            let now = creds.borrow_and_update().as_deref().map(trust_of);
+            let now = creds.borrow_and_update().as_deref().map(TrustReport::of);
             tx.send_if_modified(|r| {
                 let changed = r.trust != now;
                 r.trust = now;

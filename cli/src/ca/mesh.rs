@@ -3,7 +3,7 @@
 
 use weft_policy::registry::{TrustReport, Workload};
 
-use super::short;
+use super::{short, shorts};
 
 /// A part of the mesh that must follow a rotation.
 #[derive(Debug, Clone)]
@@ -91,13 +91,7 @@ pub fn lagging(holders: &[Holder], need: &Need) -> Vec<String> {
                     h.name
                 ));
             };
-            let anchors = || {
-                t.anchors
-                    .iter()
-                    .map(|a| short(a))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+            let anchors = || shorts(&t.anchors);
             match need {
                 Need::Anchor(a) if !t.anchors.contains(a) => {
                     Some(format!("{}: trusts only {}", h.name, anchors()))

@@ -147,8 +147,16 @@ fn existing_ca(ca: &CaArgs) -> Result<AuthorityConfig, String> {
     Ok(cfg)
 }
 
+/// Fingerprints, each [`short`], comma-separated.
+pub(crate) fn shorts<S: AsRef<str>>(fps: impl IntoIterator<Item = S>) -> String {
+    fps.into_iter()
+        .map(|f| short(f.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `sha256:0123456789ab…`: enough of a fingerprint to tell anchors apart on screen.
-fn short(fp: &str) -> String {
+pub(crate) fn short(fp: &str) -> String {
     match fp.strip_prefix("sha256:") {
         Some(hex) if hex.len() > 12 => format!("sha256:{}…", &hex[..12]),
         _ => fp.to_string(),

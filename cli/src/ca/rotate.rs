@@ -10,7 +10,7 @@ use weft_identity::authority::state::{AnchorRotation, AnchorStep};
 use weft_identity::authority::{Authority, AuthorityConfig};
 
 use super::mesh::{Need, holders, lagging};
-use super::{AnchorArgs, IssuerArgs, IssuerOpts, existing_ca, short};
+use super::{AnchorArgs, IssuerArgs, IssuerOpts, existing_ca, short, shorts};
 
 /// How often the mesh is asked again while a step waits.
 const POLL: Duration = Duration::from_millis(500);
@@ -68,11 +68,7 @@ pub fn anchor(args: &AnchorArgs) -> Result<(), String> {
             println!(
                 "step 1 of 3: the new anchor {} is trusted beside {} (its key: {})",
                 short(&r.new),
-                r.old
-                    .iter()
-                    .map(|o| short(o))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                shorts(&r.old),
                 r.new_key.display()
             );
             r
@@ -108,12 +104,7 @@ pub fn anchor(args: &AnchorArgs) -> Result<(), String> {
                 anchor_finish(&cfg).map_err(|e| e.to_string())?;
                 println!(
                     "step 3 of 3: the old anchors {} left the bundle; {} is the trust anchor. Rotation complete.",
-                    rotation
-                        .old
-                        .iter()
-                        .map(|o| short(o))
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    shorts(&rotation.old),
                     short(&rotation.new)
                 );
                 return Ok(());

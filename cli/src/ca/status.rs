@@ -7,7 +7,7 @@ use weft_identity::authority::state::AnchorStep;
 use weft_identity::tls::fingerprint;
 
 use super::mesh::{Need, holders, lagging};
-use super::{StatusArgs, existing_ca, short};
+use super::{StatusArgs, existing_ca, short, shorts};
 
 pub fn run(args: &StatusArgs) -> Result<(), String> {
     let cfg = existing_ca(&args.ca)?;
@@ -86,11 +86,7 @@ pub fn run(args: &StatusArgs) -> Result<(), String> {
             println!(
                 "rotation      anchor {} replacing {}: step {} since {}",
                 short(&r.new),
-                r.old
-                    .iter()
-                    .map(|o| short(o))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                shorts(&r.old),
                 r.step.as_str(),
                 weft_identity::rfc3339(
                     SystemTime::UNIX_EPOCH
@@ -127,21 +123,17 @@ fn mesh(args: &StatusArgs, ca: &Authority, need: Option<&Need>) -> Result<(), St
         anchor: ca.anchor_fingerprint(),
     };
     let lag = lagging(&holders, need.unwrap_or(&steady));
+    let served = ca.bundle().fingerprints();
     let extra: Vec<String> = holders
         .iter()
         .filter_map(|h| {
             let t = h.trust.as_ref()?;
-            let gone: Vec<String> = t
-                .anchors
-                .iter()
-                .filter(|a| !ca.bundle().fingerprints().contains(a))
-                .map(|a| short(a))
-                .collect();
+            let gone: Vec<&String> = t.anchors.iter().filter(|a| !served.contains(a)).collect();
             (!gone.is_empty()).then(|| {
                 format!(
                     "{}: still trusts {}, which the CA no longer serves",
                     h.name,
-                    gone.join(", ")
+                    shorts(gone)
                 )
             })
         })

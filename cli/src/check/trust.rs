@@ -5,6 +5,7 @@
 use weft_policy::registry::TrustReport;
 
 use super::report::Check;
+use crate::ca::{short, shorts};
 use crate::stat::prom::Sample;
 
 /// The CA as the identity service's metrics show it.
@@ -39,17 +40,6 @@ pub fn ca_view(samples: &[Sample]) -> Option<CaView> {
     })
 }
 
-fn short(fp: &str) -> String {
-    match fp.strip_prefix("sha256:") {
-        Some(hex) if hex.len() > 12 => format!("sha256:{}…", &hex[..12]),
-        _ => fp.to_string(),
-    }
-}
-
-fn list(fps: &[&String]) -> String {
-    fps.iter().map(|f| short(f)).collect::<Vec<_>>().join(", ")
-}
-
 /// One proxy's trust against the CA's.
 pub fn proxy_trust(name: &str, trust: Option<&TrustReport>, ca: &CaView) -> Check {
     let what = format!("{name} trusts the CA's anchors");
@@ -76,7 +66,7 @@ pub fn proxy_trust(name: &str, trust: Option<&TrustReport>, ca: &CaView) -> Chec
             what,
             format!(
                 "it lacks {} that the CA uses: it refuses peers whose certificates chain to it",
-                list(&missing)
+                shorts(missing)
             ),
             follow,
         );
@@ -86,7 +76,7 @@ pub fn proxy_trust(name: &str, trust: Option<&TrustReport>, ca: &CaView) -> Chec
             what,
             format!(
                 "it still trusts {}, which the CA no longer uses: certificates under it would be taken",
-                list(&extra)
+                shorts(extra)
             ),
             follow,
         );

@@ -15,7 +15,8 @@ use weft_identity::server::CaInfo;
 use weft_identity::tls::{self, CertStore, ClientAuth};
 use weft_runtime::testing::http;
 
-use super::{Mesh, Traffic, metric, support::app, trusts, wait};
+use super::support::{Traffic, admin_metric, app, wait};
+use super::{EVERY, MAX, Mesh, trusts};
 
 /// An HTTPS server as `spiffe://weft.local/ns/weft/sa/identity` (certified by `ca`) answering
 /// `GET /v1/ca` with `foreign`'s bundle and everything else with 503. Runs until the process
@@ -96,9 +97,9 @@ fn a_bundle_keeping_no_trusted_anchor_is_refused_and_traffic_goes_on() {
         app("web").port(),
         &format!("{},{fake}", mesh.identities[0].1),
     );
-    let traffic = Traffic::start(web.outbound, "api.default");
+    let traffic = Traffic::start(web.outbound, "api.default", EVERY, MAX);
     let refused = |admin| {
-        metric(
+        admin_metric(
             admin,
             "weft_identity_client_bundle_changes_total",
             &["result=\"refused\""],
@@ -117,7 +118,7 @@ fn a_bundle_keeping_no_trusted_anchor_is_refused_and_traffic_goes_on() {
         !trusts(web.admin, &foreign.anchor_fingerprint()),
         "web took the foreign anchor"
     );
-    let accepted = metric(
+    let accepted = admin_metric(
         web.admin,
         "weft_identity_client_bundle_changes_total",
         &["result=\"accepted\""],

@@ -161,31 +161,13 @@ impl Mesh {
         let d = dir.path().to_path_buf();
         let data = d.join("ca");
         let (identity, id_api, _) = start_identity(&d, &data);
-        for (ns, w) in [("weft", "policy"), ("default", "api"), ("default", "web")] {
-            token(&data, ns, w, &d.join(format!("{w}.token")));
+        for w in ["api", "web"] {
+            token(&data, "default", w, &d.join(format!("{w}.token")));
         }
         let resources = d.join("resources");
         std::fs::create_dir_all(&resources).unwrap();
         write_file(&d, &resources.join("mesh.yaml"), &mesh_yaml(port));
-        let (pol_api, pol_admin) = (free_addr(), free_addr());
-        let mut policy = start_weft(
-            &d,
-            "policy",
-            &[
-                "policy",
-                "--dir",
-                resources.to_str().unwrap(),
-                "--listen",
-                &pol_api.to_string(),
-                "--admin-listen",
-                &pol_admin.to_string(),
-            ],
-            &[
-                (ENV_TOKEN_FILE, d.join("policy.token").display().to_string()),
-                (ENV_IDENTITY_ADDR, id_api.to_string()),
-            ],
-        );
-        policy.wait_ready(pol_admin);
+        let (policy, pol_api, _) = start_policy(&d, &data, id_api, &resources);
         let start = |name: &str, app_port: u16| {
             let (inbound, outbound, admin) = (free_addr(), free_addr(), free_addr());
             let env = vec![

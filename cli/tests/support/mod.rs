@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use weft_identity::config::{ENV_IDENTITY_ADDR, ENV_TOKEN_FILE};
 use weft_runtime::child::{Child, Options};
 
+mod traffic;
+#[allow(unused_imports)]
+pub use traffic::*;
+
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
 /// True when system tests are on; otherwise says why this test does nothing.
@@ -94,6 +98,18 @@ pub fn start_policy(
     identity: SocketAddr,
     resources: &Path,
 ) -> (Child, SocketAddr, SocketAddr) {
+    start_policy_with(dir, data, &identity.to_string(), resources, &[])
+}
+
+/// [`start_policy`] asking the identity service at `identity` (replicas comma-separated), with
+/// more environment (`WEFT_IDENTITY_TRUST_REFRESH`, say).
+pub fn start_policy_with(
+    dir: &Path,
+    data: &Path,
+    identity: &str,
+    resources: &Path,
+    env: &[(&str, String)],
+) -> (Child, SocketAddr, SocketAddr) {
     let token_file = dir.join("policy.token");
     token(data, "weft", "policy", &token_file);
     let (api, admin) = (free_addr(), free_addr());
@@ -110,9 +126,13 @@ pub fn start_policy(
             &admin.to_string(),
         ],
         &[
-            (ENV_TOKEN_FILE, token_file.display().to_string()),
-            (ENV_IDENTITY_ADDR, identity.to_string()),
-        ],
+            &[
+                (ENV_TOKEN_FILE, token_file.display().to_string()),
+                (ENV_IDENTITY_ADDR, identity.to_string()),
+            ],
+            env,
+        ]
+        .concat(),
     );
     policy.wait_ready(admin);
     (policy, api, admin)

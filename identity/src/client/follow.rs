@@ -47,8 +47,8 @@ pub fn leaf_issuer(creds: &Credentials) -> String {
 
 /// What one look at the CA found.
 pub(super) struct Followed {
-    /// The bundle, when it changed (and was accepted).
-    pub bundle: Option<TrustBundle>,
+    /// The bundle it serves (to be judged by [`accept_bundle`]).
+    pub bundle: TrustBundle,
     /// When the current leaf should be replaced early (its issuer is no longer the CA's).
     pub reissue_by: Option<SystemTime>,
 }
@@ -56,19 +56,15 @@ pub(super) struct Followed {
 /// Asks the CA what it serves now and compares it with `creds`.
 pub(super) async fn look(addr: &str, creds: &Credentials) -> Result<Followed, ClientError> {
     let info = fetch_ca(addr, &creds.bundle, &creds.identity).await?;
-    let offered = TrustBundle::from_pem(info.trust_bundle.as_bytes())
+    let bundle = TrustBundle::from_pem(info.trust_bundle.as_bytes())
         .map_err(|e| ClientError::BadResponse(e.to_string()))?;
-    let changed = accept_bundle(&creds.bundle, &offered)?;
     let reissue_by = match info.reissue_before {
         Some(before) if leaf_issuer(creds) != info.issuer => {
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(before))
         }
         _ => None,
     };
-    Ok(Followed {
-        bundle: changed.then_some(offered),
-        reissue_by,
-    })
+    Ok(Followed { bundle, reissue_by })
 }
 
 /// A point in time spread uniformly between now and `by` (now when `by` has passed), so a

@@ -65,10 +65,32 @@ struct ClientMetrics {
 }
 
 impl ClientMetrics {
+    /// [`accept_bundle`], counted, and a change logged: for a renewal's bundle and for one
+    /// [`follow::look`] brought alike.
+    fn judge_bundle(&self, held: &TrustBundle, offered: &TrustBundle) -> Result<bool, ClientError> {
+        match accept_bundle(held, offered) {
+            Ok(changed) => {
+                if changed {
+                    self.bundle_changed.increment(1);
+                    tracing::info!(
+                        from = ?held.fingerprints(),
+                        to = ?offered.fingerprints(),
+                        "the trust bundle changed"
+                    );
+                }
+                Ok(changed)
+            }
+            Err(e) => {
+                self.bundle_refused.increment(1);
+                Err(e)
+            }
+        }
+    }
+
     fn new(registry: &Registry) -> Self {
         const NAME: &str = "weft_identity_client_certify_total";
         const HELP: &str = "Certificate requests this workload made, by kind and result.";
-        const BUNDLE: &str = "Changes of the trust bundle a renewal brought, by result (accepted: it keeps an anchor trusted now; refused: it keeps none, and the current bundle stays).";
+        const BUNDLE: &str = "Changes of the trust bundle a renewal or a look at the CA (/v1/ca) brought, by result (accepted: it keeps an anchor trusted now; refused: it keeps none, and the current bundle stays).";
         Self {
             bundle_changed: registry.counter(
                 "weft_identity_client_bundle_changes_total",
@@ -209,23 +231,9 @@ async fn maintain(
         // A renewal that brings another trust bundle: only one that keeps an anchor trusted now.
         let result = match result {
             Ok((creds, false)) => match current.as_ref() {
-                Some(held) => match accept_bundle(&held.bundle, &creds.bundle) {
-                    Ok(changed) => {
-                        if changed {
-                            metrics.bundle_changed.increment(1);
-                            tracing::info!(
-                                from = ?held.bundle.fingerprints(),
-                                to = ?creds.bundle.fingerprints(),
-                                "the trust bundle changed"
-                            );
-                        }
-                        Ok((creds, false))
-                    }
-                    Err(e) => {
-                        metrics.bundle_refused.increment(1);
-                        Err(e)
-                    }
-                },
+                Some(held) => metrics
+                    .judge_bundle(&held.bundle, &creds.bundle)
+                    .map(|_| (creds, false)),
                 None => Ok((creds, false)),
             },
             other => other,
@@ -286,22 +294,21 @@ async fn look_between(
     creds: &Credentials,
     metrics: &ClientMetrics,
 ) -> (Option<Arc<Credentials>>, Option<SystemTime>) {
-    match follow::look(&settings.addr, creds).await {
-        Ok(seen) => {
-            let next = seen.bundle.map(|b| {
-                metrics.bundle_changed.increment(1);
-                tracing::info!(from = ?creds.bundle.fingerprints(), to = ?b.fingerprints(), "the trust bundle changed");
-                follow::with_bundle(creds, b)
-            });
-            (next, seen.reissue_by)
-        }
-        Err(e @ ClientError::BundleRefused { .. }) => {
-            metrics.bundle_refused.increment(1);
-            tracing::warn!(error = %e, "trust bundle refused");
-            (None, None)
-        }
+    let seen = match follow::look(&settings.addr, creds).await {
+        Ok(seen) => seen,
         Err(e) => {
             tracing::debug!(error = %e, "cannot ask the CA what it serves; asking again later");
+            return (None, None);
+        }
+    };
+    match metrics.judge_bundle(&creds.bundle, &seen.bundle) {
+        Ok(true) => (
+            Some(follow::with_bundle(creds, seen.bundle)),
+            seen.reissue_by,
+        ),
+        Ok(false) => (None, seen.reissue_by),
+        Err(e) => {
+            tracing::warn!(error = %e, "trust bundle refused");
             (None, None)
         }
     }
