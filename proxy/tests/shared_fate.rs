@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -31,28 +31,33 @@ async fn app_with_big_responses(delay: Duration) -> (SocketAddr, Arc<AtomicU64>)
         while let Ok((tcp, _)) = l.accept().await {
             let count = count.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<_>| {
-                    let count = count.clone();
-                    async move {
-                        let _: &hyper::body::Incoming = req.body();
-                        let mut rsp = http::Response::builder().header("x-app", "api");
-                        if req.uri().path() == "/big-response" {
-                            rsp = rsp.header("x-big", "b".repeat(100 * 1024));
-                        } else if req.uri().path() == "/hang" {
-                            tokio::time::sleep(Duration::from_secs(60)).await;
-                        } else if req.uri().path() == "/upload-stalls" {
-                            // Never reads the upload (nor answers, within the test).
-                            tokio::time::sleep(Duration::from_secs(60)).await;
-                        } else if req.uri().path() == "/download" {
-                            let body = Bytes::from(vec![b'd'; 16 << 20]);
-                            return Ok::<_, Infallible>(rsp.body(Full::new(body)).unwrap());
-                        } else {
-                            count.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(delay).await;
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let count = count.clone();
+                        async move {
+                            let mut rsp = http::Response::builder().header("x-app", "api");
+                            if req.uri().path() == "/big-response" {
+                                rsp = rsp.header("x-big", "b".repeat(100 * 1024));
+                            } else if req.uri().path() == "/hang" {
+                                tokio::time::sleep(Duration::from_secs(60)).await;
+                            } else if req.uri().path() == "/upload-stalls" {
+                                // Never reads the upload (nor answers, within the test).
+                                tokio::time::sleep(Duration::from_secs(60)).await;
+                            } else if req.uri().path() == "/download" {
+                                let body = Bytes::from(vec![b'd'; 16 << 20]);
+                                return Ok::<_, Infallible>(rsp.body(Full::new(body)).unwrap());
+                            } else {
+                                count.fetch_add(1, Ordering::Relaxed);
+                                // Reads what it is sent before answering, as servers that keep
+                                // their connections do: one answering early and closing with
+                                // the body unread resets the connection, and the answer may be
+                                // lost with it (TCP drops unread data on a reset).
+                                let _ = req.into_body().collect().await;
+                                tokio::time::sleep(delay).await;
+                            }
+                            Ok::<_, Infallible>(rsp.body(Full::new(Bytes::from("ok"))).unwrap())
                         }
-                        Ok::<_, Infallible>(rsp.body(Full::new(Bytes::from("ok"))).unwrap())
-                    }
-                });
+                    });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
