@@ -67,6 +67,19 @@ impl<T> Prefixed<T> {
     pub fn inner(&self) -> &T {
         &self.inner
     }
+
+    /// Whether bytes wait to be replayed.
+    pub fn has_prefix(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
+    /// Puts `bytes` back in front of what is still to be read.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        let mut prefix = BytesMut::with_capacity(bytes.len() + self.prefix.len());
+        prefix.extend_from_slice(bytes);
+        prefix.extend_from_slice(&self.prefix);
+        self.prefix = prefix;
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
@@ -79,6 +92,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Replayed: its buffer is not kept for the connection's life.
+                self.prefix = BytesMut::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)

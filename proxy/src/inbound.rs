@@ -116,7 +116,7 @@ impl Inbound {
         self: Arc<Self>,
         tcp: TcpStream,
         remote: SocketAddr,
-        watcher: hyper_util::server::graceful::Watcher,
+        watcher: crate::listen::Watcher,
     ) {
         // Redirected by `weft init`: the port the peer dialled is the application's.
         let orig = crate::orig_dst::orig_dst(&tcp).map(OrigDst);
@@ -144,7 +144,8 @@ impl Inbound {
             if self.cfg.intercept.is_opaque(dst.port()) || self.declared_opaque(dst.port()) {
                 // Server-speaks-first: no detection, no waiting for the client.
                 let _open = self.metrics.tcp_open(DIRECTION, "opaque");
-                return self.tcp(tcp, dst.port(), Tunnel::plain(None, at)).await;
+                let boxed = Box::pin(self.tcp(tcp, dst.port(), Tunnel::plain(None, at)));
+                return boxed.await;
             }
         }
         let (protocol, io) = match detect::detect(tcp, true, self.cfg.detect_timeout).await {
@@ -156,9 +157,8 @@ impl Inbound {
         }
         if protocol != Protocol::Tls {
             let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
-            return self
-                .plain_or_http(io, protocol, None, orig, at, watcher)
-                .await;
+            let boxed = Box::pin(self.plain_or_http(io, protocol, None, orig, at, watcher));
+            return boxed.await;
         }
         let Some(cfg) = self.tls.server_config() else {
             self.metrics.error(DIRECTION, "not_ready");
@@ -204,7 +204,8 @@ impl Inbound {
                 conn: at,
                 reply,
             };
-            return self.tcp(tls, port, tunnel).await;
+            let boxed = Box::pin(self.tcp(tls, port, tunnel));
+            return boxed.await;
         }
         let (protocol, io) = match detect::detect(tls, false, self.cfg.detect_timeout).await {
             Ok(d) => d,
@@ -214,8 +215,10 @@ impl Inbound {
             self.metrics.error(DIRECTION, "detect_timeout");
         }
         let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
-        self.plain_or_http(io, protocol, peer, orig, at, watcher)
-            .await
+        // Boxed, as the other large and per-kind futures here, so that a connection's task
+        // holds only the one it runs.
+        let boxed = Box::pin(self.plain_or_http(io, protocol, peer, orig, at, watcher));
+        boxed.await
     }
 
     /// Whether the workload's service declares `port` opaque (`appProtocol: opaque`).
@@ -233,7 +236,7 @@ impl Inbound {
         peer: Option<SpiffeId>,
         orig: Option<OrigDst>,
         conn: Conn,
-        watcher: hyper_util::server::graceful::Watcher,
+        watcher: crate::listen::Watcher,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {

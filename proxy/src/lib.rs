@@ -62,6 +62,7 @@ pub mod listen;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod park;
 pub mod retry;
 pub mod route;
 pub mod run;

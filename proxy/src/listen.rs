@@ -4,13 +4,14 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use crate::limits;
 use crate::metrics::ProxyMetrics;
@@ -28,7 +29,7 @@ pub async fn accept_loop<H, F>(
     H: Fn(TcpStream, SocketAddr, Watcher) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    let (drain, _) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -43,10 +44,39 @@ pub async fn accept_loop<H, F>(
             },
         };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(handle(tcp, remote, graceful.watcher()));
+        tokio::spawn(handle(tcp, remote, Watcher(drain.subscribe())));
     }
     drop(listener);
-    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+    drain.send_replace(true);
+    let _ = tokio::time::timeout(grace, drain.closed()).await;
+}
+
+/// A connection's view of its listener's shutdown. The listener's drain lasts until every
+/// watcher is dropped (or its grace ends), so a connection holds its own while it serves.
+#[derive(Debug)]
+pub struct Watcher(watch::Receiver<bool>);
+
+impl Watcher {
+    /// Resolves once the listener is shutting down.
+    pub async fn draining(&mut self) {
+        // The only change is to `true`; an error means the listener is gone, after it.
+        let _ = self.0.changed().await;
+    }
+
+    /// Runs `conn` to its end; once the listener shuts down, `graceful` asks it to finish
+    /// what it serves and close.
+    pub async fn watch<C: Future>(
+        mut self,
+        conn: C,
+        graceful: impl FnOnce(Pin<&mut C>),
+    ) -> C::Output {
+        tokio::pin!(conn);
+        tokio::select! {
+            ended = conn.as_mut() => return ended,
+            _ = self.draining() => graceful(conn.as_mut()),
+        }
+        conn.await
+    }
 }
 
 /// What [`serve_http`] serves a connection as.
@@ -79,12 +109,7 @@ pub async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Served {
-        direction,
-        remote,
-        trailers_wait,
-    } = served;
-    let svc = crate::svc::to_hyper(stack, trailers_wait);
+    let svc = crate::svc::to_hyper(stack, served.trailers_wait);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -102,19 +127,34 @@ pub async fn serve_http<I>(
         .initial_connection_window_size(limits::H2_CONNECTION_WINDOW);
     let io = TokioIo::new(io);
     let ended = watcher
-        .watch(builder.serve_connection_with_upgrades(io, svc).into_owned())
+        .watch(
+            builder.serve_connection_with_upgrades(io, svc).into_owned(),
+            auto::UpgradeableConnection::graceful_shutdown,
+        )
         .await;
     if let Err(e) = ended {
-        let hyper_error = e.downcast_ref::<hyper::Error>();
-        if hyper_error.is_some_and(hyper::Error::is_parse_too_large) {
-            metrics.error(direction, "headers_too_large");
-            tracing::info!(direction, client.addr = %remote, error = %e, "request head over the limits: 431");
-        } else if hyper_error.is_some_and(hyper::Error::is_parse) {
-            // A malformed head (smuggling shapes among them): hyper's own 400.
-            metrics.error(direction, "bad_request");
-            tracing::info!(direction, client.addr = %remote, error = %e, "malformed request head: 400");
-        } else {
-            tracing::debug!(direction, client.addr = %remote, error = %e, "HTTP connection ended");
-        }
+        connection_failed(&*e, served, metrics);
+    }
+}
+
+/// Counts and logs how an HTTP connection failed.
+pub(crate) fn connection_failed(
+    e: &(dyn std::error::Error + Send + Sync + 'static),
+    served: Served,
+    metrics: &ProxyMetrics,
+) {
+    let Served {
+        direction, remote, ..
+    } = served;
+    let hyper_error = e.downcast_ref::<hyper::Error>();
+    if hyper_error.is_some_and(hyper::Error::is_parse_too_large) {
+        metrics.error(direction, "headers_too_large");
+        tracing::info!(direction, client.addr = %remote, error = %e, "request head over the limits: 431");
+    } else if hyper_error.is_some_and(hyper::Error::is_parse) {
+        // A malformed head (smuggling shapes among them): hyper's own 400.
+        metrics.error(direction, "bad_request");
+        tracing::info!(direction, client.addr = %remote, error = %e, "malformed request head: 400");
+    } else {
+        tracing::debug!(direction, client.addr = %remote, error = %e, "HTTP connection ended");
     }
 }

@@ -115,7 +115,7 @@ impl Outbound {
         self: Arc<Self>,
         tcp: TcpStream,
         remote: SocketAddr,
-        watcher: hyper_util::server::graceful::Watcher,
+        watcher: crate::listen::Watcher,
     ) {
         let orig = crate::orig_dst::orig_dst(&tcp);
         // What the mesh knows of a redirected connection's destination IP: one control-plane
@@ -136,7 +136,8 @@ impl Outbound {
             if self.cfg.intercept.is_opaque(dst.port())
                 || known.as_ref().is_some_and(|k| k.is_opaque(dst.port()))
             {
-                return self.opaque(tcp, dst, known).await;
+                let boxed = Box::pin(self.opaque(tcp, dst, known));
+                return boxed.await;
             }
         }
         let (protocol, io) = match detect::detect(tcp, false, self.cfg.detect_timeout).await {
@@ -149,7 +150,8 @@ impl Outbound {
         if !matches!(protocol, Protocol::Http1 | Protocol::Http2) {
             if let Some(dst) = orig {
                 // Opaque bytes on a redirected connection: to where they were going.
-                return self.opaque(io, dst, known).await;
+                let boxed = Box::pin(self.opaque(io, dst, known));
+                return boxed.await;
             }
             let _open = self.metrics.tcp_open(DIRECTION, protocol.as_str());
             // Without an original destination (the app uses the proxy explicitly) there is
@@ -176,7 +178,20 @@ impl Outbound {
             remote,
             trailers_wait: self.cfg.http1_trailers_wait,
         };
-        crate::listen::serve_http(io, stack, served, watcher, &self.metrics).await;
+        // Boxed where they are large and rare, so that the future an idle HTTP/1 connection
+        // waits in stays small (see crate::park).
+        if protocol == Protocol::Http1 {
+            crate::park::serve_http1(io, stack, served, watcher, &self.metrics).await;
+        } else {
+            let boxed = Box::pin(crate::listen::serve_http(
+                io,
+                stack,
+                served,
+                watcher,
+                &self.metrics,
+            ));
+            boxed.await;
+        }
     }
 
     /// An opaque connection to the original destination `dst`: through an mTLS tunnel to the

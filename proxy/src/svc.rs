@@ -141,22 +141,17 @@ impl Labels {
 /// body on the way in, as a [`ClientBody`](crate::body::ClientBody) that notes in them a
 /// failure to read it; on the way out, declares the response's trailer fields for an HTTP/1.1
 /// client that takes them ([`crate::trailers`]).
-pub fn to_hyper(
-    svc: HttpService,
-    trailers_wait: std::time::Duration,
-) -> impl hyper::service::Service<
-    Request<hyper::body::Incoming>,
-    Response = Response<Body>,
-    Error = BoxError,
-    Future = impl std::future::Future<Output = Result<Response<Body>, BoxError>> + Send,
-> + Clone {
+pub fn to_hyper(svc: HttpService, trailers_wait: std::time::Duration) -> HyperService {
     hyper_util::service::TowerToHyperService::new(FromHyper(svc, trailers_wait))
 }
 
+/// A stack as hyper's server calls it ([`to_hyper`]).
+pub type HyperService = hyper_util::service::TowerToHyperService<FromHyper>;
+
 /// The stack as [`to_hyper`] serves it, and how long an HTTP/1.1 client's response is read
 /// ahead for its trailers.
-#[derive(Clone)]
-struct FromHyper(HttpService, std::time::Duration);
+#[derive(Clone, Debug)]
+pub struct FromHyper(HttpService, std::time::Duration);
 
 impl tower::Service<Request<hyper::body::Incoming>> for FromHyper {
     type Response = Response<Body>;

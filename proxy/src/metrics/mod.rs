@@ -176,6 +176,7 @@ pub struct ProxyMetrics {
     tls_failures: Family<Counter>,
     tcp_opened: Family<Counter>,
     tcp_open: Family<Gauge>,
+    http1_idle: Family<Gauge>,
     tcp_bytes: Family<Counter>,
     route_requests: Family<Counter>,
     route_responses: Family<Counter>,
@@ -316,6 +317,14 @@ impl ProxyMetrics {
                 series: Cache::default(),
                 make: gauge,
             },
+            http1_idle: Family {
+                registry: registry.clone(),
+                name: "weft_proxy_http1_idle_connections",
+                help: "HTTP/1 client connections idle between requests now (held without buffers), by direction.",
+                labels: &["direction"],
+                series: Cache::default(),
+                make: gauge,
+            },
             tcp_bytes: fam_c(
                 "weft_proxy_tcp_bytes_total",
                 "Bytes forwarded on opaque TCP connections, by direction and flow (from client to server, or back).",
@@ -369,6 +378,7 @@ impl ProxyMetrics {
                 let _ = m.errors.get(&[dir, code]);
             }
             let _ = m.tcp_open.get(&[dir]);
+            let _ = m.http1_idle.get(&[dir]);
         }
         Arc::new(m)
     }
@@ -488,6 +498,11 @@ impl ProxyMetrics {
         OpenConn(g)
     }
 
+    /// The gauge of HTTP/1 client connections idle between requests.
+    pub fn http1_idle(&self, direction: &str) -> Gauge {
+        self.http1_idle.get(&[direction])
+    }
+
     pub fn tcp_bytes(&self, direction: &str, to_server: u64, to_client: u64) {
         self.tcp_bytes
             .get(&[direction, "to_server"])
@@ -563,34 +578,4 @@ pub fn tls_failure_reason(e: &std::io::Error) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_series_per_label_values() {
-        let m = ProxyMetrics::new(Registry::new());
-        m.error("outbound", "timeout");
-        m.error("outbound", "timeout");
-        m.request("outbound", "a", "default/api", true);
-        m.request("outbound", "a", "default/web", true);
-        m.request("outbound", "a", "default/api", true);
-        let text = m.registry.render();
-        assert!(
-            text.contains(r#"weft_proxy_errors_total{direction="outbound",reason="timeout"} 2"#),
-            "{text}"
-        );
-        let api = r#"weft_proxy_requests_total{direction="outbound",peer="a",dst_service="default/api",tls="true"} 2"#;
-        let web = r#"weft_proxy_requests_total{direction="outbound",peer="a",dst_service="default/web",tls="true"} 1"#;
-        assert!(text.contains(api) && text.contains(web), "{text}");
-        // Values that join to the same string are still different series.
-        m.tls_failure("x\u{1f}y", "z");
-        m.tls_failure("x", "y\u{1f}z");
-        let text = m.registry.render();
-        assert_eq!(
-            text.matches("weft_proxy_tls_handshake_failures_total{")
-                .count(),
-            2,
-            "{text}"
-        );
-    }
-}
+mod tests;
