@@ -210,6 +210,11 @@ fn hyper_connection(io: Tracked, svc: HyperService) -> Box<Http1Connection> {
 /// client closed it, the proxy shuts down, the socket fails, or the head's deadline passes
 /// (hyper closes a connection idle that long).
 async fn parked(io: &Tracked, watcher: &mut Watcher, idle: &Gauge) -> bool {
+    if io.inner.has_prefix() {
+        // Bytes wait to be replayed (hyper reads them at once, so this does not happen): they
+        // are served, not waited behind.
+        return true;
+    }
     let deadline = io.shared.deadline();
     io.shared.set_deadline(None);
     idle.increment(1.0);
