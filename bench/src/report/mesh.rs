@@ -11,7 +11,7 @@ use super::markdown::{
 };
 use super::{
     Added, AtRate, Comparison, Latency, Mode, MtlsCheck, Run, Scenario, ScenarioSummary, Settings,
-    Spread, TargetCheck, ThroughputRatios, cpu_at_rates, cpu_spread, mesh_targets,
+    Spread, TargetCheck, ThroughputRatios, cpu_at_rates, cpu_spread, mesh_targets, peer_targets,
 };
 use crate::procstat::Memory;
 
@@ -210,7 +210,14 @@ impl MeshReport {
                 rss_idle_connections_mib: m.idle_connections.map(|i| mib(i.with_kib)),
             })
             .collect();
-        let targets = mesh_targets(settings.rate, &comparisons, &throughput, &proxies);
+        let mut targets = mesh_targets(settings.rate, &comparisons, &throughput, &proxies);
+        targets.extend(peer_targets(
+            settings.rate,
+            &comparisons,
+            new_connection.as_ref(),
+            &proxies,
+            settings.idle_connections,
+        ));
         Self {
             bench: "mesh",
             settings,

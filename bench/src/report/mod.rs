@@ -28,7 +28,7 @@ pub use stack::{RouteSwitch, StackPath, StackReport, cpu_ratio, route_summary};
 pub use targets::{
     TARGET_ADDED_P99_MS, TARGET_ADDED_P999_MS, TARGET_CPU_PER_1000, TARGET_FULL_STACK_CPU_RATIO,
     TARGET_IDLE_RSS_MIB, TARGET_PEAK_RSS_MIB, TARGET_THROUGHPUT_RATIO, TargetCheck,
-    full_stack_cpu_target, mesh_targets,
+    full_stack_cpu_target, mesh_targets, peer_targets,
 };
 
 /// The paths compared.
