@@ -79,11 +79,15 @@ impl Shared {
     /// Notes that hyper waits for a head that must arrive by `deadline`; returns the deadline
     /// (a replayed head keeps the one it had) and, on a hot connection, when to wake it to park.
     fn waiting_for_head(&self, deadline: Instant) -> (Instant, Option<Instant>) {
-        let deadline = match self.deadline() {
-            Some(kept) if self.hold.load(Ordering::Relaxed) => kept.min(deadline),
-            _ => deadline,
+        let deadline = {
+            let mut kept = self.deadline.lock().unwrap_or_else(|e| e.into_inner());
+            let deadline = match *kept {
+                Some(kept) if self.hold.load(Ordering::Relaxed) => kept.min(deadline),
+                _ => deadline,
+            };
+            *kept = Some(deadline);
+            deadline
         };
-        self.set_deadline(Some(deadline));
         self.park_due.store(false, Ordering::Relaxed);
         self.waiting_head.store(true, Ordering::Relaxed);
         let wake_at = self
@@ -94,12 +98,12 @@ impl Shared {
         (deadline, wake_at)
     }
 
-    fn deadline(&self) -> Option<Instant> {
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn set_deadline(&self, at: Option<Instant>) {
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    /// The deadline of the head hyper waited for, cleared.
+    fn take_deadline(&self) -> Option<Instant> {
+        self.deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 }
 
@@ -215,8 +219,7 @@ async fn parked(io: &Tracked, watcher: &mut Watcher, idle: &Gauge) -> bool {
         // are served, not waited behind.
         return true;
     }
-    let deadline = io.shared.deadline();
-    io.shared.set_deadline(None);
+    let deadline = io.shared.take_deadline();
     idle.increment(1.0);
     let since = Instant::now();
     let mut first = [0u8; 1];
