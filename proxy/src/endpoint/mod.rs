@@ -15,8 +15,7 @@ use std::time::Duration;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use weft_identity::SpiffeId;
@@ -36,8 +35,10 @@ use crate::metrics::{ProxyMetrics, tls_failure_reason};
 use crate::svc::{BoxError, BoxFuture, Labels};
 use crate::tls::{ALPN_OPAQUE, ALPN_OPAQUE_ANY, MeshTls, TunnelReply};
 
+mod peer;
 mod pool;
 
+use peer::Sender;
 use pool::Pool;
 
 const DIRECTION: &str = "outbound";
@@ -185,46 +186,25 @@ impl Inner {
         }
         // A failure while the client's body was being sent may be the client's (its body
         // was malformed or cut short): then it is that, and the connection, which other
-        // requests share, is kept.
+        // requests share, is kept. A stream the peer reset fails alone; anything else (the
+        // connection failed, the peer went away) takes the connection out of the pool.
+        // A connection that could no longer take the request was found out before it was
+        // given the request ([`Self::peer`]), which then went out on a new one.
         let fault = req_labels.as_ref();
-        let upstream = |e: &hyper::Error| {
-            Labels::fault_or(fault, || ProxyError::Upstream {
-                endpoint: ep.address.to_string(),
-                detail: error_chain(e),
-            })
-        };
-        let client_fault = || fault.is_some_and(|l| l.client_fault().is_some());
-        let mut sender = self.peer(ep.address, identity).await?;
-        let rsp = match sender
-            .try_send_request(Request::from_parts(parts, body))
+        let sender = self.peer(ep.address, identity).await?;
+        let mut rsp = peer::request(sender, Request::from_parts(parts, body))
             .await
-        {
-            Ok(rsp) => rsp,
-            Err(mut e) => {
-                if client_fault() {
-                    return Err(upstream(e.error()));
+            .map_err(|e| {
+                let client = fault.and_then(|l| l.client_fault());
+                if client.is_none() && !e.is_reset() {
+                    self.forget(ep.address, identity);
                 }
-                self.forget(ep.address, identity);
-                // A pooled connection the peer was closing (it went away, or drains) took
-                // nothing: the request goes out once on a new connection, and where none can
-                // be made that is a connect failure, which retries may take elsewhere.
-                let Some(req) = e.take_message() else {
-                    return Err(upstream(e.error()));
-                };
-                // Boxed: rare, and its futures would otherwise size every request's.
-                Box::pin(async {
-                    let mut sender = self.peer(ep.address, identity).await?;
-                    sender.send_request(req).await.map_err(|e| {
-                        if !client_fault() {
-                            self.forget(ep.address, identity);
-                        }
-                        upstream(&e)
-                    })
+                Labels::fault_or(fault, || ProxyError::Upstream {
+                    endpoint: ep.address.to_string(),
+                    detail: error_chain(&e),
                 })
-                .await?
-            }
-        };
-        let mut rsp = forwarded(rsp);
+            })?;
+        strip_hop_by_hop(rsp.headers_mut());
         if from_http1 {
             *rsp.version_mut() = Version::HTTP_11;
         }
@@ -306,16 +286,17 @@ impl Inner {
         })
     }
 
-    /// A pooled HTTP/2 connection to the peer proxy at `addr` proving `identity`.
-    async fn peer(
-        &self,
-        addr: SocketAddr,
-        identity: &SpiffeId,
-    ) -> Result<SendRequest<Body>, ProxyError> {
-        if let Some(mut s) = self.pool.get(addr, identity)
-            && s.ready().await.is_ok()
-        {
-            return Ok(s);
+    /// A pooled HTTP/2 connection to the peer proxy at `addr` proving `identity`, ready for a
+    /// request; a new one when the pooled one failed or the peer is closing it.
+    async fn peer(&self, addr: SocketAddr, identity: &SpiffeId) -> Result<Sender, ProxyError> {
+        if let Some(s) = self.pool.get(addr, identity) {
+            match s.ready().await {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    tracing::debug!(endpoint = %addr, error = %e, "the connection to the peer proxy takes no more requests");
+                    self.forget(addr, identity);
+                }
+            }
         }
         // Boxed: connecting (TCP, the TLS handshake's state, HTTP/2's) is a future of several
         // kilobytes that every request's future carried inline, and moved, though only the
@@ -328,30 +309,17 @@ impl Inner {
         &self,
         addr: SocketAddr,
         identity: &SpiffeId,
-    ) -> Result<SendRequest<Body>, ProxyError> {
+    ) -> Result<Sender, ProxyError> {
+        let failed = |e: h2::Error| ProxyError::ConnectFailed {
+            endpoint: addr.to_string(),
+            detail: error_chain(&e),
+        };
         let tls = self
             .connect_tls(addr, identity, &[weft_identity::tls::ALPN_H2])
             .await?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(PEER_KEEPALIVE)
-            // The mesh's limit and the room proxies add: what the peer's proxy checked.
-            .max_header_list_size(crate::limits::H2_MAX_HEADER_LIST_SIZE)
-            // A response whose client stopped reading holds its stream's window, never the
-            // connection's.
-            .initial_stream_window_size(crate::limits::H2_STREAM_WINDOW)
-            .initial_connection_window_size(crate::limits::H2_CONNECTION_WINDOW)
-            // Boxed: hyper spawns a task per request whose future is sized by the connection's
-            // (an enum of both), which held the TLS stream inline: 2.7 KB allocated and moved
-            // per request (DHAT, callgrind); boxed, the stream is one pointer there.
-            .handshake(TokioIo::new(Box::new(tls)))
-            .await
-            .map_err(|e| ProxyError::ConnectFailed {
-                endpoint: addr.to_string(),
-                detail: error_chain(&e),
-            })?;
+        let (sender, conn) = peer::handshake(tls, PEER_KEEPALIVE).await.map_err(failed)?;
         self.pool.insert(addr, identity, sender.clone(), conn);
-        Ok(sender)
+        sender.ready().await.map_err(failed)
     }
 
     fn forget(&self, addr: SocketAddr, identity: &SpiffeId) {

@@ -4,7 +4,7 @@
 //! no request took it for the idle timeout: endpoints come and go at new addresses over a
 //! proxy's life, and a pool that kept what it once reached would grow with every one of them.
 //! A connection released while idle closes once the requests still on it (a long stream, say)
-//! are done, as hyper closes a connection whose senders are all gone.
+//! are done, as `h2` closes a connection whose senders are all gone.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,12 +12,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use hyper::client::conn::http2::SendRequest;
 use metrics::Gauge;
 use tokio::time::Instant;
 use weft_identity::SpiffeId;
 
-use crate::body::Body;
+use super::peer::Sender;
 use crate::metrics::ProxyMetrics;
 
 /// The pool; cloning shares it.
@@ -37,7 +36,7 @@ struct Conns {
 
 struct Pooled {
     identity: SpiffeId,
-    sender: SendRequest<Body>,
+    sender: Sender,
     /// Tells this connection from a later one to the same address.
     id: u64,
     last_used: Instant,
@@ -60,27 +59,23 @@ impl Pool {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The open connection to `addr` that proved `identity`, marked used.
-    pub(super) fn get(&self, addr: SocketAddr, identity: &SpiffeId) -> Option<SendRequest<Body>> {
+    /// The connection to `addr` that proved `identity`, marked used. One that failed or is
+    /// going away stays until its task ends: [`Sender::ready`] tells.
+    pub(super) fn get(&self, addr: SocketAddr, identity: &SpiffeId) -> Option<Sender> {
         let mut conns = self.lock();
         let pooled = conns
             .by_addr
             .get_mut(&addr)
-            .filter(|p| &p.identity == identity && !p.sender.is_closed())?;
+            .filter(|p| &p.identity == identity)?;
         pooled.last_used = Instant::now();
         Some(pooled.sender.clone())
     }
 
     /// Pools a new connection (replacing any other to `addr`) and drives it: `conn` runs until
     /// the connection ends, and the connection leaves the pool then or when idle.
-    pub(super) fn insert<C>(
-        &self,
-        addr: SocketAddr,
-        identity: &SpiffeId,
-        sender: SendRequest<Body>,
-        conn: C,
-    ) where
-        C: Future<Output = Result<(), hyper::Error>> + Send + 'static,
+    pub(super) fn insert<C>(&self, addr: SocketAddr, identity: &SpiffeId, sender: Sender, conn: C)
+    where
+        C: Future<Output = Result<(), String>> + Send + 'static,
     {
         let id = {
             let mut conns = self.lock();
@@ -208,9 +203,7 @@ mod tests {
             }
             let _ = ended.send(());
         });
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(client))
+        let (sender, conn) = super::super::peer::handshake(client, Duration::from_secs(3600))
             .await
             .unwrap();
         pool.insert(addr, &id(), sender, conn);
@@ -218,12 +211,12 @@ mod tests {
     }
 
     async fn request(pool: &Pool, addr: SocketAddr) -> u16 {
-        let mut sender = pool.get(addr, &id()).unwrap();
-        sender.ready().await.unwrap();
-        let rsp = sender
-            .send_request(http::Request::new(crate::body::empty()))
-            .await
+        let sender = pool.get(addr, &id()).unwrap().ready().await.unwrap();
+        let req = http::Request::builder()
+            .uri("http://api.default:80/")
+            .body(crate::body::empty())
             .unwrap();
+        let rsp = super::super::peer::request(sender, req).await.unwrap();
         rsp.status().as_u16()
     }
 
