@@ -317,8 +317,10 @@ impl Inner {
         let tls = self
             .connect_tls(addr, identity, &[weft_identity::tls::ALPN_H2])
             .await?;
-        let (sender, conn) = peer::handshake(tls, PEER_KEEPALIVE).await.map_err(failed)?;
-        self.pool.insert(addr, identity, sender.clone(), conn);
+        let (sender, conn, keepalive) =
+            peer::handshake(tls, PEER_KEEPALIVE).await.map_err(failed)?;
+        self.pool
+            .insert(addr, identity, sender.clone(), conn, keepalive);
         sender.ready().await.map_err(failed)
     }
 

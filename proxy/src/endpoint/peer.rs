@@ -42,13 +42,22 @@ const PONG_TIMEOUT: Duration = Duration::from_secs(20);
 /// default).
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 
-/// The HTTP/2 handshake over `io` (mTLS to a peer proxy); returns the connection to send on
-/// and the future that drives it, pinging the peer every `keepalive`, which must be polled
-/// (spawned) for any request to go out.
+/// The HTTP/2 handshake over `io` (mTLS to a peer proxy). Returns the connection to send on;
+/// the future that drives it, which must be polled (spawned) for any request to go out; and
+/// its keep-alive, which pings the peer every `keepalive` and ends, saying why, when no pong
+/// came back in time: the connection is dead then, and is to be dropped. The keep-alive runs
+/// apart from the connection, whose task then polls no timer on every frame.
 pub(super) async fn handshake<T>(
     io: T,
     keepalive: Duration,
-) -> Result<(Sender, impl Future<Output = Result<(), String>>), h2::Error>
+) -> Result<
+    (
+        Sender,
+        h2::client::Connection<T, Bytes>,
+        impl Future<Output = String> + use<T>,
+    ),
+    h2::Error,
+>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -64,36 +73,22 @@ where
         .handshake::<T, Bytes>(io)
         .await?;
     let pings = conn.ping_pong();
-    Ok((sender, drive(conn, pings, keepalive)))
+    Ok((sender, conn, pinging(pings, keepalive)))
 }
 
-/// Runs `conn` until it ends; every `every`, pings the peer and ends the connection when the
-/// pong does not come within [`PONG_TIMEOUT`] (a dead peer, a lost network).
-async fn drive<T>(
-    conn: h2::client::Connection<T, Bytes>,
-    pings: Option<PingPong>,
-    every: Duration,
-) -> Result<(), String>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut conn = std::pin::pin!(conn);
+/// Every `every`, pings the peer; ends when the pong does not come within [`PONG_TIMEOUT`] (a
+/// dead peer, a lost network) or the connection is gone.
+async fn pinging(pings: Option<PingPong>, every: Duration) -> String {
     let Some(mut pings) = pings else {
-        return conn.await.map_err(|e| e.to_string());
+        return std::future::pending().await;
     };
-    let keepalive = async {
-        loop {
-            tokio::time::sleep(every).await;
-            match tokio::time::timeout(PONG_TIMEOUT, pings.ping(Ping::opaque())).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return format!("ping failed: {e}"),
-                Err(_) => return format!("no answer to a ping within {PONG_TIMEOUT:?}"),
-            }
+    loop {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(PONG_TIMEOUT, pings.ping(Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return format!("ping failed: {e}"),
+            Err(_) => return format!("no answer to a ping within {PONG_TIMEOUT:?}"),
         }
-    };
-    tokio::select! {
-        ended = &mut conn => ended.map_err(|e| e.to_string()),
-        dead = keepalive => Err(dead),
     }
 }
 

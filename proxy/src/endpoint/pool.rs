@@ -72,10 +72,20 @@ impl Pool {
     }
 
     /// Pools a new connection (replacing any other to `addr`) and drives it: `conn` runs until
-    /// the connection ends, and the connection leaves the pool then or when idle.
-    pub(super) fn insert<C>(&self, addr: SocketAddr, identity: &SpiffeId, sender: Sender, conn: C)
-    where
-        C: Future<Output = Result<(), String>> + Send + 'static,
+    /// the connection ends, or until `keepalive` ends (the peer no longer answers); the
+    /// connection leaves the pool then, or when idle. The connection's task polls nothing
+    /// else: the idle check and the keep-alive run in a task of their own, woken by their
+    /// timers only.
+    pub(super) fn insert<C, K>(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+        sender: Sender,
+        conn: C,
+        keepalive: K,
+    ) where
+        C: Future<Output = Result<(), h2::Error>> + Send + 'static,
+        K: Future<Output = String> + Send + 'static,
     {
         let id = {
             let mut conns = self.lock();
@@ -94,25 +104,27 @@ impl Pool {
         let idle_timeout = self.idle_timeout;
         let open = self.open.clone();
         open.increment(1.0);
+        let mut conn = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "connection to peer proxy ended");
+            }
+        });
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let mut check_at = Some(Instant::now() + idle_timeout);
-            loop {
-                let idle = async {
-                    match check_at {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    ended = &mut conn => {
-                        if let Err(e) = ended {
-                            tracing::debug!(%addr, error = %e, "connection to peer proxy ended");
-                        }
-                        break;
-                    }
-                    () = idle => check_at = release_if_idle(&pool, addr, id, idle_timeout),
+            let release = async {
+                let mut check_at = Some(Instant::now() + idle_timeout);
+                while let Some(at) = check_at {
+                    tokio::time::sleep_until(at).await;
+                    check_at = release_if_idle(&pool, addr, id, idle_timeout);
                 }
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                _ = &mut conn => {}
+                dead = keepalive => {
+                    tracing::info!(%addr, reason = %dead, "the peer proxy stopped answering: connection dropped");
+                    conn.abort();
+                }
+                () = release => {}
             }
             open.decrement(1.0);
             remove(&pool, addr, id);
@@ -187,6 +199,15 @@ mod tests {
         pool: &Pool,
         addr: SocketAddr,
     ) -> (oneshot::Sender<()>, oneshot::Receiver<()>) {
+        connection_dying(pool, addr, None).await
+    }
+
+    /// [`connection`], whose keep-alive finds the peer dead when `dead` fires.
+    async fn connection_dying(
+        pool: &Pool,
+        addr: SocketAddr,
+        dead: Option<oneshot::Receiver<()>>,
+    ) -> (oneshot::Sender<()>, oneshot::Receiver<()>) {
         let (client, server) = tokio::io::duplex(64 << 10);
         let (stop, stopped) = oneshot::channel::<()>();
         let (ended, ended_rx) = oneshot::channel();
@@ -203,10 +224,17 @@ mod tests {
             }
             let _ = ended.send(());
         });
-        let (sender, conn) = super::super::peer::handshake(client, Duration::from_secs(3600))
-            .await
-            .unwrap();
-        pool.insert(addr, &id(), sender, conn);
+        let (sender, conn, keepalive) =
+            super::super::peer::handshake(client, Duration::from_secs(3600))
+                .await
+                .unwrap();
+        match dead {
+            None => pool.insert(addr, &id(), sender, conn, keepalive),
+            Some(dead) => pool.insert(addr, &id(), sender, conn, async move {
+                let _ = dead.await;
+                "no answer to a ping".to_string()
+            }),
+        }
         (stop, ended_rx)
     }
 
@@ -279,6 +307,44 @@ mod tests {
             .unwrap();
         assert!(ended_b.try_recv().is_err(), "b, in use, stays open");
         assert_eq!(pool.len(), 1);
+        let rendered = metrics.registry.render();
+        assert!(
+            rendered.contains("weft_proxy_peer_connections 1\n"),
+            "{rendered}"
+        );
+    }
+
+    /// A connection whose keep-alive finds the peer dead is dropped: out of the pool, closed,
+    /// no longer counted; the others stay.
+    #[tokio::test]
+    async fn a_connection_whose_peer_stopped_answering_is_dropped() {
+        let metrics = ProxyMetrics::new(weft_runtime::metrics::Registry::new());
+        let pool = Pool::new(&metrics, Duration::from_secs(3600));
+        let (a, b) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let (kill, dead) = oneshot::channel();
+        let (_stop_a, ended_a) = connection_dying(&pool, a, Some(dead)).await;
+        let (_stop_b, mut ended_b) = connection(&pool, b).await;
+        assert_eq!(request(&pool, a).await, 200);
+        // A request still holding the connection (a long stream, say) would keep it open.
+        let _held = pool.get(a, &id()).unwrap();
+        kill.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), ended_a)
+            .await
+            .expect("the dead peer's connection is closed")
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while pool.len() != 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert!(pool.get(a, &id()).is_none());
+        assert_eq!(request(&pool, b).await, 200);
+        assert!(ended_b.try_recv().is_err());
         let rendered = metrics.registry.render();
         assert!(
             rendered.contains("weft_proxy_peer_connections 1\n"),
