@@ -238,6 +238,25 @@ mod tests {
         (stop, ended_rx)
     }
 
+    /// Waits until `a`'s connection left the pool; `b`'s still answers, and is the only one
+    /// counted.
+    async fn only_b_left(pool: &Pool, metrics: &ProxyMetrics, a: SocketAddr, b: SocketAddr) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while pool.len() != 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert!(pool.get(a, &id()).is_none());
+        assert_eq!(request(pool, b).await, 200);
+        let rendered = metrics.registry.render();
+        assert!(
+            rendered.contains("weft_proxy_peer_connections 1\n"),
+            "{rendered}"
+        );
+    }
+
     async fn request(pool: &Pool, addr: SocketAddr) -> u16 {
         let sender = pool.get(addr, &id()).unwrap().ready().await.unwrap();
         let req = http::Request::builder()
@@ -264,20 +283,7 @@ mod tests {
         assert_eq!(pool.len(), 2);
         stop_a.send(()).unwrap();
         ended_a.await.unwrap();
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while pool.len() != 1 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .unwrap();
-        assert!(pool.get(a, &id()).is_none());
-        assert_eq!(request(&pool, b).await, 200);
-        let rendered = metrics.registry.render();
-        assert!(
-            rendered.contains("weft_proxy_peer_connections 1\n"),
-            "{rendered}"
-        );
+        only_b_left(&pool, &metrics, a, b).await;
     }
 
     /// A connection no request took for the idle timeout is released and closes; one in use
@@ -335,20 +341,7 @@ mod tests {
             .await
             .expect("the dead peer's connection is closed")
             .unwrap();
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while pool.len() != 1 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .unwrap();
-        assert!(pool.get(a, &id()).is_none());
-        assert_eq!(request(&pool, b).await, 200);
+        only_b_left(&pool, &metrics, a, b).await;
         assert!(ended_b.try_recv().is_err());
-        let rendered = metrics.registry.render();
-        assert!(
-            rendered.contains("weft_proxy_peer_connections 1\n"),
-            "{rendered}"
-        );
     }
 }
