@@ -38,7 +38,7 @@ use crate::tls::{ALPN_OPAQUE, ALPN_OPAQUE_ANY, MeshTls, TunnelReply};
 mod peer;
 mod pool;
 
-use peer::Sender;
+use peer::{PeerError, Sender};
 use pool::Pool;
 
 const DIRECTION: &str = "outbound";
@@ -188,20 +188,27 @@ impl Inner {
         // was malformed or cut short): then it is that, and the connection, which other
         // requests share, is kept. A stream the peer reset fails alone; anything else (the
         // connection failed, the peer went away) takes the connection out of the pool.
-        // A connection that could no longer take the request was found out before it was
-        // given the request ([`Self::peer`]), which then went out on a new one.
+        // A connection that could no longer take the request is mostly found out before it
+        // is given the request ([`Self::peer`]), which then goes out on a new one; one that
+        // failed in between took no stream, which is a connect failure (retries may take it
+        // elsewhere), not a failure mid-request.
         let fault = req_labels.as_ref();
-        let sender = self.peer(ep.address, identity).await?;
+        let (sender, id) = self.peer(ep.address, identity).await?;
         let mut rsp = peer::request(sender, Request::from_parts(parts, body))
             .await
             .map_err(|e| {
-                let client = fault.and_then(|l| l.client_fault());
-                if client.is_none() && !e.is_reset() {
-                    self.forget(ep.address, identity);
+                let (e, sent) = match e {
+                    PeerError::NotSent(e) => (e, false),
+                    PeerError::Failed(e) => (e, true),
+                };
+                if fault.and_then(|l| l.client_fault()).is_none() && !e.is_reset() {
+                    self.pool.forget(ep.address, id);
                 }
-                Labels::fault_or(fault, || ProxyError::Upstream {
-                    endpoint: ep.address.to_string(),
-                    detail: error_chain(&e),
+                let endpoint = ep.address.to_string();
+                let detail = error_chain(&e);
+                Labels::fault_or(fault, || match sent {
+                    true => ProxyError::Upstream { endpoint, detail },
+                    false => ProxyError::ConnectFailed { endpoint, detail },
                 })
             })?;
         strip_hop_by_hop(rsp.headers_mut());
@@ -288,13 +295,17 @@ impl Inner {
 
     /// A pooled HTTP/2 connection to the peer proxy at `addr` proving `identity`, ready for a
     /// request; a new one when the pooled one failed or the peer is closing it.
-    async fn peer(&self, addr: SocketAddr, identity: &SpiffeId) -> Result<Sender, ProxyError> {
-        if let Some(s) = self.pool.get(addr, identity) {
+    async fn peer(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+    ) -> Result<(Sender, u64), ProxyError> {
+        if let Some((s, id)) = self.pool.get(addr, identity) {
             match s.ready().await {
-                Ok(s) => return Ok(s),
+                Ok(s) => return Ok((s, id)),
                 Err(e) => {
                     tracing::debug!(endpoint = %addr, error = %e, "the connection to the peer proxy takes no more requests");
-                    self.forget(addr, identity);
+                    self.pool.forget(addr, id);
                 }
             }
         }
@@ -309,7 +320,7 @@ impl Inner {
         &self,
         addr: SocketAddr,
         identity: &SpiffeId,
-    ) -> Result<Sender, ProxyError> {
+    ) -> Result<(Sender, u64), ProxyError> {
         let failed = |e: h2::Error| ProxyError::ConnectFailed {
             endpoint: addr.to_string(),
             detail: error_chain(&e),
@@ -319,13 +330,10 @@ impl Inner {
             .await?;
         let (sender, conn, keepalive) =
             peer::handshake(tls, PEER_KEEPALIVE).await.map_err(failed)?;
-        self.pool
+        let id = self
+            .pool
             .insert(addr, identity, sender.clone(), conn, keepalive);
-        sender.ready().await.map_err(failed)
-    }
-
-    fn forget(&self, addr: SocketAddr, identity: &SpiffeId) {
-        self.pool.forget(addr, identity);
+        Ok((sender.ready().await.map_err(failed)?, id))
     }
 
     /// TCP + mTLS to a peer proxy, requiring `identity`.

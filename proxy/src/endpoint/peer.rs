@@ -41,6 +41,9 @@ const PONG_TIMEOUT: Duration = Duration::from_secs(20);
 /// At most this many bytes of request bodies wait in a connection's send buffer (hyper's
 /// default).
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
+/// Streams opened before the peer's settings arrive (hyper's default; h2's is unbounded, and
+/// a burst past the peer's limit would be refused).
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
 
 /// The HTTP/2 handshake over `io` (mTLS to a peer proxy). Returns the connection to send on;
 /// the future that drives it, which must be polled (spawned) for any request to go out; and
@@ -70,6 +73,8 @@ where
         .initial_window_size(crate::limits::H2_STREAM_WINDOW)
         .initial_connection_window_size(crate::limits::H2_CONNECTION_WINDOW)
         .max_send_buffer_size(MAX_SEND_BUFFER)
+        // Until the peer's settings say how many streams it takes (hyper's default).
+        .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
         .handshake::<T, Bytes>(io)
         .await?;
     let pings = conn.ping_pong();
@@ -92,13 +97,23 @@ async fn pinging(pings: Option<PingPong>, every: Duration) -> String {
     }
 }
 
+/// Why a request to a peer failed.
+#[derive(Debug)]
+pub(super) enum PeerError {
+    /// The connection took no stream for it: the request was not sent (the connection
+    /// failed, or the peer sent `GOAWAY`, since it was found ready).
+    NotSent(h2::Error),
+    /// The request was sent, and its stream or the connection failed.
+    Failed(h2::Error),
+}
+
 /// Sends `req` on `sender` (ready: [`SendRequest::ready`]) and waits for the response. A body
 /// is sent by a task of its own; the response's body gives back flow-control capacity as it
 /// is read.
 pub(super) async fn request(
     mut sender: Sender,
     req: Request<Body>,
-) -> Result<Response<Body>, h2::Error> {
+) -> Result<Response<Body>, PeerError> {
     let (mut parts, body) = req.into_parts();
     if let Some(len) = body.size_hint().exact()
         && (len != 0 || has_payload_semantics(&parts.method))
@@ -107,20 +122,22 @@ pub(super) async fn request(
         parts.headers.insert(header::CONTENT_LENGTH, len.into());
     }
     let end = body.is_end_stream();
-    let (response, stream) = sender.send_request(Request::from_parts(parts, ()), end)?;
+    let (response, stream) = sender
+        .send_request(Request::from_parts(parts, ()), end)
+        .map_err(PeerError::NotSent)?;
     drop(sender);
     let cancel = (!end).then(|| {
         let (cancel, cancelled) = oneshot::channel();
         tokio::spawn(send_body(body, stream, cancelled));
-        cancel
+        Cancel(Some(cancel))
     });
-    let (parts, recv) = response.await?.into_parts();
+    let (parts, recv) = response.await.map_err(PeerError::Failed)?.into_parts();
     let remaining = content_length(&parts.headers).or(recv.is_end_stream().then_some(0));
     let body = PeerBody {
         recv,
         remaining,
         data_done: false,
-        _cancel: cancel,
+        cancel,
     };
     Ok(Response::from_parts(parts, body::boxed(body)))
 }
@@ -150,8 +167,19 @@ struct PeerBody {
     /// What `Content-Length` says is left, if it said.
     remaining: Option<u64>,
     data_done: bool,
-    /// Dropped with the body: the request body's sender, if still sending, stops.
-    _cancel: Option<oneshot::Sender<()>>,
+    /// Stops the request body's upload if the body is dropped before it was read whole.
+    cancel: Option<Cancel>,
+}
+
+impl Drop for PeerBody {
+    fn drop(&mut self) {
+        // Read whole (whether or not its reader polled it to the end): the upload goes on.
+        if self.recv.is_end_stream()
+            && let Some(cancel) = &mut self.cancel
+        {
+            cancel.release();
+        }
+    }
 }
 
 impl http_body::Body for PeerBody {
@@ -196,78 +224,130 @@ impl http_body::Body for PeerBody {
     }
 }
 
-/// Sends a request's body (and trailers) on its stream, as its window allows; stops, resetting
-/// the stream, when the response was dropped (`cancelled`) or the body failed, and stops when
-/// the peer reset the stream.
-async fn send_body(
-    mut body: Body,
-    mut stream: SendStream<Bytes>,
-    mut cancelled: oneshot::Receiver<()>,
-) {
-    let sent = std::future::poll_fn(|cx| {
-        if Pin::new(&mut cancelled).poll(cx).is_ready() {
-            stream.send_reset(Reason::CANCEL);
-            return Poll::Ready(Ok(()));
-        }
-        poll_send_body(&mut body, &mut stream, cx)
-    })
-    .await;
-    if let Err(e) = sent {
+/// Sends a request's body (and trailers) on its stream, as its window allows. Stops,
+/// resetting the stream, when the response is given up ([`Cancel`]) or the client's body
+/// fails; stops when the peer resets the stream or the connection ends.
+async fn send_body(body: Body, stream: SendStream<Bytes>, cancelled: oneshot::Receiver<()>) {
+    let mut sending = Sending {
+        body,
+        stream,
+        held: None,
+        cancelled: Some(cancelled),
+    };
+    if let Err(e) = std::future::poll_fn(|cx| sending.poll(cx)).await {
         tracing::debug!(error = %e, "request body to the peer proxy not sent in full");
     }
 }
 
-fn poll_send_body(
-    body: &mut Body,
-    stream: &mut SendStream<Bytes>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), String>> {
-    loop {
-        // Room for one more chunk first: a body is read only as fast as the peer takes it.
-        stream.reserve_capacity(1);
-        if stream.capacity() == 0 {
-            loop {
-                match ready!(stream.poll_capacity(cx)) {
-                    Some(Ok(0)) => {}
-                    Some(Ok(_)) => break,
-                    Some(Err(e)) => return Poll::Ready(Err(e.to_string())),
-                    None => return Poll::Ready(Err("the stream closed".into())),
-                }
+/// A request body on its way to the peer.
+struct Sending {
+    body: Body,
+    stream: SendStream<Bytes>,
+    /// A chunk read from the body and waiting for the stream's window, and whether it ends
+    /// the body. The body is read before any window is claimed: a claim made ahead of the data
+    /// holds connection window that another stream may need (hyper#4003).
+    held: Option<(Bytes, bool)>,
+    /// Fires when the response is given up; `None` once the response was read whole (the
+    /// upload then goes on for as long as the peer takes it).
+    cancelled: Option<oneshot::Receiver<()>>,
+}
+
+impl Sending {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        if let Some(cancelled) = &mut self.cancelled
+            && let Poll::Ready(given_up) = Pin::new(cancelled).poll(cx)
+        {
+            if given_up.is_ok() {
+                self.stream.send_reset(Reason::CANCEL);
+                return Poll::Ready(Ok(()));
             }
-        } else if let Poll::Ready(reset) = stream.poll_reset(cx) {
-            return Poll::Ready(Err(match reset {
-                Ok(reason) => format!("the peer reset the stream: {reason}"),
-                Err(e) => e.to_string(),
-            }));
+            self.cancelled = None;
         }
-        let frame = match ready!(Pin::new(&mut *body).poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => {
-                stream.send_reset(Reason::CANCEL);
-                return Poll::Ready(Err(format!("the client's body failed: {e}")));
+        let stream = &mut self.stream;
+        loop {
+            // Watched on every pass, whatever else waits: a reset (or the connection's end)
+            // stops the upload even while the client's body is quiet.
+            if let Poll::Ready(reset) = stream.poll_reset(cx) {
+                return Poll::Ready(Err(match reset {
+                    Ok(reason) => format!("the peer reset the stream: {reason}"),
+                    Err(e) => e.to_string(),
+                }));
             }
-            None => {
-                return Poll::Ready(
-                    stream
-                        .send_data(Bytes::new(), true)
-                        .map_err(|e| e.to_string()),
-                );
-            }
-        };
-        match frame.into_data() {
-            Ok(data) => {
-                let end = body.is_end_stream();
-                stream.send_data(data, end).map_err(|e| e.to_string())?;
+            if let Some((_, end)) = &self.held {
+                let end = *end;
+                while stream.capacity() == 0 {
+                    match ready!(stream.poll_capacity(cx)) {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Poll::Ready(Err(e.to_string())),
+                        None => return Poll::Ready(Err("the stream closed".into())),
+                    }
+                }
+                if let Some((data, _)) = self.held.take() {
+                    stream.send_data(data, end).map_err(|e| e.to_string())?;
+                }
                 if end {
                     return Poll::Ready(Ok(()));
                 }
+                continue;
             }
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    stream.reserve_capacity(0);
-                    return Poll::Ready(stream.send_trailers(trailers).map_err(|e| e.to_string()));
+            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    stream.send_reset(Reason::CANCEL);
+                    return Poll::Ready(Err(format!("the client's body failed: {e}")));
+                }
+                None => {
+                    return Poll::Ready(
+                        stream
+                            .send_data(Bytes::new(), true)
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    let end = self.body.is_end_stream();
+                    if data.is_empty() {
+                        // Needs no window.
+                        stream.send_data(data, end).map_err(|e| e.to_string())?;
+                        if end {
+                            return Poll::Ready(Ok(()));
+                        }
+                        continue;
+                    }
+                    // A claim of one byte: `send_data` raises it to what is buffered.
+                    stream.reserve_capacity(1);
+                    self.held = Some((data, end));
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        return Poll::Ready(
+                            stream.send_trailers(trailers).map_err(|e| e.to_string()),
+                        );
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Held by whoever waits for the response (the request's future, then its body): dropped
+/// before the response was read whole, it stops the request body's upload, resetting the
+/// stream. Once the response is whole it is [`released`](Cancel::release): a server may answer
+/// before it has read all of the request, and the upload then goes on.
+struct Cancel(Option<oneshot::Sender<()>>);
+
+impl Cancel {
+    fn release(&mut self) {
+        // Dropped unsent: the upload stops watching for a cancel.
+        self.0.take();
+    }
+}
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            let _ = cancel.send(());
         }
     }
 }

@@ -59,16 +59,17 @@ impl Pool {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The connection to `addr` that proved `identity`, marked used. One that failed or is
-    /// going away stays until its task ends: [`Sender::ready`] tells.
-    pub(super) fn get(&self, addr: SocketAddr, identity: &SpiffeId) -> Option<Sender> {
+    /// The connection to `addr` that proved `identity`, marked used, and its id (for
+    /// [`Self::forget`]). One that failed or is going away stays until its task ends:
+    /// [`Sender::ready`] tells.
+    pub(super) fn get(&self, addr: SocketAddr, identity: &SpiffeId) -> Option<(Sender, u64)> {
         let mut conns = self.lock();
         let pooled = conns
             .by_addr
             .get_mut(&addr)
             .filter(|p| &p.identity == identity)?;
         pooled.last_used = Instant::now();
-        Some(pooled.sender.clone())
+        Some((pooled.sender.clone(), pooled.id))
     }
 
     /// Pools a new connection (replacing any other to `addr`) and drives it: `conn` runs until
@@ -83,7 +84,8 @@ impl Pool {
         sender: Sender,
         conn: C,
         keepalive: K,
-    ) where
+    ) -> u64
+    where
         C: Future<Output = Result<(), h2::Error>> + Send + 'static,
         K: Future<Output = String> + Send + 'static,
     {
@@ -119,6 +121,8 @@ impl Pool {
                 std::future::pending::<()>().await;
             };
             tokio::select! {
+                // The connection's end first: a ping cut short by a close is no dead peer.
+                biased;
                 _ = &mut conn => {}
                 dead = keepalive => {
                     tracing::info!(%addr, reason = %dead, "the peer proxy stopped answering: connection dropped");
@@ -129,18 +133,13 @@ impl Pool {
             open.decrement(1.0);
             remove(&pool, addr, id);
         });
+        id
     }
 
-    /// Takes the connection to `addr` that proved `identity` out of the pool (it failed).
-    pub(super) fn forget(&self, addr: SocketAddr, identity: &SpiffeId) {
-        let mut conns = self.lock();
-        if conns
-            .by_addr
-            .get(&addr)
-            .is_some_and(|p| &p.identity == identity)
-        {
-            conns.by_addr.remove(&addr);
-        }
+    /// Takes connection `id` to `addr` out of the pool (it failed); a newer one to the same
+    /// address stays.
+    pub(super) fn forget(&self, addr: SocketAddr, id: u64) {
+        remove(&Arc::downgrade(&self.inner), addr, id);
     }
 }
 
@@ -229,11 +228,13 @@ mod tests {
                 .await
                 .unwrap();
         match dead {
-            None => pool.insert(addr, &id(), sender, conn, keepalive),
-            Some(dead) => pool.insert(addr, &id(), sender, conn, async move {
-                let _ = dead.await;
-                "no answer to a ping".to_string()
-            }),
+            None => _ = pool.insert(addr, &id(), sender, conn, keepalive),
+            Some(dead) => {
+                _ = pool.insert(addr, &id(), sender, conn, async move {
+                    let _ = dead.await;
+                    "no answer to a ping".to_string()
+                })
+            }
         }
         (stop, ended_rx)
     }
@@ -258,7 +259,7 @@ mod tests {
     }
 
     async fn request(pool: &Pool, addr: SocketAddr) -> u16 {
-        let sender = pool.get(addr, &id()).unwrap().ready().await.unwrap();
+        let sender = pool.get(addr, &id()).unwrap().0.ready().await.unwrap();
         let req = http::Request::builder()
             .uri("http://api.default:80/")
             .body(crate::body::empty())
@@ -343,5 +344,23 @@ mod tests {
             .unwrap();
         only_b_left(&pool, &metrics, a, b).await;
         assert!(ended_b.try_recv().is_err());
+    }
+
+    /// A request that failed on an old connection forgets that one only: a newer connection
+    /// to the same address stays.
+    #[tokio::test]
+    async fn forgetting_an_old_connection_keeps_a_newer_one() {
+        let metrics = ProxyMetrics::new(weft_runtime::metrics::Registry::new());
+        let pool = Pool::new(&metrics, Duration::from_secs(3600));
+        let a = "127.0.0.1:1".parse().unwrap();
+        let (_stop_old, _ended_old) = connection(&pool, a).await;
+        let (_, old) = pool.get(a, &id()).unwrap();
+        let (_stop_new, _ended_new) = connection(&pool, a).await;
+        let (_, new) = pool.get(a, &id()).unwrap();
+        assert_ne!(old, new);
+        pool.forget(a, old);
+        assert_eq!(pool.get(a, &id()).unwrap().1, new, "the newer one stays");
+        pool.forget(a, new);
+        assert!(pool.get(a, &id()).is_none());
     }
 }

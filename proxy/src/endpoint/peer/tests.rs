@@ -51,6 +51,22 @@ fn serve(
     rx
 }
 
+/// A served client connection: the requests the server gets arrive on the receiver.
+async fn served() -> (
+    Sender,
+    mpsc::UnboundedReceiver<(http::Request<RecvStream>, SendResponse<Bytes>)>,
+) {
+    let (sender, server, _ended, _dead) = pair(Duration::from_secs(3600)).await;
+    (sender, serve(server))
+}
+
+/// A request body the test sends frame by frame, `first` already sent.
+fn streamed(first: &'static [u8]) -> (mpsc::UnboundedSender<Result<Frame<Bytes>, BoxError>>, Body) {
+    let (tx, rx) = mpsc::unbounded_channel::<Result<Frame<Bytes>, BoxError>>();
+    tx.send(Ok(Frame::data(Bytes::from_static(first)))).unwrap();
+    (tx, body::boxed(StreamBody::new(frames_from(rx))))
+}
+
 fn post(body: Body) -> Request<Body> {
     Request::builder()
         .method(Method::POST)
@@ -82,8 +98,7 @@ async fn send_all(stream: &mut SendStream<Bytes>, total: usize) {
 /// the body gives its window back as it is read, else the peer would stop sending.
 #[tokio::test]
 async fn a_response_larger_than_the_connection_window_arrives_whole() {
-    let (sender, server, _ended, _dead) = pair(Duration::from_secs(3600)).await;
-    let mut requests = serve(server);
+    let (sender, mut requests) = served().await;
     let total = crate::limits::H2_CONNECTION_WINDOW as usize + (1 << 20);
     tokio::spawn(async move {
         let (_req, mut respond) = requests.recv().await.unwrap();
@@ -111,8 +126,7 @@ async fn a_response_larger_than_the_connection_window_arrives_whole() {
 /// a body of known length gets `Content-Length`.
 #[tokio::test]
 async fn a_request_body_and_its_trailers_arrive_whole_whatever_the_window() {
-    let (sender, server, _ended, _dead) = pair(Duration::from_secs(3600)).await;
-    let mut requests = serve(server);
+    let (sender, mut requests) = served().await;
     let chunks = 64;
     let frames = (0..chunks)
         .map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![1u8; 16 * 1024]))))
@@ -164,12 +178,8 @@ async fn a_request_body_and_its_trailers_arrive_whole_whatever_the_window() {
 /// stops: the stream is reset, not left open waiting on a body nobody will finish.
 #[tokio::test]
 async fn dropping_the_response_resets_a_request_body_still_being_sent() {
-    let (sender, server, _ended, _dead) = pair(Duration::from_secs(3600)).await;
-    let mut requests = serve(server);
-    let (tx, rx) = mpsc::unbounded_channel::<Result<Frame<Bytes>, BoxError>>();
-    let endless = body::boxed(StreamBody::new(frames_from(rx)));
-    tx.send(Ok(Frame::data(Bytes::from_static(b"first"))))
-        .unwrap();
+    let (sender, mut requests) = served().await;
+    let (tx, endless) = streamed(b"first");
     let server = tokio::spawn(async move {
         let (req, mut respond) = requests.recv().await.unwrap();
         respond
@@ -196,6 +206,71 @@ async fn dropping_the_response_resets_a_request_body_still_being_sent() {
     tokio::time::timeout(Duration::from_secs(10), tx.closed())
         .await
         .expect("the client's body is dropped");
+}
+
+/// A server may answer before it has read the whole request: once its response was read
+/// whole, dropping it does not cut the upload short; the rest of the body still arrives.
+#[tokio::test]
+async fn an_upload_goes_on_after_a_whole_early_response() {
+    let (sender, mut requests) = served().await;
+    let (tx, upload) = streamed(b"first ");
+    let server = tokio::spawn(async move {
+        let (req, mut respond) = requests.recv().await.unwrap();
+        let rsp = http::Response::builder()
+            .header(header::CONTENT_LENGTH, 2)
+            .body(())
+            .unwrap();
+        let mut stream = respond.send_response(rsp, false).unwrap();
+        stream.send_data(Bytes::from_static(b"ok"), true).unwrap();
+        let mut body = req.into_body();
+        let mut got = Vec::new();
+        while let Some(data) = body.data().await {
+            let data = data.unwrap();
+            body.flow_control().release_capacity(data.len()).unwrap();
+            got.extend_from_slice(&data);
+        }
+        got
+    });
+    let rsp = request(sender.ready().await.unwrap(), post(upload))
+        .await
+        .unwrap();
+    let answer = rsp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&answer[..], b"ok");
+    // The response is read whole and dropped; the client goes on sending.
+    tx.send(Ok(Frame::data(Bytes::from_static(b"second"))))
+        .unwrap();
+    drop(tx);
+    let got = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the upload ends")
+        .unwrap();
+    assert_eq!(&got[..], b"first second");
+}
+
+/// The peer resetting the stream stops an upload even while the client's body is quiet: the
+/// client's body is let go of at once, not when it next sends.
+#[tokio::test]
+async fn a_reset_from_the_peer_stops_an_upload_waiting_on_its_client() {
+    let (sender, mut requests) = served().await;
+    let (tx, quiet) = streamed(b"first");
+    tokio::spawn(async move {
+        let (req, mut respond) = requests.recv().await.unwrap();
+        let mut stream = respond
+            .send_response(http::Response::new(()), false)
+            .unwrap();
+        let mut body = req.into_body();
+        let _ = body.data().await;
+        stream.send_reset(Reason::REFUSED_STREAM);
+        // Keeps the connection's other state alive while the client notices.
+        std::future::pending::<()>().await;
+    });
+    let rsp = request(sender.ready().await.unwrap(), post(quiet))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), tx.closed())
+        .await
+        .expect("the upload stopped and let the client's body go");
+    drop(rsp);
 }
 
 /// A channel's receiver as a stream of frames.
