@@ -12,7 +12,8 @@
 //!   found out before the request is given to it ([`SendRequest::ready`]), so it goes out on
 //!   another connection;
 //! - a body is sent only as the stream's flow-control window allows, one chunk ahead, and
-//!   stops when the response is dropped or the peer resets the stream;
+//!   stops when the response is given up before it was read whole, or the peer resets the
+//!   stream (a response read whole lets the upload go on: a server may answer early);
 //! - the response body gives back flow-control capacity as it is read, and ends with the
 //!   trailers;
 //! - an idle connection is pinged, and closed when no pong comes back in time;
@@ -273,8 +274,7 @@ impl Sending {
                     Err(e) => e.to_string(),
                 }));
             }
-            if let Some((_, end)) = &self.held {
-                let end = *end;
+            if self.held.is_some() {
                 while stream.capacity() == 0 {
                     match ready!(stream.poll_capacity(cx)) {
                         Some(Ok(_)) => {}
@@ -282,11 +282,11 @@ impl Sending {
                         None => return Poll::Ready(Err("the stream closed".into())),
                     }
                 }
-                if let Some((data, _)) = self.held.take() {
+                if let Some((data, end)) = self.held.take() {
                     stream.send_data(data, end).map_err(|e| e.to_string())?;
-                }
-                if end {
-                    return Poll::Ready(Ok(()));
+                    if end {
+                        return Poll::Ready(Ok(()));
+                    }
                 }
                 continue;
             }

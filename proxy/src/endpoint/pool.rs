@@ -139,7 +139,7 @@ impl Pool {
     /// Takes connection `id` to `addr` out of the pool (it failed); a newer one to the same
     /// address stays.
     pub(super) fn forget(&self, addr: SocketAddr, id: u64) {
-        remove(&Arc::downgrade(&self.inner), addr, id);
+        self.lock().remove(addr, id);
     }
 }
 
@@ -163,13 +163,21 @@ fn release_if_idle(
     }
 }
 
-/// Takes connection `id` to `addr` out of the pool if it is still there.
+impl Conns {
+    /// Takes connection `id` to `addr` out of the pool if it is still there.
+    fn remove(&mut self, addr: SocketAddr, id: u64) {
+        if self.by_addr.get(&addr).is_some_and(|p| p.id == id) {
+            self.by_addr.remove(&addr);
+        }
+    }
+}
+
+/// [`Conns::remove`] on the pool, if it is still there.
 fn remove(pool: &Weak<Mutex<Conns>>, addr: SocketAddr, id: u64) {
     let Some(pool) = pool.upgrade() else { return };
-    let mut conns = pool.lock().unwrap_or_else(|e| e.into_inner());
-    if conns.by_addr.get(&addr).is_some_and(|p| p.id == id) {
-        conns.by_addr.remove(&addr);
-    }
+    pool.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(addr, id);
 }
 
 #[cfg(test)]
