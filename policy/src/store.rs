@@ -410,17 +410,16 @@ impl Store {
         rx
     }
 
-    /// Every replica's registrations, as etcd has them (each with the revision it was last
-    /// written at): served.
-    pub fn set_shared_workloads(&self, registered: Vec<(Workload, i64)>) {
+    /// Every replica's registrations, as etcd has them: served.
+    pub fn set_shared_workloads(&self, registered: Vec<Workload>) {
         let Some(shared) = self.shared.get() else {
             return;
         };
-        let mut workloads: Vec<Workload> = registered.iter().map(|(w, _)| w.clone()).collect();
+        let mut workloads = registered;
         workloads.sort_by(|a, b| (&a.namespace, a.address).cmp(&(&b.namespace, b.address)));
-        *shared.view.lock().unwrap_or_else(|e| e.into_inner()) = registered
-            .into_iter()
-            .map(|(w, revision)| ((w.namespace.clone(), w.address), (w, revision)))
+        *shared.view.lock().unwrap_or_else(|e| e.into_inner()) = workloads
+            .iter()
+            .map(|w| ((w.namespace.clone(), w.address), w.clone()))
             .collect();
         self.metrics
             .endpoints_registered

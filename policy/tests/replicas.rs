@@ -16,9 +16,12 @@ use std::time::Duration;
 
 use support::replicas::*;
 use support::*;
+use tokio::sync::{mpsc, oneshot};
 use weft_identity::SpiffeId;
-use weft_policy::registry::Registration;
+use weft_policy::etcd::registry::{EtcdRegistry, Unchanged, Write};
+use weft_policy::registry::{Registration, Workload};
 use weft_policy::wire::Dur;
+use weft_runtime::etcd::EtcdCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_serve_the_resources_in_etcd() {
@@ -182,4 +185,85 @@ async fn registrations_made_through_one_replica_are_served_by_every_one() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     b.stop().await;
+}
+
+/// A removal asked through a replica removes the registration of the identity that asked
+/// however often it was written since the replica saw it (a write sent again after a lost
+/// answer, a replica's new lease, a proxy's new trust report): compared with the revision the
+/// replica had seen, such a removal was lost, and the endpoint stayed served until its lease
+/// lapsed. Another identity's registration made since stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_takes_its_identitys_registration_however_often_it_was_written() {
+    if !system_tests("a_removal_takes_its_identitys_registration_however_often_it_was_written") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = EtcdCluster::start(dir.path(), 1).unwrap();
+    let etcd = etcd(&cluster);
+    let registry = EtcdRegistry {
+        etcd: etcd.clone(),
+        prefix: "/weft/".into(),
+    };
+    let (writes, rx) = mpsc::unbounded_channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let writer = tokio::spawn(registry.write(rx, Vec::new, async {
+        let _ = stopped.await;
+    }));
+    let workload = |identity: &str, port: u16| Workload {
+        namespace: "default".into(),
+        service: "api".into(),
+        labels: BTreeMap::from([("app".to_string(), "api".to_string())]),
+        address: ([127, 0, 0, 1], port).into(),
+        identity: Some(SpiffeId::parse(identity).unwrap()),
+        metrics: None,
+        trust: None,
+    };
+    let key = |port: u16| format!("/weft/registry/default/127.0.0.1:{port}").into_bytes();
+    let put = |w: Workload| {
+        let etcd = etcd.clone();
+        async move {
+            let json = serde_json::to_vec(&w).unwrap();
+            etcd.put(&key(w.address.port()), &json, 0).await.unwrap()
+        }
+    };
+    let removal = |identity: &str| Write::Delete {
+        namespace: "default".into(),
+        address: "127.0.0.1:7001".parse().unwrap(),
+        only_if: Unchanged::HeldBy(Some(SpiffeId::parse(identity).unwrap())),
+    };
+    let wait_for = |port: u16, present: bool| {
+        let etcd = etcd.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while etcd.get(&key(port)).await.unwrap().is_some() != present {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "127.0.0.1:{port} never {}",
+                    if present { "written" } else { "removed" }
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // Written, and written again: removed.
+    let seen = put(workload(API, 7001)).await;
+    let since = put(workload(API, 7001)).await;
+    assert!(since > seen);
+    writes.send(removal(API)).unwrap();
+    wait_for(7001, false).await;
+
+    // Registered since by another identity: kept. Writes go in order, so once a later write
+    // is in etcd, the removal was tried.
+    let intruder = "spiffe://weft.local/ns/default/sa/intruder";
+    put(workload(intruder, 7001)).await;
+    writes.send(removal(API)).unwrap();
+    writes.send(Write::Put(workload(API, 7002))).unwrap();
+    wait_for(7002, true).await;
+    let kept = etcd.get(&key(7001)).await.unwrap().unwrap();
+    let kept: Workload = serde_json::from_slice(&kept.value).unwrap();
+    assert_eq!(kept.identity.unwrap().as_str(), intruder);
+
+    stop.send(()).unwrap();
+    writer.await.unwrap();
 }

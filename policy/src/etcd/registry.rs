@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use weft_identity::SpiffeId;
 
 use crate::etcd::wire::{Compare, DeleteRangeRequest, EventKind, RequestOp};
 use crate::etcd::{Etcd, EtcdError};
@@ -33,21 +34,30 @@ use crate::store::Store;
 pub const REPLICA_LEASE: Duration = Duration::from_secs(15);
 
 /// How a removal makes sure it removes what it meant to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Unchanged {
     /// The key is still on this replica's lease (a lapse here: the workload may have
     /// registered through another replica since).
     OnMyLease,
-    /// The key was last written at this revision (a removal asked through this replica).
-    Since(i64),
+    /// The key still holds a registration of this identity (`None`: of a workload without
+    /// one), however often it was written since: a removal asked through this replica. A
+    /// revision would not do: the registration may have been written again meanwhile (a
+    /// write sent again after a lost answer, a replica's new lease, a proxy's new trust
+    /// report), and the removal would then be lost, leaving the endpoint served until its
+    /// lease lapses.
+    HeldBy(Option<SpiffeId>),
 }
+
+/// How many times a removal reads the key again when it was written between the read and
+/// the removal, before leaving the registration to its lease.
+const REMOVAL_TRIES: usize = 5;
 
 /// What a replica writes.
 #[derive(Debug, Clone)]
 pub enum Write {
     Put(Workload),
-    /// Removed, if it is still what was removed: never a registration made since, through
-    /// this replica or another.
+    /// Removed, if it is still what was removed: never another identity's registration
+    /// made since, through this replica or another.
     Delete {
         namespace: String,
         address: SocketAddr,
@@ -72,9 +82,8 @@ impl EtcdRegistry {
         format!("{}{namespace}/{address}", self.registry_prefix()).into_bytes()
     }
 
-    /// Every registration (with the revision it was last written at), and the revision they
-    /// were read at.
-    pub async fn load(&self) -> Result<(i64, BTreeMap<Vec<u8>, (Workload, i64)>), EtcdError> {
+    /// Every registration, and the revision they were read at.
+    pub async fn load(&self) -> Result<(i64, BTreeMap<Vec<u8>, Workload>), EtcdError> {
         let (revision, kvs) = self
             .etcd
             .get_prefix(self.registry_prefix().as_bytes(), false)
@@ -83,7 +92,7 @@ impl EtcdRegistry {
         for kv in kvs {
             match serde_json::from_slice::<Workload>(&kv.value) {
                 Ok(w) => {
-                    all.insert(kv.key, (w, kv.mod_revision));
+                    all.insert(kv.key, w);
                 }
                 Err(e) => tracing::warn!(
                     key = %String::from_utf8_lossy(&kv.key),
@@ -119,7 +128,7 @@ impl EtcdRegistry {
                         match event.kind {
                             EventKind::Put => {
                                 if let Ok(w) = serde_json::from_slice::<Workload>(&event.kv.value) {
-                                    all.insert(event.kv.key, (w, event.kv.mod_revision));
+                                    all.insert(event.kv.key, w);
                                 }
                             }
                             EventKind::Delete => {
@@ -211,6 +220,10 @@ impl EtcdRegistry {
         }
         let id = self.etcd.grant(REPLICA_LEASE).await?;
         *lease = Some(id);
+        // What is held is what the registrations are now: a registration waiting to be
+        // written is among them, or was removed since (its removal waits too). Written once,
+        // not twice.
+        pending.retain(|w| !matches!(w, Write::Put(_)));
         for w in held().into_iter().rev() {
             pending.push_front(Write::Put(w));
         }
@@ -228,20 +241,65 @@ impl EtcdRegistry {
             Write::Delete {
                 namespace,
                 address,
-                only_if,
+                only_if: Unchanged::OnMyLease,
             } => {
                 let key = self.key(namespace, *address);
-                let delete = RequestOp::Delete(DeleteRangeRequest {
-                    key: key.clone(),
-                    range_end: Vec::new(),
-                });
-                let only_if = match only_if {
-                    Unchanged::OnMyLease => Compare::leased_by(key, lease),
-                    Unchanged::Since(revision) => Compare::modified_at(key, *revision),
-                };
-                self.etcd.txn(vec![only_if], vec![delete]).await?;
+                let only_if = Compare::leased_by(key.clone(), lease);
+                self.etcd.txn(vec![only_if], vec![delete(key)]).await?;
+            }
+            Write::Delete {
+                namespace,
+                address,
+                only_if: Unchanged::HeldBy(identity),
+            } => {
+                self.remove_held(self.key(namespace, *address), identity)
+                    .await?
             }
         }
         Ok(())
     }
+
+    /// Removes `key` while it holds a registration of `identity`: read, then removed only if
+    /// it was not written since the read (read again if it was).
+    async fn remove_held(
+        &self,
+        key: Vec<u8>,
+        identity: &Option<SpiffeId>,
+    ) -> Result<(), EtcdError> {
+        let name = || String::from_utf8_lossy(&key).into_owned();
+        for _ in 0..REMOVAL_TRIES {
+            let Some(kv) = self.etcd.get(&key).await? else {
+                return Ok(());
+            };
+            let holder = serde_json::from_slice::<Workload>(&kv.value).map(|w| w.identity);
+            if holder.as_ref().ok() != Some(identity) {
+                tracing::info!(
+                    key = %name(),
+                    "a removal found the address registered since by another workload: kept"
+                );
+                return Ok(());
+            }
+            let only_if = Compare::modified_at(key.clone(), kv.mod_revision);
+            let (removed, _) = self
+                .etcd
+                .txn(vec![only_if], vec![delete(key.clone())])
+                .await?;
+            if removed {
+                return Ok(());
+            }
+        }
+        tracing::warn!(
+            key = %name(),
+            tries = REMOVAL_TRIES,
+            "a registration kept being written while it was being removed: left to its lease"
+        );
+        Ok(())
+    }
+}
+
+fn delete(key: Vec<u8>) -> RequestOp {
+    RequestOp::Delete(DeleteRangeRequest {
+        key,
+        range_end: Vec::new(),
+    })
 }

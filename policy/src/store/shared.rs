@@ -14,8 +14,8 @@ use crate::registry::{Refusal, Registry, Upsert, Workload};
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) writes: tokio::sync::mpsc::UnboundedSender<Write>,
-    /// Every replica's registrations, with the revision each was last written at.
-    pub(super) view: Mutex<HashMap<(String, std::net::SocketAddr), (Workload, i64)>>,
+    /// Every replica's registrations.
+    pub(super) view: Mutex<HashMap<(String, std::net::SocketAddr), Workload>>,
 }
 
 impl Shared {
@@ -38,7 +38,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .map(|(w, _)| w.clone());
+            .cloned();
         if let Some(other) = &there
             && other.identity != w.identity
             && reg
@@ -79,15 +79,16 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .filter(|(w, _)| holder.is_none_or(|h| w.identity.as_ref() == h))
-            .map(|(_, revision)| *revision);
-        if let Some(revision) = held {
+            .filter(|w| holder.is_none_or(|h| w.identity.as_ref() == h))
+            .map(|w| w.identity.clone());
+        let found = held.is_some();
+        if let Some(identity) = held {
             self.send(Write::Delete {
                 namespace: namespace.to_string(),
                 address,
-                only_if: Unchanged::Since(revision),
+                only_if: Unchanged::HeldBy(identity),
             });
         }
-        held.is_some()
+        found
     }
 }
