@@ -47,6 +47,8 @@ pub struct Prefixed<T> {
     prefix: BytesMut,
     inner: T,
     timed_out: bool,
+    /// A read error met right after the prefix's last bytes were given: given next.
+    error: Option<io::Error>,
 }
 
 impl<T> Prefixed<T> {
@@ -55,6 +57,7 @@ impl<T> Prefixed<T> {
             prefix,
             inner,
             timed_out: false,
+            error: None,
         }
     }
 
@@ -88,17 +91,29 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(e) = self.error.take() {
+            return Poll::Ready(Err(e));
+        }
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix[..n]);
+        self.prefix.advance(n);
         if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            if self.prefix.is_empty() {
-                // Replayed: its buffer is not kept for the connection's life.
-                self.prefix = BytesMut::new();
-            }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        // Replayed: its buffer is not kept for the connection's life.
+        self.prefix = BytesMut::new();
+        // What followed the prefix is read with it, when it is there: a reader gets the
+        // request head whole in one read, as from the socket (hyper's read buffer, sized for
+        // its first read, otherwise grows, and copies, on the second).
+        if buf.remaining() > 0
+            && let Poll::Ready(Err(e)) = Pin::new(&mut self.inner).poll_read(cx, buf)
+        {
+            self.error = Some(e);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -262,6 +277,44 @@ mod tests {
         let mut out = vec![0u8; 27];
         s.read_exact(&mut out).await.unwrap();
         assert_eq!(&out, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+
+    /// A head longer than what detection read comes whole in one read (hyper's read buffer
+    /// then needs no second allocation), and a read error met right after the prefix is
+    /// given on the next read, after the bytes.
+    #[tokio::test]
+    async fn what_follows_the_prefix_is_read_with_it_and_an_error_after_it_is_kept() {
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: {}\r\n\r\n",
+            "a".repeat(200)
+        );
+        let (mut a, b) = tokio::io::duplex(4096);
+        a.write_all(head.as_bytes()).await.unwrap();
+        let (p, mut s) = detect(b, false, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(p, Protocol::Http1);
+        let mut out = vec![0u8; 8192];
+        let n = s.read(&mut out).await.unwrap();
+        assert_eq!(&out[..n], head.as_bytes());
+
+        /// Fails once (a reset is reported once), then ends.
+        struct FailsOnce(bool);
+        impl AsyncRead for FailsOnce {
+            fn poll_read(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                _: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                if std::mem::replace(&mut self.0, true) {
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+            }
+        }
+        let mut s = Prefixed::new(BytesMut::from(&b"GET / HT"[..]), FailsOnce(false));
+        let n = s.read(&mut out).await.unwrap();
+        assert_eq!(&out[..n], b"GET / HT");
+        let e = s.read(&mut out).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
     }
 
     #[tokio::test(start_paused = true)]
