@@ -24,16 +24,12 @@ use std::time::{Duration, Instant};
 /// The run takes a minute, plus the mesh's start; killed after this.
 const TIMEOUT: Duration = Duration::from_secs(240);
 
-fn system_tests() -> bool {
-    std::env::var("WEFT_SYSTEM_TESTS").is_ok_and(|v| v == "1")
-}
-
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn a_minute_of_soak_fails_no_request_while_certificates_routes_and_endpoints_change() {
-    if !system_tests() {
-        eprintln!("skipped: set WEFT_SYSTEM_TESTS=1 to run the soak's CI test");
-        return;
-    }
     let bench = Path::new(env!("CARGO_BIN_EXE_weft-bench"));
     let weft = bench.with_file_name("weft");
     assert!(

@@ -4,6 +4,7 @@
 //! - `main.rs`: the command tree; each subcommand hands off to the crate that owns it.
 //! - [`admin`]: a plaintext `GET` on components' admin ports.
 //! - [`check`]: `weft check`, health checks with what to fix.
+//! - [`context`]: the running demo's mesh, which the operator commands use by default.
 //! - [`dashboard`]: `weft dashboard`, the mesh live in a browser.
 //! - [`demo`]: `weft demo`, a local mesh.
 //! - [`init`]: `weft init`, the iptables rules that send a workload's traffic through its proxy.
@@ -12,15 +13,18 @@
 //! - [`cert`]: `weft cert issue`.
 //! - [`ca`]: `weft ca rotate issuer|anchor`, `weft ca status`.
 //! - [`resources`]: `weft apply`, `weft get`, `weft delete`, through the control plane.
+//! - [`run`]: `weft run`, an app with its sidecar: the proxy first, the app's exit code last.
 
 mod admin;
 mod ca;
 mod cert;
 mod check;
+mod context;
 mod dashboard;
 mod demo;
 mod init;
 mod resources;
+mod run;
 mod stat;
 mod token;
 
@@ -53,6 +57,9 @@ enum Command {
     Policy(weft_policy::config::Cli),
     /// Run the sidecar proxy.
     Proxy(weft_proxy::config::ProxyArgs),
+    /// Run an app with its sidecar: the proxy ready first, signals passed on, the app's exit
+    /// code returned once the proxy drained.
+    Run(run::RunArgs),
     /// Install the iptables rules that send this network namespace's TCP through the proxy.
     Init(init::InitArgs),
     /// Check the mesh's health and say what to fix.
@@ -100,6 +107,7 @@ fn main() -> ExitCode {
             None => weft_policy::config::run_main(cli.run),
         },
         Command::Proxy(args) => weft_proxy::run::run_main(args),
+        Command::Run(args) => run::run(args),
         Command::Init(args) => report(init::run(args)),
         Command::Check(args) => match check::run(args) {
             Ok(true) => ExitCode::SUCCESS,
@@ -126,5 +134,17 @@ fn report(result: Result<(), String>) -> ExitCode {
             eprintln!("weft: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own checks of the whole command tree (unique argument ids, valid defaults),
+    /// which it otherwise makes only when a command is parsed.
+    #[test]
+    fn the_command_tree_is_valid() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -144,10 +144,11 @@ fn curl_upgrade(proxy: Option<SocketAddr>, authority: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn websocket_clients_through_the_mesh_as_directly() {
-    if !system_tests("websocket_clients_through_the_mesh_as_directly") {
-        return;
-    }
     require_tools(
         &["python3", "curl"],
         "python3 (with websockets, websocket-client), curl",

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use hosts::{Host, Lan, run_ok};
 use postgres::Postgres;
-use support::{NsControlPlane, require_tools, system_tests};
+use support::{NsControlPlane, require_tools};
 use weft_runtime::child::Child;
 use weft_runtime::testing::metric_sum;
 
@@ -61,10 +61,11 @@ const COMPAT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/compat");
 const WS_PLAIN_GET: u16 = 426;
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn third_party_clients_through_an_intercepting_mesh_as_directly() {
-    if !system_tests("third_party_clients_through_an_intercepting_mesh_as_directly") {
-        return;
-    }
     require_tools(
         &words(
             "ip iptables setpriv curl python3 redis-server redis-cli redis-benchmark psql pgbench",

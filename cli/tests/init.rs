@@ -8,7 +8,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{Netns, WEFT, require_tools, system_tests};
+use support::{Netns, WEFT, require_tools};
 
 /// What these tests need with system tests on, and where it comes from.
 const TOOLS: &[&str] = &[
@@ -166,30 +166,33 @@ fn round_trip(backend: &str, ipv6: bool) {
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn nft_install_twice_uninstall() {
-    if !system_tests("nft_install_twice_uninstall") {
-        return;
-    }
     require_tools(TOOLS, PACKAGES);
     round_trip("nft", false);
     round_trip("nft", true);
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn legacy_install_twice_uninstall() {
-    if !system_tests("legacy_install_twice_uninstall") {
-        return;
-    }
     require_tools(TOOLS, PACKAGES);
     round_trip("legacy", false);
     round_trip("legacy", true);
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn auto_follows_the_backend_holding_rules() {
-    if !system_tests("auto_follows_the_backend_holding_rules") {
-        return;
-    }
     require_tools(TOOLS, PACKAGES);
     let ns = Netns::new("weft-init-test");
     // Someone's legacy rule (in the filter table: init leaves it alone).
@@ -223,10 +226,11 @@ fn auto_follows_the_backend_holding_rules() {
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn refuses_without_root_or_iptables() {
-    if !system_tests("refuses_without_root_or_iptables") {
-        return;
-    }
     require_tools(TOOLS, PACKAGES);
     let ns = Netns::new("weft-init-test");
     let before = ns.nat("iptables-save");
@@ -314,11 +318,39 @@ fn bad_flags_are_refused() {
     assert!(err.contains("--proxy-uid"), "{err}");
 }
 
+/// `--dry-run` only prints, so it needs no iptables: without it (here, with nothing in PATH,
+/// as root or not) it prints the rules for a namespace without weft's, both families, and
+/// says why it did not read this one's.
 #[test]
+fn a_dry_run_needs_no_iptables() {
+    let out = Command::new(WEFT)
+        .env("PATH", "/nonexistent")
+        .args(["init", "--proxy-uid", "2102", "--ipv6", "--dry-run"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("these are the rules for a namespace without weft's rules"),
+        "{err}"
+    );
+    let rules = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(rules.matches("*nat\n").count(), 2, "{rules}");
+    assert_eq!(rules.matches("COMMIT\n").count(), 2, "{rules}");
+    assert!(
+        rules.contains("-A OUTPUT -p tcp -j WEFT_OUTPUT")
+            && rules.contains("--uid-owner 2102")
+            && rules.contains("-j REDIRECT --to-ports 4140"),
+        "{rules}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn auto_on_a_fresh_namespace_uses_the_system_iptables_and_leaves_no_trace() {
-    if !system_tests("auto_on_a_fresh_namespace_uses_the_system_iptables_and_leaves_no_trace") {
-        return;
-    }
     require_tools(TOOLS, PACKAGES);
     let ns = Netns::new("weft-init-test");
     let (_, err) = ns.weft(&["init", "--proxy-uid", "2102"]);
@@ -342,10 +374,11 @@ fn auto_on_a_fresh_namespace_uses_the_system_iptables_and_leaves_no_trace() {
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn a_failed_ipv6_half_rolls_the_ipv4_half_back() {
-    if !system_tests("a_failed_ipv6_half_rolls_the_ipv4_half_back") {
-        return;
-    }
     require_tools(TOOLS, PACKAGES);
     let ns = Netns::new("weft-init-test");
     // An ip6tables-nft-restore that always fails, ahead of the real one in PATH.

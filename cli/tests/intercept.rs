@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use support::{
     NS_IDENTITY_PORT, NS_POLICY_PORT, Netns, NsControlPlane, WEFT, require_tools, spawn_proxy_as,
-    system_tests,
 };
 use weft_identity::config::{ENV_IDENTITY_ADDR, ENV_TOKEN_FILE};
 use weft_policy::config::ENV_POLICY_ADDR;
@@ -126,10 +125,11 @@ http.server.ThreadingHTTPServer((sys.argv[1], 8080), H).serve_forever()
 "#;
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn intercepted_traffic_goes_through_the_proxy_unmeshed() {
-    if !system_tests("intercepted_traffic_goes_through_the_proxy_unmeshed") {
-        return;
-    }
     require_tools(
         &["ip", "iptables", "setpriv", "curl", "python3"],
         "iproute2, iptables, util-linux, curl and python3",

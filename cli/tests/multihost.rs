@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use capture::{Capture, packets};
 use hosts::{Host, Lan};
-use support::{NS_IDENTITY_PORT, NS_POLICY_PORT, NsControlPlane, require_tools, system_tests};
+use support::{NS_IDENTITY_PORT, NS_POLICY_PORT, NsControlPlane, require_tools};
 use weft_runtime::child::Child;
 use weft_runtime::testing::metric_sum;
 
@@ -136,10 +136,11 @@ fn write_resources(dir: &Path, yaml: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn three_hosts_call_each_other_by_address_through_the_mesh() {
-    if !system_tests("three_hosts_call_each_other_by_address_through_the_mesh") {
-        return;
-    }
     require_tools(
         &["ip", "iptables", "setpriv", "curl", "python3", "tshark"],
         "iproute2, iptables, util-linux, curl, python3 and tshark",

@@ -170,10 +170,11 @@ fn scrape(admin: SocketAddr) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn promtool_finds_nothing_on_any_metrics_endpoint_nor_in_the_shipped_config() {
-    if !system_tests("promtool") {
-        return;
-    }
     // promtool is here, and its findings reach us: a counter without `_total` or help is one.
     let (ok, out) = promtool(&["check", "metrics"], "# TYPE x counter\nx 1\n");
     assert!(

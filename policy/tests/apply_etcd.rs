@@ -51,10 +51,11 @@ fn status_of(e: &ClientError) -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 async fn applies_through_replicas_over_etcd() {
-    if !system_tests("applies_through_replicas_over_etcd") {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let (mut cluster, a, b) = two_replicas(dir.path()).await;
     let (pa, pb) = (patient(&a), patient(&b));

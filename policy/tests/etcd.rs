@@ -16,7 +16,6 @@ use weft_policy::etcd::{Etcd, EtcdConfig};
 use weft_runtime::etcd::EtcdCluster;
 
 mod support;
-use support::system_tests;
 
 fn client(cluster: &EtcdCluster, timeout: Duration) -> Etcd {
     let members = EtcdConfig::members(&cluster.store_url()).unwrap();
@@ -29,10 +28,11 @@ fn client(cluster: &EtcdCluster, timeout: Duration) -> Etcd {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 async fn the_client_against_a_real_cluster() {
-    if !system_tests("the_client_against_a_real_cluster") {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = EtcdCluster::start(dir.path(), 3).unwrap();
     let etcd = client(&cluster, Duration::from_secs(2));

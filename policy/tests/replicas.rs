@@ -24,10 +24,11 @@ use weft_policy::wire::Dur;
 use weft_runtime::etcd::EtcdCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 async fn replicas_serve_the_resources_in_etcd() {
-    if !system_tests("replicas_serve_the_resources_in_etcd") {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let (mut cluster, a, b) = two_replicas(dir.path()).await;
     let writer = etcd(&cluster);
@@ -114,10 +115,11 @@ const API: &str = "spiffe://weft.local/ns/default/sa/api";
 /// registration outlives the stopped replica's lease; an address one identity holds cannot
 /// be taken by another through another replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 async fn registrations_made_through_one_replica_are_served_by_every_one() {
-    if !system_tests("registrations_made_through_one_replica_are_served_by_every_one") {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let (_cluster, a, b) = two_replicas(dir.path()).await;
     let (ca, cb) = (a.client(), b.client());
@@ -193,10 +195,11 @@ async fn registrations_made_through_one_replica_are_served_by_every_one() {
 /// replica had seen, such a removal was lost, and the endpoint stayed served until its lease
 /// lapsed. Another identity's registration made since stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 async fn a_removal_takes_its_identitys_registration_however_often_it_was_written() {
-    if !system_tests("a_removal_takes_its_identitys_registration_however_often_it_was_written") {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let cluster = EtcdCluster::start(dir.path(), 1).unwrap();
     let etcd = etcd(&cluster);

@@ -17,9 +17,7 @@ use tokio::sync::watch;
 use weft_identity::SpiffeId;
 use weft_identity::client::{ClientSettings as IdentitySettings, IdentityClient};
 use weft_identity::tls::{Credentials, TrustSource};
-use weft_policy::client::{
-    ClientSettings as PolicySettings, ClientTls, PolicyClient, RegistrationHandle,
-};
+use weft_policy::client::{ClientSettings as PolicySettings, ClientTls, PolicyClient};
 use weft_policy::registry::{Registration, TrustReport};
 use weft_runtime::metrics::{Registry, unix_seconds};
 use weft_runtime::serve::bind;
@@ -108,6 +106,21 @@ pub async fn run_on(
     args: ProxyArgs,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
+    run_in_phases(listeners, args, shutdown, std::future::ready(())).await
+}
+
+/// Runs a proxy on bound listeners, stopping in two steps. When `inbound` ends (or during
+/// start-up) the proxy turns not ready, deregisters and stops taking inbound connections,
+/// letting those in flight finish; its app's outbound calls still go through until `outbound`
+/// ends too, then they are drained the same way. `weft run` ends `inbound` on SIGTERM and
+/// `outbound` once the app exited, so an app draining its own work can still call out.
+pub async fn run_in_phases(
+    listeners: ProxyListeners,
+    args: ProxyArgs,
+    inbound_end: impl Future<Output = ()>,
+    outbound_end: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let shutdown = inbound_end;
     tokio::pin!(shutdown);
     let token = read_token(&args)?;
     let registry = Registry::new();
@@ -153,12 +166,13 @@ pub async fn run_on(
     let inbound = inbound(&args, &namespace, &service, &tls, policy, &metrics);
     let outbound = outbound(&args, &namespace, &tls, &policy_client, &metrics);
     let grace = args.shutdown_grace;
+    let (stop_inbound, inbound_stopped) = watch::channel(false);
     let data_path = DataPath::serve(
         inbound,
         listeners.inbound,
         &outbound,
         listeners.outbound,
-        &admin.stop_rx,
+        (&inbound_stopped, &admin.stop_rx),
         grace,
     );
 
@@ -171,18 +185,24 @@ pub async fn run_on(
         "proxy ready"
     );
 
-    // 6. Shutdown.
+    // 6. Shutdown: the inbound side, then the rest.
     shutdown.await;
     tracing::info!(grace = ?grace, "shutting down: draining requests in flight");
-    shut_down(
-        admin,
-        registration,
-        &policy_client,
-        &namespace,
-        advertise,
-        data_path,
+    let _ = admin.ready.send(false);
+    drop(registration);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        policy_client.deregister(&namespace, advertise),
     )
     .await;
+    let _ = stop_inbound.send(true);
+    outbound_end.await;
+    let _ = admin.stop.send(true);
+    let _ = data_path.inbound.await;
+    for task in data_path.outbound {
+        let _ = task.await;
+    }
+    let _ = admin.task.await;
     drop(identity);
     Ok(())
 }
@@ -406,19 +426,19 @@ struct DataPath {
 }
 
 impl DataPath {
-    /// Serves the listeners until `stop` turns true, then lets requests in flight finish for
-    /// up to `grace`.
+    /// Serves the inbound listener until `stop.0` turns true and the outbound ones until
+    /// `stop.1` does, then lets requests in flight finish for up to `grace`.
     fn serve(
         inbound: Arc<Inbound>,
         inbound_listener: TcpListener,
         outbound: &Arc<Outbound>,
         outbound_listeners: Vec<TcpListener>,
-        stop: &watch::Receiver<bool>,
+        (stop_inbound, stop): (&watch::Receiver<bool>, &watch::Receiver<bool>),
         grace: Duration,
     ) -> Self {
         let inbound_task = tokio::spawn(inbound.serve(
             inbound_listener,
-            weft_runtime::process::wait_true(stop.clone()),
+            weft_runtime::process::wait_true(stop_inbound.clone()),
             grace,
         ));
         let outbound_tasks: Vec<_> = outbound_listeners
@@ -438,29 +458,6 @@ impl DataPath {
     }
 }
 
-/// Step 6: not ready, deregister, stop accepting, let requests in flight finish.
-async fn shut_down(
-    admin: AdminEndpoint,
-    registration: RegistrationHandle,
-    policy_client: &PolicyClient,
-    namespace: &str,
-    advertise: SocketAddr,
-    data_path: DataPath,
-) {
-    let _ = admin.ready.send(false);
-    drop(registration);
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        policy_client.deregister(namespace, advertise),
-    )
-    .await;
-    let _ = admin.stop.send(true);
-    let _ = data_path.inbound.await;
-    for task in data_path.outbound {
-        let _ = task.await;
-    }
-    let _ = admin.task.await;
-}
 /// The address peers should use: the inbound port on the local address that routes to the
 /// control plane (its first replica, when it has several), when the inbound listener is on a
 /// wildcard address.

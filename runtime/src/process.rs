@@ -61,14 +61,10 @@ pub fn run_process(component: &str, main: impl Future<Output = Result<(), String
     run_process_on(component, 0, main)
 }
 
-/// [`run_process`] on a runtime of `workers` threads: 1 is a single-threaded runtime (every
-/// task on the main thread: no cross-thread wake-ups), 0 one worker per CPU.
-pub fn run_process_on(
-    component: &str,
-    workers: usize,
-    main: impl Future<Output = Result<(), String>>,
-) -> ExitCode {
-    let rt = match workers {
+/// A runtime of `workers` threads: 1 is a single-threaded runtime (every task on the main
+/// thread: no cross-thread wake-ups), 0 one worker per CPU.
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match workers {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
@@ -77,8 +73,16 @@ pub fn run_process_on(
             .worker_threads(n)
             .enable_all()
             .build(),
-    };
-    let rt = match rt {
+    }
+}
+
+/// [`run_process`] on a [`runtime`] of `workers` threads.
+pub fn run_process_on(
+    component: &str,
+    workers: usize,
+    main: impl Future<Output = Result<(), String>>,
+) -> ExitCode {
+    let rt = match runtime(workers) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weft {component}: cannot start the runtime: {e}");

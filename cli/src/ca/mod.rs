@@ -44,9 +44,24 @@ pub enum RotateCommand {
 #[derive(Debug, Clone, Args)]
 pub struct MeshArgs {
     /// The control plane's admin address; each replica's, comma-separated, when there are
-    /// several (every replica must trust what the proxies trust).
-    #[arg(long, env = crate::stat::ENV_POLICY_ADMIN, default_value = crate::stat::DEFAULT_POLICY_ADMIN, value_delimiter = ',')]
+    /// several (every replica must trust what the proxies trust) [default: the running
+    /// demo's, else 127.0.0.1:9991].
+    #[arg(long, env = crate::stat::ENV_POLICY_ADMIN, value_delimiter = ',')]
     pub policy_admin: Vec<String>,
+}
+
+impl MeshArgs {
+    /// The replicas' admin addresses: given, or the running demo's, or the default.
+    pub fn policy_admins(&self) -> Vec<String> {
+        if !self.policy_admin.is_empty() {
+            return self.policy_admin.clone();
+        }
+        vec![crate::context::resolve(
+            None,
+            |c| &c.policy_admin,
+            crate::stat::DEFAULT_POLICY_ADMIN,
+        )]
+    }
 }
 
 /// How a new issuer is made.

@@ -136,7 +136,7 @@ fn wait_for(
     }
     let mut last = String::new();
     loop {
-        let problem = match holders(&args.mesh.policy_admin) {
+        let problem = match holders(&args.mesh.policy_admins()) {
             Ok(h) => {
                 let lag = lagging(&h, need);
                 if lag.is_empty() {

@@ -115,7 +115,7 @@ pub fn run(args: &StatusArgs) -> Result<(), String> {
 /// The proxies and control-plane replicas, and which lag behind the CA (or the step under
 /// way).
 fn mesh(args: &StatusArgs, ca: &Authority, need: Option<&Need>) -> Result<(), String> {
-    let holders = holders(&args.mesh.policy_admin)?;
+    let holders = holders(&args.mesh.policy_admins())?;
     // Outside a rotation every part should trust exactly the CA's anchors and hold a leaf of
     // its issuer (or one of an issuer retired lately, until it renews).
     let steady = Need::Issuer {

@@ -27,7 +27,7 @@ use weft_runtime::config::parse_duration;
 use self::judge::Expiry;
 use self::report::{Check, Group, Report};
 use crate::admin;
-use crate::stat::{self, DEFAULT_POLICY_ADMIN, ENV_POLICY_ADMIN};
+use crate::stat::{self, ENV_POLICY_ADMIN};
 
 /// Where `weft check` finds the identity service's admin.
 pub const ENV_IDENTITY_ADMIN: &str = "WEFT_IDENTITY_ADMIN";
@@ -47,12 +47,10 @@ const PROXY_CERT_EXPIRY: &str = "weft_proxy_certificate_expiry_timestamp_seconds
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {
-    /// The identity service's admin address.
-    #[arg(long, env = ENV_IDENTITY_ADMIN, default_value = DEFAULT_IDENTITY_ADMIN)]
-    pub identity_admin: String,
-    /// The control plane's admin address (its `/workloads` lists every proxy).
-    #[arg(long, env = ENV_POLICY_ADMIN, default_value = DEFAULT_POLICY_ADMIN)]
-    pub policy_admin: String,
+    #[command(flatten)]
+    pub identity_admin: crate::context::IdentityAdmin,
+    #[command(flatten)]
+    pub policy_admin: crate::context::PolicyAdmin,
     /// Check these proxy admin addresses instead of those the control plane lists (repeatable).
     #[arg(long = "proxy-admin")]
     pub proxies: Vec<String>,
@@ -175,7 +173,7 @@ fn reachable_and_ready(
 }
 
 fn identity(args: &CheckArgs, clocks: &mut Vec<Clock>) -> (Group, Option<trust::CaView>) {
-    let addr = &args.identity_admin;
+    let addr = &args.identity_admin.addr();
     let mut checks = Vec::new();
     let mut ca = None;
     let start = format!(
@@ -283,7 +281,7 @@ fn expiry_check(
 }
 
 fn control_plane(args: &CheckArgs, clocks: &mut Vec<Clock>) -> (Group, Option<Vec<Workload>>) {
-    let addr = &args.policy_admin;
+    let addr = &args.policy_admin.addr();
     let mut checks = Vec::new();
     let start = format!(
         "start it with `weft policy --dir DIR` (its admin listens on --admin-listen, default {}), or point this check at it with --policy-admin or {ENV_POLICY_ADMIN}",

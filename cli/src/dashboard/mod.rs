@@ -24,7 +24,6 @@ use http::{Method, StatusCode, header};
 use weft_runtime::config::parse_duration;
 
 use self::collect::{Collector, Overview, Source};
-use crate::stat::DEFAULT_POLICY_ADMIN;
 
 /// Where the dashboard listens by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9994";
@@ -41,9 +40,8 @@ pub struct DashboardArgs {
     /// Where to serve the page (it has no authentication: keep it on loopback).
     #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// The control plane's admin address (its `/workloads` lists every proxy).
-    #[arg(long, env = crate::stat::ENV_POLICY_ADMIN, default_value = DEFAULT_POLICY_ADMIN)]
-    pub policy_admin: String,
+    #[command(flatten)]
+    pub policy_admin: crate::context::PolicyAdmin,
     /// Scrape these proxy admin addresses instead of asking the control plane (repeatable).
     #[arg(long = "proxy-admin")]
     pub proxies: Vec<String>,
@@ -117,7 +115,7 @@ pub fn run(args: DashboardArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let source = if args.proxies.is_empty() {
-        Source::ControlPlane(args.policy_admin.clone())
+        Source::ControlPlane(args.policy_admin.addr())
     } else {
         Source::Proxies(args.proxies.clone())
     };

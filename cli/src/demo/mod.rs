@@ -186,6 +186,7 @@ struct Files {
 /// The running mesh: what the table, the hints and the load generator need.
 struct Mesh {
     policy_admin: SocketAddr,
+    identity_admin: SocketAddr,
     /// Every control-plane replica's API, comma-separated (`WEFT_POLICY_ADDR`).
     policy_addrs: String,
     /// The etcd cluster, with `--store etcd` (stopped when dropped).
@@ -244,6 +245,19 @@ async fn start_and_run(
     print::directories(dir, temporary, &files, args.store == DemoStore::Etcd);
     let mesh = start_mesh(args, dir, &files, fleet).await?;
     print::running(fleet, &mesh, &files, args.rate, args.duration);
+    // The operator commands find this mesh with no flags while it runs.
+    let _current = crate::context::announce(&crate::context::Current {
+        pid: std::process::id(),
+        started: weft_identity::rfc3339(std::time::SystemTime::now()),
+        dir: dir.to_path_buf(),
+        policy_admin: mesh.policy_admin.to_string(),
+        identity_admin: mesh.identity_admin.to_string(),
+        dashboard: format!("http://{}/", mesh.dashboard),
+    })
+    .inspect_err(|e| {
+        println!("weft demo: {e}: weft stat, routes, check and dashboard will need --policy-admin")
+    })
+    .ok();
 
     let loadgen = mesh
         .sidecar("loadgen")
@@ -283,7 +297,7 @@ async fn start_mesh(
     let deadline = Instant::now() + READY_TIMEOUT;
 
     // 1. The identity service, 2. the control plane.
-    let (id_api, _) = start_component(
+    let (id_api, id_admin) = start_component(
         fleet,
         &mut ports,
         ("identity", "identity"),
@@ -371,6 +385,7 @@ async fn start_mesh(
     .await?;
     Ok(Mesh {
         policy_admin: pol_admin,
+        identity_admin: id_admin,
         policy_addrs: pol_api,
         etcd,
         dashboard: dash,

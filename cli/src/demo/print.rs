@@ -75,7 +75,10 @@ pub(super) fn running(
         "  dashboard: http://{dash}/   (golden signals, service graph, denied requests; live)"
     );
     println!(
-        "  stats:     weft stat --policy-admin {pol_admin}   (per route: weft routes api --backends --policy-admin {pol_admin})"
+        "  stats:     weft stat   (per route: weft routes api --backends; health: weft check)"
+    );
+    println!(
+        "             they find this demo while it runs; from elsewhere: --policy-admin {pol_admin}"
     );
     println!(
         "  change:    weft apply -f FILE --policy-addr {} --cert-dir {}   (weft get httproute -o yaml: what is served)",

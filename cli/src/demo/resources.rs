@@ -115,6 +115,29 @@ mod tests {
             .unwrap()
     }
 
+    /// `examples/demo` is what the demo serves (with the trust domain `weft.local`), so the
+    /// example a user copies is the one they watched working.
+    #[test]
+    fn the_demo_directory_is_the_example() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "weft.local").unwrap();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
+        let mut files: Vec<String> = std::fs::read_dir(&example)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["policies.yaml", "routes.yaml", "services.yaml"]);
+        for file in files {
+            let demo = std::fs::read_to_string(dir.path().join(&file)).unwrap();
+            let copy = std::fs::read_to_string(example.join(&file)).unwrap();
+            assert_eq!(
+                copy, demo,
+                "examples/demo/{file} is not what the demo writes: copy it from a running demo's directory"
+            );
+        }
+    }
+
     #[test]
     fn the_demo_directory_loads_and_routes_api() {
         let config = config();

@@ -92,32 +92,38 @@ pub fn run(args: InitArgs) -> Result<(), String> {
     }
     let config = checked.config;
     if args.dry_run && !root {
-        eprintln!(
-            "weft init: --dry-run without root: these are the rules for a namespace without \
-             weft's rules (as root, --dry-run reads this namespace and prints exactly what \
-             it would apply)"
+        fresh_dry_run(
+            &config,
+            "without root (as root, --dry-run reads this namespace and prints exactly what it \
+             would apply)",
         );
-        let none = NatState::default();
-        print!("{}", rules::install_ruleset(&config, Family::V4, &none));
-        if config.ipv6 {
-            print!("\n{}", rules::install_ruleset(&config, Family::V6, &none));
-        }
         return Ok(());
     }
     require_root(root)?;
-    let tools = tools_for(args.iptables)?;
-    let state = read_state(&tools)?;
-    let text = rules::install_ruleset(&config, Family::V4, &state);
-    // IPv6 uses the same backend as IPv4.
-    let v6 = if config.ipv6 {
-        let tools6 = tools.v6();
-        tools6.installed()?;
-        let tools6 = announce(tools6, "using", "; --ipv6, the IPv4 backend's")?;
-        let state6 = read_state(&tools6)?;
-        let text6 = rules::install_ruleset(&config, Family::V6, &state6);
-        Some((tools6, text6))
-    } else {
-        None
+    let read = tools_for(args.iptables).and_then(|tools| {
+        let state = read_state(&tools)?;
+        let text = rules::install_ruleset(&config, Family::V4, &state);
+        // IPv6 uses the same backend as IPv4.
+        let v6 = if config.ipv6 {
+            let tools6 = tools.v6();
+            tools6.installed()?;
+            let tools6 = announce(tools6, "using", "; --ipv6, the IPv4 backend's")?;
+            let state6 = read_state(&tools6)?;
+            let text6 = rules::install_ruleset(&config, Family::V6, &state6);
+            Some((tools6, text6))
+        } else {
+            None
+        };
+        Ok((tools, state, text, v6))
+    });
+    let (tools, state, text, v6) = match read {
+        Ok(read) => read,
+        // Only printing: the rules need no iptables to be written out.
+        Err(e) if args.dry_run => {
+            fresh_dry_run(&config, &format!("cannot read this namespace's rules: {e}"));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
     };
     if args.dry_run {
         print!("{text}");
@@ -157,6 +163,19 @@ pub fn run(args: InitArgs) -> Result<(), String> {
         owner_text(&config),
     );
     Ok(())
+}
+
+/// Prints the rules for a namespace without weft's rules, saying why this namespace's were
+/// not read.
+fn fresh_dry_run(config: &Config, why: &str) {
+    eprintln!(
+        "weft init: --dry-run {why}: these are the rules for a namespace without weft's rules"
+    );
+    let none = NatState::default();
+    print!("{}", rules::install_ruleset(config, Family::V4, &none));
+    if config.ipv6 {
+        print!("\n{}", rules::install_ruleset(config, Family::V6, &none));
+    }
 }
 
 fn owner_text(config: &Config) -> String {

@@ -25,9 +25,8 @@ pub const DEFAULT_POLICY_ADMIN: &str = weft_policy::config::DEFAULT_ADMIN;
 /// Where the proxies are, and how to show what they saw.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
-    /// The control plane's admin address (its `/workloads` lists every proxy).
-    #[arg(long, env = ENV_POLICY_ADMIN, default_value = DEFAULT_POLICY_ADMIN)]
-    pub policy_admin: String,
+    #[command(flatten)]
+    pub policy_admin: crate::context::PolicyAdmin,
     /// Scrape these proxy admin addresses instead of asking the control plane (repeatable).
     #[arg(long = "proxy-admin")]
     pub proxies: Vec<String>,
@@ -109,7 +108,7 @@ fn run(
     if targets.is_empty() {
         return Err(format!(
             "no proxy to scrape: the control plane at {} lists no workload with a metrics address (are proxies running and registered?)",
-            c.policy_admin
+            c.policy_admin.addr()
         ));
     }
     let first = scrape_all(&targets)?;
@@ -155,7 +154,7 @@ fn targets(c: &Common) -> Result<Vec<String>, String> {
     if !c.proxies.is_empty() {
         return Ok(c.proxies.clone());
     }
-    Ok(metrics_addrs(&workloads(&c.policy_admin)?))
+    Ok(metrics_addrs(&workloads(&c.policy_admin.addr())?))
 }
 
 /// The workloads registered with the control plane whose admin is at `policy_admin`, as its

@@ -40,10 +40,11 @@ fn wait_status(dir: &Path, mesh: &Mesh, method: &str, want: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn grpc_clients_through_the_mesh_as_directly() {
-    if !system_tests("grpc_clients_through_the_mesh_as_directly") {
-        return;
-    }
     require_tools(&["python3"], "python3 (with grpcio)");
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();

@@ -26,10 +26,11 @@ fn curl(proxy: Option<SocketAddr>, args: &[&str]) -> (String, bool) {
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn http1_clients_through_the_mesh_as_directly() {
-    if !system_tests("http1_clients_through_the_mesh_as_directly") {
-        return;
-    }
     require_tools(&["python3", "curl"], "python3, curl");
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
@@ -119,10 +120,11 @@ fn curl_tunnel(mesh: &Mesh, authority: &str) -> (String, String, Duration) {
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn connect_tunnels_from_curl() {
-    if !system_tests("connect_tunnels_from_curl") {
-        return;
-    }
     require_tools(&["python3", "curl"], "python3, curl");
     let tmp = tempfile::tempdir().unwrap();
     let (_app, port) = py_server(tmp.path(), "http_app.py", APP);

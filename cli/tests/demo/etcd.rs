@@ -11,10 +11,11 @@ use super::{Demo, signal};
 /// killed and the traffic goes on, `weft apply` (as the printed line says) goes through the
 /// other, and the demo stops everything, etcd included.
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn the_demo_over_etcd_survives_a_replica_and_applies_through_the_other() {
-    if !system_tests("the_demo_over_etcd_survives_a_replica_and_applies_through_the_other") {
-        return;
-    }
     require_tools(&["etcd"], "etcd-server");
     let mut demo = Demo::start(&["--store", "etcd", "--duration", "40s"]);
     let rows = demo.table();

@@ -12,7 +12,6 @@ use bytes::Bytes;
 use crate::certs::{Cert, MeshCa, client_config, connect};
 use crate::discovery::new_service_found;
 use crate::mesh::{GoodClient, Mesh, RSS_GROWTH_LIMIT_KIB, case, rss_kib, runtime};
-use crate::support::system_tests;
 
 /// One-shot requests of the request flood, each for a name of its own.
 const REQUESTS: usize = 10_000;
@@ -176,10 +175,11 @@ fn watch_flood(
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn control_plane_floods_leave_it_bounded_and_serving() {
-    if !system_tests("control_plane_floods_leave_it_bounded_and_serving") {
-        return;
-    }
     let mesh = Mesh::start();
     let good = GoodClient::start(&mesh);
     let mallory = MeshCa::load(&mesh.data).workload("mallory");
@@ -196,10 +196,11 @@ fn control_plane_floods_leave_it_bounded_and_serving() {
 /// Fails until the control plane keeps no state for names that do not exist: today each
 /// round of 10,000 new names grows it by about 5.5 MiB, for good.
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn control_plane_keeps_no_state_for_nonexistent_names() {
-    if !system_tests("control_plane_keeps_no_state_for_nonexistent_names") {
-        return;
-    }
     let mesh = Mesh::start();
     let good = GoodClient::start(&mesh);
     let mallory = MeshCa::load(&mesh.data).workload("mallory");
@@ -217,10 +218,11 @@ fn control_plane_keeps_no_state_for_nonexistent_names() {
 /// The control plane caps what one identity holds open (1,000 watches by default): the
 /// watches past it are refused with 429 and a `too_many_*` reason.
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn control_plane_watch_floods_get_429() {
-    if !system_tests("control_plane_watch_floods_get_429") {
-        return;
-    }
     let mesh = Mesh::start();
     let good = GoodClient::start(&mesh);
     let mallory = MeshCa::load(&mesh.data).workload("mallory");

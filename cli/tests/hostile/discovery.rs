@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use crate::mesh::{GoodClient, Mesh, case};
 use crate::raw::{header, status};
-use crate::support::system_tests;
 use weft_runtime::testing::http;
 
 /// What web's outbound answers for a name the mesh does not know: the control plane says it
@@ -95,10 +94,11 @@ pub fn new_service_found(mesh: &Mesh, name: &str) -> Duration {
 /// Today's capacity is about 97 names: every name costs the proxy two watch streams on its
 /// one HTTP/2 connection to the control plane, which takes 200 at once.
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn dozens_of_unknown_destinations_are_each_refused_at_once() {
-    if !system_tests("dozens_of_unknown_destinations_are_each_refused_at_once") {
-        return;
-    }
     let mesh = Mesh::start();
     let good = GoodClient::start(&mesh);
     case(&mesh, &good, "60-unknown-names", || {
@@ -117,10 +117,11 @@ fn dozens_of_unknown_destinations_are_each_refused_at_once() {
 /// new service. Either code is a clean answer (the control plane may stop answering for names
 /// it does not have).
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn after_2000_unknown_names_a_new_service_is_found_at_once() {
-    if !system_tests("after_2000_unknown_names_a_new_service_is_found_at_once") {
-        return;
-    }
     let mesh = Mesh::start();
     let good = GoodClient::start(&mesh);
     case(&mesh, &good, "2000-unknown-names", || {

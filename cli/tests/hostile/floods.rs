@@ -12,7 +12,6 @@ use crate::raw::{
     CONTINUATION, END_HEADERS, END_STREAM, HEADERS, Outcome, RST_STREAM, flood, frame, hpack_field,
     request_block,
 };
-use crate::support::system_tests;
 
 /// Streams a rapid-reset flood opens (each a request to api, reset at once).
 const RAPID_RESET_STREAMS: u32 = 20_000;
@@ -69,10 +68,11 @@ fn check(name: &str, total: usize, o: &Outcome) {
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn http2_floods_end_only_the_flooding_connection() {
-    if !system_tests("http2_floods_end_only_the_flooding_connection") {
-        return;
-    }
     let mesh = Mesh::start();
     let cert = MeshCa::load(&mesh.data).workload("web");
     let good = GoodClient::start(&mesh);

@@ -10,7 +10,6 @@ use tokio::io::AsyncWriteExt;
 
 use crate::mesh::{GoodClient, Mesh, case, errors, runtime, wait_errors};
 use crate::raw::{exchange, header, status};
-use crate::support::system_tests;
 
 /// A raw HTTP/1 exchange with web's outbound.
 fn outbound(mesh: &Mesh, rt: &tokio::runtime::Runtime, bytes: &[u8]) -> String {
@@ -66,10 +65,11 @@ async fn h2_get(mesh: &Mesh, what: &str, extra: &[(&str, String)]) -> u16 {
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn oversized_messages_and_bad_bodies_are_the_clients_fault() {
-    if !system_tests("oversized_messages_and_bad_bodies_are_the_clients_fault") {
-        return;
-    }
     let mesh = Mesh::start();
     let good = GoodClient::start(&mesh);
     let rt = runtime();

@@ -9,7 +9,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::certs::{MeshCa, mtls};
 use crate::mesh::{GoodClient, Mesh, case, errors, runtime, wait_errors};
 use crate::raw::read_until_closed;
-use crate::support::system_tests;
 
 /// How long the proxy gives a client to send a whole request head, or to start the next one
 /// on a kept-alive connection.
@@ -149,10 +148,11 @@ fn idle_case(mesh: &Mesh, rt: &tokio::runtime::Runtime, cert: &crate::certs::Cer
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn slow_and_idle_clients_are_cut_off_and_cost_little() {
-    if !system_tests("slow_and_idle_clients_are_cut_off_and_cost_little") {
-        return;
-    }
     let mesh = Mesh::start();
     let cert = MeshCa::load(&mesh.data).workload("web");
     let good = GoodClient::start(&mesh);

@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::certs::{Cert, MeshCa, mtls};
 use crate::mesh::{GoodClient, Mesh, case, errors, runtime, wait_errors};
 use crate::raw::{exchange, status};
-use crate::support::system_tests;
 
 /// How a shape must be answered.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -149,10 +148,11 @@ fn check(name: &str, listener: &str, answer: &str, closed: bool, expect: Expect)
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn smuggling_shapes_are_refused_at_both_listeners() {
-    if !system_tests("smuggling_shapes_are_refused_at_both_listeners") {
-        return;
-    }
     let mesh = Mesh::start();
     let web_cert = MeshCa::load(&mesh.data).workload("web");
     let good = GoodClient::start(&mesh);

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use crate::certs::{Cert, MeshCa, client_config, connect, foreign, self_signed, spiffe};
 use crate::mesh::{GoodClient, Mesh, case, errors, runtime, wait_errors, wait_metric};
 use crate::raw::{exchange, header, status};
-use crate::support::{require_tools, system_tests};
+use crate::support::require_tools;
 
 /// `GET /<case>` to api, as a peer proxy would send it.
 fn request(mesh: &Mesh, case: &str) -> Vec<u8> {
@@ -66,10 +66,11 @@ fn openssl_tls12(mesh: &Mesh, cert: &Cert) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
 fn bad_certificates_are_refused_at_api_inbound() {
-    if !system_tests("bad_certificates_are_refused_at_api_inbound") {
-        return;
-    }
     let mesh = Mesh::start();
     let ca = MeshCa::load(&mesh.data);
     let good = GoodClient::start(&mesh);

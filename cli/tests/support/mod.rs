@@ -20,13 +20,34 @@ pub use traffic::*;
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
-/// True when system tests are on; otherwise says why this test does nothing.
-pub fn system_tests(test: &str) -> bool {
-    let on = std::env::var("WEFT_SYSTEM_TESTS").is_ok_and(|v| v == "1");
-    if !on {
-        eprintln!("{test}: skipped, a system test (set WEFT_SYSTEM_TESTS=1 to run it)");
+/// Waits (bounded) for `child` to exit: its status, or `None` (then it is killed).
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    on
+}
+
+/// Sends `sig` (`-TERM`, `-INT`, ...) to `pid` with `kill` (no `unsafe` in the tests either).
+pub fn signal(pid: u32, sig: &str) {
+    assert!(
+        std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
 }
 
 /// A free loopback address for a child to listen on (below the ephemeral range, never

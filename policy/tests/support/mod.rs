@@ -19,15 +19,6 @@ use weft_runtime::testing::http_get_async;
 
 pub mod replicas;
 
-/// True when system tests are on; otherwise says why `test` does nothing.
-pub fn system_tests(test: &str) -> bool {
-    let on = std::env::var("WEFT_SYSTEM_TESTS").is_ok_and(|v| v == "1");
-    if !on {
-        eprintln!("{test}: skipped, a system test (set WEFT_SYSTEM_TESTS=1 to run it)");
-    }
-    on
-}
-
 pub const RESOURCES: &str = r#"
 kind: Service
 metadata: {name: api, namespace: default}
