@@ -220,6 +220,8 @@ async fn wait_ready(admin: std::net::SocketAddr, limit: Duration) -> Result<(), 
 fn app_command(args: &RunArgs, outbound: Option<std::net::SocketAddr>) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(&args.app[0]);
     cmd.args(&args.app[1..]);
+    // Readiness is `weft run`'s to report (its proxy's), not the app's.
+    cmd.env_remove("NOTIFY_SOCKET");
     if let (false, Some(out)) = (args.intercepted, outbound) {
         let proxy = format!("http://{out}");
         cmd.env("HTTP_PROXY", &proxy).env("http_proxy", &proxy);

@@ -191,6 +191,7 @@ pub async fn run(args: IdentityArgs, shutdown: impl Future<Output = ()>) -> Resu
         },
         wait_true(stop_rx),
     ));
+    weft_runtime::process::notify_ready();
     let follower = svc.follow_files(cfg, crate::server::CA_FILES_CHECK, args.rotate_at.0);
     svc.run(api, shutdown).await;
     follower.abort();

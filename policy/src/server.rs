@@ -194,7 +194,7 @@ pub async fn serve(
         },
         wait_true(stop_rx.clone()),
     ));
-
+    weft_runtime::process::notify_ready();
     let mut api_settings = settings.api.clone();
     if settings.etcd.is_some() {
         // The registry is in etcd: a replica that starts has it whole at once, nothing to

@@ -178,6 +178,7 @@ pub async fn run_in_phases(
 
     // 5. Ready.
     let _ = admin.ready.send(true);
+    weft_runtime::process::notify_ready();
     tracing::info!(
         identity = %me,
         inbound = %inbound_addr,
@@ -188,6 +189,7 @@ pub async fn run_in_phases(
     // 6. Shutdown: the inbound side, then the rest.
     shutdown.await;
     tracing::info!(grace = ?grace, "shutting down: draining requests in flight");
+    weft_runtime::process::notify_stopping();
     let _ = admin.ready.send(false);
     drop(registration);
     let _ = tokio::time::timeout(

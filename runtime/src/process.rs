@@ -61,6 +61,27 @@ pub fn run_process(component: &str, main: impl Future<Output = Result<(), String
     run_process_on(component, 0, main)
 }
 
+/// Tells the service manager this process is ready (systemd's `Type=notify`: `READY=1` on
+/// `$NOTIFY_SOCKET`), when it runs under one; nothing otherwise. Every component calls it once
+/// it answers `/ready` with 200.
+pub fn notify_ready() {
+    notify(sd_notify::NotifyState::Ready, "ready");
+}
+
+/// Tells the service manager this process is stopping (`STOPPING=1`), when it runs under one.
+pub fn notify_stopping() {
+    notify(sd_notify::NotifyState::Stopping, "stopping");
+}
+
+fn notify(state: sd_notify::NotifyState<'_>, what: &str) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(error = %e, "cannot tell the service manager (NOTIFY_SOCKET) that the process is {what}");
+    }
+}
+
 /// A runtime of `workers` threads: 1 is a single-threaded runtime (every task on the main
 /// thread: no cross-thread wake-ups), 0 one worker per CPU.
 pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
