@@ -18,6 +18,12 @@ test:
 fuzz SECS="30" *TARGETS:
     fuzz/run.sh {{SECS}} {{TARGETS}}
 
+# The README's dashboard screenshot, taken again by the browser test (cli/tests/demo.rs, a
+# running demo in headless chromium): commit docs/img/dashboard.png when the page changes.
+screenshot:
+    WEFT_SYSTEM_TESTS=1 cargo test -p weft --test demo the_dashboard_in_a_real_browser
+    cp target/tmp/dashboard.png docs/img/dashboard.png
+
 # Everything CI runs, system tests included (needs root for some of them).
 ci:
     bash .ci/run

@@ -27,6 +27,10 @@ pub struct Current {
     pub policy_admin: String,
     pub identity_admin: String,
     pub dashboard: String,
+    /// The control plane's API (each replica's, comma-separated), for `weft apply`/`get`/`delete`.
+    pub policy_addr: String,
+    /// The bootstrap operator's certificate directory the demo wrote.
+    pub operator: PathBuf,
 }
 
 /// `$WEFT_HOME/current.json`, or `~/.weft/current.json`; `None` without a home.
@@ -93,13 +97,17 @@ pub fn resolve(given: Option<&str>, from: impl Fn(&Current) -> &str, default: &s
     if let Some(given) = given {
         return given.to_string();
     }
-    match current() {
-        Some(c) => {
-            say(&c);
-            from(&c).to_string()
-        }
+    match current_said() {
+        Some(c) => from(&c).to_string(),
         None => default.to_string(),
     }
+}
+
+/// [`current`], said on stderr (once) when there is one: for a command about to use it.
+pub fn current_said() -> Option<Current> {
+    let c = current()?;
+    say(&c);
+    Some(c)
 }
 
 fn say(c: &Current) {
@@ -107,12 +115,14 @@ fn say(c: &Current) {
     SAID.call_once(|| {
         eprintln!(
             "weft: using the mesh of the running `weft demo` (pid {}, started {}, {}): control \
-             plane admin {}, identity admin {} (flags and WEFT_* variables choose another)",
+             plane admin {}, identity admin {}, API {} (flags and WEFT_* variables choose \
+             another)",
             c.pid,
             c.started,
             c.dir.display(),
             c.policy_admin,
-            c.identity_admin
+            c.identity_admin,
+            c.policy_addr
         );
     });
 }
@@ -169,6 +179,8 @@ mod tests {
             policy_admin: "127.0.0.1:41001".into(),
             identity_admin: "127.0.0.1:41002".into(),
             dashboard: "http://127.0.0.1:41003/".into(),
+            policy_addr: "127.0.0.1:41004".into(),
+            operator: "/tmp/weft-demo-x/operator".into(),
         }
     }
 

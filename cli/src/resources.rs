@@ -22,11 +22,13 @@ pub const ENV_CERT_DIR: &str = "WEFT_CERT_DIR";
 /// How the control plane is reached.
 #[derive(Debug, Args)]
 pub struct Connection {
-    /// The control plane's API, or each replica's, comma-separated.
-    #[arg(long, env = ENV_POLICY_ADDR, default_value = weft_policy::client::DEFAULT_ADDR)]
-    pub policy_addr: String,
+    /// The control plane's API, or each replica's, comma-separated [default: the running
+    /// demo's, else 127.0.0.1:8090].
+    #[arg(long, env = ENV_POLICY_ADDR)]
+    pub policy_addr: Option<String>,
     /// The operator's certificate directory (as `weft cert issue --out-dir` writes it);
-    /// default `~/.weft/operator` when it exists.
+    /// default: the running demo's operator (when the control plane is the demo's), else
+    /// `~/.weft/operator` when it exists.
     #[arg(long, env = ENV_CERT_DIR)]
     pub cert_dir: Option<PathBuf>,
     /// Plain HTTP, for a control plane in development mode (`weft policy --insecure-dev`).
@@ -256,12 +258,20 @@ fn explain(e: ClientError) -> String {
 }
 
 fn client(conn: &Connection) -> Result<PolicyClient, String> {
+    // The demo's operator certificate goes with the demo's control plane only.
+    let (addr, demo_operator) = match &conn.policy_addr {
+        Some(addr) => (addr.clone(), None),
+        None => match crate::context::current_said() {
+            Some(c) => (c.policy_addr, Some(c.operator)),
+            None => (weft_policy::client::DEFAULT_ADDR.to_string(), None),
+        },
+    };
     let tls = if conn.insecure_dev {
         None
     } else {
-        Some(operator_tls(conn.cert_dir.clone())?)
+        Some(operator_tls(conn.cert_dir.clone().or(demo_operator))?)
     };
-    let mut settings = ClientSettings::new(conn.policy_addr.clone(), tls);
+    let mut settings = ClientSettings::new(addr, tls);
     settings.request_timeout = conn.timeout;
     Ok(PolicyClient::new(settings))
 }

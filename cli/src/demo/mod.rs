@@ -253,6 +253,8 @@ async fn start_and_run(
         policy_admin: mesh.policy_admin.to_string(),
         identity_admin: mesh.identity_admin.to_string(),
         dashboard: format!("http://{}/", mesh.dashboard),
+        policy_addr: mesh.policy_addrs.clone(),
+        operator: files.operator.clone(),
     })
     .inspect_err(|e| {
         println!("weft demo: {e}: weft stat, routes, check and dashboard will need --policy-admin")

@@ -81,7 +81,7 @@ pub(super) fn running(
         "             they find this demo while it runs; from elsewhere: --policy-admin {pol_admin}"
     );
     println!(
-        "  change:    weft apply -f FILE --policy-addr {} --cert-dir {}   (weft get httproute -o yaml: what is served)",
+        "  change:    weft apply -f FILE   (what is served: weft get httproute -o yaml); from elsewhere: --policy-addr {} --cert-dir {}",
         mesh.policy_addrs,
         files.operator.display()
     );

@@ -12,6 +12,8 @@ fn weft(home: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, Stri
         .env("WEFT_HOME", home)
         .env_remove("WEFT_POLICY_ADMIN")
         .env_remove("WEFT_IDENTITY_ADMIN")
+        .env_remove("WEFT_POLICY_ADDR")
+        .env_remove("WEFT_CERT_DIR")
         .envs(env.iter().copied())
         .output()
         .unwrap();
@@ -66,6 +68,20 @@ fn operator_commands_find_the_running_demo_with_no_flags() {
     assert!(ok, "{out}{err}");
     names_the_demo(&err);
     assert!(out.contains("Status check results are √"), "{out}");
+
+    // The resources, read and changed through the demo's control plane as its operator.
+    let (ok, out, err) = weft(&home, &["get", "httproute"], &[]);
+    assert!(ok, "{out}{err}");
+    names_the_demo(&err);
+    assert!(out.contains("api"), "{out}");
+    let routes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo/routes.yaml");
+    let (ok, out, err) = weft(
+        &home,
+        &["apply", "--dry-run", "-f", routes.to_str().unwrap()],
+        &[],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("unchanged"), "{out}");
 
     // The dashboard, on the demo's proxies.
     let listen = free_addr();
