@@ -2,7 +2,9 @@
 //! behind its own `weft proxy`, and a `web` app (a shell script calling `api` with curl)
 //! under `weft run`. The app's first call succeeds (the proxy was ready first); its exit code
 //! is `weft run`'s once the proxy drained and deregistered; on SIGTERM the app keeps calling
-//! out for 2 s without a failure while the inbound side already refuses connections.
+//! out for 2 s without a failure while the inbound side already refuses connections; SIGHUP
+//! reaches the app and changes nothing else; an app that is not there is exit 127; a proxy
+//! that cannot get ready never lets the app start.
 //!
 //! System tests: they need `sh` and `curl` (WEFT_SYSTEM_TESTS=1).
 #![allow(clippy::unwrap_used)]
@@ -75,16 +77,22 @@ impl Mesh {
 
     /// `weft run -- sh SCRIPT OUT` as the `web` workload; its stderr in `<dir>/<name>.log`.
     fn run(&self, name: &str, script: &str) -> Web {
-        let d = self.dir.path();
-        let out = d.join(name);
+        let out = self.dir.path().join(name);
         std::fs::create_dir_all(&out).unwrap();
         let file = out.join("app.sh");
         std::fs::write(&file, script).unwrap();
+        self.run_app(name, &["sh", file.to_str().unwrap(), out.to_str().unwrap()])
+    }
+
+    /// `weft run -- APP...` as the `web` workload.
+    fn run_app(&self, name: &str, app: &[&str]) -> Web {
+        let d = self.dir.path();
+        let out = d.join(name);
+        std::fs::create_dir_all(&out).unwrap();
         let (inbound, admin) = (free_addr(), free_addr());
         let child = Command::new(WEFT)
-            .args(["run", "--app-grace", "20s", "--", "sh"])
-            .arg(&file)
-            .arg(&out)
+            .args(["run", "--app-grace", "20s", "--"])
+            .args(app)
             .env("WEFT_LOG", "info")
             .env(ENV_TOKEN_FILE, d.join("web.token"))
             .env(ENV_IDENTITY_ADDR, self.id_api.to_string())
@@ -256,6 +264,59 @@ fn on_sigterm_the_app_drains_calling_out_while_the_inbound_side_refuses_connecti
             "running:\n{running}\ndraining:\n{draining}\n{log}"
         );
     }
+}
+
+/// Signals other than SIGTERM and SIGINT reach the app and change nothing else (SIGHUP here,
+/// which an app may take as "reload"); an app that cannot be started is exit 127, its proxy
+/// stopped.
+const HUP_THEN_TERM: &str = r#"
+out=$1
+trap 'echo hup >> "$out/hup"' HUP
+trap 'exit 0' TERM
+echo started > "$out/started"
+while :; do sleep 0.05; done
+"#;
+
+#[test]
+#[cfg_attr(
+    not(weft_system_tests),
+    ignore = "a system test: set WEFT_SYSTEM_TESTS=1 to run it"
+)]
+fn other_signals_reach_the_app_and_an_app_not_found_is_127() {
+    let mesh = Mesh::start();
+    let mut web = mesh.run("hup", HUP_THEN_TERM);
+    let log = || String::new();
+    wait_for(
+        "the app",
+        Duration::from_secs(60),
+        || !web.file("started").is_empty(),
+        log,
+    );
+    signal(web.child.id(), "-HUP");
+    wait_for(
+        "the app's SIGHUP",
+        Duration::from_secs(10),
+        || !web.file("hup").is_empty(),
+        log,
+    );
+    // Still running, and still registered.
+    assert!(web.child.try_wait().unwrap().is_none(), "{}", web.log());
+    assert!(mesh.registered(web.admin));
+    signal(web.child.id(), "-TERM");
+    assert_eq!(
+        web.wait(Duration::from_secs(60)).code(),
+        Some(0),
+        "{}",
+        web.log()
+    );
+
+    // An app that is not there: said, exit 127 (as a shell's), the proxy drained and gone.
+    let mut missing = mesh.run_app("missing", &["/nonexistent/app", "--flag"]);
+    let status = missing.wait(Duration::from_secs(60));
+    let log = missing.log();
+    assert_eq!(status.code(), Some(127), "{log}");
+    assert!(log.contains("cannot start /nonexistent/app"), "{log}");
+    assert!(!mesh.registered(missing.admin), "{log}");
 }
 
 /// A proxy that cannot get ready, because its token is bad (it fails at once) or because no
