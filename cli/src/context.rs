@@ -1,6 +1,6 @@
-//! The mesh the operator commands (`weft stat`, `routes`, `check`, `dashboard`, `ca`) talk to
-//! when neither a flag nor a `WEFT_*` variable names it: the one a running `weft demo`
-//! announced, as kubectl has a current context; otherwise the defaults.
+//! The mesh the operator commands (`weft stat`, `routes`, `check`, `dashboard`, `ca`, `apply`,
+//! `get`, `delete`) talk to when neither a flag nor a `WEFT_*` variable names it: the one a
+//! running `weft demo` announced, as kubectl has a current context; otherwise the defaults.
 //!
 //! The demo writes `current.json` under `$WEFT_HOME` (default `~/.weft`) once its mesh is up
 //! and removes it when it stops. A file whose demo is gone (killed, so it could not remove
@@ -26,20 +26,23 @@ pub struct Current {
     pub dir: PathBuf,
     pub policy_admin: String,
     pub identity_admin: String,
-    pub dashboard: String,
     /// The control plane's API (each replica's, comma-separated), for `weft apply`/`get`/`delete`.
     pub policy_addr: String,
     /// The bootstrap operator's certificate directory the demo wrote.
     pub operator: PathBuf,
 }
 
-/// `$WEFT_HOME/current.json`, or `~/.weft/current.json`; `None` without a home.
+/// The operator's directory: `$WEFT_HOME`, or `~/.weft`; `None` without a home.
+pub fn home() -> Option<PathBuf> {
+    match std::env::var_os(ENV_WEFT_HOME) {
+        Some(h) if !h.is_empty() => Some(PathBuf::from(h)),
+        _ => Some(PathBuf::from(std::env::var_os("HOME").filter(|h| !h.is_empty())?).join(".weft")),
+    }
+}
+
+/// `<home>/current.json`.
 pub fn path() -> Option<PathBuf> {
-    let home = match std::env::var_os(ENV_WEFT_HOME) {
-        Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => PathBuf::from(std::env::var_os("HOME").filter(|h| !h.is_empty())?).join(".weft"),
-    };
-    Some(home.join("current.json"))
+    Some(home()?.join("current.json"))
 }
 
 /// The running mesh announced, if its process still runs.
@@ -128,7 +131,7 @@ fn say(c: &Current) {
 }
 
 /// `--policy-admin`: the control plane's admin address.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct PolicyAdmin {
     /// The control plane's admin address (its `/workloads` lists every proxy) [default: the
     /// running demo's, else 127.0.0.1:9991].
@@ -147,7 +150,7 @@ impl PolicyAdmin {
 }
 
 /// `--identity-admin`: the identity service's admin address.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct IdentityAdmin {
     /// The identity service's admin address [default: the running demo's, else
     /// 127.0.0.1:9990].
@@ -178,7 +181,6 @@ mod tests {
             dir: "/tmp/weft-demo-x".into(),
             policy_admin: "127.0.0.1:41001".into(),
             identity_admin: "127.0.0.1:41002".into(),
-            dashboard: "http://127.0.0.1:41003/".into(),
             policy_addr: "127.0.0.1:41004".into(),
             operator: "/tmp/weft-demo-x/operator".into(),
         }

@@ -2,7 +2,8 @@
 //! in kubectl's shape, authenticated with an operator's mesh certificate.
 //!
 //! The certificate is a directory as `weft cert issue` writes it (`key.pem`, `cert.pem`,
-//! `chain.pem`, `bundle.pem`): `--cert-dir`, `WEFT_CERT_DIR`, or `~/.weft/operator`.
+//! `chain.pem`, `bundle.pem`): `--cert-dir`, `WEFT_CERT_DIR`, or `~/.weft/operator`
+//! (`$WEFT_HOME/operator` when that is set).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -279,7 +280,7 @@ fn client(conn: &Connection) -> Result<PolicyClient, String> {
 /// TLS with the operator's certificate: the control plane must prove its mesh identity in
 /// the certificate's trust domain.
 fn operator_tls(given: Option<PathBuf>) -> Result<ClientTls, String> {
-    let default = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".weft/operator"));
+    let default = crate::context::home().map(|h| h.join("operator"));
     let dir = given
         .or(default.filter(|d| d.join("cert.pem").exists()))
         .ok_or_else(|| {

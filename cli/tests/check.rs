@@ -9,9 +9,6 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use support::*;
-use weft_identity::config::{ENV_IDENTITY_ADDR, ENV_TOKEN_FILE};
-use weft_policy::config::ENV_POLICY_ADDR;
-use weft_proxy::config as proxy_config;
 use weft_runtime::child::Child;
 use weft_runtime::testing::http;
 
@@ -40,20 +37,14 @@ impl Mesh {
         .unwrap();
         let (policy, pol_api, policy_admin) = start_policy(d, &data, id_api, &resources);
         let proxy_admin = free_addr();
-        let mut proxy = start_weft(
-            d,
-            "api",
-            &["proxy"],
-            &[
-                (ENV_TOKEN_FILE, d.join("api.token").display().to_string()),
-                (ENV_IDENTITY_ADDR, id_api.to_string()),
-                (ENV_POLICY_ADDR, pol_api.to_string()),
-                (proxy_config::ENV_INBOUND, free_addr().to_string()),
-                (proxy_config::ENV_OUTBOUND, free_addr().to_string()),
-                (proxy_config::ENV_ADMIN, proxy_admin.to_string()),
-                (proxy_config::ENV_APP_PORT, "1".to_string()),
-            ],
+        let env = proxy_env(
+            &d.join("api.token"),
+            id_api,
+            pol_api,
+            (free_addr(), proxy_admin),
+            1,
         );
+        let mut proxy = start_weft(d, "api", &["proxy"], &env);
         proxy.wait_ready(proxy_admin);
         // The proxy registers with the control plane once ready: wait (bounded) for it.
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -51,20 +51,14 @@ impl Mesh {
         .unwrap();
         let (policy, pol_api, pol_admin) = start_policy(d, &data, id_api, &resources);
         let admin = free_addr();
-        let mut api = start_weft(
-            d,
-            "api",
-            &["proxy"],
-            &[
-                (ENV_TOKEN_FILE, d.join("api.token").display().to_string()),
-                (ENV_IDENTITY_ADDR, id_api.to_string()),
-                (ENV_POLICY_ADDR, pol_api.to_string()),
-                (proxy_config::ENV_INBOUND, free_addr().to_string()),
-                (proxy_config::ENV_OUTBOUND, free_addr().to_string()),
-                (proxy_config::ENV_ADMIN, admin.to_string()),
-                (proxy_config::ENV_APP_PORT, app("api").port().to_string()),
-            ],
+        let env = proxy_env(
+            &d.join("api.token"),
+            id_api,
+            pol_api,
+            (free_addr(), admin),
+            app("api").port(),
         );
+        let mut api = start_weft(d, "api", &["proxy"], &env);
         api.wait_ready(admin);
         Self {
             dir,
@@ -94,13 +88,13 @@ impl Mesh {
             .args(["run", "--app-grace", "20s", "--"])
             .args(app)
             .env("WEFT_LOG", "info")
-            .env(ENV_TOKEN_FILE, d.join("web.token"))
-            .env(ENV_IDENTITY_ADDR, self.id_api.to_string())
-            .env(ENV_POLICY_ADDR, self.pol_api.to_string())
-            .env(proxy_config::ENV_INBOUND, inbound.to_string())
-            .env(proxy_config::ENV_OUTBOUND, free_addr().to_string())
-            .env(proxy_config::ENV_ADMIN, admin.to_string())
-            .env(proxy_config::ENV_APP_PORT, "1")
+            .envs(proxy_env(
+                &d.join("web.token"),
+                self.id_api,
+                self.pol_api,
+                (inbound, admin),
+                1,
+            ))
             .stderr(std::fs::File::create(out.join("weft-run.log")).unwrap())
             .spawn()
             .unwrap();

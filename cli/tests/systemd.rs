@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 use weft_identity::config::{ENV_IDENTITY_ADDR, ENV_TOKEN_FILE};
-use weft_policy::config::ENV_POLICY_ADDR;
-use weft_proxy::config as proxy_config;
 use weft_runtime::testing::http;
 
 fn units() -> std::path::PathBuf {
@@ -110,25 +108,19 @@ fn each_component_notifies_readiness_only_once_it_is_ready() {
     let data = d.join("ca");
 
     // The proxy first, with its identity service away: not ready, so not a word.
-    token_with(&data, "default", "api", &[], &d.join("api.token"));
+    token(&data, "default", "api", &d.join("api.token"));
     let (id_api, id_admin, pol_api) = (free_addr(), free_addr(), free_addr());
     let proxy_socket = NotifySocket::new();
     let proxy_admin = free_addr();
-    let proxy = start_weft(
-        d,
-        "proxy",
-        &["proxy"],
-        &[
-            proxy_socket.env(),
-            (ENV_TOKEN_FILE, d.join("api.token").display().to_string()),
-            (ENV_IDENTITY_ADDR, id_api.to_string()),
-            (ENV_POLICY_ADDR, pol_api.to_string()),
-            (proxy_config::ENV_INBOUND, free_addr().to_string()),
-            (proxy_config::ENV_OUTBOUND, free_addr().to_string()),
-            (proxy_config::ENV_ADMIN, proxy_admin.to_string()),
-            (proxy_config::ENV_APP_PORT, "1".to_string()),
-        ],
+    let mut env = proxy_env(
+        &d.join("api.token"),
+        id_api,
+        pol_api,
+        (free_addr(), proxy_admin),
+        1,
     );
+    env.push(proxy_socket.env());
+    let proxy = start_weft(d, "proxy", &["proxy"], &env);
     assert_eq!(
         proxy_socket.next(Duration::from_secs(2)),
         None,

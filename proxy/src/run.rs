@@ -109,19 +109,19 @@ pub async fn run_on(
     run_in_phases(listeners, args, shutdown, std::future::ready(())).await
 }
 
-/// Runs a proxy on bound listeners, stopping in two steps. When `inbound` ends (or during
-/// start-up) the proxy turns not ready, deregisters and stops taking inbound connections,
-/// letting those in flight finish; its app's outbound calls still go through until `outbound`
-/// ends too, then they are drained the same way. `weft run` ends `inbound` on SIGTERM and
-/// `outbound` once the app exited, so an app draining its own work can still call out.
+/// Runs a proxy on bound listeners, stopping in two steps. When `inbound_end` ends (during
+/// start-up: the proxy just stops) the proxy turns not ready, deregisters and stops taking
+/// inbound connections, letting those in flight finish; its app's outbound calls still go
+/// through until `outbound_end` ends too, then they are drained the same way. `weft run`
+/// ends the first on SIGTERM and the second once the app exited, so an app draining its own
+/// work can still call out.
 pub async fn run_in_phases(
     listeners: ProxyListeners,
     args: ProxyArgs,
     inbound_end: impl Future<Output = ()>,
     outbound_end: impl Future<Output = ()>,
 ) -> Result<(), String> {
-    let shutdown = inbound_end;
-    tokio::pin!(shutdown);
+    tokio::pin!(inbound_end);
     let token = read_token(&args)?;
     let registry = Registry::new();
     let metrics = ProxyMetrics::new(registry.clone());
@@ -134,7 +134,7 @@ pub async fn run_in_phases(
     let mut identity = start_identity_client(&args, token, &registry)?;
     let creds = tokio::select! {
         c = identity.ready() => c,
-        _ = &mut shutdown => return admin.stop().await,
+        _ = &mut inbound_end => return admin.stop().await,
     };
     let (tls, _follower) = mesh_tls(&identity, &metrics);
     let me = creds.identity.clone();
@@ -150,7 +150,7 @@ pub async fn run_in_phases(
     tracing::info!(control_plane = %args.policy_addr, %namespace, %service, "waiting for the inbound policy");
     tokio::select! {
         r = policy.wait_for(|p| p.is_some()) => { r.map_err(|_| "the policy watch ended".to_string())?; }
-        _ = &mut shutdown => return admin.stop().await,
+        _ = &mut inbound_end => return admin.stop().await,
     }
 
     // 3. Registration.
@@ -187,7 +187,7 @@ pub async fn run_in_phases(
     );
 
     // 6. Shutdown: the inbound side, then the rest.
-    shutdown.await;
+    inbound_end.await;
     tracing::info!(grace = ?grace, "shutting down: draining requests in flight");
     weft_runtime::process::notify_stopping();
     let _ = admin.ready.send(false);

@@ -252,7 +252,6 @@ async fn start_and_run(
         dir: dir.to_path_buf(),
         policy_admin: mesh.policy_admin.to_string(),
         identity_admin: mesh.identity_admin.to_string(),
-        dashboard: format!("http://{}/", mesh.dashboard),
         policy_addr: mesh.policy_addrs.clone(),
         operator: files.operator.clone(),
     })

@@ -56,6 +56,28 @@ pub fn free_addr() -> SocketAddr {
     weft_runtime::process::free_loopback_addr("a test").unwrap()
 }
 
+/// The environment of a `weft proxy` (or `weft run`) on loopback: its token file, the identity
+/// service and the control plane at `identity` and `policy`, its inbound and admin addresses,
+/// a free outbound one, and its app's port.
+pub fn proxy_env(
+    token_file: &Path,
+    identity: SocketAddr,
+    policy: SocketAddr,
+    (inbound, admin): (SocketAddr, SocketAddr),
+    app_port: u16,
+) -> Vec<(&'static str, String)> {
+    use weft_proxy::config as proxy;
+    vec![
+        (ENV_TOKEN_FILE, token_file.display().to_string()),
+        (ENV_IDENTITY_ADDR, identity.to_string()),
+        (weft_policy::config::ENV_POLICY_ADDR, policy.to_string()),
+        (proxy::ENV_INBOUND, inbound.to_string()),
+        (proxy::ENV_OUTBOUND, free_addr().to_string()),
+        (proxy::ENV_ADMIN, admin.to_string()),
+        (proxy::ENV_APP_PORT, app_port.to_string()),
+    ]
+}
+
 /// `weft <args>` with `env` added (and `WEFT_LOG=info`), its stderr in `<dir>/<name>.log`;
 /// killed when dropped.
 pub fn start_weft(dir: &Path, name: &str, args: &[&str], env: &[(&str, String)]) -> Child {

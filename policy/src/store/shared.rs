@@ -81,14 +81,14 @@ impl Shared {
             .get(&key)
             .filter(|w| holder.is_none_or(|h| w.identity.as_ref() == h))
             .map(|w| w.identity.clone());
-        let found = held.is_some();
-        if let Some(identity) = held {
-            self.send(Write::Delete {
-                namespace: namespace.to_string(),
-                address,
-                only_if: Unchanged::HeldBy(identity),
-            });
-        }
-        found
+        let Some(identity) = held else {
+            return false;
+        };
+        self.send(Write::Delete {
+            namespace: namespace.to_string(),
+            address,
+            only_if: Unchanged::HeldBy(identity),
+        });
+        true
     }
 }
